@@ -1,0 +1,38 @@
+# usagi-p2p — the two commands of the README, and the rest.
+# Assumes only python3 (3.11+) and make on the machine.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SHARED := ../shared
+
+.PHONY: demo test bench lint vectors clean faults
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/usagi demo
+
+test: $(STAMP)
+	@if [ -f $(SHARED)/tools/check_layers.py ]; then $(PYTHON) $(SHARED)/tools/check_layers.py . ; fi
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/kernel.py
+	@for b in store archive exchange; do \
+	  if [ -f bench/$$b.py ]; then $(PY) bench/$$b.py || exit 1; fi; done
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check kernel ipfs plugins usagi_p2p tests bench tools
+	$(VENV)/bin/mypy
+
+vectors: $(STAMP)
+	$(PY) tools/make_vectors.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache

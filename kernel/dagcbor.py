@@ -1,0 +1,212 @@
+"""Deterministic, strict DAG-CBOR on top of cbor2 (docs/spec.md, "DAG-CBOR").
+
+Implements the IPLD DAG-CBOR codec spec in its strict form:
+
+* ``encode`` always emits the one canonical form: map keys are text, ordered
+  by UTF-8 length and then bytewise; integers and lengths in their shortest
+  form; floats always as 64-bit; definite lengths only; links (``CID``) as
+  tag 42 over ``0x00 || binary CID``.
+* ``decode`` accepts exactly that form and nothing else. cbor2's C decoder
+  does the parsing with duplicate keys and indefinite lengths switched off and
+  a depth limit; a walk over the value then rejects what the Data Model does
+  not have (undefined, simple values, other tags, NaN/Infinity, non-text keys,
+  keys out of order, integers outside [-2^64, 2^64-1]); finally the value is
+  encoded again and must give back the input byte for byte, which rejects
+  every non-shortest argument, short float and long-form tag, and names the
+  first offending byte.
+
+Integers cover the full CBOR range. Text must be valid UTF-8 (cbor2's
+``str_errors="strict"``). Every call takes limits (size, depth, entries per
+collection); going over one raises ``LimitExceededError``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Final
+
+import cbor2
+
+from .cid import CID
+from .errors import EncodeError, LimitExceededError, MalformedError, NonCanonicalError
+
+__all__ = ["Limits", "DEFAULT_LIMITS", "encode", "decode"]
+
+_MAX_UINT: Final = (1 << 64) - 1
+_MIN_NINT: Final = -(1 << 64)
+_CBORTag = cbor2.CBORTag
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds a decoder enforces before it trusts anything in the input."""
+
+    max_size: int = 1 << 20  # bytes in one block (1 MiB)
+    max_depth: int = 64  # nesting of arrays and maps
+    max_length: int = 100_000  # entries in one array or map
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+def _key_order(item: tuple[str, Any]) -> tuple[int, str]:
+    # UTF-8 preserves code point order, so comparing the str is comparing the
+    # bytes; only the length has to be taken in UTF-8.
+    key = item[0]
+    return (len(key) if key.isascii() else len(key.encode("utf-8")), key)
+
+
+def _default(encoder: Any, value: Any) -> None:
+    if isinstance(value, CID):
+        encoder.encode(_CBORTag(42, b"\x00" + value.raw))
+        return
+    raise EncodeError(f"cannot encode {type(value).__name__} as DAG-CBOR")
+
+
+def _normalize(value: Any, depth: int) -> Any:
+    """Return ``value`` with every map in canonical key order, checking types."""
+    if depth > 512:
+        raise EncodeError("value nested too deeply")
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bool or value is None or kind is CID:
+        return value
+    if kind is int:
+        if value > _MAX_UINT or value < _MIN_NINT:
+            raise EncodeError(f"integer {value} outside the DAG-CBOR range")
+        return value
+    if kind is dict:
+        for key in value:
+            if type(key) is not str:
+                raise EncodeError(f"map key {key!r} is not a text string")
+        return {k: _normalize(v, depth + 1) for k, v in sorted(value.items(), key=_key_order)}
+    if kind is list or kind is tuple:
+        return [_normalize(v, depth + 1) for v in value]
+    if kind is float:
+        if not math.isfinite(value):
+            raise EncodeError("NaN and Infinity are not allowed in DAG-CBOR")
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, bool | int | str | bytes | dict | list | float):
+        # subclasses (IntEnum, StrEnum, OrderedDict …): encode as the base kind
+        for base in (bool, int, str, bytes, float):
+            if isinstance(value, base):
+                return _normalize(base(value), depth)
+        if isinstance(value, dict):
+            return _normalize(dict(value), depth)
+        return _normalize(list(value), depth)
+    raise EncodeError(f"cannot encode {kind.__name__} as DAG-CBOR")
+
+
+def encode(value: Any) -> bytes:
+    """Encode ``value`` as canonical DAG-CBOR."""
+    return cbor2.dumps(_normalize(value, 0), default=_default)
+
+
+def encode_ordered(value: Any) -> bytes:
+    """Encode a value whose maps are *already* in canonical key order.
+
+    For the kernel's own fixed structures on the hot path; the tests check
+    that it agrees with :func:`encode` for every structure it is used on.
+    """
+    return cbor2.dumps(value, default=_default)
+
+
+def _tag_hook(tag: Any, immutable: bool) -> Any:
+    if tag.tag != 42:
+        raise MalformedError(f"CBOR tag {tag.tag} is not allowed in DAG-CBOR (only 42)")
+    payload = tag.value
+    if type(payload) is not bytes:
+        raise MalformedError("tag 42 must wrap a byte string")
+    if not payload or payload[0] != 0:
+        raise MalformedError("tag 42 payload must start with the 0x00 multibase prefix")
+    return CID.from_bytes(payload[1:])
+
+
+def _check(value: Any, max_length: int) -> None:
+    """Reject what the IPLD Data Model does not have; check map key order."""
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bool or value is None or kind is CID:
+        return
+    if kind is int:
+        # cbor2 turns bignum tags (2, 3) into ints; outside the range they
+        # would encode back to the same tag, so the range is checked here.
+        if value > _MAX_UINT or value < _MIN_NINT:
+            raise MalformedError("integer outside [-2^64, 2^64-1] (bignum tags are not allowed)")
+        return
+    if kind is dict:
+        if len(value) > max_length:
+            raise LimitExceededError(f"map of {len(value)} entries (limit {max_length})")
+        previous: tuple[int, str] | None = None
+        for key, item in value.items():
+            if type(key) is not str:
+                raise MalformedError(f"map key {key!r} is not a text string")
+            order = (len(key) if key.isascii() else len(key.encode("utf-8")), key)
+            if previous is not None and order <= previous:
+                raise NonCanonicalError(f"map key {key!r} out of canonical order")
+            previous = order
+            _check(item, max_length)
+        return
+    if kind is list:
+        if len(value) > max_length:
+            raise LimitExceededError(f"array of {len(value)} entries (limit {max_length})")
+        for item in value:
+            _check(item, max_length)
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise MalformedError("NaN and Infinity are not allowed in DAG-CBOR")
+        return
+    if value is cbor2.undefined:
+        raise MalformedError("undefined is not allowed in DAG-CBOR")
+    if isinstance(value, cbor2.CBORSimpleValue):
+        raise MalformedError(f"simple value {value.value} is not allowed in DAG-CBOR")
+    raise MalformedError(
+        f"{kind.__name__} is not in the IPLD Data Model (a CBOR tag other than 42?)"
+    )
+
+
+def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode one canonical DAG-CBOR item that spans all of ``data``."""
+    data = bytes(data)
+    if len(data) > limits.max_size:
+        raise LimitExceededError(f"block of {len(data)} bytes (limit {limits.max_size})")
+    if not data:
+        raise MalformedError("empty input")
+    try:
+        value = cbor2.loads(
+            data,
+            tag_hook=_tag_hook,
+            max_depth=limits.max_depth,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+        )
+    except (MalformedError, LimitExceededError, NonCanonicalError):
+        raise
+    except cbor2.CBORDecodeError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MalformedError | LimitExceededError):
+            raise cause from None
+        text = str(exc)
+        lowered = text.lower()
+        if "depth" in lowered:
+            raise LimitExceededError(f"nesting deeper than {limits.max_depth}") from None
+        if "indefinite" in lowered:
+            raise NonCanonicalError("indefinite-length item") from None
+        if "duplicate" in lowered:
+            raise MalformedError(f"duplicate map key ({text})") from None
+        raise MalformedError(f"malformed CBOR: {text}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise MalformedError(f"malformed CBOR: {exc}") from None
+    _check(value, limits.max_length)
+    again = cbor2.dumps(value, default=_default)
+    if again != data:
+        if len(data) > len(again) and data.startswith(again):
+            raise MalformedError("trailing bytes after the item", offset=len(again))
+        offset = next(
+            (i for i, (a, b) in enumerate(zip(again, data, strict=False)) if a != b),
+            min(len(again), len(data)),
+        )
+        raise NonCanonicalError("not the canonical DAG-CBOR encoding", offset=offset)
+    return value

@@ -1,0 +1,229 @@
+"""Trade documents: the kernel's kinds, fields and rules (docs/spec.md, "Documents").
+
+A document is a plain DAG-CBOR map. The kernel checks only what every
+industry shares; lines are free text first (masterless): a line with nothing
+but ``text`` is always valid, and plugins add structure under ``ext``.
+
+Money and quantities are decimal strings; floats are refused anywhere in a
+document. Times are RFC 3339 in UTC with a ``Z``. Time is always a parameter:
+nothing here reads the clock.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from .cid import CID
+from .errors import InvalidDocumentError, MalformedError
+from .identity import party
+
+__all__ = [
+    "KERNEL_KINDS",
+    "RESPONSES",
+    "VERSION",
+    "Problem",
+    "document_problems",
+    "validate_document",
+    "format_time",
+    "parse_time",
+    "is_decimal",
+]
+
+VERSION: Final = 1
+KERNEL_KINDS: Final = frozenset(
+    {"quote", "order", "order_response", "delivery_note", "invoice", "cancel", "message"}
+)
+RESPONSES: Final = frozenset({"accept", "reject", "counter"})
+
+MAX_LINES: Final = 10_000
+MAX_TEXT: Final = 4_000
+MAX_SHORT: Final = 200
+MAX_PREV: Final = 64
+
+_DECIMAL_RE: Final = re.compile(r"^-?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})?$")
+_CURRENCY_RE: Final = re.compile(r"^[A-Z]{3}$")
+_KIND_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,39}(\.[a-z][a-z0-9_]{0,39})?$")
+_NAMESPACE_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+_TIME_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+
+_TOP_FIELDS: Final = frozenset(
+    {"v", "kind", "from", "to", "issued_at", "thread", "prev", "ref", "currency", "lines",
+     "note", "response", "user", "ext", "valid_until", "due", "total"}
+)
+_LINE_FIELDS: Final = frozenset({"text", "qty", "unit", "unit_price", "amount", "ref", "ext"})
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 UTC with a ``Z``; microseconds only when there are any."""
+    if moment.tzinfo is None:
+        raise ValueError("a naive datetime has no time zone; pass an aware one")
+    moment = moment.astimezone(UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def parse_time(text: Any) -> datetime:
+    """Parse the RFC 3339 UTC form :func:`format_time` writes."""
+    if type(text) is not str or not _TIME_RE.match(text):
+        raise MalformedError(f"not an RFC 3339 UTC time ending in Z: {str(text)[:40]!r}")
+    try:
+        return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
+    except ValueError:
+        raise MalformedError(f"not a valid time: {text!r}") from None
+
+
+def is_decimal(text: Any) -> bool:
+    return type(text) is str and _DECIMAL_RE.match(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One broken kernel rule: where (a dotted path) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+def _no_floats(value: Any, path: str, out: list[Problem]) -> None:
+    kind = type(value)
+    if kind is float:
+        out.append(Problem(path, "floats are not allowed in documents; use a decimal string"))
+    elif kind is dict:
+        for key, item in value.items():
+            _no_floats(item, f"{path}.{key}", out)
+    elif kind is list:
+        for i, item in enumerate(value):
+            _no_floats(item, f"{path}[{i}]", out)
+
+
+def _check_ext(ext: Any, path: str, out: list[Problem]) -> None:
+    if type(ext) is not dict:
+        out.append(Problem(path, "must be a map of plugin namespaces"))
+        return
+    for namespace, fields in ext.items():
+        if not _NAMESPACE_RE.match(namespace):
+            out.append(Problem(f"{path}.{namespace}", "not a valid plugin namespace"))
+        elif type(fields) is not dict:
+            out.append(Problem(f"{path}.{namespace}", "must be a map"))
+        else:
+            _no_floats(fields, f"{path}.{namespace}", out)
+
+
+def _short_text(doc: Mapping[str, Any], key: str, out: list[Problem], limit: int = MAX_SHORT) -> None:
+    value = doc.get(key)
+    if value is not None and (type(value) is not str or not value or len(value) > limit):
+        out.append(Problem(key, f"must be text of 1..{limit} characters"))
+
+
+def _check_line(line: Any, path: str, out: list[Problem]) -> None:
+    if type(line) is not dict:
+        out.append(Problem(path, "a line is a map with at least 'text'"))
+        return
+    for key in line:
+        if key not in _LINE_FIELDS:
+            out.append(Problem(f"{path}.{key}", "unknown line field (plugin fields go under 'ext')"))
+    text = line.get("text")
+    if type(text) is not str or not text.strip() or len(text) > MAX_TEXT:
+        out.append(Problem(f"{path}.text", f"free text of 1..{MAX_TEXT} characters is required"))
+    for key in ("qty", "unit_price", "amount"):
+        if key in line and not is_decimal(line[key]):
+            out.append(Problem(f"{path}.{key}", "must be a decimal string such as '12.50'"))
+    for key in ("unit", "ref"):
+        value = line.get(key)
+        if value is not None and (type(value) is not str or not value or len(value) > MAX_SHORT):
+            out.append(Problem(f"{path}.{key}", f"must be text of 1..{MAX_SHORT} characters"))
+    if "ext" in line:
+        _check_ext(line["ext"], f"{path}.ext", out)
+
+
+def document_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
+    """Every kernel rule ``doc`` breaks; an empty list means it is valid.
+
+    ``kinds`` adds kinds declared by enabled plugins; they must be namespaced
+    (``medical.approval``), the bare names belong to the kernel.
+    """
+    out: list[Problem] = []
+    if type(doc) is not dict:
+        return [Problem("", "a document is a map")]
+    for key in doc:
+        if key not in _TOP_FIELDS:
+            out.append(Problem(key, "unknown field (plugin fields go under 'ext')"))
+    if doc.get("v") != VERSION or type(doc.get("v")) is not int:
+        out.append(Problem("v", f"must be {VERSION}"))
+    kind = doc.get("kind")
+    extra = set(kinds)
+    if type(kind) is not str or not _KIND_RE.match(kind):
+        out.append(Problem("kind", "missing or not a valid kind name"))
+    elif "." not in kind and kind not in KERNEL_KINDS:
+        out.append(Problem("kind", f"unknown kind {kind!r}; plugin kinds are namespaced"))
+    elif "." in kind and extra and kind not in extra:
+        out.append(Problem("kind", f"kind {kind!r} is not declared by an enabled plugin"))
+    for key in ("from", "to"):
+        try:
+            party(doc.get(key))  # type: ignore[arg-type]
+        except MalformedError as exc:
+            out.append(Problem(key, str(exc)))
+    if doc.get("from") == doc.get("to"):
+        out.append(Problem("to", "a document is between two different parties"))
+    try:
+        parse_time(doc.get("issued_at"))
+    except MalformedError as exc:
+        out.append(Problem("issued_at", str(exc)))
+    for key in ("valid_until", "due"):
+        if key in doc:
+            try:
+                parse_time(doc[key])
+            except MalformedError as exc:
+                out.append(Problem(key, str(exc)))
+    thread = doc.get("thread")
+    prev = doc.get("prev")
+    if thread is not None and type(thread) is not CID:
+        out.append(Problem("thread", "must be a CID link to the thread's first document"))
+    if prev is not None:
+        if type(prev) is not list or not all(type(p) is CID for p in prev):
+            out.append(Problem("prev", "must be a list of CID links"))
+        elif len(prev) > MAX_PREV or len(set(prev)) != len(prev):
+            out.append(Problem("prev", f"at most {MAX_PREV} distinct links"))
+    if (thread is None) != (not prev):
+        out.append(Problem("prev", "a reply has both 'thread' and 'prev'; a first document neither"))
+    for key in ("ref", "user"):
+        _short_text(doc, key, out)
+    _short_text(doc, "note", out, MAX_TEXT)
+    currency = doc.get("currency")
+    if currency is not None and (type(currency) is not str or not _CURRENCY_RE.match(currency)):
+        out.append(Problem("currency", "must be an ISO 4217 code such as 'JPY'"))
+    if "total" in doc and not is_decimal(doc["total"]):
+        out.append(Problem("total", "must be a decimal string"))
+    response = doc.get("response")
+    if kind == "order_response" and response not in RESPONSES:
+        out.append(Problem("response", "an order_response says accept, reject or counter"))
+    elif response is not None and kind != "order_response":
+        out.append(Problem("response", "only an order_response carries a response"))
+    lines = doc.get("lines")
+    if lines is not None:
+        if type(lines) is not list or len(lines) > MAX_LINES:
+            out.append(Problem("lines", f"must be a list of at most {MAX_LINES} lines"))
+        else:
+            for i, line in enumerate(lines):
+                _check_line(line, f"lines[{i}]", out)
+    if "ext" in doc:
+        _check_ext(doc["ext"], "ext", out)
+    return out
+
+
+def validate_document(doc: Any, kinds: Iterable[str] = ()) -> None:
+    """Raise InvalidDocumentError naming every broken rule, or return None."""
+    problems = document_problems(doc, kinds)
+    if problems:
+        error = InvalidDocumentError("; ".join(str(p) for p in problems[:10]))
+        error.problems = problems  # type: ignore[attr-defined]
+        raise error

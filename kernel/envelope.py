@@ -1,0 +1,197 @@
+"""Envelopes: a signed document sealed to its two parties (docs/spec.md, "Envelope").
+
+    Envelope = { "c": bytes, "n": bytes .size 24, "s": [+ bytes .size 80], "v": 1 }
+
+* A fresh random 32-byte content key ``K`` and 24-byte nonce ``n``.
+* Slots ``s``: ``K`` wrapped for each party with a libsodium sealed box
+  (``crypto_box_seal``, X25519 keys derived from the parties' did:keys),
+  80 bytes each, carrying no identifier, in random order.
+* Body ``c``: XChaCha20-Poly1305-IETF of the padded signed document under
+  ``K`` and ``n``, with associated data
+  ``"usagi-p2p/v1/envelope" || 0x00 || 0x01 || n || s[0] || s[1] …``, so
+  every header byte is bound to the ciphertext.
+* Padding: libsodium's ISO/IEC 7816-4 ``sodium_pad`` up to a size bucket
+  (:func:`bucket`), so the block's length says little about the document.
+
+The block's CID is CIDv1 / dag-cbor / sha2-256 of the envelope bytes. A holder
+of the block without a party's key sees random bytes of a bucketed length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from nacl import bindings as sodium
+from nacl.exceptions import CryptoError
+
+from . import dagcbor
+from .cid import CID
+from .document import validate_document
+from .errors import (
+    DecryptionError,
+    InvalidDocumentError,
+    MalformedError,
+    NotRecipientError,
+    WrongSignerError,
+)
+from .identity import Identity, party
+from .signed import sign_bytes, open_signed
+
+__all__ = ["Sealed", "Opened", "seal", "open", "bucket", "digest"]
+
+ENVELOPE_VERSION: Final = 1
+AD_LABEL: Final = b"usagi-p2p/v1/envelope\x00"
+SLOT_SIZE: Final = 80  # 32-byte ephemeral key + 16-byte MAC + 32-byte content key
+MAX_SLOTS: Final = 16
+MIN_BUCKET: Final = 512
+LARGE_STEP: Final = 64 * 1024
+MAX_BLOCK: Final = 1 << 20
+
+ENVELOPE_LIMITS: Final = dagcbor.Limits(max_size=MAX_BLOCK, max_depth=2, max_length=MAX_SLOTS)
+DOCUMENT_LIMITS: Final = dagcbor.Limits(max_size=MAX_BLOCK, max_depth=16, max_length=10_000)
+
+_rng = random.SystemRandom()
+
+
+def bucket(size: int) -> int:
+    """The padded length for a plaintext of ``size`` bytes (at least one pad byte).
+
+    Powers of two from 512 bytes up to 64 KiB, then multiples of 64 KiB.
+    """
+    need = size + 1
+    if need <= LARGE_STEP:
+        target = MIN_BUCKET
+        while target < need:
+            target <<= 1
+        return target
+    return -(-need // LARGE_STEP) * LARGE_STEP
+
+
+def digest(signed_document: bytes) -> bytes:
+    """The ack digest of a signed document: a sha2-256 multihash (0x12 0x20 || hash)."""
+    return b"\x12\x20" + hashlib.sha256(signed_document).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    cid: CID
+    block: bytes
+    signed: bytes  # the signed document, before padding and encryption
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    cid: CID
+    document: dict[str, Any]
+    signed: bytes
+    digest: bytes
+    signer: str
+
+
+def _associated_data(nonce: bytes, slots: Sequence[bytes]) -> bytes:
+    return AD_LABEL + bytes((ENVELOPE_VERSION,)) + nonce + b"".join(slots)
+
+
+def seal(
+    document: dict[str, Any],
+    sender: Identity,
+    parties: Iterable[str] | None = None,
+    *,
+    kinds: Iterable[str] = (),
+) -> Sealed:
+    """Sign ``document`` as ``sender`` and seal it to its parties.
+
+    ``parties`` defaults to the document's ``from`` and ``to``; both must be
+    among them, and the sender must be ``from``.
+    """
+    validate_document(document, kinds)
+    if document["from"] != sender.did:
+        raise WrongSignerError("the sender must be the document's 'from'")
+    recipients = list(dict.fromkeys(parties if parties is not None else (document["from"], document["to"])))
+    if document["from"] not in recipients or document["to"] not in recipients:
+        raise InvalidDocumentError("both parties of the document must be recipients")
+    if len(recipients) > MAX_SLOTS:
+        raise InvalidDocumentError(f"at most {MAX_SLOTS} recipients")
+    signed = sign_bytes(sender, "document", dagcbor.encode(document))
+    return seal_signed(signed, recipients)
+
+
+def seal_signed(signed: bytes, recipients: Sequence[str]) -> Sealed:
+    """Seal already-signed bytes (a document, or an ack for the archive)."""
+    if len(signed) + 1 > MAX_BLOCK - 4096:
+        raise InvalidDocumentError("document too large for one block")
+    key = os.urandom(32)
+    nonce = os.urandom(24)
+    slots = [sodium.crypto_box_seal(key, party(did).x25519_public) for did in recipients]
+    _rng.shuffle(slots)
+    padded = sodium.sodium_pad(signed, bucket(len(signed)))
+    ciphertext = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        padded, _associated_data(nonce, slots), nonce, key
+    )
+    # Keys in canonical order: c, n, s, v (all one byte long).
+    block = dagcbor.encode_ordered({"c": ciphertext, "n": nonce, "s": slots, "v": ENVELOPE_VERSION})
+    return Sealed(CID.for_block(block), block, signed, digest(signed))
+
+
+def _parse(block: bytes) -> tuple[bytes, bytes, list[bytes]]:
+    env = dagcbor.decode(block, ENVELOPE_LIMITS)
+    if type(env) is not dict or env.keys() != {"c", "n", "s", "v"}:
+        raise MalformedError("an envelope is a map of exactly c, n, s, v")
+    if env["v"] != ENVELOPE_VERSION or type(env["v"]) is not int:
+        raise MalformedError(f"unsupported envelope version {env['v']!r}")
+    ciphertext, nonce, slots = env["c"], env["n"], env["s"]
+    if type(ciphertext) is not bytes or len(ciphertext) < MIN_BUCKET + 16:
+        raise MalformedError("envelope ciphertext missing or too short")
+    if type(nonce) is not bytes or len(nonce) != 24:
+        raise MalformedError("envelope nonce must be 24 bytes")
+    if type(slots) is not list or not 1 <= len(slots) <= MAX_SLOTS:
+        raise MalformedError(f"an envelope has 1..{MAX_SLOTS} slots")
+    for slot in slots:
+        if type(slot) is not bytes or len(slot) != SLOT_SIZE:
+            raise MalformedError(f"a slot is {SLOT_SIZE} bytes")
+    return ciphertext, nonce, slots
+
+
+def open_plaintext(block: bytes, me: Identity, cid: CID | None = None) -> bytes:
+    """Check the CID, find my slot, decrypt and unpad; return the signed bytes."""
+    if cid is not None:
+        cid.verify(block)
+    ciphertext, nonce, slots = _parse(block)
+    public, secret = me.x25519_public, me.x25519_secret
+    key = None
+    for slot in slots:
+        try:
+            key = sodium.crypto_box_seal_open(slot, public, secret)
+            break
+        except CryptoError:
+            continue
+    if key is None or len(key) != 32:
+        raise NotRecipientError()
+    try:
+        padded = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            ciphertext, _associated_data(nonce, slots), nonce, key
+        )
+        return sodium.sodium_unpad(padded, len(padded))
+    except (CryptoError, ValueError):
+        raise DecryptionError() from None
+
+
+def open(block: bytes, me: Identity, cid: CID | None = None, *, kinds: Iterable[str] = ()) -> Opened:  # noqa: A001
+    """Open an envelope as ``me``: the verified, validated document inside.
+
+    Raises CIDMismatchError, DecodeError, NotRecipientError, DecryptionError,
+    InvalidSignatureError, WrongSignerError or InvalidDocumentError.
+    """
+    signed = open_plaintext(block, me, cid)
+    result = open_signed(signed, "document", "from", DOCUMENT_LIMITS)
+    document = result.body
+    validate_document(document, kinds)
+    if me.did not in (document["from"], document["to"]):
+        raise NotRecipientError("this key opened the envelope but is not a party of the document")
+    return Opened(cid or CID.for_block(block), document, signed, digest(signed), result.signer)

@@ -1,0 +1,187 @@
+"""Notices and acknowledgements: what travels between two nodes (docs/spec.md, "Notices", "Acks").
+
+A **notice** tells a partner that a block is waiting for it; it carries only
+the CID, never content:
+
+    NoticeBody = { "cid": &Envelope, "from": did, "to": did, "nonce": bytes .size 16, "sent_at": time }
+
+An **ack** is the content-addressed counterpart of an AS2 MDN: the receiver
+signs the CID it was told about and the digest of the signed document it
+opened (the MDN's "received-content MIC"). An ack whose digest does not match
+what the sender sealed is not a receipt.
+
+    AckBody = { "at": time, "by": did, "to": did, "cid": &Envelope, "nonce": bytes .size 16,
+                "status": "received" / "accepted" / "rejected",
+                ? "digest": bytes .size 34, ? "reason": tstr }
+
+Both travel in the signed wrapper of :mod:`kernel.signed`, labels
+``usagi-p2p/v1/notice`` and ``usagi-p2p/v1/ack``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from . import dagcbor
+from .cid import CID
+from .document import format_time, parse_time
+from .errors import (
+    CIDMismatchError,
+    DigestMismatchError,
+    ExpiredError,
+    MalformedError,
+    WrongRecipientError,
+    WrongSignerError,
+)
+from .identity import Identity, party
+from .signed import open_signed, sign
+
+__all__ = ["Notice", "Ack", "make_notice", "open_notice", "make_ack", "open_ack", "ACK_STATUSES"]
+
+ACK_STATUSES: Final = frozenset({"received", "accepted", "rejected"})
+MESSAGE_LIMITS: Final = dagcbor.Limits(max_size=4096, max_depth=2, max_length=16)
+MAX_REASON: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    cid: CID
+    sender: str
+    recipient: str
+    nonce: bytes
+    sent_at: datetime
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    cid: CID
+    by: str
+    to: str
+    nonce: bytes
+    status: str
+    digest: bytes | None
+    reason: str | None
+    at: datetime
+    raw: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "rejected"
+
+
+def _require(body: dict[str, Any], required: set[str], optional: set[str], what: str) -> None:
+    keys = set(body)
+    if not required <= keys or not keys <= required | optional:
+        raise MalformedError(f"a {what} has fields {sorted(required)} (+ {sorted(optional)})")
+
+
+def make_notice(
+    sender: Identity, cid: CID, to: str, sent_at: datetime, nonce: bytes | None = None
+) -> bytes:
+    party(to)
+    body = {
+        "cid": cid,
+        "from": sender.did,
+        "to": to,
+        "nonce": nonce if nonce is not None else os.urandom(16),
+        "sent_at": format_time(sent_at),
+    }
+    return sign(sender, "notice", body)
+
+
+def open_notice(
+    raw: bytes,
+    *,
+    me: str | None = None,
+    now: datetime | None = None,
+    skew: timedelta = timedelta(minutes=10),
+) -> Notice:
+    """Verify a notice's signature and shape; check recipient and time if given."""
+    signed = open_signed(raw, "notice", "from", MESSAGE_LIMITS)
+    body = signed.body
+    _require(body, {"cid", "from", "to", "nonce", "sent_at"}, set(), "notice")
+    if type(body["cid"]) is not CID:
+        raise MalformedError("notice cid must be a CID link")
+    if type(body["nonce"]) is not bytes or len(body["nonce"]) != 16:
+        raise MalformedError("notice nonce must be 16 bytes")
+    party(body["to"])
+    sent_at = parse_time(body["sent_at"])
+    if me is not None and body["to"] != me:
+        raise WrongRecipientError(f"notice is for {body['to']}, not for this node")
+    if now is not None and abs(now - sent_at) > skew:
+        raise ExpiredError(f"notice sent at {body['sent_at']}, outside the {skew} window")
+    return Notice(body["cid"], body["from"], body["to"], body["nonce"], sent_at, raw)
+
+
+def make_ack(
+    receiver: Identity,
+    *,
+    cid: CID,
+    to: str,
+    nonce: bytes,
+    status: str,
+    at: datetime,
+    digest: bytes | None = None,
+    reason: str | None = None,
+) -> bytes:
+    if status not in ACK_STATUSES:
+        raise ValueError(f"ack status must be one of {sorted(ACK_STATUSES)}")
+    if status != "rejected" and digest is None:
+        raise ValueError("a positive ack names the digest of what was received")
+    body: dict[str, Any] = {
+        "at": format_time(at),
+        "by": receiver.did,
+        "to": to,
+        "cid": cid,
+        "nonce": nonce,
+        "status": status,
+    }
+    if digest is not None:
+        body["digest"] = digest
+    if reason is not None:
+        body["reason"] = reason[:MAX_REASON]
+    return sign(receiver, "ack", body)
+
+
+def open_ack(raw: bytes) -> Ack:
+    """Verify an ack's signature and shape."""
+    signed = open_signed(raw, "ack", "by", MESSAGE_LIMITS)
+    body = signed.body
+    _require(body, {"at", "by", "to", "cid", "nonce", "status"}, {"digest", "reason"}, "ack")
+    if type(body["cid"]) is not CID:
+        raise MalformedError("ack cid must be a CID link")
+    if body["status"] not in ACK_STATUSES:
+        raise MalformedError(f"unknown ack status {body['status']!r}")
+    digest = body.get("digest")
+    if digest is not None and (type(digest) is not bytes or len(digest) != 34 or digest[:2] != b"\x12\x20"):
+        raise MalformedError("ack digest must be a sha2-256 multihash")
+    if body["status"] != "rejected" and digest is None:
+        raise MalformedError("a positive ack must carry a digest")
+    reason = body.get("reason")
+    if reason is not None and (type(reason) is not str or len(reason) > MAX_REASON):
+        raise MalformedError("ack reason must be short text")
+    if type(body["nonce"]) is not bytes or len(body["nonce"]) != 16:
+        raise MalformedError("ack nonce must be 16 bytes")
+    party(body["to"])
+    return Ack(
+        body["cid"], body["by"], body["to"], body["nonce"], body["status"], digest, reason,
+        parse_time(body["at"]), raw,
+    )
+
+
+def check_ack(ack: Ack, *, cid: CID, by: str, digest: bytes) -> None:
+    """Raise unless ``ack`` is a receipt for exactly this block from exactly ``by``.
+
+    A rejected ack passes this check (it is a valid answer, not a receipt);
+    callers look at ``ack.ok``.
+    """
+    if ack.by != by:
+        raise WrongSignerError(f"ack by {ack.by}, expected {by}")
+    if ack.cid != cid:
+        raise CIDMismatchError(f"ack names {ack.cid}, expected {cid}")
+    if ack.ok and ack.digest != digest:
+        raise DigestMismatchError()
