@@ -50,11 +50,31 @@ class Limits:
 DEFAULT_LIMITS: Final = Limits()
 
 
-def _key_order(item: tuple[str, Any]) -> tuple[int, str]:
-    # UTF-8 preserves code point order, so comparing the str is comparing the
-    # bytes; only the length has to be taken in UTF-8.
-    key = item[0]
-    return (len(key) if key.isascii() else len(key.encode("utf-8")), key)
+# Maps of the same shape come by the thousand (every line of every order has
+# the same keys), so the canonical order of a key tuple is computed once.
+_ORDER_CACHE: dict[tuple[Any, ...], tuple[str, ...]] = {}
+_GOOD_ORDERS: set[tuple[Any, ...]] = set()
+_CACHE_LIMIT: Final = 4096
+_PLAIN: Final = frozenset({str, bytes, bool, type(None), CID})
+
+
+def _utf8_len(key: str) -> int:
+    return len(key) if key.isascii() else len(key.encode("utf-8"))
+
+
+def _canonical_order(keys: tuple[Any, ...]) -> tuple[str, ...]:
+    order = _ORDER_CACHE.get(keys)
+    if order is None:
+        for key in keys:
+            if type(key) is not str:
+                raise EncodeError(f"map key {key!r} is not a text string")
+        # UTF-8 preserves code point order, so comparing the str is comparing
+        # the bytes; only the length has to be taken in UTF-8.
+        order = tuple(sorted(keys, key=lambda k: (_utf8_len(k), k)))
+        if len(_ORDER_CACHE) >= _CACHE_LIMIT:
+            _ORDER_CACHE.clear()
+        _ORDER_CACHE[keys] = order
+    return order
 
 
 def _default(encoder: Any, value: Any) -> None:
@@ -64,39 +84,44 @@ def _default(encoder: Any, value: Any) -> None:
     raise EncodeError(f"cannot encode {type(value).__name__} as DAG-CBOR")
 
 
-def _normalize(value: Any, depth: int) -> Any:
-    """Return ``value`` with every map in canonical key order, checking types."""
-    if depth > 512:
-        raise EncodeError("value nested too deeply")
+def _normalize_scalar(value: Any) -> Any:
     kind = type(value)
-    if kind is str or kind is bytes or kind is bool or value is None or kind is CID:
-        return value
     if kind is int:
         if value > _MAX_UINT or value < _MIN_NINT:
             raise EncodeError(f"integer {value} outside the DAG-CBOR range")
         return value
-    if kind is dict:
-        for key in value:
-            if type(key) is not str:
-                raise EncodeError(f"map key {key!r} is not a text string")
-        return {k: _normalize(v, depth + 1) for k, v in sorted(value.items(), key=_key_order)}
-    if kind is list or kind is tuple:
-        return [_normalize(v, depth + 1) for v in value]
     if kind is float:
         if not math.isfinite(value):
             raise EncodeError("NaN and Infinity are not allowed in DAG-CBOR")
         return value
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
-    if isinstance(value, bool | int | str | bytes | dict | list | float):
-        # subclasses (IntEnum, StrEnum, OrderedDict …): encode as the base kind
-        for base in (bool, int, str, bytes, float):
-            if isinstance(value, base):
-                return _normalize(base(value), depth)
-        if isinstance(value, dict):
-            return _normalize(dict(value), depth)
-        return _normalize(list(value), depth)
+    # subclasses (IntEnum, StrEnum …) encode as their base kind
+    for base in (bool, int, str, bytes, float):
+        if isinstance(value, base):
+            return _normalize_scalar(base(value)) if base in (int, float) else base(value)
     raise EncodeError(f"cannot encode {kind.__name__} as DAG-CBOR")
+
+
+def _normalize(value: Any, depth: int) -> Any:
+    """Return ``value`` with every map in canonical key order, checking types."""
+    if depth > 512:
+        raise EncodeError("value nested too deeply")
+    kind = type(value)
+    if kind is dict or (kind is not list and isinstance(value, dict)):
+        out = {}
+        for key in _canonical_order(tuple(value)):
+            item = value[key]
+            if type(item) in _PLAIN:
+                out[key] = item
+            else:
+                out[key] = _normalize(item, depth + 1)
+        return out
+    if kind is list or kind is tuple:
+        return [item if type(item) in _PLAIN else _normalize(item, depth + 1) for item in value]
+    if kind in _PLAIN:
+        return value
+    return _normalize_scalar(value)
 
 
 def encode(value: Any) -> bytes:
@@ -127,36 +152,52 @@ def _tag_hook(tag: Any, immutable: bool) -> Any:
 def _check(value: Any, max_length: int) -> None:
     """Reject what the IPLD Data Model does not have; check map key order."""
     kind = type(value)
-    if kind is str or kind is bytes or kind is bool or value is None or kind is CID:
+    if kind is dict:
+        if len(value) > max_length:
+            raise LimitExceededError(f"map of {len(value)} entries (limit {max_length})")
+        keys = tuple(value)
+        if keys not in _GOOD_ORDERS:
+            _check_keys(keys)
+        items: Any = value.values()
+    elif kind is list:
+        if len(value) > max_length:
+            raise LimitExceededError(f"array of {len(value)} entries (limit {max_length})")
+        items = value
+    else:
+        _check_scalar(value)
         return
+    for item in items:
+        if type(item) not in _PLAIN:
+            _check(item, max_length)
+
+
+def _check_keys(keys: tuple[Any, ...]) -> None:
+    previous: tuple[int, str] | None = None
+    for key in keys:
+        if type(key) is not str:
+            raise MalformedError(f"map key {key!r} is not a text string")
+        order = (_utf8_len(key), key)
+        if previous is not None and order <= previous:
+            raise NonCanonicalError(f"map key {key!r} out of canonical order")
+        previous = order
+    if len(_GOOD_ORDERS) >= _CACHE_LIMIT:
+        _GOOD_ORDERS.clear()
+    _GOOD_ORDERS.add(keys)
+
+
+def _check_scalar(value: Any) -> None:
+    kind = type(value)
     if kind is int:
         # cbor2 turns bignum tags (2, 3) into ints; outside the range they
         # would encode back to the same tag, so the range is checked here.
         if value > _MAX_UINT or value < _MIN_NINT:
             raise MalformedError("integer outside [-2^64, 2^64-1] (bignum tags are not allowed)")
         return
-    if kind is dict:
-        if len(value) > max_length:
-            raise LimitExceededError(f"map of {len(value)} entries (limit {max_length})")
-        previous: tuple[int, str] | None = None
-        for key, item in value.items():
-            if type(key) is not str:
-                raise MalformedError(f"map key {key!r} is not a text string")
-            order = (len(key) if key.isascii() else len(key.encode("utf-8")), key)
-            if previous is not None and order <= previous:
-                raise NonCanonicalError(f"map key {key!r} out of canonical order")
-            previous = order
-            _check(item, max_length)
-        return
-    if kind is list:
-        if len(value) > max_length:
-            raise LimitExceededError(f"array of {len(value)} entries (limit {max_length})")
-        for item in value:
-            _check(item, max_length)
-        return
     if kind is float:
         if not math.isfinite(value):
             raise MalformedError("NaN and Infinity are not allowed in DAG-CBOR")
+        return
+    if kind in _PLAIN:
         return
     if value is cbor2.undefined:
         raise MalformedError("undefined is not allowed in DAG-CBOR")
