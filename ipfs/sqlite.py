@@ -1,0 +1,286 @@
+"""The embedded block store: one SQLite table in WAL mode (docs/operations.md).
+
+Implements the :class:`ipfs.blockstore.BlockStore` contract on aiosqlite. The
+schema is one table::
+
+    blocks(cid BLOB PRIMARY KEY, data BLOB NOT NULL, pinned INTEGER NOT NULL DEFAULT 0)
+    WITHOUT ROWID
+
+keyed by the binary CIDv1 the store computes itself (the caller never names
+one on ``put``). Every block handed out is hashed again against its key, so a
+row damaged on disk raises :class:`kernel.errors.CIDMismatchError` instead of
+returning wrong bytes.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=FULL``. In WAL mode
+``NORMAL`` only syncs at checkpoints, so a commit that returned may still be
+lost on power failure. The node signs and sends an acknowledgement as soon
+as ``put`` returns, and a signed ack for a block we no longer hold is a lie;
+``FULL`` syncs the WAL on every commit, which makes "put returned" mean "on
+disk".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
+from typing import Final
+
+import aiosqlite
+
+from kernel.cid import CID, DAG_CBOR
+
+from .blockstore import (
+    DEFAULT_MAX_BLOCK,
+    BlockNotFoundError,
+    BlockStat,
+    BlockStore,
+    PinnedError,
+    StoreError,
+    StoreUnavailableError,
+)
+
+__all__ = ["SQLiteBlockStore", "PRAGMAS", "SCHEMA"]
+
+#: Connection settings; ``bench/store.py`` applies the same ones to its floor.
+PRAGMAS: Final = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    # The node may open the same file from a second connection (its ledger).
+    "PRAGMA busy_timeout=5000",
+)
+
+SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS blocks ("
+    " cid BLOB PRIMARY KEY,"
+    " data BLOB NOT NULL,"
+    " pinned INTEGER NOT NULL DEFAULT 0"
+    ") WITHOUT ROWID"
+)
+
+#: How many keys ``blocks()`` reads per page, and how many bytes of block data
+#: it holds at once: iteration stays in constant memory whatever the store's size.
+_KEY_PAGE: Final = 1024
+_DATA_PAGE: Final = 4 << 20
+
+
+class SQLiteBlockStore(BlockStore):
+    """Blocks in one SQLite file. Use as ``async with SQLiteBlockStore(path) as store:``."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_block: int = DEFAULT_MAX_BLOCK):
+        self.path = os.fspath(path)
+        self.max_block = max_block
+        self._db: aiosqlite.Connection | None = None
+        self._owned = True
+        self._closed = False
+        # One connection is one transaction at a time: without the lock, a
+        # rollback after a failed put_many could undo another task's insert
+        # that was waiting for its own commit.
+        self._write = asyncio.Lock()
+
+    @classmethod
+    async def on_connection(
+        cls, db: aiosqlite.Connection, *, max_block: int = DEFAULT_MAX_BLOCK
+    ) -> SQLiteBlockStore:
+        """A store sharing the node's open connection (and database file).
+
+        The store applies :data:`PRAGMAS`, creates its table and commits after
+        each write, which also commits whatever the owner left pending: the
+        owner must not hold a transaction open across an ``await``. ``close``
+        leaves the connection open for its owner.
+        """
+        store = cls(":shared:", max_block=max_block)
+        store._db = db
+        store._owned = False
+        await store._setup(db)
+        return store
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        if self._closed:
+            raise StoreError("the block store was closed; open a new one")
+        try:
+            db = await aiosqlite.connect(self.path)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open block store {self.path!r}: {exc}") from exc
+        try:
+            await self._setup(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+
+    async def _setup(self, db: aiosqlite.Connection) -> None:
+        try:
+            for pragma in PRAGMAS:
+                await db.execute(pragma)
+            mode = await db.execute_fetchall("PRAGMA journal_mode")
+            if str(next(iter(mode))[0]).lower() != "wal" and self.path != ":memory:":
+                raise StoreUnavailableError(f"cannot enable WAL mode on {self.path!r}")
+            await db.execute(SCHEMA)
+            await db.commit()
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot set up block store: {exc}") from exc
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        self._closed = True
+        if db is not None and self._owned:
+            await db.close()
+
+    @property
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            state = "closed" if self._closed else "not open (use 'async with' or open())"
+            raise StoreError(f"the block store is {state}")
+        return self._db
+
+    # -- writes -------------------------------------------------------------
+
+    async def put(self, block: bytes, codec: int = DAG_CBOR) -> CID:
+        self._check_size(block)
+        cid = CID.for_block(block, codec)
+        await self._write_rows([(cid.raw, block)])
+        return cid
+
+    async def put_many(self, blocks: Iterable[bytes], codec: int = DAG_CBOR) -> list[CID]:
+        items = list(blocks)
+        # Refuse the whole batch before writing any of it.
+        for block in items:
+            self._check_size(block)
+        cids = [CID.for_block(block, codec) for block in items]
+        if items:
+            await self._write_rows([(c.raw, b) for c, b in zip(cids, items, strict=True)])
+        return cids
+
+    async def _write_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
+        db = self._conn
+        async with self._write:
+            try:
+                # One executemany runs inside one implicit transaction: the
+                # batch is committed (and synced) once, or not at all.
+                await db.executemany(
+                    "INSERT OR IGNORE INTO blocks (cid, data) VALUES (?, ?)", rows
+                )
+                await db.commit()
+            except sqlite3.Error as exc:
+                await self._rollback(db)
+                raise StoreError(f"cannot store blocks: {exc}") from exc
+
+    async def _modify(self, sql: str, cid: CID) -> int:
+        """Run one UPDATE/DELETE and commit; return how many rows it changed."""
+        db = self._conn
+        async with self._write:
+            try:
+                cursor = await db.execute(sql, (cid.raw,))
+                changed = cursor.rowcount
+                await cursor.close()
+                await db.commit()
+            except sqlite3.Error as exc:
+                await self._rollback(db)
+                raise StoreError(f"cannot update the block store: {exc}") from exc
+        return changed
+
+    @staticmethod
+    async def _rollback(db: aiosqlite.Connection) -> None:
+        try:
+            await db.rollback()
+        except sqlite3.Error:
+            pass  # the original error is the one worth reporting
+
+    async def pin(self, cid: CID) -> None:
+        if not await self._modify("UPDATE blocks SET pinned = 1 WHERE cid = ?", cid):
+            raise BlockNotFoundError(f"cannot pin {cid}: not in the store")
+
+    async def unpin(self, cid: CID) -> None:
+        await self._modify("UPDATE blocks SET pinned = 0 WHERE cid = ?", cid)
+
+    async def delete(self, cid: CID) -> None:
+        if await self._modify("DELETE FROM blocks WHERE cid = ? AND pinned = 0", cid):
+            return
+        # Nothing deleted: either absent (a no-op) or pinned (refused).
+        if (await self._row("SELECT pinned FROM blocks WHERE cid = ?", cid)) is not None:
+            raise PinnedError(f"{cid} is pinned; unpin it before deleting it")
+
+    # -- reads --------------------------------------------------------------
+
+    async def _row(self, sql: str, cid: CID) -> sqlite3.Row | tuple[object, ...] | None:
+        try:
+            rows = await self._conn.execute_fetchall(sql, (cid.raw,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the block store: {exc}") from exc
+        for row in rows:
+            return row
+        return None
+
+    async def get(self, cid: CID) -> bytes:
+        row = await self._row("SELECT data FROM blocks WHERE cid = ?", cid)
+        if row is None:
+            raise BlockNotFoundError(f"{cid} is not in the store")
+        data = row[0]
+        assert isinstance(data, bytes)
+        cid.verify(data)  # a damaged row raises CIDMismatchError, never returns
+        return data
+
+    async def has(self, cid: CID) -> bool:
+        return (await self._row("SELECT 1 FROM blocks WHERE cid = ?", cid)) is not None
+
+    async def stat(self, cid: CID) -> BlockStat:
+        row = await self._row("SELECT length(data), pinned FROM blocks WHERE cid = ?", cid)
+        if row is None:
+            raise BlockNotFoundError(f"{cid} is not in the store")
+        size, pinned = row
+        assert isinstance(size, int)
+        return BlockStat(cid=cid, size=size, pinned=bool(pinned))
+
+    async def pins(self) -> list[CID]:
+        try:
+            rows = await self._conn.execute_fetchall(
+                "SELECT cid FROM blocks WHERE pinned = 1 ORDER BY cid"
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the block store: {exc}") from exc
+        return [CID.from_bytes(row[0]) for row in rows]
+
+    async def blocks(self) -> AsyncIterator[tuple[CID, bytes]]:
+        """Every block in CID order, verified, in pages (constant memory).
+
+        Keys and sizes are read first, a page at a time; the data is then read
+        in runs of keys whose blocks together fit in a few MiB, so a store of
+        many large blocks never sits in memory at once. Blocks inserted while
+        iterating may or may not be seen.
+        """
+        db = self._conn
+        after = b""
+        while True:
+            try:
+                keys = list(
+                    await db.execute_fetchall(
+                        "SELECT cid, length(data) FROM blocks WHERE cid > ? ORDER BY cid LIMIT ?",
+                        (after, _KEY_PAGE),
+                    )
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read the block store: {exc}") from exc
+            if not keys:
+                return
+            start = 0
+            while start < len(keys):
+                end, total = start + 1, keys[start][1]
+                while end < len(keys) and total + keys[end][1] <= _DATA_PAGE:
+                    total += keys[end][1]
+                    end += 1
+                rows = await db.execute_fetchall(
+                    "SELECT cid, data FROM blocks WHERE cid >= ? AND cid <= ? ORDER BY cid",
+                    (keys[start][0], keys[end - 1][0]),
+                )
+                for raw, data in rows:
+                    cid = CID.from_bytes(raw)
+                    cid.verify(data)
+                    yield cid, data
+                start = end
+            after = keys[-1][0]

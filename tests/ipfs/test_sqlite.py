@@ -1,0 +1,124 @@
+"""SQLiteBlockStore beyond the shared contract: disk damage, persistence, WAL, lifecycle."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ipfs.blockstore import StoreError
+from ipfs.sqlite import SQLiteBlockStore
+from kernel.cid import CID
+from kernel.errors import CIDMismatchError
+
+
+def tamper(path: Path, cid: CID, data: bytes) -> None:
+    """Overwrite a row behind the store's back, as a failing disk would."""
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE blocks SET data = ? WHERE cid = ?", (data, cid.raw))
+
+
+async def test_corrupted_row_is_detected_on_get(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    async with SQLiteBlockStore(path) as store:
+        cid = await store.put(b"the original block")
+        tamper(path, cid, b"the original blocK")
+        with pytest.raises(CIDMismatchError):
+            await store.get(cid)
+
+
+async def test_corrupted_row_is_detected_by_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    async with SQLiteBlockStore(path) as store:
+        cid = await store.put(b"iterate me")
+        tamper(path, cid, b"iterate mE")
+        with pytest.raises(CIDMismatchError):
+            async for _ in store.blocks():
+                pass
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(block=st.binary(min_size=1, max_size=512), data=st.data())
+async def test_any_flipped_byte_is_detected(
+    tmp_path: Path, block: bytes, data: st.DataObject
+) -> None:
+    path = tmp_path / "flip.db"
+    index = data.draw(st.integers(0, len(block) - 1))
+    bad = bytearray(block)
+    bad[index] ^= 1 << data.draw(st.integers(0, 7))
+    async with SQLiteBlockStore(path) as store:
+        cid = await store.put(block)
+        tamper(path, cid, bytes(bad))
+        with pytest.raises(CIDMismatchError):
+            await store.get(cid)
+        tamper(path, cid, block)  # restore for the next example
+
+
+async def test_persists_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    async with SQLiteBlockStore(path) as store:
+        cid = await store.put(b"kept")
+        await store.pin(cid)
+    async with SQLiteBlockStore(path) as store:
+        assert await store.get(cid) == b"kept"
+        assert await store.pins() == [cid]
+
+
+async def test_wal_mode_and_full_sync(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    async with SQLiteBlockStore(path) as store:
+        await store.put(b"x")
+        assert store._db is not None
+        assert list(await store._db.execute_fetchall("PRAGMA synchronous")) == [(2,)]
+    with sqlite3.connect(path) as db:  # journal_mode=WAL is persistent in the file
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_schema_is_the_one_table(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    async with SQLiteBlockStore(path):
+        pass
+    with sqlite3.connect(path) as db:
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        assert names == ["blocks"]
+
+
+async def test_unopened_and_closed_store_raise_store_error(tmp_path: Path) -> None:
+    store = SQLiteBlockStore(tmp_path / "b.db")
+    with pytest.raises(StoreError, match="not open"):
+        await store.put(b"x")
+    async with store:
+        cid = await store.put(b"x")
+    with pytest.raises(StoreError, match="closed"):
+        await store.get(cid)
+    with pytest.raises(StoreError, match="closed"):
+        async for _ in store.blocks():
+            pass
+    with pytest.raises(StoreError, match="closed"):
+        await store.open()
+
+
+async def test_blocks_pages_through_large_stores(tmp_path: Path) -> None:
+    # More keys than one page and more bytes than one data run.
+    async with SQLiteBlockStore(tmp_path / "b.db") as store:
+        blocks = [i.to_bytes(4, "big") * 2048 for i in range(1500)]  # 8 KiB each
+        cids = await store.put_many(blocks)
+        seen = [cid async for cid, _ in store.blocks()]
+        assert seen == sorted(cids)
+
+
+async def test_shared_connection(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    async with aiosqlite.connect(path) as db:
+        await db.execute("CREATE TABLE ledger (x INTEGER)")
+        store = await SQLiteBlockStore.on_connection(db)
+        cid = await store.put(b"shared")
+        await store.close()  # leaves the owner's connection open
+        assert list(await db.execute_fetchall("SELECT count(*) FROM blocks")) == [(1,)]
+    async with SQLiteBlockStore(path) as store:
+        assert await store.get(cid) == b"shared"
