@@ -173,14 +173,17 @@ class CARParser:
                 while (end := self._step(view, pos, out)) is not None:
                     pos = end
         except UsagiError as exc:
+            # The traceback still holds slices of the buffer, so it cannot be
+            # resized; drop it instead (a failed parser reads nothing more).
             self._error = exc
+            self._buf = bytearray()
+            self.offset += pos
             if not out:
                 raise
-        finally:
-            # The memoryview is released before this runs, so the buffer may
-            # shrink: only the incomplete frame (at most one section) stays.
-            del self._buf[:pos]
-            self.offset += pos
+            return out
+        # Keep only the incomplete frame: at most one section plus this chunk.
+        del self._buf[:pos]
+        self.offset += pos
         return out
 
     def finish(self) -> None:
