@@ -192,26 +192,16 @@ class CARParser:
             raise self._error
         if self.eof:
             return
-        if not self.header_read and not self._buf:
-            raise CARTruncatedError("empty input: no CAR header", offset=self.offset)
-        if self._buf:
-            what = "header" if not self.header_read else "section"
+        if self._buf or not self.header_read:
+            what = "section" if self.header_read else "header"
             with memoryview(self._buf) as view:
                 try:
                     length, body = self._varint(view, 0)
+                    text = f"{what} declares {length} bytes but only {len(view) - body} remain"
                 except CARTruncatedError:
-                    length = body = -1
-            if length < 0:
-                error = CARTruncatedError(
-                    f"input ends inside the {what} length varint", offset=self.offset
-                )
-            else:
-                remain = len(self._buf) - body
-                error = CARTruncatedError(
-                    f"{what} declares {length} bytes but only {remain} remain", offset=self.offset
-                )
-            self._error = error
-            raise error
+                    text = f"input ends inside the {what} length varint"
+            self._error = CARTruncatedError(text, offset=self.offset)
+            raise self._error
 
     # -- internals ----------------------------------------------------------
 
