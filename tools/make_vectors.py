@@ -56,8 +56,15 @@ NONCE = bytes(range(16))
 BLOCK_CID = CID.for_block(b"usagi-p2p vector block")
 
 
-def _vector(description: str, operation: str, inputs: dict[str, Any], expected: dict[str, Any],
-            expect: str, *, recorded: bool = False) -> dict[str, Any]:
+def _vector(
+    description: str,
+    operation: str,
+    inputs: dict[str, Any],
+    expected: dict[str, Any],
+    expect: str,
+    *,
+    recorded: bool = False,
+) -> dict[str, Any]:
     return {
         "comment": HEADER,
         "description": description,
@@ -79,7 +86,12 @@ def order_document() -> dict[str, Any]:
         "issued_at": ISSUED_AT,
         "currency": "JPY",
         "lines": [
-            {"text": "M6x20 SUS304 hex bolt, 500 pcs", "qty": "500", "unit": "pcs", "unit_price": "12.50"},
+            {
+                "text": "M6x20 SUS304 hex bolt, 500 pcs",
+                "qty": "500",
+                "unit": "pcs",
+                "unit_price": "12.50",
+            },
             {"text": "same washers as last time"},
         ],
     }
@@ -108,19 +120,35 @@ def deterministic_vectors() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     out["identity-seeds.json"] = _vector(
         "did:key and derived X25519 keys of the fixed vector seeds (seed 00…00 is the "
-        "w3c-ccg did-method-key test vector did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp)",
+        "w3c-ccg did-method-key test vector "
+        "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp)",
         "identity",
         {"seeds": [bytes(32).hex()] + [SEEDS[n] for n in ("seller", "buyer", "stranger")]},
-        {"identities": [
-            {"did": i.did, "ed25519_public": i.public_key.hex(), "x25519_public": i.x25519_public.hex()}
-            for i in (Identity(bytes(32)), SELLER, BUYER, STRANGER)
-        ]},
+        {
+            "identities": [
+                {
+                    "did": i.did,
+                    "ed25519_public": i.public_key.hex(),
+                    "x25519_public": i.x25519_public.hex(),
+                }
+                for i in (Identity(bytes(32)), SELLER, BUYER, STRANGER)
+            ]
+        },
         "success",
     )
     for name, doc, signer, what in (
-        ("signed-document-order.json", order_document(), BUYER, "a first order with free-text lines"),
-        ("signed-document-reply.json", response_document(), SELLER,
-         "an order_response in a thread (thread + prev links, plugin ext)"),
+        (
+            "signed-document-order.json",
+            order_document(),
+            BUYER,
+            "a first order with free-text lines",
+        ),
+        (
+            "signed-document-reply.json",
+            response_document(),
+            SELLER,
+            "an order_response in a thread (thread + prev links, plugin ext)",
+        ),
     ):
         body = dagcbor.encode(doc)
         signed = sign_bytes(signer, "document", body)
@@ -132,57 +160,115 @@ def deterministic_vectors() -> dict[str, dict[str, Any]]:
             "success",
         )
     notice = make_notice(BUYER, BLOCK_CID, SELLER.did, parse_time(SENT_AT), NONCE)
-    notice_inputs = {"sender_seed": BUYER.seed.hex(), "cid": str(BLOCK_CID), "to": SELLER.did,
-                     "sent_at": SENT_AT, "nonce": NONCE.hex()}
+    notice_inputs = {
+        "sender_seed": BUYER.seed.hex(),
+        "cid": str(BLOCK_CID),
+        "to": SELLER.did,
+        "sent_at": SENT_AT,
+        "nonce": NONCE.hex(),
+    }
     out["notice.json"] = _vector(
-        "A notice (label usagi-p2p/v1/notice), made and opened by its recipient within the skew window",
-        "notice", {**notice_inputs, "me": SELLER.did, "now": "2025-04-01T09:35:00Z"},
-        {"notice": notice.hex()}, "success",
+        "A notice (label usagi-p2p/v1/notice), made and opened by its recipient "
+        "within the skew window",
+        "notice",
+        {**notice_inputs, "me": SELLER.did, "now": "2025-04-01T09:35:00Z"},
+        {"notice": notice.hex()},
+        "success",
     )
     out["notice-expired.json"] = _vector(
         "The same notice opened 11 minutes later: outside the 10-minute skew window",
-        "notice", {**notice_inputs, "me": SELLER.did, "now": "2025-04-01T09:41:06Z"},
-        {"notice": notice.hex()}, "expired",
+        "notice",
+        {**notice_inputs, "me": SELLER.did, "now": "2025-04-01T09:41:06Z"},
+        {"notice": notice.hex()},
+        "expired",
     )
     out["notice-wrong-recipient.json"] = _vector(
         "The same notice opened by a node it is not addressed to",
-        "notice", {**notice_inputs, "me": STRANGER.did, "now": SENT_AT},
-        {"notice": notice.hex()}, "wrong_recipient",
+        "notice",
+        {**notice_inputs, "me": STRANGER.did, "now": SENT_AT},
+        {"notice": notice.hex()},
+        "wrong_recipient",
     )
     flipped = bytearray(notice)
     flipped[10] ^= 0x01  # inside the 64-byte signature
     out["notice-bad-signature.json"] = _vector(
         "The notice with one bit of its signature flipped",
-        "open_notice", {"raw": bytes(flipped).hex()}, {}, "invalid_signature",
+        "open_notice",
+        {"raw": bytes(flipped).hex()},
+        {},
+        "invalid_signature",
     )
-    ack_inputs = {"receiver_seed": SELLER.seed.hex(), "cid": str(BLOCK_CID), "to": BUYER.did,
-                  "nonce": NONCE.hex(), "at": "2025-04-01T09:30:07Z"}
+    ack_inputs = {
+        "receiver_seed": SELLER.seed.hex(),
+        "cid": str(BLOCK_CID),
+        "to": BUYER.did,
+        "nonce": NONCE.hex(),
+        "at": "2025-04-01T09:30:07Z",
+    }
     received_digest = b"\x12\x20" + bytes(range(32))
-    ack = make_ack(SELLER, cid=BLOCK_CID, to=BUYER.did, nonce=NONCE, status="received",
-                   at=parse_time(ack_inputs["at"]), digest=received_digest)
+    ack = make_ack(
+        SELLER,
+        cid=BLOCK_CID,
+        to=BUYER.did,
+        nonce=NONCE,
+        status="received",
+        at=parse_time(ack_inputs["at"]),
+        digest=received_digest,
+    )
     out["ack-received.json"] = _vector(
         "A positive ack (label usagi-p2p/v1/ack) naming the digest of the signed document received",
-        "ack", {**ack_inputs, "status": "received", "digest": received_digest.hex(), "reason": None,
-                "check_digest": received_digest.hex()},
-        {"ack": ack.hex()}, "success",
+        "ack",
+        {
+            **ack_inputs,
+            "status": "received",
+            "digest": received_digest.hex(),
+            "reason": None,
+            "check_digest": received_digest.hex(),
+        },
+        {"ack": ack.hex()},
+        "success",
     )
     out["ack-digest-mismatch.json"] = _vector(
         "The same ack checked against a different digest than the one sealed: not a receipt",
-        "ack", {**ack_inputs, "status": "received", "digest": received_digest.hex(), "reason": None,
-                "check_digest": (b"\x12\x20" + bytes(32)).hex()},
-        {"ack": ack.hex()}, "digest_mismatch",
+        "ack",
+        {
+            **ack_inputs,
+            "status": "received",
+            "digest": received_digest.hex(),
+            "reason": None,
+            "check_digest": (b"\x12\x20" + bytes(32)).hex(),
+        },
+        {"ack": ack.hex()},
+        "digest_mismatch",
     )
-    rejected = make_ack(SELLER, cid=BLOCK_CID, to=BUYER.did, nonce=NONCE, status="rejected",
-                        at=parse_time(ack_inputs["at"]), reason="unknown part number")
+    rejected = make_ack(
+        SELLER,
+        cid=BLOCK_CID,
+        to=BUYER.did,
+        nonce=NONCE,
+        status="rejected",
+        at=parse_time(ack_inputs["at"]),
+        reason="unknown part number",
+    )
     out["ack-rejected.json"] = _vector(
         "A rejection ack: no digest, a reason; a valid answer but not a receipt",
-        "ack", {**ack_inputs, "status": "rejected", "digest": None, "reason": "unknown part number",
-                "check_digest": received_digest.hex()},
-        {"ack": rejected.hex()}, "success",
+        "ack",
+        {
+            **ack_inputs,
+            "status": "rejected",
+            "digest": None,
+            "reason": "unknown part number",
+            "check_digest": received_digest.hex(),
+        },
+        {"ack": rejected.hex()},
+        "success",
     )
     out["notice-as-ack.json"] = _vector(
         "A valid notice presented as an ack: the label differs, so the signature does not verify",
-        "open_ack", {"raw": notice.hex()}, {}, "invalid_signature",
+        "open_ack",
+        {"raw": notice.hex()},
+        {},
+        "invalid_signature",
     )
     return out
 
@@ -190,20 +276,30 @@ def deterministic_vectors() -> dict[str, dict[str, Any]]:
 # -- recorded envelopes ------------------------------------------------------------
 
 #: The randomly sealed base blocks; everything else is derived from them.
-RECORDED = ("envelope-success.json", "envelope-wrong-signer.json", "envelope-invalid-signature.json",
-            "envelope-invalid-document.json")
+RECORDED = (
+    "envelope-success.json",
+    "envelope-wrong-signer.json",
+    "envelope-invalid-signature.json",
+    "envelope-invalid-document.json",
+)
 
 
 def _seal_base() -> dict[str, bytes]:
     parties = [BUYER.did, SELLER.did]
     body = dagcbor.encode(order_document())
-    forged = dagcbor.encode({"sig": STRANGER.sign("document", body), "body": body, "signer": BUYER.did})
+    forged = dagcbor.encode(
+        {"sig": STRANGER.sign("document", body), "body": body, "signer": BUYER.did}
+    )
     float_doc = dagcbor.encode({**order_document(), "total": 6250.0})
     return {
         "envelope-success.json": seal(order_document(), BUYER).block,
-        "envelope-wrong-signer.json": seal_signed(sign_bytes(STRANGER, "document", body), parties).block,
+        "envelope-wrong-signer.json": seal_signed(
+            sign_bytes(STRANGER, "document", body), parties
+        ).block,
         "envelope-invalid-signature.json": seal_signed(forged, parties).block,
-        "envelope-invalid-document.json": seal_signed(sign_bytes(BUYER, "document", float_doc), parties).block,
+        "envelope-invalid-document.json": seal_signed(
+            sign_bytes(BUYER, "document", float_doc), parties
+        ).block,
     }
 
 
@@ -220,18 +316,37 @@ def _slot_index(block: bytes, me: Identity) -> int:
     raise RuntimeError("no slot opens for this key")
 
 
-def _envelope(description: str, block: bytes, opener: Identity, expect: str, *,
-              cid: CID | None = None, recorded: bool = False, document: bytes | None = None,
-              signed: bytes | None = None) -> dict[str, Any]:
+def _envelope(
+    description: str,
+    block: bytes,
+    opener: Identity,
+    expect: str,
+    *,
+    cid: CID | None = None,
+    recorded: bool = False,
+    document: bytes | None = None,
+    signed: bytes | None = None,
+) -> dict[str, Any]:
     expected: dict[str, Any] = {}
     if expect == "success":
         assert signed is not None and document is not None
-        expected = {"document": document.hex(), "signed": signed.hex(), "digest": digest(signed).hex(),
-                    "signer": BUYER.did}
+        expected = {
+            "document": document.hex(),
+            "signed": signed.hex(),
+            "digest": digest(signed).hex(),
+            "signer": BUYER.did,
+        }
     return _vector(
-        description, "open_envelope",
-        {"block": block.hex(), "cid": str(cid or CID.for_block(block)), "opener_seed": opener.seed.hex()},
-        expected, expect, recorded=recorded,
+        description,
+        "open_envelope",
+        {
+            "block": block.hex(),
+            "cid": str(cid or CID.for_block(block)),
+            "opener_seed": opener.seed.hex(),
+        },
+        expected,
+        expect,
+        recorded=recorded,
     )
 
 
@@ -244,57 +359,117 @@ def envelope_vectors(base: dict[str, bytes]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     out["envelope-success.json"] = _envelope(
         "A recorded envelope (buyer's order sealed to buyer and seller) opened by the seller",
-        ok, SELLER, "success", recorded=True, document=document, signed=signed)
+        ok,
+        SELLER,
+        "success",
+        recorded=True,
+        document=document,
+        signed=signed,
+    )
     out["envelope-success-sender.json"] = _envelope(
-        "The same envelope opened by its sender, the buyer", ok, BUYER, "success",
-        document=document, signed=signed)
+        "The same envelope opened by its sender, the buyer",
+        ok,
+        BUYER,
+        "success",
+        document=document,
+        signed=signed,
+    )
     out["envelope-not-recipient.json"] = _envelope(
-        "The same envelope opened by a third key", ok, STRANGER, "not_recipient")
+        "The same envelope opened by a third key", ok, STRANGER, "not_recipient"
+    )
     out["envelope-cid-mismatch.json"] = _envelope(
-        "The same envelope fetched under another block's CID", ok, SELLER, "cid_mismatch",
-        cid=CID.for_block(b"usagi-p2p vector block"))
+        "The same envelope fetched under another block's CID",
+        ok,
+        SELLER,
+        "cid_mismatch",
+        cid=CID.for_block(b"usagi-p2p vector block"),
+    )
     c = bytearray(env["c"])
     c[len(c) // 2] ^= 0x01
     out["envelope-tampered-ciphertext.json"] = _envelope(
         "One bit of the ciphertext flipped (CID recomputed): the AEAD tag fails",
-        dagcbor.encode({**env, "c": bytes(c)}), SELLER, "decryption_failed")
+        dagcbor.encode({**env, "c": bytes(c)}),
+        SELLER,
+        "decryption_failed",
+    )
     mine = _slot_index(ok, SELLER)
     for index, name, what, expect in (
         (mine, "envelope-tampered-own-slot.json", "the opener's own slot", "not_recipient"),
-        (1 - mine, "envelope-tampered-other-slot.json",
-         "the other party's slot (bound by the associated data)", "decryption_failed"),
+        (
+            1 - mine,
+            "envelope-tampered-other-slot.json",
+            "the other party's slot (bound by the associated data)",
+            "decryption_failed",
+        ),
     ):
         slots = list(env["s"])
         slot = bytearray(slots[index])
         slot[40] ^= 0x01
         slots[index] = bytes(slot)
-        out[name] = _envelope(f"One bit flipped in {what}", dagcbor.encode({**env, "s": slots}), SELLER, expect)
+        out[name] = _envelope(
+            f"One bit flipped in {what}", dagcbor.encode({**env, "s": slots}), SELLER, expect
+        )
     out["envelope-wrong-signer.json"] = _envelope(
         "A document whose 'from' is the buyer but which a third party signed (valid signature)",
-        base["envelope-wrong-signer.json"], SELLER, "wrong_signer", recorded=True)
+        base["envelope-wrong-signer.json"],
+        SELLER,
+        "wrong_signer",
+        recorded=True,
+    )
     out["envelope-invalid-signature.json"] = _envelope(
         "A wrapper naming the buyer as signer over a third party's signature",
-        base["envelope-invalid-signature.json"], SELLER, "invalid_signature", recorded=True)
+        base["envelope-invalid-signature.json"],
+        SELLER,
+        "invalid_signature",
+        recorded=True,
+    )
     out["envelope-invalid-document.json"] = _envelope(
         "A correctly signed document holding a float ('total': 6250.0): refused",
-        base["envelope-invalid-document.json"], SELLER, "invalid_document", recorded=True)
+        base["envelope-invalid-document.json"],
+        SELLER,
+        "invalid_document",
+        recorded=True,
+    )
     # Non-canonical encodings of the success envelope: each must be refused at decode.
     assert ok[-3:] == b"\x61\x76\x01"
     unsorted = dagcbor.encode_ordered({"v": 1, "c": env["c"], "n": env["n"], "s": env["s"]})
     nonce_at = ok.index(b"\x61\x6e\x58\x18") + 2
     variants = (
-        ("envelope-noncanonical-unsorted-keys.json", "map keys out of canonical order (v first)",
-         unsorted, "non_canonical"),
-        ("envelope-noncanonical-int.json", "version 1 written as 18 01 (non-minimal int)",
-         ok[:-1] + b"\x18\x01", "non_canonical"),
-        ("envelope-noncanonical-length.json", "the 24-byte nonce's length written as 59 00 18",
-         ok[:nonce_at] + b"\x59\x00\x18" + ok[nonce_at + 2:], "non_canonical"),
-        ("envelope-noncanonical-indefinite.json", "the envelope map with indefinite length (bf … ff)",
-         b"\xbf" + ok[1:] + b"\xff", "non_canonical"),
-        ("envelope-trailing-bytes.json", "one 00 byte after the envelope", ok + b"\x00", "malformed"),
+        (
+            "envelope-noncanonical-unsorted-keys.json",
+            "map keys out of canonical order (v first)",
+            unsorted,
+            "non_canonical",
+        ),
+        (
+            "envelope-noncanonical-int.json",
+            "version 1 written as 18 01 (non-minimal int)",
+            ok[:-1] + b"\x18\x01",
+            "non_canonical",
+        ),
+        (
+            "envelope-noncanonical-length.json",
+            "the 24-byte nonce's length written as 59 00 18",
+            ok[:nonce_at] + b"\x59\x00\x18" + ok[nonce_at + 2 :],
+            "non_canonical",
+        ),
+        (
+            "envelope-noncanonical-indefinite.json",
+            "the envelope map with indefinite length (bf … ff)",
+            b"\xbf" + ok[1:] + b"\xff",
+            "non_canonical",
+        ),
+        (
+            "envelope-trailing-bytes.json",
+            "one 00 byte after the envelope",
+            ok + b"\x00",
+            "malformed",
+        ),
     )
     for name, what, block, expect in variants:
-        out[name] = _envelope(f"Non-canonical envelope: {what} (CID of these bytes)", block, SELLER, expect)
+        out[name] = _envelope(
+            f"Non-canonical envelope: {what} (CID of these bytes)", block, SELLER, expect
+        )
     return out
 
 
@@ -319,8 +494,11 @@ def all_vectors(directory: Path, refresh: bool = False) -> dict[str, dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--refresh-envelopes", action="store_true",
-                        help="seal new random envelopes instead of keeping the recorded ones")
+    parser.add_argument(
+        "--refresh-envelopes",
+        action="store_true",
+        help="seal new random envelopes instead of keeping the recorded ones",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""kernel.cid: CIDs built directly agree with multiformats; strict parsing; varints (SPEC-NOTES §2, §3)."""
+"""kernel.cid: CIDs agree with multiformats; strict parsing; varints (SPEC-NOTES §2, §3)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from multiformats import multihash
 
 from kernel.cid import (
     BLAKE2B_256,
+    CID,
     DAG_CBOR,
     DAG_JSON,
     IDENTITY,
     RAW,
     SHA2_256,
-    CID,
     as_cid,
     decode_varint,
     encode_varint,
@@ -77,7 +77,12 @@ def test_cidv0_text_round_trip() -> None:
 
 def test_identity_cid_from_fixture_text() -> None:
     cid = CID.parse("bafkqabiaaebagba")
-    assert (cid.version, cid.codec, cid.hash_code, cid.digest) == (1, RAW, IDENTITY, b"\x00\x01\x02\x03\x04")
+    assert (cid.version, cid.codec, cid.hash_code, cid.digest) == (
+        1,
+        RAW,
+        IDENTITY,
+        b"\x00\x01\x02\x03\x04",
+    )
     assert str(cid) == "bafkqabiaaebagba"
 
 
@@ -163,8 +168,16 @@ def test_as_cid_accepts_three_forms() -> None:
 
 @pytest.mark.parametrize(
     ("value", "hex_"),
-    [(0, "00"), (1, "01"), (127, "7f"), (128, "8001"), (255, "ff01"), (300, "ac02"), (16384, "808001"),
-     ((1 << 63) - 1, "ffffffffffffffff7f")],
+    [
+        (0, "00"),
+        (1, "01"),
+        (127, "7f"),
+        (128, "8001"),
+        (255, "ff01"),
+        (300, "ac02"),
+        (16384, "808001"),
+        ((1 << 63) - 1, "ffffffffffffffff7f"),
+    ],
 )
 def test_varint_examples(value: int, hex_: str) -> None:
     assert encode_varint(value) == bytes.fromhex(hex_)
@@ -180,7 +193,17 @@ def test_varint_round_trip(value: int) -> None:
 
 @pytest.mark.parametrize(
     "hex_",
-    ["", "80", "ff", "8100", "808000", "ff00", "ffffffffffffffff80", "ffffffffffffffffff01", "80808080808080808001"],
+    [
+        "",
+        "80",
+        "ff",
+        "8100",
+        "808000",
+        "ff00",
+        "ffffffffffffffff80",
+        "ffffffffffffffffff01",
+        "80808080808080808001",
+    ],
 )
 def test_varint_rejects_truncated_non_minimal_over_long(hex_: str) -> None:
     with pytest.raises(MalformedError):

@@ -104,7 +104,11 @@ def test_int_fixtures_decode_to_exact_ints(path: Path) -> None:
 def test_ints_beyond_64_bit_are_covered() -> None:
     require_fixtures(CODEC_FIXTURES)
     names = {p.parent.name for p in INT_FIXTURES}
-    assert {"int-18446744073709551615", "int-11959030306112471731", "int--11959030306112471732"} <= names
+    assert {
+        "int-18446744073709551615",
+        "int-11959030306112471731",
+        "int--11959030306112471732",
+    } <= names
 
 
 @pytest.mark.parametrize("path", FLOAT_FIXTURES, ids=_fixture_id)
@@ -374,8 +378,9 @@ scalars = (
 )
 values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=6)
-    | st.dictionaries(st.text(max_size=12), children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=12), children, max_size=6)
+    ),
     max_leaves=30,
 )
 

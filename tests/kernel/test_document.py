@@ -36,7 +36,9 @@ def test_minimal_free_text_order_is_valid() -> None:
 
 
 def test_masterless_lines_need_nothing_but_text() -> None:
-    doc = order(lines=[{"text": "something like the bolts we had last spring, 2 boxes"}, {"text": "水"}])
+    doc = order(
+        lines=[{"text": "something like the bolts we had last spring, 2 boxes"}, {"text": "水"}]
+    )
     assert document_problems(doc) == []
     assert document_problems(order(lines=None)) == []  # lines are optional (e.g. a cancel)
 
@@ -50,8 +52,17 @@ def test_full_line_and_document_fields() -> None:
         user="tanaka",
         valid_until="2025-05-01T00:00:00Z",
         due="2025-06-01T00:00:00Z",
-        lines=[{"text": "bolt", "qty": "500", "unit": "pcs", "unit_price": "25", "amount": "12500",
-                "ref": "B-6-20", "ext": {"machinery": {"thread": "M6", "material": "SUS304"}}}],
+        lines=[
+            {
+                "text": "bolt",
+                "qty": "500",
+                "unit": "pcs",
+                "unit_price": "25",
+                "amount": "12500",
+                "ref": "B-6-20",
+                "ext": {"machinery": {"thread": "M6", "material": "SUS304"}},
+            }
+        ],
         ext={"machinery": {"drawing": "D-12"}, "food-safety": {"lot": ["A", "B"]}},
     )
     assert document_problems(doc) == []
@@ -79,7 +90,9 @@ def test_floats_are_refused_anywhere(changes: dict[str, Any], path: str) -> None
     assert path in paths(order(**changes))
 
 
-@pytest.mark.parametrize("text", ["0", "1", "-3", "12.50", "0.000000000001", "123456789012345678901234567", "-0.5"])
+@pytest.mark.parametrize(
+    "text", ["0", "1", "-3", "12.50", "0.000000000001", "123456789012345678901234567", "-0.5"]
+)
 def test_decimals_accepted(text: str) -> None:
     assert is_decimal(text)
     assert document_problems(order(total=text)) == []
@@ -87,8 +100,26 @@ def test_decimals_accepted(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "01", "1.", ".5", "+1", "1e3", "1,000", "1 000", "1.0000000000001", "1234567890123456789012345678",
-     "--1", "١", "½", " 1", "NaN", 12, 1.5, None],
+    [
+        "",
+        "01",
+        "1.",
+        ".5",
+        "+1",
+        "1e3",
+        "1,000",
+        "1 000",
+        "1.0000000000001",
+        "1234567890123456789012345678",
+        "--1",
+        "١",
+        "½",
+        " 1",
+        "NaN",
+        12,
+        1.5,
+        None,
+    ],
 )
 def test_decimals_refused(text: Any) -> None:
     assert not is_decimal(text)
@@ -119,9 +150,22 @@ def test_times_parse(text: str, expected: datetime) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["2025-04-01", "2025-04-01T09:30:00", "2025-04-01T09:30:00+00:00", "2025-04-01T09:30:00+09:00",
-     "2025-04-01 09:30:00Z", "2025-04-01T09:30:00z", "2025-13-01T00:00:00Z", "2025-02-30T00:00:00Z",
-     "2025-04-01T24:00:00Z", "2025-04-01T09:30:00.1234567Z", "٢٠٢٥-04-01T09:30:00Z", "", 1743499800, None],
+    [
+        "2025-04-01",
+        "2025-04-01T09:30:00",
+        "2025-04-01T09:30:00+00:00",
+        "2025-04-01T09:30:00+09:00",
+        "2025-04-01 09:30:00Z",
+        "2025-04-01T09:30:00z",
+        "2025-13-01T00:00:00Z",
+        "2025-02-30T00:00:00Z",
+        "2025-04-01T24:00:00Z",
+        "2025-04-01T09:30:00.1234567Z",
+        "٢٠٢٥-04-01T09:30:00Z",
+        "",
+        1743499800,
+        None,
+    ],
 )
 def test_times_refused(text: Any) -> None:
     with pytest.raises(MalformedError):
@@ -142,7 +186,9 @@ def test_time_with_trailing_newline_refused() -> None:
 def test_format_time() -> None:
     tokyo = timezone(timedelta(hours=9))
     assert format_time(datetime(2025, 4, 1, 18, 30, tzinfo=tokyo)) == "2025-04-01T09:30:00Z"
-    assert format_time(datetime(2025, 4, 1, 9, 30, 0, 120000, tzinfo=UTC)) == "2025-04-01T09:30:00.12Z"
+    assert (
+        format_time(datetime(2025, 4, 1, 9, 30, 0, 120000, tzinfo=UTC)) == "2025-04-01T09:30:00.12Z"
+    )
     with pytest.raises(ValueError):
         format_time(datetime(2025, 4, 1))
 
@@ -158,20 +204,35 @@ def test_every_kernel_kind(kind: str) -> None:
 
 
 def test_kernel_kinds_are_the_seven() -> None:
-    assert KERNEL_KINDS == {"quote", "order", "order_response", "delivery_note", "invoice", "cancel", "message"}
+    assert KERNEL_KINDS == {
+        "quote",
+        "order",
+        "order_response",
+        "delivery_note",
+        "invoice",
+        "cancel",
+        "message",
+    }
 
 
-@pytest.mark.parametrize("kind", ["", "Order", "orders", "invoice2", "x" * 41, "a.b.c", ".order", "order.", "9lives", 3, None])
+@pytest.mark.parametrize(
+    "kind",
+    ["", "Order", "orders", "invoice2", "x" * 41, "a.b.c", ".order", "order.", "9lives", 3, None],
+)
 def test_bad_kinds(kind: Any) -> None:
     assert "kind" in paths({**order(), "kind": kind})
 
 
 def test_namespaced_plugin_kinds() -> None:
-    assert document_problems(order(kind="medical.approval")) == []  # no plugins enabled: not checked
+    assert (
+        document_problems(order(kind="medical.approval")) == []
+    )  # no plugins enabled: not checked
     assert document_problems(order(kind="medical.approval"), kinds=("medical.approval",)) == []
     assert "kind" in paths(order(kind="machinery.drawing"), kinds=("medical.approval",))
     assert document_problems(order(kind="order"), kinds=("medical.approval",)) == []
-    assert "kind" in paths(order(kind="approval"), kinds=("approval",))  # bare names are the kernel's
+    assert "kind" in paths(
+        order(kind="approval"), kinds=("approval",)
+    )  # bare names are the kernel's
 
 
 @pytest.mark.parametrize("response", ["accept", "reject", "counter"])

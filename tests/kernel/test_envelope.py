@@ -137,7 +137,9 @@ def test_wrong_signer() -> None:
 
 def test_forged_signer_field() -> None:
     body = dagcbor.encode(DOC)
-    forged = dagcbor.encode({"sig": STRANGER.sign("document", body), "body": body, "signer": BUYER.did})
+    forged = dagcbor.encode(
+        {"sig": STRANGER.sign("document", body), "body": body, "signer": BUYER.did}
+    )
     sealed = seal_signed(forged, [BUYER.did, SELLER.did])
     with pytest.raises(InvalidSignatureError):
         open(sealed.block, SELLER)
@@ -181,7 +183,15 @@ def test_non_canonical_envelope() -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"v": 2}, {"v": "1"}, {"n": bytes(23)}, {"s": []}, {"s": [bytes(79)]}, {"c": bytes(100)}, {"x": 1}],
+    [
+        {"v": 2},
+        {"v": "1"},
+        {"n": bytes(23)},
+        {"s": []},
+        {"s": [bytes(79)]},
+        {"c": bytes(100)},
+        {"x": 1},
+    ],
     ids=repr,
 )
 def test_malformed_envelope_fields(change: dict[str, Any]) -> None:
@@ -215,12 +225,29 @@ def test_block_length_depends_only_on_the_bucket() -> None:
 
 
 def test_no_plaintext_in_the_block() -> None:
-    doc = order(ref="PO-77812", note="deliver to Kawasaki plant gate 3", currency="JPY",
-                lines=[{"text": "M6x20 SUS304 hex bolt, 500 pcs", "qty": "500", "unit_price": "12.50"}])
+    doc = order(
+        ref="PO-77812",
+        note="deliver to Kawasaki plant gate 3",
+        currency="JPY",
+        lines=[{"text": "M6x20 SUS304 hex bolt, 500 pcs", "qty": "500", "unit_price": "12.50"}],
+    )
     sealed = seal(doc, BUYER)
     needles = [
-        BUYER.did, SELLER.did, BUYER.did[8:], SELLER.did[8:], "M6x20 SUS304", "Kawasaki", "PO-77812",
-        "issued_at", "kind", "order", "lines", "unit_price", "usagi-p2p", "2025-04-01", "signer",
+        BUYER.did,
+        SELLER.did,
+        BUYER.did[8:],
+        SELLER.did[8:],
+        "M6x20 SUS304",
+        "Kawasaki",
+        "PO-77812",
+        "issued_at",
+        "kind",
+        "order",
+        "lines",
+        "unit_price",
+        "usagi-p2p",
+        "2025-04-01",
+        "signer",
     ]
     for needle in needles:
         assert needle.encode() not in sealed.block, needle

@@ -14,21 +14,41 @@ from kernel.identity import LABELS, Identity, Party, party
 # test-vectors/ed25519-x25519.json @ 801b0a91ce5af882c389ca399fa1fd1a75229c09
 # (seed -> did, Ed25519 publicKeyBase58, X25519 key-agreement public/private base58).
 DID_KEY_VECTORS = [
-    ("00" * 32, "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp",
-     "4zvwRjXUKGfvwnParsHAS3HuSVzV5cA4McphgmoCtajS",
-     "7By6kV2t2d188odEM4ExAve1UithKT6dLva4dwsDT3ak", "6QN8DfuN9hjgHgPvLXqgzqYE3jRRGRrmJQZkd5tL8paR"),
-    ("00" * 31 + "01", "did:key:z6MkjchhfUsD6mmvni8mCdXHw216Xrm9bQe2mBH1P5RDjVJG",
-     "6ASf5EcmmEHTgDJ4X4ZT5vT6iHVJBXPg5AN5YoTCpGWt",
-     "FcoNC5NqP9CePWbhfz95iHaEsCjGkZUioK9Ck7Qiw286", "HBTcN2MrXNRj9xF9oi8QqYyuEPv3JLLjQKuEgW9oxVKP"),
-    ("00" * 31 + "02", "did:key:z6MknGc3ocHs3zdPiJbnaaqDi58NGb4pk1Sp9WxWufuXSdxf",
-     "8pM1DN3RiT8vbom5u1sNryaNT1nyL8CTTW3b5PwWXRBH",
-     "A5fe37PAxhX5WNKngBpGHhC1KpNE7nwbK9oX2tqwxYxU", "ACa4PPJ1LnPNq1iwS33V3Akh7WtnC71WkKFZ9ccM6sX2"),
-    ("00" * 31 + "03", "did:key:z6MkvqoYXQfDDJRv8L4wKzxYeuKyVZBfi9Qo6Ro8MiLH3kDQ",
-     "HPYVwAQmskwT1qEEeRzhoomyfyupJGASQQtCXSNG8XS2",
-     "7ocvdvQinfqtyQ3Dh9aA7ggoVCQkmfaoueZazHETDv3B", "FZrzd1osCnbK6y6MJzMBW1RcVfL524sNKhSbqRwMuwHT"),
-    ("00" * 31 + "04", "did:key:z6MkwW6aqMnjgrhJXFUko3NnZPGzVpkNzhYK7yEhnsibmLwL",
-     "J3qYF7YJMKCqQke47UQwiHizgFUXapHxRxKmxbkar89x",
-     "FbQtKTG6FjWSeYZyowWYv2KBcCbwmHqH6HUuxdJ4xkwP", "8Zybi2bqQ8YB4uPm3iy2rkDCmbB4wkG2Y2ig5YAkgNdg"),
+    (
+        "00" * 32,
+        "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp",
+        "4zvwRjXUKGfvwnParsHAS3HuSVzV5cA4McphgmoCtajS",
+        "7By6kV2t2d188odEM4ExAve1UithKT6dLva4dwsDT3ak",
+        "6QN8DfuN9hjgHgPvLXqgzqYE3jRRGRrmJQZkd5tL8paR",
+    ),
+    (
+        "00" * 31 + "01",
+        "did:key:z6MkjchhfUsD6mmvni8mCdXHw216Xrm9bQe2mBH1P5RDjVJG",
+        "6ASf5EcmmEHTgDJ4X4ZT5vT6iHVJBXPg5AN5YoTCpGWt",
+        "FcoNC5NqP9CePWbhfz95iHaEsCjGkZUioK9Ck7Qiw286",
+        "HBTcN2MrXNRj9xF9oi8QqYyuEPv3JLLjQKuEgW9oxVKP",
+    ),
+    (
+        "00" * 31 + "02",
+        "did:key:z6MknGc3ocHs3zdPiJbnaaqDi58NGb4pk1Sp9WxWufuXSdxf",
+        "8pM1DN3RiT8vbom5u1sNryaNT1nyL8CTTW3b5PwWXRBH",
+        "A5fe37PAxhX5WNKngBpGHhC1KpNE7nwbK9oX2tqwxYxU",
+        "ACa4PPJ1LnPNq1iwS33V3Akh7WtnC71WkKFZ9ccM6sX2",
+    ),
+    (
+        "00" * 31 + "03",
+        "did:key:z6MkvqoYXQfDDJRv8L4wKzxYeuKyVZBfi9Qo6Ro8MiLH3kDQ",
+        "HPYVwAQmskwT1qEEeRzhoomyfyupJGASQQtCXSNG8XS2",
+        "7ocvdvQinfqtyQ3Dh9aA7ggoVCQkmfaoueZazHETDv3B",
+        "FZrzd1osCnbK6y6MJzMBW1RcVfL524sNKhSbqRwMuwHT",
+    ),
+    (
+        "00" * 31 + "04",
+        "did:key:z6MkwW6aqMnjgrhJXFUko3NnZPGzVpkNzhYK7yEhnsibmLwL",
+        "J3qYF7YJMKCqQke47UQwiHizgFUXapHxRxKmxbkar89x",
+        "FbQtKTG6FjWSeYZyowWYv2KBcCbwmHqH6HUuxdJ4xkwP",
+        "8Zybi2bqQ8YB4uPm3iy2rkDCmbB4wkG2Y2ig5YAkgNdg",
+    ),
 ]
 
 
@@ -36,7 +56,9 @@ def _b58(text: str) -> bytes:
     return bytes(multibase.decode("z" + text))
 
 
-@pytest.mark.parametrize(("seed", "did", "ed_pub", "x_pub", "x_priv"), DID_KEY_VECTORS, ids=lambda v: v[:16])
+@pytest.mark.parametrize(
+    ("seed", "did", "ed_pub", "x_pub", "x_priv"), DID_KEY_VECTORS, ids=lambda v: v[:16]
+)
 def test_did_key_vectors(seed: str, did: str, ed_pub: str, x_pub: str, x_priv: str) -> None:
     me = Identity(bytes.fromhex(seed))
     assert me.did == did
@@ -129,7 +151,9 @@ def test_signature_shape(sig: object) -> None:
 
 
 @given(st.binary(min_size=32, max_size=32), st.binary(max_size=64), st.data())
-def test_flipped_signature_byte_never_verifies(seed: bytes, message: bytes, data: st.DataObject) -> None:
+def test_flipped_signature_byte_never_verifies(
+    seed: bytes, message: bytes, data: st.DataObject
+) -> None:
     me = Identity(seed)
     sig = bytearray(me.sign("ack", message))
     index = data.draw(st.integers(0, 63))

@@ -75,8 +75,14 @@ def notice() -> bytes:
 
 
 def ack(**changes: object) -> bytes:
-    args: dict = {"cid": BLOCK_CID, "to": BUYER.did, "nonce": NONCE, "status": "received", "at": AT,
-                  "digest": DIGEST}
+    args: dict = {
+        "cid": BLOCK_CID,
+        "to": BUYER.did,
+        "nonce": NONCE,
+        "status": "received",
+        "at": AT,
+        "digest": DIGEST,
+    }
     args.update(changes)
     return make_ack(SELLER, **args)
 
@@ -96,17 +102,29 @@ def test_snapshots_verify_independently() -> None:
         wrapper = dagcbor.decode(raw)
         assert list(wrapper) == ["sig", "body", "signer"]
         assert wrapper["signer"] == signer.did
-        VerifyKey(signer.public_key).verify(b"usagi-p2p/v1/" + label + b"\x00" + wrapper["body"], wrapper["sig"])
+        VerifyKey(signer.public_key).verify(
+            b"usagi-p2p/v1/" + label + b"\x00" + wrapper["body"], wrapper["sig"]
+        )
         assert dagcbor.encode(wrapper) == raw  # encode_ordered agrees with encode
 
 
 def test_open_notice() -> None:
     opened = open_notice(NOTICE_SNAPSHOT, me=SELLER.did, now=AT + timedelta(minutes=9))
     assert (opened.cid, opened.sender, opened.recipient, opened.nonce, opened.sent_at) == (
-        BLOCK_CID, BUYER.did, SELLER.did, NONCE, AT)
+        BLOCK_CID,
+        BUYER.did,
+        SELLER.did,
+        NONCE,
+        AT,
+    )
     assert opened.raw == NOTICE_SNAPSHOT
     assert dagcbor.decode(dagcbor.decode(NOTICE_SNAPSHOT)["body"]) == {
-        "cid": BLOCK_CID, "from": BUYER.did, "to": SELLER.did, "nonce": NONCE, "sent_at": "2025-04-01T09:30:00Z"}
+        "cid": BLOCK_CID,
+        "from": BUYER.did,
+        "to": SELLER.did,
+        "nonce": NONCE,
+        "sent_at": "2025-04-01T09:30:00Z",
+    }
 
 
 @pytest.mark.parametrize("minutes", [-10, 0, 10])
@@ -114,7 +132,9 @@ def test_skew_window_inside(minutes: int) -> None:
     open_notice(NOTICE_SNAPSHOT, now=AT + timedelta(minutes=minutes))
 
 
-@pytest.mark.parametrize("delta", [timedelta(minutes=10, seconds=1), timedelta(minutes=-11), timedelta(days=400)])
+@pytest.mark.parametrize(
+    "delta", [timedelta(minutes=10, seconds=1), timedelta(minutes=-11), timedelta(days=400)]
+)
 def test_skew_window_outside(delta: timedelta) -> None:
     with pytest.raises(ExpiredError):
         open_notice(NOTICE_SNAPSHOT, now=AT + delta)
@@ -150,8 +170,14 @@ def test_notice_signed_by_someone_else() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"nonce": bytes(15)}, {"nonce": "0" * 16}, {"cid": str(BLOCK_CID)}, {"to": "did:key:zBad"},
-     {"sent_at": "yesterday"}, {"extra": 1}],
+    [
+        {"nonce": bytes(15)},
+        {"nonce": "0" * 16},
+        {"cid": str(BLOCK_CID)},
+        {"to": "did:key:zBad"},
+        {"sent_at": "yesterday"},
+        {"extra": 1},
+    ],
     ids=repr,
 )
 def test_malformed_notice_bodies(changes: dict) -> None:
@@ -176,8 +202,16 @@ def test_notice_with_list_recipient_is_malformed() -> None:
 
 def test_open_ack() -> None:
     opened = open_ack(ACK_SNAPSHOT)
-    assert (opened.cid, opened.by, opened.to, opened.nonce, opened.status, opened.digest, opened.reason,
-            opened.at) == (BLOCK_CID, SELLER.did, BUYER.did, NONCE, "received", DIGEST, None, AT)
+    assert (
+        opened.cid,
+        opened.by,
+        opened.to,
+        opened.nonce,
+        opened.status,
+        opened.digest,
+        opened.reason,
+        opened.at,
+    ) == (BLOCK_CID, SELLER.did, BUYER.did, NONCE, "received", DIGEST, None, AT)
     assert opened.ok
     rejected = open_ack(REJECT_SNAPSHOT)
     assert not rejected.ok and rejected.reason == "unknown part number" and rejected.digest is None
@@ -207,8 +241,17 @@ def test_make_ack_arguments() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"status": "maybe"}, {"digest": bytes(34)}, {"digest": DIGEST[:-1]}, {"nonce": bytes(8)},
-     {"reason": 5}, {"reason": "r" * 501}, {"at": "now"}, {"extra": True}, {"cid": b"cid"}],
+    [
+        {"status": "maybe"},
+        {"digest": bytes(34)},
+        {"digest": DIGEST[:-1]},
+        {"nonce": bytes(8)},
+        {"reason": 5},
+        {"reason": "r" * 501},
+        {"at": "now"},
+        {"extra": True},
+        {"cid": b"cid"},
+    ],
     ids=repr,
 )
 def test_malformed_ack_bodies(changes: dict) -> None:

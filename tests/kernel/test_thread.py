@@ -19,19 +19,45 @@ from ._support import BUYER, SELLER, STRANGER, order
 def sealed_and_opened(doc: dict[str, Any], sender: Identity) -> Opened:
     receiver = SELLER if sender is BUYER else BUYER
     sealed = seal(doc, sender, [doc["from"], doc["to"]])
-    return open(sealed.block, receiver if receiver.did in (doc["from"], doc["to"]) else sender, sealed.cid)
+    return open(
+        sealed.block, receiver if receiver.did in (doc["from"], doc["to"]) else sender, sealed.cid
+    )
 
 
-def reply(sender: Identity, to: Identity, thread: CID, prev: list[CID], at: str, **changes: Any) -> Opened:
-    doc = order(**{"from": sender.did, "to": to.did, "thread": thread, "prev": prev, "issued_at": at, **changes})
+def reply(
+    sender: Identity, to: Identity, thread: CID, prev: list[CID], at: str, **changes: Any
+) -> Opened:
+    doc = order(
+        **{
+            "from": sender.did,
+            "to": to.did,
+            "thread": thread,
+            "prev": prev,
+            "issued_at": at,
+            **changes,
+        }
+    )
     return sealed_and_opened(doc, sender)
 
 
 @pytest.fixture(scope="module")
 def chain() -> list[Opened]:
-    root = sealed_and_opened(order(kind="quote", **{"from": SELLER.did, "to": BUYER.did}, issued_at="2025-04-01T09:00:00Z"), SELLER)
+    root = sealed_and_opened(
+        order(
+            kind="quote", **{"from": SELLER.did, "to": BUYER.did}, issued_at="2025-04-01T09:00:00Z"
+        ),
+        SELLER,
+    )
     o = reply(BUYER, SELLER, root.cid, [root.cid], "2025-04-01T10:00:00Z")
-    r = reply(SELLER, BUYER, root.cid, [o.cid], "2025-04-01T11:00:00Z", kind="order_response", response="accept")
+    r = reply(
+        SELLER,
+        BUYER,
+        root.cid,
+        [o.cid],
+        "2025-04-01T11:00:00Z",
+        kind="order_response",
+        response="accept",
+    )
     m = reply(BUYER, SELLER, root.cid, [root.cid], "2025-04-01T10:30:00Z", kind="message")
     d = reply(SELLER, BUYER, root.cid, [r.cid, m.cid], "2025-04-02T08:00:00Z", kind="delivery_note")
     return [root, o, m, r, d]
@@ -66,8 +92,15 @@ def test_missing_prev(chain: list[Opened]) -> None:
 
 def test_other_parties(chain: list[Opened]) -> None:
     root = chain[0]
-    doc = order(**{"from": STRANGER.did, "to": SELLER.did, "thread": root.cid, "prev": [root.cid],
-                   "issued_at": "2025-04-01T12:00:00Z"})
+    doc = order(
+        **{
+            "from": STRANGER.did,
+            "to": SELLER.did,
+            "thread": root.cid,
+            "prev": [root.cid],
+            "issued_at": "2025-04-01T12:00:00Z",
+        }
+    )
     sealed = seal(doc, STRANGER)
     intruder = open(sealed.block, SELLER, sealed.cid)
     with pytest.raises(ThreadError):
@@ -85,7 +118,14 @@ def test_time_going_backwards(chain: list[Opened]) -> None:
 
 def test_wrong_thread(chain: list[Opened]) -> None:
     root, o = chain[0], chain[1]
-    stray = reply(SELLER, BUYER, CID.for_block(b"another thread"), [o.cid], "2025-04-01T12:00:00Z", kind="message")
+    stray = reply(
+        SELLER,
+        BUYER,
+        CID.for_block(b"another thread"),
+        [o.cid],
+        "2025-04-01T12:00:00Z",
+        kind="message",
+    )
     with pytest.raises(ThreadError):
         verify_thread([root, o, stray])
     # naming a non-root member of the thread as the thread is wrong too

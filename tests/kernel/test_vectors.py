@@ -27,7 +27,9 @@ CODES = {klass.code for klass in KERNEL_ERRORS}
 
 
 def _load_generator() -> Any:
-    spec = importlib.util.spec_from_file_location("make_vectors", REPO / "tools" / "make_vectors.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_vectors", REPO / "tools" / "make_vectors.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -46,14 +48,24 @@ def test_vector_set_is_complete() -> None:
     names = {p.name for p in FILES}
     assert names == set(_generated())
     expects = {json.loads(p.read_text())["expect"] for p in FILES}
-    assert {"success", "not_recipient", "decryption_failed", "wrong_signer", "cid_mismatch",
-            "non_canonical", "malformed", "invalid_signature", "expired", "wrong_recipient",
-            "digest_mismatch"} <= expects
+    assert {
+        "success",
+        "not_recipient",
+        "decryption_failed",
+        "wrong_signer",
+        "cid_mismatch",
+        "non_canonical",
+        "malformed",
+        "invalid_signature",
+        "expired",
+        "wrong_recipient",
+        "digest_mismatch",
+    } <= expects
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_file_is_what_the_generator_writes(path: Path) -> None:
-    """Deterministic vectors re-made from seeds; envelope variants re-derived from the recorded blocks."""
+    """Deterministic vectors re-made from seeds; envelope variants re-derived from records."""
     vectors = _generated()
     assert path.read_text(encoding="utf-8") == GENERATOR.render(vectors[path.name])
 
@@ -78,7 +90,8 @@ def test_vector(path: Path) -> None:
 def _identity(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
     got = [Identity(bytes.fromhex(seed)) for seed in inputs["seeds"]]
     assert [
-        {"did": i.did, "ed25519_public": i.public_key.hex(), "x25519_public": i.x25519_public.hex()} for i in got
+        {"did": i.did, "ed25519_public": i.public_key.hex(), "x25519_public": i.x25519_public.hex()}
+        for i in got
     ] == expected["identities"]
     assert got[0].did == "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
 
@@ -97,10 +110,17 @@ def _sign_document(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
 
 def _notice(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
     sender = Identity(bytes.fromhex(inputs["sender_seed"]))
-    raw = make_notice(sender, CID.parse(inputs["cid"]), inputs["to"], parse_time(inputs["sent_at"]),
-                      bytes.fromhex(inputs["nonce"]))
+    raw = make_notice(
+        sender,
+        CID.parse(inputs["cid"]),
+        inputs["to"],
+        parse_time(inputs["sent_at"]),
+        bytes.fromhex(inputs["nonce"]),
+    )
     assert raw.hex() == expected["notice"]
-    opened = open_notice(raw, me=inputs["me"], now=parse_time(inputs["now"]), skew=timedelta(minutes=10))
+    opened = open_notice(
+        raw, me=inputs["me"], now=parse_time(inputs["now"]), skew=timedelta(minutes=10)
+    )
     assert opened.sender == sender.did and str(opened.cid) == inputs["cid"]
 
 
@@ -116,8 +136,13 @@ def _ack(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
     receiver = Identity(bytes.fromhex(inputs["receiver_seed"]))
     cid = CID.parse(inputs["cid"])
     raw = make_ack(
-        receiver, cid=cid, to=inputs["to"], nonce=bytes.fromhex(inputs["nonce"]), status=inputs["status"],
-        at=parse_time(inputs["at"]), digest=bytes.fromhex(inputs["digest"]) if inputs["digest"] else None,
+        receiver,
+        cid=cid,
+        to=inputs["to"],
+        nonce=bytes.fromhex(inputs["nonce"]),
+        status=inputs["status"],
+        at=parse_time(inputs["at"]),
+        digest=bytes.fromhex(inputs["digest"]) if inputs["digest"] else None,
         reason=inputs["reason"],
     )
     assert raw.hex() == expected["ack"]
