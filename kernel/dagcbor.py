@@ -55,6 +55,7 @@ DEFAULT_LIMITS: Final = Limits()
 _ORDER_CACHE: dict[tuple[Any, ...], tuple[str, ...]] = {}
 _GOOD_ORDERS: set[tuple[Any, ...]] = set()
 _CACHE_LIMIT: Final = 4096
+_MAX_CHECK_DEPTH: Final = 512
 _PLAIN: Final = frozenset({str, bytes, bool, type(None), CID})
 
 
@@ -149,8 +150,14 @@ def _tag_hook(tag: Any, immutable: bool) -> Any:
     return CID.from_bytes(payload[1:])
 
 
-def _check(value: Any, max_length: int) -> None:
-    """Reject what the IPLD Data Model does not have; check map key order."""
+def _check(value: Any, max_length: int, depth: int = 0) -> None:
+    """Reject what the IPLD Data Model does not have; check map key order.
+
+    The depth guard also stops cycles: cbor2 resolves the shared-value tags
+    28/29 into objects that may contain themselves.
+    """
+    if depth > _MAX_CHECK_DEPTH:
+        raise LimitExceededError("nesting too deep (or a cyclic shared value, tags 28/29)")
     kind = type(value)
     if kind is dict:
         if len(value) > max_length:
@@ -168,7 +175,7 @@ def _check(value: Any, max_length: int) -> None:
         return
     for item in items:
         if type(item) not in _PLAIN:
-            _check(item, max_length)
+            _check(item, max_length, depth + 1)
 
 
 def _check_keys(keys: tuple[Any, ...]) -> None:

@@ -44,11 +44,13 @@ MAX_TEXT: Final = 4_000
 MAX_SHORT: Final = 200
 MAX_PREV: Final = 64
 
-_DECIMAL_RE: Final = re.compile(r"^-?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})?$")
-_CURRENCY_RE: Final = re.compile(r"^[A-Z]{3}$")
-_KIND_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,39}(\.[a-z][a-z0-9_]{0,39})?$")
-_NAMESPACE_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
-_TIME_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+# All patterns are used with fullmatch: "$" would also match before a final newline.
+_DECIMAL_RE: Final = re.compile(r"-?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})?")
+_CURRENCY_RE: Final = re.compile(r"[A-Z]{3}")
+_KIND_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,39}(\.[a-z][a-z0-9_]{0,39})?")
+_NAMESPACE_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+# One spelling per instant: no trailing zeros in the fraction (format_time's form).
+_TIME_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{0,5}[1-9])?Z")
 
 _TOP_FIELDS: Final = frozenset(
     {"v", "kind", "from", "to", "issued_at", "thread", "prev", "ref", "currency", "lines",
@@ -70,7 +72,7 @@ def format_time(moment: datetime) -> str:
 
 def parse_time(text: Any) -> datetime:
     """Parse the RFC 3339 UTC form :func:`format_time` writes."""
-    if type(text) is not str or not _TIME_RE.match(text):
+    if type(text) is not str or not _TIME_RE.fullmatch(text):
         raise MalformedError(f"not an RFC 3339 UTC time ending in Z: {str(text)[:40]!r}")
     try:
         return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
@@ -79,7 +81,7 @@ def parse_time(text: Any) -> datetime:
 
 
 def is_decimal(text: Any) -> bool:
-    return type(text) is str and _DECIMAL_RE.match(text) is not None
+    return type(text) is str and _DECIMAL_RE.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ def _check_ext(ext: Any, path: str, out: list[Problem]) -> None:
         out.append(Problem(path, "must be a map of plugin namespaces"))
         return
     for namespace, fields in ext.items():
-        if not _NAMESPACE_RE.match(namespace):
+        if type(namespace) is not str or not _NAMESPACE_RE.fullmatch(namespace):
             out.append(Problem(f"{path}.{namespace}", "not a valid plugin namespace"))
         elif type(fields) is not dict:
             out.append(Problem(f"{path}.{namespace}", "must be a map"))
@@ -124,7 +126,7 @@ def _short_text(doc: Mapping[str, Any], key: str, out: list[Problem], limit: int
         out.append(Problem(key, f"must be text of 1..{limit} characters"))
 
 
-_DECIMAL_MATCH: Final = _DECIMAL_RE.match
+_DECIMAL_MATCH: Final = _DECIMAL_RE.fullmatch
 _LINE_DECIMALS: Final = ("qty", "unit_price", "amount")
 
 
@@ -168,7 +170,7 @@ def document_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
         out.append(Problem("v", f"must be {VERSION}"))
     kind = doc.get("kind")
     extra = set(kinds)
-    if type(kind) is not str or not _KIND_RE.match(kind):
+    if type(kind) is not str or not _KIND_RE.fullmatch(kind):
         out.append(Problem("kind", "missing or not a valid kind name"))
     elif "." not in kind and kind not in KERNEL_KINDS:
         out.append(Problem("kind", f"unknown kind {kind!r}; plugin kinds are namespaced"))
@@ -176,7 +178,7 @@ def document_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
         out.append(Problem("kind", f"kind {kind!r} is not declared by an enabled plugin"))
     for key in ("from", "to"):
         try:
-            party(doc.get(key))  # type: ignore[arg-type]
+            party(doc.get(key))
         except MalformedError as exc:
             out.append(Problem(key, str(exc)))
     if doc.get("from") == doc.get("to"):
@@ -206,12 +208,12 @@ def document_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
         _short_text(doc, key, out)
     _short_text(doc, "note", out, MAX_TEXT)
     currency = doc.get("currency")
-    if currency is not None and (type(currency) is not str or not _CURRENCY_RE.match(currency)):
+    if currency is not None and (type(currency) is not str or not _CURRENCY_RE.fullmatch(currency)):
         out.append(Problem("currency", "must be an ISO 4217 code such as 'JPY'"))
     if "total" in doc and not is_decimal(doc["total"]):
         out.append(Problem("total", "must be a decimal string"))
     response = doc.get("response")
-    if kind == "order_response" and response not in RESPONSES:
+    if kind == "order_response" and (type(response) is not str or response not in RESPONSES):
         out.append(Problem("response", "an order_response says accept, reject or counter"))
     elif response is not None and kind != "order_response":
         out.append(Problem("response", "only an order_response carries a response"))

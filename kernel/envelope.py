@@ -30,9 +30,10 @@ from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 
 from . import dagcbor
-from .cid import CID
+from .cid import CID, DAG_CBOR
 from .document import validate_document
 from .errors import (
+    CIDMismatchError,
     DecryptionError,
     InvalidDocumentError,
     MalformedError,
@@ -70,6 +71,19 @@ def bucket(size: int) -> int:
             target <<= 1
         return target
     return -(-need // LARGE_STEP) * LARGE_STEP
+
+
+def pad(data: bytes, size: int) -> bytes:
+    """ISO/IEC 7816-4 padding (what libsodium's ``sodium_pad`` writes): 0x80, then zeros."""
+    return data + b"\x80" + bytes(size - len(data) - 1)
+
+
+def unpad(padded: bytes) -> bytes:
+    """Undo :func:`pad`. Runs only on authenticated plaintext, so no padding oracle."""
+    end = len(padded.rstrip(b"\x00")) - 1
+    if end < 0 or padded[end] != 0x80:
+        raise DecryptionError("bad padding inside an authenticated envelope")
+    return padded[:end]
 
 
 def digest(signed_document: bytes) -> bytes:
@@ -130,7 +144,7 @@ def seal_signed(signed: bytes, recipients: Sequence[str]) -> Sealed:
     nonce = os.urandom(24)
     slots = [sodium.crypto_box_seal(key, party(did).x25519_public) for did in recipients]
     _rng.shuffle(slots)
-    padded = sodium.sodium_pad(signed, bucket(len(signed)))
+    padded = pad(signed, bucket(len(signed)))
     ciphertext = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
         padded, _associated_data(nonce, slots), nonce, key
     )
@@ -161,6 +175,8 @@ def _parse(block: bytes) -> tuple[bytes, bytes, list[bytes]]:
 def open_plaintext(block: bytes, me: Identity, cid: CID | None = None) -> bytes:
     """Check the CID, find my slot, decrypt and unpad; return the signed bytes."""
     if cid is not None:
+        if cid.codec != DAG_CBOR:
+            raise CIDMismatchError(f"an envelope's CID names codec dag-cbor, not 0x{cid.codec:x}")
         cid.verify(block)
     ciphertext, nonce, slots = _parse(block)
     public, secret = me.x25519_public, me.x25519_secret
@@ -177,9 +193,9 @@ def open_plaintext(block: bytes, me: Identity, cid: CID | None = None) -> bytes:
         padded = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
             ciphertext, _associated_data(nonce, slots), nonce, key
         )
-        return sodium.sodium_unpad(padded, len(padded))
     except (CryptoError, ValueError):
         raise DecryptionError() from None
+    return unpad(padded)
 
 
 def open(block: bytes, me: Identity, cid: CID | None = None, *, kinds: Iterable[str] = ()) -> Opened:  # noqa: A001

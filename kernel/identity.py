@@ -32,7 +32,7 @@ __all__ = ["Identity", "Party", "LABELS", "party"]
 
 _ED25519_PUB_MULTICODEC: Final = b"\xed\x01"
 _DID_PREFIX: Final = "did:key:z"
-_DID_RE: Final = re.compile(r"^did:key:z[1-9A-HJ-NP-Za-km-z]{40,60}$")
+_DID_RE: Final = re.compile(r"did:key:z[1-9A-HJ-NP-Za-km-z]{40,60}")
 
 #: Domain-separation labels: what a signature is for. Never reuse one.
 LABELS: Final = {
@@ -88,11 +88,15 @@ class Party:
         return f"Party({self.did!r})"
 
 
-@functools.lru_cache(maxsize=4096)
-def party(did: str) -> Party:
+def party(did: object) -> Party:
     """Parse a ``did:key`` (Ed25519) into a Party; cached, DIDs are immutable."""
-    if type(did) is not str or not _DID_RE.match(did):
+    if type(did) is not str or not _DID_RE.fullmatch(did):
         raise MalformedError(f"not an Ed25519 did:key: {str(did)[:80]!r}")
+    return _party(did)
+
+
+@functools.lru_cache(maxsize=4096)
+def _party(did: str) -> Party:
     try:
         raw = multibase.decode(did[len("did:key:") :])
     except Exception:  # multibase raises several types for bad input

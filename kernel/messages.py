@@ -83,6 +83,10 @@ def make_notice(
     sender: Identity, cid: CID, to: str, sent_at: datetime, nonce: bytes | None = None
 ) -> bytes:
     party(to)
+    if nonce is not None and (type(nonce) is not bytes or len(nonce) != 16):
+        raise ValueError("a notice nonce is 16 bytes")
+    if sent_at.tzinfo is None:
+        raise ValueError("sent_at must be an aware datetime")
     body = {
         "cid": cid,
         "from": sender.did,
@@ -112,6 +116,8 @@ def open_notice(
     sent_at = parse_time(body["sent_at"])
     if me is not None and body["to"] != me:
         raise WrongRecipientError(f"notice is for {body['to']}, not for this node")
+    if now is not None and now.tzinfo is None:
+        raise ValueError("now must be an aware datetime")
     if now is not None and abs(now - sent_at) > skew:
         raise ExpiredError(f"notice sent at {body['sent_at']}, outside the {skew} window")
     return Notice(body["cid"], body["from"], body["to"], body["nonce"], sent_at, raw)
@@ -154,7 +160,7 @@ def open_ack(raw: bytes) -> Ack:
     _require(body, {"at", "by", "to", "cid", "nonce", "status"}, {"digest", "reason"}, "ack")
     if type(body["cid"]) is not CID:
         raise MalformedError("ack cid must be a CID link")
-    if body["status"] not in ACK_STATUSES:
+    if type(body["status"]) is not str or body["status"] not in ACK_STATUSES:
         raise MalformedError(f"unknown ack status {body['status']!r}")
     digest = body.get("digest")
     if digest is not None and (type(digest) is not bytes or len(digest) != 34 or digest[:2] != b"\x12\x20"):

@@ -223,12 +223,6 @@ def test_trailing_bytes_error_names_the_offset() -> None:
     assert info.value.offset == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="kernel/dagcbor.py _check(): cbor2 resolves shared-reference tags 28/29 into a "
-    "cyclic list, which _check() recurses into forever (RecursionError, not a DecodeError)",
-)
 def test_cyclic_shared_reference_is_a_decode_error() -> None:
     # d8 1c 81 d8 1d 00: tag 28 "shareable" over [tag 29 "sharedref" 0]: a list containing itself.
     with pytest.raises(DecodeError):
