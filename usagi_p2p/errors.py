@@ -1,0 +1,104 @@
+"""Node-level errors and the one table mapping every error code to HTTP and exit codes.
+
+The kernel's errors say *what* went wrong (kernel/errors.py); only here do
+they meet HTTP. A peer endpoint answers ``{"error": code, "message": text}``
+with the status below; the CLI exits with the listed code.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from kernel.errors import UsagiError
+
+__all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "PartnerError",
+           "PeerError", "BodyTooLargeError", "OverloadedError", "http_status", "exit_code"]
+
+
+class NodeError(UsagiError):
+    """The node could not do what was asked."""
+
+    code = "node_error"
+
+
+class ConfigError(NodeError):
+    """The node's home folder or configuration is missing or invalid."""
+
+    code = "config_error"
+
+
+class PassphraseError(NodeError):
+    """The passphrase does not open the identity key."""
+
+    code = "bad_passphrase"
+
+
+class InvitationError(NodeError):
+    """The invitation is malformed, expired or not signed by who it names."""
+
+    code = "invalid_invitation"
+
+
+class PartnerError(NodeError):
+    """No such partner, or the partner is not active."""
+
+    code = "unknown_partner"
+
+
+class PeerError(NodeError):
+    """The partner's node answered with an error or could not be reached."""
+
+    code = "peer_error"
+
+
+class BodyTooLargeError(NodeError):
+    """The request body, batch or block is larger than this node accepts."""
+
+    code = "too_large"
+
+
+class OverloadedError(NodeError):
+    """The node is busy; retry after a moment."""
+
+    code = "overloaded"
+
+
+#: error code -> (HTTP status, CLI exit code). Anything not listed: 400 / 1.
+_TABLE: Final[dict[str, tuple[int, int]]] = {
+    "malformed": (400, 65),
+    "non_canonical": (400, 65),
+    "decode_error": (400, 65),
+    "limit_exceeded": (413, 65),
+    "too_large": (413, 65),
+    "block_too_large": (413, 65),
+    "unencodable": (400, 65),
+    "invalid_document": (422, 65),
+    "invalid_thread": (422, 1),
+    "invalid_signature": (401, 77),
+    "wrong_signer": (401, 77),
+    "unknown_sender": (403, 77),
+    "unknown_partner": (403, 69),
+    "invalid_invitation": (400, 65),
+    "wrong_recipient": (421, 65),
+    "expired": (400, 65),
+    "replay": (409, 65),
+    "cid_mismatch": (422, 1),
+    "digest_mismatch": (422, 1),
+    "not_recipient": (403, 77),
+    "decryption_failed": (422, 1),
+    "block_not_found": (404, 66),
+    "store_unavailable": (503, 69),
+    "store_error": (500, 74),
+    "peer_error": (502, 69),
+    "overloaded": (503, 75),
+    "config_error": (500, 78),
+    "bad_passphrase": (401, 77),
+}
+
+
+def http_status(code: str) -> int:
+    return _TABLE.get(code, (400, 1))[0]
+
+
+def exit_code(code: str) -> int:
+    return _TABLE.get(code, (400, 1))[1]

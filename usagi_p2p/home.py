@@ -1,0 +1,205 @@
+"""A node's home folder: identity key at rest, configuration, databases.
+
+Layout (docs/operations.md)::
+
+    HOME/identity.key   the Ed25519 seed, sealed with a passphrase (mode 0600)
+    HOME/config.json    name, endpoint, listen address, store, plugins, users
+    HOME/ledger.db      documents, acks, partners, outbox, nonces (SQLite, WAL)
+    HOME/blocks.db      the embedded block store (unless a Kubo URL is configured)
+
+The key file is JSON so that a person can see what protects it:
+argon2id (libsodium ``crypto_pwhash``) derives a key from the passphrase, and
+``crypto_secretbox`` (XSalsa20-Poly1305) seals the seed with it. A key stored
+without a passphrase says so in the file and on every start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from nacl import pwhash, secret
+from nacl.exceptions import CryptoError
+
+from kernel.identity import Identity
+
+from .errors import ConfigError, PassphraseError
+
+__all__ = ["Home", "Config", "default_home"]
+
+KEY_FILE: Final = "identity.key"
+CONFIG_FILE: Final = "config.json"
+
+
+def default_home() -> Path:
+    env = os.environ.get("USAGI_HOME")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "usagi-p2p"
+
+
+@dataclass
+class Config:
+    name: str
+    did: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8470
+    endpoint: str = "http://127.0.0.1:8470"
+    kubo_url: str | None = None
+    plugins: list[str] = field(default_factory=list)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_attempts: int = 8
+    retry_base: float = 0.5
+    retry_cap: float = 300.0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Config:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown config fields: {sorted(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"invalid config: {exc}") from None
+
+
+class Home:
+    """The files of one node."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser()
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / "ledger.db"
+
+    @property
+    def blocks_path(self) -> Path:
+        return self.path / "blocks.db"
+
+    @property
+    def key_path(self) -> Path:
+        return self.path / KEY_FILE
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    def exists(self) -> bool:
+        return self.key_path.exists() and self.config_path.exists()
+
+    # -- creation ---------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        passphrase: str | None,
+        *,
+        seed: bytes | None = None,
+        endpoint: str | None = None,
+        port: int = 8470,
+        host: str = "127.0.0.1",
+        fast_kdf: bool = False,
+    ) -> Identity:
+        """Create the folder, a new identity and the config. Refuses to overwrite."""
+        if self.key_path.exists():
+            raise ConfigError(f"{self.path} already holds an identity; refusing to overwrite it")
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        identity = Identity(seed) if seed is not None else Identity.generate()
+        self._write_key(identity, passphrase, fast_kdf=fast_kdf)
+        config = Config(
+            name=name,
+            did=identity.did,
+            listen_host=host,
+            listen_port=port,
+            endpoint=endpoint or f"http://{host}:{port}",
+        )
+        self.save_config(config)
+        return identity
+
+    def _write_key(self, identity: Identity, passphrase: str | None, *, fast_kdf: bool) -> None:
+        if passphrase is None:
+            record: dict[str, Any] = {
+                "v": 1,
+                "did": identity.did,
+                "protection": "none (created with --insecure-no-passphrase)",
+                "seed": identity.seed.hex(),
+            }
+        else:
+            ops = pwhash.argon2id.OPSLIMIT_MIN if fast_kdf else pwhash.argon2id.OPSLIMIT_MODERATE
+            mem = pwhash.argon2id.MEMLIMIT_MIN if fast_kdf else pwhash.argon2id.MEMLIMIT_MODERATE
+            salt = os.urandom(pwhash.argon2id.SALTBYTES)
+            key = pwhash.argon2id.kdf(secret.SecretBox.KEY_SIZE, passphrase.encode(), salt,
+                                      opslimit=ops, memlimit=mem)
+            box = secret.SecretBox(key).encrypt(identity.seed)
+            record = {
+                "v": 1,
+                "did": identity.did,
+                "protection": "argon2id+secretbox",
+                "opslimit": ops,
+                "memlimit": mem,
+                "salt": salt.hex(),
+                "box": bytes(box).hex(),
+            }
+        text = json.dumps(record, indent=2) + "\n"
+        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    # -- loading ----------------------------------------------------------
+
+    def key_is_protected(self) -> bool:
+        return bool(self._read_key_record().get("protection", "").startswith("argon2id"))
+
+    def _read_key_record(self) -> dict[str, Any]:
+        if not self.key_path.exists():
+            raise ConfigError(f"no identity in {self.path}: run 'usagi init' first")
+        try:
+            record: dict[str, Any] = json.loads(self.key_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {self.key_path}: {exc}") from None
+        return record
+
+    def load_identity(self, passphrase: str | None) -> Identity:
+        record = self._read_key_record()
+        mode = self.key_path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(f"{self.key_path} is readable by others (mode {mode:o}); chmod 600 it")
+        if record.get("protection", "").startswith("none"):
+            identity = Identity(bytes.fromhex(record["seed"]))
+        else:
+            if passphrase is None:
+                raise PassphraseError("this identity is protected: give the passphrase "
+                                      "(prompt or USAGI_PASSPHRASE)")
+            key = pwhash.argon2id.kdf(
+                secret.SecretBox.KEY_SIZE, passphrase.encode(), bytes.fromhex(record["salt"]),
+                opslimit=record["opslimit"], memlimit=record["memlimit"],
+            )
+            try:
+                seed = secret.SecretBox(key).decrypt(bytes.fromhex(record["box"]))
+            except CryptoError:
+                raise PassphraseError() from None
+            identity = Identity(seed)
+        if identity.did != record.get("did"):
+            raise ConfigError(f"{self.key_path} is damaged: the key does not match its DID")
+        return identity
+
+    def load_config(self) -> Config:
+        if not self.config_path.exists():
+            raise ConfigError(f"no config in {self.path}: run 'usagi init' first")
+        try:
+            return Config.from_json(json.loads(self.config_path.read_text()))
+        except ValueError as exc:
+            raise ConfigError(f"cannot read {self.config_path}: {exc}") from None
+
+    def save_config(self, config: Config) -> None:
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(config), indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, self.config_path)

@@ -1,0 +1,465 @@
+"""The ledger: what a node has sent and received, and what it owes (SQLite, WAL).
+
+Tables: ``partners``, ``documents`` (each opened document, both directions,
+with its signed bytes so it can be shown without decrypting again; the
+ciphertext block in the block store stays the source of truth), ``acks``
+(signed, verified), ``outbox`` (notices to deliver, with attempts and a lease
+so two processes on one home never send the same notice at once) and
+``nonces`` (every notice answered, with the ack given, so a replay gets the
+same answer and is never processed twice).
+
+``synchronous=FULL``: a commit is on disk before the call returns, and the
+node signs and sends an ack only after that commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from kernel.cid import CID
+
+__all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS partners (
+    did TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active',      -- active | suspended | removed
+    added_at REAL NOT NULL,
+    invitation BLOB
+);
+CREATE TABLE IF NOT EXISTS documents (
+    cid BLOB PRIMARY KEY,
+    direction TEXT NOT NULL,                    -- out | in
+    partner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    thread BLOB NOT NULL,                       -- the thread's root CID (its own for a root)
+    prev BLOB,                                  -- concatenated binary CIDs, DAG-CBOR list
+    ref TEXT,
+    issued_at TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    status TEXT NOT NULL,                       -- queued | delivered | undelivered | rejected | received
+    reason TEXT,
+    digest BLOB NOT NULL,
+    signed BLOB NOT NULL,
+    user TEXT
+);
+CREATE INDEX IF NOT EXISTS documents_thread ON documents(thread);
+CREATE INDEX IF NOT EXISTS documents_partner ON documents(partner, recorded_at);
+CREATE TABLE IF NOT EXISTS acks (
+    cid BLOB PRIMARY KEY,                       -- the document acknowledged
+    raw BLOB NOT NULL,                          -- the signed ack
+    status TEXT NOT NULL,
+    reason TEXT,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    cid BLOB PRIMARY KEY,
+    partner TEXT NOT NULL,
+    notice BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',      -- pending | delivered | undelivered
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    lease_until REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt);
+CREATE TABLE IF NOT EXISTS invitations (
+    nonce BLOB PRIMARY KEY,
+    expires REAL NOT NULL,
+    used_by TEXT
+);
+CREATE TABLE IF NOT EXISTS nonces (
+    sender TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    cid BLOB NOT NULL,
+    ack BLOB NOT NULL,
+    seen_at REAL NOT NULL,
+    PRIMARY KEY (sender, nonce)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Partner:
+    did: str
+    name: str
+    endpoint: str
+    status: str
+    added_at: float
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRow:
+    cid: CID
+    direction: str
+    partner: str
+    kind: str
+    thread: CID
+    ref: str | None
+    issued_at: str
+    recorded_at: float
+    status: str
+    reason: str | None
+    digest: bytes
+    signed: bytes
+    user: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    cid: CID
+    partner: str
+    notice: bytes
+    state: str
+    attempts: int
+    next_attempt: float
+    last_error: str | None
+
+
+_DOC_COLUMNS = ("cid, direction, partner, kind, thread, ref, issued_at, recorded_at, status, "
+                "reason, digest, signed, user")
+
+
+def _doc(row: Sequence[Any]) -> DocumentRow:
+    return DocumentRow(CID.from_bytes(row[0]), row[1], row[2], row[3], CID.from_bytes(row[4]),
+                       *row[5:])
+
+
+class Ledger:
+    """Async access to ledger.db. Use ``async with Ledger(path) as ledger``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        # One connection, many coroutines: transactions must not interleave.
+        self._tx = asyncio.Lock()
+
+    async def __aenter__(self) -> Ledger:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA busy_timeout=10000")
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.executescript(SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("ledger is not open")
+        return self._db
+
+    async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
+        async with self.db.execute(sql, tuple(args)) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        async with self.db.execute(sql, tuple(args)) as cur:
+            return list(await cur.fetchall())
+
+    async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run statements in one durable transaction."""
+        db = self.db
+        # Consecutive statements with the same SQL go down as one executemany:
+        # a batch of 100 received documents is three calls, not three hundred.
+        groups: list[tuple[str, list[Sequence[Any]]]] = []
+        for sql, args in statements:
+            if groups and groups[-1][0] == sql:
+                groups[-1][1].append(tuple(args))
+            else:
+                groups.append((sql, [tuple(args)]))
+        async with self._tx:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in groups:
+                    if len(rows) == 1:
+                        await db.execute(sql, rows[0])
+                    else:
+                        await db.executemany(sql, rows)
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    # -- partners -----------------------------------------------------------
+
+    async def add_partner(self, did: str, name: str, endpoint: str, invitation: bytes | None) -> None:
+        await self._write([(
+            "INSERT INTO partners (did, name, endpoint, status, added_at, invitation) "
+            "VALUES (?, ?, ?, 'active', ?, ?) ON CONFLICT(did) DO UPDATE SET "
+            "name=excluded.name, endpoint=excluded.endpoint, status='active', "
+            "invitation=coalesce(excluded.invitation, partners.invitation)",
+            (did, name, endpoint, time.time(), invitation),
+        )])
+
+    async def partner(self, did: str) -> Partner | None:
+        row = await self._one("SELECT did, name, endpoint, status, added_at FROM partners "
+                              "WHERE did = ?", (did,))
+        return Partner(*row) if row else None
+
+    async def find_partner(self, key: str) -> Partner | None:
+        """A partner by DID, exact name, or unique name prefix (case-insensitive)."""
+        found = await self.partner(key)
+        if found:
+            return found
+        rows = await self._all("SELECT did, name, endpoint, status, added_at FROM partners "
+                               "WHERE lower(name) = lower(?) OR lower(name) LIKE lower(?) || '%'",
+                               (key, key))
+        exact = [r for r in rows if r[1].lower() == key.lower()]
+        rows = exact or rows
+        return Partner(*rows[0]) if len(rows) == 1 else None
+
+    async def partners(self) -> list[Partner]:
+        rows = await self._all("SELECT did, name, endpoint, status, added_at FROM partners "
+                               "ORDER BY name")
+        return [Partner(*r) for r in rows]
+
+    async def set_partner(self, did: str, *, status: str | None = None, name: str | None = None) -> None:
+        if status is not None:
+            await self._write([("UPDATE partners SET status = ? WHERE did = ?", (status, did))])
+        if name is not None:
+            await self._write([("UPDATE partners SET name = ? WHERE did = ?", (name, did))])
+
+    async def add_invitation(self, nonce: bytes, expires: float) -> None:
+        await self._write([("INSERT INTO invitations (nonce, expires) VALUES (?, ?)",
+                            (nonce, expires))])
+
+    async def use_invitation(self, nonce: bytes, did: str, now: float) -> str | None:
+        """Mark an invitation used by ``did``; return why not, or None when it worked."""
+        row = await self._one("SELECT expires, used_by FROM invitations WHERE nonce = ?", (nonce,))
+        if row is None:
+            return "this node issued no such invitation"
+        if row[0] < now:
+            return "the invitation has expired"
+        if row[1] is not None and row[1] != did:
+            return "the invitation was already used by another party"
+        await self._write([("UPDATE invitations SET used_by = ? WHERE nonce = ?", (did, nonce))])
+        return None
+
+    # -- documents ----------------------------------------------------------
+
+    @staticmethod
+    def _insert_document(row: DocumentRow, prev: bytes) -> tuple[str, Sequence[Any]]:
+        return (
+            f"INSERT INTO documents ({_DOC_COLUMNS}, prev) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
+             row.issued_at, row.recorded_at, row.status, row.reason, row.digest, row.signed,
+             row.user, prev),
+        )
+
+    async def record_sent_many(self, items: Sequence[tuple[DocumentRow, bytes, bytes]]) -> None:
+        """Each (row, prev, notice): the document and its queued notice, one transaction."""
+        now = time.time()
+        documents = [self._insert_document(row, prev) for row, prev, _ in items]
+        queued = [("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
+                   "VALUES (?,?,?,?,?)", (row.cid.raw, row.partner, notice, 0.0, now))
+                  for row, _, notice in items]
+        await self._write(documents + queued)
+
+    async def record_received_many(
+        self, items: Sequence[tuple[DocumentRow, bytes, bytes, str, str, str, bytes]]
+    ) -> None:
+        """For each (row, prev, ack, ack status, ack time, sender, nonce): the opened
+        document, the ack we give and the notice's nonce, all in one transaction.
+
+        ``OR IGNORE``: a document that raced in twice is stored once.
+        """
+        documents: list[tuple[str, Sequence[Any]]] = []
+        acks: list[tuple[str, Sequence[Any]]] = []
+        nonces: list[tuple[str, Sequence[Any]]] = []
+        for row, prev, ack, status, at, sender, nonce in items:
+            sql, args = self._insert_document(row, prev)
+            documents.append((sql.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1), args))
+            acks.append(("INSERT OR IGNORE INTO acks (cid, raw, status, reason, at) "
+                         "VALUES (?,?,?,?,?)", (row.cid.raw, ack, status, None, at)))
+            nonces.append(("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
+                           "VALUES (?,?,?,?,?)", (sender, nonce, row.cid.raw, ack, time.time())))
+        await self._write(documents + acks + nonces)
+
+    async def record_nonce(self, sender: str, nonce: bytes, cid: CID, ack: bytes) -> None:
+        await self._write([("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
+                            "VALUES (?,?,?,?,?)", (sender, nonce, cid.raw, ack, time.time()))])
+
+    async def seen_nonce(self, sender: str, nonce: bytes) -> tuple[CID, bytes] | None:
+        row = await self._one("SELECT cid, ack FROM nonces WHERE sender = ? AND nonce = ?",
+                              (sender, nonce))
+        return (CID.from_bytes(row[0]), row[1]) if row else None
+
+    async def digests(self, cids: Sequence[CID]) -> dict[CID, bytes]:
+        """The signed-document digests of many documents, in one query."""
+        out: dict[CID, bytes] = {}
+        for i in range(0, len(cids), 500):
+            chunk = [c.raw for c in cids[i:i + 500]]
+            marks = ",".join("?" * len(chunk))
+            for raw, digest in await self._all(
+                    f"SELECT cid, digest FROM documents WHERE cid IN ({marks})", chunk):
+                out[CID.from_bytes(raw)] = digest
+        return out
+
+    async def seen_nonces(self, sender: str, nonces: Sequence[bytes]) -> dict[bytes, bytes]:
+        """nonce -> the ack already given, for those of ``nonces`` seen before."""
+        out: dict[bytes, bytes] = {}
+        for i in range(0, len(nonces), 500):
+            chunk = list(nonces[i:i + 500])
+            marks = ",".join("?" * len(chunk))
+            for nonce, ack in await self._all(
+                    f"SELECT nonce, ack FROM nonces WHERE sender = ? AND nonce IN ({marks})",
+                    (sender, *chunk)):
+                out[nonce] = ack
+        return out
+
+    async def document(self, cid: CID) -> DocumentRow | None:
+        row = await self._one(f"SELECT {_DOC_COLUMNS} FROM documents WHERE cid = ?", (cid.raw,))
+        return _doc(row) if row else None
+
+    async def documents(self, *, direction: str | None = None, partner: str | None = None,
+                        thread: CID | None = None, since: float | None = None,
+                        until: float | None = None, limit: int = 1000) -> list[DocumentRow]:
+        where, args = [], []
+        if direction:
+            where.append("direction = ?")
+            args.append(direction)
+        if partner:
+            where.append("partner = ?")
+            args.append(partner)
+        if thread is not None:
+            where.append("thread = ?")
+            args.append(thread.raw)
+        if since is not None:
+            where.append("recorded_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("recorded_at < ?")
+            args.append(until)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = await self._all(f"SELECT {_DOC_COLUMNS} FROM documents {clause} "
+                               f"ORDER BY recorded_at, cid LIMIT ?", (*args, limit))
+        return [_doc(r) for r in rows]
+
+    async def count_documents(self, direction: str | None = None) -> int:
+        if direction:
+            row = await self._one("SELECT count(*) FROM documents WHERE direction = ?", (direction,))
+        else:
+            row = await self._one("SELECT count(*) FROM documents")
+        return int(row[0])
+
+    async def ack(self, cid: CID) -> tuple[bytes, str, str | None] | None:
+        row = await self._one("SELECT raw, status, reason FROM acks WHERE cid = ?", (cid.raw,))
+        return (row[0], row[1], row[2]) if row else None
+
+    # -- outbox -------------------------------------------------------------
+
+    async def claim_due(self, now: float, limit: int, lease: float = 30.0) -> list[OutboxRow]:
+        """Take up to ``limit`` due notices with a lease, so no other process sends them."""
+        db = self.db
+        async with self._tx:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                async with db.execute(
+                    "SELECT cid, partner, notice, state, attempts, next_attempt, last_error "
+                    "FROM outbox WHERE state = 'pending' AND next_attempt <= ? "
+                    "AND lease_until <= ? ORDER BY next_attempt, created LIMIT ?",
+                    (now, now, limit),
+                ) as cur:
+                    rows = list(await cur.fetchall())
+                if rows:
+                    await db.executemany("UPDATE outbox SET lease_until = ? WHERE cid = ?",
+                                         [(now + lease, r[0]) for r in rows])
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return [OutboxRow(CID.from_bytes(r[0]), *r[1:]) for r in rows]
+
+    async def next_due(self) -> float | None:
+        row = await self._one("SELECT min(max(next_attempt, lease_until)) FROM outbox "
+                              "WHERE state = 'pending'")
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def mark_delivered(self, items: Sequence[tuple[CID, bytes, str, str | None, str]]) -> None:
+        """(cid, ack bytes, ack status, reason, at) for each acknowledged document."""
+        acks: list[tuple[str, Sequence[Any]]] = []
+        docs: list[tuple[str, Sequence[Any]]] = []
+        outbox: list[tuple[str, Sequence[Any]]] = []
+        for cid, raw, status, reason, at in items:
+            doc_status = "delivered" if status != "rejected" else "rejected"
+            acks.append(("INSERT OR IGNORE INTO acks (cid, raw, status, reason, at) "
+                         "VALUES (?,?,?,?,?)", (cid.raw, raw, status, reason, at)))
+            docs.append(("UPDATE documents SET status = ?, reason = ? WHERE cid = ?",
+                         (doc_status, reason, cid.raw)))
+            outbox.append(("UPDATE outbox SET state = 'delivered', lease_until = 0, "
+                           "last_error = NULL WHERE cid = ?", (cid.raw,)))
+        if items:
+            await self._write(acks + docs + outbox)
+
+    async def mark_failed(self, cids: Sequence[CID], error: str, next_attempts: Sequence[float],
+                          max_attempts: int, *, count: bool = True) -> list[CID]:
+        """Count an attempt; past the budget the document becomes ``undelivered``."""
+        given_up: list[CID] = []
+        statements: list[tuple[str, Sequence[Any]]] = []
+        for cid, when in zip(cids, next_attempts, strict=True):
+            row = await self._one("SELECT attempts FROM outbox WHERE cid = ?", (cid.raw,))
+            attempts = (row[0] if row else 0) + (1 if count else 0)
+            if attempts >= max_attempts:
+                given_up.append(cid)
+                reason = f"undelivered after {attempts} attempts: {error}"
+                statements += [
+                    ("UPDATE outbox SET state='undelivered', attempts=?, lease_until=0, "
+                     "last_error=? WHERE cid=?", (attempts, reason, cid.raw)),
+                    ("UPDATE documents SET status='undelivered', reason=? WHERE cid=?",
+                     (reason, cid.raw)),
+                ]
+            else:
+                statements.append(("UPDATE outbox SET attempts=?, next_attempt=?, lease_until=0, "
+                                   "last_error=? WHERE cid=?", (attempts, when, error, cid.raw)))
+        await self._write(statements)
+        return given_up
+
+    async def retry_undelivered(self, partner: str | None = None) -> int:
+        args: tuple[Any, ...] = (partner,) if partner else ()
+        extra = " AND partner = ?" if partner else ""
+        rows = await self._all(f"SELECT cid FROM outbox WHERE state = 'undelivered'{extra}", args)
+        await self._write([
+            (f"UPDATE outbox SET state='pending', attempts=0, next_attempt=0, lease_until=0 "
+             f"WHERE state='undelivered'{extra}", args),
+            (f"UPDATE documents SET status='queued', reason=NULL WHERE cid IN "
+             f"(SELECT cid FROM outbox WHERE state='pending'){' AND partner = ?' if partner else ''}"
+             f" AND status='undelivered'", args),
+        ])
+        return len(rows)
+
+    async def outbox(self, state: str | None = None) -> list[OutboxRow]:
+        where = "WHERE state = ?" if state else ""
+        rows = await self._all(
+            "SELECT cid, partner, notice, state, attempts, next_attempt, last_error FROM outbox "
+            f"{where} ORDER BY created", (state,) if state else ())
+        return [OutboxRow(CID.from_bytes(r[0]), *r[1:]) for r in rows]
+
+    async def outbox_counts(self) -> dict[str, int]:
+        rows = await self._all("SELECT state, count(*) FROM outbox GROUP BY state")
+        return {r[0]: r[1] for r in rows}

@@ -1,0 +1,496 @@
+"""The node: one company's end of every trade (docs/spec.md, "Exchange").
+
+A :class:`Node` wires the kernel to its I/O: the identity from the home
+folder, the ledger, a block store (embedded SQLite, or Kubo), an HTTP client
+for partners. It
+
+* **sends**: builds a document, seals it to both parties, puts the block,
+  records the document and queues the signed notice in one ledger
+  transaction; the delivery loop then POSTs notices in batches with bounded
+  exponential backoff and jitter, and accepts an ack only when its signature
+  verifies *and* it names the digest of what was sealed;
+* **receives**: checks each notice (active partner, signature, recipient,
+  time window, replay), fetches the block (own store, else the sender's
+  trustless gateway with a signed request), checks its hash, opens and
+  validates it, commits block and document durably, and only then signs and
+  returns the ack;
+* **serves blocks** to a partner who is a party to them, and to no one else.
+
+Time is read from ``self.clock`` so tests can move it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import aiohttp
+
+from kernel import dagcbor
+from kernel import envelope as kenvelope
+from kernel.cid import CID
+from kernel.document import format_time
+from kernel.errors import (
+    UnknownSenderError,
+    UsagiError,
+    WrongSignerError,
+)
+from kernel.identity import Identity
+from kernel.messages import Notice, check_ack, make_ack, make_notice, open_ack, open_notice
+from ipfs.blockstore import BlockNotFoundError, BlockStore
+from ipfs.gateway import GatewayClient
+from ipfs.sqlite import SQLiteBlockStore
+
+from .errors import BodyTooLargeError, PartnerError, PeerError
+from .home import Config, Home
+from .httpsig import sign_request
+from .invitation import Invitation, make_invitation, parse_invitation
+from .ledger import DocumentRow, Ledger, Partner
+
+__all__ = ["Node", "SendResult", "MAX_BATCH", "MAX_BODY", "NOTICES_PATH", "INTRODUCE_PATH"]
+
+log = logging.getLogger("usagi.node")
+
+NOTICES_PATH: Final = "/usagi/v1/notices"
+INTRODUCE_PATH: Final = "/usagi/v1/introduce"
+MAX_BATCH: Final = 256
+MAX_BODY: Final = 1 << 20
+SEND_BATCH: Final = 100
+FETCH_CONCURRENCY: Final = 16
+BATCH_LIMITS: Final = dagcbor.Limits(max_size=MAX_BODY, max_depth=3, max_length=MAX_BATCH)
+CONTENT_TYPE: Final = "application/cbor"
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    cid: CID
+    partner: str
+    thread: CID
+    digest: bytes
+
+
+def _prev_bytes(prev: Sequence[CID]) -> bytes:
+    return dagcbor.encode(list(prev))
+
+
+class Node:
+    """One company's node. ``async with Node.load(home, passphrase) as node``."""
+
+    def __init__(self, home: Home, identity: Identity, config: Config,
+                 *, store: BlockStore | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.home = home
+        self.identity = identity
+        self.config = config
+        self.clock = clock
+        self.ledger = Ledger(str(home.ledger_path))
+        self.store: BlockStore = store or self._make_store()
+        self._session: aiohttp.ClientSession | None = None
+        self._gateway: GatewayClient | None = None
+        self.wake = asyncio.Event()
+        self.retry_base = config.retry_base
+        self.retry_cap = config.retry_cap
+        self.max_attempts = config.max_attempts
+        self.skew = timedelta(minutes=10)
+        self._delivering = asyncio.Lock()
+
+    @classmethod
+    def load(cls, home: Home | str, passphrase: str | None, **kwargs: Any) -> Node:
+        home = home if isinstance(home, Home) else Home(home)
+        identity = home.load_identity(passphrase)
+        return cls(home, identity, home.load_config(), **kwargs)
+
+    def _make_store(self) -> BlockStore:
+        if self.config.kubo_url:
+            from ipfs.kubo import KuboBlockStore
+
+            return KuboBlockStore(self.config.kubo_url)
+        return SQLiteBlockStore(self.home.blocks_path)
+
+    async def __aenter__(self) -> Node:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        await self.ledger.open()
+        await self.store.open()
+        connector = aiohttp.TCPConnector(limit=64, limit_per_host=32)
+        self._session = aiohttp.ClientSession(connector=connector)
+        self._gateway = GatewayClient(self._session, timeout=30.0)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self.store.close()
+        await self.ledger.close()
+
+    @property
+    def did(self) -> str:
+        return self.identity.did
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("node is not open")
+        return self._session
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    # -- partners -----------------------------------------------------------
+
+    async def invite(self, valid_for: timedelta = timedelta(days=7)) -> Invitation:
+        invitation = make_invitation(self.identity, self.config.name, self.config.endpoint,
+                                     self.now(), valid_for=valid_for)
+        await self.ledger.add_invitation(invitation.nonce, invitation.expires.timestamp())
+        return invitation
+
+    async def add_partner(self, text: str, *, introduce: bool = True) -> Partner:
+        """Verify an invitation, store the partner, introduce ourselves to it."""
+        invitation = parse_invitation(text, now=self.now())
+        if invitation.type != "invitation":
+            raise PartnerError("that is an introduction, not an invitation")
+        if invitation.did == self.did:
+            raise PartnerError("that invitation is your own")
+        await self.ledger.add_partner(invitation.did, invitation.name, invitation.endpoint,
+                                      invitation.raw)
+        if introduce:
+            intro = make_invitation(self.identity, self.config.name, self.config.endpoint,
+                                    self.now(), type="introduction", nonce=invitation.nonce,
+                                    valid_for=timedelta(minutes=10))
+            url = invitation.endpoint.rstrip("/") + INTRODUCE_PATH
+            try:
+                async with self.session.post(url, data=intro.raw, timeout=aiohttp.ClientTimeout(15),
+                                             headers={"Content-Type": CONTENT_TYPE}) as resp:
+                    if resp.status != 200:
+                        raise PeerError(f"{invitation.name} refused the introduction: "
+                                        f"{resp.status} {await resp.text()}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise PeerError(f"partner stored, but {url} could not be reached to introduce "
+                                f"ourselves ({exc!r}); run 'usagi partner add' again later") from None
+        partner = await self.ledger.partner(invitation.did)
+        assert partner is not None
+        return partner
+
+    async def accept_introduction(self, raw: bytes) -> Partner:
+        intro = parse_invitation(raw, now=self.now())
+        if intro.type != "introduction":
+            raise PartnerError("expected an introduction")
+        why = await self.ledger.use_invitation(intro.nonce, intro.did, self.clock())
+        if why is not None:
+            raise PartnerError(f"introduction refused: {why}")
+        await self.ledger.add_partner(intro.did, intro.name, intro.endpoint, intro.raw)
+        partner = await self.ledger.partner(intro.did)
+        assert partner is not None
+        return partner
+
+    async def resolve_partner(self, key: str) -> Partner:
+        partner = await self.ledger.find_partner(key)
+        if partner is None:
+            raise PartnerError(f"no partner matches {key!r} (see 'usagi partner list')")
+        return partner
+
+    # -- sending ------------------------------------------------------------
+
+    async def build_document(self, kind: str, partner: Partner, body: dict[str, Any], *,
+                             reply_to: CID | None = None, user: str | None = None
+                             ) -> dict[str, Any]:
+        document: dict[str, Any] = {k: v for k, v in body.items()
+                                    if k not in ("v", "kind", "from", "to", "issued_at",
+                                                 "thread", "prev")}
+        document.update(v=1, kind=kind, issued_at=format_time(self.now()),
+                        to=partner.did)
+        document["from"] = self.did
+        if user:
+            document["user"] = user
+        if reply_to is not None:
+            answered = await self.ledger.document(reply_to)
+            if answered is None:
+                raise PartnerError(f"{reply_to} is not in this node's ledger")
+            if answered.partner != partner.did:
+                raise PartnerError(f"{reply_to} is a document with another partner")
+            document["thread"] = answered.thread
+            document["prev"] = [reply_to]
+        return document
+
+    async def send(self, kind: str, partner_key: str, body: dict[str, Any], *,
+                   reply_to: CID | None = None, user: str | None = None) -> SendResult:
+        """Seal, store, record and queue one document; the delivery loop sends it."""
+        return (await self.send_many([(kind, partner_key, body, reply_to)], user=user))[0]
+
+    async def send_many(self, items: Sequence[tuple[str, str, dict[str, Any], CID | None]], *,
+                        user: str | None = None) -> list[SendResult]:
+        """Send several documents with one block-store and one ledger commit.
+
+        Each item is (kind, partner, body, reply_to). The blocks are durable
+        before the ledger records them; a crash in between leaves only an
+        unreferenced ciphertext block, never a queued notice without its block.
+        """
+        prepared = []
+        partners: dict[str, Partner] = {}
+        for kind, partner_key, body, reply_to in items:
+            partner = partners.get(partner_key) or await self.resolve_partner(partner_key)
+            partners[partner_key] = partner
+            if not partner.active:
+                raise PartnerError(f"{partner.name} is {partner.status}; nothing is sent to it")
+            document = await self.build_document(kind, partner, body, reply_to=reply_to,
+                                                 user=user)
+            prepared.append((partner, document, kenvelope.seal(document, self.identity)))
+        await self.store.put_many([sealed.block for _, _, sealed in prepared])
+        if not isinstance(self.store, SQLiteBlockStore):
+            # The embedded store never collects garbage; a Kubo node does.
+            for _, _, sealed in prepared:
+                await self.store.pin(sealed.cid)
+        records, results = [], []
+        for partner, document, sealed in prepared:
+            thread = document.get("thread", sealed.cid)
+            notice = make_notice(self.identity, sealed.cid, partner.did, self.now())
+            row = DocumentRow(sealed.cid, "out", partner.did, document["kind"], thread,
+                              document.get("ref"), document["issued_at"], self.clock(), "queued",
+                              None, sealed.digest, sealed.signed, user)
+            records.append((row, _prev_bytes(document.get("prev", [])), notice))
+            results.append(SendResult(sealed.cid, partner.did, thread, sealed.digest))
+        await self.ledger.record_sent_many(records)
+        self.wake.set()
+        return results
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before attempt ``attempts + 1``: exponential, capped, full jitter."""
+        ceiling = min(self.retry_cap, self.retry_base * (2 ** attempts))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 (jitter, not crypto)
+
+    async def deliver_once(self, limit: int = 1000) -> int:
+        """Send every due notice once; return how many were acknowledged."""
+        async with self._delivering:
+            due = await self.ledger.claim_due(self.clock(), limit)
+            if not due:
+                return 0
+            by_partner: dict[str, list[Any]] = {}
+            for row in due:
+                by_partner.setdefault(row.partner, []).append(row)
+            results = await asyncio.gather(*[
+                self._deliver_all(did, rows) for did, rows in by_partner.items()
+            ])
+            return sum(results)
+
+    async def _deliver_all(self, did: str, rows: list[Any]) -> int:
+        # One batch in flight per partner: a partner is never flooded by us,
+        # and its acks come back in the order its work was done.
+        done = 0
+        for i in range(0, len(rows), SEND_BATCH):
+            done += await self._deliver_to(did, rows[i:i + SEND_BATCH])
+        return done
+
+    async def _deliver_to(self, did: str, rows: list[Any]) -> int:
+        partner = await self.ledger.partner(did)
+        cids = [r.cid for r in rows]
+        if partner is None or not partner.active:
+            state = partner.status if partner else "removed"
+            await self._failed(rows, f"partner is {state}")
+            return 0
+        body = dagcbor.encode({"notices": [r.notice for r in rows]})
+        url = partner.endpoint.rstrip("/") + NOTICES_PATH
+        try:
+            async with self.session.post(url, data=body, headers={"Content-Type": CONTENT_TYPE},
+                                         timeout=aiohttp.ClientTimeout(total=60)) as resp:
+                payload = await resp.read()
+                if resp.status != 200:
+                    retry_after = resp.headers.get("Retry-After", "")
+                    busy = resp.status in (429, 503)
+                    await self._failed(rows, f"{partner.name} answered {resp.status}: "
+                                             f"{payload[:300].decode('utf-8', 'replace')}",
+                                       retry_after=float(retry_after) if retry_after.isdigit()
+                                       else None, count=not busy)
+                    return 0
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            await self._failed(rows, f"cannot reach {partner.name} at {url}: {exc!r}")
+            return 0
+        try:
+            answer = dagcbor.decode(payload, BATCH_LIMITS)
+            acks = answer["acks"]
+            if type(acks) is not list or len(acks) != len(rows):
+                raise ValueError("wrong number of acks")
+        except (UsagiError, KeyError, TypeError, ValueError) as exc:
+            await self._failed(rows, f"{partner.name} answered nonsense: {exc}")
+            return 0
+        delivered: list[tuple[CID, bytes, str, str | None, str]] = []
+        bad: list[Any] = []
+        digests = await self.ledger.digests(cids)
+        for row, raw in zip(rows, acks, strict=True):
+            try:
+                if type(raw) is not bytes:
+                    raise dagcbor.MalformedError("an ack is a byte string")
+                ack = open_ack(raw)
+                check_ack(ack, cid=row.cid, by=did, digest=digests[row.cid])
+            except (UsagiError, KeyError) as exc:
+                log.warning("ack for %s is not a receipt: %s", row.cid, exc)
+                bad.append(row)
+                continue
+            delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
+        await self.ledger.mark_delivered(delivered)
+        if bad:
+            await self._failed(bad, "the partner's ack did not verify")
+        return len(delivered)
+
+    async def _failed(self, rows: list[Any], error: str, retry_after: float | None = None,
+                      count: bool = True) -> None:
+        """Schedule a retry. A busy partner (429/503) costs no attempt from the budget."""
+        now = self.clock()
+        when = [now + max(self.backoff(r.attempts), retry_after or 0.0) for r in rows]
+        given_up = await self.ledger.mark_failed([r.cid for r in rows], error, when,
+                                                 self.max_attempts, count=count)
+        log.info("delivery failed (%d notices): %s", len(rows), error)
+        for cid in given_up:
+            log.warning("%s undelivered: %s", cid, error)
+
+    async def delivery_loop(self, stop: asyncio.Event, idle: float = 0.25) -> None:
+        """Deliver until ``stop`` is set; wake early when something is queued."""
+        while not stop.is_set():
+            try:
+                await self.deliver_once()
+            except Exception:  # the loop must survive any single failure
+                log.exception("delivery round failed")
+            next_due = await self.ledger.next_due()
+            wait = idle if next_due is None else min(idle, max(0.0, next_due - self.clock()))
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=max(wait, 0.01))
+            except TimeoutError:
+                pass
+
+    async def wait_for_ack(self, cid: CID, timeout: float = 30.0) -> tuple[bytes, str, str | None] | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ack = await self.ledger.ack(cid)
+            if ack is not None:
+                return ack
+            row = await self.ledger.document(cid)
+            if row is not None and row.status == "undelivered":
+                return None
+            await asyncio.sleep(0.05)
+        return None
+
+    # -- receiving ----------------------------------------------------------
+
+    async def receive(self, body: bytes) -> list[bytes]:
+        """Handle one POSTed batch of notices; return the acks in order.
+
+        Raises a typed error (mapped to an HTTP status by the peer API) when
+        the batch itself is bad; then nothing at all is processed or stored.
+        """
+        if len(body) > MAX_BODY:
+            raise BodyTooLargeError(f"batch body of {len(body)} bytes (limit {MAX_BODY})")
+        batch = dagcbor.decode(body, BATCH_LIMITS)
+        if type(batch) is not dict or set(batch) != {"notices"} or type(batch["notices"]) is not list:
+            raise dagcbor.MalformedError("a batch is {\"notices\": [signed notice bytes]}")
+        raws = batch["notices"]
+        if not raws or len(raws) > MAX_BATCH:
+            raise BodyTooLargeError(f"a batch holds 1..{MAX_BATCH} notices")
+        now = self.now()
+        notices: list[Notice] = []
+        known: set[str] = set()
+        for raw in raws:
+            if type(raw) is not bytes:
+                raise dagcbor.MalformedError("each notice is a byte string")
+            notice = open_notice(raw, me=self.did, now=now, skew=self.skew)
+            if notice.sender not in known:
+                partner = await self.ledger.partner(notice.sender)
+                if partner is None or not partner.active:
+                    raise UnknownSenderError(f"{notice.sender} is not an active partner")
+                known.add(notice.sender)
+            notices.append(notice)
+        acks: list[bytes | None] = [None] * len(notices)
+        fresh: list[int] = []
+        seen: dict[bytes, bytes] = {}
+        for sender in known:
+            seen.update(await self.ledger.seen_nonces(
+                sender, [n.nonce for n in notices if n.sender == sender]))
+        for i, notice in enumerate(notices):
+            if notice.nonce in seen:
+                acks[i] = seen[notice.nonce]  # a replay gets the answer already given
+            else:
+                fresh.append(i)
+        semaphore = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def process(i: int) -> tuple[int, Any]:
+            async with semaphore:
+                return i, await self._take(notices[i])
+
+        taken = await asyncio.gather(*[process(i) for i in fresh])
+        statements_ok: list[tuple[Notice, Any, bytes, DocumentRow, bytes]] = []
+        for i, outcome in taken:
+            notice = notices[i]
+            if isinstance(outcome, UsagiError):
+                acks[i] = make_ack(self.identity, cid=notice.cid, to=notice.sender,
+                                   nonce=notice.nonce, status="rejected", at=self.now(),
+                                   reason=outcome.code)
+                continue
+            opened, block = outcome
+            existing = await self.ledger.document(opened.cid)
+            if existing is not None:  # the same block under a new notice: answer, store once
+                old = await self.ledger.ack(opened.cid)
+                if old is not None:
+                    acks[i] = old[0]
+                    await self.ledger.record_nonce(notice.sender, notice.nonce, notice.cid, old[0])
+                    continue
+            ack = make_ack(self.identity, cid=notice.cid, to=notice.sender, nonce=notice.nonce,
+                           status="received", at=self.now(), digest=opened.digest)
+            doc = opened.document
+            row = DocumentRow(opened.cid, "in", notice.sender, doc["kind"],
+                              doc.get("thread", opened.cid), doc.get("ref"), doc["issued_at"],
+                              self.clock(), "received", None, opened.digest, opened.signed,
+                              doc.get("user"))
+            statements_ok.append((notice, block, ack, row, _prev_bytes(doc.get("prev", []))))
+            acks[i] = ack
+        if statements_ok:
+            # Durable first: the blocks, then documents + acks + nonces in one
+            # transaction. Only after both commits does any ack leave.
+            await self.store.put_many([s[1] for s in statements_ok])
+            await self.ledger.record_received_many([
+                (row, prev, ack, "received", format_time(self.now()), notice.sender, notice.nonce)
+                for notice, _block, ack, row, prev in statements_ok
+            ])
+        return [a for a in acks if a is not None]
+
+    async def _take(self, notice: Notice) -> Any:
+        """Fetch, check and open one noticed block; a UsagiError is returned, not raised."""
+        try:
+            block = await self.fetch_block(notice)
+            opened = kenvelope.open(block, self.identity, notice.cid)
+            if opened.signer != notice.sender:
+                raise WrongSignerError("the document is signed by someone other than the notice's sender")
+            if opened.document["to"] != self.did:
+                raise WrongSignerError("the document is not addressed to this node")
+            return opened, block
+        except UsagiError as exc:
+            log.info("rejecting %s from %s: %s", notice.cid, notice.sender, exc)
+            return exc
+
+    async def fetch_block(self, notice: Notice) -> bytes:
+        try:
+            return await self.store.get(notice.cid)
+        except BlockNotFoundError:
+            pass
+        partner = await self.ledger.partner(notice.sender)
+        assert partner is not None and self._gateway is not None
+        path = f"/ipfs/{notice.cid}"
+        headers = sign_request(self.identity, "GET", path, "format=raw")
+        return await self._gateway.get_block(partner.endpoint, notice.cid, headers=headers)
+
+    async def may_read(self, requester: str, cid: CID) -> bool:
+        """A block is served only to an active partner who is a party to it."""
+        partner = await self.ledger.partner(requester)
+        if partner is None or not partner.active:
+            return False
+        row = await self.ledger.document(cid)
+        return row is not None and row.partner == requester
