@@ -28,7 +28,7 @@ MAX_BLOCK = 64 * 1024
 
 # To run the suite against Kubo as well, add "kubo" here (needs ipfs/kubo.py and
 # the session fixture ``kubo_url`` from tests/ipfs/conftest.py):
-STORES = ["sqlite"]
+STORES = ["sqlite", "kubo"]
 
 
 @pytest.fixture(params=STORES)
