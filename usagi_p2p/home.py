@@ -52,6 +52,7 @@ class Config:
     kubo_url: str | None = None
     plugins: list[str] = field(default_factory=list)
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    push_blocks: bool = True
     max_attempts: int = 8
     retry_base: float = 0.5
     retry_cap: float = 300.0

@@ -1,0 +1,529 @@
+"""``usagi``: the command line of a usagi-p2p node.
+
+Every command takes ``--home`` (default ``$USAGI_HOME``, else a per-user data
+folder) and most take ``--json`` for scripts. The passphrase of a protected
+identity comes from ``$USAGI_PASSPHRASE`` or a prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from kernel.cid import CID
+from kernel.errors import UsagiError
+
+from .errors import exit_code
+from .home import Home, default_home
+
+T = TypeVar("T")
+
+EXAMPLES = {
+    "init": "usagi --home ./kanto init --name 'Kanto Machine Tools' --port 8470",
+    "serve": "usagi --home ./kanto serve",
+    "invite": "usagi --home ./kanto invite --days 7",
+    "partner add": "usagi --home ./osaka partner add usagi1:oWNzaWdYQ…",
+    "send": "usagi --home ./kanto send quote --to 'Osaka Precision' quote.yaml",
+}
+
+
+def _passphrase(home: Home) -> str | None:
+    if not home.key_is_protected():
+        return None
+    env = os.environ.get("USAGI_PASSPHRASE")
+    if env is not None:
+        return env
+    if not sys.stdin.isatty():
+        raise click.ClickException("the identity is protected: set USAGI_PASSPHRASE")
+    return str(click.prompt("Passphrase", hide_input=True))
+
+
+def _run(coro: Awaitable[T]) -> T:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except UsagiError as exc:
+        click.echo(f"error [{exc.code}]: {exc}", err=True)
+        raise SystemExit(exit_code(exc.code)) from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, CID):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _emit(ctx: click.Context, data: Any, human: Callable[[], None]) -> None:
+    if ctx.obj["json"]:
+        click.echo(json.dumps(_jsonable(data), indent=2, ensure_ascii=False))
+    else:
+        human()
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*headers, box=None, pad_edge=False)
+    for row in rows:
+        table.add_row(*[str(c) if c is not None else "" for c in row])
+    Console().print(table)
+
+
+class _Group(click.Group):
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Examples"):
+            formatter.write_dl(list(EXAMPLES.items()))
+
+
+@click.group(cls=_Group)
+@click.option("--home", type=click.Path(path_type=Path), default=None,
+              help="Node folder (default: $USAGI_HOME or ~/.local/share/usagi-p2p).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-v", "--verbose", count=True, help="Log more (-vv for debug).")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None, as_json: bool, verbose: int) -> None:
+    """usagi-p2p: trade documents sealed to their two parties, content-addressed, acknowledged.
+
+    Each company runs a node; partners exchange only CIDs, signed notices and
+    signed acks. See 'usagi COMMAND --help' for each command.
+    """
+    import logging
+
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)
+    ctx.obj["home"] = Home(home or default_home())
+    ctx.obj["json"] = as_json
+
+
+def _home(ctx: click.Context) -> Home:
+    home: Home = ctx.obj["home"]
+    return home
+
+
+async def _with_node(ctx: click.Context, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from .node import Node
+
+    home = _home(ctx)
+    node = Node.load(home, _passphrase(home))
+    async with node:
+        return await fn(node)
+
+
+@main.command()
+@click.option("--name", required=True, help="Your company's name, as partners will see it.")
+@click.option("--port", default=8470, show_default=True, help="Port the peer API listens on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 to accept partners from the network).")
+@click.option("--endpoint", default=None, help="URL partners use to reach you "
+              "(default http://HOST:PORT; put your public https URL here).")
+@click.option("--kubo-url", default=None, help="Keep blocks in a Kubo node (RPC URL) instead "
+              "of the embedded store.")
+@click.option("--insecure-no-passphrase", is_flag=True,
+              help="Store the key unencrypted (demos and tests only).")
+@click.pass_context
+def init(ctx: click.Context, name: str, port: int, host: str, endpoint: str | None,
+         kubo_url: str | None, insecure_no_passphrase: bool) -> None:
+    """Create this node's identity and configuration.
+
+    Example: usagi --home ./kanto init --name "Kanto Machine Tools" --port 8470
+    """
+    home = _home(ctx)
+    passphrase: str | None = None
+    if insecure_no_passphrase:
+        click.echo("WARNING: the private key is stored WITHOUT a passphrase.", err=True)
+    else:
+        passphrase = os.environ.get("USAGI_PASSPHRASE")
+        if passphrase is None:
+            if not sys.stdin.isatty():
+                raise click.ClickException("set USAGI_PASSPHRASE or use --insecure-no-passphrase")
+            passphrase = click.prompt("New passphrase", hide_input=True,
+                                      confirmation_prompt=True)
+    try:
+        identity = home.create(name, passphrase, endpoint=endpoint, port=port, host=host)
+    except UsagiError as exc:
+        raise click.ClickException(str(exc)) from None
+    if kubo_url:
+        config = home.load_config()
+        config.kubo_url = kubo_url
+        home.save_config(config)
+    _emit(ctx, {"did": identity.did, "home": str(home.path)},
+          lambda: click.echo(f"Created {name}\n  did:  {identity.did}\n  home: {home.path}"))
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Override the configured port.")
+@click.pass_context
+def serve(ctx: click.Context, port: int | None) -> None:
+    """Run the node: the peer API and the delivery of the outbox, until Ctrl-C.
+
+    Example: usagi --home ./kanto serve
+    """
+    import signal
+
+    from .service import Service
+
+    async def run(node: Any) -> None:
+        service = Service(node, port=port)
+        await service.start()
+        state = _home(ctx).path / "serve.json"
+        state.write_text(json.dumps({"pid": os.getpid(), "url": service.url}))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, service.stop.set)
+        click.echo(f"{node.config.name} serving on {service.url} as {node.did}", err=True)
+        try:
+            await service.run_forever()
+        finally:
+            await service.close()
+            state.unlink(missing_ok=True)
+
+    _run(_with_node(ctx, run))
+
+
+@main.command()
+@click.option("--days", default=7, show_default=True, help="How long the invitation is valid.")
+@click.pass_context
+def invite(ctx: click.Context, days: int) -> None:
+    """Print a signed invitation for a new partner to paste into 'usagi partner add'.
+
+    Example: usagi --home ./kanto invite --days 7
+    """
+    from datetime import timedelta
+
+    async def run(node: Any) -> Any:
+        return await node.invite(timedelta(days=days))
+
+    invitation = _run(_with_node(ctx, run))
+    _emit(ctx, {"invitation": invitation.text(), "expires": invitation.expires.isoformat()},
+          lambda: click.echo(invitation.text()))
+
+
+@main.group()
+def partner() -> None:
+    """Manage partners ("synapses"): add, list, rename, suspend, resume, remove."""
+
+
+@partner.command("add")
+@click.argument("invitation")
+@click.option("--no-introduce", is_flag=True, help="Only store the partner; do not contact it.")
+@click.pass_context
+def partner_add(ctx: click.Context, invitation: str, no_introduce: bool) -> None:
+    """Add a partner from its invitation and introduce this node to it.
+
+    Example: usagi --home ./osaka partner add usagi1:oWNzaWdYQ…
+    """
+    async def run(node: Any) -> Any:
+        return await node.add_partner(invitation, introduce=not no_introduce)
+
+    p = _run(_with_node(ctx, run))
+    _emit(ctx, {"did": p.did, "name": p.name, "endpoint": p.endpoint},
+          lambda: click.echo(f"Partner added: {p.name} ({p.did}) at {p.endpoint}"))
+
+
+@partner.command("list")
+@click.pass_context
+def partner_list(ctx: click.Context) -> None:
+    """List partners and their state."""
+    async def run(node: Any) -> Any:
+        return await node.ledger.partners()
+
+    rows = _run(_with_node(ctx, run))
+    _emit(ctx, [{"did": p.did, "name": p.name, "endpoint": p.endpoint, "status": p.status}
+                for p in rows],
+          lambda: _table(["name", "status", "endpoint", "did"],
+                         [[p.name, p.status, p.endpoint, p.did] for p in rows]))
+
+
+def _partner_state(name: str, status: str, help_text: str) -> None:
+    @partner.command(name, help=help_text)
+    @click.argument("who")
+    @click.pass_context
+    def command(ctx: click.Context, who: str) -> None:
+        async def run(node: Any) -> Any:
+            p = await node.resolve_partner(who)
+            await node.ledger.set_partner(p.did, status=status)
+            return p
+
+        p = _run(_with_node(ctx, run))
+        _emit(ctx, {"did": p.did, "status": status},
+              lambda: click.echo(f"{p.name}: {status}"))
+
+
+_partner_state("suspend", "suspended", "Stop exchanging with a partner for now (refused both ways).")
+_partner_state("resume", "active", "Exchange with a suspended partner again.")
+_partner_state("remove", "removed", "Remove a partner: its notices and block requests are refused.")
+
+
+@partner.command("rename")
+@click.argument("who")
+@click.argument("name")
+@click.pass_context
+def partner_rename(ctx: click.Context, who: str, name: str) -> None:
+    """Give a partner another local name."""
+    async def run(node: Any) -> Any:
+        p = await node.resolve_partner(who)
+        await node.ledger.set_partner(p.did, name=name)
+        return p
+
+    p = _run(_with_node(ctx, run))
+    _emit(ctx, {"did": p.did, "name": name}, lambda: click.echo(f"{p.name} -> {name}"))
+
+
+def _load_body(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise click.ClickException(f"{path} must hold a map of document fields")
+    return _no_floats(data, str(path))
+
+
+def _no_floats(value: Any, where: str) -> Any:
+    # YAML and JSON readers turn 12.50 into a float; documents never hold one.
+    if isinstance(value, float):
+        raise click.ClickException(f"{where}: write numbers as quoted decimals ('12.50'), "
+                                   f"not {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _no_floats(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_floats(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is not None and not isinstance(value, str | bool):
+        return str(value)
+    return value
+
+
+async def _kick_server(home: Home) -> bool:
+    """Tell a 'usagi serve' on this home to deliver now; False when none runs."""
+    import aiohttp
+
+    from .peer import local_token
+
+    state = home.path / "serve.json"
+    if not state.exists():
+        return False
+    url = json.loads(state.read_text())["url"]
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+            f"{url}/local/v1/kick", timeout=aiohttp.ClientTimeout(total=3),
+            headers={"Authorization": f"Bearer {local_token(home.path)}"},
+        ) as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--to", "to", required=True, help="Partner name, name prefix or DID.")
+@click.option("--reply-to", default=None, help="CID of the document this answers "
+              "(links prev and thread).")
+@click.option("--user", default=None, help="Which employee acts.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for the partner's ack.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the ack.")
+@click.pass_context
+def send(ctx: click.Context, kind: str, file: Path, to: str, reply_to: str | None,
+         user: str | None, wait: bool, timeout: float) -> None:
+    """Seal a document (JSON or YAML body) to you and a partner and send its notice.
+
+    Prints the CID, then the partner's signed ack once it comes. Works while
+    'usagi serve' runs on the same home (it delivers), and without (this
+    command delivers itself).
+
+    Example: usagi --home ./kanto send quote --to Osaka quote.yaml
+    """
+    body = _load_body(file)
+    home = _home(ctx)
+
+    async def run(node: Any) -> dict[str, Any]:
+        result = await node.send(kind, to, body, reply_to=CID.parse(reply_to) if reply_to else None,
+                                 user=user)
+        out: dict[str, Any] = {"cid": str(result.cid), "thread": str(result.thread),
+                               "digest": result.digest.hex()}
+        if not ctx.obj["json"]:
+            click.echo(f"sent {kind} {result.cid}")
+        if wait:
+            if not await _kick_server(home):
+                await node.deliver_once()
+            ack = await node.wait_for_ack(result.cid, timeout)
+            if ack is None:
+                row = await node.ledger.document(result.cid)
+                out["ack"] = None
+                out["status"] = row.status if row else "unknown"
+                out["reason"] = row.reason if row else None
+            else:
+                from kernel.messages import open_ack
+
+                parsed = open_ack(ack[0])
+                out["ack"] = {"status": parsed.status, "by": parsed.by,
+                              "at": parsed.at.isoformat(), "reason": parsed.reason,
+                              "signed": ack[0].hex()}
+        return out
+
+    out = _run(_with_node(ctx, run))
+
+    def human() -> None:
+        ack = out.get("ack")
+        if ack:
+            click.echo(f"ack   {ack['status']} by {ack['by']} at {ack['at']}"
+                       + (f" ({ack['reason']})" if ack["reason"] else ""))
+        elif wait:
+            click.echo(f"no ack yet: {out.get('status')} {out.get('reason') or ''}".rstrip())
+
+    _emit(ctx, out, human)
+    if wait and (not out.get("ack") or out["ack"]["status"] == "rejected"):
+        raise SystemExit(1)
+
+
+def _doc_rows(rows: list[Any]) -> list[dict[str, Any]]:
+    return [{"cid": str(r.cid), "kind": r.kind, "partner": r.partner, "ref": r.ref,
+             "issued_at": r.issued_at, "status": r.status, "reason": r.reason,
+             "thread": str(r.thread)} for r in rows]
+
+
+def _list_documents(ctx: click.Context, direction: str) -> None:
+    async def run(node: Any) -> tuple[list[Any], dict[str, str]]:
+        rows = await node.ledger.documents(direction=direction, limit=10_000)
+        names = {p.did: p.name for p in await node.ledger.partners()}
+        return rows, names
+
+    rows, names = _run(_with_node(ctx, run))
+    data = _doc_rows(rows)
+    _emit(ctx, data, lambda: _table(
+        ["issued", "kind", "ref", "partner", "status", "cid"],
+        [[d["issued_at"], d["kind"], d["ref"], names.get(d["partner"], d["partner"][:20]),
+          d["status"], d["cid"]] for d in data]))
+
+
+@main.command()
+@click.pass_context
+def inbox(ctx: click.Context) -> None:
+    """Documents received from partners."""
+    _list_documents(ctx, "in")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def outbox(ctx: click.Context) -> None:
+    """Documents sent, with their delivery state ('usagi outbox retry' to resend)."""
+    if ctx.invoked_subcommand is None:
+        _list_documents(ctx, "out")
+
+
+@outbox.command("retry")
+@click.argument("who", required=False)
+@click.pass_context
+def outbox_retry(ctx: click.Context, who: str | None) -> None:
+    """Queue every undelivered document (to one partner, or all) again and deliver."""
+    home = _home(ctx)
+
+    async def run(node: Any) -> int:
+        did = (await node.resolve_partner(who)).did if who else None
+        count = int(await node.ledger.retry_undelivered(did))
+        if not await _kick_server(home):
+            await node.deliver_once()
+        return count
+
+    count = _run(_with_node(ctx, run))
+    _emit(ctx, {"requeued": count}, lambda: click.echo(f"requeued {count} document(s)"))
+
+
+@main.command()
+@click.argument("cid")
+@click.pass_context
+def show(ctx: click.Context, cid: str) -> None:
+    """Show one document as it was opened (no decryption needed)."""
+    from .inspect import show_document
+
+    data = _run(_with_node(ctx, lambda node: show_document(node, CID.parse(cid))))
+    click.echo(json.dumps(_jsonable(data), indent=2, ensure_ascii=False))
+
+
+@main.command()
+@click.argument("cid")
+@click.pass_context
+def thread(ctx: click.Context, cid: str) -> None:
+    """List the thread a document belongs to, in causal order."""
+    from .inspect import thread_documents
+
+    rows = _run(_with_node(ctx, lambda node: thread_documents(node, CID.parse(cid))))
+    _emit(ctx, rows, lambda: _table(["issued", "kind", "ref", "direction", "status", "cid"],
+                                    [[r["issued_at"], r["kind"], r["ref"], r["direction"],
+                                      r["status"], r["cid"]] for r in rows]))
+
+
+@main.command()
+@click.argument("cid")
+@click.pass_context
+def verify(ctx: click.Context, cid: str) -> None:
+    """Check a document end to end: block hash, signature, parties, thread, the partner's ack.
+
+    Exit code 0 only when every check holds.
+    """
+    from .inspect import verify_document
+
+    report = _run(_with_node(ctx, lambda node: verify_document(node, CID.parse(cid))))
+
+    def human() -> None:
+        for check in report["checks"]:
+            mark = "ok  " if check["ok"] else "FAIL"
+            click.echo(f"{mark} {check['name']}: {check['detail']}")
+
+    _emit(ctx, report, human)
+    if not report["ok"]:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """This node: identity, endpoint, store, partners, documents, outbox."""
+    async def run(node: Any) -> dict[str, Any]:
+        return {
+            "name": node.config.name,
+            "did": node.did,
+            "endpoint": node.config.endpoint,
+            "store": node.config.kubo_url or str(node.home.blocks_path),
+            "partners": len(await node.ledger.partners()),
+            "sent": await node.ledger.count_documents("out"),
+            "received": await node.ledger.count_documents("in"),
+            "outbox": await node.ledger.outbox_counts(),
+            "serving": (node.home.path / "serve.json").exists(),
+        }
+
+    data = _run(_with_node(ctx, run))
+    _emit(ctx, data, lambda: [click.echo(f"{k:9} {v}") for k, v in data.items()] and None)
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the demo's temporary homes.")
+def demo(keep: bool) -> None:
+    """Two companies on loopback trade quote -> order -> response -> delivery -> invoice."""
+    from .demo import run_demo
+
+    raise SystemExit(run_demo(keep=keep))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""``usagi demo`` / ``make demo``: two companies trade end to end on loopback.
+
+Kanto Machine Tools (seller) and Osaka Precision (buyer) each run a node as
+its own process (``usagi serve``) with a temporary home. They pair with one
+invitation, then trade quote -> order -> order_response -> delivery_note ->
+invoice; every step is sealed to both, content-addressed and acknowledged.
+Both sides verify the whole thread, and a third party's key opens nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kernel import envelope as kenvelope
+from kernel.errors import NotRecipientError
+from kernel.identity import Identity
+
+from .home import Home
+from .inspect import verify_document
+from .node import Node
+
+SELLER = "Kanto Machine Tools"
+BUYER = "Osaka Precision"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(home: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, USAGI_HOME=str(home))
+    return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+        [sys.executable, "-m", "usagi_p2p", "--home", str(home), "serve"],
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env,
+    )
+
+
+async def _wait_serving(home: Home, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (home.path / "serve.json").exists():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"the node in {home.path} exited with {proc.returncode}")
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"the node in {home.path} did not start in {timeout} s")
+
+
+LINES = [
+    {"text": "M6x20 SUS304 hex bolt DIN 933", "qty": "500", "unit": "pcs", "unit_price": "12.50"},
+    {"text": "φ10 4-flute carbide end mill, TiAlN", "qty": "20", "unit": "pcs",
+     "unit_price": "4800"},
+    {"text": "六角ナット M6 SUS304", "qty": "500", "unit": "pcs", "unit_price": "3.20"},
+]
+
+STEPS: list[tuple[str, str, dict[str, Any]]] = [
+    ("seller", "quote", {"ref": "Q-2026-0117", "currency": "JPY", "lines": LINES,
+                         "valid_until": "2026-12-31T00:00:00Z",
+                         "note": "Prices incl. delivery to Osaka."}),
+    ("buyer", "order", {"ref": "PO-88231", "currency": "JPY", "lines": LINES,
+                        "note": "Deliver to plant 2, dock 3."}),
+    ("seller", "order_response", {"ref": "OR-88231", "response": "accept",
+                                  "note": "Ships within 5 working days."}),
+    ("seller", "delivery_note", {"ref": "DN-55102", "lines": LINES,
+                                 "note": "Lot 2611-A, 3 cartons."}),
+    ("seller", "invoice", {"ref": "INV-2026-3301", "currency": "JPY", "lines": LINES,
+                           "total": "105850", "due": "2027-01-31T00:00:00Z"}),
+]
+
+
+async def _kick(home: Home) -> None:
+    from .cli import _kick_server
+
+    await _kick_server(home)
+
+
+async def _trade(seller: Home, buyer: Home) -> int:
+    homes = {"seller": seller, "buyer": buyer}
+    print("pairing: Kanto invites, Osaka pastes the invitation")
+    async with Node.load(seller, None) as node:
+        invitation = await node.invite()
+    print(f"  invitation: {invitation.text()[:60]}…")
+    async with Node.load(buyer, None) as node:
+        partner = await node.add_partner(invitation.text())
+    print(f"  Osaka now trades with {partner.name}; Kanto learned of Osaka by introduction\n")
+
+    previous = None
+    cids = []
+    for side, kind, body in STEPS:
+        home = homes[side]
+        other = BUYER if side == "seller" else SELLER
+        async with Node.load(home, None) as node:
+            result = await node.send(kind, other, body, reply_to=previous)
+            await _kick(home)
+            ack = await node.wait_for_ack(result.cid, timeout=20)
+        if ack is None:
+            print(f"  {kind}: no ack in time")
+            return 1
+        from kernel.messages import open_ack
+
+        parsed = open_ack(ack[0])
+        who = SELLER if side == "seller" else BUYER
+        print(f"{kind:15} {who} -> {other}")
+        print(f"  cid  {result.cid}")
+        print(f"  ack  {parsed.status} by {parsed.by[:32]}… at {parsed.at.isoformat()}")
+        print(f"       digest {parsed.digest.hex() if parsed.digest else '-'}")
+        previous = result.cid
+        cids.append(result.cid)
+
+    print("\nverifying the thread on both sides")
+    ok = True
+    for side, home in homes.items():
+        async with Node.load(home, None) as node:
+            report = await verify_document(node, cids[-1])
+        failed = [c for c in report["checks"] if not c["ok"]]
+        thread_check = next(c for c in report["checks"] if c["name"] == "thread")
+        print(f"  {side:6} {'ok' if report['ok'] else 'FAILED'}: {thread_check['detail']}")
+        for check in failed:
+            print(f"         {check['name']}: {check['detail']}")
+        ok = ok and report["ok"]
+
+    print("\na third party holding every block but neither party's key")
+    stranger = Identity.generate()
+    async with Node.load(seller, None) as node:
+        for cid in cids:
+            block = await node.store.get(cid)
+            try:
+                kenvelope.open(block, stranger, cid)
+                print(f"  {cid}: OPENED (this must never happen)")
+                ok = False
+            except NotRecipientError:
+                print(f"  {cid}: {len(block)} bytes, cannot open (not a recipient)")
+    return 0 if ok else 1
+
+
+def run_demo(keep: bool = False) -> int:
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="usagi-demo-"))
+    procs = []
+    try:
+        seller = Home(root / "kanto")
+        buyer = Home(root / "osaka")
+        seller.create(SELLER, None, port=_free_port())
+        buyer.create(BUYER, None, port=_free_port())
+        print(f"two nodes in {root} (keys stored without passphrase: demo only)")
+        for home in (seller, buyer):
+            procs.append(_start(home.path, root / f"{home.path.name}.log"))
+        for home, proc in zip((seller, buyer), procs, strict=True):
+            asyncio.run(_wait_serving(home, proc))
+            url = json.loads((home.path / "serve.json").read_text())["url"]
+            print(f"  {home.load_config().name:20} {url}  pid {proc.pid}")
+        print()
+        code = asyncio.run(_trade(seller, buyer))
+        print(f"\ndemo {'passed' if code == 0 else 'FAILED'} in {time.monotonic() - started:.1f} s")
+        return code
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if keep:
+            print(f"homes kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)

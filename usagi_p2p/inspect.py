@@ -1,0 +1,98 @@
+"""Looking at what a node holds: show a document, list a thread, verify end to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kernel import envelope as kenvelope
+from kernel.cid import CID
+from kernel.errors import UsagiError
+from kernel.messages import check_ack, open_ack
+from kernel.signed import open_signed
+from kernel.thread import verify_thread
+
+from .errors import NodeError
+from .node import Node
+
+__all__ = ["show_document", "thread_documents", "verify_document"]
+
+
+async def show_document(node: Node, cid: CID) -> dict[str, Any]:
+    row = await node.ledger.document(cid)
+    if row is None:
+        raise NodeError(f"{cid} is not in this node's ledger")
+    document = open_signed(row.signed, "document", "from", kenvelope.DOCUMENT_LIMITS).body
+    ack = await node.ledger.ack(cid)
+    return {"cid": str(cid), "direction": row.direction, "status": row.status,
+            "reason": row.reason, "thread": str(row.thread), "document": document,
+            "ack": {"status": ack[1], "reason": ack[2]} if ack else None}
+
+
+async def thread_documents(node: Node, cid: CID) -> list[dict[str, Any]]:
+    row = await node.ledger.document(cid)
+    if row is None:
+        raise NodeError(f"{cid} is not in this node's ledger")
+    rows = await node.ledger.documents(thread=row.thread, limit=100_000)
+    opened = {}
+    for r in rows:
+        opened[r.cid] = kenvelope.Opened(
+            r.cid, open_signed(r.signed, "document", "from", kenvelope.DOCUMENT_LIMITS).body,
+            r.signed, r.digest, "")
+    order = verify_thread(opened.values())
+    by_cid = {r.cid: r for r in rows}
+    return [{"cid": str(o.cid), "kind": o.document["kind"], "ref": o.document.get("ref"),
+             "issued_at": o.document["issued_at"], "direction": by_cid[o.cid].direction,
+             "status": by_cid[o.cid].status} for o in order]
+
+
+async def verify_document(node: Node, cid: CID) -> dict[str, Any]:
+    """Every check a person needs to trust a document; ``ok`` only if all hold."""
+    checks: list[dict[str, Any]] = []
+
+    def record(name: str, ok: bool, detail: str) -> bool:
+        checks.append({"name": name, "ok": ok, "detail": detail})
+        return ok
+
+    row = await node.ledger.document(cid)
+    if not record("ledger", row is not None,
+                  "recorded" if row else "not in this node's ledger"):
+        return {"cid": str(cid), "ok": False, "checks": checks}
+    assert row is not None
+    try:
+        block = await node.store.get(cid)
+        record("block", True, f"{len(block)} bytes hash to the CID")
+    except UsagiError as exc:
+        record("block", False, f"[{exc.code}] {exc}")
+        return {"cid": str(cid), "ok": False, "checks": checks}
+    try:
+        opened = kenvelope.open(block, node.identity, cid)
+        doc = opened.document
+        record("signature", True, f"signed by {opened.signer}")
+        record("parties", True, f"{doc['from']} -> {doc['to']}")
+        record("digest", opened.digest == row.digest, "matches the ledger"
+               if opened.digest == row.digest else "differs from the ledger")
+    except UsagiError as exc:
+        record("envelope", False, f"[{exc.code}] {exc}")
+        return {"cid": str(cid), "ok": False, "checks": checks}
+    try:
+        rows = await node.ledger.documents(thread=row.thread, limit=100_000)
+        members = []
+        for r in rows:
+            members.append(kenvelope.open(await node.store.get(r.cid), node.identity, r.cid))
+        order = verify_thread(members)
+        record("thread", True, f"{len(order)} document(s) chain from {row.thread}")
+    except UsagiError as exc:
+        record("thread", False, f"[{exc.code}] {exc}")
+    ack = await node.ledger.ack(cid)
+    if ack is None:
+        record("ack", False, "no acknowledgement yet")
+    else:
+        expected_by = doc["to"] if row.direction == "out" else node.did
+        try:
+            parsed = open_ack(ack[0])
+            check_ack(parsed, cid=cid, by=expected_by, digest=opened.digest)
+            record("ack", parsed.ok, f"{parsed.status} by {parsed.by} at {parsed.at.isoformat()}"
+                   + (f" ({parsed.reason})" if parsed.reason else ""))
+        except UsagiError as exc:
+            record("ack", False, f"[{exc.code}] {exc}")
+    return {"cid": str(cid), "ok": all(c["ok"] for c in checks), "checks": checks}
