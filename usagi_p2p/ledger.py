@@ -182,7 +182,7 @@ class Ledger:
         async with self.db.execute(sql, tuple(args)) as cur:
             return list(await cur.fetchall())
 
-    async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    async def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """Run statements in one durable transaction."""
         db = self.db
         # Consecutive statements with the same SQL go down as one executemany:
@@ -209,7 +209,7 @@ class Ledger:
     # -- partners -----------------------------------------------------------
 
     async def add_partner(self, did: str, name: str, endpoint: str, invitation: bytes | None) -> None:
-        await self._write([(
+        await self.write([(
             "INSERT INTO partners (did, name, endpoint, status, added_at, invitation) "
             "VALUES (?, ?, ?, 'active', ?, ?) ON CONFLICT(did) DO UPDATE SET "
             "name=excluded.name, endpoint=excluded.endpoint, status='active', "
@@ -241,12 +241,12 @@ class Ledger:
 
     async def set_partner(self, did: str, *, status: str | None = None, name: str | None = None) -> None:
         if status is not None:
-            await self._write([("UPDATE partners SET status = ? WHERE did = ?", (status, did))])
+            await self.write([("UPDATE partners SET status = ? WHERE did = ?", (status, did))])
         if name is not None:
-            await self._write([("UPDATE partners SET name = ? WHERE did = ?", (name, did))])
+            await self.write([("UPDATE partners SET name = ? WHERE did = ?", (name, did))])
 
     async def add_invitation(self, nonce: bytes, expires: float) -> None:
-        await self._write([("INSERT INTO invitations (nonce, expires) VALUES (?, ?)",
+        await self.write([("INSERT INTO invitations (nonce, expires) VALUES (?, ?)",
                             (nonce, expires))])
 
     async def use_invitation(self, nonce: bytes, did: str, now: float) -> str | None:
@@ -258,7 +258,7 @@ class Ledger:
             return "the invitation has expired"
         if row[1] is not None and row[1] != did:
             return "the invitation was already used by another party"
-        await self._write([("UPDATE invitations SET used_by = ? WHERE nonce = ?", (did, nonce))])
+        await self.write([("UPDATE invitations SET used_by = ? WHERE nonce = ?", (did, nonce))])
         return None
 
     # -- documents ----------------------------------------------------------
@@ -279,7 +279,7 @@ class Ledger:
         queued = [("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
                    "VALUES (?,?,?,?,?)", (row.cid.raw, row.partner, notice, 0.0, now))
                   for row, _, notice in items]
-        await self._write(documents + queued)
+        await self.write(documents + queued)
 
     async def record_received_many(
         self, items: Sequence[tuple[DocumentRow, bytes, bytes, str, str, str, bytes]]
@@ -299,10 +299,10 @@ class Ledger:
                          "VALUES (?,?,?,?,?)", (row.cid.raw, ack, status, None, at)))
             nonces.append(("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
                            "VALUES (?,?,?,?,?)", (sender, nonce, row.cid.raw, ack, time.time())))
-        await self._write(documents + acks + nonces)
+        await self.write(documents + acks + nonces)
 
     async def record_nonce(self, sender: str, nonce: bytes, cid: CID, ack: bytes) -> None:
-        await self._write([("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
+        await self.write([("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
                             "VALUES (?,?,?,?,?)", (sender, nonce, cid.raw, ack, time.time()))])
 
     async def seen_nonce(self, sender: str, nonce: bytes) -> tuple[CID, bytes] | None:
@@ -415,7 +415,7 @@ class Ledger:
             outbox.append(("UPDATE outbox SET state = 'delivered', lease_until = 0, "
                            "last_error = NULL WHERE cid = ?", (cid.raw,)))
         if items:
-            await self._write(acks + docs + outbox)
+            await self.write(acks + docs + outbox)
 
     async def mark_failed(self, cids: Sequence[CID], error: str, next_attempts: Sequence[float],
                           max_attempts: int, *, count: bool = True) -> list[CID]:
@@ -437,14 +437,14 @@ class Ledger:
             else:
                 statements.append(("UPDATE outbox SET attempts=?, next_attempt=?, lease_until=0, "
                                    "last_error=? WHERE cid=?", (attempts, when, error, cid.raw)))
-        await self._write(statements)
+        await self.write(statements)
         return given_up
 
     async def retry_undelivered(self, partner: str | None = None) -> int:
         args: tuple[Any, ...] = (partner,) if partner else ()
         extra = " AND partner = ?" if partner else ""
         rows = await self._all(f"SELECT cid FROM outbox WHERE state = 'undelivered'{extra}", args)
-        await self._write([
+        await self.write([
             (f"UPDATE outbox SET state='pending', attempts=0, next_attempt=0, lease_until=0 "
              f"WHERE state='undelivered'{extra}", args),
             (f"UPDATE documents SET status='queued', reason=NULL WHERE cid IN "
