@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SHARED := ../shared
 
-.PHONY: demo test bench lint vectors clean faults
+.PHONY: demo test bench lint vectors clean faults ipfs-daemon ipfs-daemon-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,12 @@ vectors: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache
+
+# A real IPFS daemon (Kubo if on PATH, else js-ipfs) offline on 127.0.0.1.
+# The tests start their own; this is for trying a node on the Kubo store by hand.
+ipfs-daemon:
+	$(PYTHON) tools/ipfs-daemon/daemon.py install
+	$(PYTHON) tools/ipfs-daemon/daemon.py start
+
+ipfs-daemon-stop:
+	$(PYTHON) tools/ipfs-daemon/daemon.py stop

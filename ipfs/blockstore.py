@@ -131,4 +131,9 @@ class BlockStore(abc.ABC):
 
     @abc.abstractmethod
     def blocks(self) -> AsyncIterator[tuple[CID, bytes]]:
-        """Every block in the store, each checked against its CID."""
+        """Every block in the store, each checked against its CID.
+
+        The CID's multihash identifies the block; its codec may differ from the
+        one the block was put with on stores that key blocks by hash alone
+        (Kubo reports such blocks as raw).
+        """

@@ -72,12 +72,7 @@ def kubo_url() -> Iterator[str]:
 
 #: Contract cases Kubo cannot pass as the contract suite is written today. Strict, so the
 #: run fails (XPASS) once the suite or the store changes and this entry must go.
-KUBO_KNOWN_GAPS = {
-    "test_blocks_iterates_everything_stored": (
-        "a Kubo daemon keys blocks by multihash and refs/local lists raw CIDs, so blocks() "
-        "cannot recover the dag-cbor codec of bytes that are not DAG-CBOR (the suite puts "
-        "arbitrary bytes as dag-cbor); see KuboBlockStore._with_codec"),
-}
+KUBO_KNOWN_GAPS: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
