@@ -396,6 +396,13 @@ class Ledger:
                 raise
         return [OutboxRow(CID.from_bytes(r[0]), *r[1:]) for r in rows]
 
+    async def release_leases(self) -> None:
+        """Forget every lease: called when ``serve`` starts, since a lease held by a
+        process that died would otherwise hold its notices back until it expires.
+        (A second process delivering the same notice is harmless: the receiver
+        answers a replayed notice with the ack it already gave.)"""
+        await self.write([("UPDATE outbox SET lease_until = 0 WHERE state = 'pending'", ())])
+
     async def next_due(self) -> float | None:
         row = await self._one("SELECT min(max(next_attempt, lease_until)) FROM outbox "
                               "WHERE state = 'pending'")

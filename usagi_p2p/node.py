@@ -32,6 +32,9 @@ from typing import Any, Final
 
 import aiohttp
 
+from ipfs.blockstore import BlockNotFoundError, BlockStore
+from ipfs.gateway import GatewayClient
+from ipfs.sqlite import SQLiteBlockStore
 from kernel import dagcbor
 from kernel import envelope as kenvelope
 from kernel.cid import CID
@@ -44,9 +47,6 @@ from kernel.errors import (
 )
 from kernel.identity import Identity
 from kernel.messages import Notice, check_ack, make_ack, make_notice, open_ack, open_notice
-from ipfs.blockstore import BlockNotFoundError, BlockStore
-from ipfs.gateway import GatewayClient
-from ipfs.sqlite import SQLiteBlockStore
 
 from .errors import BodyTooLargeError, PartnerError, PeerError
 from .home import Config, Home

@@ -22,9 +22,9 @@ from typing import Final
 
 from aiohttp import web
 
+from ipfs.gateway import GatewayDenied, GatewayHandler
 from kernel.cid import CID
 from kernel.errors import UsagiError
-from ipfs.gateway import GatewayDenied, GatewayHandler
 
 from .errors import OverloadedError, http_status
 from .httpsig import verify_request

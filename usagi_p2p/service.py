@@ -42,6 +42,7 @@ class Service:
         if self.port == 0:  # an ephemeral port: find out which
             server = site._server  # noqa: SLF001 (aiohttp exposes no public accessor)
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await self.node.ledger.release_leases()
         self._loop_task = asyncio.create_task(self.node.delivery_loop(self.stop))
         log.info("%s listening on http://%s:%d", self.node.config.name, self.host, self.port)
 

@@ -1,0 +1,85 @@
+"""Two real nodes on loopback, in this process: real HTTP, real SQLite, no mocks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from usagi_p2p.home import Home
+from usagi_p2p.node import Node
+from usagi_p2p.service import Service
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Pair:
+    seller: Node
+    buyer: Node
+    seller_service: Service
+    buyer_service: Service
+
+
+def make_home(path: Path, name: str, port: int | None = None) -> Home:
+    home = Home(path)
+    home.create(name, None, port=port or free_port())
+    return home
+
+
+async def start(home: Home, **kwargs: object) -> tuple[Node, Service]:
+    node = Node.load(home, None, **kwargs)  # type: ignore[arg-type]
+    await node.open()
+    service = Service(node)
+    await service.start()
+    return node, service
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    seller_home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
+    buyer_home = make_home(tmp_path / "osaka", "Osaka Precision")
+    seller, seller_service = await start(seller_home)
+    buyer, buyer_service = await start(buyer_home)
+    invitation = await seller.invite()
+    await buyer.add_partner(invitation.text())
+    try:
+        yield Pair(seller, buyer, seller_service, buyer_service)
+    finally:
+        for service in (seller_service, buyer_service):
+            await service.close()
+        for node in (seller, buyer):
+            await node.close()
+
+
+def serve_process(home: Path) -> subprocess.Popen[bytes]:
+    """``usagi serve`` as a real child process (for SIGKILL tests)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(
+        [sys.executable, "-m", "usagi_p2p", "--home", str(home), "serve"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )
+
+
+def wait_serving(home: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (home / "serve.json").exists():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"usagi serve exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        time.sleep(0.05)
+    raise RuntimeError("usagi serve did not start")

@@ -1,0 +1,75 @@
+"""A partner that is down: bounded retries, then 'undelivered', then 'usagi outbox retry'."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+from kernel.messages import open_ack
+from usagi_p2p.service import Service
+
+from .conftest import REPO, Pair
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_down_partner_retries_then_undelivered_then_retry_delivers(pair: Pair) -> None:
+    seller, buyer = pair.seller, pair.buyer
+    await pair.buyer_service.close()  # the partner goes down
+    clock = Clock(seller.clock())
+    seller.clock = clock
+    seller.max_attempts = 4
+    result = await seller.send("quote", "Osaka", {"ref": "Q-down", "lines": [{"text": "bolts"}]})
+    waits = []
+    for _ in range(20):
+        outbox = (await seller.ledger.outbox())[0]
+        if outbox.state == "undelivered":
+            break
+        clock.now = max(clock.now, outbox.next_attempt)
+        waits.append(outbox.next_attempt)
+        await seller.deliver_once()
+    row = await seller.ledger.document(result.cid)
+    assert row is not None and row.status == "undelivered"
+    assert "undelivered after 4 attempts" in (row.reason or "")
+    assert "cannot reach Osaka Precision" in (row.reason or "")
+    # Bounded exponential backoff: each wait longer than the one before it.
+    gaps = [b - a for a, b in zip(waits, waits[1:], strict=False)]
+    assert all(g > 0 for g in gaps)
+    assert await seller.ledger.ack(result.cid) is None
+
+    # The partner comes back; 'usagi outbox retry' (a real CLI process) delivers.
+    service = Service(buyer)
+    await service.start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "usagi_p2p", "--home", str(seller.home.path), "--json",
+            "outbox", "retry", env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert b'"requeued": 1' in out
+        ack = await seller.ledger.ack(result.cid)
+        assert ack is not None and open_ack(ack[0]).status == "received"
+        assert (await seller.ledger.document(result.cid)).status == "delivered"
+        assert await buyer.ledger.count_documents("in") == 1
+    finally:
+        await service.close()
+
+
+async def test_suspended_partner_is_not_sent_to(pair: Pair) -> None:
+    await pair.seller.ledger.set_partner(pair.buyer.did, status="suspended")
+    try:
+        await pair.seller.send("quote", "Osaka", {"lines": [{"text": "bolts"}]})
+    except Exception as exc:  # noqa: BLE001
+        assert getattr(exc, "code", "") == "unknown_partner"
+    else:
+        raise AssertionError("sending to a suspended partner must fail")
+    assert await pair.seller.ledger.count_documents() == 0
