@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +64,8 @@ INTRODUCE_PATH: Final = "/usagi/v1/introduce"
 MAX_BATCH: Final = 256
 MAX_BODY: Final = 1 << 20
 SEND_BATCH: Final = 100
+PIPELINE: Final = 4  # batches in flight at once
+RECENT_BLOCKS: Final = 4096
 FETCH_CONCURRENCY: Final = 16
 BATCH_LIMITS: Final = dagcbor.Limits(max_size=MAX_BODY, max_depth=3, max_length=MAX_BATCH)
 CONTENT_TYPE: Final = "application/cbor"
@@ -100,6 +103,12 @@ class Node:
         self.max_attempts = config.max_attempts
         self.skew = timedelta(minutes=10)
         self._delivering = asyncio.Lock()
+        # Futures for acks awaited in this process (wait_for_ack); other
+        # processes on the same home poll the ledger instead.
+        self._ack_waiters: dict[CID, asyncio.Future[None]] = {}
+        # Blocks sealed here recently, so pushing them with their notices
+        # needs no store round trip. Bounded; the store stays the truth.
+        self._recent: OrderedDict[CID, bytes] = OrderedDict()
 
     @classmethod
     def load(cls, home: Home | str, passphrase: str | None, **kwargs: Any) -> Node:
@@ -248,6 +257,10 @@ class Node:
                                                  user=user)
             prepared.append((partner, document, kenvelope.seal(document, self.identity)))
         await self.store.put_many([sealed.block for _, _, sealed in prepared])
+        for _, _, sealed in prepared:
+            self._recent[sealed.cid] = sealed.block
+        while len(self._recent) > RECENT_BLOCKS:
+            self._recent.popitem(last=False)
         if not isinstance(self.store, SQLiteBlockStore):
             # The embedded store never collects garbage; a Kubo node does.
             for _, _, sealed in prepared:
@@ -339,6 +352,10 @@ class Node:
                 continue
             delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
         await self.ledger.mark_delivered(delivered)
+        for cid, *_ in delivered:
+            waiter = self._ack_waiters.pop(cid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         if bad:
             await self._failed(bad, "the partner's ack did not verify")
         return len(delivered)
@@ -356,10 +373,12 @@ class Node:
             budget = MAX_BODY - 64 * 1024 - sum(len(r.notice) + 8 for r in rows)
             blocks = []
             for row in rows:
-                try:
-                    block = await self.store.get(row.cid)
-                except UsagiError:
-                    continue  # the partner will ask the gateway and get a clear answer
+                block = self._recent.pop(row.cid, None)
+                if block is None:
+                    try:
+                        block = await self.store.get(row.cid)
+                    except UsagiError:
+                        continue  # the partner will ask the gateway and get a clear answer
                 if len(block) + 8 > budget:
                     break
                 budget -= len(block) + 8
@@ -380,22 +399,45 @@ class Node:
             log.warning("%s undelivered: %s", cid, error)
 
     async def delivery_loop(self, stop: asyncio.Event, idle: float = 0.25) -> None:
-        """Deliver until ``stop`` is set; wake early when something is queued."""
+        """Deliver until ``stop`` is set, keeping up to PIPELINE batches in flight.
+
+        Woken early when something is queued (``wake``) or a batch finishes, so
+        a partner is never idle while we have work for it, and never flooded.
+        """
+        inflight: set[asyncio.Task[int]] = set()
         while not stop.is_set():
-            try:
-                await self.deliver_once()
-            except Exception:  # the loop must survive any single failure
-                log.exception("delivery round failed")
-            next_due = await self.ledger.next_due()
-            wait = idle if next_due is None else min(idle, max(0.0, next_due - self.clock()))
             self.wake.clear()
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout=max(wait, 0.01))
-            except TimeoutError:
-                pass
+                room = PIPELINE - len(inflight)
+                if room > 0:
+                    rows = await self.ledger.claim_due(self.clock(), room * SEND_BATCH)
+                    by_partner: dict[str, list[Any]] = {}
+                    for row in rows:
+                        by_partner.setdefault(row.partner, []).append(row)
+                    for did, group in by_partner.items():
+                        for i in range(0, len(group), SEND_BATCH):
+                            inflight.add(asyncio.create_task(
+                                self._deliver_to(did, group[i:i + SEND_BATCH])))
+                next_due = await self.ledger.next_due()
+            except Exception:  # the loop must survive any single failure
+                log.exception("delivery round failed")
+                next_due = None
+            wait = idle if next_due is None else min(idle, max(0.0, next_due - self.clock()))
+            woken = asyncio.ensure_future(self.wake.wait())
+            done, _ = await asyncio.wait({woken, *inflight}, timeout=max(wait, 0.005),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            for task in done - {woken}:
+                inflight.discard(task)  # type: ignore[arg-type]
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("delivery batch failed", exc_info=task.exception())
+        if inflight:
+            await asyncio.gather(*inflight, return_exceptions=True)
 
     async def wait_for_ack(self, cid: CID, timeout: float = 30.0) -> tuple[bytes, str, str | None] | None:
+        """The ack once it is stored, or None on timeout or when given up."""
         deadline = time.monotonic() + timeout
+        waiter = self._ack_waiters.setdefault(cid, asyncio.get_running_loop().create_future())
         while time.monotonic() < deadline:
             ack = await self.ledger.ack(cid)
             if ack is not None:
@@ -403,7 +445,11 @@ class Node:
             row = await self.ledger.document(cid)
             if row is not None and row.status == "undelivered":
                 return None
-            await asyncio.sleep(0.05)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout=0.05)
+            except TimeoutError:
+                pass
+        self._ack_waiters.pop(cid, None)
         return None
 
     # -- receiving ----------------------------------------------------------
@@ -463,9 +509,13 @@ class Node:
 
         async def process(i: int) -> tuple[int, Any]:
             async with semaphore:
-                return i, await self._take(notices[i], pushed.get(notices[i].cid))
+                return i, await self._take(notices[i], None)
 
-        taken = await asyncio.gather(*[process(i) for i in fresh])
+        # Pushed blocks are opened right here; only missing ones cost a task
+        # (and a fetch from the sender's gateway).
+        taken = [(i, self._open(notices[i], pushed[notices[i].cid]))
+                 for i in fresh if notices[i].cid in pushed]
+        taken += await asyncio.gather(*[process(i) for i in fresh if notices[i].cid not in pushed])
         statements_ok: list[tuple[Notice, Any, bytes, DocumentRow, bytes]] = []
         for i, outcome in taken:
             notice = notices[i]
@@ -506,6 +556,14 @@ class Node:
         try:
             if block is None:
                 block = await self.fetch_block(notice)
+        except UsagiError as exc:
+            log.info("rejecting %s from %s: %s", notice.cid, notice.sender, exc)
+            return exc
+        return self._open(notice, block)
+
+    def _open(self, notice: Notice, block: bytes) -> Any:
+        """Check and open one block; a UsagiError is returned, not raised."""
+        try:
             opened = kenvelope.open(block, self.identity, notice.cid)
             if opened.signer != notice.sender:
                 raise WrongSignerError("the document is signed by someone other than the notice's sender")

@@ -23,6 +23,7 @@ class Clock:
 
 async def test_down_partner_retries_then_undelivered_then_retry_delivers(pair: Pair) -> None:
     seller, buyer = pair.seller, pair.buyer
+    await pair.seller_service.close()  # this test drives delivery itself, on its own clock
     await pair.buyer_service.close()  # the partner goes down
     clock = Clock(seller.clock())
     seller.clock = clock

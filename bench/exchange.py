@@ -1,0 +1,150 @@
+"""Two nodes on loopback: sustained docs/s from send to verified ack, idle latency, RSS.
+
+The seller node runs in this process (it seals, stores, queues, delivers and
+verifies acks); the buyer is a separate ``usagi serve`` process (it receives,
+opens, validates, stores and acks). Both commit durably (SQLite WAL,
+synchronous=FULL) before an ack is sent or recorded. The kernel round trip
+(bench/kernel.py) is measured in the same run, and the last line prints the
+exchange's cost per document as a multiple of it:
+
+    exchange: N docs/s, p50 X ms, p99 Y ms, rss Z MB, R.Rx kernel
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from usagi_p2p.home import Home  # noqa: E402
+from usagi_p2p.node import Node  # noqa: E402
+from usagi_p2p.service import Service  # noqa: E402
+
+
+def _kernel_bench():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("kernel_bench", ROOT / "bench" / "kernel.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def vm_hwm_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def body(i: int) -> dict:
+    return {
+        "ref": f"PO-2026-{i:06d}",
+        "currency": "JPY",
+        "note": "Deliver to Osaka plant, dock 3. 平日午前中に納品してください。",
+        "lines": [
+            {"text": f"M{6 + j % 6}x{20 + j} SUS304 hex bolt DIN 933, lot {j:04d}",
+             "qty": str(100 * (j + 1)), "unit": "pcs", "unit_price": f"{12 + j}.50",
+             "ref": f"ITEM-{j:05d}"}
+            for j in range(14)
+        ],
+    }
+
+
+async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
+    root = Path(tempfile.mkdtemp(prefix="usagi-bench-"))
+    buyer_proc = None
+    try:
+        seller_home, buyer_home = Home(root / "kanto"), Home(root / "osaka")
+        seller_home.create("Kanto Machine Tools", None, port=free_port())
+        buyer_home.create("Osaka Precision", None, port=free_port())
+        buyer_proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, *(["-m", "cProfile", "-o", os.environ["BENCH_PROFILE_BUYER"]] if os.environ.get("BENCH_PROFILE_BUYER") else []), "-m", "usagi_p2p", "--home", str(buyer_home.path), "serve"],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)), stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not (buyer_home.path / "serve.json").exists():
+            if time.monotonic() > deadline or buyer_proc.poll() is not None:
+                raise RuntimeError("the buyer node did not start")
+            await asyncio.sleep(0.05)
+        async with Node.load(buyer_home, None) as buyer:
+            invitation = await buyer.invite()
+        async with Node.load(seller_home, None) as seller, Service(seller):
+            await seller.add_partner(invitation.text())
+
+            # Idle latency: one document at a time, send -> verified ack stored.
+            latencies = []
+            for i in range(latency_samples):
+                start = time.perf_counter()
+                result = await seller.send("order", "Osaka", body(i))
+                ack = await seller.wait_for_ack(result.cid, timeout=30)
+                latencies.append(time.perf_counter() - start)
+                assert ack is not None and ack[1] == "received"
+
+            # Sustained: queue n documents as fast as they seal, until all are acked.
+            start = time.perf_counter()
+            template = body(0)
+            for i in range(0, n, batch):
+                await seller.send_many([("order", "Osaka", template, None)] * min(batch, n - i))
+                await asyncio.sleep(0)
+            while (await seller.ledger.outbox_counts()).get("delivered", 0) < n + latency_samples:
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - start
+            counts = await seller.ledger.outbox_counts()
+        async with Node.load(buyer_home, None) as buyer:
+            received = await buyer.ledger.count_documents("in")
+        assert received == n + latency_samples, (received, counts)
+        latencies.sort()
+        return {
+            "docs_per_s": n / elapsed,
+            "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+            "rss_seller": vm_hwm_mb(),
+            "rss_buyer": vm_hwm_mb(buyer_proc.pid),
+        }
+    finally:
+        if buyer_proc is not None:
+            buyer_proc.terminate()
+            buyer_proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--docs", type=int, default=10_000)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="1,000 documents")
+    args = parser.parse_args()
+    if args.quick:
+        args.docs, args.latency_samples = 1000, 50
+    kb = _kernel_bench()
+    doc = kb.order()
+    kernel_s = kb.measure(kb.round_trip, doc, 2.0)
+    result = asyncio.run(run(args.docs, args.latency_samples, args.batch))
+    per_doc = 1 / result["docs_per_s"]
+    print(f"kernel round trip: {kernel_s * 1e6:.0f} us")
+    print(f"seller rss {result['rss_seller']:.0f} MB, buyer rss {result['rss_buyer']:.0f} MB")
+    print(f"exchange: {result['docs_per_s']:.0f} docs/s, p50 {result['p50_ms']:.1f} ms, "
+          f"p99 {result['p99_ms']:.1f} ms, rss {max(result['rss_seller'], result['rss_buyer']):.0f} MB, "
+          f"{per_doc / kernel_s:.1f}x kernel")
+
+
+if __name__ == "__main__":
+    main()

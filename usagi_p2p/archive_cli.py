@@ -1,0 +1,180 @@
+"""``usagi archive export|verify|import|push`` (docs/archive.md, "Commands").
+
+A click group registered by ``usagi_p2p.cli`` under ``main``; it reads the
+home and ``--json`` flag from the parent context like every other command.
+Exit codes: 0 on success, 1 when the archive is damaged (the message names
+the first failing CID), 77 when it is another company's archive, 69 when the
+IPFS node or pinning service did not pin it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from kernel.errors import UsagiError
+
+from .errors import exit_code
+
+T = TypeVar("T")
+
+#: Archive codes the node-wide table does not know yet.
+_EXIT = {"archive_invalid": 1, "archive_foreign": 77, "pinning_failed": 69}
+
+
+def _run(coro: Awaitable[T]) -> T:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except UsagiError as exc:
+        click.echo(f"error [{exc.code}]: {exc}", err=True)
+        raise SystemExit(_EXIT.get(exc.code) or exit_code(exc.code)) from None
+
+
+def _date(text: str | None) -> float | None:
+    """A date or date-time (ISO 8601); a naive one is UTC."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO date or date-time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _out(ctx: click.Context, data: dict[str, Any], text: str) -> None:
+    if ctx.obj and ctx.obj.get("json"):
+        click.echo(json.dumps({k: str(v) if v is not None and not isinstance(
+            v, int | float | bool | dict | list) else v for k, v in data.items()}, indent=2))
+    else:
+        click.echo(text)
+
+
+async def _with_node(ctx: click.Context, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from .cli import _passphrase
+    from .node import Node
+
+    home = ctx.obj["home"]
+    async with Node.load(home, _passphrase(home)) as node:
+        return await fn(node)
+
+
+@click.group()
+def archive() -> None:
+    """Sealed CAR archives of the trade history: export, verify, import, push.
+
+    Anyone may hold an archive (an IPFS node, a pinning service, a USB stick);
+    only this node can read it.
+    """
+
+
+@archive.command()
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--partner", default=None, help="Only the documents with this partner.")
+@click.option("--since", default=None, help="Recorded at or after this date (ISO 8601, UTC).")
+@click.option("--until", default=None, help="Recorded before this date (ISO 8601, UTC).")
+@click.pass_context
+def export(ctx: click.Context, out: Path, partner: str | None, since: str | None,
+           until: str | None) -> None:
+    """Write the history to one sealed CAR v1 file.
+
+    Example: usagi --home ./kanto archive export --out kanto-2025.car
+    """
+    from rich.progress import Progress
+
+    from .archive import export_archive
+
+    async def run(node: Any) -> Any:
+        did = (await node.resolve_partner(partner)).did if partner else None
+        if not sys.stderr.isatty():
+            return await export_archive(node, out, partner=did, since=_date(since),
+                                        until=_date(until))
+        with Progress(transient=True) as bar:
+            task = bar.add_task("exporting", total=None)
+            return await export_archive(
+                node, out, partner=did, since=_date(since), until=_date(until),
+                progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+    report = _run(_with_node(ctx, run))
+    _out(ctx, {"root": report.root, "documents": report.documents, "acks": report.acks,
+               "pages": report.pages, "bytes": report.bytes, "file": str(out)},
+         f"{out}: {report.documents} documents, {report.acks} acks, {report.pages} pages, "
+         f"{report.bytes} bytes\nroot {report.root}")
+
+
+@archive.command()
+@click.argument("car", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--keys/--no-keys", default=None,
+              help="Open everything with this node's key (default: when the home exists).")
+@click.pass_context
+def verify(ctx: click.Context, car: Path, keys: bool | None) -> None:
+    """Check an archive: framing, hashes and links; with keys, every signature and thread.
+
+    Example: usagi --home ./kanto archive verify kanto-2025.car
+    """
+    from .archive import verify_archive
+    from .cli import _passphrase
+
+    home = ctx.obj["home"]
+    identity = None
+    if keys or (keys is None and home.exists()):
+        identity = home.load_identity(_passphrase(home))
+
+    async def run() -> Any:
+        return await asyncio.to_thread(verify_archive, car, identity)
+
+    r = _run(run())
+    detail = (f", {r.documents} documents, {r.acks} acks, {r.threads} threads"
+              + (f" ({r.partial_threads} cut by the time window)" if r.partial_threads else "")
+              + f", by {r.by}, created {r.created_at}") if r.keyed else " (without keys)"
+    _out(ctx, {"ok": True, "root": r.root, "keyed": r.keyed, "blocks": r.blocks,
+               "pages": r.pages, "documents": r.documents, "acks": r.acks,
+               "threads": r.threads, "partial_threads": r.partial_threads},
+         f"OK {car}: root {r.root}, {r.blocks} blocks, {r.pages} pages{detail}")
+
+
+@archive.command(name="import")
+@click.argument("car", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def import_(ctx: click.Context, car: Path) -> None:
+    """Restore an archive of this node (a fresh home with the same identity too).
+
+    Example: usagi --home ./kanto archive import kanto-2025.car
+    """
+    from .archive import import_archive
+
+    r = _run(_with_node(ctx, lambda node: import_archive(node, car)))
+    _out(ctx, {"ok": True, "root": r.root, "documents": r.documents, "acks": r.acks},
+         f"imported {car}: {r.documents} documents, {r.acks} acks, {r.threads} threads verified")
+
+
+@archive.command()
+@click.argument("car", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ipfs-api", required=True, help="Kubo RPC URL, e.g. http://127.0.0.1:5001")
+@click.option("--pinning-service", default=None, help="IPFS Pinning Service API base URL.")
+@click.option("--token", default=None, help="Its access token (default $USAGI_PINNING_TOKEN).")
+@click.pass_context
+def push(ctx: click.Context, car: Path, ipfs_api: str, pinning_service: str | None,
+         token: str | None) -> None:
+    """Import the archive into an IPFS node, pin it there (and at a pinning service).
+
+    Example: usagi archive push kanto-2025.car --ipfs-api http://127.0.0.1:5001
+    """
+    from .archive_push import push_archive
+
+    r = _run(push_archive(car, ipfs_api, pinning_service=pinning_service,
+                          token=token or os.environ.get("USAGI_PINNING_TOKEN")))
+    _out(ctx, {"ok": True, "root": r.root, "pinned": r.pinned, "service": r.service_status,
+               "requestid": r.request_id},
+         f"pinned {r.root} on {ipfs_api}"
+         + (f"; pinning service: {r.service_status} (request {r.request_id})"
+            if r.service_status else ""))

@@ -1,0 +1,137 @@
+"""The archive's structures and their checks (docs/archive.md, "Format").
+
+CDDL of the three kinds of block an archive adds to the document envelopes::
+
+    Index = {                        ; clear DAG-CBOR; the last one is the CAR root
+      "v": 1, "type": "usagi-archive/v1/index", "seq": uint,
+      "manifest": &Envelope,         ; this page's sealed manifest page
+      "blocks": [* &Envelope],       ; the page's documents, then its ack bundles
+      ? "prev": &Index,              ; absent on page 0
+    }
+    ManifestPage = {                 ; signed, label "usagi-p2p/v1/manifest", author "by";
+      "v": 1, "type": "usagi-archive/v1/page",   ; then sealed to the node alone
+      "by": did, "seq": uint, ? "prev": &Envelope,
+      "filter": { ? "partner": did, ? "since": tstr, ? "until": tstr },
+      "entries": [* Entry], "acks": { * did => &Envelope },
+      ? "head": { "count": uint, "pages": uint, "created_at": time,
+                  "partners": [* { "did": did, "name": tstr, "endpoint": tstr, "status": tstr }] },
+    }
+    Entry = { "cid": &Envelope, "dir": "out" / "in", "partner": did, "kind": tstr,
+              "thread": &Envelope, "issued_at": time, "recorded_at": tstr, "status": tstr,
+              ? "reason": tstr, ? "ack": uint, ? "ack_at": time }
+    AckBundle = { "v": 1, "type": "usagi-archive/v1/acks", "acks": [* bytes] }
+                                     ; sealed (unsigned: each ack is signed) to [node, partner]
+
+``recorded_at`` is the ledger's float as Python ``repr`` text: decimal, exact
+on the way back, and no floats in DAG-CBOR.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from kernel import dagcbor
+from kernel.cid import CID
+from kernel.errors import UsagiError
+
+from .errors import NodeError
+
+__all__ = ["ArchiveError", "ForeignArchiveError", "INDEX_TYPE", "PAGE_TYPE", "ACKS_TYPE",
+           "PAGE_ENTRIES", "PAGE_BYTES", "PAGE_BLOCK_BYTES", "PAGE_LIMITS",
+           "check_index", "entry_size", "read_entry"]
+
+INDEX_TYPE: Final = "usagi-archive/v1/index"
+PAGE_TYPE: Final = "usagi-archive/v1/page"
+ACKS_TYPE: Final = "usagi-archive/v1/acks"
+
+#: A page closes at this many documents …
+PAGE_ENTRIES: Final = 1000
+#: … or when its manifest or one ack bundle is estimated at this many bytes, so
+#: every sealed block stays well under the 1 MiB block limit …
+PAGE_BYTES: Final = 600_000
+#: … or when its document blocks reach this size: a reader holds one page.
+PAGE_BLOCK_BYTES: Final = 8 << 20
+
+PAGE_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=6, max_length=PAGE_ENTRIES + 64)
+_INDEX_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=3,
+                                      max_length=2 * PAGE_ENTRIES + 64)
+_ENTRY_KEYS: Final = frozenset({"cid", "dir", "partner", "kind", "thread", "issued_at",
+                                "recorded_at", "status"})
+_ENTRY_OPTIONAL: Final = frozenset({"reason", "ack", "ack_at"})
+
+
+class ArchiveError(NodeError):
+    """The archive is damaged or inconsistent (the message names the first failing CID)."""
+
+    code = "archive_invalid"
+
+    def __init__(self, message: str | None = None, *, cid: CID | None = None,
+                 offset: int | None = None) -> None:
+        super().__init__(message, offset=offset)
+        self.cid = cid
+
+
+class ForeignArchiveError(ArchiveError):
+    """The archive was not written by this node: its manifest does not open or is signed by another."""
+
+    code = "archive_foreign"
+
+
+def entry_size(reason: str | None) -> int:
+    """A generous estimate of one entry's encoded size (encoding each would cost more)."""
+    return 400 + len(reason or "") * 4
+
+
+def check_index(cid: CID, block: bytes, window: dict[CID, bytes],
+                prev: CID | None) -> dict[str, Any] | None:
+    """The index ``block`` closing ``window``, checked; None if the block is not an index.
+
+    Keyless: an envelope is a map of c, n, s, v; anything else must be an
+    index that links exactly the blocks of its page, its manifest page and
+    the previous index.
+    """
+    try:
+        value = dagcbor.decode(block, _INDEX_LIMITS)
+    except UsagiError as exc:
+        raise ArchiveError(f"{cid}: not DAG-CBOR: {exc}", cid=cid) from None
+    if type(value) is dict and value.keys() == {"c", "n", "s", "v"}:
+        return None
+    if type(value) is not dict or value.get("type") != INDEX_TYPE or value.get("v") != 1:
+        raise ArchiveError(f"{cid}: neither an envelope nor an archive index", cid=cid)
+    blocks, manifest = value.get("blocks"), value.get("manifest")
+    if type(blocks) is not list or not all(type(b) is CID for b in blocks) \
+            or type(manifest) is not CID:
+        raise ArchiveError(f"{cid}: an index links a manifest page and a list of blocks", cid=cid)
+    if value.get("prev") != prev:
+        raise ArchiveError(f"{cid}: index links previous index {value.get('prev')}, "
+                           f"expected {prev}", cid=cid)
+    if type(value.get("seq")) is not int:
+        raise ArchiveError(f"{cid}: an index has a page number", cid=cid)
+    linked = [*blocks, manifest]
+    for link in linked:
+        if link not in window:
+            raise ArchiveError(f"{link}: linked by index {cid} but not in its page", cid=link)
+    if len(set(linked)) != len(linked):
+        raise ArchiveError(f"{cid}: an index links one block twice", cid=cid)
+    if len(linked) != len(window):
+        stray = next(c for c in window if c not in set(linked))
+        raise ArchiveError(f"{stray}: in the page of index {cid} but not linked by it", cid=stray)
+    return value
+
+
+def read_entry(page: CID, entry: Any) -> dict[str, Any]:
+    """Check one manifest entry's shape."""
+    if type(entry) is not dict or not _ENTRY_KEYS <= entry.keys() \
+            or not entry.keys() <= _ENTRY_KEYS | _ENTRY_OPTIONAL:
+        raise ArchiveError(f"{page}: a manifest entry has the wrong fields", cid=page)
+    if type(entry["cid"]) is not CID or type(entry["thread"]) is not CID \
+            or entry["dir"] not in ("out", "in"):
+        raise ArchiveError(f"{page}: a manifest entry has fields of the wrong type", cid=page)
+    if "ack" in entry and (type(entry["ack"]) is not int or type(entry.get("ack_at")) is not str):
+        raise ArchiveError(f"{page}: entry {entry['cid']} names its ack badly", cid=page)
+    try:
+        float(entry["recorded_at"])
+    except (TypeError, ValueError):
+        raise ArchiveError(f"{page}: entry {entry['cid']} has a bad recorded_at", cid=page) \
+            from None
+    return entry
