@@ -43,6 +43,7 @@ LABELS: Final = {
     "request": b"usagi-p2p/v1/http-request",
     "manifest": b"usagi-p2p/v1/manifest",
     "rotation": b"usagi-p2p/v1/key-rotation",
+    "approval": b"usagi-p2p/v1/approval",
 }
 
 

@@ -1,0 +1,262 @@
+"""``usagi plugins …``, ``usagi user …``, ``usagi extract``: plugin and user commands.
+
+Implements the command-line part of docs/plugins.md. The groups are plain
+click objects registered on the main ``usagi`` group by ``cli.py``; they read
+``--home`` and ``--json`` from the context the main group sets up.
+
+The approval route's UX is ``usagi send medical.order … --approve-as suzuki
+--approve-as sato``: the node builds the complete document (``issued_at``,
+``from``, ``to``), each named user's key signs it, and only then is it sealed
+and sent. :func:`approver` is what ``send`` calls for that; the user keys are
+unlocked before anything is built (``USAGI_PASSPHRASE_<USER>`` or a prompt),
+so a wrong passphrase sends nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kernel.errors import UsagiError
+from kernel.identity import Identity
+from plugins.medical import sign_approval, with_approval
+
+from .errors import exit_code
+from .home import Home
+from .plugin_host import PluginHost, available
+from .users import add_user, load_user, move_user, user_key_is_protected
+
+__all__ = ["plugins_group", "user_group", "extract_command", "approver", "user_passphrase"]
+
+
+def _home(ctx: click.Context) -> Home:
+    home: Home = ctx.obj["home"]
+    return home
+
+
+def _json(ctx: click.Context) -> bool:
+    return bool(ctx.obj.get("json"))
+
+
+def _fail(exc: UsagiError) -> None:
+    click.echo(f"error [{exc.code}]: {exc}", err=True)
+    raise SystemExit(exit_code(exc.code))
+
+
+def _split(names: str | None) -> list[str] | None:
+    if names is None:
+        return None
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def user_passphrase(home: Home, name: str) -> str | None:
+    """A user key's passphrase: ``USAGI_PASSPHRASE_<NAME>``, else a prompt."""
+    if not user_key_is_protected(home, name):
+        return None
+    env = os.environ.get("USAGI_PASSPHRASE_" + name.upper().replace("-", "_").replace(".", "_"))
+    if env is not None:
+        return env
+    if not sys.stdin.isatty():
+        raise click.ClickException(f"the key of user {name} is protected: set "
+                                   f"USAGI_PASSPHRASE_{name.upper()}")
+    return str(click.prompt(f"Passphrase of {name}", hide_input=True))
+
+
+def approver(home: Home, users: Sequence[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function that adds an approval by each of ``users`` to a built document.
+
+    Keys are unlocked now, so a missing or wrong passphrase fails before
+    anything is sealed; roles come from ``config.users[name]["role"]``.
+    """
+    config = home.load_config()
+    signers: list[tuple[Identity, str]] = []
+    for name in users:
+        identity = load_user(home, name, user_passphrase(home, name))
+        role = config.users[name].get("role")
+        if not role:
+            raise click.ClickException(f"user {name} has no approval role "
+                                       "(usagi user add NAME --role ROLE)")
+        signers.append((identity, role))
+
+    def sign_all(document: dict[str, Any]) -> dict[str, Any]:
+        # Every approval signs the document without approvals, so the order
+        # of signing does not matter and each covers the same bytes.
+        for identity, role in signers:
+            document = with_approval(document, sign_approval(identity, document, role))
+        return document
+
+    return sign_all
+
+
+# -- usagi plugins ---------------------------------------------------------------
+
+
+@click.group("plugins")
+def plugins_group() -> None:
+    """Industry plugins: list, enable, disable, check a document."""
+
+
+@plugins_group.command("list")
+@click.pass_context
+def plugins_list(ctx: click.Context) -> None:
+    """Show enabled, available (installed, not enabled) and broken plugins."""
+    config = _home(ctx).load_config()
+    rows = PluginHost.for_config(config).describe()
+    if _json(ctx):
+        click.echo(json.dumps([r.to_json() for r in rows], indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no plugins installed")
+    for row in rows:
+        detail = row.reason if row.state == "broken" else ", ".join(row.kinds) or "-"
+        click.echo(f"{row.state:<9} {row.name:<14} {row.version or '':<6} {detail}")
+
+
+@plugins_group.command("enable")
+@click.argument("name")
+@click.pass_context
+def plugins_enable(ctx: click.Context, name: str) -> None:
+    """Enable an installed plugin for this node (takes effect on the next start)."""
+    home = _home(ctx)
+    config = home.load_config()
+    installed = available()
+    if name not in installed:
+        raise click.ClickException(f"no plugin {name!r} is installed; available: "
+                                   f"{', '.join(sorted(installed)) or 'none'}")
+    host = PluginHost.load([name])
+    if name in host.broken:
+        raise click.ClickException(f"plugin {name} is broken: {host.broken[name]}")
+    if name not in config.plugins:
+        config.plugins.append(name)
+        home.save_config(config)
+    click.echo(f"enabled {name}: {', '.join(config.plugins)}")
+
+
+@plugins_group.command("disable")
+@click.argument("name")
+@click.pass_context
+def plugins_disable(ctx: click.Context, name: str) -> None:
+    """Disable a plugin; documents already stored keep their fields."""
+    home = _home(ctx)
+    config = home.load_config()
+    if name not in config.plugins:
+        raise click.ClickException(f"{name} is not enabled")
+    config.plugins.remove(name)
+    home.save_config(config)
+    click.echo(f"disabled {name}: {', '.join(config.plugins) or 'no plugins enabled'}")
+
+
+@plugins_group.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--user", default=None, help="Check with this user's plugins only.")
+@click.pass_context
+def plugins_check(ctx: click.Context, file: Path, user: str | None) -> None:
+    """Print the findings of the enabled plugins on a document (JSON or YAML)."""
+    text = file.read_text(encoding="utf-8")
+    if file.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        document = yaml.safe_load(text)
+    else:
+        document = json.loads(text)
+    host = PluginHost.for_config(_home(ctx).load_config())
+    findings = host.validate(document, user=user)
+    if _json(ctx):
+        click.echo(json.dumps([f.to_json() for f in findings], indent=2, ensure_ascii=False))
+    else:
+        for finding in findings:
+            click.echo(str(finding))
+        click.echo(f"{len(findings)} finding(s)")
+    if any(f.is_error for f in findings):
+        raise SystemExit(1)
+
+
+# -- usagi user --------------------------------------------------------------------
+
+
+@click.group("user")
+def user_group() -> None:
+    """Users (employees) of this node: keys, plugin subsets, approval roles."""
+
+
+@user_group.command("add")
+@click.argument("name")
+@click.option("--plugins", default=None, help="Comma-separated subset (default: all enabled).")
+@click.option("--role", default=None, help="Role in approval routes, e.g. pharmacist.")
+@click.option("--insecure-no-passphrase", is_flag=True, help="Store the key unprotected.")
+@click.pass_context
+def user_add(ctx: click.Context, name: str, plugins: str | None, role: str | None,
+             insecure_no_passphrase: bool) -> None:
+    """Create a user with an own Ed25519 key in HOME/users/NAME.key."""
+    home = _home(ctx)
+    passphrase = None
+    if not insecure_no_passphrase:
+        passphrase = os.environ.get("USAGI_PASSPHRASE_" + name.upper()) or (
+            str(click.prompt(f"New passphrase for {name}", hide_input=True,
+                             confirmation_prompt=True)))
+    try:
+        identity = add_user(home, name, passphrase, plugins=_split(plugins), role=role)
+    except UsagiError as exc:
+        _fail(exc)
+        return
+    click.echo(json.dumps({"user": name, "did": identity.did}) if _json(ctx)
+               else f"user {name} {identity.did}")
+
+
+@user_group.command("list")
+@click.pass_context
+def user_list(ctx: click.Context) -> None:
+    """Users with their DID, plugins and role."""
+    config = _home(ctx).load_config()
+    if _json(ctx):
+        click.echo(json.dumps(config.users, indent=2, ensure_ascii=False))
+        return
+    for name, entry in sorted(config.users.items()):
+        plugins = ",".join(entry["plugins"]) if "plugins" in entry else "(all enabled)"
+        click.echo(f"{name:<16} {plugins:<24} {entry.get('role') or '-':<12} {entry.get('did')}")
+
+
+@user_group.command("move")
+@click.argument("name")
+@click.option("--plugins", default=None, help="The new comma-separated subset.")
+@click.option("--all", "all_plugins", is_flag=True, help="Work with every enabled plugin.")
+@click.pass_context
+def user_move(ctx: click.Context, name: str, plugins: str | None, all_plugins: bool) -> None:
+    """Move a user to other plugins: a config change, nothing is migrated."""
+    if (plugins is None) == (not all_plugins):
+        raise click.ClickException("give either --plugins a,b or --all")
+    try:
+        move_user(_home(ctx), name, None if all_plugins else _split(plugins))
+    except UsagiError as exc:
+        _fail(exc)
+    click.echo(f"user {name}: {plugins if plugins is not None else 'all enabled plugins'}")
+
+
+# -- usagi extract -----------------------------------------------------------------
+
+
+@click.command("extract")
+@click.argument("text")
+@click.option("--user", default=None, help="Use this user's plugins only.")
+@click.pass_context
+def extract_command(ctx: click.Context, text: str, user: str | None) -> None:
+    """Print what each enabled plugin extracts from a line of free text."""
+    host = PluginHost.for_config(_home(ctx).load_config())
+    result = host.extract(text, user=user)
+    if _json(ctx):
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    if not result:
+        click.echo("nothing recognised (the line is still valid as free text)")
+    for namespace, fields in result.items():
+        click.echo(f"{namespace}:")
+        for key, value in fields.items():
+            click.echo(f"  {key}: {value}")
+    for name, reason in host.broken.items():
+        click.echo(f"plugin {name} is broken: {reason}", err=True)

@@ -1,0 +1,129 @@
+"""Users of a node: employees with their own keys, plugin subsets and approval roles.
+
+Implements docs/plugins.md ("Per company, per user" and "The approval route").
+
+Each user has an Ed25519 key in ``HOME/users/<name>.key``, stored exactly
+like the node's identity key (argon2id + secretbox with a passphrase, or
+marked unprotected, mode 0600): :class:`UserKeyFile` is a :class:`Home` whose
+key path points there, so the same, single implementation writes and reads
+both. The user's entry in ``config.users`` records its DID, its plugin subset
+and its role in approval routes::
+
+    "users": {"suzuki": {"did": "did:key:z…", "plugins": ["medical"], "role": "pharmacist"}}
+
+Moving a user to other plugins changes that entry and nothing else: documents
+already sent keep the plugin fields they had.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from kernel.identity import Identity
+from plugins.medical import sign_approval, with_approval
+
+from .errors import ConfigError
+from .home import Config, Home
+
+__all__ = ["UserKeyFile", "add_user", "load_user", "move_user", "remove_user", "approve",
+           "user_key_path"]
+
+_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
+
+
+def user_key_path(home: Home, name: str) -> Path:
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(f"a user name is 1..40 of a-z 0-9 . _ - (got {name!r})")
+    return home.path / "users" / f"{name}.key"
+
+
+class UserKeyFile(Home):
+    """The key file of one user, handled by the node's own key code."""
+
+    def __init__(self, home: Home, name: str) -> None:
+        super().__init__(home.path)
+        self._user_key = user_key_path(home, name)
+
+    @property
+    def key_path(self) -> Path:
+        return self._user_key
+
+
+def add_user(home: Home, name: str, passphrase: str | None, *, plugins: Sequence[str] | None = None,
+             role: str | None = None, fast_kdf: bool = False,
+             seed: bytes | None = None) -> Identity:
+    """Create a user's key and config entry; refuses to overwrite an existing user."""
+    config = home.load_config()
+    keyfile = UserKeyFile(home, name)
+    if name in config.users or keyfile.key_path.exists():
+        raise ConfigError(f"user {name!r} already exists")
+    keyfile.key_path.parent.mkdir(mode=0o700, exist_ok=True)
+    identity = Identity(seed) if seed is not None else Identity.generate()
+    keyfile._write_key(identity, passphrase, fast_kdf=fast_kdf)  # noqa: SLF001 (one implementation)
+    entry: dict[str, Any] = {"did": identity.did}
+    if plugins is not None:
+        entry["plugins"] = list(plugins)
+    if role:
+        entry["role"] = role
+    config.users[name] = entry
+    home.save_config(config)
+    return identity
+
+
+def load_user(home: Home, name: str, passphrase: str | None) -> Identity:
+    """A user's identity, checked against the DID the config records for it."""
+    config = home.load_config()
+    if name not in config.users:
+        raise ConfigError(f"no user {name!r} (see 'usagi user list')")
+    identity = UserKeyFile(home, name).load_identity(passphrase)
+    if identity.did != config.users[name].get("did"):
+        raise ConfigError(f"the key of user {name!r} does not match its DID in the config")
+    return identity
+
+
+def user_key_is_protected(home: Home, name: str) -> bool:
+    return UserKeyFile(home, name).key_is_protected()
+
+
+def move_user(home: Home, name: str, plugins: Sequence[str] | None) -> Config:
+    """Assign ``name`` another plugin subset (None: every enabled plugin). No migration."""
+    config = home.load_config()
+    if name not in config.users:
+        raise ConfigError(f"no user {name!r} (see 'usagi user list')")
+    if plugins is None:
+        config.users[name].pop("plugins", None)
+    else:
+        config.users[name]["plugins"] = list(plugins)
+    home.save_config(config)
+    return config
+
+
+def remove_user(home: Home, name: str) -> None:
+    """Forget a user; the key file is kept (renamed) because past approvals name its DID."""
+    config = home.load_config()
+    if config.users.pop(name, None) is None:
+        raise ConfigError(f"no user {name!r}")
+    home.save_config(config)
+    path = user_key_path(home, name)
+    if path.exists():
+        path.rename(path.with_suffix(".key.removed"))
+
+
+def approve(home: Home, document: dict[str, Any], name: str, passphrase: str | None,
+            role: str | None = None) -> dict[str, Any]:
+    """``document`` with an approval by user ``name`` appended (role from the config by default).
+
+    The document must be complete (``from``, ``to``, ``issued_at`` set): the
+    approval covers every field but the approvals, so anything changed after
+    approving invalidates it.
+    """
+    config = home.load_config()
+    identity = load_user(home, name, passphrase)
+    role = role or config.users[name].get("role")
+    if not role:
+        raise ConfigError(f"user {name!r} has no approval role; give --role or set one "
+                          "with 'usagi user add --role'")
+    return with_approval(document, sign_approval(identity, document, role))
