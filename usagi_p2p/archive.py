@@ -129,10 +129,11 @@ class _Exporter:
                 or self.block_bytes >= PAGE_BLOCK_BYTES
                 or any(n >= PAGE_BYTES for n in self.bundle_bytes.values()))
 
-    def add(self, row: tuple[Any, ...], block: bytes) -> None:
+    def add(self, row: tuple[Any, ...], blocks: dict[bytes, bytes]) -> None:
         cid_raw, direction, partner, kind, thread, issued_at, recorded_at, status, reason, \
             ack_raw, ack_at = row
         cid = CID.from_bytes(cid_raw)
+        block = blocks[cid_raw]
         self.writer.write(cid, block)  # verifies: a damaged stored block is never archived
         entry: dict[str, Any] = {
             "cid": cid, "dir": direction, "partner": partner, "kind": kind,
@@ -198,7 +199,7 @@ def _query(filters: dict[str, Any]) -> tuple[str, list[Any]]:
 
 
 def _export_sync(node: Node, path: Path, filters: dict[str, Any],
-                 fetch: Callable[[sqlite3.Connection, list[CID]], dict[CID, bytes]],
+                 fetch: Callable[[sqlite3.Connection, list[CID]], dict[bytes, bytes]],
                  progress: Callable[[int, int], None] | None) -> ExportReport:
     con = sqlite3.connect(f"file:{node.home.ledger_path}?mode=ro", uri=True,
                           isolation_level=None, check_same_thread=False)
@@ -226,7 +227,7 @@ def _export_sync(node: Node, path: Path, filters: dict[str, Any],
                 for row in rows:
                     if exporter.full():
                         exporter.flush()
-                    exporter.add(row, blocks[CID.from_bytes(row[0])])
+                    exporter.add(row, blocks)
                 if progress:
                     progress(exporter.documents, total)
             head = {"count": exporter.documents, "pages": exporter.seq + 1,
@@ -252,17 +253,17 @@ async def export_archive(node: Node, path: str | os.PathLike[str], *, partner: s
     loop = asyncio.get_running_loop()
     store = node.store
 
-    def fetch(con: sqlite3.Connection, cids: list[CID]) -> dict[CID, bytes]:
+    def fetch(con: sqlite3.Connection, cids: list[CID]) -> dict[bytes, bytes]:
         if isinstance(store, SQLiteBlockStore):
             marks = ",".join("?" * len(cids))
-            found = {CID.from_bytes(c): d for c, d in con.execute(
+            found = dict(con.execute(
                 f"SELECT cid, data FROM blk.blocks WHERE cid IN ({marks})",  # noqa: S608
-                [c.raw for c in cids])}
+                [c.raw for c in cids]).fetchall())
         else:  # any other store: its own async API, from this worker thread
             got = asyncio.run_coroutine_threadsafe(
                 asyncio.gather(*[store.get(c) for c in cids]), loop).result()
-            found = dict(zip(cids, got, strict=True))
-        missing = [c for c in cids if c not in found]
+            found = {c.raw: b for c, b in zip(cids, got, strict=True)}
+        missing = [c for c in cids if c.raw not in found]
         if missing:
             raise ArchiveError(f"{missing[0]}: in the ledger but not in the block store",
                                cid=missing[0])
