@@ -31,7 +31,8 @@ __all__ = ["Food", "plugin", "ALLERGENS"]
 #: Japan's specific raw materials (特定原材料), with their English names.
 ALLERGENS: Final = (
     (r"えび|エビ|海老|\bshrimps?\b|\bprawns?\b", "shrimp"),
-    (r"かに|カニ|蟹|\bcrabs?\b", "crab"),
+    # Rendaku voices the sound in compounds: ずわいがに, 毛ガニ.
+    (r"かに|がに|カニ|ガニ|蟹|\bcrabs?\b", "crab"),
     (r"くるみ|クルミ|胡桃|\bwalnuts?\b", "walnut"),
     (r"小麦|\bwheat\b", "wheat"),
     (r"そば|蕎麦|\bbuckwheat\b", "buckwheat"),
