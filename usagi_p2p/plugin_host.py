@@ -15,19 +15,36 @@ would have looked at is judged by the kernel and the other plugins alone.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
+from kernel.errors import UsagiError
 from kernel.plugin import ENTRY_POINT_GROUP, Finding, Plugin, contract_problems
 
-__all__ = ["PluginHost", "PluginInfo", "available"]
+__all__ = ["PluginHost", "PluginInfo", "PluginRejectedError", "available", "findings_json"]
 
 log = logging.getLogger("usagi.plugins")
 
 T = TypeVar("T")
+
+
+class PluginRejectedError(UsagiError):
+    """An enabled plugin found an error in the document (a field it requires on its own kind)."""
+
+    code = "plugin_rejected"
+
+    def __init__(self, findings: list[Finding]) -> None:
+        self.findings = [f for f in findings if f.is_error]
+        super().__init__("; ".join(str(f) for f in self.findings[:10]) or None)
+
+
+def findings_json(findings: list[Finding]) -> str:
+    """Findings as the JSON text stored with a document in the ledger."""
+    return json.dumps([f.to_json() for f in findings], ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +173,13 @@ class PluginHost:
                                         f"plugin disabled: {self.broken[name]}"))
                 continue
             findings.extend(result)
+        return findings
+
+    def check(self, document: Mapping[str, Any], user: str | None = None) -> list[Finding]:
+        """:meth:`validate`, raising PluginRejectedError when any finding is an error."""
+        findings = self.validate(document, user)
+        if any(f.is_error for f in findings):
+            raise PluginRejectedError(findings)
         return findings
 
     def extract(self, text: str, user: str | None = None) -> dict[str, dict[str, str]]:

@@ -178,3 +178,17 @@ def test_finding_levels_are_checked() -> None:
         Finding("x", "fatal", "", "c", "m")  # type: ignore[arg-type]
     finding = Finding("food", "warning", "lines[0]", "c", "m")
     assert finding.to_json()["level"] == "warning" and not finding.is_error
+
+
+def test_check_raises_on_errors_only() -> None:
+    from usagi_p2p.plugin_host import PluginRejectedError, findings_json
+
+    host = PluginHost.load(["medical"])
+    unapproved = doc("medical.order", [line("stent", "medical", lot="A1")],
+                     ext={"medical": {"route": ["pharmacist"]}})
+    with pytest.raises(PluginRejectedError) as caught:
+        host.check(unapproved)
+    assert caught.value.code == "plugin_rejected"
+    assert [f.code for f in caught.value.findings] == ["required_field", "approval_missing"]
+    warned = host.check(doc("order", [line("x", "medical", gtin="123")]))
+    assert '"code":"gtin_check_digit"' in findings_json(warned)
