@@ -75,14 +75,17 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
         seller_home, buyer_home = Home(root / "kanto"), Home(root / "osaka")
         seller_home.create("Kanto Machine Tools", None, port=free_port())
         buyer_home.create("Osaka Precision", None, port=free_port())
-        buyer_proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, *(["-m", "cProfile", "-o", os.environ["BENCH_PROFILE_BUYER"]] if os.environ.get("BENCH_PROFILE_BUYER") else []), "-m", "usagi_p2p", "--home", str(buyer_home.path), "serve"],
+        # BENCH_PROFILE_BUYER=FILE runs the buyer under cProfile (written on exit).
+        profile = os.environ.get("BENCH_PROFILE_BUYER")
+        prefix = ["-m", "cProfile", "-o", profile] if profile else []
+        buyer_proc = subprocess.Popen(  # noqa: S603, ASYNC220 (started once, before timing)
+            [sys.executable, *prefix, "-m", "usagi_p2p", "--home", str(buyer_home.path), "serve"],
             env=dict(os.environ, PYTHONPATH=str(ROOT)), stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not (buyer_home.path / "serve.json").exists():
             if time.monotonic() > deadline or buyer_proc.poll() is not None:
                 raise RuntimeError("the buyer node did not start")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # noqa: ASYNC110 (another process writes the file)
         async with Node.load(buyer_home, None) as buyer:
             invitation = await buyer.invite()
         async with Node.load(seller_home, None) as seller, Service(seller):
@@ -103,7 +106,7 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
             for i in range(0, n, batch):
                 await seller.send_many([("order", "Osaka", template, None)] * min(batch, n - i))
                 await asyncio.sleep(0)
-            while (await seller.ledger.outbox_counts()).get("delivered", 0) < n + latency_samples:
+            while (await seller.ledger.outbox_counts()).get("delivered", 0) < n + latency_samples:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             elapsed = time.perf_counter() - start
             counts = await seller.ledger.outbox_counts()

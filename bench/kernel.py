@@ -21,9 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nacl import bindings as sodium  # noqa: E402
 
-from kernel import Identity, check_ack, make_ack, open_ack  # noqa: E402
+from kernel import (  # noqa: E402
+    Identity,
+    check_ack,
+    make_ack,
+    open_ack,
+    seal,  # noqa: E402
+)
 from kernel import open as open_envelope  # noqa: E402
-from kernel import seal  # noqa: E402
 
 SELLER = Identity(hashlib.sha256(b"bench seller").digest())
 BUYER = Identity(hashlib.sha256(b"bench buyer").digest())

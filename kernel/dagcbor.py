@@ -98,9 +98,16 @@ def _normalize_scalar(value: Any) -> Any:
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     # subclasses (IntEnum, StrEnum …) encode as their base kind
-    for base in (bool, int, str, bytes, float):
-        if isinstance(value, base):
-            return _normalize_scalar(base(value)) if base in (int, float) else base(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return _normalize_scalar(int(value))
+    if isinstance(value, float):
+        return _normalize_scalar(float(value))
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes):
+        return bytes(value)
     raise EncodeError(f"cannot encode {kind.__name__} as DAG-CBOR")
 
 

@@ -41,7 +41,7 @@ from .errors import (
     WrongSignerError,
 )
 from .identity import Identity, party
-from .signed import sign_bytes, open_signed
+from .signed import open_signed, sign_bytes
 
 __all__ = ["Sealed", "Opened", "seal", "open", "bucket", "digest"]
 

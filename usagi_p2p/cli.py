@@ -103,7 +103,8 @@ def main(ctx: click.Context, home: Path | None, as_json: bool, verbose: int) -> 
     import logging
 
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=max(level, logging.DEBUG),
+                        format="%(levelname)s %(name)s: %(message)s")
     ctx.ensure_object(dict)
     ctx.obj["home"] = Home(home or default_home())
     ctx.obj["json"] = as_json
@@ -293,7 +294,8 @@ def _load_body(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     if not isinstance(data, dict):
         raise click.ClickException(f"{path} must hold a map of document fields")
-    return _no_floats(data, str(path))
+    checked: dict[str, Any] = _no_floats(data, str(path))
+    return checked
 
 
 def _no_floats(value: Any, where: str) -> Any:
@@ -513,7 +515,12 @@ def status(ctx: click.Context) -> None:
         }
 
     data = _run(_with_node(ctx, run))
-    _emit(ctx, data, lambda: [click.echo(f"{k:9} {v}") for k, v in data.items()] and None)
+
+    def human() -> None:
+        for key, value in data.items():
+            click.echo(f"{key:9} {value}")
+
+    _emit(ctx, data, human)
 
 
 @main.command()

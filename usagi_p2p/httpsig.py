@@ -2,7 +2,8 @@
 
 docs/spec.md, "Signed requests". A partner fetching a block signs its request:
 
-    Signature-Input: usagi=("@method" "@path" "@query");created=1763788800;nonce="…";keyid="did:key:z6Mk…";alg="ed25519";tag="usagi-p2p/v1"
+    Signature-Input: usagi=("@method" "@path" "@query");created=1763788800;nonce="…";
+                     keyid="did:key:z6Mk…";alg="ed25519";tag="usagi-p2p/v1"   (one line)
     Signature: usagi=:<base64 signature>:
 
 The signature base is built exactly as RFC 9421 section 2.5 says. One

@@ -275,10 +275,12 @@ class Ledger:
     async def record_sent_many(self, items: Sequence[tuple[DocumentRow, bytes, bytes]]) -> None:
         """Each (row, prev, notice): the document and its queued notice, one transaction."""
         now = time.time()
-        documents = [self._insert_document(row, prev) for row, prev, _ in items]
-        queued = [("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
-                   "VALUES (?,?,?,?,?)", (row.cid.raw, row.partner, notice, 0.0, now))
-                  for row, _, notice in items]
+        documents: list[tuple[str, Sequence[Any]]] = [
+            self._insert_document(row, prev) for row, prev, _ in items]
+        queued: list[tuple[str, Sequence[Any]]] = [
+            ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) VALUES (?,?,?,?,?)",
+             (row.cid.raw, row.partner, notice, 0.0, now))
+            for row, _, notice in items]
         await self.write(documents + queued)
 
     async def record_received_many(
@@ -340,7 +342,8 @@ class Ledger:
     async def documents(self, *, direction: str | None = None, partner: str | None = None,
                         thread: CID | None = None, since: float | None = None,
                         until: float | None = None, limit: int = 1000) -> list[DocumentRow]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if direction:
             where.append("direction = ?")
             args.append(direction)

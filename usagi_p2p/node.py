@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +42,7 @@ from kernel.cid import CID
 from kernel.document import format_time
 from kernel.errors import (
     CIDMismatchError,
+    MalformedError,
     UnknownSenderError,
     UsagiError,
     WrongSignerError,
@@ -280,7 +281,7 @@ class Node:
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt ``attempts + 1``: exponential, capped, full jitter."""
-        ceiling = min(self.retry_cap, self.retry_base * (2 ** attempts))
+        ceiling = float(min(self.retry_cap, self.retry_base * (2 ** attempts)))
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 (jitter, not crypto)
 
     async def deliver_once(self, limit: int = 1000) -> int:
@@ -343,7 +344,7 @@ class Node:
         for row, raw in zip(rows, acks, strict=True):
             try:
                 if type(raw) is not bytes:
-                    raise dagcbor.MalformedError("an ack is a byte string")
+                    raise MalformedError("an ack is a byte string")
                 ack = open_ack(raw)
                 check_ack(ack, cid=row.cid, by=did, digest=digests[row.cid])
             except (UsagiError, KeyError) as exc:
@@ -428,7 +429,7 @@ class Node:
                                          return_when=asyncio.FIRST_COMPLETED)
             woken.cancel()
             for task in done - {woken}:
-                inflight.discard(task)  # type: ignore[arg-type]
+                inflight.discard(task)
                 if not task.cancelled() and task.exception() is not None:
                     log.error("delivery batch failed", exc_info=task.exception())
         if inflight:
@@ -466,14 +467,14 @@ class Node:
         if (type(batch) is not dict or "notices" not in batch
                 or not set(batch) <= {"notices", "blocks"} or type(batch["notices"]) is not list
                 or type(batch.get("blocks", [])) is not list):
-            raise dagcbor.MalformedError('a batch is {"notices": [notice], ? "blocks": [block]}')
+            raise MalformedError('a batch is {"notices": [notice], ? "blocks": [block]}')
         raws = batch["notices"]
         if not raws or len(raws) > MAX_BATCH:
             raise BodyTooLargeError(f"a batch holds 1..{MAX_BATCH} notices")
         pushed: dict[CID, bytes] = {}
         for block in batch.get("blocks", []):
             if type(block) is not bytes:
-                raise dagcbor.MalformedError("each pushed block is a byte string")
+                raise MalformedError("each pushed block is a byte string")
             pushed[CID.for_block(block)] = block
         now = self.now()
         notices: list[Notice] = []
@@ -481,7 +482,7 @@ class Node:
         named: set[CID] = set()
         for raw in raws:
             if type(raw) is not bytes:
-                raise dagcbor.MalformedError("each notice is a byte string")
+                raise MalformedError("each notice is a byte string")
             notice = open_notice(raw, me=self.did, now=now, skew=self.skew)
             if notice.sender not in known:
                 partner = await self.ledger.partner(notice.sender)
