@@ -36,6 +36,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -260,8 +261,10 @@ async def export_archive(node: Node, path: str | os.PathLike[str], *, partner: s
                 f"SELECT cid, data FROM blk.blocks WHERE cid IN ({marks})",  # noqa: S608
                 [c.raw for c in cids]).fetchall())
         else:  # any other store: its own async API, from this worker thread
-            got = asyncio.run_coroutine_threadsafe(
-                asyncio.gather(*[store.get(c) for c in cids]), loop).result()
+            async def get_all() -> list[bytes]:
+                return list(await asyncio.gather(*[store.get(c) for c in cids]))
+
+            got = asyncio.run_coroutine_threadsafe(get_all(), loop).result()
             found = {c.raw: b for c, b in zip(cids, got, strict=True)}
         missing = [c for c in cids if c.raw not in found]
         if missing:
@@ -316,9 +319,9 @@ class _KeyedChecker:
         self.report.filter = dict(body.get("filter", {}))
         acks: dict[str, list[bytes]] = {}
         for partner, bundle_cid in body["acks"].items():
-            plain = _at(bundle_cid, lambda b=bundle_cid: kenvelope.open_plaintext(
-                window[b], self.me, b))
-            bundle = _at(bundle_cid, lambda p=plain: dagcbor.decode(p, PAGE_LIMITS))
+            block = window[bundle_cid]
+            plain = _at(bundle_cid, partial(kenvelope.open_plaintext, block, self.me, bundle_cid))
+            bundle = _at(bundle_cid, partial(dagcbor.decode, plain, PAGE_LIMITS))
             if type(bundle) is not dict or bundle.get("type") != ACKS_TYPE:
                 raise ArchiveError(f"{bundle_cid}: not an ack bundle", cid=bundle_cid)
             acks[partner] = bundle["acks"]
@@ -342,7 +345,7 @@ class _KeyedChecker:
     def _document(self, cid: CID, window: dict[CID, bytes], entry: dict[str, Any]) -> Opened:
         if cid not in window:
             raise ArchiveError(f"{cid}: listed in the manifest but not in its page", cid=cid)
-        opened = _at(cid, lambda: kenvelope.open(window[cid], self.me, cid))
+        opened: Opened = _at(cid, lambda: kenvelope.open(window[cid], self.me, cid))
         doc = opened.document
         mine, theirs = (("from", "to") if entry["dir"] == "out" else ("to", "from"))
         if (doc[mine] != self.me.did or doc[theirs] != entry["partner"]
@@ -356,7 +359,7 @@ class _KeyedChecker:
         bundle = acks.get(entry["partner"], [])
         if entry["ack"] >= len(bundle):
             raise ArchiveError(f"{cid}: its ack is missing from the ack bundle", cid=cid)
-        raw = bundle[entry["ack"]]
+        raw: bytes = bundle[entry["ack"]]
         by = entry["partner"] if entry["dir"] == "out" else self.me.did
         _at(cid, lambda: check_ack(open_ack(raw), cid=cid, by=by, digest=opened.digest))
         self.report.acks += 1
@@ -415,7 +418,7 @@ def iter_pages(path: str | os.PathLike[str], me: Identity | None,
                 if keyed is not None:
                     page = keyed.page(cid, index, window)
                     if page.head is not None:
-                        report.by, report.created_at = me.did, page.head["created_at"]
+                        report.by, report.created_at = keyed.me.did, page.head["created_at"]
                     yield page
                 else:
                     yield None

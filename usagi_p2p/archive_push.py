@@ -100,7 +100,9 @@ async def push_archive(path: str | os.PathLike[str], ipfs_api: str, *,
                        pinning_service: str | None = None, token: str | None = None,
                        poll: float = 1.0, timeout: float = 600.0) -> PushReport:
     """Import the CAR into the IPFS node at ``ipfs_api``, pin its root, check the pin."""
-    async with KuboBlockStore(ipfs_api, timeout=timeout) as store:
+    store = KuboBlockStore(ipfs_api, timeout=timeout)
+    await store.open()
+    try:
         roots = await store.dag_import(path)
         if len(roots) != 1:
             raise PinningError(f"{path}: an archive has one root, this CAR has {len(roots)}")
@@ -109,6 +111,8 @@ async def push_archive(path: str | os.PathLike[str], ipfs_api: str, *,
         pinned = any(p.digest == root.digest for p in await store.pins())
         if not pinned:
             raise PinningError(f"{ipfs_api}: {root} is not listed as pinned after pin/add")
+    finally:
+        await store.close()
     report = PushReport(root, ipfs_api, pinned)
     if pinning_service:
         if not token:
