@@ -344,9 +344,11 @@ async def _kick_server(home: Home) -> bool:
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait for the partner's ack.")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the ack.")
+@click.option("--approve-as", "approve_as", multiple=True,
+              help="A user whose own key approves the document (medical route); repeatable.")
 @click.pass_context
 def send(ctx: click.Context, kind: str, file: Path, to: str, reply_to: str | None,
-         user: str | None, wait: bool, timeout: float) -> None:
+         user: str | None, wait: bool, timeout: float, approve_as: tuple[str, ...]) -> None:
     """Seal a document (JSON or YAML body) to you and a partner and send its notice.
 
     Prints the CID, then the partner's signed ack once it comes. Works while
@@ -355,16 +357,23 @@ def send(ctx: click.Context, kind: str, file: Path, to: str, reply_to: str | Non
 
     Example: usagi --home ./kanto send quote --to Osaka quote.yaml
     """
+    from .plugins_cli import approver
+
     body = _load_body(file)
     home = _home(ctx)
+    # Approvers' passphrases are asked for before anything is built or sent.
+    prepare = approver(home, approve_as) if approve_as else None
 
     async def run(node: Any) -> dict[str, Any]:
-        result = await node.send(kind, to, body, reply_to=CID.parse(reply_to) if reply_to else None,
-                                 user=user)
+        reply = CID.parse(reply_to) if reply_to else None
+        result = (await node.send_many([(kind, to, body, reply)], user=user, prepare=prepare))[0]
         out: dict[str, Any] = {"cid": str(result.cid), "thread": str(result.thread),
-                               "digest": result.digest.hex()}
+                               "digest": result.digest.hex(),
+                               "findings": [f.to_json() for f in result.findings]}
         if not ctx.obj["json"]:
             click.echo(f"sent {kind} {result.cid}")
+            for finding in result.findings:
+                click.echo(f"  {finding.level}: {finding}")
         if wait:
             if not await _kick_server(home):
                 await node.deliver_once()
@@ -521,6 +530,17 @@ def status(ctx: click.Context) -> None:
             click.echo(f"{key:9} {value}")
 
     _emit(ctx, data, human)
+
+
+def _register_plugin_commands() -> None:
+    from .plugins_cli import extract_command, plugins_group, user_group
+
+    main.add_command(plugins_group)
+    main.add_command(user_group)
+    main.add_command(extract_command)
+
+
+_register_plugin_commands()
 
 
 @main.command()

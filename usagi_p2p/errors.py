@@ -74,6 +74,7 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "unencodable": (400, 65),
     "invalid_document": (422, 65),
     "invalid_thread": (422, 1),
+    "plugin_rejected": (422, 65),
     "invalid_signature": (401, 77),
     "wrong_signer": (401, 77),
     "unknown_sender": (403, 77),

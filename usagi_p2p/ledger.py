@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS documents (
     reason TEXT,
     digest BLOB NOT NULL,
     signed BLOB NOT NULL,
-    user TEXT
+    user TEXT,
+    findings TEXT                               -- plugin findings, JSON; NULL = not checked
 );
 CREATE INDEX IF NOT EXISTS documents_thread ON documents(thread);
 CREATE INDEX IF NOT EXISTS documents_partner ON documents(partner, recorded_at);
@@ -88,6 +89,10 @@ CREATE TABLE IF NOT EXISTS nonces (
 """
 
 
+#: Columns added after the first schema: (table, column, type).
+MIGRATIONS = (("documents", "findings", "TEXT"),)
+
+
 @dataclass(frozen=True, slots=True)
 class Partner:
     did: str
@@ -116,6 +121,7 @@ class DocumentRow:
     digest: bytes
     signed: bytes
     user: str | None
+    findings: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,7 @@ class OutboxRow:
 
 
 _DOC_COLUMNS = ("cid, direction, partner, kind, thread, ref, issued_at, recorded_at, status, "
-                "reason, digest, signed, user")
+                "reason, digest, signed, user, findings")
 
 
 def _doc(row: Sequence[Any]) -> DocumentRow:
@@ -162,6 +168,14 @@ class Ledger:
         await db.execute("PRAGMA foreign_keys=ON")
         await db.executescript(SCHEMA)
         self._db = db
+        await self._migrate()
+
+    async def _migrate(self) -> None:
+        """Bring a ledger made by an earlier version up to this schema."""
+        for table, column, kind in MIGRATIONS:
+            columns = {row[1] for row in await self._all(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     async def close(self) -> None:
         if self._db is not None:
@@ -266,10 +280,10 @@ class Ledger:
     @staticmethod
     def _insert_document(row: DocumentRow, prev: bytes) -> tuple[str, Sequence[Any]]:
         return (
-            f"INSERT INTO documents ({_DOC_COLUMNS}, prev) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO documents ({_DOC_COLUMNS}, prev) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
              row.issued_at, row.recorded_at, row.status, row.reason, row.digest, row.signed,
-             row.user, prev),
+             row.user, row.findings, prev),
         )
 
     async def record_sent_many(self, items: Sequence[tuple[DocumentRow, bytes, bytes]]) -> None:

@@ -55,6 +55,7 @@ from .home import Config, Home
 from .httpsig import sign_request
 from .invitation import Invitation, make_invitation, parse_invitation
 from .ledger import DocumentRow, Ledger, Partner
+from .plugin_host import PluginHost, findings_json
 
 __all__ = ["Node", "SendResult", "MAX_BATCH", "MAX_BODY", "NOTICES_PATH", "INTRODUCE_PATH"]
 
@@ -78,6 +79,7 @@ class SendResult:
     partner: str
     thread: CID
     digest: bytes
+    findings: tuple[Any, ...] = ()
 
 
 def _prev_bytes(prev: Sequence[CID]) -> bytes:
@@ -110,6 +112,7 @@ class Node:
         # Blocks sealed here recently, so pushing them with their notices
         # needs no store round trip. Bounded; the store stays the truth.
         self._recent: OrderedDict[CID, bytes] = OrderedDict()
+        self.plugins = PluginHost.for_config(config)
 
     @classmethod
     def load(cls, home: Home | str, passphrase: str | None, **kwargs: Any) -> Node:
@@ -240,7 +243,9 @@ class Node:
         return (await self.send_many([(kind, partner_key, body, reply_to)], user=user))[0]
 
     async def send_many(self, items: Sequence[tuple[str, str, dict[str, Any], CID | None]], *,
-                        user: str | None = None) -> list[SendResult]:
+                        user: str | None = None,
+                        prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                        ) -> list[SendResult]:
         """Send several documents with one block-store and one ledger commit.
 
         Each item is (kind, partner, body, reply_to). The blocks are durable
@@ -248,6 +253,7 @@ class Node:
         unreferenced ciphertext block, never a queued notice without its block.
         """
         prepared = []
+        kinds = self.plugins.kinds()
         partners: dict[str, Partner] = {}
         for kind, partner_key, body, reply_to in items:
             partner = partners.get(partner_key) or await self.resolve_partner(partner_key)
@@ -256,25 +262,32 @@ class Node:
                 raise PartnerError(f"{partner.name} is {partner.status}; nothing is sent to it")
             document = await self.build_document(kind, partner, body, reply_to=reply_to,
                                                  user=user)
-            prepared.append((partner, document, kenvelope.seal(document, self.identity)))
-        await self.store.put_many([sealed.block for _, _, sealed in prepared])
-        for _, _, sealed in prepared:
+            if prepare is not None:
+                document = prepare(document)  # e.g. approvals sign the finished document
+            # Warnings travel with the document; an error (a field a plugin
+            # requires on its own kind) refuses it before anything is stored.
+            findings = self.plugins.check(document, user=user)
+            sealed = kenvelope.seal(document, self.identity, kinds=kinds)
+            prepared.append((partner, document, sealed, findings))
+        await self.store.put_many([sealed.block for _, _, sealed, _ in prepared])
+        for _, _, sealed, _ in prepared:
             self._recent[sealed.cid] = sealed.block
         while len(self._recent) > RECENT_BLOCKS:
             self._recent.popitem(last=False)
         if not isinstance(self.store, SQLiteBlockStore):
             # The embedded store never collects garbage; a Kubo node does.
-            for _, _, sealed in prepared:
+            for _, _, sealed, _ in prepared:
                 await self.store.pin(sealed.cid)
         records, results = [], []
-        for partner, document, sealed in prepared:
+        for partner, document, sealed, findings in prepared:
             thread = document.get("thread", sealed.cid)
             notice = make_notice(self.identity, sealed.cid, partner.did, self.now())
             row = DocumentRow(sealed.cid, "out", partner.did, document["kind"], thread,
                               document.get("ref"), document["issued_at"], self.clock(), "queued",
-                              None, sealed.digest, sealed.signed, user)
+                              None, sealed.digest, sealed.signed, user, findings_json(findings))
             records.append((row, _prev_bytes(document.get("prev", [])), notice))
-            results.append(SendResult(sealed.cid, partner.did, thread, sealed.digest))
+            results.append(SendResult(sealed.cid, partner.did, thread, sealed.digest,
+                                      tuple(findings)))
         await self.ledger.record_sent_many(records)
         self.wake.set()
         return results
@@ -525,7 +538,7 @@ class Node:
                                    nonce=notice.nonce, status="rejected", at=self.now(),
                                    reason=outcome.code)
                 continue
-            opened, block = outcome
+            opened, block, findings = outcome
             existing = await self.ledger.document(opened.cid)
             if existing is not None:  # the same block under a new notice: answer, store once
                 old = await self.ledger.ack(opened.cid)
@@ -539,7 +552,7 @@ class Node:
             row = DocumentRow(opened.cid, "in", notice.sender, doc["kind"],
                               doc.get("thread", opened.cid), doc.get("ref"), doc["issued_at"],
                               self.clock(), "received", None, opened.digest, opened.signed,
-                              doc.get("user"))
+                              doc.get("user"), findings_json(findings))
             statements_ok.append((notice, block, ack, row, _prev_bytes(doc.get("prev", []))))
             acks[i] = ack
         if statements_ok:
@@ -565,12 +578,15 @@ class Node:
     def _open(self, notice: Notice, block: bytes) -> Any:
         """Check and open one block; a UsagiError is returned, not raised."""
         try:
-            opened = kenvelope.open(block, self.identity, notice.cid)
+            opened = kenvelope.open(block, self.identity, notice.cid, kinds=self.plugins.kinds())
             if opened.signer != notice.sender:
                 raise WrongSignerError("the document is signed by someone other than the notice's sender")
             if opened.document["to"] != self.did:
                 raise WrongSignerError("the document is not addressed to this node")
-            return opened, block
+            # The whole company's plugins judge what arrives (the document's
+            # "user" is the sender's employee, not one of ours).
+            findings = self.plugins.check(opened.document)
+            return opened, block, findings
         except UsagiError as exc:
             log.info("rejecting %s from %s: %s", notice.cid, notice.sender, exc)
             return exc

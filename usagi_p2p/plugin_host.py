@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
-from kernel.errors import UsagiError
+from kernel.errors import InvalidDocumentError
 from kernel.plugin import ENTRY_POINT_GROUP, Finding, Plugin, contract_problems
 
 __all__ = ["PluginHost", "PluginInfo", "PluginRejectedError", "available", "findings_json"]
@@ -32,7 +32,7 @@ log = logging.getLogger("usagi.plugins")
 T = TypeVar("T")
 
 
-class PluginRejectedError(UsagiError):
+class PluginRejectedError(InvalidDocumentError):
     """An enabled plugin found an error in the document (a field it requires on its own kind)."""
 
     code = "plugin_rejected"

@@ -3,7 +3,7 @@
 Runs two nodes on loopback in this process. Expected to fail until
 :class:`PluginHost` is wired into the node: ``Node.plugins``, findings checked
 in ``send_many`` (with a ``prepare`` hook for approvals) and in ``_take``, and
-a ``findings`` column on ``DocumentRow``; xfail(strict=False) until then.
+a ``findings`` column on ``DocumentRow``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from usagi_p2p.plugin_host import PluginHost
 from usagi_p2p.plugins_cli import approver
 from usagi_p2p.service import Service
 from usagi_p2p.users import add_user
-
-pytestmark = pytest.mark.xfail(strict=False, reason="PluginHost not yet wired into Node")
 
 PLUGINS = ["machinery", "food", "construction", "medical"]
 
