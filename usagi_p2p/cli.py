@@ -532,15 +532,17 @@ def status(ctx: click.Context) -> None:
     _emit(ctx, data, human)
 
 
-def _register_plugin_commands() -> None:
+def _register_commands() -> None:
+    from .archive_cli import archive
     from .plugins_cli import extract_command, plugins_group, user_group
 
     main.add_command(plugins_group)
     main.add_command(user_group)
     main.add_command(extract_command)
+    main.add_command(archive)
 
 
-_register_plugin_commands()
+_register_commands()
 
 
 @main.command()

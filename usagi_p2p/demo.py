@@ -142,7 +142,57 @@ async def _trade(seller: Home, buyer: Home) -> int:
                 ok = False
             except NotRecipientError:
                 print(f"  {cid}: {len(block)} bytes, cannot open (not a recipient)")
+
+    ok = await _plugin_trades(seller, buyer) and ok
+
+    print("\nthe seller's history as a sealed archive, then verified")
+    from .archive import export_archive, verify_archive
+
+    car = seller.path.parent / "kanto-archive.car"
+    async with Node.load(seller, None) as node:
+        exported = await export_archive(node, car)
+        checked = await asyncio.to_thread(verify_archive, car, node.identity)
+    keyless = await asyncio.to_thread(verify_archive, car)
+    print(f"  {car.name}: {exported.documents} documents, {exported.acks} acks, root {exported.root}")
+    print(f"  without keys: {keyless.blocks} blocks, hashes and links ok")
+    print(f"  with keys: {checked.documents} documents, {checked.acks} acks, "
+          f"{checked.threads} thread(s) verified")
     return 0 if ok else 1
+
+
+PLUGIN_LINES = {
+    "machinery": ("quote", ["M6x20 SUS304 hex bolt", "φ10 4-flute carbide end mill",
+                            "NSK 6204ZZ"]),
+    "food": ("order", ["鶏もも 2kg 冷蔵 賞味期限 2026/11/25 ロット L-1122",
+                       "小麦粉 25kg 常温"]),
+    "construction": ("delivery_note", ["構造用合板 1820×910×12mm ±0.5mm 現場: 芝浦"]),
+    "medical": ("order", ["(01)09506000134353(17)270331(10)AB1234 stent"]),
+}
+
+
+async def _plugin_trades(seller: Home, buyer: Home) -> bool:
+    """One trade per industry plugin: what each extracts from free text, what it finds."""
+    print("\nindustry plugins on the same kernel (both nodes enable all four)")
+    ok = True
+    async with Node.load(seller, None) as node:
+        for name, (kind, texts) in PLUGIN_LINES.items():
+            lines = []
+            print(f"  {name}: {kind}")
+            for text in texts:
+                extracted = node.plugins.extract(text)
+                fields = extracted.get(name, {})
+                print(f"    {text}")
+                print(f"      -> {', '.join(f'{k}={v}' for k, v in fields.items()) or '(free text)'}")
+                lines.append({"text": text, **({"ext": extracted} if extracted else {})})
+            result = await node.send(kind, BUYER, {"ref": f"{name.upper()}-1", "lines": lines})
+            await _kick(seller)
+            ack = await node.wait_for_ack(result.cid, timeout=20)
+            for finding in result.findings:
+                print(f"      {finding.level}: {finding.code}: {finding.message}")
+            status = ack[1] if ack else "no ack"
+            print(f"    sent {result.cid}, ack {status}")
+            ok = ok and ack is not None and ack[1] == "received"
+    return ok
 
 
 def run_demo(keep: bool = False) -> int:
@@ -152,8 +202,11 @@ def run_demo(keep: bool = False) -> int:
     try:
         seller = Home(root / "kanto")
         buyer = Home(root / "osaka")
-        seller.create(SELLER, None, port=_free_port())
-        buyer.create(BUYER, None, port=_free_port())
+        for home, name in ((seller, SELLER), (buyer, BUYER)):
+            home.create(name, None, port=_free_port())
+            config = home.load_config()
+            config.plugins = list(PLUGIN_LINES)
+            home.save_config(config)
         print(f"two nodes in {root} (keys stored without passphrase: demo only)")
         for home in (seller, buyer):
             procs.append(_start(home.path, root / f"{home.path.name}.log"))

@@ -1,0 +1,94 @@
+"""The usagi CLI as a person runs it: real processes, real homes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO, make_home
+
+
+def usagi(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("USAGI_PASSPHRASE", None)
+    proc = subprocess.run([sys.executable, "-m", "usagi_p2p", "--home", str(home), *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_help_explains_every_command_with_an_example(tmp_path: Path) -> None:
+    out = usagi(tmp_path, "--help").stdout
+    for command in ("init", "serve", "invite", "partner", "send", "inbox", "outbox", "show",
+                    "thread", "verify", "status", "demo", "archive", "plugins"):
+        assert command in out
+    assert "Examples" in out
+    assert "Example:" in usagi(tmp_path, "send", "--help").stdout
+
+
+def test_init_protects_the_key_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    home = tmp_path / "kanto"
+    env = dict(os.environ, PYTHONPATH=str(REPO), USAGI_PASSPHRASE="correct horse")
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "usagi_p2p", "--home", str(home), *a],
+        capture_output=True, text=True, env=env, timeout=60)
+    assert run("init", "--name", "Kanto").returncode == 0
+    record = json.loads((home / "identity.key").read_text())
+    assert record["protection"] == "argon2id+secretbox" and "seed" not in record
+    assert (home / "identity.key").stat().st_mode & 0o777 == 0o600
+    assert run("init", "--name", "Kanto").returncode != 0
+    wrong = subprocess.run([sys.executable, "-m", "usagi_p2p", "--home", str(home), "status"],
+                           capture_output=True, text=True, timeout=60,
+                           env=dict(env, USAGI_PASSPHRASE="wrong"))
+    assert wrong.returncode == 77 and "bad_passphrase" in wrong.stderr
+
+
+def test_send_without_a_server_then_archive_round_trip(tmp_path: Path) -> None:
+    from usagi_p2p.home import Home
+
+    seller = make_home(tmp_path / "kanto", "Kanto Machine Tools")
+    buyer = make_home(tmp_path / "osaka", "Osaka Precision")
+    serve = subprocess.Popen([sys.executable, "-m", "usagi_p2p", "--home", str(buyer.path),
+                              "serve"], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                             stderr=subprocess.DEVNULL)
+    try:
+        from .conftest import wait_serving
+
+        wait_serving(buyer.path, serve)
+        invitation = usagi(buyer.path, "invite").stdout.strip()
+        assert invitation.startswith("usagi1:")
+        usagi(seller.path, "partner", "add", invitation)
+        body = tmp_path / "quote.yaml"
+        body.write_text('ref: Q-1\ncurrency: JPY\nlines:\n  - text: "M6x20 SUS304 hex bolt"\n'
+                        '    qty: "500"\n    unit_price: "12.50"\n')
+        sent = json.loads(usagi(seller.path, "--json", "send", "quote", "--to", "Osaka",
+                                str(body)).stdout)
+        assert sent["ack"]["status"] == "received"
+        cid = sent["cid"]
+        verify = usagi(seller.path, "verify", cid)
+        assert "ok   ack: received" in verify.stdout
+        floats = tmp_path / "bad.yaml"
+        floats.write_text("lines:\n  - text: bolts\n    unit_price: 12.50\n")
+        bad = usagi(seller.path, "send", "quote", "--to", "Osaka", str(floats), check=False)
+        assert bad.returncode != 0 and "quoted decimals" in bad.stderr
+    finally:
+        serve.terminate()
+        serve.wait(10)
+
+    car = tmp_path / "kanto.car"
+    usagi(seller.path, "archive", "export", "--out", str(car))
+    usagi(seller.path, "archive", "verify", str(car))
+    # A fresh home with the same identity gets the history back.
+    restored = Home(tmp_path / "restored")
+    restored.create("Kanto Machine Tools", None,
+                    seed=bytes.fromhex(json.loads(seller.key_path.read_text())["seed"]))
+    usagi(restored.path, "archive", "import", str(car))
+    shown = json.loads(usagi(restored.path, "--json", "outbox").stdout)
+    assert [d["cid"] for d in shown] == [cid]
+    assert usagi(restored.path, "verify", cid, check=False).returncode == 0
+    # Another company's node refuses the archive.
+    assert usagi(buyer.path, "archive", "import", str(car), check=False).returncode == 77
