@@ -12,6 +12,7 @@ from .envelope import Opened, Sealed, open, seal
 from .errors import UsagiError
 from .identity import Identity, Party, party
 from .messages import Ack, Notice, check_ack, make_ack, make_notice, open_ack, open_notice
+from .rotation import Rotation, make_rotation, open_rotation
 from .thread import verify_thread
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Notice",
     "Opened",
     "Party",
+    "Rotation",
     "Sealed",
     "UsagiError",
     "check_ack",
@@ -29,9 +31,11 @@ __all__ = [
     "format_time",
     "make_ack",
     "make_notice",
+    "make_rotation",
     "open",
     "open_ack",
     "open_notice",
+    "open_rotation",
     "parse_time",
     "party",
     "seal",

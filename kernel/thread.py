@@ -10,21 +10,35 @@ thread. Anyone holding the keys can check this end to end.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .cid import CID
 from .document import parse_time
 from .envelope import Opened
 from .errors import ThreadError
 
-__all__ = ["verify_thread"]
+__all__ = ["verify_thread", "canonical"]
 
 
-def verify_thread(documents: Iterable[Opened]) -> list[Opened]:
+def canonical(did: str, aliases: Mapping[str, str]) -> str:
+    """Follow key rotations (old -> new) to the key a party uses now."""
+    for _ in range(64):  # a chain of rotations, never a cycle
+        nxt = aliases.get(did)
+        if nxt is None:
+            return did
+        did = nxt
+    raise ThreadError("key rotations form a cycle")
+
+
+def verify_thread(documents: Iterable[Opened], aliases: Mapping[str, str] | None = None
+                  ) -> list[Opened]:
     """Check a whole thread; return it in causal order (root first).
 
+    ``aliases`` maps rotated keys to their successors (kernel/rotation.py), so
+    a party that rotated its key mid-thread is still the same party.
     Raises ThreadError naming the first CID that breaks a rule.
     """
+    aliases = aliases or {}
     by_cid: dict[CID, Opened] = {}
     for opened in documents:
         if opened.cid in by_cid:
@@ -36,10 +50,10 @@ def verify_thread(documents: Iterable[Opened]) -> list[Opened]:
     if len(roots) != 1:
         raise ThreadError(f"a thread has exactly one first document, found {len(roots)}")
     root = roots[0]
-    pair = {root.document["from"], root.document["to"]}
+    pair = {canonical(root.document["from"], aliases), canonical(root.document["to"], aliases)}
     for opened in by_cid.values():
         doc = opened.document
-        if {doc["from"], doc["to"]} != pair:
+        if {canonical(doc["from"], aliases), canonical(doc["to"], aliases)} != pair:
             raise ThreadError(f"{opened.cid} is between other parties than the thread")
         if opened is root:
             continue

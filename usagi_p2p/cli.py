@@ -532,6 +532,84 @@ def status(ctx: click.Context) -> None:
     _emit(ctx, data, human)
 
 
+@main.group()
+def key() -> None:
+    """This node's key: show it, rotate it (partners follow, with an overlap)."""
+
+
+@key.command("show")
+@click.pass_context
+def key_show(ctx: click.Context) -> None:
+    """The current DID and the retired keys kept to open old documents."""
+    async def run(node: Any) -> dict[str, Any]:
+        rotations = await node.ledger.own_rotations()
+        return {"did": node.did, "retired": [i.did for i in node.retired],
+                "rotations": [{"old": o, "new": n, "overlap_until": u} for o, n, u, _ in rotations]}
+
+    data = _run(_with_node(ctx, run))
+
+    def human() -> None:
+        click.echo(f"current  {data['did']}")
+        for did in data["retired"]:
+            click.echo(f"retired  {did}")
+
+    _emit(ctx, data, human)
+
+
+@key.command("rotate")
+@click.option("--overlap-days", default=14.0, show_default=True,
+              help="How long partners still accept the old key.")
+@click.pass_context
+def key_rotate(ctx: click.Context, overlap_days: float) -> None:
+    """Move to a new key: the old key signs the move, the new key confirms it, every
+    active partner is told. Both keys work during the overlap; the old one is refused
+    after it, but documents sealed to it keep opening here.
+
+    Example: usagi --home ./kanto key rotate --overlap-days 14
+    """
+    from datetime import timedelta
+
+    home = _home(ctx)
+    passphrase = _passphrase(home)
+
+    async def run(node: Any) -> dict[str, Any]:
+        old = node.did
+        _, told = await node.rotate(passphrase, timedelta(days=overlap_days))
+        return {"old": old, "new": node.did, "partners": told}
+
+    data = _run(_with_node(ctx, run))
+
+    def human() -> None:
+        click.echo(f"rotated {data['old']}\n     -> {data['new']}")
+        for name, result in data["partners"].items():
+            click.echo(f"  {name}: {result}")
+
+    _emit(ctx, data, human)
+    if any(v != "ok" for v in data["partners"].values()):
+        click.echo("some partners were not told; run 'usagi key announce' when they are back",
+                   err=True)
+
+
+@key.command("announce")
+@click.pass_context
+def key_announce(ctx: click.Context) -> None:
+    """Tell partners again about this node's latest rotation."""
+    async def run(node: Any) -> dict[str, str]:
+        rotations = [r for r in await node.ledger.own_rotations() if r[1] == node.did]
+        if not rotations:
+            raise click.ClickException("this node has not rotated its key")
+        told: dict[str, str] = await node.announce_rotation(rotations[0][3])
+        return told
+
+    data = _run(_with_node(ctx, run))
+
+    def human() -> None:
+        for name, result in data.items():
+            click.echo(f"{name}: {result}")
+
+    _emit(ctx, data, human)
+
+
 def _register_commands() -> None:
     from .archive_cli import archive
     from .plugins_cli import extract_command, plugins_group, user_group

@@ -88,6 +88,11 @@ class Home:
         return self.path / KEY_FILE
 
     @property
+    def keyring_path(self) -> Path:
+        """Retired keys, kept to open the node's own history (rotation)."""
+        return self.path / "keyring"
+
+    @property
     def config_path(self) -> Path:
         return self.path / CONFIG_FILE
 
@@ -192,6 +197,31 @@ class Home:
             raise ConfigError(f"{self.key_path} is damaged: the key does not match its DID")
         return identity
 
+    def load_keyring(self, passphrase: str | None) -> list[Identity]:
+        """Every retired key, newest first."""
+        if not self.keyring_path.is_dir():
+            return []
+        files = sorted(self.keyring_path.glob("*.key"), key=lambda p: p.stat().st_mtime,
+                       reverse=True)
+        return [KeyFile(self, path).load_identity(passphrase) for path in files]
+
+    def rotate_key(self, new: Identity, passphrase: str | None, *, fast_kdf: bool = False) -> None:
+        """Make ``new`` this node's key; keep the old one in the keyring.
+
+        Order matters for a crash: the new key file is complete on disk before
+        the old one moves, and the config names the new DID last.
+        """
+        old_did = self._read_key_record()["did"]
+        staged = KeyFile(self, self.path / (KEY_FILE + ".new"))
+        staged.key_path.unlink(missing_ok=True)
+        staged._write_key(new, passphrase, fast_kdf=fast_kdf)
+        self.keyring_path.mkdir(mode=0o700, exist_ok=True)
+        os.replace(self.key_path, self.keyring_path / (old_did.rsplit(":", 1)[-1] + ".key"))
+        os.replace(staged.key_path, self.key_path)
+        config = self.load_config()
+        config.did = new.did
+        self.save_config(config)
+
     def load_config(self) -> Config:
         if not self.config_path.exists():
             raise ConfigError(f"no config in {self.path}: run 'usagi init' first")
@@ -204,3 +234,15 @@ class Home:
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(config), indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, self.config_path)
+
+
+class KeyFile(Home):
+    """A key file other than ``HOME/identity.key`` (the keyring), same format."""
+
+    def __init__(self, home: Home, path: Path) -> None:
+        super().__init__(home.path)
+        self._key_path = path
+
+    @property
+    def key_path(self) -> Path:
+        return self._key_path

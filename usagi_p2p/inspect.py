@@ -38,7 +38,7 @@ async def thread_documents(node: Node, cid: CID) -> list[dict[str, Any]]:
         opened[r.cid] = kenvelope.Opened(
             r.cid, open_signed(r.signed, "document", "from", kenvelope.DOCUMENT_LIMITS).body,
             r.signed, r.digest, "")
-    order = verify_thread(opened.values())
+    order = verify_thread(opened.values(), await node.ledger.aliases())
     by_cid = {r.cid: r for r in rows}
     return [{"cid": str(o.cid), "kind": o.document["kind"], "ref": o.document.get("ref"),
              "issued_at": o.document["issued_at"], "direction": by_cid[o.cid].direction,
@@ -65,7 +65,7 @@ async def verify_document(node: Node, cid: CID) -> dict[str, Any]:
         record("block", False, f"[{exc.code}] {exc}")
         return {"cid": str(cid), "ok": False, "checks": checks}
     try:
-        opened = kenvelope.open(block, node.identity, cid)
+        opened = node.open_envelope(block, cid)
         doc = opened.document
         record("signature", True, f"signed by {opened.signer}")
         record("parties", True, f"{doc['from']} -> {doc['to']}")
@@ -78,8 +78,8 @@ async def verify_document(node: Node, cid: CID) -> dict[str, Any]:
         rows = await node.ledger.documents(thread=row.thread, limit=100_000)
         members = []
         for r in rows:
-            members.append(kenvelope.open(await node.store.get(r.cid), node.identity, r.cid))
-        order = verify_thread(members)
+            members.append(node.open_envelope(await node.store.get(r.cid), r.cid))
+        order = verify_thread(members, await node.ledger.aliases())
         record("thread", True, f"{len(order)} document(s) chain from {row.thread}")
     except UsagiError as exc:
         record("thread", False, f"[{exc.code}] {exc}")
@@ -87,9 +87,12 @@ async def verify_document(node: Node, cid: CID) -> dict[str, Any]:
     if ack is None:
         record("ack", False, "no acknowledgement yet")
     else:
-        expected_by = doc["to"] if row.direction == "out" else node.did
+        expected_by = doc["to"]  # the receiver acks: the partner, or this node
         try:
             parsed = open_ack(ack[0])
+            # The acknowledging party may have rotated its key since.
+            if parsed.by != expected_by and await node.canonical(expected_by) == parsed.by:
+                expected_by = parsed.by
             check_ack(parsed, cid=cid, by=expected_by, digest=opened.digest)
             record("ack", parsed.ok, f"{parsed.status} by {parsed.by} at {parsed.at.isoformat()}"
                    + (f" ({parsed.reason})" if parsed.reason else ""))

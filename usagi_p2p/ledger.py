@@ -31,9 +31,17 @@ CREATE TABLE IF NOT EXISTS partners (
     did TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     endpoint TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'active',      -- active | suspended | removed
+    status TEXT NOT NULL DEFAULT 'active',      -- active | suspended | removed | rotated
     added_at REAL NOT NULL,
-    invitation BLOB
+    invitation BLOB,
+    rotated_to TEXT,                            -- the partner's next key (status rotated)
+    valid_until REAL                            -- end of the rotation's overlap
+);
+CREATE TABLE IF NOT EXISTS rotations (          -- our own key rotations
+    old TEXT PRIMARY KEY,
+    new TEXT NOT NULL,
+    overlap_until REAL NOT NULL,
+    statement BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS documents (
     cid BLOB PRIMARY KEY,
@@ -90,7 +98,12 @@ CREATE TABLE IF NOT EXISTS nonces (
 
 
 #: Columns added after the first schema: (table, column, type).
-MIGRATIONS = (("documents", "findings", "TEXT"),)
+MIGRATIONS = (("documents", "findings", "TEXT"), ("partners", "rotated_to", "TEXT"),
+              ("partners", "valid_until", "REAL"))
+
+
+_PARTNER_SELECT = ("SELECT did, name, endpoint, status, added_at, rotated_to, valid_until "
+                   "FROM partners ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +113,17 @@ class Partner:
     endpoint: str
     status: str
     added_at: float
+    rotated_to: str | None = None
+    valid_until: float | None = None
 
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+    def accepted_at(self, now: float) -> bool:
+        """Whether this key may speak now: active, or rotated and still in its overlap."""
+        return self.active or (self.status == "rotated" and self.valid_until is not None
+                               and now <= self.valid_until)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +252,7 @@ class Ledger:
         )])
 
     async def partner(self, did: str) -> Partner | None:
-        row = await self._one("SELECT did, name, endpoint, status, added_at FROM partners "
-                              "WHERE did = ?", (did,))
+        row = await self._one(_PARTNER_SELECT + "WHERE did = ?", (did,))
         return Partner(*row) if row else None
 
     async def find_partner(self, key: str) -> Partner | None:
@@ -241,16 +260,15 @@ class Ledger:
         found = await self.partner(key)
         if found:
             return found
-        rows = await self._all("SELECT did, name, endpoint, status, added_at FROM partners "
-                               "WHERE lower(name) = lower(?) OR lower(name) LIKE lower(?) || '%'",
+        rows = await self._all(_PARTNER_SELECT + "WHERE status != 'rotated' AND "
+                               "(lower(name) = lower(?) OR lower(name) LIKE lower(?) || '%')",
                                (key, key))
         exact = [r for r in rows if r[1].lower() == key.lower()]
         rows = exact or rows
         return Partner(*rows[0]) if len(rows) == 1 else None
 
     async def partners(self) -> list[Partner]:
-        rows = await self._all("SELECT did, name, endpoint, status, added_at FROM partners "
-                               "ORDER BY name")
+        rows = await self._all(_PARTNER_SELECT + "ORDER BY name")
         return [Partner(*r) for r in rows]
 
     async def set_partner(self, did: str, *, status: str | None = None, name: str | None = None) -> None:
@@ -258,6 +276,33 @@ class Ledger:
             await self.write([("UPDATE partners SET status = ? WHERE did = ?", (status, did))])
         if name is not None:
             await self.write([("UPDATE partners SET name = ? WHERE did = ?", (name, did))])
+
+    async def partner_rotated(self, old: str, new: str, valid_until: float) -> None:
+        """A partner moved from ``old`` to ``new``: the new key takes its place, the
+        old one is accepted until ``valid_until`` and refused after."""
+        await self.write([
+            ("INSERT INTO partners (did, name, endpoint, status, added_at, invitation) "
+             "SELECT ?, name, endpoint, status, ?, invitation FROM partners WHERE did = ? "
+             "ON CONFLICT(did) DO NOTHING", (new, time.time(), old)),
+            ("UPDATE partners SET status = 'rotated', rotated_to = ?, valid_until = ? "
+             "WHERE did = ?", (new, valid_until, old)),
+        ])
+
+    async def record_rotation(self, old: str, new: str, overlap_until: float,
+                              statement: bytes) -> None:
+        await self.write([("INSERT OR REPLACE INTO rotations (old, new, overlap_until, statement) "
+                           "VALUES (?, ?, ?, ?)", (old, new, overlap_until, statement))])
+
+    async def own_rotations(self) -> list[tuple[str, str, float, bytes]]:
+        return [tuple(r) for r in await self._all(
+            "SELECT old, new, overlap_until, statement FROM rotations")]
+
+    async def aliases(self) -> dict[str, str]:
+        """Every rotated key (ours and our partners') -> the key that replaced it."""
+        out = {r[0]: r[1] for r in await self._all("SELECT old, new FROM rotations")}
+        out.update({r[0]: r[1] for r in await self._all(
+            "SELECT did, rotated_to FROM partners WHERE rotated_to IS NOT NULL")})
+        return out
 
     async def add_invitation(self, nonce: bytes, expires: float) -> None:
         await self.write([("INSERT INTO invitations (nonce, expires) VALUES (?, ?)",

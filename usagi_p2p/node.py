@@ -42,13 +42,18 @@ from kernel.cid import CID
 from kernel.document import format_time
 from kernel.errors import (
     CIDMismatchError,
+    ExpiredError,
     MalformedError,
+    NotRecipientError,
     UnknownSenderError,
     UsagiError,
+    WrongRecipientError,
     WrongSignerError,
 )
 from kernel.identity import Identity
 from kernel.messages import Notice, check_ack, make_ack, make_notice, open_ack, open_notice
+from kernel.rotation import make_rotation, open_rotation
+from kernel.thread import canonical
 
 from .errors import BodyTooLargeError, PartnerError, PeerError
 from .home import Config, Home
@@ -57,12 +62,14 @@ from .invitation import Invitation, make_invitation, parse_invitation
 from .ledger import DocumentRow, Ledger, Partner
 from .plugin_host import PluginHost, findings_json
 
-__all__ = ["Node", "SendResult", "MAX_BATCH", "MAX_BODY", "NOTICES_PATH", "INTRODUCE_PATH"]
+__all__ = ["Node", "SendResult", "MAX_BATCH", "MAX_BODY", "NOTICES_PATH", "INTRODUCE_PATH",
+           "ROTATE_PATH"]
 
 log = logging.getLogger("usagi.node")
 
 NOTICES_PATH: Final = "/usagi/v1/notices"
 INTRODUCE_PATH: Final = "/usagi/v1/introduce"
+ROTATE_PATH: Final = "/usagi/v1/rotate"
 MAX_BATCH: Final = 256
 MAX_BODY: Final = 1 << 20
 SEND_BATCH: Final = 100
@@ -91,9 +98,14 @@ class Node:
 
     def __init__(self, home: Home, identity: Identity, config: Config,
                  *, store: BlockStore | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 retired: Sequence[Identity] = ()) -> None:
         self.home = home
         self.identity = identity
+        #: Keys this node rotated away from: they still open its own history.
+        self.retired = list(retired)
+        #: old DID -> end of overlap, for our own rotations (loaded on open).
+        self._own_overlaps: dict[str, float] = {}
         self.config = config
         self.clock = clock
         self.ledger = Ledger(str(home.ledger_path))
@@ -118,7 +130,8 @@ class Node:
     def load(cls, home: Home | str, passphrase: str | None, **kwargs: Any) -> Node:
         home = home if isinstance(home, Home) else Home(home)
         identity = home.load_identity(passphrase)
-        return cls(home, identity, home.load_config(), **kwargs)
+        retired = home.load_keyring(passphrase)
+        return cls(home, identity, home.load_config(), retired=retired, **kwargs)
 
     def _make_store(self) -> BlockStore:
         if self.config.kubo_url:
@@ -136,6 +149,7 @@ class Node:
 
     async def open(self) -> None:
         await self.ledger.open()
+        self._own_overlaps = {old: until for old, _, until, _ in await self.ledger.own_rotations()}
         await self.store.open()
         connector = aiohttp.TCPConnector(limit=64, limit_per_host=32)
         self._session = aiohttp.ClientSession(connector=connector)
@@ -160,6 +174,81 @@ class Node:
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
+
+    def my_dids(self, now: float | None = None) -> set[str]:
+        """The DIDs this node answers to now: its key, and rotated keys still in overlap."""
+        now = self.clock() if now is None else now
+        return {self.did} | {old for old, until in self._own_overlaps.items() if now <= until}
+
+    def open_envelope(self, block: bytes, cid: CID | None = None) -> kenvelope.Opened:
+        """Open with the current key, else with a retired one (documents sealed before a
+        rotation, or by a partner during its overlap)."""
+        kinds = self.plugins.kinds()
+        try:
+            return kenvelope.open(block, self.identity, cid, kinds=kinds)
+        except NotRecipientError:
+            for old in self.retired:
+                try:
+                    return kenvelope.open(block, old, cid, kinds=kinds)
+                except NotRecipientError:
+                    continue
+            raise
+
+    async def canonical(self, did: str) -> str:
+        """The key a party uses now, following rotations."""
+        return canonical(did, await self.ledger.aliases())
+
+    # -- key rotation ---------------------------------------------------------
+
+    async def rotate(self, passphrase: str | None, overlap: timedelta = timedelta(days=14),
+                     *, fast_kdf: bool = False) -> tuple[bytes, dict[str, str]]:
+        """Move this node to a new key and tell every active partner.
+
+        Returns the signed rotation statement and, per partner, "ok" or why it
+        could not be told (run 'usagi key announce' later for those).
+        """
+        old, new = self.identity, Identity.generate()
+        now = self.now()
+        statement = make_rotation(old, new, now, now + overlap)
+        await self.ledger.record_rotation(old.did, new.did, (now + overlap).timestamp(),
+                                          statement)
+        self.home.rotate_key(new, passphrase, fast_kdf=fast_kdf)
+        self.identity = new
+        self.config.did = new.did
+        self.retired.insert(0, old)
+        self._own_overlaps[old.did] = (now + overlap).timestamp()
+        return statement, await self.announce_rotation(statement)
+
+    async def announce_rotation(self, statement: bytes) -> dict[str, str]:
+        results: dict[str, str] = {}
+        for partner in await self.ledger.partners():
+            if not partner.active:
+                continue
+            url = partner.endpoint.rstrip("/") + ROTATE_PATH
+            try:
+                async with self.session.post(url, data=statement,
+                                             headers={"Content-Type": CONTENT_TYPE},
+                                             timeout=aiohttp.ClientTimeout(total=15)) as resp:
+                    results[partner.name] = ("ok" if resp.status == 200
+                                             else f"{resp.status} {await resp.text()}")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                results[partner.name] = f"unreachable: {exc!r}"
+        return results
+
+    async def accept_rotation(self, raw: bytes) -> Partner:
+        """A partner tells us it moved to a new key."""
+        rotation = open_rotation(raw)
+        partner = await self.ledger.partner(rotation.old)
+        if partner is None or not partner.active:
+            raise UnknownSenderError(f"{rotation.old} is not an active partner of this node")
+        if self.now() > rotation.overlap_until:
+            raise ExpiredError("the rotation's overlap has already ended")
+        await self.ledger.partner_rotated(rotation.old, rotation.new,
+                                          rotation.overlap_until.timestamp())
+        updated = await self.ledger.partner(rotation.new)
+        assert updated is not None
+        log.info("%s rotated its key to %s", partner.name, rotation.new)
+        return updated
 
     # -- partners -----------------------------------------------------------
 
@@ -231,7 +320,7 @@ class Node:
             answered = await self.ledger.document(reply_to)
             if answered is None:
                 raise PartnerError(f"{reply_to} is not in this node's ledger")
-            if answered.partner != partner.did:
+            if await self.canonical(answered.partner) != partner.did:
                 raise PartnerError(f"{reply_to} is a document with another partner")
             document["thread"] = answered.thread
             document["prev"] = [reply_to]
@@ -322,7 +411,7 @@ class Node:
     async def _deliver_to(self, did: str, rows: list[Any]) -> int:
         partner = await self.ledger.partner(did)
         cids = [r.cid for r in rows]
-        if partner is None or not partner.active:
+        if partner is None or not partner.accepted_at(self.clock()):
             state = partner.status if partner else "removed"
             await self._failed(rows, f"partner is {state}")
             return 0
@@ -354,12 +443,15 @@ class Node:
         delivered: list[tuple[CID, bytes, str, str | None, str]] = []
         bad: list[Any] = []
         digests = await self.ledger.digests(cids)
+        # A partner that rotated its key acks with its new one.
+        current = await self.canonical(did)
         for row, raw in zip(rows, acks, strict=True):
             try:
                 if type(raw) is not bytes:
                     raise MalformedError("an ack is a byte string")
                 ack = open_ack(raw)
-                check_ack(ack, cid=row.cid, by=did, digest=digests[row.cid])
+                check_ack(ack, cid=row.cid, by=current if ack.by == current else did,
+                          digest=digests[row.cid])
             except (UsagiError, KeyError) as exc:
                 log.warning("ack for %s is not a receipt: %s", row.cid, exc)
                 bad.append(row)
@@ -490,17 +582,24 @@ class Node:
                 raise MalformedError("each pushed block is a byte string")
             pushed[CID.for_block(block)] = block
         now = self.now()
+        now_ts = now.timestamp()
+        mine = self.my_dids(now_ts)
         notices: list[Notice] = []
         known: set[str] = set()
         named: set[CID] = set()
         for raw in raws:
             if type(raw) is not bytes:
                 raise MalformedError("each notice is a byte string")
-            notice = open_notice(raw, me=self.did, now=now, skew=self.skew)
+            notice = open_notice(raw, now=now, skew=self.skew)
+            if notice.recipient not in mine:
+                raise WrongRecipientError(f"notice is for {notice.recipient}, not for this node")
             if notice.sender not in known:
                 partner = await self.ledger.partner(notice.sender)
-                if partner is None or not partner.active:
-                    raise UnknownSenderError(f"{notice.sender} is not an active partner")
+                if partner is None or not partner.accepted_at(now_ts):
+                    why = ("its key was rotated and the overlap has ended"
+                           if partner is not None and partner.status == "rotated"
+                           else "it is not an active partner")
+                    raise UnknownSenderError(f"{notice.sender} refused: {why}")
                 known.add(notice.sender)
             notices.append(notice)
             named.add(notice.cid)
@@ -578,10 +677,10 @@ class Node:
     def _open(self, notice: Notice, block: bytes) -> Any:
         """Check and open one block; a UsagiError is returned, not raised."""
         try:
-            opened = kenvelope.open(block, self.identity, notice.cid, kinds=self.plugins.kinds())
+            opened = self.open_envelope(block, notice.cid)
             if opened.signer != notice.sender:
                 raise WrongSignerError("the document is signed by someone other than the notice's sender")
-            if opened.document["to"] != self.did:
+            if opened.document["to"] not in {self.did, *(i.did for i in self.retired)}:
                 raise WrongSignerError("the document is not addressed to this node")
             # The whole company's plugins judge what arrives (the document's
             # "user" is the sender's employee, not one of ours).
@@ -605,7 +704,8 @@ class Node:
     async def may_read(self, requester: str, cid: CID) -> bool:
         """A block is served only to an active partner who is a party to it."""
         partner = await self.ledger.partner(requester)
-        if partner is None or not partner.active:
+        if partner is None or not partner.accepted_at(self.clock()):
             return False
         row = await self.ledger.document(cid)
-        return row is not None and row.partner == requester
+        return row is not None and (row.partner == requester
+                                    or await self.canonical(row.partner) == requester)

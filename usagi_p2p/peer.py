@@ -2,6 +2,7 @@
 
     POST /usagi/v1/notices     DAG-CBOR {"notices": [Signed<Notice>]} -> {"acks": [Signed<Ack>]}
     POST /usagi/v1/introduce   a signed introduction answering one of our invitations
+    POST /usagi/v1/rotate      a partner's key rotation statement (kernel/rotation.py)
     GET  /ipfs/{cid}           trustless gateway, only for a partner who is a party (RFC 9421)
     POST /local/v1/kick        loopback only, with the home's token: deliver now
 
@@ -28,7 +29,7 @@ from kernel.errors import UsagiError
 
 from .errors import OverloadedError, http_status
 from .httpsig import verify_request
-from .node import CONTENT_TYPE, INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, Node
+from .node import CONTENT_TYPE, INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, ROTATE_PATH, Node
 
 __all__ = ["make_app", "error_response", "local_token", "MAX_INFLIGHT"]
 
@@ -91,6 +92,14 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT) -> web.Application
         log.info("new partner %s (%s)", partner.name, partner.did)
         return web.json_response({"ok": True, "did": node.did, "name": node.config.name})
 
+    async def rotate(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            partner = await node.accept_rotation(body)
+        except UsagiError as exc:
+            return error_response(exc)
+        return web.json_response({"ok": True, "partner": partner.name, "did": partner.did})
+
     async def authorize(request: web.Request, cid: CID) -> None:
         try:
             requester = verify_request(request.headers, request.method, request.rel_url.raw_path,
@@ -118,6 +127,7 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT) -> web.Application
     app.add_routes([
         web.post(NOTICES_PATH, notices),
         web.post(INTRODUCE_PATH, introduce),
+        web.post(ROTATE_PATH, rotate),
         web.post("/local/v1/kick", kick),
         web.get("/", root),
         *gateway.routes(),
