@@ -1,0 +1,61 @@
+"""A ledger that cannot be written while a batch arrives: no ack, and a clear, typed answer.
+
+The write lock is held by another connection (as a backup tool or a second
+process would); the node's busy timeout is shortened so the test is quick.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import aiohttp
+import pytest
+
+from kernel import dagcbor
+from kernel import envelope as kenvelope
+from kernel.messages import make_notice
+from usagi_p2p.node import NOTICES_PATH
+
+from ..node.conftest import Pair, pair  # noqa: F401  (the fixture)
+
+
+async def post_while_locked(p: Pair) -> tuple[int, str, bytes, int]:
+    seller, buyer = p.seller, p.buyer
+    doc = {"v": 1, "kind": "quote", "from": seller.did, "to": buyer.did, "ref": "Q-lock",
+           "issued_at": "2026-11-22T05:00:00Z", "lines": [{"text": "bolts"}]}
+    sealed = kenvelope.seal(doc, seller.identity)
+    notice = make_notice(seller.identity, sealed.cid, buyer.did, seller.now())
+    await buyer.ledger.db.execute("PRAGMA busy_timeout=200")
+    lock = sqlite3.connect(str(buyer.home.ledger_path), isolation_level=None, timeout=5)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        async with aiohttp.ClientSession() as session, session.post(
+            buyer.config.endpoint + NOTICES_PATH,
+            data=dagcbor.encode({"notices": [notice], "blocks": [sealed.block]}),
+            headers={"Content-Type": "application/cbor"}, timeout=aiohttp.ClientTimeout(30),
+        ) as resp:
+            status, ctype, body = resp.status, resp.content_type, await resp.read()
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    return status, ctype, body, await buyer.ledger.count_documents("in")
+
+
+async def test_no_ack_while_the_ledger_cannot_be_written(pair: Pair) -> None:  # noqa: F811
+    status, _, _, stored = await post_while_locked(pair)
+    assert status >= 500  # no 200, hence no ack
+    assert stored == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG usagi_p2p/ledger.py Ledger.write (~line 185) lets sqlite3.OperationalError "
+    "('database is locked', 'disk I/O error', 'database or disk is full') escape untyped, and "
+    "usagi_p2p/peer.py:78 catches only UsagiError, so the sender gets aiohttp's text/plain "
+    "'500 Internal Server Error / Server got itself in trouble' and logs it as the reason. "
+    "Fix: wrap sqlite3.Error in Ledger.write/claim_due in a typed error (StoreUnavailableError "
+    "-> 503 + Retry-After for 'locked'/'busy', StoreError -> 500 otherwise), as "
+    "ipfs/sqlite.py:_write_rows already does for the block store."))
+async def test_a_ledger_failure_is_a_typed_json_error(pair: Pair) -> None:  # noqa: F811
+    status, ctype, body, _ = await post_while_locked(pair)
+    assert ctype == "application/json", body[:80]
+    assert b'"error"' in body
