@@ -15,6 +15,7 @@ node signs and sends an ack only after that commit.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 
 import aiosqlite
 
+from ipfs.blockstore import StoreError, StoreUnavailableError
 from kernel.cid import CID
 
 __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow"]
@@ -97,6 +99,15 @@ CREATE TABLE IF NOT EXISTS nonces (
 """
 
 
+def _typed(exc: sqlite3.Error) -> StoreError:
+    """A SQLite failure as the store error a peer and the CLI understand: a busy or
+    locked database is temporary (503, retry), anything else is a store failure."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return StoreUnavailableError(f"the ledger is busy: {text}")
+    return StoreError(f"the ledger cannot be written: {text}")
+
+
 #: Columns added after the first schema: (table, column, type).
 MIGRATIONS = (("documents", "findings", "TEXT"), ("partners", "rotated_to", "TEXT"),
               ("partners", "valid_until", "REAL"))
@@ -153,6 +164,7 @@ class OutboxRow:
     attempts: int
     next_attempt: float
     last_error: str | None
+    created: float = 0.0
 
 
 _DOC_COLUMNS = ("cid, direction, partner, kind, thread, ref, issued_at, recorded_at, status, "
@@ -217,6 +229,13 @@ class Ledger:
             return list(await cur.fetchall())
 
     async def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run statements in one durable transaction; a database failure is a typed error."""
+        try:
+            await self._write(statements)
+        except sqlite3.Error as exc:
+            raise _typed(exc) from exc
+
+    async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """Run statements in one durable transaction."""
         db = self.db
         # Consecutive statements with the same SQL go down as one executemany:
@@ -438,12 +457,18 @@ class Ledger:
 
     async def claim_due(self, now: float, limit: int, lease: float = 30.0) -> list[OutboxRow]:
         """Take up to ``limit`` due notices with a lease, so no other process sends them."""
+        try:
+            return await self._claim_due(now, limit, lease)
+        except sqlite3.Error as exc:
+            raise _typed(exc) from exc
+
+    async def _claim_due(self, now: float, limit: int, lease: float) -> list[OutboxRow]:
         db = self.db
         async with self._tx:
             await db.execute("BEGIN IMMEDIATE")
             try:
                 async with db.execute(
-                    "SELECT cid, partner, notice, state, attempts, next_attempt, last_error "
+                    "SELECT cid, partner, notice, state, attempts, next_attempt, last_error, created "
                     "FROM outbox WHERE state = 'pending' AND next_attempt <= ? "
                     "AND lease_until <= ? ORDER BY next_attempt, created LIMIT ?",
                     (now, now, limit),
@@ -525,7 +550,8 @@ class Ledger:
     async def outbox(self, state: str | None = None) -> list[OutboxRow]:
         where = "WHERE state = ?" if state else ""
         rows = await self._all(
-            "SELECT cid, partner, notice, state, attempts, next_attempt, last_error FROM outbox "
+            "SELECT cid, partner, notice, state, attempts, next_attempt, last_error, created "
+            "FROM outbox "
             f"{where} ORDER BY created", (state,) if state else ())
         return [OutboxRow(CID.from_bytes(r[0]), *r[1:]) for r in rows]
 

@@ -51,8 +51,9 @@ from kernel.errors import (
     WrongSignerError,
 )
 from kernel.identity import Identity
-from kernel.messages import Notice, check_ack, make_ack, make_notice, open_ack, open_notice
+from kernel.messages import MESSAGE_LIMITS, Notice, check_ack, make_ack, make_notice, open_ack, open_notice
 from kernel.rotation import make_rotation, open_rotation
+from kernel.signed import open_signed
 from kernel.thread import canonical
 
 from .errors import BodyTooLargeError, PartnerError, PeerError
@@ -75,6 +76,7 @@ MAX_BODY: Final = 1 << 20
 SEND_BATCH: Final = 100
 PIPELINE: Final = 4  # batches in flight at once
 RECENT_BLOCKS: Final = 4096
+RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute window
 FETCH_CONCURRENCY: Final = 16
 BATCH_LIMITS: Final = dagcbor.Limits(max_size=MAX_BODY, max_depth=3, max_length=MAX_BATCH)
 CONTENT_TYPE: Final = "application/cbor"
@@ -106,6 +108,7 @@ class Node:
         self.retired = list(retired)
         #: old DID -> end of overlap, for our own rotations (loaded on open).
         self._own_overlaps: dict[str, float] = {}
+        self._aliases: dict[str, str] = {}
         self.config = config
         self.clock = clock
         self.ledger = Ledger(str(home.ledger_path))
@@ -474,7 +477,7 @@ class Node:
         when it hashes to a CID named by a signed notice. Blocks that do not
         fit are fetched by the partner from our gateway.
         """
-        body: dict[str, Any] = {"notices": [r.notice for r in rows]}
+        body: dict[str, Any] = {"notices": [await self._fresh_notice(r) for r in rows]}
         if self.config.push_blocks:
             budget = MAX_BODY - 64 * 1024 - sum(len(r.notice) + 8 for r in rows)
             blocks = []
@@ -492,6 +495,18 @@ class Node:
             if blocks:
                 body["blocks"] = blocks
         return body
+
+    async def _fresh_notice(self, row: Any) -> bytes:
+        """The notice to send now. A notice queued a while ago (a retry, a partner that
+        was away) is signed again with the same nonce and a fresh ``sent_at``, so it
+        stays inside the receiver's time window; the nonce still identifies it, and
+        a receiver that answered it before answers with the same ack. It is signed by
+        our current key and addressed to the partner's current key (rotation)."""
+        if self.clock() - row.created < RESIGN_AFTER:
+            return bytes(row.notice)
+        old = open_signed(row.notice, "notice", "from", MESSAGE_LIMITS).body
+        to = await self.canonical(row.partner)
+        return make_notice(self.identity, row.cid, to, self.now(), nonce=old["nonce"])
 
     async def _failed(self, rows: list[Any], error: str, retry_after: float | None = None,
                       count: bool = True) -> None:
@@ -626,6 +641,7 @@ class Node:
 
         # Pushed blocks are opened right here; only missing ones cost a task
         # (and a fetch from the sender's gateway).
+        self._aliases = await self.ledger.aliases()
         taken = [(i, self._open(notices[i], pushed[notices[i].cid]))
                  for i in fresh if notices[i].cid in pushed]
         taken += await asyncio.gather(*[process(i) for i in fresh if notices[i].cid not in pushed])
@@ -678,7 +694,10 @@ class Node:
         """Check and open one block; a UsagiError is returned, not raised."""
         try:
             opened = self.open_envelope(block, notice.cid)
-            if opened.signer != notice.sender:
+            # A sender that rotated its key after sealing re-signs the notice with
+            # its new key: the document's signer is then its predecessor.
+            if opened.signer != notice.sender and \
+                    canonical(opened.signer, self._aliases) != notice.sender:
                 raise WrongSignerError("the document is signed by someone other than the notice's sender")
             if opened.document["to"] not in {self.did, *(i.did for i in self.retired)}:
                 raise WrongSignerError("the document is not addressed to this node")
