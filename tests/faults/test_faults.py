@@ -36,13 +36,6 @@ async def test_partner_away_short_outage_bounded_retries_then_undelivered(tmp_pa
     assert result["requeued"] == 10
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG usagi_p2p/node.py:272 signs each notice once, with sent_at = send time, and "
-    "_batch_body (node.py:~372) resends those stored bytes on every retry; the receiver "
-    "refuses a notice older than 10 minutes (kernel/messages.py open_notice, 'expired', 400). "
-    "So a document whose partner was away more than 10 minutes can never be delivered, not "
-    "even after 'usagi outbox retry'. Fix: re-sign the notice at each attempt with the stored "
-    "nonce and a fresh sent_at (make_notice(..., nonce=stored_nonce))."))
 async def test_outbox_retry_after_a_three_day_outage_delivers(tmp_path: Path) -> None:
     result = await faults.run_unreachable(tmp_path, n=5, max_attempts=3)
     assert result["delivered_after_retry"] == 5, result["reason"]
