@@ -9,8 +9,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
-
 from .conftest import load_bench
 
 faults = load_bench("faults")
