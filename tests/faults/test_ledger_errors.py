@@ -9,7 +9,6 @@ from __future__ import annotations
 import sqlite3
 
 import aiohttp
-import pytest
 
 from kernel import dagcbor
 from kernel import envelope as kenvelope
@@ -47,14 +46,7 @@ async def test_no_ack_while_the_ledger_cannot_be_written(pair: Pair) -> None:  #
     assert stored == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG usagi_p2p/ledger.py Ledger.write (~line 185) lets sqlite3.OperationalError "
-    "('database is locked', 'disk I/O error', 'database or disk is full') escape untyped, and "
-    "usagi_p2p/peer.py:78 catches only UsagiError, so the sender gets aiohttp's text/plain "
-    "'500 Internal Server Error / Server got itself in trouble' and logs it as the reason. "
-    "Fix: wrap sqlite3.Error in Ledger.write/claim_due in a typed error (StoreUnavailableError "
-    "-> 503 + Retry-After for 'locked'/'busy', StoreError -> 500 otherwise), as "
-    "ipfs/sqlite.py:_write_rows already does for the block store."))
+# Found by bench/faults.py (c2); fixed in eea1197 (node: type every ledger failure).
 async def test_a_ledger_failure_is_a_typed_json_error(pair: Pair) -> None:  # noqa: F811
     status, ctype, body, _ = await post_while_locked(pair)
     assert ctype == "application/json", body[:80]
