@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SHARED := ../shared
 
-.PHONY: demo test bench lint vectors clean faults ipfs-daemon ipfs-daemon-stop
+.PHONY: demo test bench lint vectors clean faults fuzz overload ipfs-daemon ipfs-daemon-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kernel ipfs plugins usagi_p2p tests bench tools
 	$(VENV)/bin/mypy
+
+# The proving ground (docs/reliability.md). Short versions run in 'make test'.
+faults: $(STAMP)
+	$(PY) bench/faults.py $(FAULTS_ARGS)
+
+fuzz: $(STAMP)
+	$(PY) bench/fuzz.py $(FUZZ_ARGS)
+
+overload: $(STAMP)
+	$(PY) bench/overload.py
 
 vectors: $(STAMP)
 	$(PY) tools/make_vectors.py

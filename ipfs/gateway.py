@@ -16,7 +16,7 @@ fetch one of our blocks by CID:
   Accept header is missing"), one accepting neither type a 406.
 
 ``format`` takes precedence over ``Accept`` ("When both ... are present,
-format SHOULD take precedence"). Errors are JSON ``{"code", "message"}`` with
+format SHOULD take precedence"). Errors are JSON ``{"error", "message"}`` with
 the codes of ``docs/spec.md``.
 
 An optional ``authorize(request, cid)`` hook runs before the store is asked;
@@ -95,7 +95,7 @@ class GatewayUnavailableError(StoreUnavailableError):
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    body = json.dumps({"code": code, "message": message}).encode()
+    body = json.dumps({"error": code, "message": message}).encode()
     return web.Response(status=status, body=body, content_type="application/json")
 
 

@@ -21,6 +21,7 @@ import secrets
 from pathlib import Path
 from typing import Final
 
+import aiohttp
 from aiohttp import web
 
 from ipfs.gateway import GatewayDenied, GatewayHandler
@@ -74,6 +75,10 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT) -> web.Application
             except web.HTTPRequestEntityTooLarge:
                 return web.json_response({"error": "too_large",
                                           "message": f"body over {MAX_BODY} bytes"}, status=413)
+            except (ConnectionResetError, asyncio.IncompleteReadError, aiohttp.ClientPayloadError):
+                # A cut request is the peer's problem: no traceback for anyone to flood.
+                log.info("request from %s cut off mid-body", request.remote)
+                raise web.HTTPBadRequest() from None
             try:
                 acks = await node.receive(body)
             except UsagiError as exc:

@@ -118,7 +118,7 @@ async def test_if_none_match(client: Any, store: SQLiteBlockStore) -> None:
 async def error(r: Any, status: int, code: str) -> None:
     assert r.status == status
     assert r.headers["Content-Type"].startswith("application/json")
-    assert (await r.json())["code"] == code
+    assert (await r.json())["error"] == code
 
 
 async def test_unknown_cid_is_404(client: Any) -> None:
@@ -317,4 +317,4 @@ async def test_client_size_cap(aiohttp_server: Any, session: aiohttp.ClientSessi
 
 async def test_error_bodies_are_json(client: Any) -> None:
     r = await client.get("/ipfs/nonsense?format=raw")
-    assert set(json.loads(await r.read())) == {"code", "message"}
+    assert set(json.loads(await r.read())) == {"error", "message"}
