@@ -54,6 +54,12 @@ def vm_hwm_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (from /proc), robust to a busy machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def body(i: int) -> dict:
     return {
         "ref": f"PO-2026-{i:06d}",
@@ -79,8 +85,11 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
         profile = os.environ.get("BENCH_PROFILE_BUYER")
         prefix = ["-m", "cProfile", "-o", profile] if profile else []
         buyer_proc = subprocess.Popen(  # noqa: S603, ASYNC220 (started once, before timing)
-            [sys.executable, *prefix, "-m", "usagi_p2p", "--home", str(buyer_home.path), "serve"],
-            env=dict(os.environ, PYTHONPATH=str(ROOT)), stderr=subprocess.DEVNULL)
+            [sys.executable, *prefix, "-m", "usagi_p2p", "--home", str(buyer_home.path),
+             *(["-vv"] if os.environ.get("BENCH_BUYER_LOG") else []), "serve"],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stderr=open(os.environ["BENCH_BUYER_LOG"], "wb")  # noqa: SIM115
+            if os.environ.get("BENCH_BUYER_LOG") else subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not (buyer_home.path / "serve.json").exists():
             if time.monotonic() > deadline or buyer_proc.poll() is not None:
@@ -101,6 +110,7 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
                 assert ack is not None and ack[1] == "received"
 
             # Sustained: queue n documents as fast as they seal, until all are acked.
+            cpu_seller, cpu_buyer = time.process_time(), cpu_seconds(buyer_proc.pid)
             start = time.perf_counter()
             template = body(0)
             for i in range(0, n, batch):
@@ -109,6 +119,8 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
             while (await seller.ledger.outbox_counts()).get("delivered", 0) < n + latency_samples:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             elapsed = time.perf_counter() - start
+            cpu_seller = time.process_time() - cpu_seller
+            cpu_buyer = cpu_seconds(buyer_proc.pid) - cpu_buyer
             counts = await seller.ledger.outbox_counts()
         async with Node.load(buyer_home, None) as buyer:
             received = await buyer.ledger.count_documents("in")
@@ -120,6 +132,8 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
             "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
             "rss_seller": vm_hwm_mb(),
             "rss_buyer": vm_hwm_mb(buyer_proc.pid),
+            "cpu_seller_us": cpu_seller / n * 1e6,
+            "cpu_buyer_us": cpu_buyer / n * 1e6,
         }
     finally:
         if buyer_proc is not None:
@@ -144,6 +158,8 @@ def main() -> None:
     per_doc = 1 / result["docs_per_s"]
     print(f"kernel round trip: {kernel_s * 1e6:.0f} us")
     print(f"seller rss {result['rss_seller']:.0f} MB, buyer rss {result['rss_buyer']:.0f} MB")
+    print(f"cpu per document: seller {result['cpu_seller_us']:.0f} us, "
+          f"buyer {result['cpu_buyer_us']:.0f} us (load average {os.getloadavg()[0]:.1f})")
     print(f"exchange: {result['docs_per_s']:.0f} docs/s, p50 {result['p50_ms']:.1f} ms, "
           f"p99 {result['p99_ms']:.1f} ms, rss {max(result['rss_seller'], result['rss_buyer']):.0f} MB, "
           f"{per_doc / kernel_s:.1f}x kernel")

@@ -589,6 +589,8 @@ class Node:
                 or type(batch.get("blocks", [])) is not list):
             raise MalformedError('a batch is {"notices": [notice], ? "blocks": [block]}')
         raws = batch["notices"]
+        log.debug("batch of %d notice(s), %d pushed block(s)", len(raws),
+                  len(batch.get("blocks", ())))
         if not raws or len(raws) > MAX_BATCH:
             raise BodyTooLargeError(f"a batch holds 1..{MAX_BATCH} notices")
         pushed: dict[CID, bytes] = {}
@@ -646,6 +648,8 @@ class Node:
                  for i in fresh if notices[i].cid in pushed]
         taken += await asyncio.gather(*[process(i) for i in fresh if notices[i].cid not in pushed])
         statements_ok: list[tuple[Notice, Any, bytes, DocumentRow, bytes]] = []
+        opened_cids = [o[0].cid for _, o in taken if not isinstance(o, UsagiError)]
+        already = await self.ledger.digests(opened_cids)  # one query, not one per document
         for i, outcome in taken:
             notice = notices[i]
             if isinstance(outcome, UsagiError):
@@ -654,8 +658,7 @@ class Node:
                                    reason=outcome.code)
                 continue
             opened, block, findings = outcome
-            existing = await self.ledger.document(opened.cid)
-            if existing is not None:  # the same block under a new notice: answer, store once
+            if opened.cid in already:  # the same block under a new notice: answer, store once
                 old = await self.ledger.ack(opened.cid)
                 if old is not None:
                     acks[i] = old[0]
