@@ -88,7 +88,7 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
             [sys.executable, *prefix, "-m", "usagi_p2p", "--home", str(buyer_home.path),
              *(["-vv"] if os.environ.get("BENCH_BUYER_LOG") else []), "serve"],
             env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            stderr=open(os.environ["BENCH_BUYER_LOG"], "wb")  # noqa: SIM115
+            stderr=open(os.environ["BENCH_BUYER_LOG"], "wb")  # noqa: SIM115, ASYNC230
             if os.environ.get("BENCH_BUYER_LOG") else subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not (buyer_home.path / "serve.json").exists():
