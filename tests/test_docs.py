@@ -9,7 +9,10 @@ import ipfs.blockstore
 import ipfs.car
 import ipfs.gateway
 import kernel.errors
+import usagi_p2p.archive_format
+import usagi_p2p.archive_push
 import usagi_p2p.errors
+import usagi_p2p.plugin_host
 from kernel.errors import UsagiError
 
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "spec.md"
@@ -17,7 +20,8 @@ SPEC = Path(__file__).resolve().parents[1] / "docs" / "spec.md"
 
 def all_codes() -> set[str]:
     codes = set()
-    for module in (kernel.errors, ipfs.blockstore, ipfs.car, ipfs.gateway, usagi_p2p.errors):
+    for module in (kernel.errors, ipfs.blockstore, ipfs.car, ipfs.gateway, usagi_p2p.errors,
+                   usagi_p2p.archive_format, usagi_p2p.archive_push, usagi_p2p.plugin_host):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, UsagiError):
                 codes.add(cls.code)
