@@ -12,10 +12,15 @@ Each size is then measured in a fresh child process:
 * floor: the same document blocks, in the same order, through a bare
   ``CARWriter`` (one SELECT of the blocks, no manifest, no acks);
 * verify: ``verify_archive`` with the node's key (every envelope opened, every
-  signature, ack digest and thread checked);
-* peak RSS (VmHWM) of the child after export and verify.
+  signature, ack digest and thread checked), twice: in one process
+  (``workers=1``), and with the worker processes it chooses itself (one per
+  core, at most 4; pages are opened in the workers, chained in the parent);
+* peak RSS (VmHWM) of the child after export and verify, and the largest
+  verify worker's (a forked worker shares the parent's pages until written).
 
-Last line: ``archive: export N docs/s, verify N docs/s, rss +N MB 10k->100k``.
+Export and the floor are printed with their ratio (export time / floor time).
+Last line: ``archive: export N docs/s, verify N docs/s (W processes; 1 process:
+N docs/s), rss +N MB 10k->100k``; the verify figure there is the W-process one.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -118,7 +124,7 @@ def vmhwm_kb() -> int:
 
 def child(home: Path) -> None:
     """Measure one history in this (fresh) process; print one JSON line."""
-    from usagi_p2p.archive import export_archive, verify_archive
+    from usagi_p2p.archive import _default_workers, export_archive, verify_archive
     from usagi_p2p.node import Node
 
     out = home / "history.car"
@@ -138,12 +144,17 @@ def child(home: Path) -> None:
                                      "ON b.cid = d.cid ORDER BY d.thread, d.recorded_at, d.cid"):
             writer.write(CID.from_bytes(raw), data)
     floor_s = time.perf_counter() - start
-    start = time.perf_counter()
-    verified = verify_archive(out, Identity(SEED_A))
-    verify_s = time.perf_counter() - start
-    assert verified.documents == n and verified.acks == n
-    print(json.dumps({"n": n, "export_s": export_s, "floor_s": floor_s, "verify_s": verify_s,
-                      "car_bytes": out.stat().st_size, "hwm_kb": vmhwm_kb()}))
+    times = {}
+    workers = _default_workers(out)
+    for w in sorted({1, workers}):  # one process, then what verify_archive chooses
+        start = time.perf_counter()
+        verified = verify_archive(out, Identity(SEED_A), workers=w)
+        times[w] = time.perf_counter() - start
+        assert verified.documents == n and verified.acks == n and verified.threads == n // 4
+    print(json.dumps({"n": n, "export_s": export_s, "floor_s": floor_s, "verify1_s": times[1],
+                      "verify_s": times[workers], "workers": workers,
+                      "car_bytes": out.stat().st_size, "hwm_kb": vmhwm_kb(),
+                      "worker_hwm_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 
 
 def measure(home: Path) -> dict[str, Any]:
@@ -175,13 +186,17 @@ def main() -> None:
         results = {n: measure(home) for n, home in homes.items()}
         for n, r in results.items():
             print(f"  {n:>7} docs: export {n / r['export_s']:>8.0f} docs/s "
-                  f"(bare CARWriter floor {n / r['floor_s']:>8.0f} docs/s), "
-                  f"verify {n / r['verify_s']:>6.0f} docs/s, "
-                  f"{r['car_bytes'] / 1e6:.1f} MB CAR, peak RSS {r['hwm_kb'] / 1024:.1f} MB")
+                  f"(bare CARWriter floor {n / r['floor_s']:>8.0f} docs/s, "
+                  f"{r['export_s'] / r['floor_s']:.1f}x its time), "
+                  f"verify {n / r['verify1_s']:>6.0f} docs/s in 1 process, "
+                  f"{n / r['verify_s']:>6.0f} docs/s in {r['workers']}, "
+                  f"{r['car_bytes'] / 1e6:.1f} MB CAR, peak RSS {r['hwm_kb'] / 1024:.1f} MB "
+                  f"(largest worker {r['worker_hwm_kb'] / 1024:.1f} MB)")
         big = results[large]
         growth = (big["hwm_kb"] - results[small]["hwm_kb"]) / 1024
         print(f"archive: export {large / big['export_s']:.0f} docs/s, "
-              f"verify {large / big['verify_s']:.0f} docs/s, "
+              f"verify {large / big['verify_s']:.0f} docs/s ({big['workers']} processes; "
+              f"1 process: {large / big['verify1_s']:.0f} docs/s), "
               f"rss {growth:+.0f} MB {small // 1000}k->{large // 1000}k")
     finally:
         shutil.rmtree(work, ignore_errors=True)

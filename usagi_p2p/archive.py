@@ -17,8 +17,10 @@ Without keys :func:`verify_archive` checks framing, every block's hash, that
 every block is linked by exactly the index that closes its page, the index
 chain and the root. With the node's identity it also opens every manifest
 page, document and ack, checks signatures, ack digests, page chain and
-thread chains. :func:`import_archive` runs the same checks, then restores the
-ledger (``INSERT OR IGNORE``: re-import changes nothing).
+thread chains, in worker processes for large archives (the parent chains
+the pages and names the same first failure as one pass would).
+:func:`import_archive` runs the same checks, then restores the ledger
+(``INSERT OR IGNORE``: re-import changes nothing).
 
 Errors::
 
@@ -31,9 +33,13 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -50,12 +56,11 @@ from kernel.envelope import Opened
 from kernel.errors import NotRecipientError, ThreadError, UsagiError
 from kernel.identity import Identity
 from kernel.messages import check_ack, open_ack
-from kernel.signed import open_signed, sign
+from kernel.signed import open_signed, sign_bytes
 from kernel.thread import verify_thread
 
 from .archive_format import (
     ACKS_TYPE,
-    INDEX_TYPE,
     PAGE_BLOCK_BYTES,
     PAGE_BYTES,
     PAGE_ENTRIES,
@@ -64,7 +69,12 @@ from .archive_format import (
     ArchiveError,
     ForeignArchiveError,
     check_index,
+    cid_from_raw,
+    encode_array,
+    encode_map,
     entry_size,
+    entry_value,
+    index_block,
     read_entry,
 )
 from .node import Node
@@ -108,7 +118,12 @@ class VerifyReport:
 
 
 class _Exporter:
-    """Writes pages as rows arrive; holds one page of entries and blocks at most."""
+    """Writes pages as rows arrive; holds one page of entries and blocks at most.
+
+    Entries are built as maps already in canonical key order with their links
+    as tag 42 (archive_format.entry_value), so the manifest page encodes in
+    one C call; the bytes are those of ``dagcbor.encode`` (tests/archive).
+    """
 
     def __init__(self, writer: CARWriter, me: Identity, filters: dict[str, str]) -> None:
         self.writer, self.me, self.filter = writer, me, filters
@@ -119,39 +134,34 @@ class _Exporter:
         self._reset()
 
     def _reset(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-        self.links: list[CID] = []
+        self.entries: list[bytes] = []  # each one encoded
+        self.links: list[bytes] = []
         self.bundles: dict[str, list[bytes]] = {}
         self.bundle_bytes: dict[str, int] = {}
-        self.est = self.block_bytes = 0
+        self.est = self.block_bytes = self.max_bundle = 0
 
     def full(self) -> bool:
         return (len(self.entries) >= PAGE_ENTRIES or self.est >= PAGE_BYTES
-                or self.block_bytes >= PAGE_BLOCK_BYTES
-                or any(n >= PAGE_BYTES for n in self.bundle_bytes.values()))
+                or self.block_bytes >= PAGE_BLOCK_BYTES or self.max_bundle >= PAGE_BYTES)
 
-    def add(self, row: tuple[Any, ...], blocks: dict[bytes, bytes]) -> None:
+    def add(self, row: tuple[Any, ...], block: bytes) -> None:
         cid_raw, direction, partner, kind, thread, issued_at, recorded_at, status, reason, \
             ack_raw, ack_at = row
-        cid = CID.from_bytes(cid_raw)
-        block = blocks[cid_raw]
+        cid = cid_from_raw(cid_raw)
         self.writer.write(cid, block)  # verifies: a damaged stored block is never archived
-        entry: dict[str, Any] = {
-            "cid": cid, "dir": direction, "partner": partner, "kind": kind,
-            "thread": CID.from_bytes(thread), "issued_at": issued_at,
-            "recorded_at": repr(float(recorded_at)), "status": status,
-        }
-        if reason is not None:
-            entry["reason"] = reason
+        ack: int | None = None
         if ack_raw is not None:
             bundle = self.bundles.setdefault(partner, [])
-            entry["ack"] = len(bundle)
-            entry["ack_at"] = ack_at
+            ack = len(bundle)
             bundle.append(ack_raw)
-            self.bundle_bytes[partner] = self.bundle_bytes.get(partner, 0) + len(ack_raw) + 4
+            size = self.bundle_bytes[partner] = self.bundle_bytes.get(partner, 0) + len(ack_raw) + 4
+            self.max_bundle = max(self.max_bundle, size)
             self.acks += 1
-        self.entries.append(entry)
-        self.links.append(cid)
+        # Encoded at once: a page holds bytes, not 1,000 maps for the collector to walk.
+        self.entries.append(dagcbor.encode_ordered(entry_value(
+            cid_raw, direction, partner, kind, thread, issued_at, repr(float(recorded_at)),
+            status, reason, ack, ack_at)))
+        self.links.append(cid_raw)
         self.est += entry_size(reason)
         self.block_bytes += len(block)
         self.documents += 1
@@ -164,21 +174,20 @@ class _Exporter:
             sealed = kenvelope.seal_signed(plain, [self.me.did, partner])
             self.writer.write(sealed.cid, sealed.block, verify=False)
             acks[partner] = sealed.cid
-            self.links.append(sealed.cid)
-        body: dict[str, Any] = {"v": 1, "type": PAGE_TYPE, "by": self.me.did, "seq": self.seq,
-                                "entries": self.entries, "acks": acks, "filter": self.filter}
+            self.links.append(sealed.cid.raw)
+        fields: dict[str, Any] = {"v": 1, "type": PAGE_TYPE, "by": self.me.did, "seq": self.seq,
+                                  "acks": acks, "filter": self.filter}
         if self.prev_page is not None:
-            body["prev"] = self.prev_page
+            fields["prev"] = self.prev_page
         if head is not None:
-            body["head"] = head
+            fields["head"] = head
+        body = encode_map(fields, {"entries": encode_array(self.entries)})
         # The manifest names every partner: sealed to this node alone.
-        page = kenvelope.seal_signed(sign(self.me, "manifest", body), [self.me.did])
+        page = kenvelope.seal_signed(sign_bytes(self.me, "manifest", body), [self.me.did])
         self.writer.write(page.cid, page.block, verify=False)
-        index: dict[str, Any] = {"v": 1, "type": INDEX_TYPE, "seq": self.seq,
-                                 "manifest": page.cid, "blocks": self.links}
-        if self.prev_index is not None:
-            index["prev"] = self.prev_index
-        index_cid = self.writer.write_block(dagcbor.encode(index))
+        index_cid = self.writer.write_block(index_block(
+            self.seq, page.cid.raw, self.links,
+            self.prev_index.raw if self.prev_index is not None else None))
         self.prev_page, self.prev_index = page.cid, index_cid
         self.seq += 1
         self._reset()
@@ -215,20 +224,34 @@ def _export_sync(node: Node, path: Path, filters: dict[str, Any],
         total = con.execute(f"SELECT count(*) FROM documents d {clause}", args).fetchone()[0]  # noqa: S608
         partners = [dict(zip(("did", "name", "endpoint", "status"), r, strict=True)) for r in
                     con.execute("SELECT did, name, endpoint, status FROM partners ORDER BY did")]
+        joined = isinstance(node.store, SQLiteBlockStore)
+        # With the SQLite store the blocks come in the same statement (one
+        # B-tree lookup per row, no second query per batch); the sort is only
+        # within a thread ("temp b-tree for right part of order by").
         cur = con.execute(
             "SELECT d.cid, d.direction, d.partner, d.kind, d.thread, d.issued_at, d.recorded_at, "  # noqa: S608
-            f"d.status, d.reason, a.raw, a.at FROM documents d LEFT JOIN acks a ON a.cid = d.cid "
-            f"{clause} ORDER BY d.thread, d.recorded_at, d.cid", args)
+            "d.status, d.reason, a.raw, a.at" + (", b.data" if joined else "") +
+            " FROM documents d LEFT JOIN acks a ON a.cid = d.cid" +
+            (" LEFT JOIN blk.blocks b ON b.cid = d.cid" if joined else "") +
+            f" {clause} ORDER BY d.thread, d.recorded_at, d.cid", args)
         with open(tmp, "wb") as fp:
             writer = CARWriter(fp, [_PLACEHOLDER])
             kept = {k: str(v) for k, v in filters.items() if v is not None}
             exporter = _Exporter(writer, node.identity, kept)
             while rows := cur.fetchmany(_FETCH_BATCH):
-                blocks = fetch(con, [CID.from_bytes(r[0]) for r in rows])
-                for row in rows:
+                if joined:
+                    blocks = [r[11] for r in rows]
+                    if None in blocks:
+                        missing = cid_from_raw(rows[blocks.index(None)][0])
+                        raise ArchiveError(f"{missing}: in the ledger but not in the block store",
+                                           cid=missing)
+                else:
+                    found = fetch(con, [cid_from_raw(r[0]) for r in rows])
+                    blocks = [found[r[0]] for r in rows]
+                for row, block in zip(rows, blocks, strict=True):
                     if exporter.full():
                         exporter.flush()
-                    exporter.add(row, blocks)
+                    exporter.add(row[:11], block)
                 if progress:
                     progress(exporter.documents, total)
             head = {"count": exporter.documents, "pages": exporter.seq + 1,
@@ -255,17 +278,13 @@ async def export_archive(node: Node, path: str | os.PathLike[str], *, partner: s
     store = node.store
 
     def fetch(con: sqlite3.Connection, cids: list[CID]) -> dict[bytes, bytes]:
-        if isinstance(store, SQLiteBlockStore):
-            marks = ",".join("?" * len(cids))
-            found = dict(con.execute(
-                f"SELECT cid, data FROM blk.blocks WHERE cid IN ({marks})",  # noqa: S608
-                [c.raw for c in cids]).fetchall())
-        else:  # any other store: its own async API, from this worker thread
-            async def get_all() -> list[bytes]:
-                return list(await asyncio.gather(*[store.get(c) for c in cids]))
+        # Not the SQLite store (whose blocks come with the rows): the store's
+        # own async API, from this worker thread.
+        async def get_all() -> list[bytes]:
+            return list(await asyncio.gather(*[store.get(c) for c in cids]))
 
-            got = asyncio.run_coroutine_threadsafe(get_all(), loop).result()
-            found = {c.raw: b for c, b in zip(cids, got, strict=True)}
+        got = asyncio.run_coroutine_threadsafe(get_all(), loop).result()
+        found = {c.raw: b for c, b in zip(cids, got, strict=True)}
         missing = [c for c in cids if c.raw not in found]
         if missing:
             raise ArchiveError(f"{missing[0]}: in the ledger but not in the block store",
@@ -277,6 +296,14 @@ async def export_archive(node: Node, path: str | os.PathLike[str], *, partner: s
 
 
 # -- verify ----------------------------------------------------------------------
+
+#: Smaller archives are verified in this process (a worker's first page costs more).
+PARALLEL_MIN_BYTES: Final = 8 << 20
+#: At most this many processes (this one included) when verify_archive chooses.
+MAX_WORKERS: Final = 4
+#: Pages handed to each worker and not yet done (one running, one queued); bytes pending.
+_INFLIGHT_PAGES: Final = 2
+_INFLIGHT_BYTES: Final = 64 << 20
 
 
 @dataclass(slots=True)
@@ -291,7 +318,163 @@ class Page:
     head: dict[str, Any] | None
 
 
+@dataclass(slots=True)
+class _Checked:
+    """One page checked on its own (here or in a worker process), for the parent to chain.
+
+    Everything but what spans pages: that no page follows the one with the head,
+    and the thread runs that may continue from the previous page (``first``) or
+    into the next (``last``). Runs that begin and end inside the page were
+    verified already (``threads``). A failure is returned, not raised, with what
+    was checked before it, so the parent raises the same first failure as a
+    single pass would.
+    """
+
+    page_cid: CID
+    error: BaseException | None = None
+    early: bool = True  # the error came before the manifest's order check
+    head: dict[str, Any] | None = None
+    filter: dict[str, str] = field(default_factory=dict)
+    documents: int = 0
+    acks: int = 0
+    first: list[Opened] = field(default_factory=list)
+    first_closed: bool = False  # a run of another thread followed the first one
+    threads: int = 0
+    partial_threads: int = 0
+    last: list[Opened] = field(default_factory=list)
+    page: Page | None = None  # everything opened, when asked for (import)
+
+
+def _close_run(thread: CID, group: list[Opened], filters: dict[str, str]) -> bool:
+    """Verify one thread's run of documents; True if a time window cut it (not verified)."""
+    cids = {o.cid for o in group}
+    links = {c for o in group for c in o.document.get("prev", ())}
+    windowed = "since" in filters or "until" in filters
+    if not windowed or (thread in cids and links <= cids):
+        _at(thread, lambda: verify_thread(group))
+        return False
+    return True  # a time window may cut a thread: what is present must still agree
+
+
+class _Runs:
+    """A page's documents in runs of one thread (the manifest orders entries by thread)."""
+
+    def __init__(self, out: _Checked) -> None:
+        self.out = out
+        self.thread: CID | None = None
+        self.group: list[Opened] = []
+
+    def add(self, thread: CID, opened: Opened) -> None:
+        if thread != self.thread and self.group:
+            out = self.out
+            if out.first_closed:  # began and ended inside the page: verified here
+                out.threads += 1
+                out.partial_threads += _close_run(self.thread, self.group, out.filter)  # type: ignore[arg-type]
+            else:  # may continue the previous page's last run: the parent closes it
+                out.first, out.first_closed = self.group, True
+            self.group = []
+        self.thread = thread
+        self.group.append(opened)
+
+    def end(self, failed: bool) -> None:
+        if not self.out.first_closed:
+            self.out.first = self.group
+        elif not failed:
+            self.out.last = self.group
+
+
+def _check_page(me: Identity, seq: int, page_cid: CID, blocks: list[CID],
+                window: dict[CID, bytes], prev_page: CID | None, keep: bool) -> _Checked:
+    """Open and check one page: manifest, ack bundles, documents, acks, the runs inside it."""
+    out = _Checked(page_cid)
+    runs = _Runs(out)
+    try:
+        try:
+            signed = kenvelope.open_plaintext(window[page_cid], me, page_cid)
+        except NotRecipientError:
+            raise ForeignArchiveError(f"{page_cid}: the manifest is not sealed to {me.did}; "
+                                      "this is another company's archive", cid=page_cid) from None
+        except UsagiError as exc:
+            raise ArchiveError(f"{page_cid}: {exc.code}: {exc}", cid=page_cid) from None
+        body = _at(page_cid, lambda: open_signed(signed, "manifest", "by", PAGE_LIMITS)).body
+        if body.get("by") != me.did:
+            raise ForeignArchiveError(f"{page_cid}: manifest signed by {body.get('by')}, "
+                                      f"not by {me.did}", cid=page_cid)
+        out.early = False
+        if body.get("type") != PAGE_TYPE or body.get("seq") != seq or body.get("prev") != prev_page:
+            raise ArchiveError(f"{page_cid}: manifest page out of order or not chained to the "
+                               "previous page", cid=page_cid)
+        out.head = body.get("head")
+        out.filter = dict(body.get("filter", {}))
+        acks: dict[str, list[bytes]] = {}
+        for partner, bundle_cid in body["acks"].items():
+            block = window[bundle_cid]
+            plain = _at(bundle_cid, partial(kenvelope.open_plaintext, block, me, bundle_cid))
+            bundle = _at(bundle_cid, partial(dagcbor.decode, plain, PAGE_LIMITS))
+            if type(bundle) is not dict or bundle.get("type") != ACKS_TYPE:
+                raise ArchiveError(f"{bundle_cid}: not an ack bundle", cid=bundle_cid)
+            acks[partner] = bundle["acks"]
+        linked = set(body["acks"].values())
+        page = out.page = Page(body["seq"], body["entries"], {}, {}, {}, out.head) if keep else None
+        for raw_entry in body["entries"]:
+            entry = read_entry(page_cid, raw_entry)
+            cid = entry["cid"]
+            linked.add(cid)
+            opened = _document(me, cid, window, entry)
+            if page is not None:
+                page.opened[cid] = opened
+                page.blocks[cid] = window[cid]
+            if "ack" in entry:
+                raw = _ack(me, cid, entry, acks, opened)
+                out.acks += 1
+                if page is not None:
+                    page.acks[cid] = raw
+            runs.add(entry["thread"], opened)
+        if linked != set(blocks):
+            raise ArchiveError(f"{page_cid}: the manifest and the index of page {body['seq']} "
+                               "name different blocks", cid=page_cid)
+        out.documents = len(body["entries"])
+    except Exception as exc:  # noqa: BLE001  (handed to the parent, which raises it)
+        if isinstance(exc, UsagiError) and not isinstance(exc, ArchiveError):
+            exc = ArchiveError(f"{exc.code}: {exc}")
+        out.error = exc
+    runs.end(out.error is not None)
+    return out
+
+
+def _document(me: Identity, cid: CID, window: dict[CID, bytes], entry: dict[str, Any]) -> Opened:
+    if cid not in window:
+        raise ArchiveError(f"{cid}: listed in the manifest but not in its page", cid=cid)
+    opened: Opened = _at(cid, lambda: kenvelope.open(window[cid], me, cid))
+    doc = opened.document
+    mine, theirs = (("from", "to") if entry["dir"] == "out" else ("to", "from"))
+    if (doc[mine] != me.did or doc[theirs] != entry["partner"]
+            or doc["kind"] != entry["kind"] or doc["issued_at"] != entry["issued_at"]
+            or doc.get("thread", cid) != entry["thread"]):
+        raise ArchiveError(f"{cid}: the document does not match its manifest entry", cid=cid)
+    return opened
+
+
+def _ack(me: Identity, cid: CID, entry: dict[str, Any], acks: dict[str, list[bytes]],
+         opened: Opened) -> bytes:
+    bundle = acks.get(entry["partner"], [])
+    if entry["ack"] >= len(bundle):
+        raise ArchiveError(f"{cid}: its ack is missing from the ack bundle", cid=cid)
+    raw: bytes = bundle[entry["ack"]]
+    by = entry["partner"] if entry["dir"] == "out" else me.did
+    _at(cid, lambda: check_ack(open_ack(raw), cid=cid, by=by, digest=opened.digest))
+    return raw
+
+
+def _thread_of(opened: Opened) -> CID:
+    # _document checked that the entry's thread is this.
+    thread: CID = opened.document.get("thread", opened.cid)
+    return thread
+
+
 class _KeyedChecker:
+    """Chains checked pages in archive order: the manifest chain, the head, thread runs."""
+
     def __init__(self, me: Identity, report: VerifyReport) -> None:
         self.me, self.report = me, report
         self.prev_page: CID | None = None
@@ -299,86 +482,48 @@ class _KeyedChecker:
         self.thread: CID | None = None
         self.group: list[Opened] = []
 
-    def page(self, index_cid: CID, index: dict[str, Any], window: dict[CID, bytes]) -> Page:
-        page_cid = index["manifest"]
-        try:
-            signed = kenvelope.open_plaintext(window[page_cid], self.me, page_cid)
-        except NotRecipientError:
-            raise ForeignArchiveError(f"{page_cid}: the manifest is not sealed to {self.me.did}; "
-                                      "this is another company's archive", cid=page_cid) from None
-        body = _at(page_cid, lambda: open_signed(signed, "manifest", "by", PAGE_LIMITS)).body
-        if body.get("by") != self.me.did:
-            raise ForeignArchiveError(f"{page_cid}: manifest signed by {body.get('by')}, "
-                                      f"not by {self.me.did}", cid=page_cid)
-        if (body.get("type") != PAGE_TYPE or body.get("seq") != index["seq"]
-                or body.get("prev") != self.prev_page or self.head is not None):
-            raise ArchiveError(f"{page_cid}: manifest page out of order or not chained to the "
-                               "previous page", cid=page_cid)
-        self.prev_page = page_cid
-        self.head = body.get("head")
-        self.report.filter = dict(body.get("filter", {}))
-        acks: dict[str, list[bytes]] = {}
-        for partner, bundle_cid in body["acks"].items():
-            block = window[bundle_cid]
-            plain = _at(bundle_cid, partial(kenvelope.open_plaintext, block, self.me, bundle_cid))
-            bundle = _at(bundle_cid, partial(dagcbor.decode, plain, PAGE_LIMITS))
-            if type(bundle) is not dict or bundle.get("type") != ACKS_TYPE:
-                raise ArchiveError(f"{bundle_cid}: not an ack bundle", cid=bundle_cid)
-            acks[partner] = bundle["acks"]
-        linked = set(body["acks"].values())
-        out = Page(body["seq"], body["entries"], {}, {}, {}, self.head)
-        for raw_entry in body["entries"]:
-            entry = read_entry(page_cid, raw_entry)
-            cid = entry["cid"]
-            linked.add(cid)
-            out.opened[cid] = opened = self._document(cid, window, entry)
-            out.blocks[cid] = window[cid]
-            if "ack" in entry:
-                out.acks[cid] = self._ack(cid, entry, acks, opened)
-            self._thread(entry["thread"], opened)
-        if linked != set(index["blocks"]):
-            raise ArchiveError(f"{page_cid}: the manifest and the index of page {body['seq']} "
-                               "name different blocks", cid=page_cid)
-        self.report.documents += len(body["entries"])
-        return out
+    def accept(self, res: _Checked) -> None:
+        if res.error is not None and res.early:
+            raise res.error
+        if self.head is not None:  # a page after the one with the head
+            raise ArchiveError(f"{res.page_cid}: manifest page out of order or not chained to "
+                               "the previous page", cid=res.page_cid)
+        self.prev_page = res.page_cid
+        self.head = res.head
+        self.report.filter = res.filter
+        for opened in res.first:
+            self._thread(_thread_of(opened), opened)
+        if res.first_closed:
+            self._close()
+            self.report.threads += res.threads
+            self.report.partial_threads += res.partial_threads
+            for opened in res.last:
+                self._thread(_thread_of(opened), opened)
+        if res.error is not None:
+            raise res.error
+        self.report.documents += res.documents
+        self.report.acks += res.acks
+        if res.head is not None:
+            self.report.by, self.report.created_at = self.me.did, res.head["created_at"]
 
-    def _document(self, cid: CID, window: dict[CID, bytes], entry: dict[str, Any]) -> Opened:
-        if cid not in window:
-            raise ArchiveError(f"{cid}: listed in the manifest but not in its page", cid=cid)
-        opened: Opened = _at(cid, lambda: kenvelope.open(window[cid], self.me, cid))
-        doc = opened.document
-        mine, theirs = (("from", "to") if entry["dir"] == "out" else ("to", "from"))
-        if (doc[mine] != self.me.did or doc[theirs] != entry["partner"]
-                or doc["kind"] != entry["kind"] or doc["issued_at"] != entry["issued_at"]
-                or doc.get("thread", cid) != entry["thread"]):
-            raise ArchiveError(f"{cid}: the document does not match its manifest entry", cid=cid)
-        return opened
-
-    def _ack(self, cid: CID, entry: dict[str, Any], acks: dict[str, list[bytes]],
-             opened: Opened) -> bytes:
-        bundle = acks.get(entry["partner"], [])
-        if entry["ack"] >= len(bundle):
-            raise ArchiveError(f"{cid}: its ack is missing from the ack bundle", cid=cid)
-        raw: bytes = bundle[entry["ack"]]
-        by = entry["partner"] if entry["dir"] == "out" else self.me.did
-        _at(cid, lambda: check_ack(open_ack(raw), cid=cid, by=by, digest=opened.digest))
-        self.report.acks += 1
-        return raw
-
-    def _thread(self, thread: CID, opened: Opened | None) -> None:
+    def _thread(self, thread: CID, opened: Opened) -> None:
         if thread != self.thread and self.group:
-            self.report.threads += 1
-            cids = {o.cid for o in self.group}
-            links = {c for o in self.group for c in o.document.get("prev", ())}
-            windowed = "since" in self.report.filter or "until" in self.report.filter
-            if not windowed or (self.thread in cids and links <= cids):
-                _at(self.thread, lambda: verify_thread(self.group))
-            else:  # a time window may cut a thread: what is present must still agree
-                self.report.partial_threads += 1
-            self.group = []
+            self._close()
         self.thread = thread
-        if opened is not None:
-            self.group.append(opened)
+        self.group.append(opened)
+
+    def _close(self) -> None:
+        self.report.threads += 1
+        self.report.partial_threads += _close_run(self.thread, self.group,  # type: ignore[arg-type]
+                                                  self.report.filter)
+        self.group = []
+
+    def finish(self) -> None:
+        if self.group:  # the last thread
+            self._close()
+        if self.head is None or self.head.get("count") != self.report.documents:
+            raise ArchiveError(f"{self.prev_page}: the last manifest page has no head, or its "
+                               "count disagrees", cid=self.prev_page)
 
 
 def _at(cid: CID | None, fn: Callable[[], Any]) -> Any:
@@ -391,12 +536,13 @@ def _at(cid: CID | None, fn: Callable[[], Any]) -> Any:
         raise ArchiveError(f"{cid}: {exc.code}: {exc}", cid=cid) from None
 
 
-def iter_pages(path: str | os.PathLike[str], me: Identity | None,
-               report: VerifyReport | None = None) -> Iterator[Page | None]:
-    """Check the archive as it streams; yield each page (None per page without keys)."""
-    report = report if report is not None else VerifyReport()
-    report.keyed = me is not None
-    keyed = _KeyedChecker(me, report) if me is not None else None
+def _pages(path: str | os.PathLike[str],
+           report: VerifyReport) -> Iterator[tuple[dict[str, Any], dict[CID, bytes]]]:
+    """The keyless checks, as the file streams: yield each page's index and its blocks.
+
+    CAR v1 framing, every block's hash (the reader), every index linking exactly
+    its page and the previous index, the root being the last index.
+    """
     window: dict[CID, bytes] = {}
     prev_index: CID | None = None
     with open(path, "rb") as fp:
@@ -415,14 +561,8 @@ def iter_pages(path: str | os.PathLike[str], me: Identity | None,
                     window[cid] = block
                     continue
                 report.pages += 1
-                if keyed is not None:
-                    page = keyed.page(cid, index, window)
-                    if page.head is not None:
-                        report.by, report.created_at = keyed.me.did, page.head["created_at"]
-                    yield page
-                else:
-                    yield None
-                window.clear()
+                yield index, window
+                window = {}
                 prev_index = cid
         except ArchiveError:
             raise
@@ -434,15 +574,137 @@ def iter_pages(path: str | os.PathLike[str], me: Identity | None,
     if prev_index is None or prev_index != report.root:
         raise ArchiveError(f"{report.root}: the root is not the last index of the archive",
                            cid=report.root)
-    if keyed is not None:
-        keyed._thread(CID.for_block(b""), None)  # close the last thread
-        if keyed.head is None or keyed.head.get("count") != report.documents:
-            raise ArchiveError(f"{keyed.prev_page}: the last manifest page has no head, or its "
-                               "count disagrees", cid=keyed.prev_page)
 
 
-def verify_archive(path: str | os.PathLike[str], me: Identity | None = None) -> VerifyReport:
-    """Verify the whole archive; raise ArchiveError at the first failure."""
+def iter_pages(path: str | os.PathLike[str], me: Identity | None,
+               report: VerifyReport | None = None) -> Iterator[Page | None]:
+    """Check the archive as it streams, in this process; yield each page (None without keys)."""
+    report = report if report is not None else VerifyReport()
+    report.keyed = me is not None
+    if me is None:
+        for _ in _pages(path, report):
+            yield None
+        return
+    keyed = _KeyedChecker(me, report)
+    for index, window in _pages(path, report):
+        checked = _check_page(me, index["seq"], index["manifest"], index["blocks"], window,
+                              keyed.prev_page, keep=True)
+        keyed.accept(checked)
+        yield checked.page
+    keyed.finish()
+
+
+# The worker side of a parallel verify. Workers are forked, not spawned: a
+# spawned worker imports the caller's __main__ again (a script without a
+# ``if __name__ == "__main__"`` guard would run again in each worker), and
+# forking needs no import (~0.25 s) and passes the identity without pickling
+# it. A worker only runs _check_page on what it is sent.
+_worker_identity: Identity | None = None
+
+
+def _worker_start(me: Identity) -> None:
+    global _worker_identity  # noqa: PLW0603
+    _worker_identity = me
+
+
+def _worker_page(seq: int, manifest: bytes, blocks: list[bytes], window: list[tuple[bytes, bytes]],
+                 prev_page: bytes | None) -> _Checked:
+    assert _worker_identity is not None
+    return _check_page(_worker_identity, seq, cid_from_raw(manifest),
+                       [cid_from_raw(b) for b in blocks],
+                       {cid_from_raw(c): b for c, b in window},
+                       cid_from_raw(prev_page) if prev_page is not None else None, keep=False)
+
+
+def _verify_parallel(path: str | os.PathLike[str], me: Identity, report: VerifyReport,
+                     workers: int) -> None:
+    """Keyed verify in ``workers`` processes: this one and ``workers - 1`` forked ones.
+
+    This process reads the file (the keyless checks) and hands each page to a
+    worker while the workers have room (one page running and one queued
+    each); otherwise it checks the page itself. So no core waits, and on a
+    machine whose other cores are busy it does most of the work itself rather
+    than fighting its workers for one core. Pages are taken back in file
+    order; a keyless failure found while pages are still out is raised only
+    after them, so the failure named is the first in the file, as in one pass.
+    """
+    report.keyed = True
+    keyed = _KeyedChecker(me, report)
+    pending: deque[tuple[Future[_Checked] | _Checked, int]] = deque()
+    inflight = 0  # bytes of the pages with the workers
+
+    def take() -> None:
+        nonlocal inflight
+        item, size = pending.popleft()
+        inflight -= size
+        if isinstance(item, Future):
+            item = item.result()
+        keyed.accept(item)
+
+    pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_worker_start, initargs=(me,))
+    try:
+        pages = _pages(path, report)
+        prev_page: CID | None = None
+        while True:
+            try:
+                item = next(pages, None)
+            except ArchiveError:
+                while pending:
+                    take()
+                raise
+            if item is None:
+                break
+            index, window = item
+            if sum(1 for f, _ in pending if isinstance(f, Future) and not f.done()) \
+                    < _INFLIGHT_PAGES * (workers - 1):
+                size = sum(map(len, window.values()))
+                pending.append((pool.submit(
+                    _worker_page, index["seq"], index["manifest"].raw,
+                    [c.raw for c in index["blocks"]], [(c.raw, b) for c, b in window.items()],
+                    prev_page.raw if prev_page is not None else None), size))
+                inflight += size
+            else:  # the workers are busy: check it here (its blocks are not kept)
+                pending.append((_check_page(me, index["seq"], index["manifest"], index["blocks"],
+                                            window, prev_page, keep=False), 0))
+            prev_page = index["manifest"]
+            while pending and (not isinstance(pending[0][0], Future) or pending[0][0].done()
+                               or len(pending) > 2 * _INFLIGHT_PAGES * workers
+                               or inflight > _INFLIGHT_BYTES):
+                take()
+        while pending:
+            take()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    keyed.finish()
+
+
+def _default_workers(path: str | os.PathLike[str]) -> int:
+    if os.path.getsize(path) < PARALLEL_MIN_BYTES \
+            or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, MAX_WORKERS))
+
+
+def verify_archive(path: str | os.PathLike[str], me: Identity | None = None, *,
+                   workers: int | None = None) -> VerifyReport:
+    """Verify the whole archive; raise ArchiveError at the first failure.
+
+    With keys and ``workers`` > 1, pages are opened and checked in that many
+    processes, this one and ``workers - 1`` forked ones (every check still made,
+    the same first failure named); ``None`` chooses: one process for small
+    archives, else one per core (at most :data:`MAX_WORKERS`).
+    """
+    if me is not None:
+        workers = _default_workers(path) if workers is None else workers
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            report = VerifyReport()
+            try:
+                _verify_parallel(path, me, report, workers)
+                return report
+            except BrokenProcessPool:  # a worker died (killed, out of memory): one process
+                pass
     report = VerifyReport()
     for _ in iter_pages(path, me, report):
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import shutil
 import sqlite3
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipfs.car import CARReader
+from kernel.cid import CID
 from kernel.identity import Identity
 from usagi_p2p.archive import (
     ArchiveError,
@@ -198,3 +200,76 @@ def test_filters(traded: Traded, tmp_path: Path) -> None:
 def test_car_bytes_parse_from_memory(car: Path) -> None:
     reader = CARReader(io.BytesIO(car.read_bytes()), allow_empty_roots=False)
     assert sum(1 for _ in reader) == 13
+
+
+# -- verify in worker processes: the same checks, the same first failure --------
+
+
+@pytest.fixture(scope="module")
+def paged_car(traded: Traded) -> Path:
+    """The same history in pages of two documents: threads of three cross pages."""
+    out = traded.root / "kanto-paged.car"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("usagi_p2p.archive.PAGE_ENTRIES", 2)
+        asyncio.run(_export(traded.a, out))
+    return out
+
+
+def _outcome(path: Path, identity: Identity, workers: int) -> Any:
+    try:
+        return dataclasses.asdict(verify_archive(path, identity, workers=workers))
+    except ArchiveError as exc:
+        return type(exc), str(exc), exc.cid
+
+
+def test_workers_give_the_same_report(traded: Traded, car: Path, paged_car: Path,
+                                      tmp_path: Path) -> None:
+    fives = tmp_path / "fives.car"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("usagi_p2p.archive.PAGE_ENTRIES", 5)
+        asyncio.run(_export(traded.a, fives))
+    for path in (car, paged_car, fives):
+        one = _outcome(path, Identity(SEED_A), 1)
+        assert _outcome(path, Identity(SEED_A), 2) == one
+        assert one["documents"] == 10 and one["acks"] == 10 and one["threads"] == 4
+    assert verify_archive(paged_car, Identity(SEED_A), workers=2).pages == 5
+    # As the CLI and import call it: from a thread, beside a running event loop.
+    threaded = asyncio.run(asyncio.to_thread(verify_archive, paged_car, Identity(SEED_A),
+                                             workers=3))
+    assert dataclasses.asdict(threaded) == _outcome(paged_car, Identity(SEED_A), 1)
+
+
+def test_workers_name_the_same_first_failure(paged_car: Path, tmp_path: Path) -> None:
+    raw = paged_car.read_bytes()
+    bad = tmp_path / "flipped.car"
+    for pos in range(0, len(raw), max(1, len(raw) // 80)):
+        flipped = bytearray(raw)
+        flipped[pos] ^= 0x01
+        bad.write_bytes(bytes(flipped))
+        one = _outcome(bad, Identity(SEED_A), 1)
+        assert type(one) is tuple, pos  # detected …
+        assert _outcome(bad, Identity(SEED_A), 2) == one, pos  # … and named alike
+    with pytest.raises(ForeignArchiveError):
+        verify_archive(paged_car, Identity(SEED_C), workers=2)
+
+
+@pytest.mark.parametrize("entries", [2, 5, 1000])
+@pytest.mark.parametrize("drop", [0, 1, 4, 6, 7])
+def test_workers_find_a_broken_thread_alike(traded: Traded, tmp_path: Path, drop: int,
+                                            entries: int) -> None:
+    """A document missing from a thread, wherever the thread sits: across pages, first,
+    inside or last in one (checked in the worker, or by the parent)."""
+    home = Home(tmp_path / "kanto")
+    shutil.copytree(traded.a.path, home.path)
+    with sqlite3.connect(home.ledger_path) as con:
+        cid = CID.parse(traded.cids[drop]).raw
+        con.execute("DELETE FROM documents WHERE cid = ?", (cid,))
+        con.execute("DELETE FROM acks WHERE cid = ?", (cid,))
+    out = tmp_path / "broken.car"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("usagi_p2p.archive.PAGE_ENTRIES", entries)
+        asyncio.run(_export(home, out))
+    verify_archive(out)  # keyless it is sound: only the keyed thread check sees it
+    one = _outcome(out, Identity(SEED_A), 1)
+    assert type(one) is tuple and "invalid_thread" in one[1]
+    assert _outcome(out, Identity(SEED_A), 2) == one
