@@ -60,6 +60,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int | str = "self") -> tuple[float, float]:
+    """CPU seconds of (the main thread, all other threads) of a process."""
+    main = other = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if task.name == str(os.getpid() if pid == "self" else pid):
+            main += used
+        else:
+            other += used
+    return main, other
+
+
 def body(i: int) -> dict:
     return {
         "ref": f"PO-2026-{i:06d}",
@@ -87,7 +101,8 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
         buyer_proc = subprocess.Popen(  # noqa: S603, ASYNC220 (started once, before timing)
             [sys.executable, *prefix, "-m", "usagi_p2p", "--home", str(buyer_home.path),
              *(["-vv"] if os.environ.get("BENCH_BUYER_LOG") else []), "serve"],
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))),
             stderr=open(os.environ["BENCH_BUYER_LOG"], "wb")  # noqa: SIM115, ASYNC230
             if os.environ.get("BENCH_BUYER_LOG") else subprocess.DEVNULL)
         deadline = time.monotonic() + 20
@@ -111,6 +126,7 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
 
             # Sustained: queue n documents as fast as they seal, until all are acked.
             cpu_seller, cpu_buyer = time.process_time(), cpu_seconds(buyer_proc.pid)
+            threads_before = thread_cpu(), thread_cpu(buyer_proc.pid)
             start = time.perf_counter()
             template = body(0)
             for i in range(0, n, batch):
@@ -121,6 +137,7 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
             elapsed = time.perf_counter() - start
             cpu_seller = time.process_time() - cpu_seller
             cpu_buyer = cpu_seconds(buyer_proc.pid) - cpu_buyer
+            threads_after = thread_cpu(), thread_cpu(buyer_proc.pid)
             counts = await seller.ledger.outbox_counts()
         async with Node.load(buyer_home, None) as buyer:
             received = await buyer.ledger.count_documents("in")
@@ -134,6 +151,12 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
             "rss_buyer": vm_hwm_mb(buyer_proc.pid),
             "cpu_seller_us": cpu_seller / n * 1e6,
             "cpu_buyer_us": cpu_buyer / n * 1e6,
+            # main thread (event loop) vs the rest (SQLite threads), per document
+            "split_us": [
+                (after[k] - before[k]) / n * 1e6
+                for before, after in zip(threads_before, threads_after, strict=True)
+                for k in (0, 1)
+            ],
         }
     finally:
         if buyer_proc is not None:
@@ -160,6 +183,9 @@ def main() -> None:
     print(f"seller rss {result['rss_seller']:.0f} MB, buyer rss {result['rss_buyer']:.0f} MB")
     print(f"cpu per document: seller {result['cpu_seller_us']:.0f} us, "
           f"buyer {result['cpu_buyer_us']:.0f} us (load average {os.getloadavg()[0]:.1f})")
+    s_main, s_rest, b_main, b_rest = result["split_us"]
+    print(f"  event loop / other threads: seller {s_main:.0f} / {s_rest:.0f} us, "
+          f"buyer {b_main:.0f} / {b_rest:.0f} us")
     print(f"exchange: {result['docs_per_s']:.0f} docs/s, p50 {result['p50_ms']:.1f} ms, "
           f"p99 {result['p99_ms']:.1f} ms, rss {max(result['rss_seller'], result['rss_buyer']):.0f} MB, "
           f"{per_doc / kernel_s:.1f}x kernel")

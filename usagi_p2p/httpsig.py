@@ -19,13 +19,14 @@ import base64
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Final
 
-from kernel.errors import ExpiredError, InvalidSignatureError, MalformedError
+from kernel.errors import ExpiredError, InvalidSignatureError, MalformedError, ReplayError
 from kernel.identity import Identity, party
 
-__all__ = ["sign_request", "verify_request", "COMPONENTS"]
+__all__ = ["sign_request", "verify_request", "ReplayGuard", "COMPONENTS"]
 
 COMPONENTS: Final = ("@method", "@path", "@query")
 LABEL: Final = "usagi"
@@ -66,9 +67,50 @@ def sign_request(identity: Identity, method: str, path: str, query: str = "",
     }
 
 
+class ReplayGuard:
+    """The (signer, nonce) pairs of signed requests accepted in the last window.
+
+    A signature is only accepted while ``created`` is within ``skew`` of now,
+    so a pair older than that can never pass again and is forgotten. Pairs are
+    added only after the signature verified, so only partners fill it; at
+    ``capacity`` the oldest pair is dropped (bounded memory over a perfect
+    guarantee). In memory: a restart forgets it, which leaves at most one
+    window (300 s) in which a captured request could be replayed once more.
+    """
+
+    def __init__(self, skew: float = SKEW, capacity: int = 100_000) -> None:
+        self.skew = skew
+        self.capacity = capacity
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def check(self, keyid: str, nonce: str, created: float, now: float) -> None:
+        """Raise ReplayError if this pair was seen; otherwise remember it."""
+        while self._seen:
+            _, oldest = next(iter(self._seen.items()))
+            if oldest >= now - self.skew:
+                break
+            self._seen.popitem(last=False)
+        key = (keyid, nonce)
+        if key in self._seen:
+            raise ReplayError("this signed request was already used (same signer and nonce)")
+        while len(self._seen) >= self.capacity:
+            self._seen.popitem(last=False)
+        # Kept in arrival order; 'created' may be out of order by up to the skew,
+        # so the pruning above is conservative, never early.
+        self._seen[key] = max(created, now)
+
+
 def verify_request(headers: Mapping[str, str], method: str, path: str, query: str,
-                   now: float | None = None, skew: float = SKEW) -> str:
-    """Verify a signed request; return the signer's DID. Raises on any failure."""
+                   now: float | None = None, skew: float = SKEW,
+                   replay: ReplayGuard | None = None) -> str:
+    """Verify a signed request; return the signer's DID. Raises on any failure.
+
+    With ``replay``, a (signer, nonce) pair already accepted inside the window
+    raises ReplayError.
+    """
     signature_input = headers.get("Signature-Input")
     signature = headers.get("Signature")
     if not signature_input or not signature:
@@ -84,4 +126,6 @@ def verify_request(headers: Mapping[str, str], method: str, path: str, query: st
     params = _params(created, nonce, keyid)
     raw = base64.b64decode(sig_match.group(1))
     party(keyid).verify("request", _base(method, path, query, params), raw)
+    if replay is not None:
+        replay.check(keyid, nonce, created, now)
     return keyid

@@ -29,7 +29,7 @@ from kernel.cid import CID
 from kernel.errors import UsagiError
 
 from .errors import OverloadedError, http_status
-from .httpsig import verify_request
+from .httpsig import ReplayGuard, verify_request
 from .node import CONTENT_TYPE, INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, ROTATE_PATH, Node
 
 __all__ = ["make_app", "error_response", "local_token", "MAX_INFLIGHT"]
@@ -105,12 +105,17 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT) -> web.Application
             return error_response(exc)
         return web.json_response({"ok": True, "partner": partner.name, "did": partner.did})
 
+    replay = ReplayGuard()
+
     async def authorize(request: web.Request, cid: CID) -> None:
         try:
             requester = verify_request(request.headers, request.method, request.rel_url.raw_path,
-                                       request.rel_url.raw_query_string, now=node.clock())
+                                       request.rel_url.raw_query_string, now=node.clock(),
+                                       replay=replay)
         except UsagiError as exc:
-            # Unsigned or badly signed: a stranger learns nothing, not even the reason.
+            # Unsigned, badly signed or replayed: a stranger learns nothing, not even
+            # the reason (it is logged).
+            log.info("gateway request refused: %s", exc)
             raise GatewayDenied(str(exc), status=404, conceal=True) from None
         if not await node.may_read(requester, cid):
             raise GatewayDenied("not a party to this block", status=404, conceal=True)

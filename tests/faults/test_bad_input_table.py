@@ -96,9 +96,9 @@ TABLE: list[Row] = [
         f"{N_A}: no body; nearest: a 4 KiB CID in the path"),
     Row(GET, "wrong signature", 404, "block_not_found", "concealed: same answer as an absent CID"),
     Row(GET, "unknown sender", 404, "block_not_found", "signed by a stranger: concealed"),
-    Row(GET, "replay", 200, "ok",
-        "the same signed request again within the 300 s window is served again: the "
-        "requester is a party and could fetch it anyway (no nonce cache; see threat model)"),
+    Row(GET, "replay", 404, "block_not_found",
+        "the same signed request again (same signer and nonce) within the 300 s window: "
+        "concealed"),
     Row(GET, "wrong recipient", 404, "block_not_found",
         "an active partner who is not a party to this block: concealed"),
     Row(GET, "tampered block", 500, "server_error",

@@ -1,0 +1,87 @@
+"""Signed gateway requests (RFC 9421 with Ed25519) and their replay guard."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from kernel.errors import ExpiredError, InvalidSignatureError, ReplayError
+from kernel.identity import Identity
+from usagi_p2p.httpsig import SKEW, ReplayGuard, sign_request, verify_request
+
+ALICE = Identity(hashlib.sha256(b"httpsig alice").digest())
+BOB = Identity(hashlib.sha256(b"httpsig bob").digest())
+PATH = "/ipfs/bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+NOW = 1_800_000_000
+
+
+def test_a_signed_request_verifies_and_names_its_signer() -> None:
+    headers = sign_request(ALICE, "GET", PATH, "format=raw", created=NOW)
+    assert verify_request(headers, "GET", PATH, "format=raw", now=NOW) == ALICE.did
+
+
+@pytest.mark.parametrize(("method", "path", "query"), [
+    ("POST", PATH, "format=raw"),
+    ("GET", PATH[:-1] + "a", "format=raw"),
+    ("GET", PATH, "format=car"),
+])
+def test_any_changed_component_breaks_the_signature(method: str, path: str, query: str) -> None:
+    headers = sign_request(ALICE, "GET", PATH, "format=raw", created=NOW)
+    with pytest.raises(InvalidSignatureError):
+        verify_request(headers, method, path, query, now=NOW)
+
+
+def test_outside_the_window_is_expired() -> None:
+    headers = sign_request(ALICE, "GET", PATH, "format=raw", created=NOW)
+    with pytest.raises(ExpiredError):
+        verify_request(headers, "GET", PATH, "format=raw", now=NOW + SKEW + 1)
+
+
+def test_the_same_signed_request_is_accepted_once() -> None:
+    guard = ReplayGuard()
+    headers = sign_request(ALICE, "GET", PATH, "format=raw", created=NOW)
+    verify_request(headers, "GET", PATH, "format=raw", now=NOW, replay=guard)
+    with pytest.raises(ReplayError):
+        verify_request(headers, "GET", PATH, "format=raw", now=NOW + 10, replay=guard)
+    # A fresh nonce from the same signer, and the same nonce from another signer, pass.
+    fresh = sign_request(ALICE, "GET", PATH, "format=raw", created=NOW)
+    verify_request(fresh, "GET", PATH, "format=raw", now=NOW + 10, replay=guard)
+    nonce = headers["Signature-Input"].split('nonce="')[1].split('"')[0]
+    other = sign_request(BOB, "GET", PATH, "format=raw", created=NOW, nonce=nonce)
+    verify_request(other, "GET", PATH, "format=raw", now=NOW + 10, replay=guard)
+
+
+def test_a_bad_signature_does_not_use_up_the_nonce() -> None:
+    guard = ReplayGuard()
+    headers = sign_request(ALICE, "GET", PATH, "format=raw", created=NOW)
+    forged = dict(headers)
+    sig = forged["Signature"]
+    forged["Signature"] = sig[:12] + ("A" if sig[12] != "A" else "B") + sig[13:]
+    with pytest.raises(InvalidSignatureError):
+        verify_request(forged, "GET", PATH, "format=raw", now=NOW, replay=guard)
+    assert len(guard) == 0
+    verify_request(headers, "GET", PATH, "format=raw", now=NOW, replay=guard)
+
+
+def test_pairs_are_forgotten_only_once_they_can_no_longer_pass() -> None:
+    guard = ReplayGuard(skew=SKEW)
+    guard.check(ALICE.did, "nonce-000001", created=NOW, now=NOW)
+    # Still inside the window: remembered.
+    with pytest.raises(ReplayError):
+        guard.check(ALICE.did, "nonce-000001", created=NOW, now=NOW + SKEW)
+    # A request created in the future (allowed skew) is kept until its own window ends.
+    guard.check(ALICE.did, "nonce-future", created=NOW + SKEW, now=NOW)
+    guard.check(BOB.did, "nonce-000002", created=NOW + SKEW + 1, now=NOW + SKEW + 1)
+    assert (ALICE.did, "nonce-000001") not in guard._seen
+    with pytest.raises(ReplayError):
+        guard.check(ALICE.did, "nonce-future", created=NOW + SKEW, now=NOW + 2 * SKEW)
+
+
+def test_memory_is_bounded() -> None:
+    guard = ReplayGuard(capacity=100)
+    for i in range(1000):
+        guard.check(ALICE.did, f"nonce-{i:06d}", created=NOW, now=NOW)
+    assert len(guard) == 100
+    with pytest.raises(ReplayError):
+        guard.check(ALICE.did, "nonce-000999", created=NOW, now=NOW)
