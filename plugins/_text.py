@@ -16,7 +16,7 @@ import unicodedata
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
-__all__ = ["normalize", "find_date", "parse_iso_date", "DATE", "is_plain_decimal",
+__all__ = ["utc_offset", "normalize", "find_date", "parse_iso_date", "DATE", "is_plain_decimal",
            "doc_date", "line_ext"]
 
 # NFKC already folds full-width digits and letters, "℃" to "°C" and "～" to
@@ -33,6 +33,13 @@ DATE: Final = r"(\d{4})\s*[-/.年]\s*(\d{1,2})\s*[-/.月]\s*(\d{1,2})\s*日?"
 _DATE_RE: Final = re.compile(DATE)
 _ISO_DATE_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 _PLAIN_DECIMAL_RE: Final = re.compile(r"-?\d{1,9}(\.\d{1,6})?")
+
+
+def utc_offset(value: Any) -> int:
+    """A plugin setting ``utc_offset_hours``: whole hours east of UTC, -12..14."""
+    if type(value) is not int or not -12 <= value <= 14:
+        raise ValueError(f"utc_offset_hours must be a whole number of hours in -12..14, not {value!r}")
+    return value
 
 
 def normalize(text: str) -> str:

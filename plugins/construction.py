@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from kernel.plugin import Finding, ext_of, required_findings
 
-from ._text import find_date, line_ext, normalize
+from ._text import find_date, line_ext, normalize, utc_offset
 
 __all__ = ["Construction", "plugin", "parse_dimensions"]
 
@@ -123,7 +123,14 @@ class Construction:
         # A company may know its sites' schedules as configuration; documents
         # may carry them too, and the document wins (it is the latest word).
         self.schedules = dict(schedules or {})
-        self.utc_offset_hours = utc_offset_hours
+        for site, schedule in self.schedules.items():
+            if (type(site) is not str or not isinstance(schedule, Mapping)
+                    or not set(schedule) <= {"hours", "days"}
+                    or _parse_hours(schedule.get("hours")) is None
+                    or ("days" in schedule and _parse_days(schedule["days"]) is None)):
+                raise ValueError(f"schedule for site {site!r} must be {{\"hours\": \"HH:MM-HH:MM\""
+                                 f"[, \"days\": \"mon-fri\"]}}, not {schedule!r}")
+        self.utc_offset_hours = utc_offset(utc_offset_hours)
 
     def extract(self, line_text: str) -> dict[str, str]:
         text = normalize(line_text)

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from kernel.plugin import Finding, ext_of, required_findings
 
-from ._text import doc_date, find_date, line_ext, normalize, parse_iso_date
+from ._text import doc_date, find_date, line_ext, normalize, parse_iso_date, utc_offset
 
 __all__ = ["Food", "plugin", "ALLERGENS"]
 
@@ -96,8 +96,11 @@ class Food:
     def __init__(self, *, freshness_days: int = 0, utc_offset_hours: int = 9) -> None:
         # How long before the best-before a quote's validity must end (a buyer
         # wants days left to sell); 0 means "not after the best-before".
+        if type(freshness_days) is not int or not 0 <= freshness_days <= 3650:
+            raise ValueError(f"freshness_days must be a whole number of days, 0..3650, "
+                             f"not {freshness_days!r}")
         self.freshness_days = freshness_days
-        self.utc_offset_hours = utc_offset_hours
+        self.utc_offset_hours = utc_offset(utc_offset_hours)
 
     def extract(self, line_text: str) -> dict[str, str]:
         text = normalize(line_text)

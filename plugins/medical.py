@@ -40,7 +40,7 @@ from kernel.errors import UsagiError
 from kernel.identity import Identity, party
 from kernel.plugin import Finding, ext_of, required_findings
 
-from ._text import doc_date, find_date, line_ext, normalize, parse_iso_date
+from ._text import doc_date, find_date, line_ext, normalize, parse_iso_date, utc_offset
 
 __all__ = ["Medical", "plugin", "gtin_is_valid", "gs1_check_digit", "approval_message",
            "sign_approval", "with_approval", "APPROVAL_LABEL"]
@@ -160,8 +160,11 @@ class Medical:
 
     def __init__(self, *, required_roles: Sequence[str] = (), utc_offset_hours: int = 9) -> None:
         # Roles this company demands on every route, whatever a document says.
+        if isinstance(required_roles, str) or not all(
+                type(r) is str and r for r in required_roles):
+            raise ValueError(f"required_roles must be a list of role names, not {required_roles!r}")
         self.required_roles = tuple(required_roles)
-        self.utc_offset_hours = utc_offset_hours
+        self.utc_offset_hours = utc_offset(utc_offset_hours)
 
     def extract(self, line_text: str) -> dict[str, str]:
         text = normalize(line_text)

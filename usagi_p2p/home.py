@@ -51,6 +51,8 @@ class Config:
     endpoint: str = "http://127.0.0.1:8470"
     kubo_url: str | None = None
     plugins: list[str] = field(default_factory=list)
+    #: Per plugin, the keyword arguments its constructor takes (docs/plugins.md, "Settings").
+    plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     push_blocks: bool = True
     max_attempts: int = 8

@@ -70,11 +70,14 @@ def available() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _instantiate(loaded: Any) -> Any:
+def _instantiate(loaded: Any, settings: Mapping[str, Any] | None = None) -> Any:
     # An entry point may name an instance (the built-ins do) or a class or
-    # factory to call without arguments.
+    # factory to call without arguments. Settings are the constructor's keyword
+    # arguments: an instance is rebuilt from its class with them.
     if isinstance(loaded, type) or (callable(loaded) and not hasattr(loaded, "validate")):
-        return loaded()
+        return loaded(**(settings or {}))
+    if settings:
+        return type(loaded)(**settings)
     return loaded
 
 
@@ -91,8 +94,14 @@ class PluginHost:
 
     @classmethod
     def load(cls, enabled: Iterable[str],
-             users: Mapping[str, Mapping[str, Any]] | None = None) -> PluginHost:
-        """Load the ``enabled`` plugins by entry-point name; report, never raise."""
+             users: Mapping[str, Mapping[str, Any]] | None = None,
+             settings: Mapping[str, Mapping[str, Any]] | None = None) -> PluginHost:
+        """Load the ``enabled`` plugins by entry-point name; report, never raise.
+
+        ``settings[name]`` holds the keyword arguments that plugin's constructor
+        takes; settings it refuses leave it broken with the reason.
+        """
+        settings = settings or {}
         installed = available()
         plugins: dict[str, Plugin] = {}
         broken: dict[str, str] = {}
@@ -102,9 +111,18 @@ class PluginHost:
                 broken[name] = "not installed (no entry point in group usagi_p2p.plugins)"
                 continue
             try:
-                candidate = _instantiate(ep.load())
+                loaded = ep.load()
             except Exception as exc:  # any failure of third-party code is the plugin's
                 broken[name] = f"failed to load {ep.value}: {type(exc).__name__}: {exc}"
+                continue
+            own = settings.get(name) or {}
+            try:
+                if not isinstance(own, Mapping) or not all(type(k) is str for k in own):
+                    raise TypeError("settings must be a JSON object of keyword arguments")
+                candidate = _instantiate(loaded, own)
+            except Exception as exc:  # any failure of third-party code is the plugin's
+                what = f"refused its settings {dict(own)!r}" if own else f"failed to start {ep.value}"
+                broken[name] = f"{what}: {type(exc).__name__}: {exc}"
                 continue
             problems = contract_problems(candidate)
             if problems:
@@ -120,8 +138,8 @@ class PluginHost:
 
     @classmethod
     def for_config(cls, config: Any) -> PluginHost:
-        """The host for a node's ``Config`` (its ``plugins`` and ``users``)."""
-        return cls.load(config.plugins, config.users)
+        """The host for a node's ``Config`` (its ``plugins``, ``users`` and settings)."""
+        return cls.load(config.plugins, config.users, getattr(config, "plugin_settings", None))
 
     # -- isolation -------------------------------------------------------------
 

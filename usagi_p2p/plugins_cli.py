@@ -99,7 +99,7 @@ def approver(home: Home, users: Sequence[str]) -> Callable[[dict[str, Any]], dic
 
 @click.group("plugins")
 def plugins_group() -> None:
-    """Industry plugins: list, enable, disable, check a document."""
+    """Industry plugins: list, enable, disable, configure, check a document."""
 
 
 @plugins_group.command("list")
@@ -129,7 +129,7 @@ def plugins_enable(ctx: click.Context, name: str) -> None:
     if name not in installed:
         raise click.ClickException(f"no plugin {name!r} is installed; available: "
                                    f"{', '.join(sorted(installed)) or 'none'}")
-    host = PluginHost.load([name])
+    host = PluginHost.load([name], settings=config.plugin_settings)
     if name in host.broken:
         raise click.ClickException(f"plugin {name} is broken: {host.broken[name]}")
     if name not in config.plugins:
@@ -150,6 +150,55 @@ def plugins_disable(ctx: click.Context, name: str) -> None:
     config.plugins.remove(name)
     home.save_config(config)
     click.echo(f"disabled {name}: {', '.join(config.plugins) or 'no plugins enabled'}")
+
+
+@plugins_group.command("configure")
+@click.argument("name")
+@click.argument("settings", nargs=-1)
+@click.option("--unset", "unset", multiple=True, help="Remove one setting; repeatable.")
+@click.option("--clear", is_flag=True, help="Remove every setting of this plugin.")
+@click.pass_context
+def plugins_configure(ctx: click.Context, name: str, settings: tuple[str, ...],
+                      unset: tuple[str, ...], clear: bool) -> None:
+    """Show or change a plugin's settings: KEY=JSON, e.g. required_roles='["pharmacist"]'.
+
+    Settings are the keyword arguments of the plugin's constructor
+    (docs/plugins.md, "Settings"). The plugin is started with the new settings
+    first; settings it refuses are not saved. Takes effect on the next start.
+    """
+    home = _home(ctx)
+    config = home.load_config()
+    if name not in available():
+        raise click.ClickException(f"no plugin {name!r} is installed")
+    current: dict[str, Any] = {} if clear else dict(config.plugin_settings.get(name, {}))
+    for key in unset:
+        if key not in current:
+            raise click.ClickException(f"{name} has no setting {key!r}")
+        del current[key]
+    for item in settings:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.ClickException(f"expected KEY=JSON, got {item!r}")
+        try:
+            current[key] = json.loads(text)
+        except json.JSONDecodeError:
+            current[key] = text  # a bare word is a string: site=Umeda
+    changed = bool(settings or unset or clear)
+    if changed:
+        host = PluginHost.load([name], settings={name: current})
+        if name in host.broken:
+            raise click.ClickException(f"not saved: {host.broken[name]}")
+        if current:
+            config.plugin_settings[name] = current
+        else:
+            config.plugin_settings.pop(name, None)
+        home.save_config(config)
+    if _json(ctx):
+        click.echo(json.dumps(current, indent=2, ensure_ascii=False))
+        return
+    prefix = "saved; restart usagi serve to apply. " if changed else ""
+    shown = json.dumps(current, ensure_ascii=False) if current else "defaults"
+    click.echo(f"{prefix}{name}: {shown}")
 
 
 @plugins_group.command("check")
