@@ -380,9 +380,26 @@ class Node:
             records.append((row, _prev_bytes(document.get("prev", [])), notice))
             results.append(SendResult(sealed.cid, partner.did, thread, sealed.digest,
                                       tuple(findings)))
-        await self.ledger.record_sent_many(records)
+        try:
+            await self.ledger.record_sent_many(records)
+        except Exception:
+            # Nothing was recorded, so nothing refers to these blocks: take them
+            # back rather than leave unreferenced ciphertext behind.
+            await self._discard([sealed.cid for _, _, sealed, _ in prepared])
+            raise
         self.wake.set()
         return results
+
+    async def _discard(self, cids: list[CID]) -> None:
+        """Best effort: forget blocks this node just stored and never recorded."""
+        for cid in cids:
+            self._recent.pop(cid, None)
+            try:
+                if not isinstance(self.store, SQLiteBlockStore):
+                    await self.store.unpin(cid)
+                await self.store.delete(cid)
+            except Exception as exc:  # cleanup must not hide the error being raised
+                log.warning("could not remove unrecorded block %s: %s", cid, exc)
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt ``attempts + 1``: exponential, capped, full jitter."""

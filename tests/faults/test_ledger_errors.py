@@ -9,7 +9,9 @@ from __future__ import annotations
 import sqlite3
 
 import aiohttp
+import pytest
 
+from ipfs.blockstore import StoreUnavailableError
 from kernel import dagcbor
 from kernel import envelope as kenvelope
 from kernel.messages import make_notice
@@ -51,3 +53,23 @@ async def test_a_ledger_failure_is_a_typed_json_error(pair: Pair) -> None:  # no
     status, ctype, body, _ = await post_while_locked(pair)
     assert ctype == "application/json", body[:80]
     assert b'"error"' in body
+
+
+async def test_a_send_the_ledger_refuses_leaves_no_block_behind(pair: Pair) -> None:  # noqa: F811
+    seller = pair.seller
+    before = [cid async for cid, _ in seller.store.blocks()]
+    await seller.ledger.db.execute("PRAGMA busy_timeout=200")
+    lock = sqlite3.connect(str(seller.home.ledger_path), isolation_level=None, timeout=5)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailableError):
+            await seller.send("quote", "Osaka", {"lines": [{"text": "bolts"}]})
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    # The sealed block was stored first, then taken back when the ledger refused.
+    assert [cid async for cid, _ in seller.store.blocks()] == before
+    assert await seller.ledger.count_documents("out") == 0
+    # The same send works once the ledger is free.
+    result = await seller.send("quote", "Osaka", {"lines": [{"text": "bolts"}]})
+    assert await seller.store.has(result.cid)
