@@ -55,7 +55,7 @@ from kernel.document import format_time
 from kernel.envelope import Opened
 from kernel.errors import NotRecipientError, ThreadError, UsagiError
 from kernel.identity import Identity
-from kernel.messages import check_ack, open_ack
+from kernel.messages import check_ack, make_notice, open_ack
 from kernel.signed import open_signed, sign_bytes
 from kernel.thread import verify_thread
 
@@ -714,19 +714,36 @@ def verify_archive(path: str | os.PathLike[str], me: Identity | None = None, *,
 # -- import ----------------------------------------------------------------------
 
 
-def _statements(page: Page, me: str) -> list[tuple[str, tuple[Any, ...]]]:
-    docs, acks, nonces = [], [], []
+#: Why a document we sent comes back from an archive without an ack.
+RESTORED_UNACKED: Final = ("restored from an archive with no ack; 'usagi outbox retry' "
+                           "sends it again (a partner that has it answers with its ack)")
+
+
+def _statements(page: Page, node: Node) -> list[tuple[str, tuple[Any, ...]]]:
+    me = node.did
+    docs, acks, nonces, outbox = [], [], [], []
     for entry in page.entries:
         cid = entry["cid"]
         opened = page.opened[cid]
         doc = opened.document
+        status, reason = entry["status"], entry.get("reason")
+        unacked = entry["dir"] == "out" and cid not in page.acks
+        if unacked:
+            # Queued or undelivered when the archive was made: back in the outbox,
+            # held until someone says to send (the partner may have it already).
+            status, reason = "undelivered", RESTORED_UNACKED
+            notice = make_notice(node.identity, cid, entry["partner"], node.now())
+            outbox.append((
+                "INSERT OR IGNORE INTO outbox (cid, partner, notice, state, next_attempt, "
+                "last_error, created) VALUES (?,?,?,'undelivered',0,?,?)",
+                (cid.raw, entry["partner"], notice, RESTORED_UNACKED, node.clock())))
         docs.append((
             "INSERT OR IGNORE INTO documents (cid, direction, partner, kind, thread, ref, "
             "issued_at, recorded_at, status, reason, digest, signed, user, prev) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (cid.raw, entry["dir"], entry["partner"], doc["kind"], entry["thread"].raw,
-             doc.get("ref"), doc["issued_at"], float(entry["recorded_at"]), entry["status"],
-             entry.get("reason"), opened.digest, opened.signed, doc.get("user"),
+             doc.get("ref"), doc["issued_at"], float(entry["recorded_at"]), status,
+             reason, opened.digest, opened.signed, doc.get("user"),
              dagcbor.encode(list(doc.get("prev", [])))),
         ))
         raw = page.acks.get(cid)
@@ -743,7 +760,7 @@ def _statements(page: Page, me: str) -> list[tuple[str, tuple[Any, ...]]]:
     partners = [("INSERT OR IGNORE INTO partners (did, name, endpoint, status, added_at) "
                  "VALUES (?,?,?,?,?)", (p["did"], p["name"], p["endpoint"], p["status"], 0.0))
                 for p in (page.head or {}).get("partners", [])]
-    return docs + acks + nonces + partners
+    return docs + acks + nonces + outbox + partners
 
 
 async def import_archive(node: Node, path: str | os.PathLike[str]) -> VerifyReport:
@@ -753,5 +770,5 @@ async def import_archive(node: Node, path: str | os.PathLike[str]) -> VerifyRepo
     pages = iter_pages(path, node.identity, report)
     while (page := await asyncio.to_thread(next, pages, None)) is not None:
         await node.store.put_many(list(page.blocks.values()))
-        await node.ledger.write(_statements(page, node.did))
+        await node.ledger.write(_statements(page, node))
     return report

@@ -273,3 +273,50 @@ def test_workers_find_a_broken_thread_alike(traded: Traded, tmp_path: Path, drop
     one = _outcome(out, Identity(SEED_A), 1)
     assert type(one) is tuple and "invalid_thread" in one[1]
     assert _outcome(out, Identity(SEED_A), 2) == one
+
+
+def test_an_unacked_sent_document_comes_back_to_the_outbox(tmp_path: Path) -> None:
+    from kernel.messages import open_notice
+    from usagi_p2p.archive import RESTORED_UNACKED
+    from usagi_p2p.service import Service
+
+    from .conftest import _port
+
+    seed = bytes(range(100, 132))
+    a, b = Home(tmp_path / "a"), Home(tmp_path / "b")
+    a.create("Kanto Machine Tools", None, seed=seed, port=_port())
+    b.create("Osaka Precision", None, port=_port())
+    fresh = Home(tmp_path / "restored")
+    fresh.create("Kanto Machine Tools", None, seed=seed, port=_port())
+    out = tmp_path / "a.car"
+
+    async def scenario() -> None:
+        async with Node.load(a, None) as na, Node.load(b, None) as nb:
+            osaka = nb.did
+            async with Service(na), Service(nb):
+                await nb.add_partner((await na.invite()).text())
+            # Osaka is offline now and Kanto runs no delivery loop: the order stays queued.
+            sent = await na.send("quote", "Osaka", {"ref": "Q-away", "lines": [{"text": "bolts"}]})
+            await export_archive(na, out)
+        async with Node.load(fresh, None) as node:
+            report = await import_archive(node, out)
+            assert report.documents == 1 and report.acks == 0
+            row = await node.ledger.document(sent.cid)
+            assert (row.status, row.reason) == ("undelivered", RESTORED_UNACKED)
+            [queued] = await node.ledger.outbox("undelivered")
+            assert queued.cid == sent.cid
+            notice = open_notice(bytes(queued.notice))
+            assert (notice.cid, notice.sender, notice.recipient) == (sent.cid, node.did, osaka)
+            # Held until someone says to send; then delivered to the partner, acked once.
+            assert await node.deliver_once() == 0
+            async with Node.load(b, None) as nb, Service(nb):
+                assert await node.ledger.retry_undelivered() == 1
+                assert await node.deliver_once() == 1
+                ack = await node.wait_for_ack(sent.cid, 10)
+                assert ack is not None and ack[1] == "received"
+                assert await nb.ledger.count_documents("in") == 1
+            # Re-importing the same archive changes none of that.
+            await import_archive(node, out)
+            assert (await node.ledger.document(sent.cid)).status == "delivered"
+
+    asyncio.run(scenario())
