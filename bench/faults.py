@@ -130,12 +130,12 @@ class Child:
         self.log.append(log)
         with log.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "usagi_p2p", "--home", str(self.home.path), "serve"],
+                [sys.executable, "-m", "usagi_p2p", "-v", "--home", str(self.home.path), "serve"],
                 stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         deadline = time.monotonic() + timeout
         while not (self.home.path / "serve.json").exists():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"usagi serve exited: {log.read_text()[-2000:]}")
+                raise RuntimeError(f"usagi serve exited: {log.read_text()[-6000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError("usagi serve did not start")
             time.sleep(0.02)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,8 @@ def _run(coro: Awaitable[T]) -> T:
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
     except UsagiError as exc:
+        # The traceback is for whoever runs with -v; the message is for everyone.
+        logging.getLogger("usagi.cli").info("command failed", exc_info=True)
         click.echo(f"error [{exc.code}]: {exc}", err=True)
         raise SystemExit(exit_code(exc.code)) from None
 
