@@ -236,7 +236,11 @@ async def sigkill_trial(root: Path, n: int, rng: random.Random, timeout: float =
             points.append(received())
             children[victim].kill()
             await asyncio.sleep(rng.uniform(0.0, 0.5))
-            children[victim].start()
+            # In a thread: start() polls until the node is up, and the queuing task
+            # in this event loop may be inside a ledger transaction that the
+            # restarting node has to wait for (found: a blocked loop held the
+            # sender's write lock past the node's 10 s busy timeout).
+            await asyncio.to_thread(children[victim].start)
             await kick(seller)
         await queuing
         await kick(seller)
