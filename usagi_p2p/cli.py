@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 
@@ -75,14 +75,29 @@ def _emit(ctx: click.Context, data: Any, human: Callable[[], None]) -> None:
         human()
 
 
+#: Columns a person copies whole (a CID, a DID, a time): never shortened.
+_WHOLE: Final = frozenset({"cid", "did", "issued"})
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> None:
+    """Rows as a table. Cells are plain text: names, refs and notes come from
+    partners, so no Rich markup or emoji codes are read in them (``did:key:``
+    must not turn into a key emoji, nor ``[/]`` into an error), and control
+    characters are dropped. Piped output is never shortened."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(*headers, box=None, pad_edge=False)
-    for row in rows:
-        table.add_row(*[str(c) if c is not None else "" for c in row])
-    Console().print(table)
+    cells = [[Text(str(c)) if c is not None else Text("") for c in row] for row in rows]
+    table = Table(box=None, pad_edge=False)
+    for i, header in enumerate(headers):
+        whole = header in _WHOLE
+        width = max([len(header), *(len(r[i]) for r in cells)]) if whole else None
+        table.add_column(header, no_wrap=whole, min_width=width)
+    for row in cells:
+        table.add_row(*row)
+    tty = sys.stdout.isatty()
+    Console(emoji=False, highlight=False, markup=False, width=None if tty else 10_000).print(table)
 
 
 class _Group(click.Group):
@@ -278,6 +293,14 @@ _partner_state("remove", "removed", "Remove a partner: its notices and block req
 @click.pass_context
 def partner_rename(ctx: click.Context, who: str, name: str) -> None:
     """Give a partner another local name."""
+    from .errors import PartnerError
+    from .invitation import name_problem
+
+    try:
+        name_problem(name, PartnerError)
+    except PartnerError as exc:
+        raise click.ClickException(str(exc)) from None
+
     async def run(node: Any) -> Any:
         p = await node.resolve_partner(who)
         await node.ledger.set_partner(p.did, name=name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -76,6 +77,20 @@ def make_invitation(identity: Identity, name: str, endpoint: str, now: datetime,
     return parse_invitation(raw, now=now)
 
 
+#: Bidirectional overrides and isolates: they make a name display as another.
+_BIDI: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def name_problem(name: object, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``name`` is a company name fit to print: 1..200
+    characters, no control characters (a partner chooses its name, and it is
+    shown on the other company's terminal) and no bidirectional overrides."""
+    if type(name) is not str or not 0 < len(name) <= 200 or not name.strip():
+        raise error("a name must be 1..200 characters")
+    if any(unicodedata.category(ch) == "Cc" or ch in _BIDI for ch in name):
+        raise error("a name must not contain control characters or direction overrides")
+
+
 def parse_invitation(text_or_raw: str | bytes, *, now: datetime | None = None) -> Invitation:
     """Verify an invitation (or introduction); raise InvitationError on anything wrong."""
     if isinstance(text_or_raw, str):
@@ -98,8 +113,7 @@ def parse_invitation(text_or_raw: str | bytes, *, now: datetime | None = None) -
     if body["type"] not in ("invitation", "introduction"):
         raise InvitationError("unknown invitation type")
     name, endpoint, nonce = body["name"], body["endpoint"], body["nonce"]
-    if type(name) is not str or not 0 < len(name) <= 200:
-        raise InvitationError("invitation name must be 1..200 characters")
+    name_problem(name, InvitationError)
     if type(endpoint) is not str or len(endpoint) > 500:
         raise InvitationError("invitation endpoint is not a URL")
     _check_endpoint(endpoint)

@@ -92,3 +92,49 @@ def test_send_without_a_server_then_archive_round_trip(tmp_path: Path) -> None:
     assert usagi(restored.path, "verify", cid, check=False).returncode == 0
     # Another company's node refuses the archive.
     assert usagi(buyer.path, "archive", "import", str(car), check=False).returncode == 77
+
+
+def test_tables_print_partner_text_as_text(tmp_path: Path) -> None:
+    import asyncio
+
+    from kernel.identity import Identity
+    from usagi_p2p.node import Node
+
+    home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
+    other = Identity.generate()
+
+    async def add() -> None:
+        async with Node.load(home, None) as node:
+            # A name a partner could choose: Rich markup and an emoji code, as text.
+            await node.ledger.add_partner(other.did, "[/] :key: [bold]Osaka[/bold]",
+                                          "http://127.0.0.1:9", None)
+
+    asyncio.run(add())
+    out = usagi(home.path, "partner", "list").stdout
+    assert "[/] :key: [bold]Osaka[/bold]" in out
+    assert other.did in out  # whole, and "did:key:" is not an emoji
+    assert "\U0001f511" not in out
+    # Renaming to a name with a control character or a direction override is refused.
+    for bad in ("Osaka\x1b[31m", "Osaka\u202eakasO"):
+        refused = usagi(home.path, "partner", "rename", other.did, bad, check=False)
+        assert refused.returncode != 0 and "control characters" in refused.stderr
+
+
+def test_an_invitation_with_a_control_character_in_its_name_is_refused() -> None:
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from kernel.identity import Identity
+    from kernel.signed import sign
+    from usagi_p2p.errors import InvitationError
+    from usagi_p2p.invitation import parse_invitation
+
+    who = Identity.generate()
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    for name in ("Osaka\x1b]0;pwned\x07", "Osaka\u202e", " "):
+        raw = sign(who, "invitation", {"v": 1, "type": "invitation", "name": name, "did": who.did,
+                                       "endpoint": "http://127.0.0.1:8470",
+                                       "expires": "2026-12-09T00:00:00Z", "nonce": b"\x01" * 16})
+        with pytest.raises(InvitationError):
+            parse_invitation(raw, now=now)
