@@ -311,13 +311,31 @@ def partner_rename(ctx: click.Context, who: str, name: str) -> None:
 
 
 def _load_body(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+    """A document body from a JSON or YAML file ("-" reads standard input).
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+    ``.json`` is read as JSON, ``.yaml``/``.yml`` as YAML; anything else (a
+    pipe, a file without a suffix) as JSON if it parses, else as YAML.
+    """
+    import yaml
+
+    try:
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read {path}: {exc}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:
+                data = yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise click.ClickException(f"{path} is not valid JSON or YAML: {exc}") from None
     if not isinstance(data, dict):
         raise click.ClickException(f"{path} must hold a map of document fields")
     checked: dict[str, Any] = _no_floats(data, str(path))
@@ -362,7 +380,8 @@ async def _kick_server(home: Home) -> bool:
 
 @main.command()
 @click.argument("kind")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True,
+                                        path_type=Path))
 @click.option("--to", "to", required=True, help="Partner name, name prefix or DID.")
 @click.option("--reply-to", default=None, help="CID of the document this answers "
               "(links prev and thread).")

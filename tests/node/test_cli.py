@@ -138,3 +138,16 @@ def test_an_invitation_with_a_control_character_in_its_name_is_refused() -> None
                                        "expires": "2026-12-09T00:00:00Z", "nonce": b"\x01" * 16})
         with pytest.raises(InvitationError):
             parse_invitation(raw, now=now)
+
+
+def test_a_bad_body_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for text, expected in (("note: [unclosed\n", "not valid JSON or YAML"),
+                           ("- just\n- a list\n", "must hold a map"),
+                           ("lines:\n  - text: bolts\n    unit_price: 12.5\n", "quoted decimals")):
+        proc = subprocess.run([sys.executable, "-m", "usagi_p2p", "--home", str(home.path), "send",
+                               "quote", "--to", "Osaka", "-"], input=text, capture_output=True,
+                              text=True, env=env, timeout=60)
+        assert proc.returncode == 1 and expected in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
