@@ -301,7 +301,10 @@ def extract_command(ctx: click.Context, text: str, user: str | None) -> None:
     if _json(ctx):
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
         return
-    if not result:
+    if not result and not host.plugins:
+        click.echo("no plugins are enabled, so nothing is extracted; see 'usagi plugins list' "
+                   "and 'usagi plugins enable NAME' (the line is valid as free text)")
+    elif not result:
         click.echo("nothing recognised (the line is still valid as free text)")
     for namespace, fields in result.items():
         click.echo(f"{namespace}:")
