@@ -160,7 +160,7 @@ class Medical:
 
     def __init__(self, *, required_roles: Sequence[str] = (), utc_offset_hours: int = 9) -> None:
         # Roles this company demands on every route, whatever a document says.
-        if isinstance(required_roles, str) or not all(
+        if not isinstance(required_roles, list | tuple) or not all(
                 type(r) is str and r for r in required_roles):
             raise ValueError(f"required_roles must be a list of role names, not {required_roles!r}")
         self.required_roles = tuple(required_roles)

@@ -65,6 +65,11 @@ class Config:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config fields: {sorted(unknown)}")
+        settings = data.get("plugin_settings", {})
+        if not isinstance(settings, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in settings.items()):
+            raise ConfigError("plugin_settings must map each plugin name to an object of "
+                              "settings, e.g. {\"food\": {\"freshness_days\": 3}}")
         try:
             return cls(**data)
         except TypeError as exc:

@@ -71,11 +71,12 @@ class ReplayGuard:
     """The (signer, nonce) pairs of signed requests accepted in the last window.
 
     A signature is only accepted while ``created`` is within ``skew`` of now,
-    so a pair older than that can never pass again and is forgotten. Pairs are
-    added only after the signature verified, so only partners fill it; at
-    ``capacity`` the oldest pair is dropped (bounded memory over a perfect
-    guarantee). In memory: a restart forgets it, which leaves at most one
-    window (300 s) in which a captured request could be replayed once more.
+    so a pair older than that can never pass again and is forgotten. The
+    caller records a pair only once the request is authorized (the signer is a
+    partner and a party to the block), so strangers cannot fill it. When
+    ``capacity`` live pairs are held, new requests are refused rather than a
+    live pair forgotten. In memory: a restart forgets it, which leaves at most
+    one window (300 s) in which a captured request could be replayed once more.
     """
 
     def __init__(self, skew: float = SKEW, capacity: int = 100_000) -> None:
@@ -87,7 +88,7 @@ class ReplayGuard:
         return len(self._seen)
 
     def check(self, keyid: str, nonce: str, created: float, now: float) -> None:
-        """Raise ReplayError if this pair was seen; otherwise remember it."""
+        """Raise ReplayError if this pair was seen (or no room is left); else remember it."""
         while self._seen:
             _, oldest = next(iter(self._seen.items()))
             if oldest >= now - self.skew:
@@ -96,11 +97,19 @@ class ReplayGuard:
         key = (keyid, nonce)
         if key in self._seen:
             raise ReplayError("this signed request was already used (same signer and nonce)")
-        while len(self._seen) >= self.capacity:
-            self._seen.popitem(last=False)
-        # Kept in arrival order; 'created' may be out of order by up to the skew,
-        # so the pruning above is conservative, never early.
+        if len(self._seen) >= self.capacity:
+            raise ReplayError(f"{self.capacity} signed requests inside the window already; "
+                              f"try again later")
+        # Kept in arrival order with max(created, now): an entry is forgotten only
+        # after its own 'created' has left the window (conservative, never early).
         self._seen[key] = max(created, now)
+
+    def check_request(self, headers: Mapping[str, str], now: float) -> None:
+        """:meth:`check` for a request that :func:`verify_request` accepted."""
+        match = _INPUT_RE.match(headers.get("Signature-Input", ""))
+        if not match:
+            raise MalformedError("unsupported Signature-Input header")
+        self.check(match.group(3), match.group(2), int(match.group(1)), now)
 
 
 def verify_request(headers: Mapping[str, str], method: str, path: str, query: str,

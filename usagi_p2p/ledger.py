@@ -15,6 +15,7 @@ node signs and sends an ack only after that commit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -27,6 +28,8 @@ from ipfs.blockstore import StoreError, StoreUnavailableError
 from kernel.cid import CID
 
 __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow"]
+
+log = logging.getLogger("usagi.ledger")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS partners (
@@ -256,8 +259,9 @@ class Ledger:
                 groups.append((sql, [tuple(args)]))
         async with self._tx:
             if len(groups) == 1 and len(groups[0][1]) == 1:
-                # One statement is its own durable transaction: one round trip, not three.
-                await db.execute(groups[0][0], groups[0][1][0])
+                # One statement is its own durable transaction: one round trip, not
+                # three. Fetched to the end, so even a RETURNING statement completes.
+                await db.execute_fetchall(groups[0][0], groups[0][1][0])
                 return
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -268,8 +272,20 @@ class Ledger:
                         await db.executemany(sql, rows)
                 await db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                await self._rollback()
                 raise
+
+    async def _rollback(self) -> None:
+        """Roll back after a failure, keeping the failure as the error.
+
+        A task cancelled while it awaits COMMIT leaves the COMMIT to run on the
+        connection's thread: the transaction may be committed by the time the
+        ROLLBACK runs, which then has nothing to do. That is not a new error.
+        """
+        try:
+            await self.db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("nothing rolled back: %s", exc)
 
     # -- partners -----------------------------------------------------------
 
@@ -498,7 +514,7 @@ class Ledger:
                                              [(now + lease, r[0]) for r in rows])
                     await db.execute("COMMIT")
                 except BaseException:
-                    await db.execute("ROLLBACK")
+                    await self._rollback()
                     raise
         return [OutboxRow(CID.from_bytes(r[0]), *r[1:]) for r in rows]
 

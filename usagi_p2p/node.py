@@ -362,14 +362,19 @@ class Node:
             sealed = kenvelope.seal(document, self.identity, kinds=kinds)
             prepared.append((partner, document, sealed, findings))
         await self.store.put_many([sealed.block for _, _, sealed, _ in prepared])
+        cids = [sealed.cid for _, _, sealed, _ in prepared]
+        try:
+            if not isinstance(self.store, SQLiteBlockStore):
+                # The embedded store never collects garbage; a Kubo node does.
+                for cid in cids:
+                    await self.store.pin(cid)
+        except Exception:
+            await self._discard(cids)
+            raise
         for _, _, sealed, _ in prepared:
             self._recent[sealed.cid] = sealed.block
         while len(self._recent) > RECENT_BLOCKS:
             self._recent.popitem(last=False)
-        if not isinstance(self.store, SQLiteBlockStore):
-            # The embedded store never collects garbage; a Kubo node does.
-            for _, _, sealed, _ in prepared:
-                await self.store.pin(sealed.cid)
         records, results = [], []
         for partner, document, sealed, findings in prepared:
             thread = document.get("thread", sealed.cid)
@@ -383,16 +388,28 @@ class Node:
         try:
             await self.ledger.record_sent_many(records)
         except Exception:
-            # Nothing was recorded, so nothing refers to these blocks: take them
-            # back rather than leave unreferenced ciphertext behind.
-            await self._discard([sealed.cid for _, _, sealed, _ in prepared])
+            # Not recorded, so nothing refers to these blocks: take them back
+            # rather than leave unreferenced ciphertext behind.
+            await self._discard(cids)
             raise
         self.wake.set()
         return results
 
     async def _discard(self, cids: list[CID]) -> None:
-        """Best effort: forget blocks this node just stored and never recorded."""
+        """Best effort: forget blocks this node just stored and never recorded.
+
+        A block the ledger does hold (a commit that went through although its
+        caller saw an error) is kept; if the ledger cannot say, all are kept.
+        """
+        try:
+            recorded = await self.ledger.digests(cids)
+        except Exception as exc:
+            log.warning("kept %d unrecorded blocks (the ledger cannot be read: %s)",
+                        len(cids), exc)
+            return
         for cid in cids:
+            if cid in recorded:
+                continue
             self._recent.pop(cid, None)
             try:
                 if not isinstance(self.store, SQLiteBlockStore):

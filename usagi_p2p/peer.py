@@ -39,6 +39,8 @@ log = logging.getLogger("usagi.peer")
 MAX_INFLIGHT: Final = 8
 NODE_KEY: Final = web.AppKey("node", Node)
 TOKEN_KEY: Final = web.AppKey("token", str)
+#: The gateway's replay guard (signed requests already accepted in the window).
+REPLAY_KEY: Final = web.AppKey("replay", ReplayGuard)
 
 
 def error_response(exc: UsagiError, *, retry_after: int | None = None) -> web.Response:
@@ -105,20 +107,25 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT) -> web.Application
             return error_response(exc)
         return web.json_response({"ok": True, "partner": partner.name, "did": partner.did})
 
-    replay = ReplayGuard()
+    replay = app[REPLAY_KEY] = ReplayGuard()
 
     async def authorize(request: web.Request, cid: CID) -> None:
+        now = node.clock()
         try:
             requester = verify_request(request.headers, request.method, request.rel_url.raw_path,
-                                       request.rel_url.raw_query_string, now=node.clock(),
-                                       replay=replay)
+                                       request.rel_url.raw_query_string, now=now)
         except UsagiError as exc:
-            # Unsigned, badly signed or replayed: a stranger learns nothing, not even
-            # the reason (it is logged).
-            log.info("gateway request refused: %s", exc)
+            # Unsigned or badly signed: a stranger learns nothing, not even the reason.
+            log.debug("gateway request refused: %s", exc)
             raise GatewayDenied(str(exc), status=404, conceal=True) from None
         if not await node.may_read(requester, cid):
             raise GatewayDenied("not a party to this block", status=404, conceal=True)
+        # Recorded only now, so only a party to the block can fill the guard.
+        try:
+            replay.check_request(request.headers, now)
+        except UsagiError as exc:
+            log.warning("gateway request from %s refused: %s", requester, exc)
+            raise GatewayDenied(str(exc), status=404, conceal=True) from None
 
     async def kick(request: web.Request) -> web.Response:
         if request.remote not in ("127.0.0.1", "::1"):

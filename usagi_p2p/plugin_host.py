@@ -101,7 +101,7 @@ class PluginHost:
         ``settings[name]`` holds the keyword arguments that plugin's constructor
         takes; settings it refuses leave it broken with the reason.
         """
-        settings = settings or {}
+        settings = settings if isinstance(settings, Mapping) else {}
         installed = available()
         plugins: dict[str, Plugin] = {}
         broken: dict[str, str] = {}
@@ -121,7 +121,7 @@ class PluginHost:
                     raise TypeError("settings must be a JSON object of keyword arguments")
                 candidate = _instantiate(loaded, own)
             except Exception as exc:  # any failure of third-party code is the plugin's
-                what = f"refused its settings {dict(own)!r}" if own else f"failed to start {ep.value}"
+                what = f"refused its settings {own!r}" if own else f"failed to start {ep.value}"
                 broken[name] = f"{what}: {type(exc).__name__}: {exc}"
                 continue
             problems = contract_problems(candidate)

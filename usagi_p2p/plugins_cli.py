@@ -181,7 +181,9 @@ def plugins_configure(ctx: click.Context, name: str, settings: tuple[str, ...],
             raise click.ClickException(f"expected KEY=JSON, got {item!r}")
         try:
             current[key] = json.loads(text)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as exc:
+            if text.lstrip()[:1] in ("{", "[", '"'):
+                raise click.ClickException(f"{key}: not valid JSON: {exc}") from None
             current[key] = text  # a bare word is a string: site=Umeda
     changed = bool(settings or unset or clear)
     if changed:

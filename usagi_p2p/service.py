@@ -47,6 +47,13 @@ class Service:
         log.info("%s listening on http://%s:%d", self.node.config.name, self.host, self.port)
 
     @property
+    def app(self) -> web.Application:
+        """The running peer application (for inspection)."""
+        if self._runner is None:
+            raise RuntimeError("the service is not started")
+        return self._runner.app
+
+    @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 

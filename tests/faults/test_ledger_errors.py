@@ -73,3 +73,37 @@ async def test_a_send_the_ledger_refuses_leaves_no_block_behind(pair: Pair) -> N
     # The same send works once the ledger is free.
     result = await seller.send("quote", "Osaka", {"lines": [{"text": "bolts"}]})
     assert await seller.store.has(result.cid)
+
+
+async def test_cancelled_while_committing_keeps_the_cancellation_and_the_rows(tmp_path) -> None:  # noqa: ANN001
+    # A task cancelled while it awaits COMMIT: the COMMIT still runs on the
+    # connection's thread. The caller must see the cancellation (not a store
+    # error that would make send_many discard blocks the ledger now refers to).
+    import asyncio
+
+    from usagi_p2p.ledger import Ledger
+
+    async with Ledger(tmp_path / "ledger.db") as ledger:
+        db = ledger.db
+        real = db.execute
+
+        def cancelled_commit(sql: str, *args: object, **kw: object):  # noqa: ANN202
+            if sql == "COMMIT":
+                asyncio.ensure_future(real(sql, *args, **kw))  # queued to the thread
+
+                async def cancel() -> None:
+                    await asyncio.sleep(0)
+                    raise asyncio.CancelledError()
+                return cancel()
+            return real(sql, *args, **kw)
+
+        db.execute = cancelled_commit  # type: ignore[method-assign]
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await ledger.write([
+                    ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"a", 1.0)),
+                    ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"b", 1.0))])
+        finally:
+            db.execute = real  # type: ignore[method-assign]
+        await asyncio.sleep(0.1)
+        assert (await ledger._all("SELECT count(*) FROM invitations"))[0][0] == 2

@@ -78,10 +78,24 @@ def test_pairs_are_forgotten_only_once_they_can_no_longer_pass() -> None:
         guard.check(ALICE.did, "nonce-future", created=NOW + SKEW, now=NOW + 2 * SKEW)
 
 
-def test_memory_is_bounded() -> None:
+def test_memory_is_bounded_and_a_full_guard_refuses_rather_than_forgets() -> None:
     guard = ReplayGuard(capacity=100)
-    for i in range(1000):
+    for i in range(100):
         guard.check(ALICE.did, f"nonce-{i:06d}", created=NOW, now=NOW)
     assert len(guard) == 100
+    with pytest.raises(ReplayError, match="try again later"):
+        guard.check(ALICE.did, "nonce-new", created=NOW, now=NOW)
+    with pytest.raises(ReplayError, match="already used"):
+        guard.check(ALICE.did, "nonce-000000", created=NOW, now=NOW)  # not forgotten
+    # Once the window has passed, the old pairs go and new requests pass.
+    guard.check(ALICE.did, "nonce-new", created=NOW + SKEW + 1, now=NOW + SKEW + 1)
+    assert len(guard) == 1
+
+
+def test_check_request_reads_the_verified_headers() -> None:
+    guard = ReplayGuard()
+    headers = sign_request(ALICE, "GET", PATH, "format=raw", created=NOW)
+    assert verify_request(headers, "GET", PATH, "format=raw", now=NOW) == ALICE.did
+    guard.check_request(headers, NOW)
     with pytest.raises(ReplayError):
-        guard.check(ALICE.did, "nonce-000999", created=NOW, now=NOW)
+        guard.check_request(headers, NOW + 1)

@@ -19,6 +19,7 @@ from kernel.signed import sign_bytes
 from usagi_p2p.httpsig import sign_request
 from usagi_p2p.invitation import make_invitation
 from usagi_p2p.node import INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, Node
+from usagi_p2p.peer import REPLAY_KEY
 
 from .conftest import Pair
 
@@ -214,6 +215,12 @@ async def test_gateway_serves_only_a_party(pair: Pair) -> None:
     absent = await fetch(absent_path,
                          sign_request(buyer.identity, "GET", absent_path, "format=raw"))
     assert unknown[0] == stranger[0] == absent[0] == 404, (unknown, stranger, absent)
+    # Only the request that was served is remembered against replay: a stranger's
+    # signed requests cannot fill (and so flush) the guard.
+    guard = pair.seller_service.app[REPLAY_KEY]
+    for _ in range(5):
+        await fetch(path, sign_request(Identity.generate(), "GET", path, "format=raw"))
+    assert len(guard) == 1
     # A refusal looks exactly like a block that does not exist.
     assert unknown[1].replace(str(result.cid).encode(), b"") == \
         absent[1].replace(str(CID.for_block(b"absent")).encode(), b"")
