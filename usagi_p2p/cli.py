@@ -513,7 +513,58 @@ def show(ctx: click.Context, cid: str) -> None:
     from .inspect import show_document
 
     data = _run(_with_node(ctx, lambda node: show_document(node, CID.parse(cid))))
-    click.echo(json.dumps(_jsonable(data), indent=2, ensure_ascii=False))
+    _emit(ctx, data, lambda: _show_human(data))
+
+
+def _show_human(data: dict[str, Any]) -> None:
+    """A document as a person reads it; ``--json`` gives every field."""
+    from rich.console import Console
+    from rich.text import Text
+
+    doc = data["document"]
+    partner = data["partner"]["name"] or data["partner"]["did"]
+    arrow = f"from {partner}" if data["direction"] == "in" else f"to {partner}"
+    out = Console(emoji=False, highlight=False, markup=False,
+                  width=None if sys.stdout.isatty() else 10_000)
+
+    def line(label: str, value: Any) -> None:
+        if value not in (None, "", []):
+            out.print(Text(f"{label:<12}{value}"))
+
+    line("", f"{doc['kind']} {doc.get('ref') or ''}".rstrip())
+    line("party", f"{arrow} ({data['direction']}, {data['status']}"
+                  f"{': ' + data['reason'] if data['reason'] else ''})")
+    line("issued", doc.get("issued_at"))
+    for key in ("valid_until", "due", "currency", "total", "response", "note", "user"):
+        line(key.replace("_", " "), doc.get(key))
+    line("thread", data["thread"] if data["thread"] != data["cid"] else None)
+    line("replies to", ", ".join(str(p) for p in doc.get("prev", [])))
+    lines = doc.get("lines") or []
+    if lines:
+        out.print(Text(""))
+        _table(["#", "text", "qty", "unit", "unit price", "amount", "fields"],
+               [[i + 1, ln.get("text"), ln.get("qty"), ln.get("unit"), ln.get("unit_price"),
+                 ln.get("amount"),
+                 "; ".join(f"{ns}: " + ", ".join(f"{k}={v}" for k, v in fields.items())
+                           for ns, fields in (ln.get("ext") or {}).items()
+                           if isinstance(fields, dict))]
+                for i, ln in enumerate(lines)])
+    ext = {ns: f for ns, f in (doc.get("ext") or {}).items() if isinstance(f, dict)}
+    for ns, fields in ext.items():
+        shown = {k: v for k, v in fields.items() if k != "approvals"}
+        line(ns, ", ".join(f"{k}={v}" for k, v in shown.items()))
+        for approval in fields.get("approvals", []) if isinstance(fields.get("approvals"), list) else []:
+            if isinstance(approval, dict):
+                line("approved", f"{approval.get('role')} by {approval.get('by')}")
+    if data["findings"]:
+        out.print(Text(""))
+        for f in data["findings"]:
+            out.print(Text(f"{f['level']} [{f['plugin']}.{f['code']}] {f['path']}: {f['message']}"))
+    out.print(Text(""))
+    ack = data["ack"]
+    line("ack", f"{ack['status']}{' (' + ack['reason'] + ')' if ack['reason'] else ''} "
+                f"by {ack['by']} at {ack['at']}" if ack else "none yet")
+    line("cid", data["cid"])
 
 
 @main.command()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kernel import envelope as kenvelope
 from kernel.cid import CID
+from kernel.document import format_time
 from kernel.errors import UsagiError
 from kernel.messages import check_ack, open_ack
 from kernel.signed import open_signed
@@ -23,9 +25,14 @@ async def show_document(node: Node, cid: CID) -> dict[str, Any]:
         raise NodeError(f"{cid} is not in this node's ledger")
     document = open_signed(row.signed, "document", "from", kenvelope.DOCUMENT_LIMITS).body
     ack = await node.ledger.ack(cid)
+    partner = await node.ledger.partner(row.partner)
+    opened_ack = open_ack(ack[0]) if ack else None
     return {"cid": str(cid), "direction": row.direction, "status": row.status,
             "reason": row.reason, "thread": str(row.thread), "document": document,
-            "ack": {"status": ack[1], "reason": ack[2]} if ack else None}
+            "partner": {"did": row.partner, "name": partner.name if partner else None},
+            "user": row.user, "findings": json.loads(row.findings or "[]"),
+            "ack": {"status": ack[1], "reason": ack[2], "by": opened_ack.by,
+                    "at": format_time(opened_ack.at)} if ack and opened_ack else None}
 
 
 async def thread_documents(node: Node, cid: CID) -> list[dict[str, Any]]:

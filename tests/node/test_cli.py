@@ -71,6 +71,13 @@ def test_send_without_a_server_then_archive_round_trip(tmp_path: Path) -> None:
         cid = sent["cid"]
         verify = usagi(seller.path, "verify", cid)
         assert "ok   ack: received" in verify.stdout
+        shown = usagi(seller.path, "show", cid).stdout
+        assert "quote Q-1" in shown and "to Osaka Precision (out, delivered)" in shown
+        assert "M6x20 SUS304 hex bolt" in shown and "12.50" in shown
+        assert "ack         received by did:key:" in shown
+        full = json.loads(usagi(seller.path, "--json", "show", cid).stdout)
+        assert full["document"]["lines"][0]["unit_price"] == "12.50"
+        assert full["ack"]["status"] == "received" and full["partner"]["name"] == "Osaka Precision"
         floats = tmp_path / "bad.yaml"
         floats.write_text("lines:\n  - text: bolts\n    unit_price: 12.50\n")
         bad = usagi(seller.path, "send", "quote", "--to", "Osaka", str(floats), check=False)
