@@ -458,9 +458,30 @@ def _doc_rows(rows: list[Any]) -> list[dict[str, Any]]:
              "thread": str(r.thread)} for r in rows]
 
 
-def _list_documents(ctx: click.Context, direction: str) -> None:
+def _since(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date (YYYY-MM-DD) or an RFC 3339 time",
+                                 param_hint="--since") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _list_documents(ctx: click.Context, direction: str, partner: str | None, kind: str | None,
+                    status: str | None, since: str | None, limit: int) -> None:
+    since_ts = _since(since)
+
     async def run(node: Any) -> tuple[list[Any], dict[str, str]]:
-        rows = await node.ledger.documents(direction=direction, limit=10_000)
+        did = (await node.resolve_partner(partner)).did if partner else None
+        rows = await node.ledger.documents(direction=direction, partner=did, kind=kind,
+                                           status=status, since=since_ts, limit=limit,
+                                           newest=True)
         names = {p.did: p.name for p in await node.ledger.partners()}
         return rows, names
 
@@ -472,19 +493,43 @@ def _list_documents(ctx: click.Context, direction: str) -> None:
           d["status"], d["cid"]] for d in data]))
 
 
+def _list_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed((
+        click.option("--partner", default=None, help="Only this partner (name, prefix or DID)."),
+        click.option("--kind", default=None, help="Only this kind, e.g. order."),
+        click.option("--status", default=None,
+                     help="Only this status, e.g. undelivered, rejected, received."),
+        click.option("--since", default=None, help="Recorded since (YYYY-MM-DD or RFC 3339)."),
+        click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1),
+                     help="Show the newest N, oldest first."),
+    )):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
+@_list_options
 @click.pass_context
-def inbox(ctx: click.Context) -> None:
-    """Documents received from partners."""
-    _list_documents(ctx, "in")
+def inbox(ctx: click.Context, partner: str | None, kind: str | None, status: str | None,
+          since: str | None, limit: int) -> None:
+    """Documents received from partners (the newest 50 unless -n says otherwise).
+
+    Example: usagi inbox --partner Osaka --kind order --since 2026-12-01
+    """
+    _list_documents(ctx, "in", partner, kind, status, since, limit)
 
 
 @main.group(invoke_without_command=True)
+@_list_options
 @click.pass_context
-def outbox(ctx: click.Context) -> None:
-    """Documents sent, with their delivery state ('usagi outbox retry' to resend)."""
+def outbox(ctx: click.Context, partner: str | None, kind: str | None, status: str | None,
+           since: str | None, limit: int) -> None:
+    """Documents sent, with their delivery state ('usagi outbox retry' to resend).
+
+    Example: usagi outbox --status undelivered
+    """
     if ctx.invoked_subcommand is None:
-        _list_documents(ctx, "out")
+        _list_documents(ctx, "out", partner, kind, status, since, limit)
 
 
 @outbox.command("retry")

@@ -447,9 +447,17 @@ class Ledger:
 
     async def documents(self, *, direction: str | None = None, partner: str | None = None,
                         thread: CID | None = None, since: float | None = None,
-                        until: float | None = None, limit: int = 1000) -> list[DocumentRow]:
+                        until: float | None = None, kind: str | None = None,
+                        status: str | None = None, limit: int = 1000,
+                        newest: bool = False) -> list[DocumentRow]:
+        """Documents in the order they were recorded; ``newest`` keeps the last
+        ``limit`` of them rather than the first."""
         where: list[str] = []
         args: list[Any] = []
+        for column, value in (("kind", kind), ("status", status)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
         if direction:
             where.append("direction = ?")
             args.append(direction)
@@ -466,8 +474,11 @@ class Ledger:
             where.append("recorded_at < ?")
             args.append(until)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
+        order = "recorded_at DESC, cid DESC" if newest else "recorded_at, cid"
         rows = await self._all(f"SELECT {_DOC_COLUMNS} FROM documents {clause} "
-                               f"ORDER BY recorded_at, cid LIMIT ?", (*args, limit))
+                               f"ORDER BY {order} LIMIT ?", (*args, limit))
+        if newest:
+            rows.reverse()
         return [_doc(r) for r in rows]
 
     async def count_documents(self, direction: str | None = None) -> int:

@@ -158,3 +158,35 @@ def test_a_bad_body_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
                               text=True, env=env, timeout=60)
         assert proc.returncode == 1 and expected in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_inbox_and_outbox_show_the_newest_and_filter(tmp_path: Path) -> None:
+    import asyncio
+
+    from kernel.identity import Identity
+    from usagi_p2p.node import Node
+
+    home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
+    other = Identity.generate()
+
+    async def queue() -> None:
+        async with Node.load(home, None) as node:
+            await node.ledger.add_partner(other.did, "Osaka Precision", "http://127.0.0.1:9", None)
+            # No delivery loop runs: these stay queued, which is all the listing needs.
+            await node.send_many([("quote", "Osaka", {"ref": f"Q-{i:03d}"}, None)
+                                  for i in range(60)])
+            await node.send_many([("order", "Osaka", {"ref": "PO-last"}, None)])
+
+    asyncio.run(queue())
+    rows = json.loads(usagi(home.path, "--json", "outbox").stdout)
+    assert len(rows) == 50 and rows[-1]["ref"] == "PO-last"  # the newest 50, oldest first
+    assert [r["ref"] for r in json.loads(usagi(home.path, "--json", "outbox", "-n", "2").stdout)] \
+        == ["Q-059", "PO-last"]
+    orders = json.loads(usagi(home.path, "--json", "outbox", "--kind", "order").stdout)
+    assert [r["ref"] for r in orders] == ["PO-last"]
+    assert len(json.loads(usagi(home.path, "--json", "outbox", "--partner", "Osaka",
+                                "-n", "1000").stdout)) == 61
+    assert json.loads(usagi(home.path, "--json", "outbox", "--status", "delivered").stdout) == []
+    assert json.loads(usagi(home.path, "--json", "inbox", "--since", "2999-01-01").stdout) == []
+    bad = usagi(home.path, "outbox", "--since", "yesterday", check=False)
+    assert bad.returncode != 0 and "not a date" in bad.stderr
