@@ -185,13 +185,25 @@ def init(ctx: click.Context, name: str, port: int, host: str, endpoint: str | No
 
 @main.command()
 @click.option("--port", type=int, default=None, help="Override the configured port.")
+@click.option("--quiet", is_flag=True, help="Print only warnings, not each delivery.")
 @click.pass_context
-def serve(ctx: click.Context, port: int | None) -> None:
+def serve(ctx: click.Context, port: int | None, quiet: bool) -> None:
     """Run the node: the peer API and the delivery of the outbox, until Ctrl-C.
+
+    Prints a line for each document received or delivered (--quiet: warnings only).
 
     Example: usagi --home ./kanto serve
     """
     import signal
+
+    activity = logging.getLogger("usagi.activity")
+    if not quiet:
+        # Its own handler: a timestamped line a person reads in a terminal or a journal.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        activity.addHandler(handler)
+        activity.propagate = False
+        activity.setLevel(min(activity.getEffectiveLevel(), logging.INFO))
 
     from .service import Service
 

@@ -67,6 +67,8 @@ __all__ = ["Node", "SendResult", "MAX_BATCH", "MAX_BODY", "NOTICES_PATH", "INTRO
            "ROTATE_PATH"]
 
 log = logging.getLogger("usagi.node")
+#: One line per delivery and per received batch: what 'usagi serve' shows by default.
+activity = logging.getLogger("usagi.activity")
 
 NOTICES_PATH: Final = "/usagi/v1/notices"
 INTRODUCE_PATH: Final = "/usagi/v1/introduce"
@@ -94,6 +96,19 @@ class SendResult:
 def _prev_bytes(prev: Sequence[CID]) -> bytes:
     return dagcbor.encode(list(prev))
 
+
+
+def _log_batch(what: str, preposition: str, rows: list[tuple[DocumentRow, str]]) -> None:
+    """One activity line per document for a small batch, one line for a large one."""
+    if not activity.isEnabledFor(logging.INFO):
+        return
+    if len(rows) <= 5:
+        for row, name in rows:
+            activity.info("%s %s %s %s %s (%s)", what, row.kind, row.ref or "", preposition,
+                          name, row.cid)
+    else:
+        partners = sorted({name for _, name in rows})
+        activity.info("%s %d documents %s %s", what, len(rows), preposition, ", ".join(partners))
 
 class Node:
     """One company's node. ``async with Node.load(home, passphrase) as node``."""
@@ -495,6 +510,12 @@ class Node:
                 continue
             delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
         await self.ledger.mark_delivered(delivered)
+        for cid, _raw, status, reason, _at in delivered:
+            if status == "rejected":
+                activity.warning("%s rejected %s: %s", partner.name, cid, reason)
+        if delivered:
+            activity.info("delivered %d document(s) to %s%s", len(delivered), partner.name,
+                          f" ({delivered[0][0]})" if len(delivered) == 1 else "")
         for cid, *_ in delivered:
             waiter = self._ack_waiters.pop(cid, None)
             if waiter is not None and not waiter.done():
@@ -637,6 +658,7 @@ class Node:
         mine = self.my_dids(now_ts)
         notices: list[Notice] = []
         known: set[str] = set()
+        names: dict[str, str] = {}
         named: set[CID] = set()
         for raw in raws:
             if type(raw) is not bytes:
@@ -652,6 +674,7 @@ class Node:
                            else "it is not an active partner")
                     raise UnknownSenderError(f"{notice.sender} refused: {why}")
                 known.add(notice.sender)
+                names[notice.sender] = partner.name
             notices.append(notice)
             named.add(notice.cid)
         if not pushed.keys() <= named:
@@ -690,6 +713,8 @@ class Node:
                 acks[i] = make_ack(self.identity, cid=notice.cid, to=notice.sender,
                                    nonce=notice.nonce, status="rejected", at=self.now(),
                                    reason=outcome.code)
+                activity.warning("rejected %s from %s: %s (%s)", notice.cid,
+                                 names.get(notice.sender, notice.sender), outcome.code, outcome)
                 continue
             opened, block, findings = outcome
             if opened.cid in already:  # the same block under a new notice: answer, store once
@@ -715,6 +740,8 @@ class Node:
                 (row, prev, ack, "received", format_time(self.now()), notice.sender, notice.nonce)
                 for notice, _block, ack, row, prev in statements_ok
             ])
+            _log_batch("received", "from", [(s[3], names.get(s[0].sender, s[0].sender))
+                                             for s in statements_ok])
         return [a for a in acks if a is not None]
 
     async def _take(self, notice: Notice, block: bytes | None) -> Any:

@@ -52,9 +52,10 @@ def test_send_without_a_server_then_archive_round_trip(tmp_path: Path) -> None:
 
     seller = make_home(tmp_path / "kanto", "Kanto Machine Tools")
     buyer = make_home(tmp_path / "osaka", "Osaka Precision")
+    serve_log = (tmp_path / "serve.log").open("wb")
     serve = subprocess.Popen([sys.executable, "-m", "usagi_p2p", "--home", str(buyer.path),
                               "serve"], env=dict(os.environ, PYTHONPATH=str(REPO)),
-                             stderr=subprocess.DEVNULL)
+                             stderr=serve_log)
     try:
         from .conftest import wait_serving
 
@@ -85,6 +86,10 @@ def test_send_without_a_server_then_archive_round_trip(tmp_path: Path) -> None:
     finally:
         serve.terminate()
         serve.wait(10)
+        serve_log.close()
+    # 'usagi serve' tells a person what arrived, with the partner's name.
+    assert f"received quote Q-1 from Kanto Machine Tools ({cid})" in \
+        (tmp_path / "serve.log").read_text()
 
     car = tmp_path / "kanto.car"
     usagi(seller.path, "archive", "export", "--out", str(car))
