@@ -9,10 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from usagi_p2p.home import Home
-from usagi_p2p.node import Node
 from usagi_p2p.plugin_host import PluginHost
-from usagi_p2p.service import Service
 
+from ..node.conftest import start
 from .test_trade import make_home
 from .test_users_cli import cli
 
@@ -90,15 +89,8 @@ async def test_a_node_judges_with_its_configured_settings(tmp_path: Path) -> Non
     # The buyer knows its site's hours; the document does not carry them.
     config.plugin_settings = {"construction": {"schedules": {"芝浦": {"hours": "08:00-12:00"}}}}
     buyer_home.save_config(config)
-    nodes, services = [], []
-    for h in (seller_home, buyer_home):
-        node = Node.load(h, None)
-        await node.open()
-        service = Service(node)
-        await service.start()
-        nodes.append(node)
-        services.append(service)
-    seller, buyer = nodes
+    seller, seller_service = await start(seller_home)
+    buyer, buyer_service = await start(buyer_home)
     try:
         await buyer.add_partner((await seller.invite()).text())
         body = {"lines": [{"text": "構造用合板 1820×910×12mm"}],
@@ -112,28 +104,7 @@ async def test_a_node_judges_with_its_configured_settings(tmp_path: Path) -> Non
         codes = [f["code"] for f in json.loads(row.findings or "[]")]
         assert codes == ["outside_site_window"]
     finally:
-        for service in services:
+        for service in (seller_service, buyer_service):
             await service.close()
-        for node in nodes:
+        for node in (seller, buyer):
             await node.close()
-
-
-@pytest.mark.parametrize("own", [["x"], 5, "abc"])
-def test_settings_that_are_not_an_object_break_only_that_plugin(own: object) -> None:
-    host = PluginHost.load(["food", "machinery"], settings={"food": own})  # type: ignore[dict-item]
-    assert "food" in host.broken and "machinery" in host.plugins
-
-
-def test_a_config_with_malformed_plugin_settings_is_a_clear_error(home: Home) -> None:
-    from usagi_p2p.errors import ConfigError
-
-    data = json.loads(home.config_path.read_text())
-    data["plugin_settings"] = {"food": ["freshness_days", 3]}
-    home.config_path.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match="plugin_settings"):
-        home.load_config()
-
-
-def test_a_json_typo_is_named(home: Home) -> None:
-    out = run(home, "plugins", "configure", "construction", 'schedules={"芝浦": {"hours"}', code=1)
-    assert "not valid JSON" in out
