@@ -108,3 +108,24 @@ async def test_a_node_judges_with_its_configured_settings(tmp_path: Path) -> Non
             await service.close()
         for node in (seller, buyer):
             await node.close()
+
+
+@pytest.mark.parametrize("own", [["x"], 5, "abc"])
+def test_settings_that_are_not_an_object_break_only_that_plugin(own: object) -> None:
+    host = PluginHost.load(["food", "machinery"], settings={"food": own})  # type: ignore[dict-item]
+    assert "food" in host.broken and "machinery" in host.plugins
+
+
+def test_a_config_with_malformed_plugin_settings_is_a_clear_error(home: Home) -> None:
+    from usagi_p2p.errors import ConfigError
+
+    data = json.loads(home.config_path.read_text())
+    data["plugin_settings"] = {"food": ["freshness_days", 3]}
+    home.config_path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="plugin_settings"):
+        home.load_config()
+
+
+def test_a_json_typo_is_named(home: Home) -> None:
+    out = run(home, "plugins", "configure", "construction", 'schedules={"芝浦": {"hours"}', code=1)
+    assert "not valid JSON" in out
