@@ -113,12 +113,11 @@ class ReplayGuard:
 
 
 def verify_request(headers: Mapping[str, str], method: str, path: str, query: str,
-                   now: float | None = None, skew: float = SKEW,
-                   replay: ReplayGuard | None = None) -> str:
+                   now: float | None = None, skew: float = SKEW) -> str:
     """Verify a signed request; return the signer's DID. Raises on any failure.
 
-    With ``replay``, a (signer, nonce) pair already accepted inside the window
-    raises ReplayError.
+    Replays are the caller's to refuse, once it has authorized the signer
+    (:meth:`ReplayGuard.check_request`).
     """
     signature_input = headers.get("Signature-Input")
     signature = headers.get("Signature")
@@ -135,6 +134,4 @@ def verify_request(headers: Mapping[str, str], method: str, path: str, query: st
     params = _params(created, nonce, keyid)
     raw = base64.b64decode(sig_match.group(1))
     party(keyid).verify("request", _base(method, path, query, params), raw)
-    if replay is not None:
-        replay.check(keyid, nonce, created, now)
     return keyid

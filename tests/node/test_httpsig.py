@@ -40,16 +40,19 @@ def test_outside_the_window_is_expired() -> None:
 
 def test_the_same_signed_request_is_accepted_once() -> None:
     guard = ReplayGuard()
+
+    def accept(headers: dict[str, str], now: int) -> None:
+        verify_request(headers, "GET", PATH, "format=raw", now=now)
+        guard.check_request(headers, now)
+
     headers = sign_request(ALICE, "GET", PATH, "format=raw", created=NOW)
-    verify_request(headers, "GET", PATH, "format=raw", now=NOW, replay=guard)
+    accept(headers, NOW)
     with pytest.raises(ReplayError):
-        verify_request(headers, "GET", PATH, "format=raw", now=NOW + 10, replay=guard)
+        accept(headers, NOW + 10)
     # A fresh nonce from the same signer, and the same nonce from another signer, pass.
-    fresh = sign_request(ALICE, "GET", PATH, "format=raw", created=NOW)
-    verify_request(fresh, "GET", PATH, "format=raw", now=NOW + 10, replay=guard)
+    accept(sign_request(ALICE, "GET", PATH, "format=raw", created=NOW), NOW + 10)
     nonce = headers["Signature-Input"].split('nonce="')[1].split('"')[0]
-    other = sign_request(BOB, "GET", PATH, "format=raw", created=NOW, nonce=nonce)
-    verify_request(other, "GET", PATH, "format=raw", now=NOW + 10, replay=guard)
+    accept(sign_request(BOB, "GET", PATH, "format=raw", created=NOW, nonce=nonce), NOW + 10)
 
 
 def test_a_bad_signature_does_not_use_up_the_nonce() -> None:
@@ -59,9 +62,11 @@ def test_a_bad_signature_does_not_use_up_the_nonce() -> None:
     sig = forged["Signature"]
     forged["Signature"] = sig[:12] + ("A" if sig[12] != "A" else "B") + sig[13:]
     with pytest.raises(InvalidSignatureError):
-        verify_request(forged, "GET", PATH, "format=raw", now=NOW, replay=guard)
-    assert len(guard) == 0
-    verify_request(headers, "GET", PATH, "format=raw", now=NOW, replay=guard)
+        verify_request(forged, "GET", PATH, "format=raw", now=NOW)
+    assert len(guard) == 0  # nothing recorded before a request is accepted
+    verify_request(headers, "GET", PATH, "format=raw", now=NOW)
+    guard.check_request(headers, NOW)
+    assert len(guard) == 1
 
 
 def test_pairs_are_forgotten_only_once_they_can_no_longer_pass() -> None:
