@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -83,12 +84,15 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
     """Rows as a table. Cells are plain text: names, refs and notes come from
     partners, so no Rich markup or emoji codes are read in them (``did:key:``
     must not turn into a key emoji, nor ``[/]`` into an error), and control
-    characters are dropped. Piped output is never shortened."""
+    characters are shown as escapes (:func:`printable`). Piped output is never
+    shortened."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    cells = [[Text(str(c)) if c is not None else Text("") for c in row] for row in rows]
+    from .invitation import printable
+
+    cells = [[Text(printable(c)) if c is not None else Text("") for c in row] for row in rows]
     table = Table(box=None, pad_edge=False)
     for i, header in enumerate(headers):
         whole = header in _WHOLE
@@ -200,7 +204,9 @@ def serve(ctx: click.Context, port: int | None, quiet: bool) -> None:
     if not quiet:
         # Its own handler: a timestamped line a person reads in a terminal or a journal.
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        stamp = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+        stamp.converter = time.gmtime  # UTC, like every time the node writes
+        handler.setFormatter(stamp)
         activity.addHandler(handler)
         activity.propagate = False
         activity.setLevel(min(activity.getEffectiveLevel(), logging.INFO))
@@ -490,8 +496,8 @@ def _list_documents(ctx: click.Context, direction: str, partner: str | None, kin
     since_ts = _since(since)
 
     async def run(node: Any) -> tuple[list[Any], dict[str, str]]:
-        did = (await node.resolve_partner(partner)).did if partner else None
-        rows = await node.ledger.documents(direction=direction, partner=did, kind=kind,
+        dids = await node.partner_dids(partner) if partner else None
+        rows = await node.ledger.documents(direction=direction, partners=dids, kind=kind,
                                            status=status, since=since_ts, limit=limit,
                                            newest=True)
         names = {p.did: p.name for p in await node.ledger.partners()}
@@ -511,7 +517,8 @@ def _list_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--kind", default=None, help="Only this kind, e.g. order."),
         click.option("--status", default=None,
                      help="Only this status, e.g. undelivered, rejected, received."),
-        click.option("--since", default=None, help="Recorded since (YYYY-MM-DD or RFC 3339)."),
+        click.option("--since", default=None,
+                     help="Recorded since (YYYY-MM-DD is midnight UTC, or an RFC 3339 time)."),
         click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1),
                      help="Show the newest N, oldest first."),
     )):
@@ -566,7 +573,10 @@ def outbox_retry(ctx: click.Context, who: str | None) -> None:
 @click.argument("cid")
 @click.pass_context
 def show(ctx: click.Context, cid: str) -> None:
-    """Show one document as it was opened (no decryption needed)."""
+    """Show one document as it was opened (no decryption needed).
+
+    'usagi --json show CID' prints every field as JSON.
+    """
     from .inspect import show_document
 
     data = _run(_with_node(ctx, lambda node: show_document(node, CID.parse(cid))))
@@ -578,6 +588,8 @@ def _show_human(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.text import Text
 
+    from .invitation import printable
+
     doc = data["document"]
     partner = data["partner"]["name"] or data["partner"]["did"]
     arrow = f"from {partner}" if data["direction"] == "in" else f"to {partner}"
@@ -585,8 +597,9 @@ def _show_human(data: dict[str, Any]) -> None:
                   width=None if sys.stdout.isatty() else 10_000)
 
     def line(label: str, value: Any) -> None:
+        # Everything here may come from the partner: printed as escaped text.
         if value not in (None, "", []):
-            out.print(Text(f"{label:<12}{value}"))
+            out.print(Text(f"{printable(label):<11} {printable(value)}"))
 
     line("", f"{doc['kind']} {doc.get('ref') or ''}".rstrip())
     line("party", f"{arrow} ({data['direction']}, {data['status']}"
@@ -616,7 +629,8 @@ def _show_human(data: dict[str, Any]) -> None:
     if data["findings"]:
         out.print(Text(""))
         for f in data["findings"]:
-            out.print(Text(f"{f['level']} [{f['plugin']}.{f['code']}] {f['path']}: {f['message']}"))
+            out.print(Text(printable(f"{f['level']} [{f['plugin']}.{f['code']}] {f['path']}: "
+                                     f"{f['message']}")))
     out.print(Text(""))
     ack = data["ack"]
     line("ack", f"{ack['status']}{' (' + ack['reason'] + ')' if ack['reason'] else ''} "

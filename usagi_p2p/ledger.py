@@ -446,14 +446,19 @@ class Ledger:
         return _doc(row) if row else None
 
     async def documents(self, *, direction: str | None = None, partner: str | None = None,
+                        partners: Sequence[str] | None = None,
                         thread: CID | None = None, since: float | None = None,
                         until: float | None = None, kind: str | None = None,
                         status: str | None = None, limit: int = 1000,
                         newest: bool = False) -> list[DocumentRow]:
         """Documents in the order they were recorded; ``newest`` keeps the last
-        ``limit`` of them rather than the first."""
+        ``limit`` of them rather than the first. ``partners`` matches any of
+        several DIDs (a partner's keys across rotations)."""
         where: list[str] = []
         args: list[Any] = []
+        if partners:
+            where.append(f"partner IN ({','.join('?' * len(partners))})")
+            args.extend(partners)
         for column, value in (("kind", kind), ("status", status)):
             if value:
                 where.append(f"{column} = ?")
@@ -474,7 +479,7 @@ class Ledger:
             where.append("recorded_at < ?")
             args.append(until)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        order = "recorded_at DESC, cid DESC" if newest else "recorded_at, cid"
+        order = "recorded_at DESC, rowid DESC" if newest else "recorded_at, cid"
         rows = await self._all(f"SELECT {_DOC_COLUMNS} FROM documents {clause} "
                                f"ORDER BY {order} LIMIT ?", (*args, limit))
         if newest:

@@ -59,7 +59,7 @@ from kernel.thread import canonical
 from .errors import BodyTooLargeError, PartnerError, PeerError
 from .home import Config, Home
 from .httpsig import sign_request
-from .invitation import Invitation, make_invitation, parse_invitation
+from .invitation import Invitation, make_invitation, parse_invitation, printable
 from .ledger import DocumentRow, Ledger, Partner
 from .plugin_host import PluginHost, findings_json
 
@@ -104,10 +104,10 @@ def _log_batch(what: str, preposition: str, rows: list[tuple[DocumentRow, str]])
         return
     if len(rows) <= 5:
         for row, name in rows:
-            activity.info("%s %s %s %s %s (%s)", what, row.kind, row.ref or "", preposition,
-                          name, row.cid)
+            activity.info("%s %s %s %s %s (%s)", what, row.kind, printable(row.ref or ""),
+                          preposition, printable(name), row.cid)
     else:
-        partners = sorted({name for _, name in rows})
+        partners = sorted({printable(name) for _, name in rows})
         activity.info("%s %d documents %s %s", what, len(rows), preposition, ", ".join(partners))
 
 class Node:
@@ -211,6 +211,12 @@ class Node:
                 except NotRecipientError:
                     continue
             raise
+
+    async def partner_dids(self, key: str) -> list[str]:
+        """A partner's current DID and every DID it rotated away from (its history)."""
+        did = (await self.resolve_partner(key)).did
+        aliases = await self.ledger.aliases()
+        return [did, *(old for old in aliases if canonical(old, aliases) == did)]
 
     async def canonical(self, did: str) -> str:
         """The key a party uses now, following rotations."""
@@ -510,11 +516,14 @@ class Node:
                 continue
             delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
         await self.ledger.mark_delivered(delivered)
-        for cid, _raw, status, reason, _at in delivered:
-            if status == "rejected":
-                activity.warning("%s rejected %s: %s", partner.name, cid, reason)
-        if delivered:
-            activity.info("delivered %d document(s) to %s%s", len(delivered), partner.name,
+        refused = [(cid, reason) for cid, _raw, status, reason, _at in delivered
+                   if status == "rejected"]
+        if refused:
+            activity.warning("%s rejected %d document(s), e.g. %s: %s", printable(partner.name),
+                             len(refused), refused[0][0], printable(refused[0][1] or "no reason"))
+        if len(delivered) > len(refused):
+            received = len(delivered) - len(refused)
+            activity.info("delivered %d document(s) to %s%s", received, printable(partner.name),
                           f" ({delivered[0][0]})" if len(delivered) == 1 else "")
         for cid, *_ in delivered:
             waiter = self._ack_waiters.pop(cid, None)
@@ -682,6 +691,7 @@ class Node:
             # anything else is refused with the whole batch.
             raise CIDMismatchError("a pushed block hashes to no CID named in the batch")
         acks: list[bytes | None] = [None] * len(notices)
+        rejected: list[tuple[CID, UsagiError]] = []
         fresh: list[int] = []
         seen: dict[bytes, bytes] = {}
         for sender in known:
@@ -713,8 +723,7 @@ class Node:
                 acks[i] = make_ack(self.identity, cid=notice.cid, to=notice.sender,
                                    nonce=notice.nonce, status="rejected", at=self.now(),
                                    reason=outcome.code)
-                activity.warning("rejected %s from %s: %s (%s)", notice.cid,
-                                 names.get(notice.sender, notice.sender), outcome.code, outcome)
+                rejected.append((notice.cid, outcome))
                 continue
             opened, block, findings = outcome
             if opened.cid in already:  # the same block under a new notice: answer, store once
@@ -742,6 +751,11 @@ class Node:
             ])
             _log_batch("received", "from", [(s[3], names.get(s[0].sender, s[0].sender))
                                              for s in statements_ok])
+        if rejected:
+            sender = printable(", ".join(sorted(names.values())))
+            first_cid, first = rejected[0]
+            activity.warning("rejected %d document(s) from %s, e.g. %s: %s (%s)", len(rejected),
+                             sender, first_cid, first.code, printable(first))
         return [a for a in acks if a is not None]
 
     async def _take(self, notice: Notice, block: bytes | None) -> Any:

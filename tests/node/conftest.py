@@ -66,12 +66,17 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
 
 
 def serve_process(home: Path) -> subprocess.Popen[bytes]:
-    """``usagi serve`` as a real child process (for SIGKILL tests)."""
+    """``usagi serve`` as a real child process (for SIGKILL tests).
+
+    Its stderr goes to ``HOME/serve.err`` (appended), not a pipe nobody drains:
+    serve writes a line per batch, and a full pipe would stall it.
+    """
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen(
-        [sys.executable, "-m", "usagi_p2p", "--home", str(home), "serve"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-    )
+    with (home / "serve.err").open("ab") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "usagi_p2p", "--home", str(home), "serve"],
+            stdout=subprocess.DEVNULL, stderr=err, env=env,
+        )
 
 
 def wait_serving(home: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -80,6 +85,7 @@ def wait_serving(home: Path, proc: subprocess.Popen[bytes], timeout: float = 20.
         if (home / "serve.json").exists():
             return
         if proc.poll() is not None:
-            raise RuntimeError(f"usagi serve exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            err = home / "serve.err"
+            raise RuntimeError(f"usagi serve exited: {err.read_text() if err.exists() else ''}")
         time.sleep(0.05)
     raise RuntimeError("usagi serve did not start")

@@ -195,3 +195,44 @@ def test_inbox_and_outbox_show_the_newest_and_filter(tmp_path: Path) -> None:
     assert json.loads(usagi(home.path, "--json", "inbox", "--since", "2999-01-01").stdout) == []
     bad = usagi(home.path, "outbox", "--since", "yesterday", check=False)
     assert bad.returncode != 0 and "not a date" in bad.stderr
+
+
+def test_text_a_partner_wrote_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    import asyncio
+
+    from usagi_p2p.invitation import printable
+
+    from .conftest import start
+
+    assert printable("Q\x1b[31m-1\nack") == "Q\\x1b[31m-1\\nack"
+    assert printable("平日午前中\u3000納品") == "平日午前中\u3000納品"  # ordinary text untouched
+    assert printable("a\u202eb") == "a\\u202eb"
+
+    seller_home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
+    buyer_home = make_home(tmp_path / "osaka", "Osaka Precision")
+    forged = "Q-1\x1b[31m\nack         received by did:key:zFAKE"
+
+    async def trade() -> str:
+        seller, seller_service = await start(seller_home)
+        buyer, buyer_service = await start(buyer_home)
+        try:
+            await buyer.add_partner((await seller.invite()).text())
+            result = await seller.send("quote", "Osaka", {"ref": forged, "note": "x\x1b]0;t\x07",
+                                                          "lines": [{"text": "bolt\r\x1b[2K"}]})
+            assert await seller.wait_for_ack(result.cid, 15)
+            return str(result.cid)
+        finally:
+            for service in (seller_service, buyer_service):
+                await service.close()
+            for node in (seller, buyer):
+                await node.close()
+
+    cid = asyncio.run(trade())
+    shown = usagi(buyer_home.path, "show", cid).stdout
+    assert "\x1b" not in shown and "\r" not in shown and "\x07" not in shown
+    assert "Q-1\\x1b[31m\\nack" in shown and "bolt\\r\\x1b[2K" in shown
+    # The forged line is not a line of its own: the only ack line is the real one.
+    assert [ln for ln in shown.splitlines() if ln.startswith("ack")] == \
+        [ln for ln in shown.splitlines() if ln.startswith("ack") and "zFAKE" not in ln]
+    listed = usagi(buyer_home.path, "inbox").stdout
+    assert "\x1b" not in listed and "Q-1\\x1b[31m" in listed

@@ -77,6 +77,12 @@ async def test_rotation_end_to_end(pair: Pair) -> None:
     ack = await seller.wait_for_ack(invoice.cid, 15)
     assert ack is not None and open_ack(ack[0]).by == buyer.did
 
+    # A partner's history spans its keys: the quote went to the old one.
+    dids = await seller.partner_dids("Osaka")
+    assert dids[0] == buyer.did and old_buyer.did in dids
+    sent = await seller.ledger.documents(direction="out", partners=dids, newest=True)
+    assert [r.ref for r in sent] == ["Q-1", "INV-1"]
+
     # Documents sealed to the old key still open, and the thread spans the rotation.
     for node in (buyer, seller):
         report = await verify_document(node, invoice.cid)
