@@ -274,7 +274,10 @@ def partner_add(ctx: click.Context, invitation: str, no_introduce: bool) -> None
 @partner.command("list")
 @click.pass_context
 def partner_list(ctx: click.Context) -> None:
-    """List partners and their state."""
+    """List partners and their state.
+
+    Example: usagi partner list
+    """
     async def run(node: Any) -> Any:
         return await node.ledger.partners()
 
@@ -286,7 +289,7 @@ def partner_list(ctx: click.Context) -> None:
 
 
 def _partner_state(name: str, status: str, help_text: str) -> None:
-    @partner.command(name, help=help_text)
+    @partner.command(name, help=f"{help_text}\n\nExample: usagi partner {name} Osaka")
     @click.argument("who")
     @click.pass_context
     def command(ctx: click.Context, who: str) -> None:
@@ -310,7 +313,10 @@ _partner_state("remove", "removed", "Remove a partner: its notices and block req
 @click.argument("name")
 @click.pass_context
 def partner_rename(ctx: click.Context, who: str, name: str) -> None:
-    """Give a partner another local name."""
+    """Give a partner another local name.
+
+    Example: usagi partner rename did:key:z6Mk… "Osaka Precision (plant 2)"
+    """
     from .errors import PartnerError
     from .invitation import name_problem
 
@@ -555,7 +561,10 @@ def outbox(ctx: click.Context, partner: str | None, kind: str | None, status: st
 @click.argument("who", required=False)
 @click.pass_context
 def outbox_retry(ctx: click.Context, who: str | None) -> None:
-    """Queue every undelivered document (to one partner, or all) again and deliver."""
+    """Queue every undelivered document (to one partner, or all) again and deliver.
+
+    Example: usagi outbox retry Osaka
+    """
     home = _home(ctx)
 
     async def run(node: Any) -> int:
@@ -576,6 +585,8 @@ def show(ctx: click.Context, cid: str) -> None:
     """Show one document as it was opened (no decryption needed).
 
     'usagi --json show CID' prints every field as JSON.
+
+    Example: usagi show bafyreidzynkiwssvwptdfenz5q44kryk52ow2x2tx4yduy42k3x7t7ekhu
     """
     from .inspect import show_document
 
@@ -642,7 +653,10 @@ def _show_human(data: dict[str, Any]) -> None:
 @click.argument("cid")
 @click.pass_context
 def thread(ctx: click.Context, cid: str) -> None:
-    """List the thread a document belongs to, in causal order."""
+    """List the thread a document belongs to, in causal order.
+
+    Example: usagi thread bafyrei…   (any document of the trade)
+    """
     from .inspect import thread_documents
 
     rows = _run(_with_node(ctx, lambda node: thread_documents(node, CID.parse(cid))))
@@ -658,6 +672,8 @@ def verify(ctx: click.Context, cid: str) -> None:
     """Check a document end to end: block hash, signature, parties, thread, the partner's ack.
 
     Exit code 0 only when every check holds.
+
+    Example: usagi verify bafyrei… && echo trusted
     """
     from .inspect import verify_document
 
@@ -676,7 +692,10 @@ def verify(ctx: click.Context, cid: str) -> None:
 @main.command()
 @click.pass_context
 def status(ctx: click.Context) -> None:
-    """This node: identity, endpoint, store, partners, documents, outbox."""
+    """This node: identity, endpoint, store, partners, documents, outbox.
+
+    Example: usagi --json status
+    """
     async def run(node: Any) -> dict[str, Any]:
         return {
             "name": node.config.name,
@@ -707,7 +726,10 @@ def key() -> None:
 @key.command("show")
 @click.pass_context
 def key_show(ctx: click.Context) -> None:
-    """The current DID and the retired keys kept to open old documents."""
+    """The current DID and the retired keys kept to open old documents.
+
+    Example: usagi key show
+    """
     async def run(node: Any) -> dict[str, Any]:
         rotations = await node.ledger.own_rotations()
         return {"did": node.did, "retired": [i.did for i in node.retired],
@@ -760,7 +782,10 @@ def key_rotate(ctx: click.Context, overlap_days: float) -> None:
 @key.command("announce")
 @click.pass_context
 def key_announce(ctx: click.Context) -> None:
-    """Tell partners again about this node's latest rotation."""
+    """Tell partners again about this node's latest rotation.
+
+    Example: usagi key announce   (after a partner was unreachable during 'key rotate')
+    """
     async def run(node: Any) -> dict[str, str]:
         rotations = [r for r in await node.ledger.own_rotations() if r[1] == node.did]
         if not rotations:
@@ -793,7 +818,10 @@ _register_commands()
 @main.command()
 @click.option("--keep", is_flag=True, help="Keep the demo's temporary homes.")
 def demo(keep: bool) -> None:
-    """Two companies on loopback trade quote -> order -> response -> delivery -> invoice."""
+    """Two companies on loopback trade quote -> order -> response -> delivery -> invoice.
+
+    Example: usagi demo --keep   (keeps the two temporary homes to look at)
+    """
     from .demo import run_demo
 
     raise SystemExit(run_demo(keep=keep))

@@ -105,7 +105,10 @@ def plugins_group() -> None:
 @plugins_group.command("list")
 @click.pass_context
 def plugins_list(ctx: click.Context) -> None:
-    """Show enabled, available (installed, not enabled) and broken plugins."""
+    """Show enabled, available (installed, not enabled) and broken plugins.
+
+    Example: usagi plugins list
+    """
     config = _home(ctx).load_config()
     rows = PluginHost.for_config(config).describe()
     if _json(ctx):
@@ -122,7 +125,10 @@ def plugins_list(ctx: click.Context) -> None:
 @click.argument("name")
 @click.pass_context
 def plugins_enable(ctx: click.Context, name: str) -> None:
-    """Enable an installed plugin for this node (takes effect on the next start)."""
+    """Enable an installed plugin for this node (takes effect on the next start).
+
+    Example: usagi plugins enable food
+    """
     home = _home(ctx)
     config = home.load_config()
     installed = available()
@@ -142,7 +148,10 @@ def plugins_enable(ctx: click.Context, name: str) -> None:
 @click.argument("name")
 @click.pass_context
 def plugins_disable(ctx: click.Context, name: str) -> None:
-    """Disable a plugin; documents already stored keep their fields."""
+    """Disable a plugin; documents already stored keep their fields.
+
+    Example: usagi plugins disable food
+    """
     home = _home(ctx)
     config = home.load_config()
     if name not in config.plugins:
@@ -165,6 +174,8 @@ def plugins_configure(ctx: click.Context, name: str, settings: tuple[str, ...],
     Settings are the keyword arguments of the plugin's constructor
     (docs/plugins.md, "Settings"). The plugin is started with the new settings
     first; settings it refuses are not saved. Takes effect on the next start.
+
+    Example: usagi plugins configure construction 'schedules={"芝浦": {"hours": "08:00-12:00"}}'
     """
     home = _home(ctx)
     config = home.load_config()
@@ -208,7 +219,10 @@ def plugins_configure(ctx: click.Context, name: str, settings: tuple[str, ...],
 @click.option("--user", default=None, help="Check with this user's plugins only.")
 @click.pass_context
 def plugins_check(ctx: click.Context, file: Path, user: str | None) -> None:
-    """Print the findings of the enabled plugins on a document (JSON or YAML)."""
+    """Print the findings of the enabled plugins on a document (JSON or YAML).
+
+    Example: usagi plugins check order.yaml --user tanaka
+    """
     text = file.read_text(encoding="utf-8")
     if file.suffix.lower() in (".yaml", ".yml"):
         import yaml
@@ -244,7 +258,10 @@ def user_group() -> None:
 @click.pass_context
 def user_add(ctx: click.Context, name: str, plugins: str | None, role: str | None,
              insecure_no_passphrase: bool) -> None:
-    """Create a user with an own Ed25519 key in HOME/users/NAME.key."""
+    """Create a user with an own Ed25519 key in HOME/users/NAME.key.
+
+    Example: usagi user add suzuki --plugins medical --role pharmacist
+    """
     home = _home(ctx)
     passphrase = None
     if not insecure_no_passphrase:
@@ -263,7 +280,10 @@ def user_add(ctx: click.Context, name: str, plugins: str | None, role: str | Non
 @user_group.command("list")
 @click.pass_context
 def user_list(ctx: click.Context) -> None:
-    """Users with their DID, plugins and role."""
+    """Users with their DID, plugins and role.
+
+    Example: usagi user list
+    """
     config = _home(ctx).load_config()
     if _json(ctx):
         click.echo(json.dumps(config.users, indent=2, ensure_ascii=False))
@@ -279,7 +299,10 @@ def user_list(ctx: click.Context) -> None:
 @click.option("--all", "all_plugins", is_flag=True, help="Work with every enabled plugin.")
 @click.pass_context
 def user_move(ctx: click.Context, name: str, plugins: str | None, all_plugins: bool) -> None:
-    """Move a user to other plugins: a config change, nothing is migrated."""
+    """Move a user to other plugins: a config change, nothing is migrated.
+
+    Example: usagi user move tanaka --plugins food
+    """
     if (plugins is None) == (not all_plugins):
         raise click.ClickException("give either --plugins a,b or --all")
     try:
@@ -297,7 +320,10 @@ def user_move(ctx: click.Context, name: str, plugins: str | None, all_plugins: b
 @click.option("--user", default=None, help="Use this user's plugins only.")
 @click.pass_context
 def extract_command(ctx: click.Context, text: str, user: str | None) -> None:
-    """Print what each enabled plugin extracts from a line of free text."""
+    """Print what each enabled plugin extracts from a line of free text.
+
+    Example: usagi extract "M6x20 SUS304 hex bolt" --user tanaka
+    """
     host = PluginHost.for_config(_home(ctx).load_config())
     result = host.extract(text, user=user)
     if _json(ctx):

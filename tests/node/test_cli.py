@@ -236,3 +236,16 @@ def test_text_a_partner_wrote_cannot_drive_the_terminal(tmp_path: Path) -> None:
         [ln for ln in shown.splitlines() if ln.startswith("ack") and "zFAKE" not in ln]
     listed = usagi(buyer_home.path, "inbox").stdout
     assert "\x1b" not in listed and "Q-1\\x1b[31m" in listed
+
+
+def test_every_command_explains_itself_with_an_example() -> None:
+    import click
+
+    from usagi_p2p.cli import main
+
+    def walk(command: click.Command, path: list[str]) -> list[str]:
+        if isinstance(command, click.Group):
+            return [p for name, sub in command.commands.items() for p in walk(sub, [*path, name])]
+        return [] if "Example" in (command.help or "") else [" ".join(path)]
+
+    assert walk(main, []) == []
