@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS documents (
 );
 CREATE INDEX IF NOT EXISTS documents_thread ON documents(thread);
 CREATE INDEX IF NOT EXISTS documents_partner ON documents(partner, recorded_at);
+CREATE INDEX IF NOT EXISTS documents_direction ON documents(direction, recorded_at);  -- inbox/outbox
 CREATE TABLE IF NOT EXISTS acks (
     cid BLOB PRIMARY KEY,                       -- the document acknowledged
     raw BLOB NOT NULL,                          -- the signed ack
