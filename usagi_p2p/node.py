@@ -97,7 +97,6 @@ def _prev_bytes(prev: Sequence[CID]) -> bytes:
     return dagcbor.encode(list(prev))
 
 
-
 def _log_batch(what: str, preposition: str, rows: list[tuple[DocumentRow, str]]) -> None:
     """One activity line per document for a small batch, one line for a large one."""
     if not activity.isEnabledFor(logging.INFO):
@@ -109,6 +108,7 @@ def _log_batch(what: str, preposition: str, rows: list[tuple[DocumentRow, str]])
     else:
         partners = sorted({printable(name) for _, name in rows})
         activity.info("%s %d documents %s %s", what, len(rows), preposition, ", ".join(partners))
+
 
 class Node:
     """One company's node. ``async with Node.load(home, passphrase) as node``."""
@@ -666,8 +666,7 @@ class Node:
         now_ts = now.timestamp()
         mine = self.my_dids(now_ts)
         notices: list[Notice] = []
-        known: set[str] = set()
-        names: dict[str, str] = {}
+        names: dict[str, str] = {}  # the batch's senders, checked, with their names
         named: set[CID] = set()
         for raw in raws:
             if type(raw) is not bytes:
@@ -675,14 +674,13 @@ class Node:
             notice = open_notice(raw, now=now, skew=self.skew)
             if notice.recipient not in mine:
                 raise WrongRecipientError(f"notice is for {notice.recipient}, not for this node")
-            if notice.sender not in known:
+            if notice.sender not in names:
                 partner = await self.ledger.partner(notice.sender)
                 if partner is None or not partner.accepted_at(now_ts):
                     why = ("its key was rotated and the overlap has ended"
                            if partner is not None and partner.status == "rotated"
                            else "it is not an active partner")
                     raise UnknownSenderError(f"{notice.sender} refused: {why}")
-                known.add(notice.sender)
                 names[notice.sender] = partner.name
             notices.append(notice)
             named.add(notice.cid)
@@ -694,7 +692,7 @@ class Node:
         rejected: list[tuple[CID, UsagiError]] = []
         fresh: list[int] = []
         seen: dict[bytes, bytes] = {}
-        for sender in known:
+        for sender in names:
             seen.update(await self.ledger.seen_nonces(
                 sender, [n.nonce for n in notices if n.sender == sender]))
         for i, notice in enumerate(notices):
