@@ -446,7 +446,7 @@ class Ledger:
         row = await self._one(f"SELECT {_DOC_COLUMNS} FROM documents WHERE cid = ?", (cid.raw,))
         return _doc(row) if row else None
 
-    async def documents(self, *, direction: str | None = None, partner: str | None = None,
+    async def documents(self, *, direction: str | None = None,
                         partners: Sequence[str] | None = None,
                         thread: CID | None = None, since: float | None = None,
                         until: float | None = None, kind: str | None = None,
@@ -467,9 +467,6 @@ class Ledger:
         if direction:
             where.append("direction = ?")
             args.append(direction)
-        if partner:
-            where.append("partner = ?")
-            args.append(partner)
         if thread is not None:
             where.append("thread = ?")
             args.append(thread.raw)
