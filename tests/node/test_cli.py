@@ -249,3 +249,20 @@ def test_every_command_explains_itself_with_an_example() -> None:
         return [] if "Example" in (command.help or "") else [" ".join(path)]
 
     assert walk(main, []) == []
+
+
+def test_the_serve_log_escapes_what_a_partner_wrote(caplog) -> None:  # noqa: ANN001
+    import logging
+
+    from kernel.cid import CID
+    from usagi_p2p.ledger import DocumentRow
+    from usagi_p2p.node import _log_batch
+
+    cid = CID.for_block(b"x")
+    row = DocumentRow(cid, "in", "did:key:z", "order", cid, "PO-1\n2026-12-02T00:00:00Z forged",
+                      "2026-12-02T00:00:00Z", 0.0, "received", None, b"", b"", None)
+    with caplog.at_level(logging.INFO, logger="usagi.activity"):
+        _log_batch("received", "from", [(row, "Osaka\x1b[2J")])
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "\n" not in line and "\x1b" not in line
+    assert "PO-1\\n2026-12-02T00:00:00Z forged" in line and "Osaka\\x1b[2J" in line
