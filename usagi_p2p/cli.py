@@ -22,7 +22,7 @@ import click
 from kernel.cid import CID
 from kernel.errors import UsagiError
 
-from .errors import exit_code
+from .errors import NodeError, exit_code
 from .home import Home, default_home
 
 T = TypeVar("T")
@@ -406,7 +406,8 @@ async def _kick_server(home: Home) -> bool:
 @click.argument("kind")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True,
                                         path_type=Path))
-@click.option("--to", "to", required=True, help="Partner name, name prefix or DID.")
+@click.option("--to", "to", default=None,
+              help="Partner name, name prefix or DID (default with --reply-to: its partner).")
 @click.option("--reply-to", default=None, help="CID of the document this answers "
               "(links prev and thread).")
 @click.option("--user", default=None, help="Which employee acts.")
@@ -425,9 +426,14 @@ def send(ctx: click.Context, kind: str, file: Path, to: str, reply_to: str | Non
     command delivers itself).
 
     Example: usagi --home ./kanto send quote --to Osaka quote.yaml
+
+    Example: usagi send order --reply-to bafyrei… order.yaml   (to whoever sent it)
     """
     from .plugins_cli import approver
 
+    if to is None and reply_to is None:
+        raise click.UsageError("say who gets it: --to PARTNER, or --reply-to CID to answer "
+                               "a document")
     body = _load_body(file)
     home = _home(ctx)
     # Approvers' passphrases are asked for before anything is built or sent.
@@ -435,7 +441,14 @@ def send(ctx: click.Context, kind: str, file: Path, to: str, reply_to: str | Non
 
     async def run(node: Any) -> dict[str, Any]:
         reply = CID.parse(reply_to) if reply_to else None
-        result = (await node.send_many([(kind, to, body, reply)], user=user, prepare=prepare))[0]
+        partner = to
+        if partner is None and reply is not None:
+            answered = await node.ledger.document(reply)
+            if answered is None:
+                raise NodeError(f"{reply} is not in this node's ledger; give --to as well")
+            partner = await node.canonical(answered.partner)  # its current key
+        result = (await node.send_many([(kind, partner, body, reply)], user=user,
+                                       prepare=prepare))[0]
         out: dict[str, Any] = {"cid": str(result.cid), "thread": str(result.thread),
                                "digest": result.digest.hex(),
                                "findings": [f.to_json() for f in result.findings]}

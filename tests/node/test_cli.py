@@ -266,3 +266,40 @@ def test_the_serve_log_escapes_what_a_partner_wrote(caplog) -> None:  # noqa: AN
     [line] = [r.getMessage() for r in caplog.records]
     assert "\n" not in line and "\x1b" not in line
     assert "PO-1\\n2026-12-02T00:00:00Z forged" in line and "Osaka\\x1b[2J" in line
+
+
+def test_a_reply_goes_to_whoever_sent_the_document(tmp_path: Path) -> None:
+    import asyncio
+
+    from .conftest import start
+
+    seller_home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
+    buyer_home = make_home(tmp_path / "osaka", "Osaka Precision")
+    body = tmp_path / "order.yaml"
+    body.write_text("ref: PO-9\nlines:\n  - text: bolts\n")
+
+    async def trade() -> tuple[dict, str]:
+        seller, seller_service = await start(seller_home)
+        buyer, buyer_service = await start(buyer_home)
+        try:
+            await buyer.add_partner((await seller.invite()).text())
+            quote = await seller.send("quote", "Osaka", {"ref": "Q-9"})
+            assert await seller.wait_for_ack(quote.cid, 15)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "usagi_p2p", "--home", str(buyer_home.path), "--json",
+                "send", "order", "--reply-to", str(quote.cid), str(body),
+                env=dict(os.environ, PYTHONPATH=str(REPO)),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            return json.loads(out), str(quote.cid)
+        finally:
+            for service in (seller_service, buyer_service):
+                await service.close()
+            for node in (seller, buyer):
+                await node.close()
+
+    sent, quote_cid = asyncio.run(trade())
+    assert sent["ack"]["status"] == "received" and sent["thread"] == quote_cid
+    nobody = usagi(buyer_home.path, "send", "order", str(body), check=False)
+    assert nobody.returncode == 2 and "--reply-to" in nobody.stderr
