@@ -455,7 +455,7 @@ def send(ctx: click.Context, kind: str, file: Path, to: str, reply_to: str | Non
         if not ctx.obj["json"]:
             click.echo(f"sent {kind} {result.cid}")
             for finding in result.findings:
-                click.echo(f"  {finding.level}: {finding}")
+                click.echo(f"  {finding}")
         if wait:
             if not await _kick_server(home):
                 await node.deliver_once()
