@@ -366,6 +366,19 @@ def _load_body(path: Path) -> dict[str, Any]:
     return checked
 
 
+def _fill_extracted(plugins: Any, body: dict[str, Any], user: str | None) -> None:
+    """Add what the plugins extract from each line's text to its ``ext``; a field
+    the file gives already is kept as written."""
+    for line in body.get("lines") or []:
+        if not isinstance(line, dict) or not isinstance(line.get("text"), str):
+            continue
+        for namespace, fields in plugins.extract(line["text"], user=user).items():
+            ext = line.setdefault("ext", {})
+            if isinstance(ext, dict) and isinstance(ext.setdefault(namespace, {}), dict):
+                for key, value in fields.items():
+                    ext[namespace].setdefault(key, value)
+
+
 def _no_floats(value: Any, where: str) -> Any:
     # YAML and JSON readers turn 12.50 into a float; documents never hold one.
     if isinstance(value, float):
@@ -416,9 +429,13 @@ async def _kick_server(home: Home) -> bool:
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the ack.")
 @click.option("--approve-as", "approve_as", multiple=True,
               help="A user whose own key approves the document (medical route); repeatable.")
+@click.option("--extract", is_flag=True,
+              help="Fill each line's plugin fields from its text where the file leaves them "
+                   "out (what 'usagi extract' shows).")
 @click.pass_context
 def send(ctx: click.Context, kind: str, file: Path, to: str, reply_to: str | None,
-         user: str | None, wait: bool, timeout: float, approve_as: tuple[str, ...]) -> None:
+         user: str | None, wait: bool, timeout: float, approve_as: tuple[str, ...],
+         extract: bool) -> None:
     """Seal a document (JSON or YAML body) to you and a partner and send its notice.
 
     Prints the CID, then the partner's signed ack once it comes. Works while
@@ -447,6 +464,8 @@ def send(ctx: click.Context, kind: str, file: Path, to: str, reply_to: str | Non
             if answered is None:
                 raise NodeError(f"{reply} is not in this node's ledger; give --to as well")
             partner = await node.canonical(answered.partner)  # its current key
+        if extract:
+            _fill_extracted(node.plugins, body, user)
         result = (await node.send_many([(kind, partner, body, reply)], user=user,
                                        prepare=prepare))[0]
         out: dict[str, Any] = {"cid": str(result.cid), "thread": str(result.thread),

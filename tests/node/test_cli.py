@@ -303,3 +303,49 @@ def test_a_reply_goes_to_whoever_sent_the_document(tmp_path: Path) -> None:
     assert sent["ack"]["status"] == "received" and sent["thread"] == quote_cid
     nobody = usagi(buyer_home.path, "send", "order", str(body), check=False)
     assert nobody.returncode == 2 and "--reply-to" in nobody.stderr
+
+
+def test_send_extract_fills_plugin_fields_and_keeps_the_files_own(tmp_path: Path) -> None:
+    import asyncio
+
+    from kernel import envelope as kenvelope
+    from kernel.signed import open_signed
+
+    from .conftest import start
+
+    seller_home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
+    config = seller_home.load_config()
+    config.plugins = ["machinery"]
+    seller_home.save_config(config)
+    buyer_home = make_home(tmp_path / "osaka", "Osaka Precision")
+    body = tmp_path / "quote.yaml"
+    body.write_text('ref: Q-X\nlines:\n  - text: "M6x20 SUS304 hex bolt"\n'
+                    '    ext: {machinery: {material: "A2-70"}}\n  - text: "いつもの部品"\n')
+
+    async def trade() -> dict:
+        seller, seller_service = await start(seller_home)
+        buyer, buyer_service = await start(buyer_home)
+        try:
+            await buyer.add_partner((await seller.invite()).text())
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "usagi_p2p", "--home", str(seller_home.path), "--json",
+                "send", "quote", "--to", "Osaka", "--extract", str(body),
+                env=dict(os.environ, PYTHONPATH=str(REPO)),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            from kernel.cid import CID
+
+            row = await buyer.ledger.document(CID.parse(json.loads(out)["cid"]))
+            return open_signed(row.signed, "document", "from", kenvelope.DOCUMENT_LIMITS).body
+        finally:
+            for service in (seller_service, buyer_service):
+                await service.close()
+            for node in (seller, buyer):
+                await node.close()
+
+    document = asyncio.run(trade())
+    bolt, plain = document["lines"]
+    assert bolt["ext"]["machinery"]["material"] == "A2-70"  # the file's own value stays
+    assert bolt["ext"]["machinery"]["thread"] == "M6"  # filled from the text
+    assert "ext" not in plain  # nothing recognised: free text as written
