@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -48,21 +49,26 @@ async def start(home: Home, **kwargs: object) -> tuple[Node, Service]:
     return node, service
 
 
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    seller_home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
-    buyer_home = make_home(tmp_path / "osaka", "Osaka Precision")
+@contextlib.asynccontextmanager
+async def paired(seller_home: Home, buyer_home: Home) -> AsyncIterator[Pair]:
+    """Both nodes serving, the buyer having added the seller's invitation; closed after."""
     seller, seller_service = await start(seller_home)
     buyer, buyer_service = await start(buyer_home)
-    invitation = await seller.invite()
-    await buyer.add_partner(invitation.text())
     try:
+        await buyer.add_partner((await seller.invite()).text())
         yield Pair(seller, buyer, seller_service, buyer_service)
     finally:
         for service in (seller_service, buyer_service):
             await service.close()
         for node in (seller, buyer):
             await node.close()
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    async with paired(make_home(tmp_path / "kanto", "Kanto Machine Tools"),
+                      make_home(tmp_path / "osaka", "Osaka Precision")) as p:
+        yield p
 
 
 def serve_process(home: Path) -> subprocess.Popen[bytes]:

@@ -202,7 +202,7 @@ def test_text_a_partner_wrote_cannot_drive_the_terminal(tmp_path: Path) -> None:
 
     from usagi_p2p.invitation import printable
 
-    from .conftest import start
+    from .conftest import paired
 
     assert printable("Q\x1b[31m-1\nack") == "Q\\x1b[31m-1\\nack"
     assert printable("平日午前中\u3000納品") == "平日午前中\u3000納品"  # ordinary text untouched
@@ -213,19 +213,12 @@ def test_text_a_partner_wrote_cannot_drive_the_terminal(tmp_path: Path) -> None:
     forged = "Q-1\x1b[31m\nack         received by did:key:zFAKE"
 
     async def trade() -> str:
-        seller, seller_service = await start(seller_home)
-        buyer, buyer_service = await start(buyer_home)
-        try:
-            await buyer.add_partner((await seller.invite()).text())
+        async with paired(seller_home, buyer_home) as p:
+            seller = p.seller
             result = await seller.send("quote", "Osaka", {"ref": forged, "note": "x\x1b]0;t\x07",
                                                           "lines": [{"text": "bolt\r\x1b[2K"}]})
             assert await seller.wait_for_ack(result.cid, 15)
             return str(result.cid)
-        finally:
-            for service in (seller_service, buyer_service):
-                await service.close()
-            for node in (seller, buyer):
-                await node.close()
 
     cid = asyncio.run(trade())
     shown = usagi(buyer_home.path, "show", cid).stdout
@@ -271,7 +264,7 @@ def test_the_serve_log_escapes_what_a_partner_wrote(caplog) -> None:  # noqa: AN
 def test_a_reply_goes_to_whoever_sent_the_document(tmp_path: Path) -> None:
     import asyncio
 
-    from .conftest import start
+    from .conftest import paired
 
     seller_home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
     buyer_home = make_home(tmp_path / "osaka", "Osaka Precision")
@@ -279,10 +272,8 @@ def test_a_reply_goes_to_whoever_sent_the_document(tmp_path: Path) -> None:
     body.write_text("ref: PO-9\nlines:\n  - text: bolts\n")
 
     async def trade() -> tuple[dict, str]:
-        seller, seller_service = await start(seller_home)
-        buyer, buyer_service = await start(buyer_home)
-        try:
-            await buyer.add_partner((await seller.invite()).text())
+        async with paired(seller_home, buyer_home) as p:
+            seller = p.seller
             quote = await seller.send("quote", "Osaka", {"ref": "Q-9"})
             assert await seller.wait_for_ack(quote.cid, 15)
             proc = await asyncio.create_subprocess_exec(
@@ -293,11 +284,6 @@ def test_a_reply_goes_to_whoever_sent_the_document(tmp_path: Path) -> None:
             out, err = await proc.communicate()
             assert proc.returncode == 0, err.decode()
             return json.loads(out), str(quote.cid)
-        finally:
-            for service in (seller_service, buyer_service):
-                await service.close()
-            for node in (seller, buyer):
-                await node.close()
 
     sent, quote_cid = asyncio.run(trade())
     assert sent["ack"]["status"] == "received" and sent["thread"] == quote_cid
@@ -311,7 +297,7 @@ def test_send_extract_fills_plugin_fields_and_keeps_the_files_own(tmp_path: Path
     from kernel import envelope as kenvelope
     from kernel.signed import open_signed
 
-    from .conftest import start
+    from .conftest import paired
 
     seller_home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
     config = seller_home.load_config()
@@ -323,10 +309,8 @@ def test_send_extract_fills_plugin_fields_and_keeps_the_files_own(tmp_path: Path
                     '    ext: {machinery: {material: "A2-70"}}\n  - text: "いつもの部品"\n')
 
     async def trade() -> dict:
-        seller, seller_service = await start(seller_home)
-        buyer, buyer_service = await start(buyer_home)
-        try:
-            await buyer.add_partner((await seller.invite()).text())
+        async with paired(seller_home, buyer_home) as p:
+            buyer = p.buyer
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "usagi_p2p", "--home", str(seller_home.path), "--json",
                 "send", "quote", "--to", "Osaka", "--extract", str(body),
@@ -338,11 +322,6 @@ def test_send_extract_fills_plugin_fields_and_keeps_the_files_own(tmp_path: Path
 
             row = await buyer.ledger.document(CID.parse(json.loads(out)["cid"]))
             return open_signed(row.signed, "document", "from", kenvelope.DOCUMENT_LIMITS).body
-        finally:
-            for service in (seller_service, buyer_service):
-                await service.close()
-            for node in (seller, buyer):
-                await node.close()
 
     document = asyncio.run(trade())
     bolt, plain = document["lines"]

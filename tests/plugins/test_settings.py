@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from usagi_p2p.home import Home
 from usagi_p2p.plugin_host import PluginHost
 
-from ..node.conftest import start
+from ..node.conftest import paired
 from .test_trade import make_home
 from .test_users_cli import cli
 
@@ -89,10 +89,8 @@ async def test_a_node_judges_with_its_configured_settings(tmp_path: Path) -> Non
     # The buyer knows its site's hours; the document does not carry them.
     config.plugin_settings = {"construction": {"schedules": {"芝浦": {"hours": "08:00-12:00"}}}}
     buyer_home.save_config(config)
-    seller, seller_service = await start(seller_home)
-    buyer, buyer_service = await start(buyer_home)
-    try:
-        await buyer.add_partner((await seller.invite()).text())
+    async with paired(seller_home, buyer_home) as p:
+        seller, buyer = p.seller, p.buyer
         body = {"lines": [{"text": "構造用合板 1820×910×12mm"}],
                 "ext": {"construction": {"site": "芝浦", "delivery_at": "2026-12-03 15:30"}}}
         result = await seller.send("delivery_note", "Shibaura", body)
@@ -103,11 +101,6 @@ async def test_a_node_judges_with_its_configured_settings(tmp_path: Path) -> Non
         row = await buyer.ledger.document(result.cid)
         codes = [f["code"] for f in json.loads(row.findings or "[]")]
         assert codes == ["outside_site_window"]
-    finally:
-        for service in (seller_service, buyer_service):
-            await service.close()
-        for node in (seller, buyer):
-            await node.close()
 
 
 @pytest.mark.parametrize("own", [["x"], 5, "abc"])
