@@ -9,7 +9,7 @@ SHARED := ../shared
 
 .PHONY: demo test bench lint vectors clean faults fuzz overload ipfs-daemon ipfs-daemon-stop
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py kernel/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,lint]'
@@ -28,7 +28,7 @@ bench: $(STAMP)
 	  if [ -f bench/$$b.py ]; then $(PY) bench/$$b.py || exit 1; fi; done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check kernel ipfs plugins usagi_p2p tests bench tools
+	$(VENV)/bin/ruff check kernel ipfs plugins usagi_p2p tests bench tools setup.py
 	$(VENV)/bin/mypy
 
 # The proving ground (docs/reliability.md). Short versions run in 'make test'.

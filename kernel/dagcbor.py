@@ -15,6 +15,15 @@ Implements the IPLD DAG-CBOR codec spec in its strict form:
   every non-shortest argument, short float and long-form tag, and names the
   first offending byte.
 
+The module has two implementations of one format. The functions below are
+the reference, on cbor2. ``kernel/_speedups.c`` is the same codec in C, built
+at install when a C compiler is present (``setup.py``; ``optional``, so an
+install without one still works); when it is importable, :func:`encode` and
+:func:`decode` use it. The tests run both on every fixture, the reject table
+and generated values and bytes, and require identical values, bytes and
+error classes (tests/kernel/test_speedups.py). ``IMPLEMENTATION`` says which
+one is in use.
+
 Integers cover the full CBOR range. Text must be valid UTF-8 (cbor2's
 ``str_errors="strict"``). Every call takes limits (size, depth, entries per
 collection); going over one raises ``LimitExceededError``.
@@ -105,7 +114,7 @@ def _normalize_scalar(value: Any) -> Any:
     if isinstance(value, float):
         return _normalize_scalar(float(value))
     if isinstance(value, str):
-        return str(value)
+        return str.__str__(value)  # the text itself: str() of a (str, Enum) is its name
     if isinstance(value, bytes):
         return bytes(value)
     raise EncodeError(f"cannot encode {kind.__name__} as DAG-CBOR")
@@ -132,8 +141,8 @@ def _normalize(value: Any, depth: int) -> Any:
     return _normalize_scalar(value)
 
 
-def encode(value: Any) -> bytes:
-    """Encode ``value`` as canonical DAG-CBOR."""
+def reference_encode(value: Any) -> bytes:
+    """Encode ``value`` as canonical DAG-CBOR (the cbor2 reference)."""
     return cbor2.dumps(_normalize(value, 0), default=_default)
 
 
@@ -222,8 +231,8 @@ def _check_scalar(value: Any) -> None:
     )
 
 
-def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
-    """Decode one canonical DAG-CBOR item that spans all of ``data``."""
+def reference_decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode one canonical DAG-CBOR item that spans all of ``data`` (the cbor2 reference)."""
     data = bytes(data)
     if len(data) > limits.max_size:
         raise LimitExceededError(f"block of {len(data)} bytes (limit {limits.max_size})")
@@ -248,6 +257,10 @@ def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
         if "depth" in lowered:
             raise LimitExceededError(f"nesting deeper than {limits.max_depth}") from None
         if "indefinite" in lowered:
+            # Indefinite length is a non-canonical spelling only where CBOR has
+            # it (strings, arrays, maps); on an integer or a tag it is not CBOR.
+            if any(name in lowered for name in ("integer", "semantic tag")):
+                raise MalformedError(f"malformed CBOR: {text}") from None
             raise NonCanonicalError("indefinite-length item") from None
         if "duplicate" in lowered:
             raise MalformedError(f"duplicate map key ({text})") from None
@@ -265,3 +278,33 @@ def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
         )
         raise NonCanonicalError("not the canonical DAG-CBOR encoding", offset=offset)
     return value
+
+
+# -- the implementation in use ------------------------------------------------
+
+try:
+    from . import _speedups  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler: the reference serves
+    _speedups = None
+
+if _speedups is not None:
+    _speedups.configure(
+        CID, CID.from_bytes, MalformedError, NonCanonicalError, LimitExceededError, EncodeError
+    )
+    _fast_decode = _speedups.decode
+    IMPLEMENTATION: str = "c"
+
+    def encode(value: Any) -> bytes:
+        """Encode ``value`` as canonical DAG-CBOR."""
+        return _speedups.encode(value)  # type: ignore[no-any-return]
+
+    def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
+        """Decode one canonical DAG-CBOR item that spans all of ``data``."""
+        if len(data) > limits.max_size:
+            raise LimitExceededError(f"block of {len(data)} bytes (limit {limits.max_size})")
+        return _fast_decode(data, limits.max_depth, limits.max_length)
+
+else:
+    IMPLEMENTATION = "python"
+    encode = reference_encode
+    decode = reference_decode

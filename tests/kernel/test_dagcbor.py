@@ -194,6 +194,9 @@ SPEC_REJECTS: list[tuple[str, type[DecodeError], str]] = [
     ("6261", MalformedError, "truncated text"),
     ("8201", MalformedError, "truncated array"),
     ("1c", MalformedError, "reserved additional info 28"),
+    ("1f", MalformedError, "indefinite length on an unsigned integer"),
+    ("3f", MalformedError, "indefinite length on a negative integer"),
+    ("df", MalformedError, "indefinite length on a tag"),
     # a few more of the same classes
     ("c2410a", NonCanonicalError, "bignum tag over a small int"),
     ("d9d9f700", NonCanonicalError, "self-describe tag 55799"),

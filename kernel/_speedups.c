@@ -1,0 +1,961 @@
+/*
+ * kernel._speedups: the kernel's strict DAG-CBOR codec in C.
+ *
+ * The same format as kernel/dagcbor.py (docs/spec.md, "DAG-CBOR"), which stays
+ * the reference: it is used when this module is not built, and the tests run
+ * both on the IPLD fixtures, the spec's reject table and generated values and
+ * bytes, and require the same values, bytes and error classes.
+ *
+ * decode() reads exactly one canonical item in a single pass: shortest heads,
+ * definite lengths, text keys in length-then-bytewise order, no duplicate
+ * keys, only tag 42 (a CID, built by the Python callable given to
+ * configure()), 64-bit finite floats, no undefined or simple values, valid
+ * UTF-8, nothing after the item. Every length is checked against the bytes
+ * that remain before anything is allocated; depth and entries per collection
+ * are bounded by the caller's limits.
+ *
+ * encode() writes the one canonical form of a Python value, or raises
+ * EncodeError for what DAG-CBOR cannot carry.
+ *
+ * Nothing here touches files, sockets or the clock: it is part of the pure
+ * kernel.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Set by configure(): the kernel's CID class and error classes. */
+static PyObject *CIDType = NULL;
+static PyObject *cid_from_bytes = NULL;
+static PyObject *MalformedError = NULL;
+static PyObject *NonCanonicalError = NULL;
+static PyObject *LimitExceededError = NULL;
+static PyObject *EncodeError = NULL;
+static PyObject *str_raw = NULL;
+static PyObject *str_offset = NULL;
+
+#define ENCODE_MAX_DEPTH 512
+
+/* ------------------------------------------------------------------ errors */
+
+static void
+raise_at(PyObject *cls, Py_ssize_t offset, const char *fmt, ...)
+{
+    va_list vargs;
+    va_start(vargs, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, vargs);
+    va_end(vargs);
+    if (msg == NULL)
+        return;
+    PyObject *args = PyTuple_Pack(1, msg);
+    Py_DECREF(msg);
+    if (args == NULL)
+        return;
+    PyObject *kwargs = NULL;
+    if (offset >= 0) {
+        PyObject *off = PyLong_FromSsize_t(offset);
+        if (off == NULL) {
+            Py_DECREF(args);
+            return;
+        }
+        kwargs = PyDict_New();
+        if (kwargs == NULL || PyDict_SetItem(kwargs, str_offset, off) < 0) {
+            Py_DECREF(off);
+            Py_XDECREF(kwargs);
+            Py_DECREF(args);
+            return;
+        }
+        Py_DECREF(off);
+    }
+    PyObject *exc = PyObject_Call(cls, args, kwargs);
+    Py_DECREF(args);
+    Py_XDECREF(kwargs);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+}
+
+static int
+configured(void)
+{
+    if (CIDType == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "kernel._speedups.configure() was not called");
+        return 0;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ decode */
+
+typedef struct {
+    const uint8_t *data;
+    Py_ssize_t len;
+    Py_ssize_t pos;
+    int max_depth;
+    Py_ssize_t max_length;
+} Reader;
+
+/* Read one head at r->pos. Returns 0 and sets *major, *info, *arg; -1 on error.
+ * Enforces the shortest form of the argument; indefinite lengths are errors.
+ * Major type 7 heads are left to the caller (info is returned as is). */
+static int
+read_head(Reader *r, int *major, int *info, uint64_t *arg)
+{
+    Py_ssize_t start = r->pos;
+    if (r->pos >= r->len) {
+        raise_at(MalformedError, start, "malformed CBOR: premature end of data");
+        return -1;
+    }
+    uint8_t b = r->data[r->pos++];
+    *major = b >> 5;
+    *info = b & 31;
+    if (*major == 7) {
+        *arg = 0;
+        return 0;
+    }
+    if (*info < 24) {
+        *arg = (uint64_t)*info;
+        return 0;
+    }
+    if (*info >= 28) {
+        if (*info == 31) {
+            if (*major >= 2 && *major <= 5) {
+                raise_at(NonCanonicalError, start, "indefinite-length item");
+            }
+            else {
+                raise_at(MalformedError, start, "malformed CBOR: indefinite length on major type %d", *major);
+            }
+        }
+        else {
+            raise_at(MalformedError, start, "malformed CBOR: reserved additional information %d", *info);
+        }
+        return -1;
+    }
+    int n = 1 << (*info - 24); /* 1, 2, 4 or 8 bytes */
+    if (r->len - r->pos < n) {
+        raise_at(MalformedError, start, "malformed CBOR: premature end of data");
+        return -1;
+    }
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = (v << 8) | r->data[r->pos + i];
+    r->pos += n;
+    static const uint64_t floor_of[4] = {24, 0x100, 0x10000, 0x100000000ULL};
+    if (v < floor_of[*info - 24]) {
+        raise_at(NonCanonicalError, start, "not the canonical DAG-CBOR encoding");
+        return -1;
+    }
+    *arg = v;
+    return 0;
+}
+
+static PyObject *decode_item(Reader *r, int depth);
+
+static PyObject *
+decode_negative(uint64_t arg)
+{
+    if (arg <= (uint64_t)INT64_MAX)
+        return PyLong_FromLongLong(-1 - (long long)arg);
+    PyObject *u = PyLong_FromUnsignedLongLong(arg);
+    if (u == NULL)
+        return NULL;
+    PyObject *neg = PyNumber_Negative(u);
+    Py_DECREF(u);
+    if (neg == NULL)
+        return NULL;
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *out = one ? PyNumber_Subtract(neg, one) : NULL;
+    Py_XDECREF(one);
+    Py_DECREF(neg);
+    return out;
+}
+
+/* A text string of n bytes at r->pos. */
+static PyObject *
+decode_text(Reader *r, uint64_t n, Py_ssize_t start)
+{
+    if (n > (uint64_t)(r->len - r->pos)) {
+        raise_at(MalformedError, start, "malformed CBOR: premature end of data");
+        return NULL;
+    }
+    const char *s = (const char *)r->data + r->pos;
+    PyObject *text = PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "strict");
+    if (text == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+            raise_at(MalformedError, start, "malformed CBOR: text is not valid UTF-8");
+        }
+        return NULL;
+    }
+    r->pos += (Py_ssize_t)n;
+    return text;
+}
+
+static PyObject *
+decode_map(Reader *r, uint64_t n, int depth, Py_ssize_t start)
+{
+    /* each entry is at least two bytes */
+    if (n > (uint64_t)(r->len - r->pos) / 2) {
+        raise_at(MalformedError, start, "malformed CBOR: premature end of data");
+        return NULL;
+    }
+    if (n > (uint64_t)r->max_length) {
+        raise_at(LimitExceededError, start, "map of %llu entries (limit %zd)",
+                 (unsigned long long)n, r->max_length);
+        return NULL;
+    }
+    PyObject *map = PyDict_New();
+    if (map == NULL)
+        return NULL;
+    const uint8_t *prev_key = NULL;
+    uint64_t prev_len = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        Py_ssize_t key_start = r->pos;
+        if (depth + 1 > r->max_depth) {
+            raise_at(LimitExceededError, key_start, "nesting deeper than %d", r->max_depth);
+            goto error;
+        }
+        int major, info;
+        uint64_t klen;
+        if (read_head(r, &major, &info, &klen) < 0)
+            goto error;
+        if (major != 3) {
+            raise_at(MalformedError, key_start, "map key is not a text string");
+            goto error;
+        }
+        const uint8_t *kbytes = r->data + r->pos;
+        if (klen > (uint64_t)(r->len - r->pos)) {
+            raise_at(MalformedError, key_start, "malformed CBOR: premature end of data");
+            goto error;
+        }
+        if (prev_key != NULL) {
+            int cmp;
+            if (klen != prev_len)
+                cmp = klen < prev_len ? -1 : 1;
+            else
+                cmp = memcmp(kbytes, prev_key, (size_t)klen);
+            if (cmp == 0) {
+                raise_at(MalformedError, key_start, "duplicate map key");
+                goto error;
+            }
+            if (cmp < 0) {
+                raise_at(NonCanonicalError, key_start, "map key out of canonical order");
+                goto error;
+            }
+        }
+        PyObject *key = decode_text(r, klen, key_start);
+        if (key == NULL)
+            goto error;
+        prev_key = kbytes;
+        prev_len = klen;
+        PyObject *value = decode_item(r, depth + 1);
+        if (value == NULL) {
+            Py_DECREF(key);
+            goto error;
+        }
+        int rc = PyDict_SetItem(map, key, value);
+        Py_DECREF(key);
+        Py_DECREF(value);
+        if (rc < 0)
+            goto error;
+    }
+    return map;
+error:
+    Py_DECREF(map);
+    return NULL;
+}
+
+static PyObject *
+decode_array(Reader *r, uint64_t n, int depth, Py_ssize_t start)
+{
+    if (n > (uint64_t)(r->len - r->pos)) {
+        raise_at(MalformedError, start, "malformed CBOR: premature end of data");
+        return NULL;
+    }
+    if (n > (uint64_t)r->max_length) {
+        raise_at(LimitExceededError, start, "array of %llu entries (limit %zd)",
+                 (unsigned long long)n, r->max_length);
+        return NULL;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (list == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < (Py_ssize_t)n; i++) {
+        PyObject *item = decode_item(r, depth + 1);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+/* A tag: only 42 over 0x00 || binary CID is DAG-CBOR. Tags that stand for a
+ * value DAG-CBOR spells without a tag (a bignum in the 64-bit range, the
+ * self-describe tag 55799) are non-canonical; every other tag is malformed. */
+static PyObject *
+decode_tag(Reader *r, uint64_t tag, int depth, Py_ssize_t start)
+{
+    if (tag == 42) {
+        if (depth + 1 > r->max_depth) {
+            raise_at(LimitExceededError, r->pos, "nesting deeper than %d", r->max_depth);
+            return NULL;
+        }
+        Py_ssize_t inner = r->pos;
+        int major, info;
+        uint64_t n;
+        if (read_head(r, &major, &info, &n) < 0)
+            return NULL;
+        if (major != 2) {
+            raise_at(MalformedError, inner, "tag 42 must wrap a byte string");
+            return NULL;
+        }
+        if (n > (uint64_t)(r->len - r->pos)) {
+            raise_at(MalformedError, inner, "malformed CBOR: premature end of data");
+            return NULL;
+        }
+        const uint8_t *p = r->data + r->pos;
+        if (n == 0 || p[0] != 0) {
+            raise_at(MalformedError, inner, "tag 42 payload must start with the 0x00 multibase prefix");
+            return NULL;
+        }
+        PyObject *raw = PyBytes_FromStringAndSize((const char *)p + 1, (Py_ssize_t)n - 1);
+        if (raw == NULL)
+            return NULL;
+        r->pos += (Py_ssize_t)n;
+        PyObject *cid = PyObject_CallOneArg(cid_from_bytes, raw);
+        Py_DECREF(raw);
+        return cid;
+    }
+    if (tag == 55799) {
+        raise_at(NonCanonicalError, start, "not the canonical DAG-CBOR encoding (self-describe tag)");
+        return NULL;
+    }
+    if (tag == 2 || tag == 3) {
+        /* A bignum: non-canonical when the value fits the 64-bit range DAG-CBOR
+         * spells as a plain integer, malformed beyond it. */
+        Py_ssize_t inner = r->pos;
+        int major, info;
+        uint64_t n;
+        if (read_head(r, &major, &info, &n) < 0)
+            return NULL;
+        if (major != 2 || n > (uint64_t)(r->len - r->pos)) {
+            raise_at(MalformedError, inner, "malformed CBOR: a bignum tag wraps a byte string");
+            return NULL;
+        }
+        const uint8_t *p = r->data + r->pos;
+        uint64_t skip = 0;
+        while (skip < n && p[skip] == 0)
+            skip++;
+        /* v < 2^64 fits both ways: a tag 3 value -1 - v is then >= -2^64 */
+        if (n - skip <= 8) {
+            raise_at(NonCanonicalError, start, "not the canonical DAG-CBOR encoding (bignum tag over a 64-bit integer)");
+        }
+        else {
+            raise_at(MalformedError, start, "integer outside [-2^64, 2^64-1] (bignum tags are not allowed)");
+        }
+        return NULL;
+    }
+    raise_at(MalformedError, start, "CBOR tag %llu is not allowed in DAG-CBOR (only 42)", (unsigned long long)tag);
+    return NULL;
+}
+
+static PyObject *
+decode_simple(Reader *r, int info, Py_ssize_t start)
+{
+    switch (info) {
+    case 20:
+        Py_RETURN_FALSE;
+    case 21:
+        Py_RETURN_TRUE;
+    case 22:
+        Py_RETURN_NONE;
+    case 23:
+        raise_at(MalformedError, start, "undefined is not allowed in DAG-CBOR");
+        return NULL;
+    case 24:
+        if (r->pos >= r->len) {
+            raise_at(MalformedError, start, "malformed CBOR: premature end of data");
+            return NULL;
+        }
+        raise_at(MalformedError, start, "simple value %d is not allowed in DAG-CBOR", r->data[r->pos]);
+        return NULL;
+    case 25:
+    case 26: {
+        int n = info == 25 ? 2 : 4;
+        if (r->len - r->pos < n) {
+            raise_at(MalformedError, start, "malformed CBOR: premature end of data");
+            return NULL;
+        }
+        const uint8_t *p = r->data + r->pos;
+        int special = info == 25 ? (p[0] & 0x7c) == 0x7c
+                                 : ((p[0] & 0x7f) == 0x7f && (p[1] & 0x80) == 0x80);
+        if (special) {
+            raise_at(MalformedError, start, "NaN and Infinity are not allowed in DAG-CBOR");
+        }
+        else {
+            raise_at(NonCanonicalError, start, "not the canonical DAG-CBOR encoding (floats are 64-bit)");
+        }
+        return NULL;
+    }
+    case 27: {
+        if (r->len - r->pos < 8) {
+            raise_at(MalformedError, start, "malformed CBOR: premature end of data");
+            return NULL;
+        }
+        uint64_t bits = 0;
+        for (int i = 0; i < 8; i++)
+            bits = (bits << 8) | r->data[r->pos + i];
+        double d;
+        memcpy(&d, &bits, 8);
+        if (!isfinite(d)) {
+            raise_at(MalformedError, start, "NaN and Infinity are not allowed in DAG-CBOR");
+            return NULL;
+        }
+        r->pos += 8;
+        return PyFloat_FromDouble(d);
+    }
+    case 31:
+        raise_at(MalformedError, start, "malformed CBOR: break outside an indefinite-length item");
+        return NULL;
+    default:
+        if (info < 20) {
+            raise_at(MalformedError, start, "simple value %d is not allowed in DAG-CBOR", info);
+        }
+        else {
+            raise_at(MalformedError, start, "malformed CBOR: reserved additional information %d", info);
+        }
+        return NULL;
+    }
+}
+
+static PyObject *
+decode_item(Reader *r, int depth)
+{
+    Py_ssize_t start = r->pos;
+    if (depth > r->max_depth) {
+        raise_at(LimitExceededError, start, "nesting deeper than %d", r->max_depth);
+        return NULL;
+    }
+    int major, info;
+    uint64_t arg;
+    if (read_head(r, &major, &info, &arg) < 0)
+        return NULL;
+    switch (major) {
+    case 0:
+        return PyLong_FromUnsignedLongLong(arg);
+    case 1:
+        return decode_negative(arg);
+    case 2:
+        if (arg > (uint64_t)(r->len - r->pos)) {
+            raise_at(MalformedError, start, "malformed CBOR: premature end of data");
+            return NULL;
+        }
+        r->pos += (Py_ssize_t)arg;
+        return PyBytes_FromStringAndSize((const char *)r->data + r->pos - (Py_ssize_t)arg, (Py_ssize_t)arg);
+    case 3:
+        return decode_text(r, arg, start);
+    case 4:
+        if (Py_EnterRecursiveCall(" while decoding DAG-CBOR"))
+            return NULL;
+        {
+            PyObject *out = decode_array(r, arg, depth, start);
+            Py_LeaveRecursiveCall();
+            return out;
+        }
+    case 5:
+        if (Py_EnterRecursiveCall(" while decoding DAG-CBOR"))
+            return NULL;
+        {
+            PyObject *out = decode_map(r, arg, depth, start);
+            Py_LeaveRecursiveCall();
+            return out;
+        }
+    case 6:
+        return decode_tag(r, arg, depth, start);
+    default:
+        return decode_simple(r, info, start);
+    }
+}
+
+static PyObject *
+sp_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decode(data, max_depth, max_length)");
+        return NULL;
+    }
+    if (!configured())
+        return NULL;
+    long max_depth = PyLong_AsLong(args[1]);
+    if (max_depth == -1 && PyErr_Occurred())
+        return NULL;
+    if (max_depth < 0 || max_depth > 100000) {
+        PyErr_SetString(PyExc_ValueError, "max_depth out of range");
+        return NULL;
+    }
+    Py_ssize_t max_length = PyLong_AsSsize_t(args[2]);
+    if (max_length == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Reader r = {(const uint8_t *)view.buf, view.len, 0, (int)max_depth, max_length};
+    PyObject *out = NULL;
+    if (r.len == 0) {
+        raise_at(MalformedError, -1, "empty input");
+        goto done;
+    }
+    out = decode_item(&r, 0);
+    if (out == NULL && PyErr_ExceptionMatches(PyExc_RecursionError)) {
+        PyErr_Clear();
+        raise_at(LimitExceededError, -1, "nesting too deep");
+    }
+    if (out != NULL && r.pos != r.len) {
+        Py_CLEAR(out);
+        raise_at(MalformedError, r.pos, "trailing bytes after the item");
+    }
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* ------------------------------------------------------------------ encode */
+
+typedef struct {
+    char *buf;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+} Writer;
+
+static int
+reserve(Writer *w, Py_ssize_t extra)
+{
+    if (w->len + extra <= w->cap)
+        return 0;
+    Py_ssize_t cap = w->cap ? w->cap : 256;
+    while (cap < w->len + extra) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    char *buf = PyMem_Realloc(w->buf, (size_t)cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    w->buf = buf;
+    w->cap = cap;
+    return 0;
+}
+
+static int
+write_head(Writer *w, int major, uint64_t arg)
+{
+    if (reserve(w, 9) < 0)
+        return -1;
+    uint8_t *p = (uint8_t *)w->buf + w->len;
+    uint8_t m = (uint8_t)(major << 5);
+    if (arg < 24) {
+        p[0] = m | (uint8_t)arg;
+        w->len += 1;
+    }
+    else if (arg <= 0xff) {
+        p[0] = m | 24;
+        p[1] = (uint8_t)arg;
+        w->len += 2;
+    }
+    else if (arg <= 0xffff) {
+        p[0] = m | 25;
+        p[1] = (uint8_t)(arg >> 8);
+        p[2] = (uint8_t)arg;
+        w->len += 3;
+    }
+    else if (arg <= 0xffffffffULL) {
+        p[0] = m | 26;
+        for (int i = 0; i < 4; i++)
+            p[1 + i] = (uint8_t)(arg >> (24 - 8 * i));
+        w->len += 5;
+    }
+    else {
+        p[0] = m | 27;
+        for (int i = 0; i < 8; i++)
+            p[1 + i] = (uint8_t)(arg >> (56 - 8 * i));
+        w->len += 9;
+    }
+    return 0;
+}
+
+static int
+write_raw(Writer *w, const void *data, Py_ssize_t n)
+{
+    if (reserve(w, n) < 0)
+        return -1;
+    memcpy(w->buf + w->len, data, (size_t)n);
+    w->len += n;
+    return 0;
+}
+
+static int
+write_bytes(Writer *w, int major, const char *data, Py_ssize_t n)
+{
+    if (write_head(w, major, (uint64_t)n) < 0)
+        return -1;
+    return write_raw(w, data, n);
+}
+
+static int
+encode_int(Writer *w, PyObject *value)
+{
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow == 0) {
+        if (v >= 0)
+            return write_head(w, 0, (uint64_t)v);
+        return write_head(w, 1, (uint64_t)(-1 - v));
+    }
+    PyObject *magnitude;
+    int major;
+    if (overflow > 0) {
+        Py_INCREF(value);
+        magnitude = value;
+        major = 0;
+    }
+    else {
+        /* -1 - value */
+        PyObject *minus_one = PyLong_FromLong(-1);
+        if (minus_one == NULL)
+            return -1;
+        magnitude = PyNumber_Subtract(minus_one, value);
+        Py_DECREF(minus_one);
+        if (magnitude == NULL)
+            return -1;
+        major = 1;
+    }
+    unsigned long long u = PyLong_AsUnsignedLongLong(magnitude);
+    Py_DECREF(magnitude);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        raise_at(EncodeError, -1, "integer %R outside the DAG-CBOR range", value);
+        return -1;
+    }
+    return write_head(w, major, u);
+}
+
+static int
+encode_float(Writer *w, double d)
+{
+    if (!isfinite(d)) {
+        raise_at(EncodeError, -1, "NaN and Infinity are not allowed in DAG-CBOR");
+        return -1;
+    }
+    if (reserve(w, 9) < 0)
+        return -1;
+    uint64_t bits;
+    memcpy(&bits, &d, 8);
+    uint8_t *p = (uint8_t *)w->buf + w->len;
+    p[0] = 0xfb;
+    for (int i = 0; i < 8; i++)
+        p[1 + i] = (uint8_t)(bits >> (56 - 8 * i));
+    w->len += 9;
+    return 0;
+}
+
+typedef struct {
+    const char *key;
+    Py_ssize_t len;
+    PyObject *keyobj;
+    PyObject *value;
+} Entry;
+
+static int
+entry_less(const Entry *a, const Entry *b)
+{
+    if (a->len != b->len)
+        return a->len < b->len;
+    return memcmp(a->key, b->key, (size_t)a->len) < 0;
+}
+
+static int
+entry_cmp(const void *pa, const void *pb)
+{
+    const Entry *a = pa, *b = pb;
+    if (a->len != b->len)
+        return a->len < b->len ? -1 : 1;
+    return memcmp(a->key, b->key, (size_t)a->len);
+}
+
+static int encode_value(Writer *w, PyObject *value, int depth);
+
+static int
+encode_map(Writer *w, PyObject *map, int depth)
+{
+    Py_ssize_t n = PyDict_GET_SIZE(map);
+    Entry small[16];
+    Entry *entries = small;
+    if (n > 16) {
+        entries = PyMem_Malloc(sizeof(Entry) * (size_t)n);
+        if (entries == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    int rc = -1;
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *value;
+    /* Hold references: encoding a value may run Python code (a CID's raw). */
+    while (PyDict_Next(map, &pos, &key, &value)) {
+        if (i >= n) {
+            PyErr_SetString(PyExc_RuntimeError, "dict changed size during encoding");
+            goto done;
+        }
+        if (!PyUnicode_CheckExact(key)) {
+            raise_at(EncodeError, -1, "map key %R is not a text string", key);
+            goto done;
+        }
+        Py_ssize_t klen;
+        const char *k = PyUnicode_AsUTF8AndSize(key, &klen);
+        if (k == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                PyErr_Clear();
+                raise_at(EncodeError, -1, "map key is not valid Unicode text (a lone surrogate?)");
+            }
+            goto done;
+        }
+        Py_INCREF(key);
+        Py_INCREF(value);
+        entries[i].key = k;
+        entries[i].len = klen;
+        entries[i].keyobj = key;
+        entries[i].value = value;
+        i++;
+    }
+    if (i != n) {
+        PyErr_SetString(PyExc_RuntimeError, "dict changed size during encoding");
+        goto done;
+    }
+    if (n <= 16) {
+        for (Py_ssize_t a = 1; a < n; a++) {
+            Entry e = entries[a];
+            Py_ssize_t b = a;
+            while (b > 0 && entry_less(&e, &entries[b - 1])) {
+                entries[b] = entries[b - 1];
+                b--;
+            }
+            entries[b] = e;
+        }
+    }
+    else {
+        qsort(entries, (size_t)n, sizeof(Entry), entry_cmp);
+    }
+    if (write_head(w, 5, (uint64_t)n) < 0)
+        goto done;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (write_bytes(w, 3, entries[j].key, entries[j].len) < 0)
+            goto done;
+        if (encode_value(w, entries[j].value, depth + 1) < 0)
+            goto done;
+    }
+    rc = 0;
+done:
+    for (Py_ssize_t j = 0; j < i; j++) {
+        Py_DECREF(entries[j].keyobj);
+        Py_DECREF(entries[j].value);
+    }
+    if (entries != small)
+        PyMem_Free(entries);
+    return rc;
+}
+
+static int
+encode_sequence(Writer *w, PyObject *seq, int depth)
+{
+    /* A list may change while its items run Python code; hold a snapshot. */
+    PyObject *items = PySequence_Fast(seq, "expected a list or tuple");
+    if (items == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    int rc = write_head(w, 4, (uint64_t)n);
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++)
+        rc = encode_value(w, PySequence_Fast_GET_ITEM(items, i), depth + 1);
+    Py_DECREF(items);
+    return rc;
+}
+
+static int
+encode_cid(Writer *w, PyObject *cid)
+{
+    PyObject *raw = PyObject_GetAttr(cid, str_raw);
+    if (raw == NULL)
+        return -1;
+    int rc = -1;
+    if (!PyBytes_Check(raw)) {
+        raise_at(EncodeError, -1, "a CID's raw form must be bytes");
+        goto done;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    static const uint8_t tag42[2] = {0xd8, 0x2a};
+    static const uint8_t zero = 0;
+    if (write_raw(w, tag42, 2) < 0 || write_head(w, 2, (uint64_t)n + 1) < 0 || write_raw(w, &zero, 1) < 0 ||
+        write_raw(w, PyBytes_AS_STRING(raw), n) < 0)
+        goto done;
+    rc = 0;
+done:
+    Py_DECREF(raw);
+    return rc;
+}
+
+static int
+encode_value(Writer *w, PyObject *value, int depth)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    if (type == &PyUnicode_Type) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(value, &n);
+        if (s == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                PyErr_Clear();
+                raise_at(EncodeError, -1, "text is not valid Unicode (a lone surrogate?)");
+            }
+            return -1;
+        }
+        return write_bytes(w, 3, s, n);
+    }
+    if (type == &PyDict_Type || type == &PyList_Type || type == &PyTuple_Type) {
+        if (depth > ENCODE_MAX_DEPTH) {
+            raise_at(EncodeError, -1, "value nested too deeply");
+            return -1;
+        }
+        if (Py_EnterRecursiveCall(" while encoding DAG-CBOR"))
+            return -1;
+        int rc = type == &PyDict_Type ? encode_map(w, value, depth) : encode_sequence(w, value, depth);
+        Py_LeaveRecursiveCall();
+        return rc;
+    }
+    if (type == &PyLong_Type)
+        return encode_int(w, value);
+    if (type == &PyBytes_Type)
+        return write_bytes(w, 2, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+    if (value == Py_None)
+        return write_raw(w, "\xf6", 1);
+    if (value == Py_True)
+        return write_raw(w, "\xf5", 1);
+    if (value == Py_False)
+        return write_raw(w, "\xf4", 1);
+    if ((PyObject *)type == CIDType)
+        return encode_cid(w, value);
+    if (type == &PyFloat_Type)
+        return encode_float(w, PyFloat_AS_DOUBLE(value));
+    /* Subclasses (OrderedDict, IntEnum, StrEnum …) encode as their base kind. */
+    if (PyDict_Check(value)) {
+        if (depth > ENCODE_MAX_DEPTH) {
+            raise_at(EncodeError, -1, "value nested too deeply");
+            return -1;
+        }
+        PyObject *plain = PyDict_Copy(value);
+        if (plain == NULL)
+            return -1;
+        int rc = encode_map(w, plain, depth);
+        Py_DECREF(plain);
+        return rc;
+    }
+    if (PyByteArray_Check(value) || PyMemoryView_Check(value) || PyBytes_Check(value)) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(value, &view, PyBUF_SIMPLE) < 0)
+            return -1;
+        int rc = write_bytes(w, 2, view.buf, view.len);
+        PyBuffer_Release(&view);
+        return rc;
+    }
+    if (PyLong_Check(value))
+        return encode_int(w, value);
+    if (PyFloat_Check(value))
+        return encode_float(w, PyFloat_AsDouble(value));
+    if (PyUnicode_Check(value)) {
+        PyObject *plain = PyUnicode_FromObject(value);
+        if (plain == NULL)
+            return -1;
+        int rc = encode_value(w, plain, depth);
+        Py_DECREF(plain);
+        return rc;
+    }
+    raise_at(EncodeError, -1, "cannot encode %s as DAG-CBOR", type->tp_name);
+    return -1;
+}
+
+static PyObject *
+sp_encode(PyObject *self, PyObject *value)
+{
+    if (!configured())
+        return NULL;
+    Writer w = {NULL, 0, 0};
+    PyObject *out = NULL;
+    if (encode_value(&w, value, 0) == 0)
+        out = PyBytes_FromStringAndSize(w.buf, w.len);
+    PyMem_Free(w.buf);
+    return out;
+}
+
+/* --------------------------------------------------------------- configure */
+
+static PyObject *
+sp_configure(PyObject *self, PyObject *args)
+{
+    PyObject *cid_type, *from_bytes, *malformed, *noncanonical, *limit, *encode_error;
+    if (!PyArg_ParseTuple(args, "OOOOOO:configure", &cid_type, &from_bytes, &malformed, &noncanonical, &limit,
+                          &encode_error))
+        return NULL;
+    if (!PyType_Check(cid_type) || !PyCallable_Check(from_bytes)) {
+        PyErr_SetString(PyExc_TypeError, "configure(CID, CID.from_bytes, Malformed, NonCanonical, Limit, Encode)");
+        return NULL;
+    }
+    Py_INCREF(cid_type);
+    Py_XSETREF(CIDType, cid_type);
+    Py_INCREF(from_bytes);
+    Py_XSETREF(cid_from_bytes, from_bytes);
+    Py_INCREF(malformed);
+    Py_XSETREF(MalformedError, malformed);
+    Py_INCREF(noncanonical);
+    Py_XSETREF(NonCanonicalError, noncanonical);
+    Py_INCREF(limit);
+    Py_XSETREF(LimitExceededError, limit);
+    Py_INCREF(encode_error);
+    Py_XSETREF(EncodeError, encode_error);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", sp_configure, METH_VARARGS,
+     "configure(CID, cid_from_bytes, MalformedError, NonCanonicalError, LimitExceededError, EncodeError)"},
+    {"decode", (PyCFunction)(void (*)(void))sp_decode, METH_FASTCALL,
+     "decode(data, max_depth, max_length): one canonical DAG-CBOR item spanning all of data"},
+    {"encode", sp_encode, METH_O, "encode(value): the canonical DAG-CBOR bytes of value"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "kernel._speedups",
+    "The kernel's strict DAG-CBOR codec in C (the reference is kernel/dagcbor.py).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    str_raw = PyUnicode_InternFromString("raw");
+    str_offset = PyUnicode_InternFromString("offset");
+    if (str_raw == NULL || str_offset == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,227 @@
+"""kernel._speedups (the C codec) against kernel.dagcbor's cbor2 reference.
+
+Two implementations of one format: the same input must give the same value
+(types and map order included) or the same bytes, and bad input the same
+error class. Under CI the C codec must be built (the machine has a compiler);
+elsewhere these tests skip when it is absent and the reference serves alone.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import struct
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernel import dagcbor
+from kernel.cid import CID
+from kernel.dagcbor import Limits
+from kernel.errors import DecodeError, EncodeError, UsagiError
+
+from ._support import CODEC_FIXTURES, codec_fixture_paths, require_fixtures
+from .test_dagcbor import SPEC_REJECTS, values
+
+if os.environ.get("CI") and dagcbor.IMPLEMENTATION != "c":
+    pytest.fail("kernel._speedups was not built (no C compiler?); CI requires it", pytrace=False)
+
+fast = pytest.importorskip("kernel._speedups", reason="C codec not built; the reference serves alone")
+
+
+def fast_decode(data: bytes, limits: Limits = dagcbor.DEFAULT_LIMITS) -> Any:
+    return fast.decode(data, limits.max_depth, limits.max_length)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values of the same types, maps in the same order, floats bit for bit."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if type(a) is list:
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is float:
+        return struct.pack(">d", a) == struct.pack(">d", b)
+    return bool(a == b)
+
+
+def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", fn(*args)
+    except UsagiError as exc:
+        return "error", type(exc)
+
+
+def assert_same_outcome(data: bytes, limits: Limits = dagcbor.DEFAULT_LIMITS, *, exact: bool = True) -> None:
+    """Both accept with the same value, or both refuse.
+
+    ``exact``: with the same error class too. Input with several faults may
+    be refused for a different one of them: the reference parses first and
+    checks afterwards, the C codec checks as it parses (e.g. ``82 7f``, a
+    truncated array holding an indefinite string: NonCanonical for one,
+    Malformed for the other). Random mutations therefore compare only
+    accept/refuse and the value; every single-fault case compares the class.
+    """
+    ref = outcome(dagcbor.reference_decode, data, limits)
+    ours = outcome(fast_decode, data, limits)
+    assert ref[0] == ours[0], (data.hex(), ref, ours)
+    if ref[0] == "ok":
+        assert same(ref[1], ours[1]), data.hex()
+    elif exact:
+        assert ours[1] is ref[1], (data.hex(), ref[1], ours[1])
+
+
+def test_in_use_when_built() -> None:
+    assert dagcbor.IMPLEMENTATION == "c"
+    assert dagcbor.decode(b"\xa1\x61\x61\x01") == {"a": 1}
+
+
+# -- fixtures and the reject table ----------------------------------------------
+
+
+@pytest.mark.parametrize("path", codec_fixture_paths(), ids=lambda p: p.parent.name)
+def test_fixture_same_value_and_bytes(path: Path) -> None:
+    data = path.read_bytes()
+    ref = dagcbor.reference_decode(data)
+    ours = fast_decode(data)
+    assert same(ref, ours)
+    assert fast.encode(ours) == data == dagcbor.reference_encode(ref)
+
+
+def test_fixtures_present() -> None:
+    require_fixtures(CODEC_FIXTURES)
+    assert len(codec_fixture_paths()) == 128
+
+
+@pytest.mark.parametrize(("hex_", "error", "why"), SPEC_REJECTS, ids=[c[2] for c in SPEC_REJECTS])
+def test_reject_table_same_class(hex_: str, error: type[DecodeError], why: str) -> None:
+    data = bytes.fromhex(hex_)
+    with pytest.raises(error):
+        fast_decode(data)
+    assert_same_outcome(data)
+
+
+def test_offsets_match_for_trailing_bytes() -> None:
+    for data in (b"\x00\x00", bytes.fromhex("a161610100"), b"\xf6\x00\x01"):
+        with pytest.raises(DecodeError) as ref:
+            dagcbor.reference_decode(data)
+        with pytest.raises(DecodeError) as ours:
+            fast_decode(data)
+        assert ours.value.offset == ref.value.offset is not None
+
+
+# -- limits -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 3, 4, 8])
+def test_depth_limit_counts_like_the_reference(depth: int) -> None:
+    cid = CID.for_block(b"x")
+    shapes: list[Any] = [0, [], [0], [[0]], [[]], [[[0]]], {"a": {"b": 1}}, cid, [cid], {"a": [cid]},
+                         {"a": [{"b": [1, {"c": []}]}]}]
+    for shape in shapes:
+        assert_same_outcome(dagcbor.reference_encode(shape), Limits(max_depth=depth))
+
+
+@pytest.mark.parametrize("length", [0, 1, 5, 10])
+def test_length_limit_like_the_reference(length: int) -> None:
+    for shape in ([0] * 5, {f"k{i}": i for i in range(5)}, [[0] * 11], {"a": list(range(10))}):
+        assert_same_outcome(dagcbor.reference_encode(shape), Limits(max_length=length))
+
+
+def test_huge_declared_lengths_fail_without_allocating() -> None:
+    for hex_ in ("5b7fffffffffffffff", "7b7fffffffffffffff", "9b7fffffffffffffff", "bb7fffffffffffffff",
+                 "9bffffffffffffffff", "bbffffffffffffffff", "5bffffffffffffffff"):
+        with pytest.raises(DecodeError):
+            fast_decode(bytes.fromhex(hex_))
+
+
+def test_deep_nesting_is_a_limit_error_not_a_crash() -> None:
+    data = b"\x81" * 100_000 + b"\x00"
+    with pytest.raises(DecodeError):
+        fast.decode(data, 100_000, 10)
+
+
+# -- encoder ------------------------------------------------------------------
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+class Name(str, enum.Enum):  # noqa: UP042  (a mixed-in str Enum: str() is its name, not its text)
+    ANNA = "anna"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"b": 2, "aa": 1, "é": 3, "z": 4},
+        OrderedDict([("z", 1), ("a", 2)]),
+        (1, 2, 3),
+        [Colour.RED, Name.ANNA, bytearray(b"ab"), memoryview(b"cd")],
+        [(1 << 64) - 1, -(1 << 64), -1, 0, 23, 24, 255, 256, 65535, 65536, (1 << 32) - 1, 1 << 32],
+        [0.0, -0.0, 1.5, 1e300, -2.5e-300],
+        {"k" * 40: list(range(30)), **{f"key{i:03}": i for i in range(40)}},
+        [CID.for_block(b"a"), {"link": CID.for_block(b"b", 0x55)}],
+        "テキスト",
+        b"\x00" * 70_000,
+    ],
+    ids=repr,
+)
+def test_encoder_same_bytes(value: Any) -> None:
+    assert fast.encode(value) == dagcbor.reference_encode(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [math.nan, math.inf, {1: 2}, {b"a": 1}, 1 << 64, -(1 << 64) - 1, {1, 2}, object(), complex(1, 2),
+     [[[{"a": {3}}]]], "\ud800", {"\udc00": 1}],
+    ids=repr,
+)
+def test_encoder_rejects_like_the_reference(value: Any) -> None:
+    with pytest.raises(EncodeError):
+        fast.encode(value)
+
+
+def test_encoder_depth_limit() -> None:
+    value: Any = 0
+    for _ in range(600):
+        value = [value]
+    with pytest.raises(EncodeError):
+        fast.encode(value)
+
+
+# -- properties -------------------------------------------------------------------
+
+
+@given(values)
+def test_same_bytes_and_values(value: Any) -> None:
+    data = dagcbor.reference_encode(value)
+    assert fast.encode(value) == data
+    assert same(fast_decode(data), dagcbor.reference_decode(data))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(values, st.data())
+def test_mutations_same_outcome(value: Any, data: st.DataObject) -> None:
+    encoded = bytearray(dagcbor.reference_encode(value))
+    index = data.draw(st.integers(0, len(encoded) - 1))
+    encoded[index] ^= data.draw(st.integers(1, 255))
+    assert_same_outcome(bytes(encoded), exact=False)
+
+
+@given(values, st.data())
+def test_truncations_same_outcome(value: Any, data: st.DataObject) -> None:
+    encoded = dagcbor.reference_encode(value)
+    assert_same_outcome(encoded[: data.draw(st.integers(0, len(encoded) - 1))], exact=False)
+
+
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_same_outcome(blob: bytes) -> None:
+    assert_same_outcome(blob, exact=False)
