@@ -907,6 +907,191 @@ sp_encode(PyObject *self, PyObject *value)
     return out;
 }
 
+/* ------------------------------------------------------------ lines_ok */
+
+/* The fast path of kernel/document.py's line rules: lines_ok(lines) is True
+ * exactly when _check_line finds nothing in any line; the Python code runs
+ * whenever it is False and writes the problems. tests/kernel/test_speedups.py
+ * holds the two to the same answer on generated lines. */
+
+#define MAX_TEXT 4000
+#define MAX_SHORT 200
+
+static PyObject *k_text, *k_qty, *k_unit, *k_unit_price, *k_amount, *k_ref, *k_ext;
+
+/* -?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})? over the whole string */
+static int
+is_decimal(PyObject *s)
+{
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s))
+        return 0;
+    const char *p = (const char *)PyUnicode_DATA(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s), i = 0;
+    if (i < n && p[i] == '-')
+        i++;
+    if (i >= n)
+        return 0;
+    if (p[i] == '0') {
+        i++;
+    }
+    else if (p[i] >= '1' && p[i] <= '9') {
+        Py_ssize_t start = i++;
+        while (i < n && p[i] >= '0' && p[i] <= '9')
+            i++;
+        if (i - start > 27)
+            return 0;
+    }
+    else {
+        return 0;
+    }
+    if (i == n)
+        return 1;
+    if (p[i] != '.')
+        return 0;
+    Py_ssize_t start = ++i;
+    while (i < n && p[i] >= '0' && p[i] <= '9')
+        i++;
+    return i == n && i - start >= 1 && i - start <= 12;
+}
+
+/* [a-z][a-z0-9_-]{0,39} */
+static int
+is_namespace(PyObject *s)
+{
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s))
+        return 0;
+    const char *p = (const char *)PyUnicode_DATA(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    if (n < 1 || n > 40 || p[0] < 'a' || p[0] > 'z')
+        return 0;
+    for (Py_ssize_t i = 1; i < n; i++) {
+        char c = p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int
+no_floats(PyObject *v, int depth)
+{
+    if (depth > 64)
+        return 0; /* let the Python code decide */
+    if (PyFloat_CheckExact(v))
+        return 0;
+    if (PyDict_CheckExact(v)) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *item;
+        while (PyDict_Next(v, &pos, &key, &item))
+            if (!no_floats(item, depth + 1))
+                return 0;
+    }
+    else if (PyList_CheckExact(v)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(v); i++)
+            if (!no_floats(PyList_GET_ITEM(v, i), depth + 1))
+                return 0;
+    }
+    return 1;
+}
+
+static int
+ext_ok(PyObject *ext)
+{
+    if (!PyDict_CheckExact(ext))
+        return 0;
+    Py_ssize_t pos = 0;
+    PyObject *ns, *fields;
+    while (PyDict_Next(ext, &pos, &ns, &fields)) {
+        if (!is_namespace(ns) || !PyDict_CheckExact(fields) || !no_floats(fields, 0))
+            return 0;
+    }
+    return 1;
+}
+
+static int
+short_text_ok(PyObject *v)
+{
+    if (v == NULL || v == Py_None)
+        return 1;
+    if (!PyUnicode_CheckExact(v))
+        return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+    return n >= 1 && n <= MAX_SHORT;
+}
+
+static int
+line_ok(PyObject *line)
+{
+    if (!PyDict_CheckExact(line))
+        return 0;
+    Py_ssize_t pos = 0, known = 0;
+    PyObject *key, *value;
+    PyObject *text = NULL, *qty = NULL, *unit = NULL, *unit_price = NULL, *amount = NULL, *ref = NULL, *ext = NULL;
+    int has_ext = 0;
+    while (PyDict_Next(line, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key))
+            return 0;
+        /* the interned field names first (pointer equality), then by value */
+        PyObject **slot = NULL;
+        PyObject *names[7] = {k_text, k_qty, k_unit, k_unit_price, k_amount, k_ref, k_ext};
+        PyObject **slots[7] = {&text, &qty, &unit, &unit_price, &amount, &ref, &ext};
+        for (int i = 0; i < 7 && slot == NULL; i++)
+            if (key == names[i])
+                slot = slots[i];
+        for (int i = 0; i < 7 && slot == NULL; i++) {
+            int eq = PyUnicode_Compare(key, names[i]);
+            if (eq == -1 && PyErr_Occurred())
+                return -1;
+            if (eq == 0)
+                slot = slots[i];
+        }
+        if (slot == NULL)
+            return 0; /* an unknown line field */
+        *slot = value;
+        if (slot == &ext)
+            has_ext = 1;
+        known++;
+    }
+    (void)known;
+    if (text == NULL || !PyUnicode_CheckExact(text))
+        return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (n > MAX_TEXT)
+        return 0;
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    int blank = 1;
+    for (Py_ssize_t i = 0; i < n && blank; i++)
+        if (!Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)))
+            blank = 0;
+    if (blank)
+        return 0;
+    PyObject *decimals[3] = {qty, unit_price, amount};
+    for (int i = 0; i < 3; i++)
+        if (decimals[i] != NULL && decimals[i] != Py_None && !is_decimal(decimals[i]))
+            return 0;
+    if (!short_text_ok(unit) || !short_text_ok(ref))
+        return 0;
+    if (has_ext && !ext_ok(ext))
+        return 0;
+    return 1;
+}
+
+static PyObject *
+sp_lines_ok(PyObject *self, PyObject *lines)
+{
+    if (!PyList_CheckExact(lines))
+        Py_RETURN_FALSE;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lines); i++) {
+        int ok = line_ok(PyList_GET_ITEM(lines, i));
+        if (ok < 0)
+            return NULL;
+        if (!ok)
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 /* --------------------------------------------------------------- configure */
 
 static PyObject *
@@ -941,6 +1126,7 @@ static PyMethodDef methods[] = {
     {"decode", (PyCFunction)(void (*)(void))sp_decode, METH_FASTCALL,
      "decode(data, max_depth, max_length): one canonical DAG-CBOR item spanning all of data"},
     {"encode", sp_encode, METH_O, "encode(value): the canonical DAG-CBOR bytes of value"},
+    {"lines_ok", sp_lines_ok, METH_O, "lines_ok(lines): True when no document line breaks a kernel rule"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -956,6 +1142,15 @@ PyInit__speedups(void)
     str_raw = PyUnicode_InternFromString("raw");
     str_offset = PyUnicode_InternFromString("offset");
     if (str_raw == NULL || str_offset == NULL)
+        return NULL;
+    k_text = PyUnicode_InternFromString("text");
+    k_qty = PyUnicode_InternFromString("qty");
+    k_unit = PyUnicode_InternFromString("unit");
+    k_unit_price = PyUnicode_InternFromString("unit_price");
+    k_amount = PyUnicode_InternFromString("amount");
+    k_ref = PyUnicode_InternFromString("ref");
+    k_ext = PyUnicode_InternFromString("ext");
+    if (!k_text || !k_qty || !k_unit || !k_unit_price || !k_amount || !k_ref || !k_ext)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -127,6 +127,11 @@ def _short_text(doc: Mapping[str, Any], key: str, out: list[Problem], limit: int
         out.append(Problem(key, f"must be text of 1..{limit} characters"))
 
 
+try:  # the same line rules in C (kernel/_speedups.c): True when _check_line finds nothing
+    from ._speedups import lines_ok as _lines_ok  # type: ignore[attr-defined]
+except ImportError:
+    _lines_ok = None
+
 _DECIMAL_MATCH: Final = _DECIMAL_RE.fullmatch
 _LINE_DECIMALS: Final = ("qty", "unit_price", "amount")
 
@@ -222,7 +227,7 @@ def document_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
     if lines is not None:
         if type(lines) is not list or len(lines) > MAX_LINES:
             out.append(Problem("lines", f"must be a list of at most {MAX_LINES} lines"))
-        else:
+        elif _lines_ok is None or not _lines_ok(lines):
             for i, line in enumerate(lines):
                 _check_line(line, "lines[%d]" % i, out)  # noqa: UP031 (hot loop)
     if "ext" in doc:

@@ -225,3 +225,62 @@ def test_truncations_same_outcome(value: Any, data: st.DataObject) -> None:
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_same_outcome(blob: bytes) -> None:
     assert_same_outcome(blob, exact=False)
+
+
+# -- document lines ---------------------------------------------------------------
+
+from kernel import document  # noqa: E402
+
+decimalish = (
+    st.from_regex(r"-?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})?", fullmatch=True)
+    | st.sampled_from(["", "-", "01", "1.", ".5", "1.0000000000000", "1" * 28, "１２", "1e3", "+1", "1.5\n", "-0"])
+    | st.text(max_size=6)
+)
+shortish = st.text(max_size=3) | st.text(min_size=199, max_size=201) | st.sampled_from(["pcs", ""])
+texty = (
+    st.text(max_size=20)
+    | st.sampled_from([" ", "\u3000\t", "\x1c", "a", " x ", "x" * 4000, "x" * 4001])
+)
+leaf = st.none() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4) | st.booleans()
+plugin_fields = st.recursive(leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c,
+                                                                                          max_size=3),
+                             max_leaves=8)
+namespaces = st.from_regex(r"[a-z][a-z0-9_-]{0,39}", fullmatch=True) | st.sampled_from(["", "A", "9x", "a" * 41])
+ext_values = st.dictionaries(namespaces, plugin_fields, max_size=2) | leaf
+line_values = {
+    "qty": decimalish | leaf,
+    "unit_price": decimalish | leaf,
+    "amount": decimalish | leaf,
+    "unit": shortish | leaf,
+    "ref": shortish | leaf,
+    "ext": ext_values,
+    "colour": leaf,
+}
+lines_strategy = st.lists(
+    st.fixed_dictionaries({"text": texty | leaf}, optional=line_values)
+    | st.fixed_dictionaries({}, optional=line_values) | leaf | st.lists(leaf, max_size=2),
+    max_size=4,
+)
+
+
+def python_line_problems(lines: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for i, line in enumerate(lines):
+        document._check_line(line, f"lines[{i}]", out)
+    return out
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(lines_strategy)
+def test_lines_ok_agrees_with_the_python_rules(lines: list[Any]) -> None:
+    assert fast.lines_ok(lines) is (not python_line_problems(lines))
+
+
+def test_lines_ok_examples() -> None:
+    good = [{"text": "M6 bolt", "qty": "100", "unit": "pcs", "unit_price": "12.50", "ref": "A-1"},
+            {"text": "x", "qty": None, "ext": {"food": {"lot": "L1", "temp": ["2", 3]}}}]
+    assert fast.lines_ok(good) is True
+    for bad in ({"text": " "}, {"text": "x", "qty": "1.5e3"}, {"text": "x", "ext": {"food": {"t": 2.5}}},
+                {"text": "x", "colour": "red"}, {"text": "x", "unit": ""}, {"qty": "1"}, "text"):
+        assert fast.lines_ok([*good, bad]) is False
+        assert python_line_problems([*good, bad])
