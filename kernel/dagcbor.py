@@ -283,9 +283,9 @@ def reference_decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) 
 # -- the implementation in use ------------------------------------------------
 
 try:
-    from . import _speedups  # type: ignore[attr-defined]
+    from . import _speedups
 except ImportError:  # built without a C compiler: the reference serves
-    _speedups = None
+    _speedups = None  # type: ignore[assignment]
 
 if _speedups is not None:
     _speedups.configure(
@@ -296,7 +296,7 @@ if _speedups is not None:
 
     def encode(value: Any) -> bytes:
         """Encode ``value`` as canonical DAG-CBOR."""
-        return _speedups.encode(value)  # type: ignore[no-any-return]
+        return _speedups.encode(value)
 
     def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
         """Decode one canonical DAG-CBOR item that spans all of ``data``."""

@@ -128,9 +128,9 @@ def _short_text(doc: Mapping[str, Any], key: str, out: list[Problem], limit: int
 
 
 try:  # the same line rules in C (kernel/_speedups.c): True when _check_line finds nothing
-    from ._speedups import lines_ok as _lines_ok  # type: ignore[attr-defined]
+    from ._speedups import lines_ok as _lines_ok
 except ImportError:
-    _lines_ok = None
+    _lines_ok = None  # type: ignore[assignment]
 
 _DECIMAL_MATCH: Final = _DECIMAL_RE.fullmatch
 _LINE_DECIMALS: Final = ("qty", "unit_price", "amount")

@@ -233,7 +233,8 @@ from kernel import document  # noqa: E402
 
 decimalish = (
     st.from_regex(r"-?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})?", fullmatch=True)
-    | st.sampled_from(["", "-", "01", "1.", ".5", "1.0000000000000", "1" * 28, "１２", "1e3", "+1", "1.5\n", "-0"])
+    | st.sampled_from(["", "-", "01", "1.", ".5", "1.0000000000000", "1" * 28, "１２", "1e3", "+1", "-0"])
+    | st.just("1.5\n")
     | st.text(max_size=6)
 )
 shortish = st.text(max_size=3) | st.text(min_size=199, max_size=201) | st.sampled_from(["pcs", ""])
@@ -242,10 +243,14 @@ texty = (
     | st.sampled_from([" ", "\u3000\t", "\x1c", "a", " x ", "x" * 4000, "x" * 4001])
 )
 leaf = st.none() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4) | st.booleans()
-plugin_fields = st.recursive(leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c,
-                                                                                          max_size=3),
-                             max_leaves=8)
-namespaces = st.from_regex(r"[a-z][a-z0-9_-]{0,39}", fullmatch=True) | st.sampled_from(["", "A", "9x", "a" * 41])
+plugin_fields = st.recursive(
+    leaf,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+    max_leaves=8,
+)
+namespaces = (
+    st.from_regex(r"[a-z][a-z0-9_-]{0,39}", fullmatch=True) | st.sampled_from(["", "A", "9x", "a" * 41])
+)
 ext_values = st.dictionaries(namespaces, plugin_fields, max_size=2) | leaf
 line_values = {
     "qty": decimalish | leaf,
