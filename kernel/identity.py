@@ -91,13 +91,29 @@ class Party:
 
 def party(did: object) -> Party:
     """Parse a ``did:key`` (Ed25519) into a Party; cached, DIDs are immutable."""
+    known = _KNOWN.get(did) if type(did) is str else None
+    if known is not None:
+        return known
     if type(did) is not str or not _DID_RE.fullmatch(did):
         raise MalformedError(f"not an Ed25519 did:key: {str(did)[:80]!r}")
     return _party(did)
 
 
-@functools.lru_cache(maxsize=4096)
+#: Parties already parsed (the lru_cache below holds them; this skips its key
+#: building and the regex on the per-document path). Bounded like it.
+_KNOWN: dict[str, Party] = {}
+
+
 def _party(did: str) -> Party:
+    result = _parse_party(did)
+    if len(_KNOWN) >= 4096:
+        _KNOWN.clear()
+    _KNOWN[did] = result
+    return result
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_party(did: str) -> Party:
     try:
         raw = multibase.decode(did[len("did:key:") :])
     except Exception:  # multibase raises several types for bad input

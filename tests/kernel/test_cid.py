@@ -260,3 +260,17 @@ def test_equality_hash_and_order() -> None:
     assert a != b and a != a.raw
     assert sorted([b, a]) == sorted([a, b])
     assert repr(a) == f"CID({str(a)!r})"
+
+
+def test_read_fast_path_matches_the_fields_of_the_walk() -> None:
+    # CIDv1 sha2-256 dag-cbor/raw is read without the varint walk; same fields,
+    # same end offset, and a short one still fails as truncated.
+    for codec in (0x71, 0x55):
+        digest = hashlib.sha256(bytes([codec])).digest()
+        raw = bytes([1, codec, 0x12, 0x20]) + digest
+        cid, end = CID.read(b"\xff" + raw + b"tail", 1)
+        assert (cid.raw, cid.version, cid.codec, cid.hash_code, cid.digest, end) == (
+            raw, 1, codec, 0x12, digest, 37)
+        assert cid == CID.parse(str(cid)) and str(cid) == str(MFCID.decode(str(cid)))
+        with pytest.raises(MalformedError):
+            CID.from_bytes(raw[:-1])
