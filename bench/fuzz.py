@@ -208,6 +208,28 @@ def _invitation_check(data: bytes) -> None:
     parse_invitation(data, now=NOW)
 
 
+def _codec_differential(data: bytes) -> None:
+    """The C codec against the cbor2 reference: same accept/refuse, same value, same bytes."""
+    try:
+        ref: Any = ("ok", dagcbor.reference_decode(data))
+    except UsagiError as exc:
+        ref = ("error", exc)
+    if dagcbor.IMPLEMENTATION != "c":
+        if ref[0] == "error":
+            raise ref[1]
+        return
+    try:
+        ours: Any = ("ok", dagcbor.decode(data))
+    except UsagiError as exc:
+        ours = ("error", exc)
+    if ref[0] != ours[0]:
+        raise AssertionError(f"reference {ref!r} but C {ours!r} for {data.hex()}")
+    if ref[0] == "error":
+        raise ref[1]
+    if dagcbor.encode(ours[1]) != data or ours[1] != ref[1]:
+        raise AssertionError(f"C and reference values or bytes differ for {data.hex()}")
+
+
 def kernel_targets(seeds: Seeds) -> list[Target]:
     def open_checked(data: bytes) -> None:
         # With the CID of the mutated bytes, so the check goes past the hash.
@@ -215,6 +237,7 @@ def kernel_targets(seeds: Seeds) -> list[Target]:
 
     return [
         Target("dagcbor.decode", seeds.cbor + seeds.blocks + seeds.batches, lambda d: dagcbor.decode(d)),
+        Target("dagcbor.c-vs-reference", seeds.cbor + seeds.blocks + seeds.batches, _codec_differential),
         Target("envelope.open", seeds.blocks, open_checked),
         Target("envelope.open_plaintext", seeds.blocks, lambda d: kenvelope.open_plaintext(d, BUYER)),
         Target("messages.open_notice", seeds.notices,
@@ -342,7 +365,7 @@ def main() -> None:
     sys.exit(1 if failed else 0)
 
 
-TARGET_NAMES = ("dagcbor.decode", "envelope.open", "envelope.open_plaintext",
+TARGET_NAMES = ("dagcbor.decode", "dagcbor.c-vs-reference", "envelope.open", "envelope.open_plaintext",
                 "messages.open_notice", "messages.open_ack", "rotation.open_rotation", "car.CARParser",
                 "invitation.parse_invitation", "Node.receive")
 

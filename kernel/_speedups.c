@@ -195,6 +195,44 @@ decode_text(Reader *r, uint64_t n, Py_ssize_t start)
     return text;
 }
 
+/* Map keys repeat (every line of every order has the same few), so short
+ * keys are kept in a small direct-mapped cache of str objects and shared. */
+#define KEY_CACHE_SIZE 512
+#define KEY_CACHE_MAX_LEN 24
+
+typedef struct {
+    Py_ssize_t len;
+    char bytes[KEY_CACHE_MAX_LEN];
+    PyObject *str;
+} KeyEntry;
+
+static KeyEntry key_cache[KEY_CACHE_SIZE];
+
+static PyObject *
+decode_key(Reader *r, uint64_t n, Py_ssize_t start)
+{
+    if (n > KEY_CACHE_MAX_LEN || n > (uint64_t)(r->len - r->pos))
+        return decode_text(r, n, start);
+    const uint8_t *p = r->data + r->pos;
+    uint32_t h = 2166136261u;
+    for (uint64_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    KeyEntry *e = &key_cache[(h ^ (h >> 16)) & (KEY_CACHE_SIZE - 1)];
+    if (e->str != NULL && e->len == (Py_ssize_t)n && memcmp(e->bytes, p, (size_t)n) == 0) {
+        r->pos += (Py_ssize_t)n;
+        Py_INCREF(e->str);
+        return e->str;
+    }
+    PyObject *key = decode_text(r, n, start);
+    if (key == NULL)
+        return NULL;
+    Py_INCREF(key);
+    Py_XSETREF(e->str, key);
+    e->len = (Py_ssize_t)n;
+    memcpy(e->bytes, p, (size_t)n);
+    return key;
+}
+
 static PyObject *
 decode_map(Reader *r, uint64_t n, int depth, Py_ssize_t start)
 {
@@ -247,7 +285,7 @@ decode_map(Reader *r, uint64_t n, int depth, Py_ssize_t start)
                 goto error;
             }
         }
-        PyObject *key = decode_text(r, klen, key_start);
+        PyObject *key = decode_key(r, klen, key_start);
         if (key == NULL)
             goto error;
         prev_key = kbytes;

@@ -298,6 +298,11 @@ if _speedups is not None:
         """Encode ``value`` as canonical DAG-CBOR."""
         return _speedups.encode(value)
 
+    #: For the kernel's own structures of plain values (no ready-made tags)
+    #: whose maps are already in canonical order: the C encoder when built,
+    #: else cbor2 directly (:func:`encode_ordered`).
+    encode_plain = _speedups.encode
+
     def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
         """Decode one canonical DAG-CBOR item that spans all of ``data``."""
         if len(data) > limits.max_size:
@@ -307,4 +312,5 @@ if _speedups is not None:
 else:
     IMPLEMENTATION = "python"
     encode = reference_encode
+    encode_plain = encode_ordered
     decode = reference_decode

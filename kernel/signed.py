@@ -47,7 +47,7 @@ def sign(identity: Identity, label: str, body: Any) -> bytes:
 def sign_bytes(identity: Identity, label: str, body_bytes: bytes) -> bytes:
     signature = identity.sign(label, body_bytes)
     # Keys in canonical order: "sig" (3), "body" (4), "signer" (6).
-    return dagcbor.encode_ordered({"sig": signature, "body": body_bytes, "signer": identity.did})
+    return dagcbor.encode_plain({"sig": signature, "body": body_bytes, "signer": identity.did})
 
 
 def open_signed(

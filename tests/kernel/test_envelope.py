@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 from hypothesis import given, settings
+from nacl import bindings as sodium
+from nacl.exceptions import CryptoError
 from hypothesis import strategies as st
 
 from kernel import dagcbor
@@ -285,3 +287,17 @@ def test_random_third_key_never_opens(seed: bytes) -> None:
         return
     with pytest.raises(NotRecipientError):
         open(SEALED.block, me)
+
+
+def test_slot_order_is_random() -> None:
+    # Which position holds the seller's slot, over 200 seals: a fair coin
+    # lands outside 60..140 with probability < 1e-8.
+    first = 0
+    for _ in range(200):
+        slots = dagcbor.decode(seal(DOC, BUYER).block)["s"]
+        try:
+            sodium.crypto_box_seal_open(slots[0], SELLER.x25519_public, SELLER.x25519_secret)
+            first += 1
+        except CryptoError:
+            sodium.crypto_box_seal_open(slots[1], SELLER.x25519_public, SELLER.x25519_secret)
+    assert 60 <= first <= 140
