@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
-from hypothesis import strategies as st
 
 from kernel import dagcbor
 from kernel.cid import CID
