@@ -31,6 +31,17 @@ __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow"]
 
 log = logging.getLogger("usagi.ledger")
 
+NONCES_TABLE = """
+CREATE TABLE IF NOT EXISTS nonces (
+    sender TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    cid BLOB NOT NULL,
+    ack BLOB NOT NULL,
+    seen_at REAL NOT NULL,
+    PRIMARY KEY (sender, nonce)
+);
+"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS partners (
     did TEXT PRIMARY KEY,
@@ -92,14 +103,7 @@ CREATE TABLE IF NOT EXISTS invitations (
     expires REAL NOT NULL,
     used_by TEXT
 );
-CREATE TABLE IF NOT EXISTS nonces (
-    sender TEXT NOT NULL,
-    nonce BLOB NOT NULL,
-    cid BLOB NOT NULL,
-    ack BLOB NOT NULL,
-    seen_at REAL NOT NULL,
-    PRIMARY KEY (sender, nonce)
-) WITHOUT ROWID;
+""" + NONCES_TABLE + """
 """
 
 
@@ -218,6 +222,17 @@ class Ledger:
             columns = {row[1] for row in await self._all(f"PRAGMA table_info({table})")}
             if column not in columns:
                 await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        # nonces was WITHOUT ROWID: its ~400-byte rows (the ack is kept) made
+        # every insert under a random nonce move rows around the B-tree (28 us
+        # of CPU per row against 13 us as a rowid table). Copied once.
+        sql = await self._one("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'nonces'")
+        if sql is not None and "WITHOUT ROWID" in str(sql[0]).upper():
+            await self.write([
+                ("ALTER TABLE nonces RENAME TO nonces_without_rowid", ()),
+                (NONCES_TABLE, ()),
+                ("INSERT INTO nonces SELECT sender, nonce, cid, ack, seen_at FROM nonces_without_rowid", ()),
+                ("DROP TABLE nonces_without_rowid", ()),
+            ])
 
     async def close(self) -> None:
         if self._db is not None:

@@ -122,3 +122,28 @@ async def test_shared_connection(tmp_path: Path) -> None:
         assert list(await db.execute_fetchall("SELECT count(*) FROM blocks")) == [(1,)]
     async with SQLiteBlockStore(path) as store:
         assert await store.get(cid) == b"shared"
+
+
+async def test_a_without_rowid_store_is_converted_on_open(tmp_path: Path) -> None:
+    # The layout of earlier versions: rows kept in CID order. Opening converts
+    # it to a rowid table and keeps every block and pin.
+    path = tmp_path / "old.db"
+    blocks = [bytes([i]) * (100 + i) for i in range(20)]
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL, "
+               "pinned INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID")
+    db.executemany("INSERT INTO blocks VALUES (?, ?, ?)",
+                   [(CID.for_block(b, 0x55).raw, b, i % 2) for i, b in enumerate(blocks)])
+    db.commit()
+    db.close()
+    async with SQLiteBlockStore(path) as store:
+        for block in blocks:
+            assert await store.get(CID.for_block(block, 0x55)) == block
+        assert len([cid async for cid in store.blocks()]) == 20
+    db = sqlite3.connect(path)
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'blocks'").fetchone()
+    pinned = db.execute("SELECT count(*) FROM blocks WHERE pinned = 1").fetchone()[0]
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    db.close()
+    assert "WITHOUT ROWID" not in sql.upper()
+    assert pinned == 10 and tables == {"blocks"}

@@ -1,0 +1,46 @@
+"""The ledger converts what earlier versions wrote, keeping every row."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from kernel.cid import CID
+from usagi_p2p.ledger import Ledger
+
+
+async def test_without_rowid_nonces_are_converted_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    sender = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+    rows = [(sender, bytes([i]) * 16, CID.for_block(bytes([i])).raw, b"ack%d" % i, 1.5 + i)
+            for i in range(30)]
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE nonces (sender TEXT NOT NULL, nonce BLOB NOT NULL, cid BLOB NOT NULL, "
+               "ack BLOB NOT NULL, seen_at REAL NOT NULL, PRIMARY KEY (sender, nonce)) WITHOUT ROWID")
+    db.executemany("INSERT INTO nonces VALUES (?,?,?,?,?)", rows)
+    db.commit()
+    db.close()
+    async with Ledger(str(path)) as ledger:
+        assert await ledger.seen_nonce(sender, bytes([7]) * 16) == (CID.for_block(b"\x07"), b"ack7")
+        seen = await ledger.seen_nonces(sender, [bytes([i]) * 16 for i in range(40)])
+        assert seen == {bytes([i]) * 16: b"ack%d" % i for i in range(30)}
+        # still one answer per (sender, nonce)
+        await ledger.record_nonce(sender, bytes([7]) * 16, CID.for_block(b"other"), b"other")
+        assert await ledger.seen_nonce(sender, bytes([7]) * 16) == (CID.for_block(b"\x07"), b"ack7")
+    db = sqlite3.connect(path)
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'nonces'").fetchone()
+    assert db.execute("SELECT count(*) FROM nonces").fetchone()[0] == 30
+    leftovers = db.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE '%without_rowid%'").fetchone()
+    db.close()
+    assert "WITHOUT ROWID" not in sql.upper() and leftovers == (0,)
+
+
+async def test_a_new_ledger_is_converted_only_once(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    for _ in range(2):
+        async with Ledger(str(path)) as ledger:
+            await ledger.record_nonce("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+                                      b"n" * 16, CID.for_block(b"x"), b"a")
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM nonces").fetchone()[0] == 1
+    db.close()
