@@ -278,10 +278,28 @@ def deterministic_vectors() -> dict[str, dict[str, Any]]:
 #: The randomly sealed base blocks; everything else is derived from them.
 RECORDED = (
     "envelope-success.json",
+    "envelope-success-separate-ephemerals.json",
     "envelope-wrong-signer.json",
     "envelope-invalid-signature.json",
     "envelope-invalid-document.json",
 )
+
+
+def _seal_separate_ephemerals(signed: bytes, recipients: list[Identity]) -> bytes:
+    """An envelope whose slots are plain ``crypto_box_seal`` boxes, one ephemeral
+    key each (what this project sealed before 2026-12-02): openers must accept it."""
+    import os
+
+    from nacl import bindings as sodium
+
+    from kernel.envelope import ENVELOPE_VERSION, _associated_data, bucket, pad
+
+    key, nonce = os.urandom(32), os.urandom(24)
+    slots = [sodium.crypto_box_seal(key, r.x25519_public) for r in recipients]
+    padded = pad(signed, bucket(len(signed)))
+    body = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        padded, _associated_data(nonce, slots), nonce, key)
+    return dagcbor.encode({"c": body, "n": nonce, "s": slots, "v": ENVELOPE_VERSION})
 
 
 def _seal_base() -> dict[str, bytes]:
@@ -293,6 +311,8 @@ def _seal_base() -> dict[str, bytes]:
     float_doc = dagcbor.encode({**order_document(), "total": 6250.0})
     return {
         "envelope-success.json": seal(order_document(), BUYER).block,
+        "envelope-success-separate-ephemerals.json": _seal_separate_ephemerals(
+            sign_bytes(BUYER, "document", body), [SELLER, BUYER]),
         "envelope-wrong-signer.json": seal_signed(
             sign_bytes(STRANGER, "document", body), parties
         ).block,
@@ -360,6 +380,16 @@ def envelope_vectors(base: dict[str, bytes]) -> dict[str, dict[str, Any]]:
     out["envelope-success.json"] = _envelope(
         "A recorded envelope (buyer's order sealed to buyer and seller) opened by the seller",
         ok,
+        SELLER,
+        "success",
+        recorded=True,
+        document=document,
+        signed=signed,
+    )
+    out["envelope-success-separate-ephemerals.json"] = _envelope(
+        "An envelope whose two slots are sealed boxes with separate ephemeral keys "
+        "(the form sealed before 2026-12-02) opened by the seller",
+        base["envelope-success-separate-ephemerals.json"],
         SELLER,
         "success",
         recorded=True,

@@ -301,3 +301,31 @@ def test_slot_order_is_random() -> None:
         except CryptoError:
             sodium.crypto_box_seal_open(slots[1], SELLER.x25519_public, SELLER.x25519_secret)
     assert 60 <= first <= 140
+
+
+def test_slots_share_one_ephemeral_key_and_are_standard_sealed_boxes() -> None:
+    sealed = seal(DOC, BUYER)
+    slots = dagcbor.decode(sealed.block)["s"]
+    assert len({slot[:32] for slot in slots}) == 1
+    # each is a libsodium sealed box its recipient opens with crypto_box_seal_open
+    opened = []
+    for who in (SELLER, BUYER):
+        keys = []
+        for slot in slots:
+            try:
+                keys.append(sodium.crypto_box_seal_open(slot, who.x25519_public, who.x25519_secret))
+            except CryptoError:
+                pass
+        opened.append(keys)
+    assert len(opened[0]) == len(opened[1]) == 1 and opened[0] == opened[1]
+    # and not by a third key
+    for slot in slots:
+        with pytest.raises(CryptoError):
+            sodium.crypto_box_seal_open(slot, STRANGER.x25519_public, STRANGER.x25519_secret)
+
+
+def test_low_order_ephemeral_key_is_not_a_recipient_not_a_crash() -> None:
+    env = dagcbor.decode(seal(DOC, BUYER).block)
+    env["s"] = [bytes(32) + slot[32:] for slot in env["s"]]  # the all-zero point
+    with pytest.raises(NotRecipientError):
+        open(dagcbor.encode(env), SELLER)
