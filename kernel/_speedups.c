@@ -1130,6 +1130,284 @@ sp_lines_ok(PyObject *self, PyObject *lines)
     Py_RETURN_TRUE;
 }
 
+/* ---------------------------------------------------------- document_ok */
+
+/* The fast path of kernel/document.py's document_problems: document_ok(doc,
+ * kinds) is True only when document_problems(doc, kinds) is empty; it may
+ * say False for a valid document it does not vouch for (a party not parsed
+ * before, several prev links, non-ASCII digits in a time), and the Python
+ * rules then decide and name the problems. The test holds it to that. */
+
+static PyObject *doc_top_fields, *doc_kernel_kinds, *doc_responses, *doc_known_parties, *doc_cid_type;
+static PyObject *k_v, *k_kind, *k_from, *k_to, *k_issued_at, *k_valid_until, *k_due, *k_thread, *k_prev,
+    *k_user, *k_note, *k_currency, *k_total, *k_response, *k_lines, *k_order_response;
+
+#define MAX_LINES 10000
+#define MAX_PREV 64
+
+static int
+is_digit2(const char *p, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+    return 1;
+}
+
+static int
+num(const char *p, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++)
+        v = v * 10 + (p[i] - '0');
+    return v;
+}
+
+/* \d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{0,5}[1-9])?Z, ASCII digits, a real date and time */
+static int
+time_ok(PyObject *t)
+{
+    if (!PyUnicode_CheckExact(t) || !PyUnicode_IS_ASCII(t))
+        return 0;
+    const char *p = (const char *)PyUnicode_DATA(t);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(t);
+    if (n < 20 || p[n - 1] != 'Z')
+        return 0;
+    if (!is_digit2(p, 4) || p[4] != '-' || !is_digit2(p + 5, 2) || p[7] != '-' || !is_digit2(p + 8, 2) ||
+        p[10] != 'T' || !is_digit2(p + 11, 2) || p[13] != ':' || !is_digit2(p + 14, 2) || p[16] != ':' ||
+        !is_digit2(p + 17, 2))
+        return 0;
+    if (n > 20) {
+        /* \.\d{0,5}[1-9] before the Z */
+        Py_ssize_t frac = n - 21; /* characters after the '.' */
+        if (p[19] != '.' || frac < 1 || frac > 6 || !is_digit2(p + 20, (int)frac) || p[n - 2] == '0')
+            return 0;
+    }
+    int year = num(p, 4), month = num(p + 5, 2), day = num(p + 8, 2);
+    int hour = num(p + 11, 2), minute = num(p + 14, 2), second = num(p + 17, 2);
+    if (year < 1 || month < 1 || month > 12 || day < 1 || hour > 23 || minute > 59 || second > 59)
+        return 0;
+    static const int mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    int limit = mdays[month - 1] + (month == 2 && leap);
+    return day <= limit;
+}
+
+/* [a-z][a-z0-9_]{0,39}(\.[a-z][a-z0-9_]{0,39})?; *dotted tells whether it has the second part */
+static int
+kind_ok(PyObject *k, int *dotted)
+{
+    if (!PyUnicode_CheckExact(k) || !PyUnicode_IS_ASCII(k))
+        return 0;
+    const char *p = (const char *)PyUnicode_DATA(k);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(k), i = 0;
+    *dotted = 0;
+    for (int part = 0; part < 2; part++) {
+        Py_ssize_t start = i;
+        if (i >= n || p[i] < 'a' || p[i] > 'z')
+            return 0;
+        i++;
+        while (i < n && ((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9') || p[i] == '_'))
+            i++;
+        if (i - start > 40)
+            return 0;
+        if (i == n)
+            return 1;
+        if (part == 0 && p[i] == '.') {
+            *dotted = 1;
+            i++;
+            continue;
+        }
+        return 0;
+    }
+    return 0;
+}
+
+static int
+text_len_ok(PyObject *v, Py_ssize_t limit)
+{
+    if (v == NULL || v == Py_None)
+        return 1;
+    if (!PyUnicode_CheckExact(v))
+        return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+    return n >= 1 && n <= limit;
+}
+
+static int
+known_party(PyObject *did)
+{
+    if (did == NULL || !PyUnicode_CheckExact(did))
+        return 0;
+    return PyDict_GetItemWithError(doc_known_parties, did) != NULL;
+}
+
+static int
+document_ok(PyObject *doc, PyObject *extra)
+{
+    if (!PyDict_CheckExact(doc))
+        return 0;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(doc, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key))
+            return 0;
+        int has = PySet_Contains(doc_top_fields, key);
+        if (has <= 0)
+            return has; /* 0: an unknown field; -1: error */
+    }
+    PyObject *v = PyDict_GetItemWithError(doc, k_v);
+    if (v == NULL || !PyLong_CheckExact(v))
+        return PyErr_Occurred() ? -1 : 0;
+    int overflow = 0;
+    if (PyLong_AsLongAndOverflow(v, &overflow) != 1 || overflow)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *kind = PyDict_GetItemWithError(doc, k_kind);
+    int dotted;
+    if (kind == NULL || !kind_ok(kind, &dotted))
+        return PyErr_Occurred() ? -1 : 0;
+    if (!dotted) {
+        int in = PySet_Contains(doc_kernel_kinds, kind);
+        if (in <= 0)
+            return in;
+    }
+    else {
+        Py_ssize_t n_extra = PyObject_Size(extra);
+        if (n_extra < 0)
+            return -1;
+        if (n_extra > 0) {
+            int in = PySequence_Contains(extra, kind);
+            if (in <= 0)
+                return in;
+        }
+    }
+    PyObject *from = PyDict_GetItemWithError(doc, k_from);
+    PyObject *to = PyDict_GetItemWithError(doc, k_to);
+    if (!known_party(from) || !known_party(to))
+        return PyErr_Occurred() ? -1 : 0;
+    int same = PyUnicode_Compare(from, to);
+    if (same == 0 || (same == -1 && PyErr_Occurred()))
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *issued = PyDict_GetItemWithError(doc, k_issued_at);
+    if (issued == NULL || !time_ok(issued))
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *times[2] = {k_valid_until, k_due};
+    for (int i = 0; i < 2; i++) {
+        PyObject *t = PyDict_GetItemWithError(doc, times[i]);
+        if (t == NULL && PyErr_Occurred())
+            return -1;
+        if (t != NULL && !time_ok(t))
+            return 0;
+    }
+    PyObject *thread = PyDict_GetItemWithError(doc, k_thread);
+    PyObject *prev = PyDict_GetItemWithError(doc, k_prev);
+    if (PyErr_Occurred())
+        return -1;
+    if (thread == Py_None)
+        thread = NULL;
+    if (prev == Py_None)
+        prev = NULL;
+    if (thread != NULL && (PyObject *)Py_TYPE(thread) != doc_cid_type)
+        return 0;
+    int has_prev = 0;
+    if (prev != NULL) {
+        if (!PyList_CheckExact(prev) || PyList_GET_SIZE(prev) > 1)
+            return 0; /* several links: the Python rules check they are distinct */
+        if (PyList_GET_SIZE(prev) == 1) {
+            if ((PyObject *)Py_TYPE(PyList_GET_ITEM(prev, 0)) != doc_cid_type)
+                return 0;
+            has_prev = 1;
+        }
+    }
+    if ((thread == NULL) != !has_prev)
+        return 0;
+    PyObject *ref = PyDict_GetItemWithError(doc, k_ref);
+    PyObject *user = PyDict_GetItemWithError(doc, k_user);
+    PyObject *note = PyDict_GetItemWithError(doc, k_note);
+    if (PyErr_Occurred())
+        return -1;
+    if (!text_len_ok(ref, MAX_SHORT) || !text_len_ok(user, MAX_SHORT) || !text_len_ok(note, MAX_TEXT))
+        return 0;
+    PyObject *currency = PyDict_GetItemWithError(doc, k_currency);
+    if (currency != NULL && currency != Py_None) {
+        if (!PyUnicode_CheckExact(currency) || !PyUnicode_IS_ASCII(currency) ||
+            PyUnicode_GET_LENGTH(currency) != 3)
+            return 0;
+        const char *c = (const char *)PyUnicode_DATA(currency);
+        for (int i = 0; i < 3; i++)
+            if (c[i] < 'A' || c[i] > 'Z')
+                return 0;
+    }
+    PyObject *total = PyDict_GetItemWithError(doc, k_total);
+    if (total != NULL && !is_decimal(total))
+        return 0;
+    PyObject *response = PyDict_GetItemWithError(doc, k_response);
+    if (PyErr_Occurred())
+        return -1;
+    int is_response = PyUnicode_Compare(kind, k_order_response) == 0;
+    if (is_response) {
+        if (response == NULL || !PyUnicode_CheckExact(response))
+            return 0;
+        int in = PySet_Contains(doc_responses, response);
+        if (in <= 0)
+            return in;
+    }
+    else if (response != NULL && response != Py_None) {
+        return 0;
+    }
+    PyObject *lines = PyDict_GetItemWithError(doc, k_lines);
+    if (lines != NULL && lines != Py_None) {
+        if (!PyList_CheckExact(lines) || PyList_GET_SIZE(lines) > MAX_LINES)
+            return 0;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lines); i++) {
+            int ok = line_ok(PyList_GET_ITEM(lines, i));
+            if (ok <= 0)
+                return ok;
+        }
+    }
+    PyObject *ext = PyDict_GetItemWithError(doc, k_ext);
+    if (ext != NULL && !ext_ok(ext))
+        return 0;
+    return PyErr_Occurred() ? -1 : 1;
+}
+
+static PyObject *
+sp_document_ok(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "document_ok(doc, kinds)");
+        return NULL;
+    }
+    if (doc_top_fields == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "kernel._speedups.configure_documents() was not called");
+        return NULL;
+    }
+    int ok = document_ok(args[0], args[1]);
+    if (ok < 0)
+        return NULL;
+    return PyBool_FromLong(ok);
+}
+
+static PyObject *
+sp_configure_documents(PyObject *self, PyObject *args)
+{
+    PyObject *top, *kinds, *responses, *known, *cid_type;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O:configure_documents", &PyFrozenSet_Type, &top, &PyFrozenSet_Type,
+                          &kinds, &PyFrozenSet_Type, &responses, &PyDict_Type, &known, &cid_type))
+        return NULL;
+    Py_INCREF(top);
+    Py_XSETREF(doc_top_fields, top);
+    Py_INCREF(kinds);
+    Py_XSETREF(doc_kernel_kinds, kinds);
+    Py_INCREF(responses);
+    Py_XSETREF(doc_responses, responses);
+    Py_INCREF(known);
+    Py_XSETREF(doc_known_parties, known);
+    Py_INCREF(cid_type);
+    Py_XSETREF(doc_cid_type, cid_type);
+    Py_RETURN_NONE;
+}
+
 /* --------------------------------------------------------------- configure */
 
 static PyObject *
@@ -1165,6 +1443,10 @@ static PyMethodDef methods[] = {
      "decode(data, max_depth, max_length): one canonical DAG-CBOR item spanning all of data"},
     {"encode", sp_encode, METH_O, "encode(value): the canonical DAG-CBOR bytes of value"},
     {"lines_ok", sp_lines_ok, METH_O, "lines_ok(lines): True when no document line breaks a kernel rule"},
+    {"document_ok", (PyCFunction)(void (*)(void))sp_document_ok, METH_FASTCALL,
+     "document_ok(doc, kinds): True only when no kernel rule is broken (False: ask the Python rules)"},
+    {"configure_documents", sp_configure_documents, METH_VARARGS,
+     "configure_documents(top_fields, kernel_kinds, responses, known_parties, CID)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1190,5 +1472,15 @@ PyInit__speedups(void)
     k_ext = PyUnicode_InternFromString("ext");
     if (!k_text || !k_qty || !k_unit || !k_unit_price || !k_amount || !k_ref || !k_ext)
         return NULL;
+    const char *names[] = {"v", "kind", "from", "to", "issued_at", "valid_until", "due", "thread", "prev",
+                           "user", "note", "currency", "total", "response", "lines", "order_response"};
+    PyObject **slots[] = {&k_v, &k_kind, &k_from, &k_to, &k_issued_at, &k_valid_until, &k_due, &k_thread,
+                          &k_prev, &k_user, &k_note, &k_currency, &k_total, &k_response, &k_lines,
+                          &k_order_response};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        *slots[i] = PyUnicode_InternFromString(names[i]);
+        if (*slots[i] == NULL)
+            return NULL;
+    }
     return PyModule_Create(&module);
 }

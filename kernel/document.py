@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from .cid import CID
 from .errors import InvalidDocumentError, MalformedError
+from .identity import _KNOWN as _KNOWN_PARTIES
 from .identity import party
 
 __all__ = [
@@ -129,10 +130,13 @@ def _short_text(doc: Mapping[str, Any], key: str, out: list[Problem], limit: int
         out.append(Problem(key, f"must be text of 1..{limit} characters"))
 
 
-try:  # the same line rules in C (kernel/_speedups.c): True when _check_line finds nothing
+try:  # the same rules in C (kernel/_speedups.c): True only when nothing below finds a problem
+    from ._speedups import configure_documents as _configure_documents
+    from ._speedups import document_ok as _document_ok
     from ._speedups import lines_ok as _lines_ok
 except ImportError:
     _lines_ok = None  # type: ignore[assignment]
+    _document_ok = None  # type: ignore[assignment]
 
 _DECIMAL_MATCH: Final = _DECIMAL_RE.fullmatch
 _LINE_DECIMALS: Final = ("qty", "unit_price", "amount")
@@ -168,6 +172,16 @@ def document_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
     ``kinds`` adds kinds declared by enabled plugins; they must be namespaced
     (``medical.approval``), the bare names belong to the kernel.
     """
+    if _document_ok is not None:
+        if type(kinds) is not frozenset and type(kinds) is not tuple:
+            kinds = tuple(kinds)
+        if _document_ok(doc, kinds):
+            return []
+    return reference_problems(doc, kinds)
+
+
+def reference_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
+    """:func:`document_problems` in Python alone: the rules as written, with their messages."""
     out: list[Problem] = []
     if type(doc) is not dict:
         return [Problem("", "a document is a map")]
@@ -244,3 +258,9 @@ def validate_document(doc: Any, kinds: Iterable[str] = ()) -> None:
         error = InvalidDocumentError("; ".join(str(p) for p in problems[:10]))
         error.problems = problems  # type: ignore[attr-defined]
         raise error
+
+
+if _document_ok is not None:
+    # Known parties: the DIDs party() has parsed (kernel/identity.py); a DID
+    # not among them sends the document down the Python path, which parses it.
+    _configure_documents(_TOP_FIELDS, KERNEL_KINDS, RESPONSES, _KNOWN_PARTIES, CID)

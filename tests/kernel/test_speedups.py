@@ -289,3 +289,79 @@ def test_lines_ok_examples() -> None:
                 {"text": "x", "colour": "red"}, {"text": "x", "unit": ""}, {"qty": "1"}, "text"):
         assert fast.lines_ok([*good, bad]) is False
         assert python_line_problems([*good, bad])
+
+
+# -- whole documents --------------------------------------------------------------
+
+from kernel.identity import Identity, party  # noqa: E402
+
+from ._support import BUYER, SELLER, STRANGER, order  # noqa: E402
+
+LINK = CID.for_block(b"root")
+field_values: dict[str, Any] = {
+    "v": st.sampled_from([1, 2, True, 1.0, "1", None, 1 << 70]),
+    "kind": st.sampled_from(["order", "quote", "order_response", "medical.approval", "food.recall",
+                             "Order", "x" * 41, "a.b.c", "", "invoice", 7]),
+    "from": st.sampled_from([BUYER.did, SELLER.did, STRANGER.did, "did:key:zBad", None, 3]),
+    "to": st.sampled_from([SELLER.did, BUYER.did, STRANGER.did, "did:key:z6Mk", None]),
+    "issued_at": st.sampled_from(["2025-04-01T09:30:00Z", "2024-02-29T00:00:00Z", "2026-02-29T00:00:00Z",
+                                  "2026-11-22T24:00:00Z", "2026-11-22T05:00:60Z", "2026-11-22T05:00:00.5Z",
+                                  "2026-11-22T05:00:00.10Z", "2026-11-22T05:00:00.123456Z",
+                                  "2026-11-22T05:00:00.1234567Z", "2026-13-01T00:00:00Z",
+                                  "0000-01-01T00:00:00Z", "2026-11-22 05:00:00Z", "2026-11-22T05:00:00",
+                                  "２０２６-11-22T05:00:00Z", None, 5]),
+    "valid_until": st.sampled_from(["2026-12-31T00:00:00Z", "2026-04-31T00:00:00Z", None, ""]),
+    "due": st.sampled_from(["2027-01-31T00:00:00Z", "2027-01-32T00:00:00Z", None]),
+    "thread": st.sampled_from([LINK, None, b"\x01", str(LINK)]),
+    "prev": st.sampled_from([[LINK], [], None, [LINK, LINK], [LINK, CID.for_block(b"other")], [b"x"], LINK]),
+    "ref": shortish | st.none() | st.integers(),
+    "user": shortish | st.none(),
+    "note": st.sampled_from(["", "x", "x" * 4000, "x" * 4001, None, 1]),
+    "currency": st.sampled_from(["JPY", "jpy", "JP", "ＪＰＹ", "EURO", None, 3]),
+    "total": decimalish | st.none(),
+    "response": st.sampled_from(["accept", "reject", "counter", "maybe", None, ["accept"], 1]),
+    "lines": st.none() | lines_strategy | st.just("lines"),
+    "ext": ext_values,
+    "colour": leaf,
+}
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> tuple[dict[str, Any], tuple[str, ...]]:
+    doc = order() if draw(st.booleans()) else order(thread=LINK, prev=[LINK], kind="order_response",
+                                                    response="accept")
+    for key in draw(st.lists(st.sampled_from(sorted(field_values)), max_size=4, unique=True)):
+        if draw(st.integers(0, 5)) == 0:
+            doc.pop(key, None)
+        else:
+            doc[key] = draw(field_values[key])
+    kinds = draw(st.sampled_from([(), ("medical.approval",), ("food.recall", "medical.approval")]))
+    return doc, kinds
+
+
+for _did in (BUYER.did, SELLER.did, STRANGER.did):  # parsed once, as a node would have
+    party(_did)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_document_ok_only_for_documents_the_python_rules_accept(case: tuple[dict[str, Any], Any]) -> None:
+    doc, kinds = case
+    problems = document.reference_problems(doc, kinds)
+    if fast.document_ok(doc, kinds):
+        assert problems == [], problems
+    assert (document.document_problems(doc, kinds) == []) is (problems == [])
+
+
+def test_document_ok_vouches_for_common_documents() -> None:
+    for doc in (order(), order(thread=LINK, prev=[LINK], kind="order_response", response="accept",
+                               ref="PO-1", currency="JPY", total="12.50", due="2026-12-31T00:00:00Z",
+                               note="n", user="u", lines=[{"text": "x", "qty": "1", "ext": {"food": {}}}])):
+        assert document.reference_problems(doc) == []
+        assert fast.document_ok(doc, ()) is True
+    # not vouched for, left to the Python rules: a DID never parsed, several prev links
+    fresh = Identity(bytes(range(32))).did
+    assert fast.document_ok(order(to=fresh), ()) is False
+    assert document.document_problems(order(to=fresh)) == []
+    two = order(thread=LINK, prev=[LINK, CID.for_block(b"b")])
+    assert fast.document_ok(two, ()) is False and document.document_problems(two) == []
