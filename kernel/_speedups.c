@@ -38,6 +38,7 @@ static PyObject *str_raw = NULL;
 static PyObject *str_offset = NULL;
 
 #define ENCODE_MAX_DEPTH 512
+#define DECODE_MAX_DEPTH 512
 
 /* ------------------------------------------------------------------ errors */
 
@@ -370,8 +371,11 @@ decode_tag(Reader *r, uint64_t tag, int depth, Py_ssize_t start)
         Py_DECREF(raw);
         return cid;
     }
-    if (tag == 55799) {
-        raise_at(NonCanonicalError, start, "not the canonical DAG-CBOR encoding (self-describe tag)");
+    if (tag == 55799 || tag == 28 || tag == 256) {
+        /* self-describe, "shareable", string-reference namespace: wrappers
+         * around a value that DAG-CBOR spells without them */
+        raise_at(NonCanonicalError, start, "not the canonical DAG-CBOR encoding (tag %llu around a value)",
+                 (unsigned long long)tag);
         return NULL;
     }
     if (tag == 2 || tag == 3) {
@@ -540,6 +544,14 @@ sp_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t max_length = PyLong_AsSsize_t(args[2]);
     if (max_length == -1 && PyErr_Occurred())
         return NULL;
+    if (max_length < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_length out of range");
+        return NULL;
+    }
+    /* Deeper than the reference ever accepts (its walk stops at 512), and a
+     * C stack that stays small whatever the caller's limit. */
+    if (max_depth > DECODE_MAX_DEPTH)
+        max_depth = DECODE_MAX_DEPTH;
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
@@ -819,14 +831,23 @@ done:
 static int
 encode_sequence(Writer *w, PyObject *seq, int depth)
 {
-    /* A list may change while its items run Python code; hold a snapshot. */
-    PyObject *items = PySequence_Fast(seq, "expected a list or tuple");
-    if (items == NULL)
-        return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    /* A list may change while its items run Python code (a dict subclass's
+     * keys(), a garbage-collection callback): encode a tuple that holds a
+     * reference to every item. A tuple cannot change. */
+    PyObject *items;
+    if (PyList_CheckExact(seq)) {
+        items = PyList_AsTuple(seq);
+        if (items == NULL)
+            return -1;
+    }
+    else {
+        Py_INCREF(seq);
+        items = seq;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
     int rc = write_head(w, 4, (uint64_t)n);
     for (Py_ssize_t i = 0; rc == 0 && i < n; i++)
-        rc = encode_value(w, PySequence_Fast_GET_ITEM(items, i), depth + 1);
+        rc = encode_value(w, PyTuple_GET_ITEM(items, i), depth + 1);
     Py_DECREF(items);
     return rc;
 }
@@ -881,8 +902,15 @@ encode_value(Writer *w, PyObject *value, int depth)
         Py_LeaveRecursiveCall();
         return rc;
     }
-    if (type == &PyLong_Type)
-        return encode_int(w, value);
+    if (type == &PyLong_Type || type == &PyFloat_Type) {
+        if (depth > ENCODE_MAX_DEPTH) { /* the reference counts numbers too */
+            raise_at(EncodeError, -1, "value nested too deeply");
+            return -1;
+        }
+        if (type == &PyLong_Type)
+            return encode_int(w, value);
+        return encode_float(w, PyFloat_AS_DOUBLE(value));
+    }
     if (type == &PyBytes_Type)
         return write_bytes(w, 2, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
     if (value == Py_None)
@@ -893,27 +921,55 @@ encode_value(Writer *w, PyObject *value, int depth)
         return write_raw(w, "\xf4", 1);
     if ((PyObject *)type == CIDType)
         return encode_cid(w, value);
-    if (type == &PyFloat_Type)
-        return encode_float(w, PyFloat_AS_DOUBLE(value));
-    /* Subclasses (OrderedDict, IntEnum, StrEnum …) encode as their base kind. */
+    /* Subclasses and look-alikes encode as their base kind, read the way the
+     * reference reads them: a dict subclass by iterating it and indexing it
+     * (OrderedDict, a class that overrides __iter__), bytes-like values as
+     * bytes(value), numbers as int(value) / float(value). */
+    if (depth > ENCODE_MAX_DEPTH) {
+        raise_at(EncodeError, -1, "value nested too deeply");
+        return -1;
+    }
     if (PyDict_Check(value)) {
-        if (depth > ENCODE_MAX_DEPTH) {
-            raise_at(EncodeError, -1, "value nested too deeply");
+        PyObject *keys = PySequence_Tuple(value);
+        if (keys == NULL)
             return -1;
+        PyObject *plain = PyDict_New();
+        int rc = plain == NULL ? -1 : 0;
+        for (Py_ssize_t i = 0; rc == 0 && i < PyTuple_GET_SIZE(keys); i++) {
+            PyObject *key = PyTuple_GET_ITEM(keys, i);
+            if (!PyUnicode_CheckExact(key)) {
+                raise_at(EncodeError, -1, "map key %R is not a text string", key);
+                rc = -1;
+                break;
+            }
+            PyObject *item = PyObject_GetItem(value, key);
+            if (item == NULL) {
+                rc = -1;
+                break;
+            }
+            rc = PyDict_SetItem(plain, key, item);
+            Py_DECREF(item);
         }
-        PyObject *plain = PyDict_Copy(value);
-        if (plain == NULL)
-            return -1;
-        int rc = encode_map(w, plain, depth);
-        Py_DECREF(plain);
+        if (rc == 0 && PyDict_GET_SIZE(plain) != PyTuple_GET_SIZE(keys)) {
+            raise_at(EncodeError, -1, "a map that repeats a key");
+            rc = -1;
+        }
+        if (rc == 0 && Py_EnterRecursiveCall(" while encoding DAG-CBOR"))
+            rc = -1;
+        else if (rc == 0) {
+            rc = encode_map(w, plain, depth);
+            Py_LeaveRecursiveCall();
+        }
+        Py_XDECREF(plain);
+        Py_DECREF(keys);
         return rc;
     }
     if (PyByteArray_Check(value) || PyMemoryView_Check(value) || PyBytes_Check(value)) {
-        Py_buffer view;
-        if (PyObject_GetBuffer(value, &view, PyBUF_SIMPLE) < 0)
+        PyObject *plain = PyBytes_FromObject(value);
+        if (plain == NULL)
             return -1;
-        int rc = write_bytes(w, 2, view.buf, view.len);
-        PyBuffer_Release(&view);
+        int rc = write_bytes(w, 2, PyBytes_AS_STRING(plain), PyBytes_GET_SIZE(plain));
+        Py_DECREF(plain);
         return rc;
     }
     if (PyLong_Check(value))
@@ -1271,15 +1327,15 @@ document_ok(PyObject *doc, PyObject *extra)
         if (in <= 0)
             return in;
     }
-    else {
-        Py_ssize_t n_extra = PyObject_Size(extra);
-        if (n_extra < 0)
-            return -1;
-        if (n_extra > 0) {
-            int in = PySequence_Contains(extra, kind);
-            if (in <= 0)
-                return in;
-        }
+    else if (PySet_GET_SIZE(extra) > 0) {
+        /* The caller passes only exact str members (kernel/document.py), so
+         * the lookup runs no Python code; the kind is held all the same. */
+        Py_INCREF(kind);
+        int in = PySet_Contains(extra, kind);
+        int same = PyDict_GetItemWithError(doc, k_kind) == kind;
+        Py_DECREF(kind);
+        if (in <= 0 || !same)
+            return in < 0 || PyErr_Occurred() ? -1 : 0;
     }
     PyObject *from = PyDict_GetItemWithError(doc, k_from);
     PyObject *to = PyDict_GetItemWithError(doc, k_to);
@@ -1380,6 +1436,10 @@ sp_document_ok(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (doc_top_fields == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "kernel._speedups.configure_documents() was not called");
+        return NULL;
+    }
+    if (!PyFrozenSet_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "document_ok: kinds must be a frozenset");
         return NULL;
     }
     int ok = document_ok(args[0], args[1]);

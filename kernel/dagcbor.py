@@ -143,7 +143,10 @@ def _normalize(value: Any, depth: int) -> Any:
 
 def reference_encode(value: Any) -> bytes:
     """Encode ``value`` as canonical DAG-CBOR (the cbor2 reference)."""
-    return cbor2.dumps(_normalize(value, 0), default=_default)
+    try:
+        return cbor2.dumps(_normalize(value, 0), default=_default)
+    except UnicodeEncodeError:
+        raise EncodeError("text is not valid Unicode (a lone surrogate?)") from None
 
 
 def encode_ordered(value: Any) -> bytes:
@@ -305,6 +308,8 @@ if _speedups is not None:
 
     def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Any:
         """Decode one canonical DAG-CBOR item that spans all of ``data``."""
+        if type(data) is not bytes:
+            data = bytes(data)  # any buffer, contiguous or not, counted in bytes, immutable
         if len(data) > limits.max_size:
             raise LimitExceededError(f"block of {len(data)} bytes (limit {limits.max_size})")
         return _fast_decode(data, limits.max_depth, limits.max_length)

@@ -173,9 +173,11 @@ def document_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
     (``medical.approval``), the bare names belong to the kernel.
     """
     if _document_ok is not None:
-        if type(kinds) is not frozenset and type(kinds) is not tuple:
-            kinds = tuple(kinds)
-        if _document_ok(doc, kinds):
+        if type(kinds) is not frozenset:
+            kinds = frozenset(kinds)
+        # Only plain str kinds go to C: a member with its own __eq__/__hash__
+        # would make set membership run Python code in the middle of the check.
+        if (not kinds or all(type(k) is str for k in kinds)) and _document_ok(doc, kinds):
             return []
     return reference_problems(doc, kinds)
 
