@@ -1102,15 +1102,16 @@ ext_ok(PyObject *ext)
     return 1;
 }
 
+/* None or absent, or text of 1..limit characters */
 static int
-short_text_ok(PyObject *v)
+text_len_ok(PyObject *v, Py_ssize_t limit)
 {
     if (v == NULL || v == Py_None)
         return 1;
     if (!PyUnicode_CheckExact(v))
         return 0;
     Py_ssize_t n = PyUnicode_GET_LENGTH(v);
-    return n >= 1 && n <= MAX_SHORT;
+    return n >= 1 && n <= limit;
 }
 
 static int
@@ -1164,7 +1165,7 @@ line_ok(PyObject *line)
     for (int i = 0; i < 3; i++)
         if (decimals[i] != NULL && decimals[i] != Py_None && !is_decimal(decimals[i]))
             return 0;
-    if (!short_text_ok(unit) || !short_text_ok(ref))
+    if (!text_len_ok(unit, MAX_SHORT) || !text_len_ok(ref, MAX_SHORT))
         return 0;
     if (has_ext && !ext_ok(ext))
         return 0;
@@ -1277,17 +1278,6 @@ kind_ok(PyObject *k, int *dotted)
         return 0;
     }
     return 0;
-}
-
-static int
-text_len_ok(PyObject *v, Py_ssize_t limit)
-{
-    if (v == NULL || v == Py_None)
-        return 1;
-    if (!PyUnicode_CheckExact(v))
-        return 0;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(v);
-    return n >= 1 && n <= limit;
 }
 
 static int
