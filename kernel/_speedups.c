@@ -503,21 +503,13 @@ decode_item(Reader *r, int depth)
     case 3:
         return decode_text(r, arg, start);
     case 4:
+    case 5: {
         if (Py_EnterRecursiveCall(" while decoding DAG-CBOR"))
             return NULL;
-        {
-            PyObject *out = decode_array(r, arg, depth, start);
-            Py_LeaveRecursiveCall();
-            return out;
-        }
-    case 5:
-        if (Py_EnterRecursiveCall(" while decoding DAG-CBOR"))
-            return NULL;
-        {
-            PyObject *out = decode_map(r, arg, depth, start);
-            Py_LeaveRecursiveCall();
-            return out;
-        }
+        PyObject *out = major == 4 ? decode_array(r, arg, depth, start) : decode_map(r, arg, depth, start);
+        Py_LeaveRecursiveCall();
+        return out;
+    }
     case 6:
         return decode_tag(r, arg, depth, start);
     default:
