@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -89,37 +90,47 @@ def floor(plaintext: bytes) -> None:
     sodium.crypto_sign_open(ack_sig + ack, SELLER.public_key)
 
 
-def _chunk(fn, arg, seconds: float) -> float:
-    """Mean time per call over one chunk of about ``seconds``."""
-    n = 0
+def _chunk(fn, arg, calls: int) -> float:
+    """Mean time per call over ``calls`` calls."""
     start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(50):
-            fn(arg)
-        n += 50
-        now = time.perf_counter()
-        if now >= deadline:
-            return (now - start) / n
+    for _ in range(calls):
+        fn(arg)
+    return (time.perf_counter() - start) / calls
 
 
-def measure(fn, arg, seconds: float) -> float:
-    """Best-of-5 mean time per call, in seconds."""
-    return min(_chunk(fn, arg, seconds / 5) for _ in range(5))
+def measure(fn, arg, seconds: float, calls: int = 40) -> float:
+    """Median time per call over short chunks filling about ``seconds``."""
+    samples = []
+    deadline = time.perf_counter() + seconds
+    while not samples or time.perf_counter() < deadline:
+        samples.append(_chunk(fn, arg, calls))
+    return statistics.median(samples)
 
 
-def measure_pair(a, arg_a, b, arg_b, seconds: float, rounds: int = 10) -> tuple[float, float]:
-    """Best chunk of each of two functions, the chunks interleaved a, b, a, b, ...
+def measure_pair(a, arg_a, b, arg_b, seconds: float, calls: int = 40) -> tuple[float, float, float]:
+    """Median times per call of two functions, and the median of their ratio.
 
-    The machines are shared VMs whose speed drifts by tens of percent over a
-    few seconds; interleaving makes both sides see the same drift, so the
-    ratio holds even when the absolute figures move.
+    The machines are shared VMs whose speed drifts by tens of percent within
+    a second. So the two run in short adjacent chunks (``calls`` calls each,
+    about 15 ms; which goes first alternates), each pair gives one ratio, and
+    the median of those ratios is the figure: drift hits both halves of a pair
+    alike, and the median ignores the pairs a burst of steal time split.
     """
-    best_a = best_b = float("inf")
-    for _ in range(rounds):
-        best_a = min(best_a, _chunk(a, arg_a, seconds / rounds / 2))
-        best_b = min(best_b, _chunk(b, arg_b, seconds / rounds / 2))
-    return best_a, best_b
+    times_a: list[float] = []
+    times_b: list[float] = []
+    ratios: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while not ratios or time.perf_counter() < deadline:
+        if len(ratios) % 2:
+            ta = _chunk(a, arg_a, calls)
+            tb = _chunk(b, arg_b, calls)
+        else:
+            tb = _chunk(b, arg_b, calls)
+            ta = _chunk(a, arg_a, calls)
+        times_a.append(ta)
+        times_b.append(tb)
+        ratios.append(ta / tb)
+    return statistics.median(times_a), statistics.median(times_b), statistics.median(ratios)
 
 
 def main() -> None:
@@ -130,10 +141,10 @@ def main() -> None:
     sealed = seal(doc, BUYER)
     plaintext = sealed.signed
     print(f"order: {len(plaintext)} bytes signed, {len(sealed.block)} bytes sealed block")
-    ours, raw = measure_pair(round_trip, doc, floor, plaintext, 2 * args.seconds)
-    print(f"libsodium floor: {raw * 1e6:.0f} us per round trip")
-    print(f"kernel pipeline: {ours * 1e6:.0f} us per round trip")
-    print(f"kernel: {1 / ours:.0f} docs/s, {ours / raw:.2f}x libsodium floor")
+    ours, raw, ratio = measure_pair(round_trip, doc, floor, plaintext, 2 * args.seconds)
+    print(f"libsodium floor: {raw * 1e6:.0f} us per round trip (median)")
+    print(f"kernel pipeline: {ours * 1e6:.0f} us per round trip (median)")
+    print(f"kernel: {1 / ours:.0f} docs/s, {ratio:.2f}x libsodium floor")
 
 
 if __name__ == "__main__":
