@@ -25,8 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
@@ -61,12 +60,16 @@ DOCUMENT_LIMITS: Final = dagcbor.Limits(max_size=MAX_BLOCK, max_depth=16, max_le
 
 
 def _shuffled(slots: list[bytes]) -> list[bytes]:
-    """The slots in a uniformly random order (sorted by 64-bit keys from the OS CSPRNG).
+    """The slots in a uniformly random order, from the OS CSPRNG.
 
-    One ``os.urandom`` call, where ``SystemRandom.shuffle`` makes one per slot
-    and costs ~4 us for two. A tie between two 64-bit keys (p < 2^-60 for 16
-    slots) keeps the slots' order; nothing else is biased.
+    Two slots (every envelope between two parties): one random bit. More:
+    sorted by 64-bit random keys, from one ``os.urandom`` call, where
+    ``SystemRandom.shuffle`` makes one per slot and costs ~4 us for two. A tie
+    between two 64-bit keys (p < 2^-60 for 16 slots) keeps the slots' order;
+    nothing else is biased.
     """
+    if len(slots) == 2:
+        return slots if os.urandom(1)[0] & 1 else [slots[1], slots[0]]
     keys = os.urandom(8 * len(slots))
     order = sorted(range(len(slots)), key=lambda i: keys[8 * i : 8 * i + 8])
     return [slots[i] for i in order]
@@ -104,16 +107,14 @@ def digest(signed_document: bytes) -> bytes:
     return b"\x12\x20" + hashlib.sha256(signed_document).digest()
 
 
-@dataclass(frozen=True, slots=True)
-class Sealed:
+class Sealed(NamedTuple):
     cid: CID
     block: bytes
     signed: bytes  # the signed document, before padding and encryption
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     cid: CID
     document: dict[str, Any]
     signed: bytes
@@ -144,30 +145,35 @@ def wrap(key: bytes, recipients: Sequence[bytes]) -> list[bytes]:
 def unwrap(slots: Sequence[bytes], public: bytes, secret: bytes) -> bytes | None:
     """The key in whichever slot opens with this X25519 key pair, or None.
 
-    One X25519 per distinct ephemeral key: for our envelopes (one shared key)
-    a slot that is someone else's costs a MAC check, not a key exchange.
-    Envelopes whose slots have separate ephemeral keys open the same way.
+    One X25519 per run of slots with the same ephemeral key: for our
+    envelopes (one shared key) a slot that is someone else's costs a MAC
+    check, not a key exchange. Envelopes whose slots have separate ephemeral
+    keys open the same way.
     """
-    shared: dict[bytes, bytes | None] = {}
+    last = None
+    shared: bytes | None = None
     for slot in slots:
         ephemeral = slot[:32]
-        if ephemeral not in shared:
+        if ephemeral != last:
+            last = ephemeral
             try:
-                shared[ephemeral] = sodium.crypto_box_beforenm(ephemeral, secret)
+                shared = sodium.crypto_box_beforenm(ephemeral, secret)
             except (CryptoError, ValueError):  # e.g. a low-order point
-                shared[ephemeral] = None
-        k = shared[ephemeral]
-        if k is None:
+                shared = None
+        if shared is None:
             continue
         try:
-            return sodium.crypto_box_open_afternm(slot[32:], _box_nonce(ephemeral, public), k)
+            return sodium.crypto_box_open_afternm(slot[32:], _box_nonce(ephemeral, public), shared)
         except (CryptoError, ValueError):
             continue
     return None
 
 
+_AD_PREFIX: Final = AD_LABEL + bytes((ENVELOPE_VERSION,))
+
+
 def _associated_data(nonce: bytes, slots: Sequence[bytes]) -> bytes:
-    return AD_LABEL + bytes((ENVELOPE_VERSION,)) + nonce + b"".join(slots)
+    return _AD_PREFIX + nonce + b"".join(slots)
 
 
 def seal(
@@ -183,15 +189,18 @@ def seal(
     among them, and the sender must be ``from``.
     """
     validate_document(document, kinds)
-    if document["from"] != sender.did:
+    author, to = document["from"], document["to"]
+    if author != sender.did:
         raise WrongSignerError("the sender must be the document's 'from'")
-    recipients = list(dict.fromkeys(parties if parties is not None else (document["from"], document["to"])))
-    if document["from"] not in recipients or document["to"] not in recipients:
-        raise InvalidDocumentError("both parties of the document must be recipients")
-    if len(recipients) > MAX_SLOTS:
-        raise InvalidDocumentError(f"at most {MAX_SLOTS} recipients")
-    signed = sign_bytes(sender, "document", dagcbor.encode(document))
-    return seal_signed(signed, recipients)
+    if parties is None:
+        recipients = [author, to]  # distinct: validation refuses a document to oneself
+    else:
+        recipients = list(dict.fromkeys(parties))
+        if author not in recipients or to not in recipients:
+            raise InvalidDocumentError("both parties of the document must be recipients")
+        if len(recipients) > MAX_SLOTS:
+            raise InvalidDocumentError(f"at most {MAX_SLOTS} recipients")
+    return seal_signed(sign_bytes(sender, "document", dagcbor.encode(document)), recipients)
 
 
 def seal_signed(signed: bytes, recipients: Sequence[str]) -> Sealed:
@@ -210,9 +219,12 @@ def seal_signed(signed: bytes, recipients: Sequence[str]) -> Sealed:
     return Sealed(CID.for_block(block), block, signed, digest(signed))
 
 
+_ENVELOPE_KEYS: Final = frozenset({"c", "n", "s", "v"})
+
+
 def _parse(block: bytes) -> tuple[bytes, bytes, list[bytes]]:
     env = dagcbor.decode(block, ENVELOPE_LIMITS)
-    if type(env) is not dict or env.keys() != {"c", "n", "s", "v"}:
+    if type(env) is not dict or env.keys() != _ENVELOPE_KEYS:
         raise MalformedError("an envelope is a map of exactly c, n, s, v")
     if env["v"] != ENVELOPE_VERSION or type(env["v"]) is not int:
         raise MalformedError(f"unsupported envelope version {env['v']!r}")

@@ -47,10 +47,6 @@ LABELS: Final = {
 }
 
 
-def _signing_input(label: bytes, message: bytes) -> bytes:
-    return label + b"\x00" + message
-
-
 class Party:
     """A party as others see it: its DID and the public keys derived from it."""
 
@@ -75,7 +71,7 @@ class Party:
         if type(signature) is not bytes or len(signature) != 64:
             raise InvalidSignatureError("a signature is 64 bytes")
         try:
-            sodium.crypto_sign_open(signature + _signing_input(LABELS[label], message), self.public_key)
+            sodium.crypto_sign_open(signature + LABELS[label] + b"\x00" + message, self.public_key)
         except (BadSignatureError, CryptoError, ValueError):
             raise InvalidSignatureError(f"{label} signature does not verify for {self.did}") from None
 
@@ -129,7 +125,7 @@ def _parse_party(did: str) -> Party:
 class Identity:
     """A party's own secret key. Sign with it, open envelopes with it."""
 
-    __slots__ = ("seed", "_secret", "party", "_x25519_secret")
+    __slots__ = ("seed", "_secret", "party", "did", "_x25519_secret")
 
     def __init__(self, seed: bytes) -> None:
         if type(seed) is not bytes or len(seed) != 32:
@@ -138,15 +134,12 @@ class Identity:
         self.seed = seed
         self._secret = secret
         self.party = Party(public)
+        self.did: str = self.party.did
         self._x25519_secret = sodium.crypto_sign_ed25519_sk_to_curve25519(secret)
 
     @classmethod
     def generate(cls) -> Identity:
         return cls(os.urandom(32))
-
-    @property
-    def did(self) -> str:
-        return self.party.did
 
     @property
     def public_key(self) -> bytes:
@@ -162,7 +155,7 @@ class Identity:
 
     def sign(self, label: str, message: bytes) -> bytes:
         """Ed25519 signature over ``label || 0x00 || message`` (deterministic)."""
-        return sodium.crypto_sign(_signing_input(LABELS[label], message), self._secret)[:64]
+        return sodium.crypto_sign(LABELS[label] + b"\x00" + message, self._secret)[:64]
 
     def __repr__(self) -> str:
         return f"Identity({self.did!r})"

@@ -21,9 +21,8 @@ Both travel in the signed wrapper of :mod:`kernel.signed`, labels
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from . import dagcbor
 from .cid import CID
@@ -46,8 +45,7 @@ MESSAGE_LIMITS: Final = dagcbor.Limits(max_size=4096, max_depth=2, max_length=16
 MAX_REASON: Final = 500
 
 
-@dataclass(frozen=True, slots=True)
-class Notice:
+class Notice(NamedTuple):
     cid: CID
     sender: str
     recipient: str
@@ -56,8 +54,7 @@ class Notice:
     raw: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
+class Ack(NamedTuple):
     cid: CID
     by: str
     to: str
@@ -73,10 +70,16 @@ class Ack:
         return self.status != "rejected"
 
 
-def _require(body: dict[str, Any], required: set[str], optional: set[str], what: str) -> None:
-    keys = set(body)
-    if not required <= keys or not keys <= required | optional:
-        raise MalformedError(f"a {what} has fields {sorted(required)} (+ {sorted(optional)})")
+_NOTICE_FIELDS: Final = frozenset({"cid", "from", "to", "nonce", "sent_at"})
+_ACK_FIELDS: Final = frozenset({"at", "by", "to", "cid", "nonce", "status"})
+_ACK_OPTIONAL: Final = frozenset({"digest", "reason"})
+_ACK_ALL: Final = _ACK_FIELDS | _ACK_OPTIONAL
+
+
+def _require(body: dict[str, Any], required: frozenset[str], allowed: frozenset[str], what: str) -> None:
+    keys = body.keys()
+    if not required <= keys or not keys <= allowed:
+        raise MalformedError(f"a {what} has fields {sorted(required)} (+ {sorted(allowed - required)})")
 
 
 def make_notice(
@@ -107,7 +110,7 @@ def open_notice(
     """Verify a notice's signature and shape; check recipient and time if given."""
     signed = open_signed(raw, "notice", "from", MESSAGE_LIMITS)
     body = signed.body
-    _require(body, {"cid", "from", "to", "nonce", "sent_at"}, set(), "notice")
+    _require(body, _NOTICE_FIELDS, _NOTICE_FIELDS, "notice")
     if type(body["cid"]) is not CID:
         raise MalformedError("notice cid must be a CID link")
     if type(body["nonce"]) is not bytes or len(body["nonce"]) != 16:
@@ -157,7 +160,7 @@ def open_ack(raw: bytes) -> Ack:
     """Verify an ack's signature and shape."""
     signed = open_signed(raw, "ack", "by", MESSAGE_LIMITS)
     body = signed.body
-    _require(body, {"at", "by", "to", "cid", "nonce", "status"}, {"digest", "reason"}, "ack")
+    _require(body, _ACK_FIELDS, _ACK_ALL, "ack")
     if type(body["cid"]) is not CID:
         raise MalformedError("ack cid must be a CID link")
     if type(body["status"]) is not str or body["status"] not in ACK_STATUSES:

@@ -13,8 +13,7 @@ never returns False.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from . import dagcbor
 from .errors import MalformedError, WrongSignerError
@@ -26,10 +25,10 @@ __all__ = ["Signed", "sign", "open_signed", "SIGNED_LIMITS"]
 SIGNED_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=2, max_length=8)
 #: Bodies are the kernel's own structures; documents have their own limits.
 BODY_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=16, max_length=10_000)
+_WRAPPER_KEYS: Final = frozenset({"sig", "body", "signer"})
 
 
-@dataclass(frozen=True, slots=True)
-class Signed:
+class Signed(NamedTuple):
     """A verified signed object: the wrapper bytes, the body value and bytes, the signer."""
 
     raw: bytes
@@ -63,9 +62,12 @@ def open_signed(
     else raises WrongSignerError.
     """
     wrapper = dagcbor.decode(raw, SIGNED_LIMITS)
-    if type(wrapper) is not dict or set(wrapper) != {"sig", "body", "signer"}:
+    # Three distinct keys, all of them present: exactly sig, body, signer.
+    if type(wrapper) is not dict or len(wrapper) != 3 or not _WRAPPER_KEYS <= wrapper.keys():
         raise MalformedError("a signed object is a map of exactly sig, body, signer")
-    body_bytes, signature, signer = wrapper["body"], wrapper["sig"], wrapper["signer"]
+    body_bytes = wrapper["body"]
+    signature = wrapper["sig"]
+    signer = wrapper["signer"]
     if type(body_bytes) is not bytes or type(signature) is not bytes or type(signer) is not str:
         raise MalformedError("signed object fields have the wrong types")
     party(signer).verify(label, body_bytes, signature)
