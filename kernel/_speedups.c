@@ -227,6 +227,10 @@ decode_key(Reader *r, uint64_t n, Py_ssize_t start)
     PyObject *key = decode_text(r, n, start);
     if (key == NULL)
         return NULL;
+    /* Interned, a decoded key is the very object the document checks hold
+     * ("text", "qty", ...): they compare by pointer, not by content. An
+     * interned str leaves the interned table when its last reference goes. */
+    PyUnicode_InternInPlace(&key);
     Py_INCREF(key);
     Py_XSETREF(e->str, key);
     e->len = (Py_ssize_t)n;
