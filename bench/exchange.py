@@ -132,7 +132,9 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
             for i in range(0, n, batch):
                 await seller.send_many([("order", "Osaka", template, None)] * min(batch, n - i))
                 await asyncio.sleep(0)
-            while (await seller.ledger.outbox_counts()).get("delivered", 0) < n + latency_samples:  # noqa: ASYNC110
+            # Polled through the due index: a GROUP BY over the whole outbox
+            # every 10 ms would cost the seller more than the wait measures.
+            while await seller.ledger.pending_count():
                 await asyncio.sleep(0.01)
             elapsed = time.perf_counter() - start
             cpu_seller = time.process_time() - cpu_seller

@@ -619,6 +619,12 @@ class Ledger:
             f"{where} ORDER BY created", (state,) if state else ())
         return [OutboxRow(CID.from_bytes(r[0]), *r[1:]) for r in rows]
 
+    async def pending_count(self) -> int:
+        """Notices not yet delivered nor given up: a walk of the due index's
+        pending entries only, cheap to poll however long the outbox grows."""
+        row = await self._one("SELECT count(*) FROM outbox WHERE state = 'pending'")
+        return int(row[0])
+
     async def outbox_counts(self) -> dict[str, int]:
         rows = await self._all("SELECT state, count(*) FROM outbox GROUP BY state")
         return {r[0]: r[1] for r in rows}

@@ -77,6 +77,7 @@ MAX_BATCH: Final = 256
 MAX_BODY: Final = 1 << 20
 SEND_BATCH: Final = 100
 PIPELINE: Final = 4  # batches in flight at once
+YIELD_EVERY: Final = 10  # documents sealed between two turns of the event loop
 RECENT_BLOCKS: Final = 4096
 RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute window
 FETCH_CONCURRENCY: Final = 16
@@ -382,6 +383,10 @@ class Node:
             findings = self.plugins.check(document, user=user)
             sealed = kenvelope.seal(document, self.identity, kinds=kinds)
             prepared.append((partner, document, sealed, findings))
+            if len(prepared) % YIELD_EVERY == 0:
+                # Sealing is CPU work; a long send must not hold deliveries
+                # and incoming acks back for its whole length.
+                await asyncio.sleep(0)
         await self.store.put_many([sealed.block for _, _, sealed, _ in prepared])
         cids = [sealed.cid for _, _, sealed, _ in prepared]
         try:
