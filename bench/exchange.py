@@ -60,6 +60,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def host_ticks() -> tuple[int, int]:
+    """(all, stolen) CPU ticks of this machine so far, from /proc/stat.
+
+    Steal is time the hypervisor gave this guest's vCPUs to someone else: on a
+    shared host it is why the same run is fast one minute and slow the next.
+    """
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]), fields[7]
+
+
 def thread_cpu(pid: int | str = "self") -> tuple[float, float]:
     """CPU seconds of (the main thread, all other threads) of a process."""
     main = other = 0.0
@@ -127,6 +137,7 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
             # Sustained: queue n documents as fast as they seal, until all are acked.
             cpu_seller, cpu_buyer = time.process_time(), cpu_seconds(buyer_proc.pid)
             threads_before = thread_cpu(), thread_cpu(buyer_proc.pid)
+            ticks_before = host_ticks()
             start = time.perf_counter()
             template = body(0)
             for i in range(0, n, batch):
@@ -137,6 +148,7 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
             while await seller.ledger.pending_count():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             elapsed = time.perf_counter() - start
+            ticks_after = host_ticks()
             cpu_seller = time.process_time() - cpu_seller
             cpu_buyer = cpu_seconds(buyer_proc.pid) - cpu_buyer
             threads_after = thread_cpu(), thread_cpu(buyer_proc.pid)
@@ -153,6 +165,7 @@ async def run(n: int, latency_samples: int, batch: int) -> dict[str, float]:
             "rss_buyer": vm_hwm_mb(buyer_proc.pid),
             "cpu_seller_us": cpu_seller / n * 1e6,
             "cpu_buyer_us": cpu_buyer / n * 1e6,
+            "steal": (ticks_after[1] - ticks_before[1]) / max(1, ticks_after[0] - ticks_before[0]),
             # main thread (event loop) vs the rest (SQLite threads), per document
             "split_us": [
                 (after[k] - before[k]) / n * 1e6
@@ -184,7 +197,8 @@ def main() -> None:
     print(f"kernel round trip: {kernel_s * 1e6:.0f} us")
     print(f"seller rss {result['rss_seller']:.0f} MB, buyer rss {result['rss_buyer']:.0f} MB")
     print(f"cpu per document: seller {result['cpu_seller_us']:.0f} us, "
-          f"buyer {result['cpu_buyer_us']:.0f} us (load average {os.getloadavg()[0]:.1f})")
+          f"buyer {result['cpu_buyer_us']:.0f} us (load average {os.getloadavg()[0]:.1f}, "
+          f"host steal {result['steal']:.0%} of CPU time while sustained)")
     s_main, s_rest, b_main, b_rest = result["split_us"]
     print(f"  event loop / other threads: seller {s_main:.0f} / {s_rest:.0f} us, "
           f"buyer {b_main:.0f} / {b_rest:.0f} us")
