@@ -320,12 +320,13 @@ class Ledger:
 
     async def find_partner(self, key: str) -> Partner | None:
         """A partner by DID, exact name, or unique name prefix (case-insensitive)."""
-        found = await self.partner(key)
-        if found:
-            return found
-        rows = await self._all(_PARTNER_SELECT + "WHERE status != 'rotated' AND "
-                               "(lower(name) = lower(?) OR lower(name) LIKE lower(?) || '%')",
-                               (key, key))
+        # One query for both readings of ``key``; a DID match wins.
+        rows = await self._all(_PARTNER_SELECT + "WHERE did = ? OR (status != 'rotated' AND "
+                               "(lower(name) = lower(?) OR lower(name) LIKE lower(?) || '%'))",
+                               (key, key, key))
+        for r in rows:
+            if r[0] == key:
+                return Partner(*r)
         exact = [r for r in rows if r[1].lower() == key.lower()]
         rows = exact or rows
         return Partner(*rows[0]) if len(rows) == 1 else None
@@ -362,10 +363,10 @@ class Ledger:
 
     async def aliases(self) -> dict[str, str]:
         """Every rotated key (ours and our partners') -> the key that replaced it."""
-        out = {r[0]: r[1] for r in await self._all("SELECT old, new FROM rotations")}
-        out.update({r[0]: r[1] for r in await self._all(
-            "SELECT did, rotated_to FROM partners WHERE rotated_to IS NOT NULL")})
-        return out
+        # One round trip; a partner's own record of its rotation wins over ours.
+        rows = await self._all("SELECT 0, old, new FROM rotations UNION ALL SELECT 1, did, "
+                               "rotated_to FROM partners WHERE rotated_to IS NOT NULL ORDER BY 1")
+        return {r[1]: r[2] for r in rows}
 
     async def add_invitation(self, nonce: bytes, expires: float) -> None:
         await self.write([("INSERT INTO invitations (nonce, expires) VALUES (?, ?)",

@@ -595,12 +595,15 @@ class Node:
         a partner is never idle while we have work for it, and never flooded.
         """
         inflight: set[asyncio.Task[int]] = set()
+        claim = True  # whether this round asks the ledger for due notices
         while not stop.is_set():
             self.wake.clear()
+            room = PIPELINE - len(inflight)
+            more = False
             try:
-                room = PIPELINE - len(inflight)
-                if room > 0:
+                if room > 0 and claim:
                     rows = await self.ledger.claim_due(self.clock(), room * SEND_BATCH)
+                    more = len(rows) >= room * SEND_BATCH
                     by_partner: dict[str, list[Any]] = {}
                     for row in rows:
                         by_partner.setdefault(row.partner, []).append(row)
@@ -608,10 +611,14 @@ class Node:
                         for i in range(0, len(group), SEND_BATCH):
                             inflight.add(asyncio.create_task(
                                 self._deliver_to(did, group[i:i + SEND_BATCH])))
-                next_due = await self.ledger.next_due()
+                # A batch in flight wakes the loop when it ends, and the wait is
+                # at most ``idle`` anyway: the next due time matters only when
+                # nothing is in flight (a retry due sooner than ``idle``).
+                next_due = None if inflight else await self.ledger.next_due()
             except Exception:  # the loop must survive any single failure
                 log.exception("delivery round failed")
                 next_due = None
+                more = True
             wait = idle if next_due is None else min(idle, max(0.0, next_due - self.clock()))
             woken = asyncio.ensure_future(self.wake.wait())
             done, _ = await asyncio.wait({woken, *inflight}, timeout=max(wait, 0.005),
@@ -621,6 +628,11 @@ class Node:
                 inflight.discard(task)
                 if not task.cancelled() and task.exception() is not None:
                     log.error("delivery batch failed", exc_info=task.exception())
+            # Claim again when something was queued here (wake), the wait ran out
+            # (a retry came due, or another process queued notices), the last
+            # claim filled the room or there was no room. A batch that merely
+            # ended makes nothing due (its failures are rescheduled for later).
+            claim = more or room <= 0 or woken in done or not done
         if inflight:
             await asyncio.gather(*inflight, return_exceptions=True)
 
@@ -628,17 +640,27 @@ class Node:
         """The ack once it is stored, or None on timeout or when given up."""
         deadline = time.monotonic() + timeout
         waiter = self._ack_waiters.setdefault(cid, asyncio.get_running_loop().create_future())
-        while time.monotonic() < deadline:
+        check_status = True
+        while True:
             ack = await self.ledger.ack(cid)
             if ack is not None:
                 return ack
-            row = await self.ledger.document(cid)
-            if row is not None and row.status == "undelivered":
-                return None
+            if check_status:  # first, and after each quiet 50 ms (or another process)
+                row = await self.ledger.document(cid)
+                if row is not None and row.status == "undelivered":
+                    break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if waiter.done():  # delivered by this process, but no ack stored: keep polling
+                await asyncio.sleep(min(0.05, remaining))
+                check_status = True
+                continue
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), timeout=0.05)
+                await asyncio.wait_for(asyncio.shield(waiter), timeout=min(0.05, remaining))
+                check_status = False  # this process stored the ack: read it, no status query
             except TimeoutError:
-                pass
+                check_status = True
         self._ack_waiters.pop(cid, None)
         return None
 
