@@ -209,6 +209,10 @@ typedef struct {
 
 static KeyEntry key_cache[KEY_CACHE_SIZE];
 
+/* The field names of the kernel's own structures, interned at import:
+ * name -> the interned str (filled in PyInit__speedups). */
+static PyObject *known_keys;
+
 static PyObject *
 decode_key(Reader *r, uint64_t n, Py_ssize_t start)
 {
@@ -227,10 +231,19 @@ decode_key(Reader *r, uint64_t n, Py_ssize_t start)
     PyObject *key = decode_text(r, n, start);
     if (key == NULL)
         return NULL;
-    /* Interned, a decoded key is the very object the document checks hold
-     * ("text", "qty", ...): they compare by pointer, not by content. An
-     * interned str leaves the interned table when its last reference goes. */
-    PyUnicode_InternInPlace(&key);
+    /* A known field name becomes the very object the document checks hold
+     * ("text", "qty", ...), so they compare by pointer, not by content. Other
+     * keys stay plain: interning text from the network would make it
+     * immortal on CPython 3.12 (a leak anyone could drive). */
+    PyObject *known = PyDict_GetItemWithError(known_keys, key); /* borrowed */
+    if (known != NULL) {
+        Py_INCREF(known);
+        Py_SETREF(key, known);
+    }
+    else if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return NULL;
+    }
     Py_INCREF(key);
     Py_XSETREF(e->str, key);
     e->len = (Py_ssize_t)n;
@@ -1527,6 +1540,22 @@ PyInit__speedups(void)
         *slots[i] = PyUnicode_InternFromString(names[i]);
         if (*slots[i] == NULL)
             return NULL;
+    }
+    /* Every field name the kernel and the node read: documents, lines,
+     * envelopes, signed wrappers, notices, acks, batches. */
+    const char *fields[] = {"v", "kind", "from", "to", "issued_at", "valid_until", "due", "thread", "prev",
+                            "user", "note", "currency", "total", "response", "lines", "ref", "ext", "text",
+                            "qty", "unit", "unit_price", "amount", "c", "n", "s", "sig", "body", "signer",
+                            "cid", "nonce", "sent_at", "at", "by", "status", "digest", "reason", "notices",
+                            "blocks", "acks"};
+    known_keys = PyDict_New();
+    if (known_keys == NULL)
+        return NULL;
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        PyObject *name = PyUnicode_InternFromString(fields[i]);
+        if (name == NULL || PyDict_SetItem(known_keys, name, name) < 0)
+            return NULL;
+        Py_DECREF(name); /* the dict holds it */
     }
     return PyModule_Create(&module);
 }

@@ -434,3 +434,18 @@ def test_non_contiguous_buffers() -> None:
     assert fast.encode(view) == dagcbor.reference_encode(view) == b"\x43ace"
     data = memoryview(dagcbor.encode({"a": [1, 2]}) * 2)[::2]
     assert outcome(dagcbor.decode, data)[0] == outcome(dagcbor.reference_decode, data)[0]
+
+
+def test_decoded_keys_are_interned_only_when_they_are_known_field_names() -> None:
+    import sys
+
+    # A known field name is the interned object the C document check holds.
+    (text_key,) = fast.decode(dagcbor.encode({"text": "x"}), 4, 16)
+    assert text_key is sys.intern("text")
+    # Anything else stays a plain str: interning network input would make it
+    # immortal on CPython 3.12. Were the decoded key interned, interning an
+    # equal string made at run time would return that very object.
+    name = "zq" + os.urandom(8).hex()
+    (key,) = fast.decode(dagcbor.encode({name: 1}), 4, 16)
+    assert key == name
+    assert sys.intern("".join([name[:3], name[3:]])) is not key
