@@ -596,13 +596,15 @@ class Node:
         """
         inflight: set[asyncio.Task[int]] = set()
         claim = True  # whether this round asks the ledger for due notices
+        last_claim = self.clock()
         while not stop.is_set():
             self.wake.clear()
             room = PIPELINE - len(inflight)
             more = False
             try:
                 if room > 0 and claim:
-                    rows = await self.ledger.claim_due(self.clock(), room * SEND_BATCH)
+                    last_claim = self.clock()
+                    rows = await self.ledger.claim_due(last_claim, room * SEND_BATCH)
                     more = len(rows) >= room * SEND_BATCH
                     by_partner: dict[str, list[Any]] = {}
                     for row in rows:
@@ -620,6 +622,8 @@ class Node:
                 next_due = None
                 more = True
             wait = idle if next_due is None else min(idle, max(0.0, next_due - self.clock()))
+            if len(inflight) < PIPELINE:  # room for more: claim at least every ``idle``
+                wait = min(wait, max(0.0, last_claim + idle - self.clock()))
             woken = asyncio.ensure_future(self.wake.wait())
             done, _ = await asyncio.wait({woken, *inflight}, timeout=max(wait, 0.005),
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -628,11 +632,15 @@ class Node:
                 inflight.discard(task)
                 if not task.cancelled() and task.exception() is not None:
                     log.error("delivery batch failed", exc_info=task.exception())
-            # Claim again when something was queued here (wake), the wait ran out
-            # (a retry came due, or another process queued notices), the last
-            # claim filled the room or there was no room. A batch that merely
-            # ended makes nothing due (its failures are rescheduled for later).
-            claim = more or room <= 0 or woken in done or not done
+            # Claim again when something was queued here (wake; read from the
+            # event, which a batch ending in the same turn cannot hide), the
+            # wait ran out, the last claim filled the room or there was no
+            # room, or ``idle`` has passed since the last claim (a retry came
+            # due, or another process queued notices, while batches kept
+            # ending). A batch that merely ended makes nothing due: its
+            # failures are rescheduled for later.
+            claim = (more or room <= 0 or self.wake.is_set() or not done
+                     or self.clock() - last_claim >= idle)
         if inflight:
             await asyncio.gather(*inflight, return_exceptions=True)
 
@@ -640,6 +648,14 @@ class Node:
         """The ack once it is stored, or None on timeout or when given up."""
         deadline = time.monotonic() + timeout
         waiter = self._ack_waiters.setdefault(cid, asyncio.get_running_loop().create_future())
+        try:
+            return await self._wait_for_ack(cid, waiter, deadline)
+        finally:
+            if self._ack_waiters.get(cid) is waiter:
+                del self._ack_waiters[cid]
+
+    async def _wait_for_ack(self, cid: CID, waiter: asyncio.Future[None],
+                            deadline: float) -> tuple[bytes, str, str | None] | None:
         check_status = True
         while True:
             ack = await self.ledger.ack(cid)
@@ -661,7 +677,6 @@ class Node:
                 check_status = False  # this process stored the ack: read it, no status query
             except TimeoutError:
                 check_status = True
-        self._ack_waiters.pop(cid, None)
         return None
 
     # -- receiving ----------------------------------------------------------
