@@ -1467,6 +1467,135 @@ sp_configure_documents(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ----------------------------------------------- fixed-shape fast paths */
+
+/* The kernel's signed wrapper and envelope always have the same shape. These
+ * read exactly that shape in its canonical form and return its parts, or
+ * None for anything else, which then takes the general decoder and its
+ * checks: the same values, the same errors. Only a failed allocation raises. */
+
+/* 1 when the next item is the text key `want`; 0 (no error set) otherwise. */
+static int
+expect_key(Reader *r, const char *want, Py_ssize_t n)
+{
+    int major, info;
+    uint64_t arg;
+    if (read_head(r, &major, &info, &arg) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (major != 3 || arg != (uint64_t)n || r->len - r->pos < n || memcmp(r->data + r->pos, want, (size_t)n) != 0)
+        return 0;
+    r->pos += n;
+    return 1;
+}
+
+/* The head of the next item, if it has major type `want`: 1, or 0 (no error set). */
+static int
+expect_head(Reader *r, int want, uint64_t *arg)
+{
+    int major, info;
+    if (read_head(r, &major, &info, arg) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    return major == want;
+}
+
+/* A byte string: a new reference; Py_None (new reference) when the next item is
+ * not one; NULL only on a failed allocation. */
+static PyObject *
+expect_bytes(Reader *r)
+{
+    uint64_t n;
+    if (!expect_head(r, 2, &n) || n > (uint64_t)(r->len - r->pos))
+        Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize((const char *)r->data + r->pos, (Py_ssize_t)n);
+    r->pos += (Py_ssize_t)n;
+    return out;
+}
+
+static PyObject *
+sp_signed_parts(PyObject *self, PyObject *raw)
+{
+    if (!PyBytes_CheckExact(raw))
+        Py_RETURN_NONE;
+    Reader r = {(const uint8_t *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), 0, 2, 8};
+    uint64_t n;
+    PyObject *sig = NULL, *body = NULL, *signer = NULL;
+    if (!expect_head(&r, 5, &n) || n != 3 || !expect_key(&r, "sig", 3))
+        Py_RETURN_NONE;
+    if ((sig = expect_bytes(&r)) == NULL || sig == Py_None)
+        return sig;
+    if (!expect_key(&r, "body", 4))
+        goto none;
+    if ((body = expect_bytes(&r)) == NULL)
+        goto fail;
+    if (body == Py_None || !expect_key(&r, "signer", 6) || !expect_head(&r, 3, &n))
+        goto none;
+    if ((signer = decode_text(&r, n, r.pos)) == NULL) {
+        if (!PyErr_ExceptionMatches(MalformedError))
+            goto fail;
+        PyErr_Clear();
+        goto none;
+    }
+    if (r.pos != r.len)
+        goto none;
+    return Py_BuildValue("(NNN)", sig, body, signer);
+none:
+    Py_XDECREF(sig);
+    Py_XDECREF(body);
+    Py_XDECREF(signer);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(sig);
+    Py_XDECREF(body);
+    return NULL;
+}
+
+static PyObject *
+sp_envelope_parts(PyObject *self, PyObject *block)
+{
+    if (!PyBytes_CheckExact(block))
+        Py_RETURN_NONE;
+    Reader r = {(const uint8_t *)PyBytes_AS_STRING(block), PyBytes_GET_SIZE(block), 0, 2, 16};
+    uint64_t n, count, version;
+    PyObject *c = NULL, *nonce = NULL, *slots = NULL;
+    if (!expect_head(&r, 5, &n) || n != 4 || !expect_key(&r, "c", 1))
+        Py_RETURN_NONE;
+    if ((c = expect_bytes(&r)) == NULL || c == Py_None)
+        return c;
+    if (!expect_key(&r, "n", 1))
+        goto none;
+    if ((nonce = expect_bytes(&r)) == NULL)
+        goto fail;
+    if (nonce == Py_None || !expect_key(&r, "s", 1) || !expect_head(&r, 4, &count) || count > 16)
+        goto none;
+    if ((slots = PyList_New((Py_ssize_t)count)) == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < (Py_ssize_t)count; i++) {
+        PyObject *slot = expect_bytes(&r);
+        if (slot == NULL)
+            goto fail;
+        PyList_SET_ITEM(slots, i, slot); /* None included: the list owns it either way */
+        if (slot == Py_None)
+            goto none;
+    }
+    if (!expect_key(&r, "v", 1) || !expect_head(&r, 0, &version) || version != 1 || r.pos != r.len)
+        goto none;
+    return Py_BuildValue("(NNN)", c, nonce, slots);
+none:
+    Py_XDECREF(c);
+    Py_XDECREF(nonce);
+    Py_XDECREF(slots);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(c);
+    Py_XDECREF(nonce);
+    Py_XDECREF(slots);
+    return NULL;
+}
+
 /* --------------------------------------------------------------- configure */
 
 static PyObject *
@@ -1504,6 +1633,10 @@ static PyMethodDef methods[] = {
     {"lines_ok", sp_lines_ok, METH_O, "lines_ok(lines): True when no document line breaks a kernel rule"},
     {"document_ok", (PyCFunction)(void (*)(void))sp_document_ok, METH_FASTCALL,
      "document_ok(doc, kinds): True only when no kernel rule is broken (False: ask the Python rules)"},
+    {"signed_parts", sp_signed_parts, METH_O,
+     "signed_parts(raw): (sig, body, signer) of a canonical signed wrapper, else None"},
+    {"envelope_parts", sp_envelope_parts, METH_O,
+     "envelope_parts(block): (c, n, slots) of a canonical envelope, else None"},
     {"configure_documents", sp_configure_documents, METH_VARARGS,
      "configure_documents(top_fields, kernel_kinds, responses, known_parties, CID)"},
     {NULL, NULL, 0, NULL},

@@ -449,3 +449,76 @@ def test_decoded_keys_are_interned_only_when_they_are_known_field_names() -> Non
     (key,) = fast.decode(dagcbor.encode({name: 1}), 4, 16)
     assert key == name
     assert sys.intern("".join([name[:3], name[3:]])) is not key
+
+
+def _sealed_sample() -> tuple[bytes, bytes]:
+    from kernel import Identity, seal
+
+    a, b = Identity(b"\x01" * 32), Identity(b"\x02" * 32)
+    sealed = seal({"v": 1, "kind": "message", "from": a.did, "to": b.did,
+                   "issued_at": "2026-12-03T06:00:00Z", "lines": [{"text": "hello"}]}, a)
+    return sealed.signed, sealed.block
+
+
+def _generic_wrapper(raw: bytes) -> tuple[bytes, bytes, str] | None:
+    try:
+        value = dagcbor.reference_decode(raw, Limits(max_size=1 << 20, max_depth=2, max_length=8))
+    except DecodeError:
+        return None
+    if type(value) is not dict or list(value) != ["sig", "body", "signer"]:
+        return None
+    parts = (value["sig"], value["body"], value["signer"])
+    return parts if [type(p) for p in parts] == [bytes, bytes, str] else None
+
+
+def _generic_envelope(block: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
+    try:
+        value = dagcbor.reference_decode(block, Limits(max_size=1 << 20, max_depth=2, max_length=16))
+    except DecodeError:
+        return None
+    if type(value) is not dict or list(value) != ["c", "n", "s", "v"] or value["v"] != 1 \
+            or type(value["v"]) is not int or type(value["s"]) is not list:
+        return None
+    parts = (value["c"], value["n"], value["s"])
+    if type(parts[0]) is not bytes or type(parts[1]) is not bytes or \
+            any(type(s) is not bytes for s in parts[2]):
+        return None
+    return parts
+
+
+def test_fixed_shape_fast_paths_read_what_the_reference_reads() -> None:
+    signed, block = _sealed_sample()
+    assert fast.signed_parts(signed) == _generic_wrapper(signed) is not None
+    assert fast.envelope_parts(block) == _generic_envelope(block) is not None
+    for other in (b"", b"\xa0", dagcbor.encode({"sig": b"x", "body": b"y"}), signed + b"\x00",
+                  dagcbor.encode({"c": b"", "n": b"", "s": [b"a"] * 17, "v": 1}),
+                  dagcbor.encode({"c": b"", "n": b"", "s": [], "v": 2}), bytearray(signed)):
+        assert fast.signed_parts(other) is None
+        assert fast.envelope_parts(other) is None
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fixed_shape_fast_paths_never_accept_what_the_reference_refuses(data: st.DataObject) -> None:
+    # Mutate a real wrapper and envelope: the fast path either declines (None:
+    # the general decoder then decides) or returns exactly the reference's parts.
+    signed, block = _sealed_sample()
+    for raw, fast_read, reference in ((signed, fast.signed_parts, _generic_wrapper),
+                                      (block, fast.envelope_parts, _generic_envelope)):
+        buf = bytearray(raw)
+        for _ in range(data.draw(st.integers(1, 3))):
+            i = data.draw(st.integers(0, len(buf) - 1))
+            action = data.draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+            if action == "flip":
+                buf[i] ^= data.draw(st.integers(1, 255))
+            elif action == "cut":
+                del buf[i:]
+                if not buf:
+                    buf = bytearray(b"\x00")
+            elif action == "insert":
+                buf.insert(i, data.draw(st.integers(0, 255)))
+            elif len(buf) > 1:
+                del buf[i]
+        mutated = bytes(buf)
+        got = fast_read(mutated)
+        assert got is None or got == reference(mutated)
