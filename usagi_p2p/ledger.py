@@ -320,10 +320,12 @@ class Ledger:
 
     async def find_partner(self, key: str) -> Partner | None:
         """A partner by DID, exact name, or unique name prefix (case-insensitive)."""
-        # One query for both readings of ``key``; a DID match wins.
+        # One query for both readings of ``key``; a DID match wins. The key is
+        # a prefix, not a pattern: its own % and _ are escaped.
+        prefix = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         rows = await self._all(_PARTNER_SELECT + "WHERE did = ? OR (status != 'rotated' AND "
-                               "(lower(name) = lower(?) OR lower(name) LIKE lower(?) || '%'))",
-                               (key, key, key))
+                               "(lower(name) = lower(?) OR lower(name) LIKE lower(?) || '%' "
+                               "ESCAPE '\\'))", (key, key, prefix))
         for r in rows:
             if r[0] == key:
                 return Partner(*r)

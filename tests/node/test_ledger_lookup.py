@@ -36,3 +36,14 @@ async def test_aliases_follow_both_kinds_of_rotation(tmp_path: Path) -> None:
         await ledger.add_partner(C, "Kanto", "http://127.0.0.1:3", None)
         await ledger.partner_rotated(C, D, valid_until=0.0)  # a partner's
         assert await ledger.aliases() == {A: B, C: D}
+
+
+async def test_a_name_prefix_is_text_not_a_pattern(tmp_path: Path) -> None:
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        await ledger.add_partner(A, "Sato_Kogyo", "http://127.0.0.1:1", None)
+        await ledger.add_partner(B, "100% Organic", "http://127.0.0.1:2", None)
+        await ledger.add_partner(C, "SatoXKogyo", "http://127.0.0.1:3", None)
+        assert (await ledger.find_partner("Sato_")).did == A  # type: ignore[union-attr]
+        assert (await ledger.find_partner("100%")).did == B  # type: ignore[union-attr]
+        assert await ledger.find_partner("%") is None  # no name starts with "%"
+        assert await ledger.find_partner("Sato\\") is None
