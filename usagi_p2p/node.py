@@ -757,11 +757,14 @@ class Node:
         statements_ok: list[tuple[Notice, Any, bytes, DocumentRow, bytes]] = []
         opened_cids = [o[0].cid for _, o in taken if not isinstance(o, UsagiError)]
         already = await self.ledger.digests(opened_cids)  # one query, not one per document
+        # One time for the batch's acks, signed into each and stored beside it.
+        acked_at = self.now()
+        acked_text = format_time(acked_at)
         for i, outcome in taken:
             notice = notices[i]
             if isinstance(outcome, UsagiError):
                 acks[i] = make_ack(self.identity, cid=notice.cid, to=notice.sender,
-                                   nonce=notice.nonce, status="rejected", at=self.now(),
+                                   nonce=notice.nonce, status="rejected", at=acked_at,
                                    reason=outcome.code)
                 rejected.append((notice.cid, outcome))
                 continue
@@ -773,7 +776,7 @@ class Node:
                     await self.ledger.record_nonce(notice.sender, notice.nonce, notice.cid, old[0])
                     continue
             ack = make_ack(self.identity, cid=notice.cid, to=notice.sender, nonce=notice.nonce,
-                           status="received", at=self.now(), digest=opened.digest)
+                           status="received", at=acked_at, digest=opened.digest)
             doc = opened.document
             row = DocumentRow(opened.cid, "in", notice.sender, doc["kind"],
                               doc.get("thread", opened.cid), doc.get("ref"), doc["issued_at"],
@@ -786,7 +789,7 @@ class Node:
             # transaction. Only after both commits does any ack leave.
             await self.store.put_many([s[1] for s in statements_ok])
             await self.ledger.record_received_many([
-                (row, prev, ack, "received", format_time(self.now()), notice.sender, notice.nonce)
+                (row, prev, ack, "received", acked_text, notice.sender, notice.nonce)
                 for notice, _block, ack, row, prev in statements_ok
             ])
             _log_batch("received", "from", [(s[3], names.get(s[0].sender, s[0].sender))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
+
+from kernel.document import format_time
 from kernel.messages import open_ack
 from usagi_p2p.inspect import verify_document
 
@@ -52,8 +56,13 @@ async def test_full_thread_both_ledgers_agree(pair: Pair) -> None:
         assert seller_rows[cid].signed == buyer_rows[cid].signed
         assert seller_rows[cid].digest == buyer_rows[cid].digest
         assert seller_rows[cid].direction != buyer_rows[cid].direction
-        # both sides hold the same ack, signed by the receiver
+        # both sides hold the same ack, signed by the receiver, and store the
+        # time signed into it
         assert (await pair.seller.ledger.ack(cid)) == (await pair.buyer.ledger.ack(cid))
+        signed_at = format_time(open_ack((await pair.buyer.ledger.ack(cid))[0]).at)  # type: ignore[index]
+        for node in (pair.seller, pair.buyer):
+            with closing(sqlite3.connect(node.ledger.path)) as db:
+                assert db.execute("SELECT at FROM acks WHERE cid = ?", (cid.raw,)).fetchone() == (signed_at,)
         assert await pair.seller.store.get(cid) == await pair.buyer.store.get(cid)
 
 
