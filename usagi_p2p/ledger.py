@@ -25,6 +25,7 @@ from typing import Any, Final
 import aiosqlite
 
 from ipfs.blockstore import StoreError, StoreUnavailableError
+from ipfs.sqlite import ONE_CALL, in_thread
 from kernel.cid import CID
 
 __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow"]
@@ -190,6 +191,24 @@ def _doc(row: Sequence[Any]) -> DocumentRow:
                        *row[5:])
 
 
+def _transaction(conn: sqlite3.Connection, groups: Sequence[tuple[str, list[Sequence[Any]]]]) -> None:
+    """Run ``groups`` (SQL, rows) as one durable transaction; on the connection's thread."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, rows in groups:
+            if len(rows) == 1:
+                conn.execute(sql, rows[0])
+            else:
+                conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # e.g. SQLite already rolled back (SQLITE_FULL)
+            log.debug("nothing rolled back: %s", exc)
+        raise
+
+
 class Ledger:
     """Async access to ledger.db. Use ``async with Ledger(path) as ledger``."""
 
@@ -278,6 +297,12 @@ class Ledger:
                 # One statement is its own durable transaction: one round trip, not
                 # three. Fetched to the end, so even a RETURNING statement completes.
                 await db.execute_fetchall(groups[0][0], groups[0][1][0])
+                return
+            if ONE_CALL:
+                # The whole transaction in one call on the connection's thread:
+                # one round trip instead of one per statement plus BEGIN and
+                # COMMIT, and no other call can run inside it.
+                await in_thread(db, _transaction, groups)
                 return
             await db.execute("BEGIN IMMEDIATE")
             try:

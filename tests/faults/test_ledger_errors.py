@@ -75,14 +75,18 @@ async def test_a_send_the_ledger_refuses_leaves_no_block_behind(pair: Pair) -> N
     assert await seller.store.has(result.cid)
 
 
-async def test_cancelled_while_committing_keeps_the_cancellation_and_the_rows(tmp_path) -> None:  # noqa: ANN001
+async def test_cancelled_while_committing_keeps_the_cancellation_and_the_rows(
+        tmp_path, monkeypatch) -> None:  # noqa: ANN001
     # A task cancelled while it awaits COMMIT: the COMMIT still runs on the
     # connection's thread. The caller must see the cancellation (not a store
     # error that would make send_many discard blocks the ledger now refers to).
+    # Statement by statement (aiosqlite's public calls only):
     import asyncio
 
+    import usagi_p2p.ledger as ledger_module
     from usagi_p2p.ledger import Ledger
 
+    monkeypatch.setattr(ledger_module, "ONE_CALL", False)
     async with Ledger(tmp_path / "ledger.db") as ledger:
         db = ledger.db
         real = db.execute
@@ -107,3 +111,62 @@ async def test_cancelled_while_committing_keeps_the_cancellation_and_the_rows(tm
             db.execute = real  # type: ignore[method-assign]
         await asyncio.sleep(0.1)
         assert (await ledger._all("SELECT count(*) FROM invitations"))[0][0] == 2
+
+
+async def test_cancelled_during_a_one_call_transaction_keeps_it_whole(tmp_path) -> None:  # noqa: ANN001
+    # The whole transaction is one call on the connection's thread: a task
+    # cancelled while it runs sees the cancellation, and the transaction
+    # still completes, all of it.
+    import asyncio
+    import threading
+
+    import usagi_p2p.ledger as ledger_module
+    from usagi_p2p.ledger import Ledger
+
+    assert ledger_module.ONE_CALL, "aiosqlite no longer has the call this path uses"
+    running, release = threading.Event(), threading.Event()
+    real = ledger_module._transaction
+
+    def held(conn, groups):  # noqa: ANN001, ANN202
+        running.set()
+        release.wait(5)
+        return real(conn, groups)
+
+    async with Ledger(tmp_path / "ledger.db") as ledger:
+        ledger_module._transaction = held  # type: ignore[assignment]
+        try:
+            task = asyncio.ensure_future(ledger.write([
+                ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"a", 1.0)),
+                ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"b", 1.0))]))
+            while not running.is_set():  # noqa: ASYNC110 (set by the SQLite thread)
+                await asyncio.sleep(0.001)
+            task.cancel()
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            ledger_module._transaction = real
+        assert (await ledger._all("SELECT count(*) FROM invitations"))[0][0] == 2
+
+
+@pytest.mark.parametrize("one_call", [True, False], ids=["one call", "statement by statement"])
+async def test_a_failing_transaction_stores_none_of_its_statements(tmp_path, monkeypatch,  # noqa: ANN001
+                                                                   one_call: bool) -> None:
+    import usagi_p2p.ledger as ledger_module
+    from usagi_p2p.errors import UsagiError
+    from usagi_p2p.ledger import Ledger
+
+    monkeypatch.setattr(ledger_module, "ONE_CALL", one_call)
+    async with Ledger(tmp_path / "ledger.db") as ledger:
+        await ledger.write([("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"old", 1.0))])
+        with pytest.raises(UsagiError):
+            await ledger.write([
+                ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"new", 1.0)),
+                ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"old", 2.0))])  # duplicate
+        rows = await ledger._all("SELECT nonce, expires FROM invitations")
+        assert rows == [(b"old", 1.0)]
+        # and the connection is usable afterwards: no transaction left open
+        await ledger.write([
+            ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"x", 3.0)),
+            ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"y", 3.0))])
+        assert len(await ledger._all("SELECT nonce FROM invitations")) == 3

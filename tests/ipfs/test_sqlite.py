@@ -147,3 +147,23 @@ async def test_a_without_rowid_store_is_converted_on_open(tmp_path: Path) -> Non
     db.close()
     assert "WITHOUT ROWID" not in sql.upper()
     assert pinned == 10 and tables == {"blocks"}
+
+
+@pytest.mark.parametrize("one_call", [True, False], ids=["one call", "two calls"])
+async def test_put_many_is_durable_both_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             one_call: bool) -> None:
+    import ipfs.sqlite as store_module
+
+    if one_call:
+        assert store_module.ONE_CALL, "aiosqlite no longer has the call this path uses"
+    monkeypatch.setattr(store_module, "ONE_CALL", one_call)
+    blocks = [b"block %d" % i for i in range(50)]
+    async with SQLiteBlockStore(str(tmp_path / "blocks.db")) as store:
+        cids = await store.put_many(blocks)
+        assert await store.put_many(blocks[:3]) == cids[:3]  # again: ignored, not an error
+    db = sqlite3.connect(tmp_path / "blocks.db")  # another connection sees every row
+    try:
+        assert db.execute("SELECT count(*) FROM blocks").fetchone() == (50,)
+        assert not db.in_transaction
+    finally:
+        db.close()
