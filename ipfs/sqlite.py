@@ -101,11 +101,19 @@ _INSERT: Final = "INSERT OR IGNORE INTO blocks (cid, data) VALUES (?, ?)"
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[bytes, bytes]]) -> None:
+    # On an autocommit connection (isolation_level None: a ledger's, shared
+    # through on_connection) executemany would commit row by row: open the
+    # transaction ourselves. Otherwise sqlite3 opens it before the first row.
+    if conn.isolation_level is None:
+        conn.execute("BEGIN IMMEDIATE")
     try:
         conn.executemany(_INSERT, rows)
-        conn.commit()
+        conn.commit()  # commits any open transaction, whichever way it began
     except BaseException:
-        conn.rollback()
+        try:
+            conn.rollback()
+        except sqlite3.Error:
+            pass  # the original error is the one worth reporting
         raise
 
 
@@ -221,6 +229,8 @@ class SQLiteBlockStore(BlockStore):
                 if ONE_CALL:  # both in one round trip to the connection's thread
                     await in_thread(db, _insert_rows, rows)
                     return
+                if db.isolation_level is None:  # autocommit: see _insert_rows
+                    await db.execute("BEGIN IMMEDIATE")
                 await db.executemany(_INSERT, rows)
                 await db.commit()
             except sqlite3.Error as exc:

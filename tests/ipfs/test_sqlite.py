@@ -167,3 +167,29 @@ async def test_put_many_is_durable_both_ways(tmp_path: Path, monkeypatch: pytest
         assert not db.in_transaction
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("one_call", [True, False], ids=["one call", "two calls"])
+@pytest.mark.parametrize("autocommit", [False, True], ids=["own connection", "autocommit owner"])
+async def test_a_failing_put_many_stores_none_of_its_blocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_call: bool, autocommit: bool) -> None:
+    import ipfs.sqlite as store_module
+
+    monkeypatch.setattr(store_module, "ONE_CALL", one_call)
+    async with aiosqlite.connect(tmp_path / "node.db",
+                                 **({"isolation_level": None} if autocommit else {})) as db:
+        store = await SQLiteBlockStore.on_connection(db)
+        await store.put(b"before")
+        # The third block of the batch is refused by the database itself.
+        await db.execute("CREATE TRIGGER refuse BEFORE INSERT ON blocks WHEN NEW.data = x'626164' "
+                         "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        await db.commit()
+        with pytest.raises(StoreError):
+            await store.put_many([b"one", b"two", b"bad"])
+        assert list(await db.execute_fetchall("SELECT count(*) FROM blocks")) == [(1,)]
+        assert not db.in_transaction
+        await db.execute("DROP TRIGGER refuse")
+        await db.commit()
+        await store.put_many([b"one", b"two"])  # the store still works
+        assert list(await db.execute_fetchall("SELECT count(*) FROM blocks")) == [(3,)]
+        await store.close()
