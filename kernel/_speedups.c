@@ -1515,15 +1515,25 @@ expect_bytes(Reader *r)
     return out;
 }
 
+/* Start reading `obj` (exact bytes) as a map of `entries` entries whose first
+ * key is `key`: 1 with the reader at the first value, 0 for anything else. */
+static int
+begin_map(PyObject *obj, Reader *r, uint64_t entries, const char *key, Py_ssize_t key_len)
+{
+    if (!PyBytes_CheckExact(obj))
+        return 0;
+    *r = (Reader){(const uint8_t *)PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj), 0, 2, 16};
+    uint64_t n;
+    return expect_head(r, 5, &n) && n == entries && expect_key(r, key, key_len);
+}
+
 static PyObject *
 sp_signed_parts(PyObject *self, PyObject *raw)
 {
-    if (!PyBytes_CheckExact(raw))
-        Py_RETURN_NONE;
-    Reader r = {(const uint8_t *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), 0, 2, 8};
+    Reader r;
     uint64_t n;
     PyObject *sig = NULL, *body = NULL, *signer = NULL;
-    if (!expect_head(&r, 5, &n) || n != 3 || !expect_key(&r, "sig", 3))
+    if (!begin_map(raw, &r, 3, "sig", 3))
         Py_RETURN_NONE;
     if ((sig = expect_bytes(&r)) == NULL || sig == Py_None)
         return sig;
@@ -1556,12 +1566,10 @@ fail:
 static PyObject *
 sp_envelope_parts(PyObject *self, PyObject *block)
 {
-    if (!PyBytes_CheckExact(block))
-        Py_RETURN_NONE;
-    Reader r = {(const uint8_t *)PyBytes_AS_STRING(block), PyBytes_GET_SIZE(block), 0, 2, 16};
-    uint64_t n, count, version;
+    Reader r;
+    uint64_t count, version;
     PyObject *c = NULL, *nonce = NULL, *slots = NULL;
-    if (!expect_head(&r, 5, &n) || n != 4 || !expect_key(&r, "c", 1))
+    if (!begin_map(block, &r, 4, "c", 1))
         Py_RETURN_NONE;
     if ((c = expect_bytes(&r)) == NULL || c == Py_None)
         return c;
