@@ -53,6 +53,11 @@ T = TypeVar("T")
 
 #: Connection settings; ``bench/store.py`` applies the same ones to its floor.
 PRAGMAS: Final = (
+    # 8 KiB pages hold three ~2.5 KiB blocks where 4 KiB pages hold one (and
+    # waste ~40 %): fewer pages, WAL frames and write calls per block. Only a
+    # new file takes it (a WAL database keeps the page size it was made with),
+    # so it comes before journal_mode, which writes the header.
+    "PRAGMA page_size=8192",
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
     # The node may open the same file from a second connection (its ledger).

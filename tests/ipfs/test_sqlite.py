@@ -79,6 +79,37 @@ async def test_wal_mode_and_full_sync(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def page_size(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("PRAGMA page_size").fetchone()[0])
+
+
+async def test_a_new_store_has_8k_pages(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    async with SQLiteBlockStore(path) as store:
+        await store.put(b"x")
+    assert page_size(path) == 8192
+
+
+async def test_a_store_made_with_4k_pages_keeps_them_and_works(tmp_path: Path) -> None:
+    """An earlier version's file: WAL fixes its page size, and nothing is lost."""
+    path = tmp_path / "b.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA page_size=4096")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL,"
+                   " pinned INTEGER NOT NULL DEFAULT 0)")
+        old = CID.for_block(b"old block")
+        db.execute("INSERT INTO blocks (cid, data) VALUES (?, ?)", (old.raw, b"old block"))
+    async with SQLiteBlockStore(path) as store:
+        assert await store.get(old) == b"old block"
+        new = await store.put_many([b"new %d" % i * 900 for i in range(20)])
+    async with SQLiteBlockStore(path) as store:
+        assert [await store.get(c) for c in new] == [b"new %d" % i * 900 for i in range(20)]
+        assert await store.get(old) == b"old block"
+    assert page_size(path) == 4096
+
+
 async def test_schema_is_the_one_table(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     async with SQLiteBlockStore(path):

@@ -44,3 +44,30 @@ async def test_a_new_ledger_is_converted_only_once(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM nonces").fetchone()[0] == 1
     db.close()
+
+
+def _page_size(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_a_new_ledger_has_8k_pages_and_an_old_one_keeps_4k(tmp_path: Path) -> None:
+    new = tmp_path / "new.db"
+    async with Ledger(str(new)):
+        pass
+    assert _page_size(new) == 8192
+
+    old = tmp_path / "old.db"
+    sender = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+    db = sqlite3.connect(old)
+    db.execute("PRAGMA page_size=4096")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.close()
+    async with Ledger(str(old)) as ledger:  # the schema is created in the 4 KiB file
+        await ledger.record_nonce(sender, b"n" * 16, CID.for_block(b"x"), b"ack")
+    async with Ledger(str(old)) as ledger:
+        assert await ledger.seen_nonce(sender, b"n" * 16) == (CID.for_block(b"x"), b"ack")
+    assert _page_size(old) == 4096
