@@ -18,6 +18,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -115,6 +116,13 @@ PAGE_SIZE: Final = 8192
 _RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
 _OUTBOX_COLUMNS: Final = ("cid, partner, notice, state, attempts, next_attempt, last_error, "
                           "created")
+
+
+def fold(text: str) -> str:
+    """A name for caseless matching: NFKC, case-folded, NFKC again (Unicode's
+    compatibility caseless match), so that the way a name was typed (case,
+    composed or decomposed accents, full-width letters) does not matter."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
 def _typed(exc: sqlite3.Error) -> StoreError:
@@ -238,6 +246,7 @@ class Ledger:
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA foreign_keys=ON")
         await db.executescript(SCHEMA)
+        await db.create_function("usagi_fold", 1, fold, deterministic=True)
         self._db = db
         await self._migrate()
 
@@ -350,17 +359,19 @@ class Ledger:
         return Partner(*row) if row else None
 
     async def find_partner(self, key: str) -> Partner | None:
-        """A partner by DID, exact name, or unique name prefix (case-insensitive)."""
-        # One query for both readings of ``key``; a DID match wins. The key is
-        # a prefix, not a pattern: its own % and _ are escaped.
-        prefix = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = await self._all(_PARTNER_SELECT + "WHERE did = ? OR (status != 'rotated' AND "
-                               "(lower(name) = lower(?) OR lower(name) LIKE lower(?) || '%' "
-                               "ESCAPE '\\'))", (key, key, prefix))
+        """A partner by DID, exact name, or unique name prefix.
+
+        Names match caselessly in any script (:func:`fold`): "ärzte" finds
+        "Ärzte GmbH", "STRASSE" finds "Straße". The key is text, not a pattern.
+        """
+        # One query for both readings of ``key``; a DID match wins.
+        folded = fold(key)
+        rows = await self._all(_PARTNER_SELECT + "WHERE did = ?1 OR (status != 'rotated' AND "
+                               "substr(usagi_fold(name), 1, length(?2)) = ?2)", (key, folded))
         for r in rows:
             if r[0] == key:
                 return Partner(*r)
-        exact = [r for r in rows if r[1].lower() == key.lower()]
+        exact = [r for r in rows if fold(r[1]) == folded]
         rows = exact or rows
         return Partner(*rows[0]) if len(rows) == 1 else None
 

@@ -47,3 +47,19 @@ async def test_a_name_prefix_is_text_not_a_pattern(tmp_path: Path) -> None:
         assert (await ledger.find_partner("100%")).did == B  # type: ignore[union-attr]
         assert await ledger.find_partner("%") is None  # no name starts with "%"
         assert await ledger.find_partner("Sato\\") is None
+
+
+async def test_names_match_caselessly_in_any_script(tmp_path: Path) -> None:
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        await ledger.add_partner(A, "Ärzte GmbH", "http://127.0.0.1:1", None)
+        await ledger.add_partner(B, "Großhandel Süd", "http://127.0.0.1:2", None)
+        await ledger.add_partner(C, "ＡＢＣ Foods", "http://127.0.0.1:3", None)  # full-width
+        await ledger.add_partner(D, "大阪精密", "http://127.0.0.1:4", None)
+        assert (await ledger.find_partner("ärzte")).did == A  # type: ignore[union-attr]
+        assert (await ledger.find_partner("A\u0308RZTE")).did == A  # decomposed Ä  # type: ignore[union-attr]
+        assert (await ledger.find_partner("GROSSHANDEL")).did == B  # type: ignore[union-attr]
+        assert (await ledger.find_partner("großhandel süd")).did == B  # type: ignore[union-attr]
+        assert (await ledger.find_partner("abc")).did == C  # type: ignore[union-attr]
+        assert (await ledger.find_partner("大阪")).did == D  # type: ignore[union-attr]
+        assert await ledger.find_partner("arzte") is None  # an accent is not a case
+        assert await ledger.find_partner("Süd") is None  # a prefix, not a substring
