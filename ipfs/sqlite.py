@@ -28,6 +28,7 @@ random. A store made as ``WITHOUT ROWID`` is converted on open.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -50,6 +51,8 @@ from .blockstore import (
 __all__ = ["SQLiteBlockStore", "PRAGMAS", "SCHEMA", "ONE_CALL", "in_thread"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("usagi.store")
 
 #: Connection settings; ``bench/store.py`` applies the same ones to its floor.
 PRAGMAS: Final = (
@@ -97,8 +100,29 @@ ONE_CALL: Final = callable(getattr(aiosqlite.Connection, "_execute", None)) and 
 
 
 async def in_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(connection, *args)`` on ``db``'s own thread, in one round trip (needs ONE_CALL)."""
-    result: T = await db._execute(fn, db._conn, *args)  # type: ignore[no-untyped-call]
+    """``fn(connection, *args)`` on ``db``'s own thread, in one round trip (needs ONE_CALL).
+
+    A caller cancelled while ``fn`` runs does not stop it (a transaction is
+    finished or rolled back whole); if ``fn`` fails after the cancellation has
+    reached the caller, no one is left to raise the error to, so it is logged
+    rather than lost.
+    """
+    abandoned = False
+
+    def run(conn: sqlite3.Connection, *args: Any) -> T:
+        try:
+            return fn(conn, *args)
+        except Exception as exc:
+            if abandoned:
+                log.warning("%s failed after its caller was cancelled (rolled back): %s",
+                            getattr(fn, "__name__", "a transaction"), exc)
+            raise
+
+    try:
+        result: T = await db._execute(run, db._conn, *args)  # type: ignore[no-untyped-call]
+    except asyncio.CancelledError:
+        abandoned = True
+        raise
     return result
 
 

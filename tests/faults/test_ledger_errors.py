@@ -170,3 +170,47 @@ async def test_a_failing_transaction_stores_none_of_its_statements(tmp_path, mon
             ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"x", 3.0)),
             ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"y", 3.0))])
         assert len(await ledger._all("SELECT nonce FROM invitations")) == 3
+
+
+async def test_a_transaction_failing_after_its_caller_left_is_logged(tmp_path, caplog) -> None:  # noqa: ANN001
+    # Cancelled while its one-call transaction runs, a caller cannot be told
+    # that the transaction then failed: the failure is logged, and nothing of
+    # the transaction is stored.
+    import asyncio
+    import logging
+    import threading
+
+    import usagi_p2p.ledger as ledger_module
+    from usagi_p2p.ledger import Ledger
+
+    assert ledger_module.ONE_CALL, "aiosqlite no longer has the call this path uses"
+    running, release = threading.Event(), threading.Event()
+    real = ledger_module._transaction
+
+    def held(conn, groups):  # noqa: ANN001, ANN202
+        running.set()
+        release.wait(5)
+        return real(conn, groups)
+
+    async with Ledger(tmp_path / "ledger.db") as ledger:
+        await ledger.write([("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"old", 1.0))])
+        ledger_module._transaction = held  # type: ignore[assignment]
+        try:
+            with caplog.at_level(logging.WARNING, logger="usagi.store"):
+                task = asyncio.ensure_future(ledger.write([
+                    ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"new", 1.0)),
+                    ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"old", 2.0))]))
+                while not running.is_set():  # noqa: ASYNC110 (set by the SQLite thread)
+                    await asyncio.sleep(0.001)
+                task.cancel()
+                for _ in range(3):  # let the cancellation reach the caller first
+                    await asyncio.sleep(0)
+                release.set()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                rows = await ledger._all("SELECT nonce FROM invitations")  # queued after it
+        finally:
+            ledger_module._transaction = real
+        assert rows == [(b"old",)]
+        failures = [r for r in caplog.records if "after its caller was cancelled" in r.getMessage()]
+        assert len(failures) == 1 and "UNIQUE" in failures[0].getMessage()
