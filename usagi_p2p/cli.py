@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -64,6 +65,10 @@ def _jsonable(value: Any) -> Any:
         return value.hex()
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a NamedTuple: by field
+        return {k: _jsonable(v) for k, v in value._asdict().items()}
+    if isinstance(value, datetime):
+        return value.isoformat()
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value

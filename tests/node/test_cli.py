@@ -328,3 +328,21 @@ def test_send_extract_fills_plugin_fields_and_keeps_the_files_own(tmp_path: Path
     assert bolt["ext"]["machinery"]["material"] == "A2-70"  # the file's own value stays
     assert bolt["ext"]["machinery"]["thread"] == "M6"  # filled from the text
     assert "ext" not in plain  # nothing recognised: free text as written
+
+
+def test_json_output_names_the_fields_of_kernel_results() -> None:
+    """--json prints a kernel result (a NamedTuple) as an object, not a bare list."""
+    from datetime import UTC, datetime
+
+    from kernel.cid import CID
+    from kernel.envelope import Sealed
+    from usagi_p2p.cli import _jsonable
+
+    cid = CID.for_block(b"block")
+    sealed = Sealed(cid, b"\x01", b"\x02", b"\x12\x20" + bytes(32))
+    at = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+    assert _jsonable({"sealed": sealed, "at": at, "cids": (cid,)}) == {
+        "sealed": {"cid": str(cid), "block": "01", "signed": "02", "digest": "1220" + "00" * 32},
+        "at": "2026-12-03T09:00:00+00:00",
+        "cids": [str(cid)],
+    }
