@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Final, TypeVar
 
@@ -103,25 +104,37 @@ async def in_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) 
     """``fn(connection, *args)`` on ``db``'s own thread, in one round trip (needs ONE_CALL).
 
     A caller cancelled while ``fn`` runs does not stop it (a transaction is
-    finished or rolled back whole); if ``fn`` fails after the cancellation has
-    reached the caller, no one is left to raise the error to, so it is logged
-    rather than lost.
+    finished or rolled back whole). If ``fn`` fails and its caller has been,
+    or is then, cancelled, no one is left to raise the error to, so it is
+    logged rather than lost: by whichever side comes second, under a lock.
     """
+    lock = threading.Lock()
     abandoned = False
+    failure: Exception | None = None
+
+    def report(exc: Exception) -> None:
+        log.warning("%s failed after its caller was cancelled (rolled back): %s",
+                    getattr(fn, "__name__", "a transaction"), exc)
 
     def run(conn: sqlite3.Connection, *args: Any) -> T:
+        nonlocal failure
         try:
             return fn(conn, *args)
         except Exception as exc:
-            if abandoned:
-                log.warning("%s failed after its caller was cancelled (rolled back): %s",
-                            getattr(fn, "__name__", "a transaction"), exc)
+            with lock:
+                if abandoned:
+                    report(exc)
+                else:
+                    failure = exc
             raise
 
     try:
         result: T = await db._execute(run, db._conn, *args)  # type: ignore[no-untyped-call]
     except asyncio.CancelledError:
-        abandoned = True
+        with lock:
+            abandoned = True
+            if failure is not None:
+                report(failure)
         raise
     return result
 

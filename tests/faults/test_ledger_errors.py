@@ -172,10 +172,14 @@ async def test_a_failing_transaction_stores_none_of_its_statements(tmp_path, mon
         assert len(await ledger._all("SELECT nonce FROM invitations")) == 3
 
 
-async def test_a_transaction_failing_after_its_caller_left_is_logged(tmp_path, caplog) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("failure_first", [False, True],
+                         ids=["cancellation reaches the caller first", "the failure comes first"])
+async def test_a_transaction_failing_after_its_caller_left_is_logged(tmp_path, caplog,  # noqa: ANN001
+                                                                     failure_first: bool) -> None:
     # Cancelled while its one-call transaction runs, a caller cannot be told
     # that the transaction then failed: the failure is logged, and nothing of
-    # the transaction is stored.
+    # the transaction is stored. Either order of the two events: the loop
+    # may be too busy to deliver the cancellation before the thread fails.
     import asyncio
     import logging
     import threading
@@ -184,13 +188,16 @@ async def test_a_transaction_failing_after_its_caller_left_is_logged(tmp_path, c
     from usagi_p2p.ledger import Ledger
 
     assert ledger_module.ONE_CALL, "aiosqlite no longer has the call this path uses"
-    running, release = threading.Event(), threading.Event()
+    running, release, failed = threading.Event(), threading.Event(), threading.Event()
     real = ledger_module._transaction
 
     def held(conn, groups):  # noqa: ANN001, ANN202
         running.set()
         release.wait(5)
-        return real(conn, groups)
+        try:
+            return real(conn, groups)
+        finally:
+            failed.set()
 
     async with Ledger(tmp_path / "ledger.db") as ledger:
         await ledger.write([("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"old", 1.0))])
@@ -203,9 +210,13 @@ async def test_a_transaction_failing_after_its_caller_left_is_logged(tmp_path, c
                 while not running.is_set():  # noqa: ASYNC110 (set by the SQLite thread)
                     await asyncio.sleep(0.001)
                 task.cancel()
-                for _ in range(3):  # let the cancellation reach the caller first
-                    await asyncio.sleep(0)
-                release.set()
+                if failure_first:  # the loop blocked until the thread has failed
+                    release.set()
+                    assert failed.wait(5)
+                else:
+                    for _ in range(3):  # let the cancellation reach the caller first
+                        await asyncio.sleep(0)
+                    release.set()
                 with pytest.raises(asyncio.CancelledError):
                     await task
                 rows = await ledger._all("SELECT nonce FROM invitations")  # queued after it
