@@ -220,6 +220,43 @@ def _transaction(conn: sqlite3.Connection, groups: Sequence[tuple[str, list[Sequ
         raise
 
 
+def _selects(conn: sqlite3.Connection,
+             queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+    """Several SELECTs, each read to the end; on the connection's thread."""
+    return [conn.execute(sql, args).fetchall() for sql, args in queries]
+
+
+def _chunked(sql: str, fixed: Sequence[Any], values: Sequence[Any]) -> list[tuple[str, tuple[Any, ...]]]:
+    """``sql`` with ``IN ({marks})`` over ``values``, 500 at a time (SQLite's variable limit)."""
+    out = []
+    for i in range(0, len(values), 500):
+        chunk = tuple(values[i:i + 500])
+        out.append((sql.format(marks=",".join("?" * len(chunk))), (*fixed, *chunk)))
+    return out
+
+
+_DIGESTS: Final = "SELECT cid, digest FROM documents WHERE cid IN ({marks})"
+_SEEN: Final = "SELECT nonce, ack FROM nonces WHERE sender = ? AND nonce IN ({marks})"
+_ALIASES: Final = ("SELECT 0, old, new FROM rotations UNION ALL SELECT 1, did, rotated_to "
+                   "FROM partners WHERE rotated_to IS NOT NULL ORDER BY 1")
+
+
+def _lease(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
+    """Run the claim without its own fsync; on the connection's thread.
+
+    A lease is not worth a sync: one lost in a crash only lets a notice be
+    claimed again (``serve`` releases every lease when it starts anyway). In
+    WAL mode a commit under synchronous=NORMAL is ordered before the next
+    commit, whose sync makes both durable, so nothing later can be kept
+    without it.
+    """
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")
+
+
 class Ledger:
     """Async access to ledger.db. Use ``async with Ledger(path) as ledger``."""
 
@@ -288,6 +325,13 @@ class Ledger:
 
     async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
         return list(await self.db.execute_fetchall(sql, tuple(args)))
+
+    async def _reads(self, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """Several SELECTs in one round trip to the connection's thread (one each
+        without ONE_CALL); their rows, in order."""
+        if ONE_CALL:
+            return await in_thread(self.db, _selects, [(sql, tuple(a)) for sql, a in queries])
+        return [await self._all(sql, args) for sql, args in queries]
 
     async def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """Run statements in one durable transaction; a database failure is a typed error."""
@@ -408,9 +452,7 @@ class Ledger:
     async def aliases(self) -> dict[str, str]:
         """Every rotated key (ours and our partners') -> the key that replaced it."""
         # One round trip; a partner's own record of its rotation wins over ours.
-        rows = await self._all("SELECT 0, old, new FROM rotations UNION ALL SELECT 1, did, "
-                               "rotated_to FROM partners WHERE rotated_to IS NOT NULL ORDER BY 1")
-        return {r[1]: r[2] for r in rows}
+        return {r[1]: r[2] for r in await self._all(_ALIASES)}
 
     async def add_invitation(self, nonce: bytes, expires: float) -> None:
         await self.write([("INSERT INTO invitations (nonce, expires) VALUES (?, ?)",
@@ -480,27 +522,38 @@ class Ledger:
         return (CID.from_bytes(row[0]), row[1]) if row else None
 
     async def digests(self, cids: Sequence[CID]) -> dict[CID, bytes]:
-        """The signed-document digests of many documents, in one query."""
-        out: dict[CID, bytes] = {}
-        for i in range(0, len(cids), 500):
-            chunk = [c.raw for c in cids[i:i + 500]]
-            marks = ",".join("?" * len(chunk))
-            for raw, digest in await self._all(
-                    f"SELECT cid, digest FROM documents WHERE cid IN ({marks})", chunk):
-                out[CID.from_bytes(raw)] = digest
-        return out
+        """The signed-document digests of many documents, in one round trip."""
+        return {CID.from_bytes(raw): digest
+                for rows in await self._reads(_chunked(_DIGESTS, (), [c.raw for c in cids]))
+                for raw, digest in rows}
 
     async def seen_nonces(self, sender: str, nonces: Sequence[bytes]) -> dict[bytes, bytes]:
         """nonce -> the ack already given, for those of ``nonces`` seen before."""
-        out: dict[bytes, bytes] = {}
-        for i in range(0, len(nonces), 500):
-            chunk = list(nonces[i:i + 500])
-            marks = ",".join("?" * len(chunk))
-            for nonce, ack in await self._all(
-                    f"SELECT nonce, ack FROM nonces WHERE sender = ? AND nonce IN ({marks})",
-                    (sender, *chunk)):
-                out[nonce] = ack
-        return out
+        return {nonce: ack for rows in await self._reads(_chunked(_SEEN, (sender,), nonces))
+                for nonce, ack in rows}
+
+    async def receiving(self, nonces: dict[str, list[bytes]], cids: Sequence[CID]
+                        ) -> tuple[dict[bytes, bytes], dict[str, str], dict[CID, bytes]]:
+        """What a node reads to answer a batch of notices, in one round trip:
+        the acks already given to these nonces (``sender -> nonces``), the
+        rotation aliases, and the digests of those of ``cids`` already stored."""
+        seen = [q for sender, values in nonces.items() for q in _chunked(_SEEN, (sender,), values)]
+        digests = _chunked(_DIGESTS, (), [c.raw for c in cids])
+        results = await self._reads([*seen, (_ALIASES, ()), *digests])
+        return ({nonce: ack for rows in results[:len(seen)] for nonce, ack in rows},
+                {r[1]: r[2] for r in results[len(seen)]},
+                {CID.from_bytes(raw): d for rows in results[len(seen) + 1:] for raw, d in rows})
+
+    async def delivering(self, did: str, cids: Sequence[CID]
+                         ) -> tuple[Partner | None, dict[CID, bytes], dict[str, str]]:
+        """What a node reads to deliver a batch to ``did``, in one round trip: the
+        partner, the digests of the documents sent, and the rotation aliases."""
+        digests = _chunked(_DIGESTS, (), [c.raw for c in cids])
+        results = await self._reads([(_PARTNER_SELECT + "WHERE did = ?", (did,)),
+                                     (_ALIASES, ()), *digests])
+        partner = Partner(*results[0][0]) if results[0] else None
+        return (partner, {CID.from_bytes(raw): d for rows in results[2:] for raw, d in rows},
+                {r[1]: r[2] for r in results[1]})
 
     async def document(self, cid: CID) -> DocumentRow | None:
         row = await self._one(f"SELECT {_DOC_COLUMNS} FROM documents WHERE cid = ?", (cid.raw,))
@@ -568,12 +621,15 @@ class Ledger:
         db = self.db
         if _RETURNING:
             # One statement, one round trip, its own transaction.
+            claim = ("UPDATE outbox SET lease_until = ? WHERE cid IN (SELECT cid FROM outbox "
+                     "WHERE state = 'pending' AND next_attempt <= ? AND lease_until <= ? "
+                     "ORDER BY next_attempt, created LIMIT ?) RETURNING " + _OUTBOX_COLUMNS)
+            args = (now + lease, now, now, limit)
             async with self._tx:
-                rows = list(await db.execute_fetchall(
-                    "UPDATE outbox SET lease_until = ? WHERE cid IN (SELECT cid FROM outbox "
-                    "WHERE state = 'pending' AND next_attempt <= ? AND lease_until <= ? "
-                    "ORDER BY next_attempt, created LIMIT ?) RETURNING " + _OUTBOX_COLUMNS,
-                    (now + lease, now, now, limit)))
+                if ONE_CALL:
+                    rows = await in_thread(db, _lease, claim, args)
+                else:
+                    rows = list(await db.execute_fetchall(claim, args))
             rows.sort(key=lambda r: (r[5], r[7]))  # RETURNING has no order of its own
         else:  # SQLite before 3.35
             async with self._tx:

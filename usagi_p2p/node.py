@@ -472,8 +472,9 @@ class Node:
         return done
 
     async def _deliver_to(self, did: str, rows: list[Any]) -> int:
-        partner = await self.ledger.partner(did)
         cids = [r.cid for r in rows]
+        # One round trip: the partner, what we sent it (digests), rotations.
+        partner, digests, aliases = await self.ledger.delivering(did, cids)
         if partner is None or not partner.accepted_at(self.clock()):
             state = partner.status if partner else "removed"
             await self._failed(rows, f"partner is {state}")
@@ -505,9 +506,10 @@ class Node:
             return 0
         delivered: list[tuple[CID, bytes, str, str | None, str]] = []
         bad: list[Any] = []
-        digests = await self.ledger.digests(cids)
-        # A partner that rotated its key acks with its new one.
-        current = await self.canonical(did)
+        # A partner that rotated its key acks with its new one. (Rotated while
+        # this batch was out: its acks fail the check and the batch is sent
+        # again later, when the rotation is known.)
+        current = canonical(did, aliases)
         for row, raw in zip(rows, acks, strict=True):
             try:
                 if type(raw) is not bytes:
@@ -733,10 +735,13 @@ class Node:
         acks: list[bytes | None] = [None] * len(notices)
         rejected: list[tuple[CID, UsagiError]] = []
         fresh: list[int] = []
-        seen: dict[bytes, bytes] = {}
-        for sender in names:
-            seen.update(await self.ledger.seen_nonces(
-                sender, [n.nonce for n in notices if n.sender == sender]))
+        # One round trip for what the batch needs read: the answers already
+        # given (replays), the rotation aliases, and which blocks we hold.
+        nonces: dict[str, list[bytes]] = {}
+        for notice in notices:
+            nonces.setdefault(notice.sender, []).append(notice.nonce)
+        seen, self._aliases, already = await self.ledger.receiving(
+            nonces, [n.cid for n in notices])
         for i, notice in enumerate(notices):
             if notice.nonce in seen:
                 acks[i] = seen[notice.nonce]  # a replay gets the answer already given
@@ -750,13 +755,15 @@ class Node:
 
         # Pushed blocks are opened right here; only missing ones cost a task
         # (and a fetch from the sender's gateway).
-        self._aliases = await self.ledger.aliases()
         taken = [(i, self._open(notices[i], pushed[notices[i].cid]))
                  for i in fresh if notices[i].cid in pushed]
-        taken += await asyncio.gather(*[process(i) for i in fresh if notices[i].cid not in pushed])
+        fetched = [process(i) for i in fresh if notices[i].cid not in pushed]
+        if fetched:
+            taken += await asyncio.gather(*fetched)
+            # Fetching took a while: read again which documents are stored.
+            already = await self.ledger.digests(
+                [o[0].cid for _, o in taken if not isinstance(o, UsagiError)])
         statements_ok: list[tuple[Notice, Any, bytes, DocumentRow, bytes]] = []
-        opened_cids = [o[0].cid for _, o in taken if not isinstance(o, UsagiError)]
-        already = await self.ledger.digests(opened_cids)  # one query, not one per document
         # One time for the batch's acks, signed into each and stored beside it.
         acked_at = self.now()
         acked_text = format_time(acked_at)

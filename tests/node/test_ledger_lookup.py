@@ -63,3 +63,57 @@ async def test_names_match_caselessly_in_any_script(tmp_path: Path) -> None:
         assert (await ledger.find_partner("大阪")).did == D  # type: ignore[union-attr]
         assert await ledger.find_partner("arzte") is None  # an accent is not a case
         assert await ledger.find_partner("Süd") is None  # a prefix, not a substring
+
+
+def _row(i: int, partner: str) -> tuple[object, bytes, bytes]:
+    from kernel.cid import CID
+    from usagi_p2p.ledger import DocumentRow
+
+    cid = CID.for_block(b"block %d" % i)
+    row = DocumentRow(cid, "out", partner, "order", cid, None, "2026-12-03T00:00:00Z", 1.0,
+                      "queued", None, b"\x12\x20" + bytes([i % 256]) * 32, b"signed", None)
+    return row, b"\x80", b"notice %d" % i
+
+
+async def test_the_batch_reads_agree_with_the_single_reads(tmp_path: Path) -> None:
+    """receiving() and delivering() are one round trip each; what they return
+    must be what the separate queries return, past the 500-value chunks too."""
+    from kernel.cid import CID
+
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        await ledger.add_partner(A, "Osaka", "http://127.0.0.1:1", None)
+        await ledger.add_partner(B, "Kanto", "http://127.0.0.1:2", None)
+        await ledger.partner_rotated(B, C, valid_until=0.0)
+        rows = [_row(i, A) for i in range(1200)]
+        await ledger.record_sent_many(rows)  # type: ignore[arg-type]
+        for i in range(0, 1200, 3):
+            await ledger.record_nonce(A if i % 2 else B, b"%016d" % i, rows[i][0].cid, b"ack %d" % i)  # type: ignore[attr-defined]
+        cids = [r[0].cid for r in rows[::2]] + [CID.for_block(b"never stored")]  # type: ignore[attr-defined]
+        # 600 nonces per sender (two chunks each); A holds the odd multiples of 3,
+        # B the even ones, and B is asked for one of A's too.
+        nonces = {A: [b"%016d" % i for i in range(1, 1200, 2)],
+                  B: [b"%016d" % i for i in range(0, 1200, 2)] + [b"%016d" % 3]}
+
+        seen, aliases, digests = await ledger.receiving(nonces, cids)
+        expected_seen = {}
+        for sender, values in nonces.items():
+            expected_seen.update(await ledger.seen_nonces(sender, values))
+        assert seen == expected_seen and len(seen) == 400
+        assert aliases == await ledger.aliases() == {B: C}
+        assert digests == await ledger.digests(cids) and len(digests) == 600
+
+        partner, sent, aliases2 = await ledger.delivering(A, cids)
+        assert partner == await ledger.partner(A)
+        assert sent == digests and aliases2 == {B: C}
+        assert (await ledger.delivering(D, []))[0] is None
+
+
+async def test_a_claim_leaves_the_connection_fully_synchronous(tmp_path: Path) -> None:
+    """The claim commits without its own sync; every other write must still sync."""
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        await ledger.add_partner(A, "Osaka", "http://127.0.0.1:1", None)
+        await ledger.record_sent_many([_row(1, A)])  # type: ignore[list-item]
+        claimed = await ledger.claim_due(now=10.0, limit=10)
+        assert [r.cid for r in claimed] == [_row(1, A)[0].cid]  # type: ignore[attr-defined]
+        assert await ledger._all("PRAGMA synchronous") == [(2,)]  # FULL
+        assert await ledger.claim_due(now=10.0, limit=10) == []  # leased
