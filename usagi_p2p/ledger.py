@@ -608,6 +608,14 @@ class Ledger:
         row = await self._one("SELECT raw, status, reason FROM acks WHERE cid = ?", (cid.raw,))
         return (row[0], row[1], row[2]) if row else None
 
+    async def ack_or_status(self, cid: CID) -> tuple[tuple[bytes, str, str | None] | None, str | None]:
+        """(the ack, the document's status) in one query; (None, None) for an unknown CID."""
+        row = await self._one("SELECT d.status, a.raw, a.status, a.reason FROM documents d "
+                              "LEFT JOIN acks a ON a.cid = d.cid WHERE d.cid = ?", (cid.raw,))
+        if row is None:
+            return None, None
+        return ((row[1], row[2], row[3]) if row[1] is not None else None), row[0]
+
     # -- outbox -------------------------------------------------------------
 
     async def claim_due(self, now: float, limit: int, lease: float = 30.0) -> list[OutboxRow]:

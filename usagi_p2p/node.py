@@ -660,13 +660,14 @@ class Node:
                             deadline: float) -> tuple[bytes, str, str | None] | None:
         check_status = True
         while True:
-            ack = await self.ledger.ack(cid)
+            if check_status:  # first, and after each quiet 50 ms (or another process)
+                ack, status = await self.ledger.ack_or_status(cid)
+                if ack is None and status == "undelivered":
+                    break
+            else:
+                ack = await self.ledger.ack(cid)
             if ack is not None:
                 return ack
-            if check_status:  # first, and after each quiet 50 ms (or another process)
-                row = await self.ledger.document(cid)
-                if row is not None and row.status == "undelivered":
-                    break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

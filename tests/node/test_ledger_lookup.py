@@ -117,3 +117,18 @@ async def test_a_claim_leaves_the_connection_fully_synchronous(tmp_path: Path) -
         assert [r.cid for r in claimed] == [_row(1, A)[0].cid]  # type: ignore[attr-defined]
         assert await ledger._all("PRAGMA synchronous") == [(2,)]  # FULL
         assert await ledger.claim_due(now=10.0, limit=10) == []  # leased
+
+
+async def test_ack_or_status_reads_both_in_one_query(tmp_path: Path) -> None:
+    from kernel.cid import CID
+
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        await ledger.add_partner(A, "Osaka", "http://127.0.0.1:1", None)
+        row = _row(1, A)
+        cid = row[0].cid  # type: ignore[attr-defined]
+        assert await ledger.ack_or_status(CID.for_block(b"unknown")) == (None, None)
+        await ledger.record_sent_many([row])  # type: ignore[list-item]
+        assert await ledger.ack_or_status(cid) == (None, "queued")
+        await ledger.mark_delivered([(cid, b"signed ack", "received", None, "2026-12-03T00:00:00Z")])
+        assert await ledger.ack_or_status(cid) == ((b"signed ack", "received", None), "delivered")
+        assert (await ledger.ack_or_status(cid))[0] == await ledger.ack(cid)
