@@ -139,7 +139,8 @@ class Node:
         self._delivering = asyncio.Lock()
         # Futures for acks awaited in this process (wait_for_ack); other
         # processes on the same home poll the ledger instead.
-        self._ack_waiters: dict[CID, asyncio.Future[None]] = {}
+        # cid -> a future set to (ack, status, reason) once the ack is stored
+        self._ack_waiters: dict[CID, asyncio.Future[tuple[bytes, str, str | None]]] = {}
         # Blocks sealed here recently, so pushing them with their notices
         # needs no store round trip. Bounded; the store stays the truth.
         self._recent: OrderedDict[CID, bytes] = OrderedDict()
@@ -532,10 +533,10 @@ class Node:
             received = len(delivered) - len(refused)
             activity.info("delivered %d document(s) to %s%s", received, printable(partner.name),
                           f" ({delivered[0][0]})" if len(delivered) == 1 else "")
-        for cid, *_ in delivered:
+        for cid, raw, status, reason, _at in delivered:  # stored: hand it to whoever waits
             waiter = self._ack_waiters.pop(cid, None)
             if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result((raw, status, reason))
         if bad:
             await self._failed(bad, "the partner's ack did not verify")
         return len(delivered)
@@ -656,30 +657,24 @@ class Node:
             if self._ack_waiters.get(cid) is waiter:
                 del self._ack_waiters[cid]
 
-    async def _wait_for_ack(self, cid: CID, waiter: asyncio.Future[None],
+    async def _wait_for_ack(self, cid: CID, waiter: asyncio.Future[tuple[bytes, str, str | None]],
                             deadline: float) -> tuple[bytes, str, str | None] | None:
-        check_status = True
         while True:
-            if check_status:  # first, and after each quiet 50 ms (or another process)
-                ack, status = await self.ledger.ack_or_status(cid)
-                if ack is None and status == "undelivered":
-                    break
-            else:
-                ack = await self.ledger.ack(cid)
+            # First, and after each quiet 50 ms: the ack may have been stored
+            # before we waited, or by another process (a `serve` on this home).
+            ack, status = await self.ledger.ack_or_status(cid)
             if ack is not None:
                 return ack
+            if status == "undelivered":
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if waiter.done():  # delivered by this process, but no ack stored: keep polling
-                await asyncio.sleep(min(0.05, remaining))
-                check_status = True
-                continue
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), timeout=min(0.05, remaining))
-                check_status = False  # this process stored the ack: read it, no status query
+                # This process's delivery hands over the ack it has just stored.
+                return await asyncio.wait_for(asyncio.shield(waiter), timeout=min(0.05, remaining))
             except TimeoutError:
-                check_status = True
+                pass
         return None
 
     # -- receiving ----------------------------------------------------------
