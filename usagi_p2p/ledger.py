@@ -202,8 +202,10 @@ def _doc(row: Sequence[Any]) -> DocumentRow:
                        *row[5:])
 
 
-def _transaction(conn: sqlite3.Connection, groups: Sequence[tuple[str, list[Sequence[Any]]]]) -> None:
-    """Run ``groups`` (SQL, rows) as one durable transaction; on the connection's thread."""
+def _transaction(conn: sqlite3.Connection, groups: Sequence[tuple[str, list[Sequence[Any]]]],
+                 reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
+    """Run ``groups`` (SQL, rows) as one durable transaction, then ``reads``
+    (SELECTs, their rows returned); on the connection's thread."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         for sql, rows in groups:
@@ -218,6 +220,7 @@ def _transaction(conn: sqlite3.Connection, groups: Sequence[tuple[str, list[Sequ
         except sqlite3.Error as exc:  # e.g. SQLite already rolled back (SQLITE_FULL)
             log.debug("nothing rolled back: %s", exc)
         raise
+    return _selects(conn, reads)
 
 
 def _selects(conn: sqlite3.Connection,
@@ -333,14 +336,20 @@ class Ledger:
             return await in_thread(self.db, _selects, [(sql, tuple(a)) for sql, a in queries])
         return [await self._all(sql, args) for sql, args in queries]
 
-    async def write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        """Run statements in one durable transaction; a database failure is a typed error."""
+    async def write(self, statements: Sequence[tuple[str, Sequence[Any]]],
+                    reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
+        """Run statements in one durable transaction; a database failure is a typed error.
+
+        ``reads`` (SELECTs) run after the commit, in the same round trip when
+        ONE_CALL; their rows are returned in order.
+        """
         try:
-            await self._write(statements)
+            return await self._write(statements, reads)
         except sqlite3.Error as exc:
             raise _typed(exc) from exc
 
-    async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]],
+                     reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
         """Run statements in one durable transaction."""
         db = self.db
         # Consecutive statements with the same SQL go down as one executemany:
@@ -351,29 +360,32 @@ class Ledger:
                 groups[-1][1].append(tuple(args))
             else:
                 groups.append((sql, [tuple(args)]))
+        if not groups:
+            return await self._reads(reads) if reads else []
         async with self._tx:
+            if ONE_CALL and (reads or len(groups) > 1 or len(groups[0][1]) > 1):
+                # The whole transaction (and the reads after it) in one call on
+                # the connection's thread: one round trip instead of one per
+                # statement plus BEGIN and COMMIT, and no other call can run
+                # inside it.
+                return await in_thread(db, _transaction, groups, reads)
             if len(groups) == 1 and len(groups[0][1]) == 1:
                 # One statement is its own durable transaction: one round trip, not
                 # three. Fetched to the end, so even a RETURNING statement completes.
                 await db.execute_fetchall(groups[0][0], groups[0][1][0])
-                return
-            if ONE_CALL:
-                # The whole transaction in one call on the connection's thread:
-                # one round trip instead of one per statement plus BEGIN and
-                # COMMIT, and no other call can run inside it.
-                await in_thread(db, _transaction, groups)
-                return
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, rows in groups:
-                    if len(rows) == 1:
-                        await db.execute(sql, rows[0])
-                    else:
-                        await db.executemany(sql, rows)
-                await db.execute("COMMIT")
-            except BaseException:
-                await self._rollback()
-                raise
+            else:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, rows in groups:
+                        if len(rows) == 1:
+                            await db.execute(sql, rows[0])
+                        else:
+                            await db.executemany(sql, rows)
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await self._rollback()
+                    raise
+            return [await self._all(sql, args) for sql, args in reads]
 
     async def _rollback(self) -> None:
         """Roll back after a failure, keeping the failure as the error.
@@ -668,21 +680,33 @@ class Ledger:
                               "WHERE state = 'pending'")
         return float(row[0]) if row and row[0] is not None else None
 
-    async def mark_delivered(self, items: Sequence[tuple[CID, bytes, str, str | None, str]]) -> None:
-        """(cid, ack bytes, ack status, reason, at) for each acknowledged document."""
+    async def mark_delivered(self, items: Sequence[tuple[CID, bytes, str, str | None, str]]
+                             ) -> dict[CID, tuple[bytes, str, str | None]]:
+        """(cid, ack bytes, ack status, reason, at) for each acknowledged document;
+        returns the ack stored for each, in the same round trip.
+
+        The first ack stored for a document stays (OR IGNORE): another process
+        may have stored one for the same notice, and the receiver may have
+        signed the two answers apart. The document's status follows the ack
+        that is stored, and so does what this returns.
+        """
+        if not items:
+            return {}
         acks: list[tuple[str, Sequence[Any]]] = []
         docs: list[tuple[str, Sequence[Any]]] = []
         outbox: list[tuple[str, Sequence[Any]]] = []
         for cid, raw, status, reason, at in items:
-            doc_status = "delivered" if status != "rejected" else "rejected"
             acks.append(("INSERT OR IGNORE INTO acks (cid, raw, status, reason, at) "
                          "VALUES (?,?,?,?,?)", (cid.raw, raw, status, reason, at)))
-            docs.append(("UPDATE documents SET status = ?, reason = ? WHERE cid = ?",
-                         (doc_status, reason, cid.raw)))
+            docs.append(("UPDATE documents SET (status, reason) = (SELECT CASE a.status WHEN "
+                         "'rejected' THEN 'rejected' ELSE 'delivered' END, a.reason FROM acks a "
+                         "WHERE a.cid = documents.cid) WHERE cid = ?", (cid.raw,)))
             outbox.append(("UPDATE outbox SET state = 'delivered', lease_until = 0, "
                            "last_error = NULL WHERE cid = ?", (cid.raw,)))
-        if items:
-            await self.write(acks + docs + outbox)
+        results = await self.write(acks + docs + outbox, reads=_chunked(
+            "SELECT cid, raw, status, reason FROM acks WHERE cid IN ({marks})", (),
+            [item[0].raw for item in items]))
+        return {CID.from_bytes(r[0]): (r[1], r[2], r[3]) for rows in results for r in rows}
 
     async def mark_failed(self, cids: Sequence[CID], error: str, next_attempts: Sequence[float],
                           max_attempts: int, *, count: bool = True) -> list[CID]:

@@ -507,23 +507,39 @@ class Node:
             return 0
         delivered: list[tuple[CID, bytes, str, str | None, str]] = []
         bad: list[Any] = []
-        # A partner that rotated its key acks with its new one. (Rotated while
-        # this batch was out: its acks fail the check and the batch is sent
-        # again later, when the rotation is known.)
+        # A partner that rotated its key acks with its new one.
         current = canonical(did, aliases)
-        for row, raw in zip(rows, acks, strict=True):
-            try:
-                if type(raw) is not bytes:
-                    raise MalformedError("an ack is a byte string")
-                ack = open_ack(raw)
-                check_ack(ack, cid=row.cid, by=current if ack.by == current else did,
-                          digest=digests[row.cid])
-            except (UsagiError, KeyError) as exc:
-                log.warning("ack for %s is not a receipt: %s", row.cid, exc)
-                bad.append(row)
-                continue
-            delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
-        await self.ledger.mark_delivered(delivered)
+        pending = list(zip(rows, acks, strict=True))
+        for last_try in (False, True):
+            signer_unknown = []
+            for row, raw in pending:
+                try:
+                    if type(raw) is not bytes:
+                        raise MalformedError("an ack is a byte string")
+                    ack = open_ack(raw)
+                    check_ack(ack, cid=row.cid, by=current if ack.by == current else did,
+                              digest=digests[row.cid])
+                except WrongSignerError as exc:
+                    if not last_try:
+                        signer_unknown.append((row, raw))
+                        continue
+                    log.warning("ack for %s is not a receipt: %s", row.cid, exc)
+                    bad.append(row)
+                    continue
+                except (UsagiError, KeyError) as exc:
+                    log.warning("ack for %s is not a receipt: %s", row.cid, exc)
+                    bad.append(row)
+                    continue
+                delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
+            if not signer_unknown:
+                break
+            # Signed by a key we did not know when the batch left: the partner
+            # may have announced a rotation meanwhile. Read the aliases again.
+            current = await self.canonical(did)
+            pending = signer_unknown
+        # What is stored may be another process's ack for the same notice
+        # (OR IGNORE): waiters get the stored one.
+        stored = await self.ledger.mark_delivered(delivered)
         refused = [(cid, reason) for cid, _raw, status, reason, _at in delivered
                    if status == "rejected"]
         if refused:
@@ -533,10 +549,10 @@ class Node:
             received = len(delivered) - len(refused)
             activity.info("delivered %d document(s) to %s%s", received, printable(partner.name),
                           f" ({delivered[0][0]})" if len(delivered) == 1 else "")
-        for cid, raw, status, reason, _at in delivered:  # stored: hand it to whoever waits
+        for cid, *_ in delivered:  # stored: hand it to whoever waits
             waiter = self._ack_waiters.pop(cid, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result((raw, status, reason))
+            if waiter is not None and not waiter.done() and cid in stored:
+                waiter.set_result(stored[cid])
         if bad:
             await self._failed(bad, "the partner's ack did not verify")
         return len(delivered)

@@ -127,10 +127,10 @@ async def test_cancelled_during_a_one_call_transaction_keeps_it_whole(tmp_path) 
     running, release = threading.Event(), threading.Event()
     real = ledger_module._transaction
 
-    def held(conn, groups):  # noqa: ANN001, ANN202
+    def held(conn, groups, *rest):  # noqa: ANN001, ANN002, ANN202
         running.set()
         release.wait(5)
-        return real(conn, groups)
+        return real(conn, groups, *rest)
 
     async with Ledger(tmp_path / "ledger.db") as ledger:
         ledger_module._transaction = held  # type: ignore[assignment]
@@ -191,11 +191,11 @@ async def test_a_transaction_failing_after_its_caller_left_is_logged(tmp_path, c
     running, release, failed = threading.Event(), threading.Event(), threading.Event()
     real = ledger_module._transaction
 
-    def held(conn, groups):  # noqa: ANN001, ANN202
+    def held(conn, groups, *rest):  # noqa: ANN001, ANN002, ANN202
         running.set()
         release.wait(5)
         try:
-            return real(conn, groups)
+            return real(conn, groups, *rest)
         finally:
             failed.set()
 

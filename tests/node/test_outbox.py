@@ -74,3 +74,45 @@ async def test_suspended_partner_is_not_sent_to(pair: Pair) -> None:
     else:
         raise AssertionError("sending to a suspended partner must fail")
     assert await pair.seller.ledger.count_documents() == 0
+
+
+async def test_two_deliveries_of_one_notice_hand_over_the_ack_that_is_stored(pair: Pair) -> None:
+    """One notice delivered by two processes on the seller's home (e.g. a `serve`
+    that started and released the leases while another process's batch was out).
+    The receiver answers both, with acks signed apart; the seller keeps the first
+    one stored, and whoever waits gets exactly that one."""
+    from usagi_p2p.node import Node
+
+    seller, buyer = pair.seller, pair.buyer
+    await pair.seller_service.close()  # this test drives delivery itself
+    other = Node.load(seller.home, None)  # the second process
+    await other.open()
+    real = buyer.ledger.record_received_many
+    entered, release, calls = asyncio.Event(), asyncio.Event(), 0
+
+    async def first_commits_last(items):  # noqa: ANN001, ANN202
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            await release.wait()
+            return await real(items)
+        result = await real(items)
+        release.set()
+        return result
+
+    buyer.ledger.record_received_many = first_commits_last  # type: ignore[method-assign]
+    try:
+        sent = await seller.send("quote", "Osaka", {"ref": "Q-twice", "lines": [{"text": "x"}]})
+        waiting = asyncio.ensure_future(seller.wait_for_ack(sent.cid, 10))
+        first = asyncio.ensure_future(seller.deliver_once())
+        await entered.wait()
+        await other.ledger.release_leases()
+        assert await other.deliver_once() == 1  # answered and stored first
+        assert await first == 1  # answered with another ack, which is not stored
+        got = await waiting
+    finally:
+        await other.close()
+    stored = await seller.ledger.ack(sent.cid)
+    assert got == stored
+    assert (await seller.ledger.document(sent.cid)).status == "delivered"  # type: ignore[union-attr]

@@ -139,3 +139,25 @@ async def test_rotated_key_survives_restart(pair: Pair) -> None:
     reloaded = Node.load(buyer.home, None)
     assert reloaded.did == buyer.did != old
     assert [i.did for i in reloaded.retired] == [old]
+
+
+async def test_a_rotation_announced_while_a_batch_is_out_costs_no_attempt(pair: Pair) -> None:
+    """The partner rotates (and tells us) while answering our batch: its acks are
+    signed with a key we did not know when the batch left. They are receipts."""
+    seller, buyer = pair.seller, pair.buyer
+    real = buyer.receive
+    rotated: dict[str, str] = {}
+
+    async def rotate_first(body: bytes) -> list[bytes]:
+        if not rotated:
+            _, told = await buyer.rotate(None, timedelta(days=1))  # announces to the seller
+            rotated.update(told)
+        return await real(body)
+
+    buyer.receive = rotate_first  # type: ignore[method-assign]
+    sent = await seller.send("quote", "Osaka", {"ref": "Q-rot", "lines": [{"text": "x"}]})
+    ack = await seller.wait_for_ack(sent.cid, 10)
+    assert rotated == {"Kanto Machine Tools": "ok"}
+    assert ack is not None and open_ack(ack[0]).by == buyer.did  # the new key
+    row = (await seller.ledger.outbox())[0]
+    assert (row.state, row.attempts, row.last_error) == ("delivered", 0, None)
