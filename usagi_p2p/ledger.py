@@ -266,6 +266,7 @@ class Ledger:
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._wal = False  # set by open()
         # One connection, many coroutines: transactions must not interleave.
         self._tx = asyncio.Lock()
 
@@ -282,7 +283,12 @@ class Ledger:
         # Documents (~2.5 KiB signed) pack three to an 8 KiB page, one to a
         # 4 KiB page. A new file only: an existing WAL ledger keeps its size.
         await db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        await db.execute("PRAGMA journal_mode=WAL")
+        mode = await db.execute_fetchall("PRAGMA journal_mode=WAL")
+        # A file system without shared memory keeps a rollback journal: the
+        # ledger works, every commit synced, and the claim syncs too (below).
+        self._wal = str(next(iter(mode))[0]).lower() == "wal"
+        if not self._wal:
+            log.warning("%s: WAL mode unavailable, using a rollback journal", self.path)
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA foreign_keys=ON")
         await db.executescript(SCHEMA)
@@ -646,7 +652,7 @@ class Ledger:
                      "ORDER BY next_attempt, created LIMIT ?) RETURNING " + _OUTBOX_COLUMNS)
             args = (now + lease, now, now, limit)
             async with self._tx:
-                if ONE_CALL:
+                if ONE_CALL and self._wal:  # NORMAL is safe in WAL mode only
                     rows = await in_thread(db, _lease, claim, args)
                 else:
                     rows = list(await db.execute_fetchall(claim, args))

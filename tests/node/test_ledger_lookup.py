@@ -132,3 +132,27 @@ async def test_ack_or_status_reads_both_in_one_query(tmp_path: Path) -> None:
         await ledger.mark_delivered([(cid, b"signed ack", "received", None, "2026-12-03T00:00:00Z")])
         assert await ledger.ack_or_status(cid) == ((b"signed ack", "received", None), "delivered")
         assert (await ledger.ack_or_status(cid))[0] == await ledger.ack(cid)
+
+
+async def test_without_wal_the_claim_is_synced_like_every_commit(tmp_path: Path,
+                                                                 monkeypatch) -> None:  # noqa: ANN001
+    """The unsynced lease is safe only in WAL mode; a ledger that cannot use WAL
+    (here: an in-memory database, which keeps its own journal mode) syncs it."""
+    import usagi_p2p.ledger as ledger_module
+
+    unsynced = []
+    real = ledger_module._lease
+
+    def spy(conn, sql, args):  # noqa: ANN001, ANN202
+        unsynced.append(sql)
+        return real(conn, sql, args)
+
+    monkeypatch.setattr(ledger_module, "_lease", spy)
+    for path, wal in ((":memory:", False), (str(tmp_path / "ledger.db"), True)):
+        unsynced.clear()
+        async with Ledger(path) as ledger:
+            assert ledger._wal is wal
+            await ledger.add_partner(A, "Osaka", "http://127.0.0.1:1", None)
+            await ledger.record_sent_many([_row(1, A)])  # type: ignore[list-item]
+            assert len(await ledger.claim_due(now=10.0, limit=10)) == 1
+        assert len(unsynced) == (1 if wal and ledger_module.ONE_CALL else 0)
