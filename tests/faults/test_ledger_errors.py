@@ -113,39 +113,55 @@ async def test_cancelled_while_committing_keeps_the_cancellation_and_the_rows(
         assert (await ledger._all("SELECT count(*) FROM invitations"))[0][0] == 2
 
 
-async def test_cancelled_during_a_one_call_transaction_keeps_it_whole(tmp_path) -> None:  # noqa: ANN001
+class HeldTransaction:
+    """Holds the ledger's one-call transactions on the SQLite thread until
+    released (``running`` once one is held, ``finished`` once it has run)."""
+
+    def __init__(self, monkeypatch) -> None:  # noqa: ANN001
+        import threading
+
+        import usagi_p2p.ledger as ledger_module
+
+        assert ledger_module.ONE_CALL, "aiosqlite no longer has the call this path uses"
+        self.running, self.release, self.finished = (threading.Event(), threading.Event(),
+                                                     threading.Event())
+        real = ledger_module._transaction
+
+        def held(conn, groups, *rest):  # noqa: ANN001, ANN002, ANN202
+            self.running.set()
+            self.release.wait(5)
+            try:
+                return real(conn, groups, *rest)
+            finally:
+                self.finished.set()
+
+        monkeypatch.setattr(ledger_module, "_transaction", held)
+
+    async def started(self) -> None:
+        import asyncio
+
+        while not self.running.is_set():  # noqa: ASYNC110 (set by the SQLite thread)
+            await asyncio.sleep(0.001)
+
+
+async def test_cancelled_during_a_one_call_transaction_keeps_it_whole(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     # The whole transaction is one call on the connection's thread: a task
     # cancelled while it runs sees the cancellation, and the transaction
     # still completes, all of it.
     import asyncio
-    import threading
 
-    import usagi_p2p.ledger as ledger_module
     from usagi_p2p.ledger import Ledger
 
-    assert ledger_module.ONE_CALL, "aiosqlite no longer has the call this path uses"
-    running, release = threading.Event(), threading.Event()
-    real = ledger_module._transaction
-
-    def held(conn, groups, *rest):  # noqa: ANN001, ANN002, ANN202
-        running.set()
-        release.wait(5)
-        return real(conn, groups, *rest)
-
     async with Ledger(tmp_path / "ledger.db") as ledger:
-        ledger_module._transaction = held  # type: ignore[assignment]
-        try:
-            task = asyncio.ensure_future(ledger.write([
-                ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"a", 1.0)),
-                ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"b", 1.0))]))
-            while not running.is_set():  # noqa: ASYNC110 (set by the SQLite thread)
-                await asyncio.sleep(0.001)
-            task.cancel()
-            release.set()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        finally:
-            ledger_module._transaction = real
+        hold = HeldTransaction(monkeypatch)
+        task = asyncio.ensure_future(ledger.write([
+            ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"a", 1.0)),
+            ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"b", 1.0))]))
+        await hold.started()
+        task.cancel()
+        hold.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
         assert (await ledger._all("SELECT count(*) FROM invitations"))[0][0] == 2
 
 
@@ -175,6 +191,7 @@ async def test_a_failing_transaction_stores_none_of_its_statements(tmp_path, mon
 @pytest.mark.parametrize("failure_first", [False, True],
                          ids=["cancellation reaches the caller first", "the failure comes first"])
 async def test_a_transaction_failing_after_its_caller_left_is_logged(tmp_path, caplog,  # noqa: ANN001
+                                                                     monkeypatch,  # noqa: ANN001
                                                                      failure_first: bool) -> None:
     # Cancelled while its one-call transaction runs, a caller cannot be told
     # that the transaction then failed: the failure is logged, and nothing of
@@ -182,46 +199,28 @@ async def test_a_transaction_failing_after_its_caller_left_is_logged(tmp_path, c
     # may be too busy to deliver the cancellation before the thread fails.
     import asyncio
     import logging
-    import threading
 
-    import usagi_p2p.ledger as ledger_module
     from usagi_p2p.ledger import Ledger
-
-    assert ledger_module.ONE_CALL, "aiosqlite no longer has the call this path uses"
-    running, release, failed = threading.Event(), threading.Event(), threading.Event()
-    real = ledger_module._transaction
-
-    def held(conn, groups, *rest):  # noqa: ANN001, ANN002, ANN202
-        running.set()
-        release.wait(5)
-        try:
-            return real(conn, groups, *rest)
-        finally:
-            failed.set()
 
     async with Ledger(tmp_path / "ledger.db") as ledger:
         await ledger.write([("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"old", 1.0))])
-        ledger_module._transaction = held  # type: ignore[assignment]
-        try:
-            with caplog.at_level(logging.WARNING, logger="usagi.store"):
-                task = asyncio.ensure_future(ledger.write([
-                    ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"new", 1.0)),
-                    ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"old", 2.0))]))
-                while not running.is_set():  # noqa: ASYNC110 (set by the SQLite thread)
-                    await asyncio.sleep(0.001)
-                task.cancel()
-                if failure_first:  # the loop blocked until the thread has failed
-                    release.set()
-                    assert failed.wait(5)
-                else:
-                    for _ in range(3):  # let the cancellation reach the caller first
-                        await asyncio.sleep(0)
-                    release.set()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-                rows = await ledger._all("SELECT nonce FROM invitations")  # queued after it
-        finally:
-            ledger_module._transaction = real
+        hold = HeldTransaction(monkeypatch)
+        with caplog.at_level(logging.WARNING, logger="usagi.store"):
+            task = asyncio.ensure_future(ledger.write([
+                ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"new", 1.0)),
+                ("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"old", 2.0))]))
+            await hold.started()
+            task.cancel()
+            if failure_first:  # the loop blocked until the thread has failed
+                hold.release.set()
+                assert hold.finished.wait(5)
+            else:
+                for _ in range(3):  # let the cancellation reach the caller first
+                    await asyncio.sleep(0)
+                hold.release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            rows = await ledger._all("SELECT nonce FROM invitations")  # queued after it
         assert rows == [(b"old",)]
         failures = [r for r in caplog.records if "after its caller was cancelled" in r.getMessage()]
         assert len(failures) == 1 and "UNIQUE" in failures[0].getMessage()
