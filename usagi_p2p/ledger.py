@@ -121,8 +121,14 @@ _OUTBOX_COLUMNS: Final = ("cid, partner, notice, state, attempts, next_attempt, 
 def fold(text: str) -> str:
     """A name for caseless matching: NFKC, case-folded, NFKC again (Unicode's
     compatibility caseless match), so that the way a name was typed (case,
-    composed or decomposed accents, full-width letters) does not matter."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    composed or decomposed accents, full-width letters) does not matter.
+
+    One tailoring: the dot that default folding leaves on a Turkish capital
+    İ ("i" + U+0307) is dropped, so "istanbul" finds "İstanbul". (The dotless
+    ı stays its own letter, as in Turkish.)
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    return folded.replace("i\u0307", "i") if "\u0307" in folded else folded
 
 
 def _typed(exc: sqlite3.Error) -> StoreError:

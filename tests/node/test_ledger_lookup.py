@@ -62,6 +62,11 @@ async def test_names_match_caselessly_in_any_script(tmp_path: Path) -> None:
         assert (await ledger.find_partner("abc")).did == C  # type: ignore[union-attr]
         assert (await ledger.find_partner("大阪")).did == D  # type: ignore[union-attr]
         assert await ledger.find_partner("arzte") is None  # an accent is not a case
+        e = Identity(bytes([5]) * 32).did
+        await ledger.add_partner(e, "İstanbul Tekstil", "http://127.0.0.1:5", None)
+        assert (await ledger.find_partner("istanbul")).did == e  # type: ignore[union-attr]
+        assert (await ledger.find_partner("İSTANBUL TEK")).did == e  # type: ignore[union-attr]
+        assert await ledger.find_partner("ıstanbul") is None  # dotless ı is another letter
         assert await ledger.find_partner("Süd") is None  # a prefix, not a substring
 
 
