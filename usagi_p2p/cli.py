@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar
 import click
 
 from kernel.cid import CID
+from kernel.document import RESPONSES
 from kernel.errors import UsagiError
 
 from .errors import NodeError, exit_code
@@ -422,12 +423,17 @@ async def _kick_server(home: Home) -> bool:
 
 @main.command()
 @click.argument("kind")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True,
-                                        path_type=Path))
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False,
+                                                        allow_dash=True, path_type=Path))
 @click.option("--to", "to", default=None,
               help="Partner name, name prefix or DID (default with --reply-to: its partner).")
 @click.option("--reply-to", default=None, help="CID of the document this answers "
-              "(links prev and thread).")
+              "(links prev and thread). Without FILE, the answer takes its currency, "
+              "lines and total.")
+@click.option("--ref", default=None, help="This document's own reference (e.g. PO-1042); "
+              "replaces the file's.")
+@click.option("--response", type=click.Choice(sorted(RESPONSES)), default=None,
+              help="An order_response's answer; replaces the file's.")
 @click.option("--user", default=None, help="Which employee acts.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait for the partner's ack.")
@@ -438,25 +444,34 @@ async def _kick_server(home: Home) -> bool:
               help="Fill each line's plugin fields from its text where the file leaves them "
                    "out (what 'usagi extract' shows).")
 @click.pass_context
-def send(ctx: click.Context, kind: str, file: Path, to: str, reply_to: str | None,
-         user: str | None, wait: bool, timeout: float, approve_as: tuple[str, ...],
-         extract: bool) -> None:
+def send(ctx: click.Context, kind: str, file: Path | None, to: str, reply_to: str | None,
+         ref: str | None, response: str | None, user: str | None, wait: bool, timeout: float,
+         approve_as: tuple[str, ...], extract: bool) -> None:
     """Seal a document (JSON or YAML body) to you and a partner and send its notice.
 
     Prints the CID, then the partner's signed ack once it comes. Works while
     'usagi serve' runs on the same home (it delivers), and without (this
-    command delivers itself).
+    command delivers itself). An answer (--reply-to) without a FILE orders,
+    delivers or invoices what the answered document lists: its currency,
+    lines and total.
 
     Example: usagi --home ./kanto send quote --to Osaka quote.yaml
 
     Example: usagi send order --reply-to bafyrei… order.yaml   (to whoever sent it)
+
+    Example: usagi send order --reply-to bafyrei… --ref PO-1042   (what was quoted)
+
+    Example: usagi send order_response --reply-to bafyrei… --response accept
     """
     from .plugins_cli import approver
 
     if to is None and reply_to is None:
         raise click.UsageError("say who gets it: --to PARTNER, or --reply-to CID to answer "
                                "a document")
-    body = _load_body(file)
+    if file is None and reply_to is None:
+        raise click.UsageError("give the document as a FILE (JSON or YAML, '-' for standard "
+                               "input), or answer one with --reply-to CID")
+    body = _load_body(file) if file is not None else {}
     home = _home(ctx)
     # Approvers' passphrases are asked for before anything is built or sent.
     prepare = approver(home, approve_as) if approve_as else None
@@ -469,6 +484,14 @@ def send(ctx: click.Context, kind: str, file: Path, to: str, reply_to: str | Non
             if answered is None:
                 raise NodeError(f"{reply} is not in this node's ledger; give --to as well")
             partner = await node.canonical(answered.partner)  # its current key
+        if file is None and reply is not None:
+            from .inspect import answer_body
+
+            body.update(await answer_body(node, reply))
+        if ref is not None:
+            body["ref"] = ref
+        if response is not None:
+            body["response"] = response
         if extract:
             _fill_extracted(node.plugins, body, user)
         result = (await node.send_many([(kind, partner, body, reply)], user=user,

@@ -16,7 +16,22 @@ from kernel.thread import verify_thread
 from .errors import NodeError
 from .node import Node
 
-__all__ = ["show_document", "thread_documents", "verify_document"]
+__all__ = ["show_document", "thread_documents", "verify_document", "answer_body", "CARRIED"]
+
+#: What an answer sent without a body of its own takes from the document it
+#: answers: an order for what was quoted, a delivery note or an invoice for
+#: what was ordered. Nothing else (a reference, a note, a response, dates) is
+#: the same from one document to the next.
+CARRIED = ("currency", "lines", "total")
+
+
+async def answer_body(node: Node, cid: CID) -> dict[str, Any]:
+    """The body an answer to ``cid`` starts from: its :data:`CARRIED` fields."""
+    row = await node.ledger.document(cid)
+    if row is None:
+        raise NodeError(f"{cid} is not in this node's ledger")
+    document = open_signed(row.signed, "document", "from", kenvelope.DOCUMENT_LIMITS).body
+    return {key: document[key] for key in CARRIED if key in document}
 
 
 async def show_document(node: Node, cid: CID) -> dict[str, Any]:

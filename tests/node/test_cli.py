@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import REPO, make_home
+from kernel.cid import CID
+
+from .conftest import REPO, Pair, make_home
 
 
 def usagi(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -346,3 +348,43 @@ def test_json_output_names_the_fields_of_kernel_results() -> None:
         "at": "2026-12-03T09:00:00+00:00",
         "cids": [str(cid)],
     }
+
+
+async def test_an_answer_without_a_file_takes_what_it_answers(pair: Pair) -> None:
+    """`send order --reply-to QUOTE` orders what was quoted; `--response` and
+    `--ref` fill in the rest. Run by the CLI while both nodes serve."""
+    import asyncio
+
+    from kernel.signed import open_signed
+    from usagi_p2p.inspect import CARRIED
+
+    quote = {"ref": "Q-7", "currency": "JPY", "total": "6250", "note": "valid 30 days",
+             "lines": [{"text": "M6x20 SUS304 hex bolt", "qty": "500", "unit_price": "12.50"}]}
+    sent = await pair.seller.send("quote", "Osaka", quote)
+    assert await pair.seller.wait_for_ack(sent.cid, 10) is not None
+    buyer_home = pair.buyer.home.path
+
+    answered = await asyncio.to_thread(
+        usagi, buyer_home, "--json", "send", "order", "--reply-to", str(sent.cid),
+        "--ref", "PO-1042")
+    order_cid = json.loads(answered.stdout)["cid"]
+    row = await pair.buyer.ledger.document(CID.parse(order_cid))
+    assert row is not None
+    order = open_signed(row.signed, "document", "from").body
+    assert {k: order[k] for k in CARRIED} == {k: quote[k] for k in CARRIED}
+    assert order["ref"] == "PO-1042" and "note" not in order  # only what carries over
+    assert order["prev"] == [sent.cid] and order["thread"] == sent.cid
+    assert order["to"] == pair.seller.did
+
+    accepted = await asyncio.to_thread(
+        usagi, pair.seller.home.path, "--json", "send", "order_response",
+        "--reply-to", order_cid, "--response", "accept")
+    response_cid = CID.parse(json.loads(accepted.stdout)["cid"])
+    response = open_signed((await pair.seller.ledger.document(response_cid)).signed,  # type: ignore[union-attr]
+                           "document", "from").body
+    assert response["response"] == "accept" and response["lines"] == quote["lines"]
+
+    # Neither a FILE nor a document to answer: a usage error, nothing sent.
+    lost = await asyncio.to_thread(usagi, buyer_home, "send", "order", "--to", "Kanto",
+                                   check=False)
+    assert lost.returncode == 2 and "give the document as a FILE" in lost.stderr
