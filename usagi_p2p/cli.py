@@ -441,7 +441,7 @@ async def _kick_server(home: Home) -> bool:
 @click.option("--approve-as", "approve_as", multiple=True,
               help="A user whose own key approves the document (medical route); repeatable.")
 @click.option("--extract", is_flag=True,
-              help="Fill each line's plugin fields from its text where the file leaves them "
+              help="Fill each line's plugin fields from its text where the body leaves them "
                    "out (what 'usagi extract' shows).")
 @click.pass_context
 def send(ctx: click.Context, kind: str, file: Path | None, to: str, reply_to: str | None,
@@ -471,6 +471,9 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str, reply_to: st
     if file is None and reply_to is None:
         raise click.UsageError("give the document as a FILE (JSON or YAML, '-' for standard "
                                "input), or answer one with --reply-to CID")
+    if file is None and kind == "order_response" and response is None:
+        raise click.UsageError("an order_response says --response accept, reject or counter "
+                               "(or give its body as a FILE)")
     body = _load_body(file) if file is not None else {}
     home = _home(ctx)
     # Approvers' passphrases are asked for before anything is built or sent.
@@ -482,12 +485,13 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str, reply_to: st
         if partner is None and reply is not None:
             answered = await node.ledger.document(reply)
             if answered is None:
-                raise NodeError(f"{reply} is not in this node's ledger; give --to as well")
+                raise NodeError(f"{reply} is not in this node's ledger (see 'usagi inbox' "
+                                "and 'usagi outbox')")
             partner = await node.canonical(answered.partner)  # its current key
         if file is None and reply is not None:
             from .inspect import answer_body
 
-            body.update(await answer_body(node, reply))
+            body.update(await answer_body(node, kind, reply))
         if ref is not None:
             body["ref"] = ref
         if response is not None:

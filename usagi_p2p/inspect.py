@@ -24,14 +24,43 @@ __all__ = ["show_document", "thread_documents", "verify_document", "answer_body"
 #: the same from one document to the next.
 CARRIED = ("currency", "lines", "total")
 
+#: Which documents a kernel kind is filled from (an order from a quote or a
+#: counter-offer, and so on). Anything else (a cancel, a message, a plugin's
+#: kind, or an answer to the wrong document) needs a body of its own.
+ANSWERS: dict[str, frozenset[str]] = {
+    "order": frozenset({"quote", "order_response"}),
+    "order_response": frozenset({"order"}),
+    "delivery_note": frozenset({"order", "order_response"}),
+    "invoice": frozenset({"order", "order_response", "delivery_note"}),
+}
 
-async def answer_body(node: Node, cid: CID) -> dict[str, Any]:
-    """The body an answer to ``cid`` starts from: its :data:`CARRIED` fields."""
+
+def _a(word: str) -> str:
+    return "an" if word[:1] in ("a", "e", "i", "o", "u") else "a"
+
+
+async def answer_body(node: Node, kind: str, cid: CID) -> dict[str, Any]:
+    """The body a ``kind`` answering ``cid`` starts from: its :data:`CARRIED` fields.
+
+    Refused (NodeError, nothing sent) when ``kind`` is not filled from the
+    answered kind (:data:`ANSWERS`) or there are no lines to carry over.
+    """
     row = await node.ledger.document(cid)
     if row is None:
-        raise NodeError(f"{cid} is not in this node's ledger")
+        raise NodeError(f"{cid} is not in this node's ledger (see 'usagi inbox' and "
+                        "'usagi outbox')")
+    if kind not in ANSWERS:
+        raise NodeError(f"{_a(kind)} {kind} is not filled in from the document it answers; "
+                        "give its body as a FILE")
+    if row.kind not in ANSWERS[kind]:
+        raise NodeError(f"{cid} is {_a(row.kind)} {row.kind}; {_a(kind)} {kind} is filled in "
+                        f"from {' or '.join(sorted(ANSWERS[kind]))}. Give a FILE to send it "
+                        "anyway")
     document = open_signed(row.signed, "document", "from", kenvelope.DOCUMENT_LIMITS).body
-    return {key: document[key] for key in CARRIED if key in document}
+    body = {key: document[key] for key in CARRIED if key in document}
+    if not body.get("lines"):
+        raise NodeError(f"{cid} has no lines to carry over; give the {kind}'s body as a FILE")
+    return body
 
 
 async def show_document(node: Node, cid: CID) -> dict[str, Any]:

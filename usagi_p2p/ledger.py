@@ -127,8 +127,15 @@ def fold(text: str) -> str:
     İ ("i" + U+0307) is dropped, so "istanbul" finds "İstanbul". (The dotless
     ı stays its own letter, as in Turkish.)
     """
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-    return folded.replace("i\u0307", "i") if "\u0307" in folded else folded
+    folded = _strict_fold(text)
+    if "\u0307" not in folded:
+        return folded
+    return unicodedata.normalize("NFKC", folded.replace("i\u0307", "i"))
+
+
+def _strict_fold(text: str) -> str:
+    """:func:`fold` without the İ tailoring: tells "İnci" from "Inci" when both exist."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
 def _typed(exc: sqlite3.Error) -> StoreError:
@@ -440,6 +447,9 @@ class Ledger:
             if r[0] == key:
                 return Partner(*r)
         exact = [r for r in rows if fold(r[1]) == folded]
+        if len(exact) > 1:  # e.g. "Inci" and "İnci": the untailored fold tells them apart
+            strict = _strict_fold(key)
+            exact = [r for r in exact if _strict_fold(r[1]) == strict] or exact
         rows = exact or rows
         return Partner(*rows[0]) if len(rows) == 1 else None
 

@@ -388,3 +388,25 @@ async def test_an_answer_without_a_file_takes_what_it_answers(pair: Pair) -> Non
     lost = await asyncio.to_thread(usagi, buyer_home, "send", "order", "--to", "Kanto",
                                    check=False)
     assert lost.returncode == 2 and "give the document as a FILE" in lost.stderr
+    # An order_response without its answer, an answer to the wrong kind of
+    # document, a kind that is not filled in, a document without lines: refused.
+    sent_before = len(await pair.seller.ledger.documents(direction="out"))
+    buyer_before = len(await pair.buyer.ledger.documents(direction="out"))
+    note = await pair.seller.send("message", "Osaka", {"note": "hello"})
+    bare = await pair.seller.send("quote", "Osaka", {"ref": "Q-8", "note": "call us"})
+    for cid in (note.cid, bare.cid):
+        assert await pair.seller.wait_for_ack(cid, 10) is not None
+    refusals = [
+        (pair.seller.home.path, "order_response", order_cid, (), "says --response"),
+        (pair.seller.home.path, "order_response", str(sent.cid), ("--response", "accept"),
+         "is a quote; an order_response is filled in from order"),
+        (buyer_home, "cancel", order_cid, (), "a cancel is not filled in"),
+        (buyer_home, "order", str(note.cid), (), "is a message"),
+        (buyer_home, "order", str(bare.cid), (), "has no lines to carry over"),
+    ]
+    for home, kind, cid, extra, why in refusals:
+        refused = await asyncio.to_thread(usagi, home, "send", kind, "--reply-to", cid, *extra,
+                                          check=False)
+        assert refused.returncode != 0 and why in refused.stderr, (kind, refused.stderr)
+    assert len(await pair.seller.ledger.documents(direction="out")) == sent_before + 2
+    assert len(await pair.buyer.ledger.documents(direction="out")) == buyer_before

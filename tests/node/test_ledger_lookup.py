@@ -67,6 +67,14 @@ async def test_names_match_caselessly_in_any_script(tmp_path: Path) -> None:
         assert (await ledger.find_partner("istanbul")).did == e  # type: ignore[union-attr]
         assert (await ledger.find_partner("İSTANBUL TEK")).did == e  # type: ignore[union-attr]
         assert await ledger.find_partner("ıstanbul") is None  # dotless ı is another letter
+        # Two names apart only by İ and I: each is still found by its own spelling.
+        f, g = Identity(bytes([6]) * 32).did, Identity(bytes([7]) * 32).did
+        await ledger.add_partner(f, "Inci Gıda", "http://127.0.0.1:6", None)
+        await ledger.add_partner(g, "İnci Gıda", "http://127.0.0.1:7", None)
+        assert (await ledger.find_partner("Inci Gıda")).did == f  # type: ignore[union-attr]
+        assert (await ledger.find_partner("İnci gıda")).did == g  # type: ignore[union-attr]
+        assert (await ledger.find_partner("inci gıda")).did == f  # type: ignore[union-attr]
+        assert await ledger.find_partner("inci") is None  # a prefix of both: ambiguous
         assert await ledger.find_partner("Süd") is None  # a prefix, not a substring
 
 
