@@ -779,6 +779,7 @@ class Node:
         # One time for the batch's acks, signed into each and stored beside it.
         acked_at = self.now()
         acked_text = format_time(acked_at)
+        in_batch: dict[CID, tuple[bytes, DocumentRow, bytes]] = {}  # ack, row, prev
         for i, outcome in taken:
             notice = notices[i]
             if isinstance(outcome, UsagiError):
@@ -794,6 +795,11 @@ class Node:
                     acks[i] = old[0]
                     await self.ledger.record_nonce(notice.sender, notice.nonce, notice.cid, old[0])
                     continue
+            if opened.cid in in_batch:  # named twice in this batch: one ack, one document
+                ack, row, prev = in_batch[opened.cid]
+                statements_ok.append((notice, block, ack, row, prev))  # the nonce is stored
+                acks[i] = ack
+                continue
             ack = make_ack(self.identity, cid=notice.cid, to=notice.sender, nonce=notice.nonce,
                            status="received", at=acked_at, digest=opened.digest)
             doc = opened.document
@@ -801,7 +807,9 @@ class Node:
                               doc.get("thread", opened.cid), doc.get("ref"), doc["issued_at"],
                               self.clock(), "received", None, opened.digest, opened.signed,
                               doc.get("user"), findings_json(findings))
-            statements_ok.append((notice, block, ack, row, _prev_bytes(doc.get("prev", []))))
+            prev = _prev_bytes(doc.get("prev", []))
+            in_batch[opened.cid] = ack, row, prev
+            statements_ok.append((notice, block, ack, row, prev))
             acks[i] = ack
         if statements_ok:
             # Durable first: the blocks, then documents + acks + nonces in one
@@ -812,7 +820,7 @@ class Node:
                 for notice, _block, ack, row, prev in statements_ok
             ])
             _log_batch("received", "from", [(s[3], names.get(s[0].sender, s[0].sender))
-                                             for s in statements_ok])
+                                             for s in {s[3].cid: s for s in statements_ok}.values()])
         if rejected:
             sender = printable(", ".join(sorted(names.values())))
             first_cid, first = rejected[0]

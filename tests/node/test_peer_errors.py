@@ -166,6 +166,24 @@ async def test_same_block_under_a_new_notice_is_stored_once(pair: Pair) -> None:
     assert await buyer.ledger.count_documents("in") == 1
 
 
+async def test_one_document_named_twice_in_a_batch_gets_one_ack(pair: Pair) -> None:
+    """Two notices (two nonces) for one block in one batch: one document, one
+    ack stored, the same ack to both, and a replay of either gets it again."""
+    seller, buyer = pair.seller, pair.buyer
+    sealed = kenvelope.seal(document(seller, buyer.did), seller.identity)
+    notices = [make_notice(seller.identity, sealed.cid, buyer.did, seller.now())
+               for _ in range(2)]
+    status, answer = await post(buyer, batch(notices, [sealed.block]))
+    assert status == 200 and open_ack(answer["acks"][0]).status == "received"
+    assert answer["acks"][0] == answer["acks"][1]
+    assert (await buyer.ledger.ack(sealed.cid))[0] == answer["acks"][0]  # type: ignore[index]
+    counts, _ = await snapshot(buyer)
+    assert counts[:3] == (1, 1, 2)  # documents, acks, nonces
+    for notice in notices:
+        status, again = await post(buyer, batch([notice]))
+        assert status == 200 and again["acks"] == [answer["acks"][0]]
+
+
 async def test_removed_partner_is_refused(pair: Pair) -> None:
     seller, buyer = pair.seller, pair.buyer
     await buyer.ledger.set_partner(seller.did, status="removed")
