@@ -6,7 +6,8 @@ ciphertext block in the block store stays the source of truth), ``acks``
 (signed, verified), ``outbox`` (notices to deliver, with attempts and a lease
 so two processes on one home never send the same notice at once) and
 ``nonces`` (every notice answered, with the ack given, so a replay gets the
-same answer and is never processed twice).
+same answer and is never processed twice) and ``quarantine`` (documents of an
+imported archive that did not verify, kept apart: docs/archive.md).
 
 ``synchronous=FULL``: a commit is on disk before the call returns, and the
 node signs and sends an ack only after that commit.
@@ -88,6 +89,19 @@ CREATE TABLE IF NOT EXISTS acks (
     status TEXT NOT NULL,
     reason TEXT,
     at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (         -- archived documents that did not verify on import
+    cid BLOB PRIMARY KEY,                       -- (docs/archive.md, "Import"); never a document
+    direction TEXT NOT NULL,                    -- of the node nor of a thread; the block is kept
+    partner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    thread BLOB NOT NULL,
+    issued_at TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    code TEXT NOT NULL,                         -- why: an error code (docs/spec.md section 14)
+    reason TEXT NOT NULL,
+    archive BLOB NOT NULL,                      -- the root CID of the archive it came in
+    quarantined_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
     cid BLOB PRIMARY KEY,
