@@ -854,17 +854,17 @@ class Node:
         nothing of this node's other trades. The log names ``foreign_thread``.
         """
         replies: dict[CID, tuple[Any, str]] = {}  # cid -> (opened, sender)
-        held: dict[CID, Held] = {}
         for i, outcome in taken:
-            if isinstance(outcome, UsagiError) or outcome[0].cid in already:
-                continue  # refused already, or recorded (and judged) before
-            opened, sender = outcome[0], notices[i].sender
-            if "thread" in opened.document:
-                replies[opened.cid] = opened, sender
-            else:  # a first document of this batch: a reply in it may answer it
-                held[opened.cid] = Held(sender, opened.cid, opened.document["issued_at"])
+            # Not those refused already, nor those recorded (and judged) before.
+            if not isinstance(outcome, UsagiError) and "thread" in outcome[0].document \
+                    and outcome[0].cid not in already:
+                replies[outcome[0].cid] = outcome[0], notices[i].sender
         if not replies:
             return taken
+        # The first documents of this batch: a reply in it may answer them.
+        held = {o[0].cid: Held(notices[i].sender, o[0].cid, o[0].document["issued_at"])
+                for i, o in taken if not isinstance(o, UsagiError)
+                and "thread" not in o[0].document and o[0].cid not in already}
         links = {link for opened, _ in replies.values()
                  for link in (opened.document["thread"], *opened.document["prev"])}
         held.update(await self.ledger.held([c for c in links if c not in replies]))
