@@ -147,3 +147,48 @@ def test_foreign_replies_in_a_ledger_break_no_other_trade(tmp_path: Path) -> Non
         assert proc.returncode == 0, (name, proc.stdout, proc.stderr)
     proc = usagi(fresh.path, "show", str(cids["hung"]))
     assert proc.returncode != 0  # not a document of the node
+
+
+def test_a_partner_that_rotated_mid_thread_is_still_the_same_party(tmp_path: Path) -> None:
+    """Not every document that changes keys is foreign: the archive carries the
+    rotations, so an honest rotation quarantines nothing (and restores whole)."""
+    from datetime import timedelta
+
+    homes = {name: Home(tmp_path / name) for name in ("kanto", "osaka")}
+    homes["kanto"].create("Kanto Machine Tools", None, seed=SEED, port=free_port())
+    homes["osaka"].create("Osaka Precision", None, port=free_port())
+    out = tmp_path / "kanto.car"
+
+    async def trade() -> list[CID]:
+        started = {n: await start(h) for n, h in homes.items()}
+        seller, buyer = started["kanto"][0], started["osaka"][0]
+        try:
+            await buyer.add_partner((await seller.invite()).text())
+            quote = await seller.send("quote", "Osaka", {"ref": "Q-1", "lines": LINES})
+            assert await seller.wait_for_ack(quote.cid, 15)
+            await buyer.rotate(None, timedelta(days=1))
+            order = await buyer.send("order", "Kanto", {"ref": "PO-1", "lines": LINES},
+                                     reply_to=quote.cid)
+            assert await buyer.wait_for_ack(order.cid, 15)
+            note = await seller.send("message", "Osaka", {"note": "ships Monday"},
+                                     reply_to=order.cid)
+            assert (await seller.wait_for_ack(note.cid, 15) or ("", ""))[1] == "received"
+            await export_archive(seller, out)
+            return [quote.cid, order.cid, note.cid]
+        finally:
+            for _, service in started.values():
+                await service.close()
+            for node, _ in started.values():
+                await node.close()
+
+    cids = asyncio.run(trade())
+    report = verify_archive(out, Identity(SEED))
+    assert (report.documents, report.acks, report.threads, report.quarantined) == (3, 3, 1, [])
+    fresh = Home(tmp_path / "restored")
+    fresh.create("Kanto Machine Tools", None, seed=SEED, port=free_port())
+    proc = usagi(fresh.path, "--json", "archive", "import", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["documents"] == 3
+    proc = usagi(fresh.path, "--json", "thread", str(cids[2]))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [r["cid"] for r in json.loads(proc.stdout)] == [str(c) for c in cids]
