@@ -19,6 +19,8 @@ the node maps codes to statuses in one table.
     ├── WrongSignerError             signed by someone other than who it must be
     ├── InvalidDocumentError         a document breaks a kernel rule
     ├── ThreadError                  a chain of documents does not hold together
+    │   ├── ForeignThreadError       a link into a thread with other parties
+    │   └── UnknownPrevError         a link to a document not held (yet): retry later
     ├── UnknownSenderError           the sender is not an active partner
     ├── WrongRecipientError          addressed to someone else
     ├── ReplayError                  a nonce or message seen before, differently
@@ -125,6 +127,18 @@ class ThreadError(UsagiError):
     code = "invalid_thread"
 
 
+class ForeignThreadError(ThreadError):
+    """The document links a document between other parties: a thread belongs to two parties only."""
+
+    code = "foreign_thread"
+
+
+class UnknownPrevError(ThreadError):
+    """The document answers a document this node does not hold (yet); the sender may retry."""
+
+    code = "unknown_prev"
+
+
 class UnknownSenderError(UsagiError):
     """The sender is not a known, active partner."""
 
@@ -165,6 +179,8 @@ KERNEL_ERRORS: tuple[type[UsagiError], ...] = (
     WrongSignerError,
     InvalidDocumentError,
     ThreadError,
+    ForeignThreadError,
+    UnknownPrevError,
     UnknownSenderError,
     WrongRecipientError,
     ReplayError,

@@ -503,6 +503,149 @@ def envelope_vectors(base: dict[str, bytes]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# -- threads (docs/spec.md section 9) ----------------------------------------------
+#
+# The thread rules look at documents and the CIDs they were received under, not
+# at envelopes: each document is given with a CID (here derived from a label;
+# in a node, its envelope's CID) and its DAG-CBOR bytes. Two operations:
+# ``verify_thread`` (a whole thread: its causal order, or the first error) and
+# ``check_links`` (one reply on receipt, against what the receiver holds with
+# whom). ``split_thread`` (what of a broken thread holds) is the archive's.
+
+
+def _tcid(label: str) -> CID:
+    return CID.for_block(f"usagi-p2p vector thread {label}".encode())
+
+
+ROTATED = Identity(bytes.fromhex("44" * 32))  # the buyer's key after a rotation
+
+
+def _tdoc(kind: str, sender: Identity, to: Identity, at: str, thread: CID | None = None,
+          prev: list[CID] | None = None, **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"v": 1, "kind": kind, "from": sender.did, "to": to.did,
+                           "issued_at": f"2025-04-01T{at}Z", **extra}
+    if kind in ("quote", "order"):
+        doc["lines"] = [{"text": "M6x20 SUS304 hex bolt, 500 pcs"}]
+    if kind == "order_response":
+        doc["response"] = "accept"
+    if thread is not None:
+        doc["thread"], doc["prev"] = thread, prev or [thread]
+    return doc
+
+
+def thread_vectors() -> dict[str, dict[str, Any]]:
+    root, order, response, note = (_tcid(n) for n in ("quote", "order", "response", "note"))
+    chain = {
+        root: _tdoc("quote", SELLER, BUYER, "09:00:00"),
+        order: _tdoc("order", BUYER, SELLER, "10:00:00", root, [root]),
+        response: _tdoc("order_response", SELLER, BUYER, "11:00:00", root, [order]),
+        note: _tdoc("message", BUYER, SELLER, "10:30:00", root, [root], note="washers too"),
+    }
+
+    def docs(members: dict[CID, dict[str, Any]]) -> list[dict[str, str]]:
+        return [{"cid": str(c), "document": dagcbor.encode(d).hex()} for c, d in members.items()]
+
+    out: dict[str, dict[str, Any]] = {}
+
+    def verify(name: str, description: str, members: dict[CID, dict[str, Any]], expect: str,
+               order_: list[CID] | None = None, aliases: dict[str, str] | None = None) -> None:
+        out[f"thread-verify-{name}.json"] = _vector(
+            f"verify_thread: {description}", "verify_thread",
+            {"documents": docs(members), "aliases": aliases or {}},
+            {"order": [str(c) for c in order_]} if order_ else {}, expect)
+
+    shuffled = {c: chain[c] for c in (response, note, root, order)}
+    verify("success", "a quote, an order, a message and a response, given out of order, "
+           "in causal order (ties by issued_at, then CID bytes)", shuffled, "success",
+           [root, order, note, response])
+    moved = _tcid("after rotation")
+    rotated = {**chain, moved: _tdoc("message", ROTATED, SELLER, "12:00:00", root, [response],
+                                     note="from my new key")}
+    verify("rotated-success", "the buyer rotated its key mid-thread: aliases map the old "
+           "DID to the new, and one pair still speaks", rotated, "success",
+           [root, order, note, response, moved], {BUYER.did: ROTATED.did})
+    verify("rotated-without-aliases", "the same thread without the rotation known: "
+           "another party", rotated, "foreign_thread")
+    intruder = _tcid("intruder")
+    verify("foreign", "a third party's reply hung on the thread (CIDs are not secret)",
+           {**chain, intruder: _tdoc("order", STRANGER, SELLER, "12:00:00", root, [order])},
+           "foreign_thread")
+    verify("missing-prev", "the response answers an order the thread does not hold",
+           {c: d for c, d in chain.items() if c != order}, "invalid_thread")
+    verify("older-than-prev", "a reply issued before the document it answers",
+           {**chain, _tcid("early"): _tdoc("message", SELLER, BUYER, "09:59:59", root, [order],
+                                          note="early")}, "invalid_thread")
+    verify("wrong-thread", "a reply naming another thread than the first document's",
+           {**chain, _tcid("stray"): _tdoc("message", SELLER, BUYER, "12:00:00",
+                                           _tcid("elsewhere"), [order], note="stray")},
+           "invalid_thread")
+    verify("two-roots", "two first documents", {**chain, _tcid("second root"): _tdoc(
+        "quote", SELLER, BUYER, "09:00:01")}, "invalid_thread")
+    verify("no-root", "no first document", {c: d for c, d in chain.items() if c != root},
+           "invalid_thread")
+    out["thread-verify-duplicate.json"] = _vector(
+        "verify_thread: one document given twice", "verify_thread",
+        {"documents": docs(chain) + docs({order: chain[order]}), "aliases": {}}, {},
+        "invalid_thread")
+
+    def held(members: dict[CID, tuple[Identity, CID, str]]) -> list[dict[str, str]]:
+        return [{"cid": str(c), "partner": p.did, "thread": str(t), "issued_at": a}
+                for c, (p, t, a) in members.items()]
+
+    # The seller's node holds the thread with the buyer, and a thread with the stranger.
+    theirs = _tcid("the stranger's own thread")
+    holds = {root: (BUYER, root, chain[root]["issued_at"]),
+             order: (BUYER, root, chain[order]["issued_at"]),
+             theirs: (STRANGER, theirs, "2025-04-01T08:00:00Z")}
+
+    def receive(name: str, description: str, document: dict[str, Any], partner: Identity,
+                expect: str, aliases: dict[str, str] | None = None) -> None:
+        out[f"thread-receive-{name}.json"] = _vector(
+            f"check_links (on receipt, by the seller's node): {description}", "check_links",
+            {"document": dagcbor.encode(document).hex(), "partner": partner.did,
+             "held": held(holds), "aliases": aliases or {}}, {}, expect)
+
+    answer = chain[response]
+    reply = _tdoc("message", BUYER, SELLER, "12:00:00", root, [order], note="thanks")
+    receive("success", "the buyer answers its own order in its thread with the seller",
+            reply, BUYER, "success")
+    receive("first-document", "a first document links nothing",
+            _tdoc("order", STRANGER, SELLER, "12:00:00"), STRANGER, "success")
+    receive("rotated-success", "the buyer, after rotating its key, answers the same order",
+            {**reply, "from": ROTATED.did}, ROTATED, "success", {BUYER.did: ROTATED.did})
+    receive("foreign-thread", "the stranger answers into the seller's thread with the buyer "
+            "(answered unknown_prev in the ack, section 9)",
+            {**reply, "from": STRANGER.did}, STRANGER, "foreign_thread")
+    receive("foreign-prev", "the stranger's reply in its own thread links the buyer's order",
+            _tdoc("message", STRANGER, SELLER, "12:00:00", theirs, [theirs, order], note="x"),
+            STRANGER, "foreign_thread")
+    receive("unknown-prev", "the buyer answers a document the seller does not hold (yet)",
+            {**answer, "from": BUYER.did, "to": SELLER.did, "prev": [_tcid("not held")]},
+            BUYER, "unknown_prev")
+    receive("not-first-document", "a reply naming the order (not a first document) as its "
+            "thread", {**reply, "thread": order}, BUYER, "invalid_thread")
+    receive("older-than-prev", "a reply issued before the order it answers",
+            {**reply, "issued_at": "2025-04-01T09:59:59Z"}, BUYER, "invalid_thread")
+    out["thread-split.json"] = _vector(
+        "split_thread (archive import, docs/archive.md 'Quarantine'): the part of a thread "
+        "that holds, in causal order, and each other document with its error code; "
+        "what answers a document set aside goes with it",
+        "split_thread",
+        {"thread": str(root), "aliases": {}, "documents": docs(
+            {**{c: d for c, d in chain.items() if c != note},
+             intruder: _tdoc("order", STRANGER, SELLER, "12:00:00", root, [order]),
+             _tcid("dangling"): _tdoc("message", BUYER, SELLER, "12:00:00", root,
+                                      [_tcid("gone")], note="x"),
+             _tcid("answers dangling"): _tdoc("message", SELLER, BUYER, "13:00:00", root,
+                                              [_tcid("dangling")], note="y")})},
+        {"order": [str(c) for c in (root, order, response)],
+         "set_aside": [{"cid": str(intruder), "code": "foreign_thread"},
+                       {"cid": str(_tcid("dangling")), "code": "invalid_thread"},
+                       {"cid": str(_tcid("answers dangling")), "code": "invalid_thread"}]},
+        "success")
+    return out
+
+
 def render(vector: dict[str, Any]) -> str:
     return json.dumps(vector, indent=2, ensure_ascii=False) + "\n"
 
@@ -519,7 +662,7 @@ def load_recorded(directory: Path) -> dict[str, bytes]:
 
 def all_vectors(directory: Path, refresh: bool = False) -> dict[str, dict[str, Any]]:
     base = _seal_base() if refresh else load_recorded(directory)
-    return {**deterministic_vectors(), **envelope_vectors(base)}
+    return {**deterministic_vectors(), **envelope_vectors(base), **thread_vectors()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,15 @@ the pages and names the same first failure as one pass would).
 :func:`import_archive` runs the same checks, then restores the ledger
 (``INSERT OR IGNORE``: re-import changes nothing).
 
+A damaged or forged archive (framing, a hash, the index or manifest chain, a
+manifest that does not open) fails as a whole. A sound archive holding a
+document that does not verify (it does not open, its ack does not check, or
+it breaks its thread, e.g. a reply another partner hung on this thread before
+the node refused such replies) is *partial*: verify reports each such
+document (:class:`Quarantined`), and import restores everything else and
+keeps those apart in the ledger's ``quarantine`` table. No single document
+makes an archive unrestorable.
+
 Errors::
 
     UsagiError
@@ -57,7 +66,7 @@ from kernel.errors import NotRecipientError, ThreadError, UsagiError
 from kernel.identity import Identity
 from kernel.messages import check_ack, make_notice, open_ack
 from kernel.signed import open_signed, sign_bytes
-from kernel.thread import verify_thread
+from kernel.thread import canonical, split_thread, verify_thread
 
 from .archive_format import (
     ACKS_TYPE,
@@ -79,7 +88,7 @@ from .archive_format import (
 )
 from .node import Node
 
-__all__ = ["ArchiveError", "ForeignArchiveError", "ExportReport", "VerifyReport",
+__all__ = ["ArchiveError", "ForeignArchiveError", "ExportReport", "VerifyReport", "Quarantined",
            "export_archive", "verify_archive", "import_archive"]
 
 #: A CID of the same length as every root we write (CIDv1, dag-cbor, sha2-256):
@@ -98,6 +107,15 @@ class ExportReport:
     bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A document of a sound archive that does not verify: reported, and kept apart on import."""
+
+    cid: CID
+    code: str  # the error code (docs/spec.md section 14), e.g. invalid_thread
+    reason: str
+
+
 @dataclass(slots=True)
 class VerifyReport:
     root: CID | None = None
@@ -112,6 +130,8 @@ class VerifyReport:
     acks: int = 0
     threads: int = 0
     partial_threads: int = 0
+    #: Documents that do not verify, in archive order (the archive is then partial).
+    quarantined: list[Quarantined] = field(default_factory=list)
 
 
 # -- export ----------------------------------------------------------------------
@@ -125,8 +145,9 @@ class _Exporter:
     one C call; the bytes are those of ``dagcbor.encode`` (tests/archive).
     """
 
-    def __init__(self, writer: CARWriter, me: Identity, filters: dict[str, str]) -> None:
-        self.writer, self.me, self.filter = writer, me, filters
+    def __init__(self, writer: CARWriter, me: Identity, filters: dict[str, str],
+                 aliases: dict[str, str]) -> None:
+        self.writer, self.me, self.filter, self.aliases = writer, me, filters, aliases
         self.seq = 0
         self.prev_page: CID | None = None
         self.prev_index: CID | None = None
@@ -181,6 +202,8 @@ class _Exporter:
             fields["prev"] = self.prev_page
         if head is not None:
             fields["head"] = head
+        if self.aliases:  # every page: its threads are checked before the last page is read
+            fields["aliases"] = self.aliases
         body = encode_map(fields, {"entries": encode_array(self.entries)})
         # The manifest names every partner: sealed to this node alone.
         page = kenvelope.seal_signed(sign_bytes(self.me, "manifest", body), [self.me.did])
@@ -224,6 +247,11 @@ def _export_sync(node: Node, path: Path, filters: dict[str, Any],
         total = con.execute(f"SELECT count(*) FROM documents d {clause}", args).fetchone()[0]  # noqa: S608
         partners = [dict(zip(("did", "name", "endpoint", "status"), r, strict=True)) for r in
                     con.execute("SELECT did, name, endpoint, status FROM partners ORDER BY did")]
+        # Key rotations (ours and the partners'): a partner that rotated mid-thread is
+        # still the same party. The partner's own record wins over ours (Ledger.aliases).
+        aliases = {old: new for _, old, new in con.execute(
+            "SELECT 0, old, new FROM rotations UNION ALL SELECT 1, did, rotated_to FROM "
+            "partners WHERE rotated_to IS NOT NULL ORDER BY 1")}
         joined = isinstance(node.store, SQLiteBlockStore)
         # With the SQLite store the blocks come in the same statement (one
         # B-tree lookup per row, no second query per batch); the sort is only
@@ -237,7 +265,7 @@ def _export_sync(node: Node, path: Path, filters: dict[str, Any],
         with open(tmp, "wb") as fp:
             writer = CARWriter(fp, [_PLACEHOLDER])
             kept = {k: str(v) for k, v in filters.items() if v is not None}
-            exporter = _Exporter(writer, node.identity, kept)
+            exporter = _Exporter(writer, node.identity, kept, aliases)
             while rows := cur.fetchmany(_FETCH_BATCH):
                 if joined:
                     blocks = [r[11] for r in rows]
@@ -316,6 +344,7 @@ class Page:
     blocks: dict[CID, bytes]
     acks: dict[CID, bytes]
     head: dict[str, Any] | None
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -342,16 +371,28 @@ class _Checked:
     threads: int = 0
     partial_threads: int = 0
     last: list[Opened] = field(default_factory=list)
+    #: The page's documents that do not open or check, and those of the runs closed inside it.
+    quarantined: list[Quarantined] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)  # key rotations, old -> new
     page: Page | None = None  # everything opened, when asked for (import)
 
 
-def _close_run(thread: CID, group: list[Opened], filters: dict[str, str]) -> bool:
-    """Verify one thread's run of documents; True if a time window cut it (not verified)."""
+def _close_run(thread: CID, group: list[Opened], filters: dict[str, str],
+               quarantined: list[Quarantined], aliases: dict[str, str]) -> bool:
+    """Verify one thread's run of documents; True if a time window cut it (not verified).
+
+    What does not hold goes to ``quarantined``, one entry per document
+    (kernel.thread.split_thread): the rest of the thread still counts.
+    """
     cids = {o.cid for o in group}
     links = {c for o in group for c in o.document.get("prev", ())}
     windowed = "since" in filters or "until" in filters
     if not windowed or (thread in cids and links <= cids):
-        _at(thread, lambda: verify_thread(group))
+        try:
+            verify_thread(group, aliases)
+        except ThreadError:
+            _, bad = split_thread(thread, group, aliases)
+            quarantined.extend(Quarantined(o.cid, exc.code, str(exc)) for o, exc in bad)
         return False
     return True  # a time window may cut a thread: what is present must still agree
 
@@ -369,7 +410,8 @@ class _Runs:
             out = self.out
             if out.first_closed:  # began and ended inside the page: verified here
                 out.threads += 1
-                out.partial_threads += _close_run(self.thread, self.group, out.filter)  # type: ignore[arg-type]
+                out.partial_threads += _close_run(self.thread, self.group, out.filter,  # type: ignore[arg-type]
+                                                  out.quarantined, out.aliases)
             else:  # may continue the previous page's last run: the parent closes it
                 out.first, out.first_closed = self.group, True
             self.group = []
@@ -406,6 +448,12 @@ def _check_page(me: Identity, seq: int, page_cid: CID, blocks: list[CID],
                                "previous page", cid=page_cid)
         out.head = body.get("head")
         out.filter = dict(body.get("filter", {}))
+        aliases = body.get("aliases", {})
+        if type(aliases) is not dict or not all(type(k) is str and type(v) is str
+                                                for k, v in aliases.items()):
+            raise ArchiveError(f"{page_cid}: the manifest's aliases are not DID -> DID",
+                               cid=page_cid)
+        out.aliases = aliases
         acks: dict[str, list[bytes]] = {}
         for partner, bundle_cid in body["acks"].items():
             block = window[bundle_cid]
@@ -415,17 +463,25 @@ def _check_page(me: Identity, seq: int, page_cid: CID, blocks: list[CID],
                 raise ArchiveError(f"{bundle_cid}: not an ack bundle", cid=bundle_cid)
             acks[partner] = bundle["acks"]
         linked = set(body["acks"].values())
-        page = out.page = Page(body["seq"], body["entries"], {}, {}, {}, out.head) if keep else None
+        page = out.page = Page(body["seq"], body["entries"], {}, {}, {}, out.head,
+                               aliases) if keep else None
         for raw_entry in body["entries"]:
             entry = read_entry(page_cid, raw_entry)
             cid = entry["cid"]
             linked.add(cid)
-            opened = _document(me, cid, window, entry)
+            if cid not in window:
+                raise ArchiveError(f"{cid}: listed in the manifest but not in its page", cid=cid)
+            if page is not None:
+                page.blocks[cid] = window[cid]
+            try:  # one document that does not verify is set aside, not the archive
+                opened = _document(me, cid, window, entry, aliases)
+                raw = _ack(me, cid, entry, acks, opened, aliases) if "ack" in entry else None
+            except UsagiError as exc:
+                out.quarantined.append(Quarantined(cid, exc.code, str(exc)))
+                continue
             if page is not None:
                 page.opened[cid] = opened
-                page.blocks[cid] = window[cid]
-            if "ack" in entry:
-                raw = _ack(me, cid, entry, acks, opened)
+            if raw is not None:
                 out.acks += 1
                 if page is not None:
                     page.acks[cid] = raw
@@ -442,13 +498,15 @@ def _check_page(me: Identity, seq: int, page_cid: CID, blocks: list[CID],
     return out
 
 
-def _document(me: Identity, cid: CID, window: dict[CID, bytes], entry: dict[str, Any]) -> Opened:
-    if cid not in window:
-        raise ArchiveError(f"{cid}: listed in the manifest but not in its page", cid=cid)
-    opened: Opened = _at(cid, lambda: kenvelope.open(window[cid], me, cid))
+def _document(me: Identity, cid: CID, window: dict[CID, bytes], entry: dict[str, Any],
+              aliases: dict[str, str]) -> Opened:
+    """Open and check one listed document; a kernel error is raised as it is."""
+    opened: Opened = kenvelope.open(window[cid], me, cid)
     doc = opened.document
     mine, theirs = (("from", "to") if entry["dir"] == "out" else ("to", "from"))
-    if (doc[mine] != me.did or doc[theirs] != entry["partner"]
+    # A partner that rotated may have signed with its old key what its new key noticed.
+    if (doc[mine] != me.did or (doc[theirs] != entry["partner"] and canonical(
+            doc[theirs], aliases) != canonical(entry["partner"], aliases))
             or doc["kind"] != entry["kind"] or doc["issued_at"] != entry["issued_at"]
             or doc.get("thread", cid) != entry["thread"]):
         raise ArchiveError(f"{cid}: the document does not match its manifest entry", cid=cid)
@@ -456,13 +514,16 @@ def _document(me: Identity, cid: CID, window: dict[CID, bytes], entry: dict[str,
 
 
 def _ack(me: Identity, cid: CID, entry: dict[str, Any], acks: dict[str, list[bytes]],
-         opened: Opened) -> bytes:
+         opened: Opened, aliases: dict[str, str]) -> bytes:
     bundle = acks.get(entry["partner"], [])
     if entry["ack"] >= len(bundle):
         raise ArchiveError(f"{cid}: its ack is missing from the ack bundle", cid=cid)
     raw: bytes = bundle[entry["ack"]]
     by = entry["partner"] if entry["dir"] == "out" else me.did
-    _at(cid, lambda: check_ack(open_ack(raw), cid=cid, by=by, digest=opened.digest))
+    ack = open_ack(raw)
+    if ack.by != by and canonical(ack.by, aliases) == canonical(by, aliases):
+        by = ack.by  # a partner that rotated its key acks with its new one
+    check_ack(ack, cid=cid, by=by, digest=opened.digest)
     return raw
 
 
@@ -481,10 +542,12 @@ class _KeyedChecker:
         self.head: dict[str, Any] | None = None
         self.thread: CID | None = None
         self.group: list[Opened] = []
+        self.aliases: dict[str, str] = {}
 
     def accept(self, res: _Checked) -> None:
         if res.error is not None and res.early:
             raise res.error
+        self.aliases = res.aliases  # every page carries them all
         if self.head is not None:  # a page after the one with the head
             raise ArchiveError(f"{res.page_cid}: manifest page out of order or not chained to "
                                "the previous page", cid=res.page_cid)
@@ -499,6 +562,7 @@ class _KeyedChecker:
             self.report.partial_threads += res.partial_threads
             for opened in res.last:
                 self._thread(_thread_of(opened), opened)
+        self.report.quarantined += res.quarantined
         if res.error is not None:
             raise res.error
         self.report.documents += res.documents
@@ -515,7 +579,8 @@ class _KeyedChecker:
     def _close(self) -> None:
         self.report.threads += 1
         self.report.partial_threads += _close_run(self.thread, self.group,  # type: ignore[arg-type]
-                                                  self.report.filter)
+                                                  self.report.filter, self.report.quarantined,
+                                                  self.aliases)
         self.group = []
 
     def finish(self) -> None:
@@ -719,11 +784,22 @@ RESTORED_UNACKED: Final = ("restored from an archive with no ack; 'usagi outbox 
                            "sends it again (a partner that has it answers with its ack)")
 
 
-def _statements(page: Page, node: Node) -> list[tuple[str, tuple[Any, ...]]]:
+def _statements(page: Page, node: Node, quarantined: dict[CID, Quarantined], root: CID | None
+                ) -> list[tuple[str, tuple[Any, ...]]]:
     me = node.did
-    docs, acks, nonces, outbox = [], [], [], []
+    docs, acks, nonces, outbox, apart = [], [], [], [], []
     for entry in page.entries:
         cid = entry["cid"]
+        bad = quarantined.get(cid)
+        if bad is not None:  # kept apart: not a document of the node, nor of any thread
+            apart.append((
+                "INSERT OR IGNORE INTO quarantine (cid, direction, partner, kind, thread, "
+                "issued_at, recorded_at, code, reason, archive, quarantined_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (cid.raw, entry["dir"], entry["partner"], entry["kind"], entry["thread"].raw,
+                 entry["issued_at"], float(entry["recorded_at"]), bad.code, bad.reason,
+                 root.raw if root is not None else b"", node.clock())))
+            continue
         opened = page.opened[cid]
         doc = opened.document
         status, reason = entry["status"], entry.get("reason")
@@ -757,18 +833,31 @@ def _statements(page: Page, node: Node) -> list[tuple[str, tuple[Any, ...]]]:
             nonces.append(("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
                            "VALUES (?,?,?,?,?)", (ack.to, ack.nonce, cid.raw, raw,
                                                   float(entry["recorded_at"]))))
-    partners = [("INSERT OR IGNORE INTO partners (did, name, endpoint, status, added_at) "
-                 "VALUES (?,?,?,?,?)", (p["did"], p["name"], p["endpoint"], p["status"], 0.0))
-                for p in (page.head or {}).get("partners", [])]
-    return docs + acks + nonces + outbox + partners
+    partners: list[tuple[str, tuple[Any, ...]]] = [
+        ("INSERT OR IGNORE INTO partners (did, name, endpoint, status, added_at) "
+         "VALUES (?,?,?,?,?)", (p["did"], p["name"], p["endpoint"], p["status"], 0.0))
+        for p in (page.head or {}).get("partners", [])]
+    # A partner's rotation, so its threads are still one pair's (Ledger.thread). Its
+    # old key stays refused: no overlap end is known, so none is restored.
+    partners += [("UPDATE partners SET rotated_to = ? WHERE did = ? AND rotated_to IS NULL",
+                  (new, old)) for old, new in page.aliases.items() if page.head is not None]
+    return docs + acks + nonces + outbox + apart + partners
 
 
 async def import_archive(node: Node, path: str | os.PathLike[str]) -> VerifyReport:
-    """Verify the whole archive first (nothing is written if it fails), then restore it."""
-    await asyncio.to_thread(verify_archive, path, node.identity)
+    """Verify the whole archive first (nothing is written if it fails), then restore it.
+
+    A partial archive is restored but for the documents the verification
+    reported (``report.quarantined``): those go to the ``quarantine`` table (their
+    blocks to the store), where nothing shows them as the node's documents.
+    """
+    checked = await asyncio.to_thread(verify_archive, path, node.identity)
+    # The first pass knows every verdict; the second yields a page before a thread
+    # running on into the next page is judged.
+    quarantined = {q.cid: q for q in checked.quarantined}
     report = VerifyReport()
     pages = iter_pages(path, node.identity, report)
     while (page := await asyncio.to_thread(next, pages, None)) is not None:
         await node.store.put_many(list(page.blocks.values()))
-        await node.ledger.write(_statements(page, node))
+        await node.ledger.write(_statements(page, node, quarantined, checked.root))
     return report

@@ -3,8 +3,10 @@
 A click group registered by ``usagi_p2p.cli`` under ``main``; it reads the
 home and ``--json`` flag from the parent context like every other command.
 Exit codes: 0 on success, 1 when the archive is damaged (the message names
-the first failing CID), 77 when it is another company's archive, 69 when the
-IPFS node or pinning service did not pin it.
+the first failing CID), 3 when it is sound but partial (documents that do not
+verify are listed; import restored the rest and quarantined those), 77 when
+it is another company's archive, 69 when the IPFS node or pinning service did
+not pin it.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import click
 from kernel.errors import UsagiError
 
 from .errors import exit_code
+from .invitation import printable
 
 T = TypeVar("T")
 
 #: Archive codes the node-wide table does not know yet.
 _EXIT = {"archive_invalid": 1, "archive_foreign": 77, "pinning_failed": 69}
+#: A sound archive with documents that do not verify (docs/archive.md, "Quarantine").
+PARTIAL = "archive_partial"
 
 
 def _run(coro: Awaitable[T]) -> T:
@@ -49,6 +54,21 @@ def _date(text: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def _quarantined(ctx: click.Context, report: Any, what: str) -> None:
+    """List the documents that did not verify, then exit with the partial code."""
+    if not report.quarantined:
+        return
+    if not (ctx.obj and ctx.obj.get("json")):
+        click.echo(f"PARTIAL: {len(report.quarantined)} document(s) do not verify; {what}:")
+        for q in report.quarantined:
+            click.echo(f"  {q.cid} [{q.code}] {printable(q.reason)}")
+    raise SystemExit(exit_code(PARTIAL))
+
+
+def _quarantine_json(report: Any) -> list[dict[str, str]]:
+    return [{"cid": str(q.cid), "code": q.code, "reason": q.reason} for q in report.quarantined]
 
 
 def _out(ctx: click.Context, data: dict[str, Any], text: str) -> None:
@@ -136,10 +156,13 @@ def verify(ctx: click.Context, car: Path, keys: bool | None) -> None:
     detail = (f", {r.documents} documents, {r.acks} acks, {r.threads} threads"
               + (f" ({r.partial_threads} cut by the time window)" if r.partial_threads else "")
               + f", by {r.by}, created {r.created_at}") if r.keyed else " (without keys)"
-    _out(ctx, {"ok": True, "root": r.root, "keyed": r.keyed, "blocks": r.blocks,
+    _out(ctx, {"ok": not r.quarantined, "root": r.root, "keyed": r.keyed, "blocks": r.blocks,
                "pages": r.pages, "documents": r.documents, "acks": r.acks,
-               "threads": r.threads, "partial_threads": r.partial_threads},
-         f"OK {car}: root {r.root}, {r.blocks} blocks, {r.pages} pages{detail}")
+               "threads": r.threads, "partial_threads": r.partial_threads,
+               "quarantined": _quarantine_json(r)},
+         f"{'PARTIAL' if r.quarantined else 'OK'} {car}: root {r.root}, {r.blocks} blocks, "
+         f"{r.pages} pages{detail}")
+    _quarantined(ctx, r, "import restores the rest and quarantines these")
 
 
 @archive.command(name="import")
@@ -153,8 +176,12 @@ def import_(ctx: click.Context, car: Path) -> None:
     from .archive import import_archive
 
     r = _run(_with_node(ctx, lambda node: import_archive(node, car)))
-    _out(ctx, {"ok": True, "root": r.root, "documents": r.documents, "acks": r.acks},
-         f"imported {car}: {r.documents} documents, {r.acks} acks, {r.threads} threads verified")
+    restored = r.documents - len(r.quarantined)
+    _out(ctx, {"ok": not r.quarantined, "root": r.root, "documents": restored, "acks": r.acks,
+               "quarantined": _quarantine_json(r)},
+         f"imported {car}: {restored} documents, {r.acks} acks, {r.threads} threads verified"
+         + (f"; {len(r.quarantined)} quarantined" if r.quarantined else ""))
+    _quarantined(ctx, r, "kept apart in the ledger's quarantine table, not imported")
 
 
 @archive.command()

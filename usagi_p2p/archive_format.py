@@ -13,6 +13,7 @@ CDDL of the three kinds of block an archive adds to the document envelopes::
       "by": did, "seq": uint, ? "prev": &Envelope,
       "filter": { ? "partner": did, ? "since": tstr, ? "until": tstr },
       "entries": [* Entry], "acks": { * did => &Envelope },
+      ? "aliases": { * did => did },           ; key rotations at export, old -> new
       ? "head": { "count": uint, "pages": uint, "created_at": time,
                   "partners": [* { "did": did, "name": tstr, "endpoint": tstr, "status": tstr }] },
     }

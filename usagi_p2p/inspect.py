@@ -1,4 +1,8 @@
-"""Looking at what a node holds: show a document, list a thread, verify end to end."""
+"""Looking at what a node holds: show a document, list a thread, verify end to end.
+
+A thread is always gathered between two parties (``Ledger.thread``, docs/spec.md
+section 9): a document another partner hung on it cannot break it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from kernel.document import format_time
 from kernel.errors import UsagiError
 from kernel.messages import check_ack, open_ack
 from kernel.signed import open_signed
-from kernel.thread import verify_thread
+from kernel.thread import split_thread, verify_thread
 
 from .errors import NodeError
 from .node import Node
@@ -80,16 +84,16 @@ async def show_document(node: Node, cid: CID) -> dict[str, Any]:
 
 
 async def thread_documents(node: Node, cid: CID) -> list[dict[str, Any]]:
-    row = await node.ledger.document(cid)
-    if row is None:
+    found = await node.ledger.thread(cid)
+    if found is None:
         raise NodeError(f"{cid} is not in this node's ledger")
-    rows = await node.ledger.documents(thread=row.thread, limit=100_000)
+    _, rows, aliases = found
     opened = {}
     for r in rows:
         opened[r.cid] = kenvelope.Opened(
             r.cid, open_signed(r.signed, "document", "from", kenvelope.DOCUMENT_LIMITS).body,
             r.signed, r.digest, "")
-    order = verify_thread(opened.values(), await node.ledger.aliases())
+    order = verify_thread(opened.values(), aliases)
     by_cid = {r.cid: r for r in rows}
     return [{"cid": str(o.cid), "kind": o.document["kind"], "ref": o.document.get("ref"),
              "issued_at": o.document["issued_at"], "direction": by_cid[o.cid].direction,
@@ -126,12 +130,21 @@ async def verify_document(node: Node, cid: CID) -> dict[str, Any]:
         record("envelope", False, f"[{exc.code}] {exc}")
         return {"cid": str(cid), "ok": False, "checks": checks}
     try:
-        rows = await node.ledger.documents(thread=row.thread, limit=100_000)
+        found = await node.ledger.thread(cid)
+        _, rows, aliases = found if found is not None else (row, [], {})
         members = []
         for r in rows:
             members.append(node.open_envelope(await node.store.get(r.cid), r.cid))
-        order = verify_thread(members, await node.ledger.aliases())
-        record("thread", True, f"{len(order)} document(s) chain from {row.thread}")
+        # This document holds when its own chain does: a broken document elsewhere
+        # in the thread is named, but does not take this one with it.
+        order, broken = split_thread(row.thread, members, aliases)
+        why = {o.cid: exc for o, exc in broken}
+        if cid in why:
+            record("thread", False, f"[{why[cid].code}] {why[cid]}")
+        else:
+            record("thread", True, f"{len(order)} document(s) chain from {row.thread}"
+                   + (f"; {len(broken)} other(s) do not: "
+                      + ", ".join(f"{o.cid} [{e.code}]" for o, e in broken) if broken else ""))
     except UsagiError as exc:
         record("thread", False, f"[{exc.code}] {exc}")
     ack = await node.ledger.ack(cid)

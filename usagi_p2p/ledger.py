@@ -6,7 +6,8 @@ ciphertext block in the block store stays the source of truth), ``acks``
 (signed, verified), ``outbox`` (notices to deliver, with attempts and a lease
 so two processes on one home never send the same notice at once) and
 ``nonces`` (every notice answered, with the ack given, so a replay gets the
-same answer and is never processed twice).
+same answer and is never processed twice) and ``quarantine`` (documents of an
+imported archive that did not verify, kept apart: docs/archive.md).
 
 ``synchronous=FULL``: a commit is on disk before the call returns, and the
 node signs and sends an ack only after that commit.
@@ -28,6 +29,7 @@ import aiosqlite
 from ipfs.blockstore import StoreError, StoreUnavailableError
 from ipfs.sqlite import ONE_CALL, in_thread
 from kernel.cid import CID
+from kernel.thread import Held, canonical
 
 __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow"]
 
@@ -87,6 +89,19 @@ CREATE TABLE IF NOT EXISTS acks (
     status TEXT NOT NULL,
     reason TEXT,
     at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (         -- archived documents that did not verify on import
+    cid BLOB PRIMARY KEY,                       -- (docs/archive.md, "Import"); never a document
+    direction TEXT NOT NULL,                    -- of the node nor of a thread; the block is kept
+    partner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    thread BLOB NOT NULL,
+    issued_at TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    code TEXT NOT NULL,                         -- why: an error code (docs/spec.md section 14)
+    reason TEXT NOT NULL,
+    archive BLOB NOT NULL,                      -- the root CID of the archive it came in
+    quarantined_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
     cid BLOB PRIMARY KEY,
@@ -252,6 +267,7 @@ def _chunked(sql: str, fixed: Sequence[Any], values: Sequence[Any]) -> list[tupl
 
 
 _DIGESTS: Final = "SELECT cid, digest FROM documents WHERE cid IN ({marks})"
+_HELD: Final = "SELECT cid, partner, thread, issued_at FROM documents WHERE cid IN ({marks})"
 _SEEN: Final = "SELECT nonce, ack FROM nonces WHERE sender = ? AND nonce IN ({marks})"
 _ALIASES: Final = ("SELECT 0, old, new FROM rotations UNION ALL SELECT 1, did, rotated_to "
                    "FROM partners WHERE rotated_to IS NOT NULL ORDER BY 1")
@@ -593,6 +609,38 @@ class Ledger:
         row = await self._one(f"SELECT {_DOC_COLUMNS} FROM documents WHERE cid = ?", (cid.raw,))
         return _doc(row) if row else None
 
+    async def held(self, cids: Sequence[CID]) -> dict[CID, Held]:
+        """What the ledger knows of those of ``cids`` it holds, in one round trip:
+        enough to judge the links of a reply (kernel.thread.check_links)."""
+        return {CID.from_bytes(raw): Held(partner, CID.from_bytes(thread), issued_at)
+                for rows in await self._reads(_chunked(_HELD, (), [c.raw for c in cids]))
+                for raw, partner, thread, issued_at in rows}
+
+    async def thread(self, cid: CID, limit: int = 100_000
+                     ) -> tuple[DocumentRow, list[DocumentRow], dict[str, str]] | None:
+        """Document ``cid``, its thread, and the rotation aliases, in one round trip;
+        None when the ledger does not hold ``cid``.
+
+        The thread is the documents naming the same thread **between the same two
+        parties** (the partner followed across key rotations), in recorded order: a
+        document another partner hung on this thread (refused on receipt, but a
+        ledger may hold one from before) is never gathered with it, so it cannot
+        break the verification of anyone else's trade.
+        """
+        row_sql = f"SELECT {_DOC_COLUMNS} FROM documents WHERE cid = ?"
+        members_sql = (f"SELECT {_DOC_COLUMNS} FROM documents WHERE thread = "
+                       "(SELECT thread FROM documents WHERE cid = ?) "
+                       "ORDER BY recorded_at, cid LIMIT ?")
+        found, members, aliases_rows = await self._reads([
+            (row_sql, (cid.raw,)), (members_sql, (cid.raw, limit)), (_ALIASES, ())])
+        if not found:
+            return None
+        row = _doc(found[0])
+        aliases = {r[1]: r[2] for r in aliases_rows}
+        party = canonical(row.partner, aliases)
+        return row, [m for m in map(_doc, members)
+                     if m.partner == row.partner or canonical(m.partner, aliases) == party], aliases
+
     async def documents(self, *, direction: str | None = None,
                         partners: Sequence[str] | None = None,
                         thread: CID | None = None, since: float | None = None,
@@ -601,7 +649,10 @@ class Ledger:
                         newest: bool = False) -> list[DocumentRow]:
         """Documents in the order they were recorded; ``newest`` keeps the last
         ``limit`` of them rather than the first. ``partners`` matches any of
-        several DIDs (a partner's keys across rotations)."""
+        several DIDs (a partner's keys across rotations). A ``thread`` is listed
+        for one partner only (``partners``): see :meth:`thread`."""
+        if thread is not None and not partners:
+            raise ValueError("a thread is listed between two parties: give its partners")
         where: list[str] = []
         args: list[Any] = []
         if partners:

@@ -43,8 +43,11 @@ from kernel.document import format_time
 from kernel.errors import (
     CIDMismatchError,
     ExpiredError,
+    ForeignThreadError,
     MalformedError,
     NotRecipientError,
+    ThreadError,
+    UnknownPrevError,
     UnknownSenderError,
     UsagiError,
     WrongRecipientError,
@@ -54,7 +57,7 @@ from kernel.identity import Identity
 from kernel.messages import MESSAGE_LIMITS, Notice, check_ack, make_ack, make_notice, open_ack, open_notice
 from kernel.rotation import make_rotation, open_rotation
 from kernel.signed import open_signed
-from kernel.thread import canonical
+from kernel.thread import Held, canonical, check_links
 
 from .errors import BodyTooLargeError, PartnerError, PeerError
 from .home import Config, Home
@@ -83,6 +86,9 @@ RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute wi
 FETCH_CONCURRENCY: Final = 16
 BATCH_LIMITS: Final = dagcbor.Limits(max_size=MAX_BODY, max_depth=3, max_length=MAX_BATCH)
 CONTENT_TYPE: Final = "application/cbor"
+#: Ack reasons that refuse a document for now, not for good (docs/spec.md 11.1):
+#: the sender keeps the notice and tries again with its backoff.
+RETRY_LATER: Final = frozenset({UnknownPrevError.code})
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,6 +543,12 @@ class Node:
             # may have announced a rotation meanwhile. Read the aliases again.
             current = await self.canonical(did)
             pending = signer_unknown
+        later = [d for d in delivered if d[2] == "rejected" and d[3] in RETRY_LATER]
+        if later:  # refused for now (docs/spec.md 11.1): not an answer, try again later
+            delivered = [d for d in delivered if d not in later]
+            by_cid = {row.cid: row for row in rows}
+            await self._failed([by_cid[d[0]] for d in later],
+                               f"{partner.name} cannot take it yet ({later[0][3]})")
         # What is stored may be another process's ack for the same notice
         # (OR IGNORE): waiters get the stored one.
         stored = await self.ledger.mark_delivered(delivered)
@@ -775,6 +787,7 @@ class Node:
             # Fetching took a while: read again which documents are stored.
             already = await self.ledger.digests(
                 [o[0].cid for _, o in taken if not isinstance(o, UsagiError)])
+        taken = await self._check_links(notices, taken, already)
         statements_ok: list[tuple[Notice, Any, bytes, DocumentRow, bytes]] = []
         # One time for the batch's acks, signed into each and stored beside it.
         acked_at = self.now()
@@ -827,6 +840,57 @@ class Node:
             activity.warning("rejected %d document(s) from %s, e.g. %s: %s (%s)", len(rejected),
                              sender, first_cid, first.code, printable(first))
         return [a for a in acks if a is not None]
+
+    async def _check_links(self, notices: list[Notice], taken: list[tuple[int, Any]],
+                           already: dict[CID, bytes]) -> list[tuple[int, Any]]:
+        """Refuse the replies that link what is not theirs to link (docs/spec.md 9, 11.1).
+
+        A reply's ``thread`` and ``prev`` must name documents this node holds with
+        the same partner, or documents of this batch that are taken (a sender may
+        answer its own document in the batch that carries it). One ledger read
+        for the batch; none when no document in it is a reply. A link to a
+        document with another partner is answered exactly like a link to one not
+        held (``unknown_prev``, which the sender retries): the sender learns
+        nothing of this node's other trades. The log names ``foreign_thread``.
+        """
+        replies: dict[CID, tuple[Any, str]] = {}  # cid -> (opened, sender)
+        for i, outcome in taken:
+            # Not those refused already, nor those recorded (and judged) before.
+            if not isinstance(outcome, UsagiError) and "thread" in outcome[0].document \
+                    and outcome[0].cid not in already:
+                replies[outcome[0].cid] = outcome[0], notices[i].sender
+        if not replies:
+            return taken
+        # The first documents of this batch: a reply in it may answer them.
+        held = {o[0].cid: Held(notices[i].sender, o[0].cid, o[0].document["issued_at"])
+                for i, o in taken if not isinstance(o, UsagiError)
+                and "thread" not in o[0].document and o[0].cid not in already}
+        links = {link for opened, _ in replies.values()
+                 for link in (opened.document["thread"], *opened.document["prev"])}
+        held.update(await self.ledger.held([c for c in links if c not in replies]))
+        refused: dict[CID, UsagiError] = {}
+        pending = dict(replies)
+        while pending:
+            # A reply waits for the replies of this batch it answers to be judged.
+            ready = [cid for cid, (opened, _) in pending.items()
+                     if not any(link in pending for link in
+                                (opened.document["thread"], *opened.document["prev"]))]
+            for cid in ready or list(pending):  # none ready: a cycle, which no hash allows
+                opened, sender = pending.pop(cid)
+                try:
+                    if not ready:
+                        raise UnknownPrevError(f"{cid} answers a document that answers it")
+                    check_links(opened.document, sender, held, self._aliases)
+                    held[cid] = Held(sender, opened.document["thread"],
+                                     opened.document["issued_at"])
+                except ForeignThreadError as exc:
+                    activity.warning("refused %s from %s: foreign_thread (%s)", cid, sender, exc)
+                    refused[cid] = UnknownPrevError(f"{cid}: {exc}")
+                except ThreadError as exc:
+                    log.info("rejecting %s from %s: %s", cid, sender, exc)
+                    refused[cid] = exc
+        return [(i, refused.get(o[0].cid, o) if not isinstance(o, UsagiError) else o)
+                for i, o in taken]
 
     async def _take(self, notice: Notice, block: bytes | None) -> Any:
         """Fetch, check and open one noticed block; a UsagiError is returned, not raised."""

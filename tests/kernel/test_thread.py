@@ -1,4 +1,5 @@
-"""kernel.thread: a trade's history as one hash-linked chain between two parties."""
+"""kernel.thread: a trade's history as one hash-linked chain between two parties;
+a reply judged on receipt (check_links); what of a broken thread holds (split_thread)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 
 from kernel.cid import CID
 from kernel.envelope import Opened, open, seal
-from kernel.errors import ThreadError
+from kernel.errors import ForeignThreadError, ThreadError, UnknownPrevError
 from kernel.identity import Identity
-from kernel.thread import verify_thread
+from kernel.thread import Held, check_links, split_thread, verify_thread
 
 from ._support import BUYER, SELLER, STRANGER, order
 
@@ -140,3 +141,99 @@ def test_two_roots(chain: list[Opened]) -> None:
         verify_thread(chain + [other_root])
     with pytest.raises(ThreadError):
         verify_thread(chain[1:])  # no root at all
+
+
+# -- a reply judged on receipt: check_links --------------------------------------
+
+
+def _held(*members: tuple[Opened, Identity]) -> dict[CID, Held]:
+    """What the buyer's node holds: each member with its other party (not the buyer)."""
+    return {o.cid: Held(partner.did, o.document.get("thread", o.cid), o.document["issued_at"])
+            for o, partner in members}
+
+
+def test_check_links_accepts_a_reply_within_the_pair(chain: list[Opened]) -> None:
+    root, o, m, r, d = chain
+    held = _held(*((x, SELLER) for x in (root, o, m, r)))
+    check_links(d.document, SELLER.did, held)
+    check_links(root.document, STRANGER.did, {})  # a first document links nothing
+
+
+def test_check_links_refuses_a_link_into_another_pairs_thread(chain: list[Opened]) -> None:
+    root, o, m, r, d = chain
+    # The buyer holds the thread with the seller; the stranger answers into it.
+    held = _held(*((x, SELLER) for x in (root, o, m, r)))
+    with pytest.raises(ForeignThreadError):
+        check_links(d.document, STRANGER.did, held)
+    # A foreign prev in the stranger's own thread is foreign too.
+    own = CID.for_block(b"the stranger's own thread")
+    held[own] = Held(STRANGER.did, own, "2025-04-01T08:00:00Z")
+    with pytest.raises(ForeignThreadError):
+        check_links({**d.document, "thread": own, "prev": [own, r.cid]}, STRANGER.did, held)
+
+
+def test_check_links_unknown_and_invalid(chain: list[Opened]) -> None:
+    root, o, m, r, d = chain
+    held = _held(*((x, SELLER) for x in (root, o, m)))
+    with pytest.raises(UnknownPrevError):  # d answers r, not (yet) held
+        check_links(d.document, SELLER.did, held)
+    held = _held(*((x, SELLER) for x in (root, o, m, r)))
+    with pytest.raises(ThreadError) as info:  # the thread is not a first document
+        check_links({**d.document, "thread": o.cid}, SELLER.did, held)
+    assert info.value.code == "invalid_thread"
+    other = CID.for_block(b"another thread of the pair")
+    held[other] = Held(SELLER.did, other, "2025-04-01T08:00:00Z")
+    with pytest.raises(ThreadError) as info:  # a prev of another thread of the pair
+        check_links({**d.document, "thread": other, "prev": [other, r.cid]}, SELLER.did, held)
+    assert info.value.code == "invalid_thread"
+    with pytest.raises(ThreadError) as info:  # older than what it answers
+        check_links({**d.document, "issued_at": "2025-04-01T10:59:59Z"}, SELLER.did, held)
+    assert info.value.code == "invalid_thread"
+
+
+def test_check_links_follows_key_rotations(chain: list[Opened]) -> None:
+    root, o, m, r, d = chain
+    rotated = Identity(bytes.fromhex("44" * 32))
+    held = _held(*((x, SELLER) for x in (root, o, m, r)))
+    with pytest.raises(ForeignThreadError):
+        check_links(d.document, rotated.did, held)
+    check_links(d.document, rotated.did, held, {SELLER.did: rotated.did})
+
+
+# -- what of a thread holds: split_thread -----------------------------------------
+
+
+def test_split_thread_equals_verify_thread_when_all_hold(chain: list[Opened]) -> None:
+    for seed in range(3):
+        shuffled = chain[:]
+        random.Random(seed).shuffle(shuffled)
+        assert split_thread(chain[0].cid, shuffled) == (verify_thread(shuffled), [])
+
+
+def test_split_thread_sets_aside_what_does_not_hold(chain: list[Opened]) -> None:
+    root, o, m, r, d = chain
+    doc = order(**{"from": STRANGER.did, "to": SELLER.did, "thread": root.cid,
+                   "prev": [o.cid], "issued_at": "2025-04-01T12:00:00Z"})
+    sealed = seal(doc, STRANGER)
+    intruder = open(sealed.block, SELLER, sealed.cid)
+    # One foreign document: everything else still holds.
+    good, bad = split_thread(root.cid, [*chain, intruder])
+    assert good == verify_thread(chain)
+    assert [(x.cid, e.code) for x, e in bad] == [(intruder.cid, "foreign_thread")]
+    # r missing: d, which answers it, goes too; m and o stay.
+    good, bad = split_thread(root.cid, [root, o, m, d])
+    assert [x.cid for x in good] == [root.cid, o.cid, m.cid]
+    assert [(x.cid, e.code) for x, e in bad] == [(d.cid, "invalid_thread")]
+    # The first document missing: nothing holds.
+    good, bad = split_thread(root.cid, [o, m, r, d])
+    assert good == [] and {x.cid for x, _ in bad} == {o.cid, m.cid, r.cid, d.cid}
+    # Older than what it answers, and what answers that.
+    early = reply(SELLER, BUYER, root.cid, [o.cid], "2025-04-01T09:59:59Z", kind="message")
+    later = reply(BUYER, SELLER, root.cid, [early.cid], "2025-04-01T13:00:00Z", kind="message")
+    good, bad = split_thread(root.cid, [*chain, early, later])
+    assert good == verify_thread(chain)
+    assert [x.cid for x, _ in bad] == [early.cid, later.cid]
+    # Another thread's first document, and a duplicate.
+    other = sealed_and_opened(order(issued_at="2025-04-01T09:00:01Z"), BUYER)
+    good, bad = split_thread(root.cid, [*chain, other, o])
+    assert good == verify_thread(chain) and [x.cid for x, _ in bad] == [o.cid, other.cid]

@@ -13,12 +13,13 @@ import pytest
 
 from kernel import dagcbor
 from kernel.cid import CID
-from kernel.document import parse_time
-from kernel.envelope import open
+from kernel.document import parse_time, validate_document
+from kernel.envelope import Opened, open
 from kernel.errors import KERNEL_ERRORS, UsagiError
 from kernel.identity import Identity
 from kernel.messages import check_ack, make_ack, make_notice, open_ack, open_notice
 from kernel.signed import sign_bytes
+from kernel.thread import Held, check_links, split_thread, verify_thread
 
 REPO = Path(__file__).resolve().parents[2]
 VECTORS = REPO / "tests" / "vectors"
@@ -60,6 +61,9 @@ def test_vector_set_is_complete() -> None:
         "expired",
         "wrong_recipient",
         "digest_mismatch",
+        "invalid_thread",
+        "foreign_thread",
+        "unknown_prev",
     } <= expects
 
 
@@ -163,6 +167,31 @@ def _open_envelope(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
     assert opened.cid == cid == CID.for_block(block)
 
 
+def _thread_documents(inputs: dict[str, Any]) -> list[Opened]:
+    return [Opened(CID.parse(d["cid"]), dagcbor.decode(bytes.fromhex(d["document"])), b"", b"",
+                   "") for d in inputs["documents"]]
+
+
+def _verify_thread(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
+    order = verify_thread(_thread_documents(inputs), inputs["aliases"])
+    assert [str(o.cid) for o in order] == expected["order"]
+
+
+def _check_links(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
+    held = {CID.parse(h["cid"]): Held(h["partner"], CID.parse(h["thread"]), h["issued_at"])
+            for h in inputs["held"]}
+    document = dagcbor.decode(bytes.fromhex(inputs["document"]))
+    validate_document(document)
+    check_links(document, inputs["partner"], held, inputs["aliases"])
+
+
+def _split_thread(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
+    good, bad = split_thread(CID.parse(inputs["thread"]), _thread_documents(inputs),
+                             inputs["aliases"])
+    assert [str(o.cid) for o in good] == expected["order"]
+    assert [{"cid": str(o.cid), "code": e.code} for o, e in bad] == expected["set_aside"]
+
+
 RUNNERS = {
     "identity": _identity,
     "sign_document": _sign_document,
@@ -171,4 +200,7 @@ RUNNERS = {
     "open_ack": _open_ack,
     "ack": _ack,
     "open_envelope": _open_envelope,
+    "verify_thread": _verify_thread,
+    "check_links": _check_links,
+    "split_thread": _split_thread,
 }
