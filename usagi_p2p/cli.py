@@ -25,7 +25,7 @@ from kernel.document import RESPONSES
 from kernel.errors import UsagiError
 
 from .errors import NodeError, exit_code
-from .home import Home, default_home
+from .home import Home, default_home, write_private
 
 T = TypeVar("T")
 
@@ -223,7 +223,7 @@ def serve(ctx: click.Context, port: int | None, quiet: bool) -> None:
         service = Service(node, port=port)
         await service.start()
         state = _home(ctx).path / "serve.json"
-        state.write_text(json.dumps({"pid": os.getpid(), "url": service.url}))
+        write_private(state, json.dumps({"pid": os.getpid(), "url": service.url}))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, service.stop.set)
