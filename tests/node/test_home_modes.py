@@ -83,6 +83,11 @@ def test_homes_in_0755_folders_end_private(tmp_path: Path) -> None:
         sent = usagi(kanto, "--json", "send", "quote", "--to", "Osaka", str(body))
         assert json.loads(sent.stdout)["ack"]["status"] == "received"
         assert "open to other users" not in sent.stderr
+        # A rotated key goes to the keyring, a user's key to users/: private too.
+        assert quiet(kanto, "key", "rotate", "--overlap-days", "1") == 0
+        assert quiet(kanto, "user", "add", "clerk", "--insecure-no-passphrase") == 0
+        keys = {name for name in assert_private(kanto) if name.endswith(".key")}
+        assert len(keys) == 3 and "users/clerk.key" in keys
         # While serve runs, its WAL files and its state files exist: all private.
         running = assert_private(osaka)
         for name in ("ledger.db", "ledger.db-wal", "ledger.db-shm", "blocks.db",
