@@ -159,12 +159,13 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[bytes, bytes]]) -> N
         raise
 
 
-def create_private(path: str) -> None:
+def create_private(path: str | os.PathLike[str]) -> None:
     """Create the database file ``path`` empty and readable by its owner only
     (0600, whatever the umask) before SQLite opens it. SQLite would create it
     0644 less the umask, and it gives its -wal, -shm and -journal files the
     mode of the database file. An existing file, a URI or ``:memory:`` is left
     alone; a path that cannot be created is left for SQLite to report."""
+    path = os.fspath(path)
     if not path or path == ":memory:" or path.startswith("file:"):
         return
     try:
