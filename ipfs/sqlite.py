@@ -49,7 +49,7 @@ from .blockstore import (
     StoreUnavailableError,
 )
 
-__all__ = ["SQLiteBlockStore", "PRAGMAS", "SCHEMA", "ONE_CALL", "in_thread"]
+__all__ = ["SQLiteBlockStore", "PRAGMAS", "SCHEMA", "ONE_CALL", "in_thread", "create_private"]
 
 T = TypeVar("T")
 
@@ -159,6 +159,25 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[bytes, bytes]]) -> N
         raise
 
 
+def create_private(path: str | os.PathLike[str]) -> None:
+    """Create the database file ``path`` empty and readable by its owner only
+    (0600, whatever the umask) before SQLite opens it. SQLite would create it
+    0644 less the umask, and it gives its -wal, -shm and -journal files the
+    mode of the database file. An existing file, a URI or ``:memory:`` is left
+    alone; a path that cannot be created is left for SQLite to report."""
+    path = os.fspath(path)
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class SQLiteBlockStore(BlockStore):
     """Blocks in one SQLite file. Use as ``async with SQLiteBlockStore(path) as store:``."""
 
@@ -197,6 +216,7 @@ class SQLiteBlockStore(BlockStore):
             return
         if self._closed:
             raise StoreError("the block store was closed; open a new one")
+        create_private(self.path)
         try:
             db = await aiosqlite.connect(self.path)
         except sqlite3.Error as exc:

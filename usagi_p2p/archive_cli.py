@@ -12,7 +12,6 @@ not pin it.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -25,7 +24,7 @@ import click
 from kernel.errors import UsagiError
 
 from .errors import exit_code
-from .invitation import printable
+from .terminal import json_text, printable
 
 T = TypeVar("T")
 
@@ -39,7 +38,7 @@ def _run(coro: Awaitable[T]) -> T:
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
     except UsagiError as exc:
-        click.echo(f"error [{exc.code}]: {exc}", err=True)
+        click.echo(printable(f"error [{exc.code}]: {exc}"), err=True)
         raise SystemExit(_EXIT.get(exc.code) or exit_code(exc.code)) from None
 
 
@@ -73,10 +72,12 @@ def _quarantine_json(report: Any) -> list[dict[str, str]]:
 
 def _out(ctx: click.Context, data: dict[str, Any], text: str) -> None:
     if ctx.obj and ctx.obj.get("json"):
-        click.echo(json.dumps({k: str(v) if v is not None and not isinstance(
-            v, int | float | bool | dict | list) else v for k, v in data.items()}, indent=2))
+        click.echo(json_text({k: str(v) if v is not None and not isinstance(
+            v, int | float | bool | dict | list) else v for k, v in data.items()}))
     else:
-        click.echo(text)
+        # Values read from an archive (its author, its times) are escaped where
+        # they are put into ``text``; each line is escaped once more here.
+        click.echo("\n".join(printable(line) for line in text.split("\n")))
 
 
 async def _with_node(ctx: click.Context, fn: Callable[[Any], Awaitable[T]]) -> T:
@@ -155,7 +156,8 @@ def verify(ctx: click.Context, car: Path, keys: bool | None) -> None:
     r = _run(run())
     detail = (f", {r.documents} documents, {r.acks} acks, {r.threads} threads"
               + (f" ({r.partial_threads} cut by the time window)" if r.partial_threads else "")
-              + f", by {r.by}, created {r.created_at}") if r.keyed else " (without keys)"
+              + f", by {printable(r.by)}, created {printable(r.created_at)}") if r.keyed \
+        else " (without keys)"
     _out(ctx, {"ok": not r.quarantined, "root": r.root, "keyed": r.keyed, "blocks": r.blocks,
                "pages": r.pages, "documents": r.documents, "acks": r.acks,
                "threads": r.threads, "partial_threads": r.partial_threads,
@@ -202,6 +204,6 @@ def push(ctx: click.Context, car: Path, ipfs_api: str, pinning_service: str | No
                           token=token or os.environ.get("USAGI_PINNING_TOKEN")))
     _out(ctx, {"ok": True, "root": r.root, "pinned": r.pinned, "service": r.service_status,
                "requestid": r.request_id},
-         f"pinned {r.root} on {ipfs_api}"
-         + (f"; pinning service: {r.service_status} (request {r.request_id})"
-            if r.service_status else ""))
+         f"pinned {r.root} on {printable(ipfs_api)}"
+         + (f"; pinning service: {printable(r.service_status)} "
+            f"(request {printable(r.request_id)})" if r.service_status else ""))

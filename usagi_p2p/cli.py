@@ -25,7 +25,8 @@ from kernel.document import RESPONSES
 from kernel.errors import UsagiError
 
 from .errors import NodeError, exit_code
-from .home import Home, default_home
+from .home import Home, default_home, write_private
+from .terminal import LogFormatter, excepthook, json_text, printable
 
 T = TypeVar("T")
 
@@ -55,7 +56,7 @@ def _run(coro: Awaitable[T]) -> T:
     except UsagiError as exc:
         # The traceback is for whoever runs with -v; the message is for everyone.
         logging.getLogger("usagi.cli").info("command failed", exc_info=True)
-        click.echo(f"error [{exc.code}]: {exc}", err=True)
+        click.echo(printable(f"error [{exc.code}]: {exc}"), err=True)
         raise SystemExit(exit_code(exc.code)) from None
 
 
@@ -77,7 +78,7 @@ def _jsonable(value: Any) -> Any:
 
 def _emit(ctx: click.Context, data: Any, human: Callable[[], None]) -> None:
     if ctx.obj["json"]:
-        click.echo(json.dumps(_jsonable(data), indent=2, ensure_ascii=False))
+        click.echo(json_text(_jsonable(data)))
     else:
         human()
 
@@ -96,8 +97,6 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .invitation import printable
-
     cells = [[Text(printable(c)) if c is not None else Text("") for c in row] for row in rows]
     table = Table(box=None, pad_edge=False)
     for i, header in enumerate(headers):
@@ -111,6 +110,15 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
 
 
 class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            # A message may quote what a partner or a plugin wrote. (``message``
+            # is typed Final: it is set once, here, before anything prints it.)
+            exc.__dict__["message"] = printable(exc.message)
+            raise
+
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Examples"):
             formatter.write_dl(list(EXAMPLES.items()))
@@ -131,8 +139,11 @@ def main(ctx: click.Context, home: Path | None, as_json: bool, verbose: int) -> 
     import logging
 
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG),
-                        format="%(levelname)s %(name)s: %(message)s")
+    # Log lines carry partners' text (names, refs, reasons): one line each, escaped.
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler])
+    sys.excepthook = excepthook
     ctx.ensure_object(dict)
     ctx.obj["home"] = Home(home or default_home())
     ctx.obj["json"] = as_json
@@ -190,7 +201,8 @@ def init(ctx: click.Context, name: str, port: int, host: str, endpoint: str | No
         config.kubo_url = kubo_url
         home.save_config(config)
     _emit(ctx, {"did": identity.did, "home": str(home.path)},
-          lambda: click.echo(f"Created {name}\n  did:  {identity.did}\n  home: {home.path}"))
+          lambda: click.echo(f"Created {printable(name)}\n  did:  {identity.did}\n"
+                             f"  home: {printable(home.path)}"))
 
 
 @main.command()
@@ -210,7 +222,7 @@ def serve(ctx: click.Context, port: int | None, quiet: bool) -> None:
     if not quiet:
         # Its own handler: a timestamped line a person reads in a terminal or a journal.
         handler = logging.StreamHandler(sys.stderr)
-        stamp = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+        stamp = LogFormatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
         stamp.converter = time.gmtime  # UTC, like every time the node writes
         handler.setFormatter(stamp)
         activity.addHandler(handler)
@@ -223,11 +235,12 @@ def serve(ctx: click.Context, port: int | None, quiet: bool) -> None:
         service = Service(node, port=port)
         await service.start()
         state = _home(ctx).path / "serve.json"
-        state.write_text(json.dumps({"pid": os.getpid(), "url": service.url}))
+        write_private(state, json.dumps({"pid": os.getpid(), "url": service.url}))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, service.stop.set)
-        click.echo(f"{node.config.name} serving on {service.url} as {node.did}", err=True)
+        click.echo(f"{printable(node.config.name)} serving on {service.url} as {node.did}",
+                   err=True)
         try:
             await service.run_forever()
         finally:
@@ -274,7 +287,8 @@ def partner_add(ctx: click.Context, invitation: str, no_introduce: bool) -> None
 
     p = _run(_with_node(ctx, run))
     _emit(ctx, {"did": p.did, "name": p.name, "endpoint": p.endpoint},
-          lambda: click.echo(f"Partner added: {p.name} ({p.did}) at {p.endpoint}"))
+          lambda: click.echo(f"Partner added: {printable(p.name)} ({printable(p.did)}) at "
+                             f"{printable(p.endpoint)}"))
 
 
 @partner.command("list")
@@ -306,7 +320,7 @@ def _partner_state(name: str, status: str, help_text: str) -> None:
 
         p = _run(_with_node(ctx, run))
         _emit(ctx, {"did": p.did, "status": status},
-              lambda: click.echo(f"{p.name}: {status}"))
+              lambda: click.echo(f"{printable(p.name)}: {status}"))
 
 
 _partner_state("suspend", "suspended", "Stop exchanging with a partner for now (refused both ways).")
@@ -337,7 +351,8 @@ def partner_rename(ctx: click.Context, who: str, name: str) -> None:
         return p
 
     p = _run(_with_node(ctx, run))
-    _emit(ctx, {"did": p.did, "name": name}, lambda: click.echo(f"{p.name} -> {name}"))
+    _emit(ctx, {"did": p.did, "name": name},
+          lambda: click.echo(f"{printable(p.name)} -> {printable(name)}"))
 
 
 def _load_body(path: Path) -> dict[str, Any]:
@@ -504,9 +519,9 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str, reply_to: st
                                "digest": result.digest.hex(),
                                "findings": [f.to_json() for f in result.findings]}
         if not ctx.obj["json"]:
-            click.echo(f"sent {kind} {result.cid}")
+            click.echo(f"sent {printable(kind)} {result.cid}")
             for finding in result.findings:
-                click.echo(f"  {finding}")
+                click.echo(f"  {printable(finding)}")
         if wait:
             if not await _kick_server(home):
                 await node.deliver_once()
@@ -531,9 +546,10 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str, reply_to: st
         ack = out.get("ack")
         if ack:
             click.echo(f"ack   {ack['status']} by {ack['by']} at {ack['at']}"
-                       + (f" ({ack['reason']})" if ack["reason"] else ""))
+                       + (f" ({printable(ack['reason'])})" if ack["reason"] else ""))
         elif wait:
-            click.echo(f"no ack yet: {out.get('status')} {out.get('reason') or ''}".rstrip())
+            click.echo(f"no ack yet: {out.get('status')} "
+                       f"{printable(out.get('reason') or '')}".rstrip())
 
     _emit(ctx, out, human)
     if wait and (not out.get("ack") or out["ack"]["status"] == "rejected"):
@@ -663,8 +679,6 @@ def _show_human(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    from .invitation import printable
-
     doc = data["document"]
     partner = data["partner"]["name"] or data["partner"]["did"]
     arrow = f"from {partner}" if data["direction"] == "in" else f"to {partner}"
@@ -746,7 +760,7 @@ def verify(ctx: click.Context, cid: str) -> None:
     def human() -> None:
         for check in report["checks"]:
             mark = "ok  " if check["ok"] else "FAIL"
-            click.echo(f"{mark} {check['name']}: {check['detail']}")
+            click.echo(f"{mark} {check['name']}: {printable(check['detail'])}")
 
     _emit(ctx, report, human)
     if not report["ok"]:
@@ -777,7 +791,7 @@ def status(ctx: click.Context) -> None:
 
     def human() -> None:
         for key, value in data.items():
-            click.echo(f"{key:9} {value}")
+            click.echo(f"{key:9} {printable(value)}")
 
     _emit(ctx, data, human)
 
@@ -804,7 +818,7 @@ def key_show(ctx: click.Context) -> None:
     def human() -> None:
         click.echo(f"current  {data['did']}")
         for did in data["retired"]:
-            click.echo(f"retired  {did}")
+            click.echo(f"retired  {printable(did)}")
 
     _emit(ctx, data, human)
 
@@ -835,7 +849,8 @@ def key_rotate(ctx: click.Context, overlap_days: float) -> None:
     def human() -> None:
         click.echo(f"rotated {data['old']}\n     -> {data['new']}")
         for name, result in data["partners"].items():
-            click.echo(f"  {name}: {result}")
+            # The partner's name and its answer (an HTTP error body) are its text.
+            click.echo(f"  {printable(name)}: {printable(result)}")
 
     _emit(ctx, data, human)
     if any(v != "ok" for v in data["partners"].values()):
@@ -861,7 +876,7 @@ def key_announce(ctx: click.Context) -> None:
 
     def human() -> None:
         for name, result in data.items():
-            click.echo(f"{name}: {result}")
+            click.echo(f"{printable(name)}: {printable(result)}")
 
     _emit(ctx, data, human)
 

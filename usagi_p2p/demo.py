@@ -28,6 +28,7 @@ from kernel.identity import Identity
 from .home import Home
 from .inspect import verify_document
 from .node import Node
+from .terminal import printable
 
 SELLER = "Kanto Machine Tools"
 BUYER = "Osaka Precision"
@@ -94,7 +95,8 @@ async def _trade(seller: Home, buyer: Home) -> int:
     print(f"  invitation: {invitation.text()[:60]}…")
     async with Node.load(buyer, None) as node:
         partner = await node.add_partner(invitation.text())
-    print(f"  Osaka now trades with {partner.name}; Kanto learned of Osaka by introduction\n")
+    print(f"  Osaka now trades with {printable(partner.name)}; Kanto learned of Osaka by "
+          "introduction\n")
 
     previous = None
     cids = []
@@ -126,9 +128,10 @@ async def _trade(seller: Home, buyer: Home) -> int:
             report = await verify_document(node, cids[-1])
         failed = [c for c in report["checks"] if not c["ok"]]
         thread_check = next(c for c in report["checks"] if c["name"] == "thread")
-        print(f"  {side:6} {'ok' if report['ok'] else 'FAILED'}: {thread_check['detail']}")
+        print(f"  {side:6} {'ok' if report['ok'] else 'FAILED'}: "
+              f"{printable(thread_check['detail'])}")
         for check in failed:
-            print(f"         {check['name']}: {check['detail']}")
+            print(f"         {check['name']}: {printable(check['detail'])}")
         ok = ok and report["ok"]
 
     print("\na third party holding every block but neither party's key")
@@ -181,14 +184,15 @@ async def _plugin_trades(seller: Home, buyer: Home) -> bool:
             for text in texts:
                 extracted = node.plugins.extract(text)
                 fields = extracted.get(name, {})
-                print(f"    {text}")
-                print(f"      -> {', '.join(f'{k}={v}' for k, v in fields.items()) or '(free text)'}")
+                shown = ", ".join(f"{k}={v}" for k, v in fields.items()) or "(free text)"
+                print(f"    {printable(text)}")
+                print(f"      -> {printable(shown)}")
                 lines.append({"text": text, **({"ext": extracted} if extracted else {})})
             result = await node.send(kind, BUYER, {"ref": f"{name.upper()}-1", "lines": lines})
             await _kick(seller)
             ack = await node.wait_for_ack(result.cid, timeout=20)
             for finding in result.findings:
-                print(f"      {finding.level}: {finding.code}: {finding.message}")
+                print(printable(f"      {finding.level}: {finding.code}: {finding.message}"))
             status = ack[1] if ack else "no ack"
             print(f"    sent {result.cid}, ack {status}")
             ok = ok and ack is not None and ack[1] == "received"

@@ -7,6 +7,14 @@ Layout (docs/operations.md)::
     HOME/ledger.db      documents, acks, partners, outbox, nonces (SQLite, WAL)
     HOME/blocks.db      the embedded block store (unless a Kubo URL is configured)
 
+The home holds every document in plaintext (the ledger), so it is private
+(docs/spec.md §12, "Files at rest"): the folder is 0700 and every file the
+node writes 0600, whatever the umask and however the folder came to exist
+(``mkdir ~/usagi``, systemd's ``StateDirectory=`` make it 0755). Opening a
+home makes a folder or data file that is open to other users private again,
+with a warning line for each; a key file open to others is refused instead
+(it may have been copied: rotate it).
+
 The key file is JSON so that a person can see what protects it:
 argon2id (libsodium ``crypto_pwhash``) derives a key from the passphrase, and
 ``crypto_secretbox`` (XSalsa20-Poly1305) seals the seed with it. A key stored
@@ -16,7 +24,9 @@ without a passphrase says so in the file and on every start.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -28,10 +38,33 @@ from kernel.identity import Identity
 
 from .errors import ConfigError, PassphraseError
 
-__all__ = ["Home", "Config", "default_home"]
+__all__ = ["Home", "Config", "default_home", "write_private"]
+
+log = logging.getLogger("usagi.home")
 
 KEY_FILE: Final = "identity.key"
 CONFIG_FILE: Final = "config.json"
+#: Files of a home besides the keys; made 0600 on open when a home is older
+#: than that rule (SQLite's -wal, -shm and -journal files included).
+DATA_FILES: Final = tuple(
+    [f"{db}{suffix}" for db in ("ledger.db", "blocks.db") for suffix in ("", "-wal", "-shm",
+                                                                          "-journal")]
+    + [CONFIG_FILE, "config.tmp", "local.token", "serve.json"])
+#: Folders of a home besides itself (retired keys, users' keys).
+DATA_DIRS: Final = ("keyring", "users")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (0600), whatever
+    the umask; a file already there gets that mode too."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 def default_home() -> Path:
@@ -123,6 +156,7 @@ class Home:
         if self.key_path.exists():
             raise ConfigError(f"{self.path} already holds an identity; refusing to overwrite it")
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.make_private()
         identity = Identity(seed) if seed is not None else Identity.generate()
         self._write_key(identity, passphrase, fast_kdf=fast_kdf)
         config = Config(
@@ -168,10 +202,36 @@ class Home:
 
     # -- loading ----------------------------------------------------------
 
+    def make_private(self) -> None:
+        """Close the home to other users: the folder and its folders 0700, its
+        data files 0600; a warning line for each that was open. Raises
+        ConfigError when that cannot be done (the folder belongs to another
+        user). Key files are not touched: :meth:`load_identity` refuses one
+        that is open to others."""
+        targets = [(self.path, 0o700)]
+        targets += [(self.path / name, 0o700) for name in DATA_DIRS]
+        targets += [(self.path / name, 0o600) for name in DATA_FILES]
+        for path, private in targets:
+            try:
+                mode = stat.S_IMODE(path.stat().st_mode)  # a symlink: its target
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ConfigError(f"cannot read the mode of {path}: {exc}") from None
+            if not mode & 0o077:
+                continue
+            try:
+                path.chmod(private)
+            except OSError as exc:
+                raise ConfigError(f"{path} is open to other users (mode {mode:o}) and cannot "
+                                  f"be made private ({exc}); chmod {private:o} it") from None
+            log.warning("%s was open to other users (mode %o); made it %o", path, mode, private)
+
     def key_is_protected(self) -> bool:
         return bool(self._read_key_record().get("protection", "").startswith("argon2id"))
 
     def _read_key_record(self) -> dict[str, Any]:
+        self.make_private()
         if not self.key_path.exists():
             raise ConfigError(f"no identity in {self.path}: run 'usagi init' first")
         try:
@@ -230,6 +290,7 @@ class Home:
         self.save_config(config)
 
     def load_config(self) -> Config:
+        self.make_private()
         if not self.config_path.exists():
             raise ConfigError(f"no config in {self.path}: run 'usagi init' first")
         try:
@@ -239,7 +300,7 @@ class Home:
 
     def save_config(self, config: Config) -> None:
         tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(config), indent=2, ensure_ascii=False) + "\n")
+        write_private(tmp, json.dumps(asdict(config), indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, self.config_path)
 
 

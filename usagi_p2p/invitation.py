@@ -33,6 +33,7 @@ from kernel.identity import Identity
 from kernel.signed import open_signed, sign
 
 from .errors import InvitationError
+from .terminal import printable  # the one escaping rule; importable here as before
 
 __all__ = ["Invitation", "make_invitation", "parse_invitation", "PREFIX", "printable", "name_problem"]
 
@@ -79,18 +80,6 @@ def make_invitation(identity: Identity, name: str, endpoint: str, now: datetime,
 
 #: Bidirectional overrides and isolates: they make a name display as another.
 _BIDI: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def printable(text: object) -> str:
-    """``text`` safe to print on a terminal or in a log line: control characters
-    and direction overrides become visible escapes (``\\x1b``), so text a partner
-    wrote can neither colour, move the cursor, nor forge a line."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() or (unicodedata.category(ch) not in ("Cc", "Cf")
-                                              and ch not in _BIDI)
-                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def name_problem(name: object, error: type[Exception]) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Final
 import aiosqlite
 
 from ipfs.blockstore import StoreError, StoreUnavailableError
-from ipfs.sqlite import ONE_CALL, in_thread
+from ipfs.sqlite import ONE_CALL, create_private, in_thread
 from kernel.cid import CID
 from kernel.thread import Held, canonical
 
@@ -307,6 +307,7 @@ class Ledger:
         await self.close()
 
     async def open(self) -> None:
+        create_private(self.path)  # 0600: the ledger holds every document in plaintext
         db = await aiosqlite.connect(self.path, isolation_level=None)
         await db.execute("PRAGMA busy_timeout=10000")
         # Documents (~2.5 KiB signed) pack three to an 8 KiB page, one to a

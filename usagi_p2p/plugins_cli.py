@@ -30,6 +30,7 @@ from plugins.medical import sign_approval, with_approval
 from .errors import exit_code
 from .home import Home
 from .plugin_host import PluginHost, available
+from .terminal import json_text, printable
 from .users import add_user, load_user, move_user, user_key_is_protected
 
 __all__ = ["plugins_group", "user_group", "extract_command", "approver", "user_passphrase"]
@@ -45,7 +46,7 @@ def _json(ctx: click.Context) -> bool:
 
 
 def _fail(exc: UsagiError) -> None:
-    click.echo(f"error [{exc.code}]: {exc}", err=True)
+    click.echo(printable(f"error [{exc.code}]: {exc}"), err=True)
     raise SystemExit(exit_code(exc.code))
 
 
@@ -112,13 +113,13 @@ def plugins_list(ctx: click.Context) -> None:
     config = _home(ctx).load_config()
     rows = PluginHost.for_config(config).describe()
     if _json(ctx):
-        click.echo(json.dumps([r.to_json() for r in rows], indent=2, ensure_ascii=False))
+        click.echo(json_text([r.to_json() for r in rows]))
         return
     if not rows:
         click.echo("no plugins installed")
     for row in rows:
         detail = row.reason if row.state == "broken" else ", ".join(row.kinds) or "-"
-        click.echo(f"{row.state:<9} {row.name:<14} {row.version or '':<6} {detail}")
+        click.echo(printable(f"{row.state:<9} {row.name:<14} {row.version or '':<6} {detail}"))
 
 
 @plugins_group.command("enable")
@@ -141,7 +142,7 @@ def plugins_enable(ctx: click.Context, name: str) -> None:
     if name not in config.plugins:
         config.plugins.append(name)
         home.save_config(config)
-    click.echo(f"enabled {name}: {', '.join(config.plugins)}")
+    click.echo(printable(f"enabled {name}: {', '.join(config.plugins)}"))
 
 
 @plugins_group.command("disable")
@@ -158,7 +159,7 @@ def plugins_disable(ctx: click.Context, name: str) -> None:
         raise click.ClickException(f"{name} is not enabled")
     config.plugins.remove(name)
     home.save_config(config)
-    click.echo(f"disabled {name}: {', '.join(config.plugins) or 'no plugins enabled'}")
+    click.echo(printable(f"disabled {name}: {', '.join(config.plugins) or 'no plugins enabled'}"))
 
 
 @plugins_group.command("configure")
@@ -207,11 +208,11 @@ def plugins_configure(ctx: click.Context, name: str, settings: tuple[str, ...],
             config.plugin_settings.pop(name, None)
         home.save_config(config)
     if _json(ctx):
-        click.echo(json.dumps(current, indent=2, ensure_ascii=False))
+        click.echo(json_text(current))
         return
     prefix = "saved; restart usagi serve to apply. " if changed else ""
-    shown = json.dumps(current, ensure_ascii=False) if current else "defaults"
-    click.echo(f"{prefix}{name}: {shown}")
+    shown = json_text(current, indent=None) if current else "defaults"
+    click.echo(printable(f"{prefix}{name}: {shown}"))
 
 
 @plugins_group.command("check")
@@ -233,10 +234,10 @@ def plugins_check(ctx: click.Context, file: Path, user: str | None) -> None:
     host = PluginHost.for_config(_home(ctx).load_config())
     findings = host.validate(document, user=user)
     if _json(ctx):
-        click.echo(json.dumps([f.to_json() for f in findings], indent=2, ensure_ascii=False))
+        click.echo(json_text([f.to_json() for f in findings]))
     else:
         for finding in findings:
-            click.echo(str(finding))
+            click.echo(printable(finding))
         click.echo(f"{len(findings)} finding(s)")
     if any(f.is_error for f in findings):
         raise SystemExit(1)
@@ -273,8 +274,8 @@ def user_add(ctx: click.Context, name: str, plugins: str | None, role: str | Non
     except UsagiError as exc:
         _fail(exc)
         return
-    click.echo(json.dumps({"user": name, "did": identity.did}) if _json(ctx)
-               else f"user {name} {identity.did}")
+    click.echo(json_text({"user": name, "did": identity.did}, indent=None) if _json(ctx)
+               else printable(f"user {name} {identity.did}"))
 
 
 @user_group.command("list")
@@ -286,11 +287,12 @@ def user_list(ctx: click.Context) -> None:
     """
     config = _home(ctx).load_config()
     if _json(ctx):
-        click.echo(json.dumps(config.users, indent=2, ensure_ascii=False))
+        click.echo(json_text(config.users))
         return
     for name, entry in sorted(config.users.items()):
         plugins = ",".join(entry["plugins"]) if "plugins" in entry else "(all enabled)"
-        click.echo(f"{name:<16} {plugins:<24} {entry.get('role') or '-':<12} {entry.get('did')}")
+        click.echo(printable(f"{name:<16} {plugins:<24} {entry.get('role') or '-':<12} "
+                             f"{entry.get('did')}"))
 
 
 @user_group.command("move")
@@ -309,7 +311,8 @@ def user_move(ctx: click.Context, name: str, plugins: str | None, all_plugins: b
         move_user(_home(ctx), name, None if all_plugins else _split(plugins))
     except UsagiError as exc:
         _fail(exc)
-    click.echo(f"user {name}: {plugins if plugins is not None else 'all enabled plugins'}")
+    click.echo(printable(f"user {name}: "
+                         f"{plugins if plugins is not None else 'all enabled plugins'}"))
 
 
 # -- usagi extract -----------------------------------------------------------------
@@ -327,7 +330,7 @@ def extract_command(ctx: click.Context, text: str, user: str | None) -> None:
     host = PluginHost.for_config(_home(ctx).load_config())
     result = host.extract(text, user=user)
     if _json(ctx):
-        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        click.echo(json_text(result))
         return
     if not result and not host.plugins:
         click.echo("no plugins are enabled, so nothing is extracted; see 'usagi plugins list' "
@@ -335,8 +338,8 @@ def extract_command(ctx: click.Context, text: str, user: str | None) -> None:
     elif not result:
         click.echo("nothing recognised (the line is still valid as free text)")
     for namespace, fields in result.items():
-        click.echo(f"{namespace}:")
+        click.echo(f"{printable(namespace)}:")
         for key, value in fields.items():
-            click.echo(f"  {key}: {value}")
+            click.echo(f"  {printable(key)}: {printable(value)}")
     for name, reason in host.broken.items():
-        click.echo(f"plugin {name} is broken: {reason}", err=True)
+        click.echo(printable(f"plugin {name} is broken: {reason}"), err=True)
