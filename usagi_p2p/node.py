@@ -59,7 +59,16 @@ from kernel.thread import canonical
 from .errors import BodyTooLargeError, PartnerError, PeerError
 from .home import Config, Home
 from .httpsig import sign_request
-from .invitation import Invitation, make_invitation, parse_invitation, printable
+from .invitation import (
+    EVERY_SCOPE,
+    Invitation,
+    PublicResolver,
+    check_endpoint,
+    endpoint_scopes,
+    make_invitation,
+    parse_invitation,
+    printable,
+)
 from .ledger import DocumentRow, Ledger, Partner
 from .plugin_host import PluginHost, findings_json
 
@@ -145,6 +154,8 @@ class Node:
         # needs no store round trip. Bounded; the store stays the truth.
         self._recent: OrderedDict[CID, bytes] = OrderedDict()
         self.plugins = PluginHost.for_config(config)
+        #: Where partner requests may go (docs/spec.md 10, "Endpoints").
+        self.endpoint_scopes = endpoint_scopes(config.endpoint, config.allow_private_endpoints)
 
     @classmethod
     def load(cls, home: Home | str, passphrase: str | None, **kwargs: Any) -> Node:
@@ -171,7 +182,10 @@ class Node:
         await self.ledger.open()
         self._own_overlaps = {old: until for old, _, until, _ in await self.ledger.own_rotations()}
         await self.store.open()
-        connector = aiohttp.TCPConnector(limit=64, limit_per_host=32)
+        # Names a partner's endpoint uses are resolved through the endpoint policy.
+        resolver = (PublicResolver(self.endpoint_scopes)
+                    if self.endpoint_scopes != EVERY_SCOPE else None)
+        connector = aiohttp.TCPConnector(limit=64, limit_per_host=32, resolver=resolver)
         self._session = aiohttp.ClientSession(connector=connector)
         self._gateway = GatewayClient(self._session, timeout=30.0)
 
@@ -250,11 +264,17 @@ class Node:
         for partner in await self.ledger.partners():
             if not partner.active:
                 continue
-            url = partner.endpoint.rstrip("/") + ROTATE_PATH
+            try:
+                url = check_endpoint(partner.endpoint, scopes=self.endpoint_scopes)
+            except UsagiError as exc:
+                results[partner.name] = f"{exc.code}: {exc}"
+                continue
+            url = url.rstrip("/") + ROTATE_PATH
             try:
                 async with self.session.post(url, data=statement,
                                              headers={"Content-Type": CONTENT_TYPE},
-                                             timeout=aiohttp.ClientTimeout(total=15)) as resp:
+                                             timeout=aiohttp.ClientTimeout(total=15),
+                                             allow_redirects=False) as resp:
                     results[partner.name] = ("ok" if resp.status == 200
                                              else f"{resp.status} {await resp.text()}")
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -291,6 +311,7 @@ class Node:
             raise PartnerError("that is an introduction, not an invitation")
         if invitation.did == self.did:
             raise PartnerError("that invitation is your own")
+        check_endpoint(invitation.endpoint, scopes=self.endpoint_scopes)
         await self.ledger.add_partner(invitation.did, invitation.name, invitation.endpoint,
                                       invitation.raw)
         if introduce:
@@ -300,7 +321,8 @@ class Node:
             url = invitation.endpoint.rstrip("/") + INTRODUCE_PATH
             try:
                 async with self.session.post(url, data=intro.raw, timeout=aiohttp.ClientTimeout(15),
-                                             headers={"Content-Type": CONTENT_TYPE}) as resp:
+                                             headers={"Content-Type": CONTENT_TYPE},
+                                             allow_redirects=False) as resp:
                     if resp.status != 200:
                         raise PeerError(f"{invitation.name} refused the introduction: "
                                         f"{resp.status} {await resp.text()}")
@@ -315,6 +337,7 @@ class Node:
         intro = parse_invitation(raw, now=self.now())
         if intro.type != "introduction":
             raise PartnerError("expected an introduction")
+        check_endpoint(intro.endpoint, scopes=self.endpoint_scopes)
         why = await self.ledger.use_invitation(intro.nonce, intro.did, self.clock())
         if why is not None:
             raise PartnerError(f"introduction refused: {why}")
@@ -480,11 +503,17 @@ class Node:
             state = partner.status if partner else "removed"
             await self._failed(rows, f"partner is {state}")
             return 0
+        try:
+            url = check_endpoint(partner.endpoint, scopes=self.endpoint_scopes)
+        except UsagiError as exc:  # stored before the policy changed (config)
+            await self._failed(rows, f"{exc.code}: {exc}")
+            return 0
+        url = url.rstrip("/") + NOTICES_PATH
         body = dagcbor.encode(await self._batch_body(rows))
-        url = partner.endpoint.rstrip("/") + NOTICES_PATH
         try:
             async with self.session.post(url, data=body, headers={"Content-Type": CONTENT_TYPE},
-                                         timeout=aiohttp.ClientTimeout(total=60)) as resp:
+                                         timeout=aiohttp.ClientTimeout(total=60),
+                                         allow_redirects=False) as resp:
                 payload = await resp.read()
                 if resp.status != 200:
                     retry_after = resp.headers.get("Retry-After", "")

@@ -1,0 +1,289 @@
+"""A malicious partner: a real key, a real pairing, and answers no honest node gives.
+
+The node under attack ("the victim") is real: its peer API on 127.0.0.1, its
+ledger and store on disk. The attacker holds its own real Identity, pairs
+through the victim's real invitation, and runs its own aiohttp server on
+127.0.0.1 speaking the wire protocol: what it answers is crafted. Each test
+also checks that nothing the victim already held was lost or changed.
+(docs/spec.md sections 8 and 10; issue 14, findings 4, 7, 13, 14, 15.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from kernel import dagcbor
+from kernel import envelope as kenvelope
+from kernel.identity import Identity
+from kernel.messages import make_notice, open_ack
+from kernel.signed import sign
+from usagi_p2p.home import Home
+from usagi_p2p.node import INTRODUCE_PATH, NOTICES_PATH, Node
+from usagi_p2p.peer import make_app
+
+from .conftest import free_port, make_home
+
+LINES = [{"text": "M6x20 SUS304 hex bolt", "qty": "500"}]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- the parties ----------------------------------------------------------------------------
+
+
+@dataclass
+class Victim:
+    node: Node
+    url: str  # where its peer API listens (its configured endpoint may say otherwise)
+
+
+@contextlib.asynccontextmanager
+async def victim(home: Home) -> AsyncIterator[Victim]:
+    """A real node serving its peer API, without a delivery loop: the test delivers
+    (``deliver_once``), so what happens to each notice is decided, not raced."""
+    node = Node.load(home, None)
+    await node.open()
+    runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False)
+    await runner.setup()
+    port = node.config.listen_port
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield Victim(node, f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+        await node.close()
+
+
+@dataclass
+class Server:
+    """The attacker's own HTTP server on 127.0.0.1; ``hits`` lists the paths asked."""
+
+    url: str
+    hits: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def server(routes: dict[str, Handler] | None = None) -> AsyncIterator[Server]:
+    """Answers ``routes`` (path -> handler); any other request is a 404. Every request
+    is recorded, so a server no request may reach is a canary."""
+    port = free_port()
+    srv = Server(f"http://127.0.0.1:{port}")
+
+    async def any_request(request: web.Request) -> web.StreamResponse:
+        srv.hits.append(request.path)
+        handler = (routes or {}).get(request.path)
+        return await handler(request) if handler else web.Response(status=404)
+
+    app = web.Application(client_max_size=4 << 20)
+    app.router.add_route("*", "/{tail:.*}", any_request)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield srv
+    finally:
+        await runner.cleanup()
+
+
+def introduction(identity: Identity, nonce: bytes, *, endpoint: str, name: str = "Mallory KK",
+                 expires: datetime, type: str = "introduction") -> bytes:
+    """An introduction signed by ``identity``, built by hand: any field may be one an
+    honest node never writes (make_invitation checks what it makes)."""
+    return sign(identity, "invitation", {
+        "v": 1, "type": type, "name": name, "did": identity.did, "endpoint": endpoint,
+        "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ"), "nonce": nonce,
+    })
+
+
+async def post(url: str, body: bytes) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.post(
+            url, data=body, headers={"Content-Type": "application/cbor"}) as resp:
+        raw = await resp.read()
+        return resp.status, json.loads(raw) if resp.content_type == "application/json" else raw
+
+
+async def introduce(v: Victim, identity: Identity, endpoint: str, *, name: str = "Mallory KK",
+                    nonce: bytes | None = None, valid_for: timedelta = timedelta(minutes=10)
+                    ) -> tuple[int, Any]:
+    """POST an introduction answering a fresh invitation of the victim (or ``nonce``)."""
+    if nonce is None:
+        nonce = (await v.node.invite()).nonce
+    body = introduction(identity, nonce, endpoint=endpoint, name=name,
+                        expires=v.node.now() + valid_for)
+    return await post(v.url + INTRODUCE_PATH, body)
+
+
+async def snapshot(node: Node) -> tuple[Any, ...]:
+    """Everything the victim holds: every ledger row, every stored block."""
+    tables = []
+    for table in ("partners", "invitations", "documents", "acks", "nonces", "outbox"):
+        rows = await node.ledger.db.execute_fetchall(f"SELECT * FROM {table} ORDER BY 1")  # noqa: S608
+        tables.append(sorted(tuple(r) for r in rows))
+    blocks = sorted([cid.raw async for cid, _ in node.store.blocks()])
+    return tuple(tables), blocks
+
+
+def document(sender: Identity, to: str) -> dict[str, Any]:
+    return {"v": 1, "kind": "quote", "from": sender.did, "to": to,
+            "issued_at": "2026-11-22T05:00:00Z", "ref": "Q-evil", "lines": LINES}
+
+
+def public_home(path: Path, name: str) -> Home:
+    """A node whose own endpoint is public (it still listens on 127.0.0.1 for the test):
+    by default it sends partner requests only to public addresses."""
+    home = make_home(path, name)
+    config = home.load_config()
+    config.endpoint = "https://kanto.example.com/usagi"
+    home.save_config(config)
+    return home
+
+
+def resolves_to_loopback(name: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(info[4][0].startswith("127.") for info in infos)
+
+
+# -- 15: endpoints ----------------------------------------------------------------------------
+
+
+BAD_ENDPOINTS = [
+    "http://[x",                      # was a 500 with a traceback
+    "http://[x]:80/",
+    "http://user:secret@127.0.0.1:9/",
+    "http://127.0.0.1:9/?to=elsewhere",
+    "http://127.0.0.1:9/#fragment",
+    "ftp://127.0.0.1:9/",
+    "javascript:alert(1)",
+    "http://0.0.0.0:9/",              # connects to the machine itself
+    "http://2130706433:9/",           # 127.0.0.1 as one number
+    "http://127.1:9/",
+    "http://[fe80::1%25eth0]:9/",
+    "http://127.0.0.1:0/",
+    "http://127.0.0.1:65536/",
+    "http://evil_host.example/",
+    "http://127.0.0.1:9/\x1b[32m",
+    "http://" + "a" * 500 + ".example/",
+]
+
+
+@pytest.mark.parametrize("endpoint", BAD_ENDPOINTS)
+async def test_an_introduction_with_a_bad_endpoint_is_a_typed_400(tmp_path: Path,
+                                                                  endpoint: str) -> None:
+    async with victim(make_home(tmp_path / "kanto", "Kanto Machine Tools")) as v:
+        invitation = await v.node.invite()
+        before = await snapshot(v.node)
+        status, answer = await introduce(v, Identity.generate(), endpoint, nonce=invitation.nonce)
+        assert (status, answer["error"]) == (400, "invalid_invitation"), answer
+        assert await snapshot(v.node) == before
+        # The invitation was not used up by the refused introduction.
+        status, answer = await introduce(v, Identity.generate(), "http://127.0.0.1:9",
+                                         nonce=invitation.nonce)
+        assert status == 200, answer
+
+
+PRIVATE_ENDPOINTS = ["http://127.0.0.1:9/", "http://10.0.0.8/", "http://192.168.1.20:8470/",
+                     "http://169.254.169.254/latest/meta-data", "http://[::1]:9/",
+                     "http://[::ffff:127.0.0.1]:9/", "http://[fd00::5]/", "http://localhost:9/",
+                     "http://api.localhost/"]
+
+
+async def test_a_node_on_a_public_endpoint_pairs_with_no_private_address(tmp_path: Path) -> None:
+    async with victim(public_home(tmp_path / "kanto", "Kanto Machine Tools")) as v:
+        for endpoint in PRIVATE_ENDPOINTS:
+            before = await snapshot(v.node)
+            status, answer = await introduce(v, Identity.generate(), endpoint)
+            assert (status, answer["error"]) == (400, "invalid_invitation"), (endpoint, answer)
+            assert "allow_private_endpoints" in answer["message"]
+            tables, blocks = await snapshot(v.node)
+            assert tables[0] == before[0][0] and blocks == before[1]  # no partner
+        # A public name is taken (what it resolves to is judged when it is dialled).
+        status, answer = await introduce(v, Identity.generate(), "https://osaka.example.com")
+        assert status == 200, answer
+
+
+async def test_the_config_switch_allows_private_endpoints(tmp_path: Path) -> None:
+    home = public_home(tmp_path / "kanto", "Kanto Machine Tools")
+    config = home.load_config()
+    config.allow_private_endpoints = True
+    home.save_config(config)
+    async with victim(home) as v:
+        status, answer = await introduce(v, Identity.generate(), "http://10.0.0.8/")
+        assert status == 200, answer
+    # And a loopback node refuses private addresses when told to.
+    home = make_home(tmp_path / "osaka", "Osaka Precision")
+    config = home.load_config()
+    config.allow_private_endpoints = False
+    home.save_config(config)
+    async with victim(home) as v:
+        status, answer = await introduce(v, Identity.generate(), "http://127.0.0.1:9/")
+        assert (status, answer["error"]) == (400, "invalid_invitation")
+
+
+@pytest.mark.parametrize("allow", [False, True])
+async def test_a_name_that_resolves_to_loopback_is_not_dialled(tmp_path: Path,
+                                                               allow: bool) -> None:
+    name = socket.gethostname()
+    if not resolves_to_loopback(name):
+        pytest.skip(f"{name} does not resolve to loopback here")
+    home = public_home(tmp_path / "kanto", "Kanto Machine Tools")
+    config = home.load_config()
+    config.allow_private_endpoints = allow
+    home.save_config(config)
+    async with server() as canary, victim(home) as v:
+        port = canary.url.rsplit(":", 1)[1]
+        status, answer = await introduce(v, Identity.generate(), f"http://{name}:{port}")
+        assert status == 200, answer
+        sent = await v.node.send("quote", "Mallory", {"ref": "Q-1", "lines": LINES})
+        assert await v.node.deliver_once() == 0
+        [row] = await v.node.ledger.outbox()
+        assert row.cid == sent.cid and row.attempts == 1
+        if allow:  # the control: with the switch on, the same name is dialled
+            assert canary.hits == ["/usagi/v1/notices"]
+        else:
+            assert canary.hits == []
+            assert "resolves to no address" in (row.last_error or ""), row.last_error
+
+
+async def test_no_redirect_from_a_partner_is_followed(tmp_path: Path) -> None:
+    """Every request to a partner: notices, gateway fetch, rotation, introduction."""
+    mallory = Identity.generate()
+    async with server() as canary:
+        async def redirect(request: web.Request) -> web.StreamResponse:
+            raise web.HTTPTemporaryRedirect(canary.url + "/internal/admin")
+
+        routes = {"/usagi/v1/notices": redirect, "/usagi/v1/rotate": redirect,
+                  "/usagi/v1/introduce": redirect}
+        async with server(routes) as evil, \
+                victim(make_home(tmp_path / "kanto", "Kanto Machine Tools")) as v:
+            status, answer = await introduce(v, mallory, evil.url)
+            assert status == 200, answer
+            sent = await v.node.send("quote", "Mallory", {"ref": "Q-1", "lines": LINES})
+            assert await v.node.deliver_once() == 0
+            [row] = await v.node.ledger.outbox()
+            assert row.cid == sent.cid and "307" in (row.last_error or ""), row.last_error
+            # Mallory's notice for a block only its gateway has: the fetch is redirected.
+            sealed = kenvelope.seal(document(mallory, v.node.did), mallory)
+            notice = make_notice(mallory, sealed.cid, v.node.did, v.node.now())
+            routes[f"/ipfs/{sealed.cid}"] = redirect
+            status, answer = await post(v.url + NOTICES_PATH,
+                                        dagcbor.encode({"notices": [notice]}))
+            assert status == 200
+            ack = open_ack(dagcbor.decode(answer)["acks"][0])
+            assert (ack.status, ack.reason) == ("rejected", "store_unavailable")
+            _, told = await v.node.rotate(None, fast_kdf=True)
+            assert told["Mallory KK"].startswith("307"), told
+            assert evil.hits == ["/usagi/v1/notices", f"/ipfs/{sealed.cid}", "/usagi/v1/rotate"]
+    assert canary.hits == []
