@@ -22,6 +22,7 @@ Time is read from ``self.clock`` so tests can move it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -92,6 +93,10 @@ RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute wi
 FETCH_CONCURRENCY: Final = 16
 BATCH_LIMITS: Final = dagcbor.Limits(max_size=MAX_BODY, max_depth=3, max_length=MAX_BATCH)
 CONTENT_TYPE: Final = "application/cbor"
+#: What is read of a partner's error answer (its start only; the rest is never read).
+ERROR_PREFIX: Final = 4096
+#: A partner's answer to an introduction or a rotation: a small JSON object.
+SMALL_ANSWER: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,43 @@ class SendResult:
 
 def _prev_bytes(prev: Sequence[CID]) -> bytes:
     return dagcbor.encode(list(prev))
+
+
+def acks_answer_limit(notices: int) -> int:
+    """The largest honest answer to a batch of ``notices``: that many acks, each at most
+    the 4 KiB of a message, with their CBOR heads, in a one-entry map."""
+    return 16 + notices * (MESSAGE_LIMITS.max_size + 5)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """A partner's answer body, at most ``limit`` bytes; BodyTooLargeError beyond it.
+
+    Reads one byte past the limit at most (enough to know it is too big), so a
+    partner answering gigabytes, announced or streamed, costs ``limit`` bytes
+    of memory; the rest is never read (the connection is closed, not reused).
+    """
+    if resp.content_length is not None and resp.content_length > limit:
+        raise BodyTooLargeError(f"{what} announces {resp.content_length} bytes (limit {limit})")
+    data = bytearray()
+    while len(data) <= limit:
+        chunk = await resp.content.read(limit + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    if len(data) > limit:
+        raise BodyTooLargeError(f"{what} is over {limit} bytes")
+    return bytes(data)
+
+
+async def _read_prefix(resp: aiohttp.ClientResponse, limit: int = ERROR_PREFIX) -> str:
+    """The start of a partner's error answer, as text: the message, never all of it."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await resp.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data[:300].decode("utf-8", "replace")
 
 
 def _log_batch(what: str, preposition: str, rows: list[tuple[DocumentRow, str]]) -> None:
@@ -275,8 +317,9 @@ class Node:
                                              headers={"Content-Type": CONTENT_TYPE},
                                              timeout=aiohttp.ClientTimeout(total=15),
                                              allow_redirects=False) as resp:
+                    # An answer of 200 is all we need: its body is not read.
                     results[partner.name] = ("ok" if resp.status == 200
-                                             else f"{resp.status} {await resp.text()}")
+                                             else f"{resp.status} {await _read_prefix(resp)}")
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 results[partner.name] = f"unreachable: {exc!r}"
         return results
@@ -325,7 +368,16 @@ class Node:
                                              allow_redirects=False) as resp:
                     if resp.status != 200:
                         raise PeerError(f"{invitation.name} refused the introduction: "
-                                        f"{resp.status} {await resp.text()}")
+                                        f"{resp.status} {await _read_prefix(resp)}")
+                    answer = await _read_capped(resp, SMALL_ANSWER, f"{invitation.name}'s answer")
+                try:
+                    accepted = json.loads(answer).get("ok") is True
+                except (ValueError, AttributeError, RecursionError):
+                    accepted = False
+                if not accepted:
+                    raise PeerError(f"{invitation.name} answered the introduction with "
+                                    f"{answer[:300].decode('utf-8', 'replace')!r}, not "
+                                    '{"ok": true}')
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise PeerError(f"partner stored, but {url} could not be reached to introduce "
                                 f"ourselves ({exc!r}); run 'usagi partner add' again later") from None
@@ -514,15 +566,21 @@ class Node:
             async with self.session.post(url, data=body, headers={"Content-Type": CONTENT_TYPE},
                                          timeout=aiohttp.ClientTimeout(total=60),
                                          allow_redirects=False) as resp:
-                payload = await resp.read()
                 if resp.status != 200:
                     retry_after = resp.headers.get("Retry-After", "")
                     busy = resp.status in (429, 503)
                     await self._failed(rows, f"{partner.name} answered {resp.status}: "
-                                             f"{payload[:300].decode('utf-8', 'replace')}",
+                                             f"{await _read_prefix(resp)}",
                                        retry_after=float(retry_after) if retry_after.isdigit()
                                        else None, count=not busy)
                     return 0
+                # At most what ``len(rows)`` acks can be: a partner answering
+                # gigabytes costs this much memory, and the batch is retried.
+                payload = await _read_capped(resp, acks_answer_limit(len(rows)),
+                                             f"{partner.name}'s answer")
+        except BodyTooLargeError as exc:
+            await self._failed(rows, f"{exc.code}: {exc}")
+            return 0
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             await self._failed(rows, f"cannot reach {partner.name} at {url}: {exc!r}")
             return 0

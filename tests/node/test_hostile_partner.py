@@ -25,10 +25,12 @@ from aiohttp import web
 
 from kernel import dagcbor
 from kernel import envelope as kenvelope
+from kernel.errors import UsagiError
 from kernel.identity import Identity
 from kernel.messages import make_notice, open_ack
 from kernel.signed import sign
 from usagi_p2p.home import Home
+from usagi_p2p.invitation import make_invitation
 from usagi_p2p.node import INTRODUCE_PATH, NOTICES_PATH, Node
 from usagi_p2p.peer import make_app
 
@@ -287,3 +289,157 @@ async def test_no_redirect_from_a_partner_is_followed(tmp_path: Path) -> None:
             assert told["Mallory KK"].startswith("307"), told
             assert evil.hits == ["/usagi/v1/notices", f"/ipfs/{sealed.cid}", "/usagi/v1/rotate"]
     assert canary.hits == []
+
+
+# -- 4: answers without end -------------------------------------------------------------------
+
+HUGE = 200 << 20  # what the hostile partner offers to send
+BOUND = 64 << 20  # what it may cost the victim, at most (an honest answer is < 1 MiB)
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident memory (bytes) since :func:`reset_peak`, if Linux says."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def memory_bound(limit: int) -> Any:
+    """Assert the process's peak memory grew less than ``limit`` inside the block."""
+    measured = reset_peak()
+    before = peak_rss()
+    yield
+    after = peak_rss()
+    if measured and before is not None and after is not None:
+        print(f"peak memory grew by {(after - before) / (1 << 20):.1f} MiB")
+        assert after - before < limit, f"peak memory grew by {(after - before) >> 20} MiB"
+
+
+def gzip_bomb(size: int) -> bytes:
+    """``size`` zero bytes, gzip-compressed (about a thousandth of that)."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1 << 20)
+    return b"".join(packer.compress(zeros) for _ in range(size >> 20)) + packer.flush()
+
+
+@dataclass
+class Flood:
+    """A handler streaming ``HUGE`` bytes with ``status``; ``sent`` counts what got out."""
+
+    status: int = 200
+    announce: bool = False
+    gzip: bool = False
+    sent: int = 0
+    done: bool = False
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=self.status)
+        resp.content_type = "application/cbor"
+        body = gzip_bomb(HUGE) if self.gzip else None
+        if body is not None:
+            resp.headers["Content-Encoding"] = "gzip"
+            resp.content_length = len(body)
+        elif self.announce:
+            resp.content_length = HUGE
+        await resp.prepare(request)
+        chunk = bytes(1 << 16)
+        try:
+            if body is not None:
+                await resp.write(body)
+                self.sent = HUGE
+            while body is None and self.sent < HUGE:
+                await resp.write(chunk)
+                self.sent += len(chunk)
+            self.done = True
+        except (ConnectionError, RuntimeError):  # the victim hung up: what we wanted
+            pass
+        return resp
+
+
+@contextlib.asynccontextmanager
+async def paired_with(tmp_path: Path, routes: dict[str, Handler]
+                      ) -> AsyncIterator[tuple[Victim, Server, Identity]]:
+    """The victim, Mallory's server answering ``routes``, Mallory paired with the victim."""
+    mallory = Identity.generate()
+    async with server(routes) as evil, \
+            victim(make_home(tmp_path / "kanto", "Kanto Machine Tools")) as v:
+        status, answer = await introduce(v, mallory, evil.url)
+        assert status == 200, answer
+        yield v, evil, mallory
+
+
+FLOODS = {"streamed": Flood(), "announced": Flood(announce=True), "gzip bomb": Flood(gzip=True)}
+
+
+@pytest.mark.parametrize("kind", sorted(FLOODS))
+async def test_an_endless_answer_to_a_batch_costs_bounded_memory(tmp_path: Path,
+                                                                kind: str) -> None:
+    flood = Flood(announce=FLOODS[kind].announce, gzip=FLOODS[kind].gzip)
+    async with paired_with(tmp_path, {"/usagi/v1/notices": flood}) as (v, evil, _):
+        sent = await v.node.send("quote", "Mallory", {"ref": "Q-1", "lines": LINES})
+        before = await snapshot(v.node)
+        with memory_bound(BOUND):
+            assert await v.node.deliver_once() == 0
+        [row] = await v.node.ledger.outbox()
+        assert (row.cid, row.state, row.attempts) == (sent.cid, "pending", 1)
+        assert (row.last_error or "").startswith("too_large: Mallory KK's answer"), row.last_error
+        assert not flood.done or flood.gzip  # the victim stopped reading long before the end
+        assert evil.hits == ["/usagi/v1/notices"]
+        tables, blocks = await snapshot(v.node)
+        # Only the outbox row moved (one attempt, a retry scheduled).
+        assert tables[:5] == before[0][:5] and blocks == before[1]
+
+
+async def test_an_endless_error_answer_is_read_only_in_part(tmp_path: Path) -> None:
+    flood = Flood(status=500)
+    async with paired_with(tmp_path, {"/usagi/v1/notices": flood}) as (v, _, _):
+        await v.node.send("quote", "Mallory", {"ref": "Q-1", "lines": LINES})
+        with memory_bound(BOUND):
+            assert await v.node.deliver_once() == 0
+        [row] = await v.node.ledger.outbox()
+        assert (row.last_error or "").startswith("Mallory KK answered 500: ")
+        assert len(row.last_error or "") < 400 and not flood.done
+
+
+async def test_key_rotate_reads_no_endless_answer(tmp_path: Path) -> None:
+    routes: dict[str, Handler] = {"/usagi/v1/rotate": Flood(status=500)}
+    async with paired_with(tmp_path, routes) as (v, _, _):
+        with memory_bound(BOUND):
+            _, told = await v.node.rotate(None, fast_kdf=True)
+        assert told["Mallory KK"].startswith("500 ") and len(told["Mallory KK"]) < 400
+        routes["/usagi/v1/rotate"] = Flood()  # a 200 is enough: its body is not read
+        rotation = (await v.node.ledger.own_rotations())[0][3]
+        with memory_bound(BOUND):
+            assert await v.node.announce_rotation(rotation) == {"Mallory KK": "ok"}
+
+
+@pytest.mark.parametrize("status", [200, 403])
+async def test_partner_add_reads_no_endless_answer(tmp_path: Path, status: int) -> None:
+    mallory = Identity.generate()
+    flood = Flood(status=status)
+    async with server({"/usagi/v1/introduce": flood}) as evil, \
+            victim(make_home(tmp_path / "kanto", "Kanto Machine Tools")) as v:
+        invitation = make_invitation(mallory, "Mallory KK", evil.url, v.node.now())
+        with memory_bound(BOUND), pytest.raises(UsagiError) as raised:
+            await v.node.add_partner(invitation.text())
+        expected = "too_large" if status == 200 else "peer_error"
+        assert raised.value.code == expected and len(str(raised.value)) < 600
+        assert not flood.done
