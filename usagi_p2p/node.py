@@ -52,7 +52,16 @@ from kernel.errors import (
     WrongSignerError,
 )
 from kernel.identity import Identity
-from kernel.messages import MESSAGE_LIMITS, Notice, check_ack, make_ack, make_notice, open_ack, open_notice
+from kernel.messages import (
+    MESSAGE_LIMITS,
+    Notice,
+    check_ack,
+    make_ack,
+    make_notice,
+    notice_nonce,
+    open_ack,
+    open_notice,
+)
 from kernel.rotation import make_rotation, open_rotation
 from kernel.signed import open_signed
 from kernel.thread import canonical
@@ -561,7 +570,8 @@ class Node:
             await self._failed(rows, f"{exc.code}: {exc}")
             return 0
         url = url.rstrip("/") + NOTICES_PATH
-        body = dagcbor.encode(await self._batch_body(rows))
+        batch = await self._batch_body(rows)
+        body = dagcbor.encode(batch)
         try:
             async with self.session.post(url, data=body, headers={"Content-Type": CONTENT_TYPE},
                                          timeout=aiohttp.ClientTimeout(total=60),
@@ -593,29 +603,34 @@ class Node:
             await self._failed(rows, f"{partner.name} answered nonsense: {exc}")
             return 0
         delivered: list[tuple[CID, bytes, str, str | None, str]] = []
-        bad: list[Any] = []
+        bad: dict[str, tuple[list[Any], str]] = {}  # error code -> rows, the first message
+
+        def refuse(row: Any, exc: UsagiError) -> None:
+            log.warning("ack for %s is not a receipt: %s", row.cid, exc)
+            bad.setdefault(exc.code, ([], str(exc)))[0].append(row)
+
         # A partner that rotated its key acks with its new one.
         current = canonical(did, aliases)
-        pending = list(zip(rows, acks, strict=True))
+        # Each ack must answer its own notice: the nonce we sent (spec section 8).
+        nonces = [notice_nonce(raw) for raw in batch["notices"]]
+        pending = list(zip(rows, acks, nonces, strict=True))
         for last_try in (False, True):
             signer_unknown = []
-            for row, raw in pending:
+            for row, raw, nonce in pending:
                 try:
                     if type(raw) is not bytes:
                         raise MalformedError("an ack is a byte string")
                     ack = open_ack(raw)
                     check_ack(ack, cid=row.cid, by=current if ack.by == current else did,
-                              digest=digests[row.cid])
+                              digest=digests.get(row.cid, b""), nonce=nonce)
                 except WrongSignerError as exc:
                     if not last_try:
-                        signer_unknown.append((row, raw))
+                        signer_unknown.append((row, raw, nonce))
                         continue
-                    log.warning("ack for %s is not a receipt: %s", row.cid, exc)
-                    bad.append(row)
+                    refuse(row, exc)
                     continue
-                except (UsagiError, KeyError) as exc:
-                    log.warning("ack for %s is not a receipt: %s", row.cid, exc)
-                    bad.append(row)
+                except UsagiError as exc:
+                    refuse(row, exc)
                     continue
                 delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
             if not signer_unknown:
@@ -640,8 +655,8 @@ class Node:
             waiter = self._ack_waiters.pop(cid, None)
             if waiter is not None and not waiter.done() and cid in stored:
                 waiter.set_result(stored[cid])
-        if bad:
-            await self._failed(bad, "the partner's ack did not verify")
+        for code, (failed, message) in bad.items():
+            await self._failed(failed, f"{code}: the partner's ack is not a receipt ({message})")
         return len(delivered)
 
     async def _batch_body(self, rows: list[Any]) -> dict[str, Any]:
@@ -879,8 +894,13 @@ class Node:
             if opened.cid in already:  # the same block under a new notice: answer, store once
                 old = await self.ledger.ack(opened.cid)
                 if old is not None:
-                    acks[i] = old[0]
-                    await self.ledger.record_nonce(notice.sender, notice.nonce, notice.cid, old[0])
+                    # The same answer (status, digest), for this notice: a sender takes
+                    # an ack only for the nonce it sent (spec section 8).
+                    ack = make_ack(self.identity, cid=notice.cid, to=notice.sender,
+                                   nonce=notice.nonce, status=old[1], at=acked_at,
+                                   digest=opened.digest, reason=old[2])
+                    acks[i] = ack
+                    await self.ledger.record_nonce(notice.sender, notice.nonce, notice.cid, ack)
                     continue
             if opened.cid in in_batch:  # named twice in this batch: one ack, one document
                 ack, row, prev = in_batch[opened.cid]

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,17 @@ from aiohttp import web
 
 from kernel import dagcbor
 from kernel import envelope as kenvelope
+from kernel.cid import CID
 from kernel.errors import UsagiError
 from kernel.identity import Identity
-from kernel.messages import make_notice, open_ack
+from kernel.messages import check_ack, make_ack, make_notice, open_ack, open_notice
 from kernel.signed import sign
 from usagi_p2p.home import Home
 from usagi_p2p.invitation import make_invitation
 from usagi_p2p.node import INTRODUCE_PATH, NOTICES_PATH, Node
 from usagi_p2p.peer import make_app
 
-from .conftest import free_port, make_home
+from .conftest import Pair, free_port, make_home
 
 LINES = [{"text": "M6x20 SUS304 hex bolt", "qty": "500"}]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,19 +73,21 @@ class Server:
     """The attacker's own HTTP server on 127.0.0.1; ``hits`` lists the paths asked."""
 
     url: str
+    routes: dict[str, Handler]
     hits: list[str] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
 async def server(routes: dict[str, Handler] | None = None) -> AsyncIterator[Server]:
     """Answers ``routes`` (path -> handler); any other request is a 404. Every request
-    is recorded, so a server no request may reach is a canary."""
+    is recorded, so a server no request may reach is a canary. ``routes`` may change
+    while it runs."""
     port = free_port()
-    srv = Server(f"http://127.0.0.1:{port}")
+    srv = Server(f"http://127.0.0.1:{port}", {} if routes is None else routes)
 
     async def any_request(request: web.Request) -> web.StreamResponse:
         srv.hits.append(request.path)
-        handler = (routes or {}).get(request.path)
+        handler = srv.routes.get(request.path)
         return await handler(request) if handler else web.Response(status=404)
 
     app = web.Application(client_max_size=4 << 20)
@@ -279,7 +283,7 @@ async def test_no_redirect_from_a_partner_is_followed(tmp_path: Path) -> None:
             # Mallory's notice for a block only its gateway has: the fetch is redirected.
             sealed = kenvelope.seal(document(mallory, v.node.did), mallory)
             notice = make_notice(mallory, sealed.cid, v.node.did, v.node.now())
-            routes[f"/ipfs/{sealed.cid}"] = redirect
+            evil.routes[f"/ipfs/{sealed.cid}"] = redirect
             status, answer = await post(v.url + NOTICES_PATH,
                                         dagcbor.encode({"notices": [notice]}))
             assert status == 200
@@ -443,3 +447,85 @@ async def test_partner_add_reads_no_endless_answer(tmp_path: Path, status: int) 
         expected = "too_large" if status == 200 else "peer_error"
         assert raised.value.code == expected and len(str(raised.value)) < 600
         assert not flood.done
+
+
+# -- 13: acks that answer something else ------------------------------------------------------
+
+
+def forger(mallory: Identity, how: str) -> Handler:
+    """Mallory's notices endpoint: it opens each notice and block for real, then
+    answers with an ack bent ``how``."""
+    stranger = Identity.generate()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        batch = dagcbor.decode(await request.read())
+        blocks = {CID.for_block(b): b for b in batch.get("blocks", [])}
+        acks = []
+        for raw in batch["notices"]:
+            notice = open_notice(raw)
+            digest = kenvelope.open(blocks[notice.cid], mallory).digest
+            fields: dict[str, Any] = {"cid": notice.cid, "to": notice.sender,
+                                      "nonce": notice.nonce, "status": "received",
+                                      "at": datetime.now(UTC), "digest": digest}
+            signer = mallory
+            if how == "another nonce":
+                fields["nonce"] = os.urandom(16)
+            elif how == "another nonce, rejected":
+                fields.update(nonce=os.urandom(16), status="rejected", digest=None,
+                              reason="decryption_failed")
+            elif how == "another signer":
+                signer = stranger
+            elif how == "another CID":
+                fields["cid"] = CID.for_block(b"another block")
+            elif how == "another digest":
+                fields["digest"] = b"\x12\x20" + bytes(32)
+            acks.append(make_ack(signer, **fields))
+        return web.Response(body=dagcbor.encode({"acks": acks}), content_type="application/cbor")
+
+    return answer
+
+
+BENT = {"another nonce": "ack_nonce_mismatch", "another nonce, rejected": "ack_nonce_mismatch",
+        "another signer": "ack_wrong_signer", "another CID": "ack_cid_mismatch",
+        "another digest": "digest_mismatch"}
+
+
+@pytest.mark.parametrize("how", ["honest", *BENT])
+async def test_an_ack_is_taken_only_for_the_notice_sent(tmp_path: Path, how: str) -> None:
+    async with paired_with(tmp_path, {}) as (v, evil, mallory):
+        evil.routes["/usagi/v1/notices"] = forger(mallory, how)
+        sent = await v.node.send("quote", "Mallory", {"ref": "Q-1", "lines": LINES})
+        before = await snapshot(v.node)
+        delivered = await v.node.deliver_once()
+        [row] = await v.node.ledger.outbox()
+        if how == "honest":  # the control: the same forger, honest, is taken
+            assert delivered == 1 and row.state == "delivered"
+            assert (await v.node.ledger.document(sent.cid)).status == "delivered"
+            return
+        assert delivered == 0 and (row.state, row.attempts) == ("pending", 1)
+        assert (row.last_error or "").startswith(BENT[how] + ": "), row.last_error
+        assert await v.node.ledger.ack(sent.cid) is None
+        doc = await v.node.ledger.document(sent.cid)
+        assert (doc.status, doc.reason) == ("queued", None)
+        tables, blocks = await snapshot(v.node)
+        assert tables[1:5] == before[0][1:5] and blocks == before[1]
+
+
+async def test_a_block_under_a_new_notice_gets_an_ack_for_that_notice(pair: Pair) -> None:
+    """The receiver's side of the nonce rule: a document it holds, announced again under
+    a new notice (e.g. after the sender restored an archive), is answered for that notice."""
+    seller, buyer = pair.seller, pair.buyer
+    sent = await buyer.send("order", "Kanto", {"ref": "PO-1", "lines": LINES})
+    first = await buyer.wait_for_ack(sent.cid, 15)
+    assert first is not None and first[1] == "received"
+    before = await snapshot(seller)
+    again = make_notice(buyer.identity, sent.cid, seller.did, buyer.now())
+    status, answer = await post(pair.seller_service.url + NOTICES_PATH,
+                                dagcbor.encode({"notices": [again]}))
+    assert status == 200
+    ack = open_ack(dagcbor.decode(answer)["acks"][0])
+    check_ack(ack, cid=sent.cid, by=seller.did, digest=sent.digest, nonce=open_notice(again).nonce)
+    assert ack.status == "received"
+    tables, blocks = await snapshot(seller)
+    assert tables[2:4] == before[0][2:4] and blocks == before[1]  # stored once, ack kept
+    assert len(tables[4]) == len(before[0][4]) + 1  # the new nonce is remembered
