@@ -8,11 +8,12 @@ docs/spec.md, "Pairing". ``usagi invite`` prints
                        "endpoint": tstr, "expires": time, "nonce": bytes .size 16 }
 
 signed by ``did`` under label ``usagi-p2p/v1/invitation``. Whoever pastes it
-with ``usagi partner add`` checks the signature and expiry, stores the
-partner, and POSTs an *introduction* to the endpoint: the same structure with
-``"type": "introduction"`` and the invitation's nonce, signed by the new
-partner. The inviting node accepts an introduction only for a nonce it issued
-and that has not expired, so after one paste both sides know each other.
+with ``usagi partner add`` checks the signature and expiry, POSTs an
+*introduction* to the endpoint (the same structure with ``"type":
+"introduction"``, the invitation's nonce, valid 10 minutes, signed by the new
+partner) and stores the partner once it is accepted. The inviting node
+accepts an introduction only for a nonce it issued, not expired and used by
+no one else, so after one paste both sides know each other.
 
 A partner's endpoint becomes the prefix of every request this node sends it,
 so :func:`check_endpoint` is the one gate for endpoints (docs/spec.md section
@@ -79,6 +80,7 @@ LOOPBACK: Final = "loopback"
 LINK_LOCAL: Final = "link-local"  # 169.254/16 (cloud metadata lives there), fe80::/10
 EVERY_SCOPE: Final = frozenset({PUBLIC, PRIVATE, LOOPBACK, LINK_LOCAL})
 
+_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]*={0,2}\Z")
 _LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _NUMERIC: Final = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)\Z")
 
@@ -212,8 +214,12 @@ class PublicResolver(AbstractResolver):
 
 
 def make_invitation(identity: Identity, name: str, endpoint: str, now: datetime, *,
-                    valid_for: timedelta = timedelta(days=7), type: str = "invitation",
+                    valid_for: timedelta | None = None, type: str = "invitation",
                     nonce: bytes | None = None) -> Invitation:
+    """Sign an invitation (valid 7 days unless ``valid_for`` says otherwise) or an
+    introduction (valid INTRODUCTION_VALIDITY, the most a node accepts)."""
+    if valid_for is None:
+        valid_for = INTRODUCTION_VALIDITY if type == "introduction" else timedelta(days=7)
     check_endpoint(endpoint)
     body = {
         "v": 1,
@@ -260,8 +266,14 @@ def parse_invitation(text_or_raw: str | bytes, *, now: datetime | None = None) -
         text = text_or_raw.strip()
         if not text.startswith(PREFIX):
             raise InvitationError(f"an invitation starts with {PREFIX!r}")
+        # base64url, padded or not; any other character is an error (the decoder
+        # alone would skip it, and '+' '/' would pass).
+        encoded = text[len(PREFIX):]
+        if not _BASE64URL.match(encoded):
+            raise InvitationError("the invitation is not valid base64url")
+        encoded = encoded.rstrip("=")
         try:
-            raw = base64.urlsafe_b64decode(text[len(PREFIX):] + "=" * (-len(text) % 4))
+            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
         except (binascii.Error, ValueError):
             raise InvitationError("the invitation is not valid base64url") from None
     else:

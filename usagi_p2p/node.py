@@ -66,11 +66,12 @@ from kernel.rotation import make_rotation, open_rotation
 from kernel.signed import open_signed
 from kernel.thread import canonical
 
-from .errors import BodyTooLargeError, PartnerError, PeerError
+from .errors import BodyTooLargeError, InvitationError, PartnerError, PeerError
 from .home import Config, Home
 from .httpsig import sign_request
 from .invitation import (
     EVERY_SCOPE,
+    INTRODUCTION_VALIDITY,
     Invitation,
     PublicResolver,
     check_endpoint,
@@ -357,55 +358,77 @@ class Node:
         return invitation
 
     async def add_partner(self, text: str, *, introduce: bool = True) -> Partner:
-        """Verify an invitation, store the partner, introduce ourselves to it."""
+        """Verify an invitation, introduce ourselves to it, and store the partner once
+        it has accepted (docs/spec.md section 10): an introduction refused or not
+        delivered stores nothing, and the same paste may simply be run again.
+        ``introduce=False`` stores the partner without contacting it."""
         invitation = parse_invitation(text, now=self.now())
         if invitation.type != "invitation":
             raise PartnerError("that is an introduction, not an invitation")
         if invitation.did == self.did:
             raise PartnerError("that invitation is your own")
         check_endpoint(invitation.endpoint, scopes=self.endpoint_scopes)
-        await self.ledger.add_partner(invitation.did, invitation.name, invitation.endpoint,
-                                      invitation.raw)
+        known = await self.ledger.partner(invitation.did)
+        if known is not None and not known.active:
+            raise PartnerError(f"{known.name} is already a partner of this node, {known.status}; "
+                               "'usagi partner resume' exchanges with it again")
         if introduce:
-            intro = make_invitation(self.identity, self.config.name, self.config.endpoint,
-                                    self.now(), type="introduction", nonce=invitation.nonce,
-                                    valid_for=timedelta(minutes=10))
-            url = invitation.endpoint.rstrip("/") + INTRODUCE_PATH
-            try:
-                async with self.session.post(url, data=intro.raw, timeout=aiohttp.ClientTimeout(15),
-                                             headers={"Content-Type": CONTENT_TYPE},
-                                             allow_redirects=False) as resp:
-                    if resp.status != 200:
-                        raise PeerError(f"{invitation.name} refused the introduction: "
-                                        f"{resp.status} {await _read_prefix(resp)}")
-                    answer = await _read_capped(resp, SMALL_ANSWER, f"{invitation.name}'s answer")
-                try:
-                    accepted = json.loads(answer).get("ok") is True
-                except (ValueError, AttributeError, RecursionError):
-                    accepted = False
-                if not accepted:
-                    raise PeerError(f"{invitation.name} answered the introduction with "
-                                    f"{answer[:300].decode('utf-8', 'replace')!r}, not "
-                                    '{"ok": true}')
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise PeerError(f"partner stored, but {url} could not be reached to introduce "
-                                f"ourselves ({exc!r}); run 'usagi partner add' again later") from None
-        partner = await self.ledger.partner(invitation.did)
-        assert partner is not None
-        return partner
+            await self._introduce(invitation)
+        return await self.ledger.add_partner(invitation.did, invitation.name, invitation.endpoint,
+                                             invitation.raw)
+
+    async def _introduce(self, invitation: Invitation) -> None:
+        """POST our introduction to the inviting node; return once it has accepted it."""
+        intro = make_invitation(self.identity, self.config.name, self.config.endpoint,
+                                self.now(), type="introduction", nonce=invitation.nonce,
+                                valid_for=INTRODUCTION_VALIDITY)
+        url = invitation.endpoint.rstrip("/") + INTRODUCE_PATH
+        try:
+            async with self.session.post(url, data=intro.raw, timeout=aiohttp.ClientTimeout(15),
+                                         headers={"Content-Type": CONTENT_TYPE},
+                                         allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise PeerError(f"{invitation.name} refused the introduction: "
+                                    f"{resp.status} {await _read_prefix(resp)}; nothing stored")
+                answer = await _read_capped(resp, SMALL_ANSWER, f"{invitation.name}'s answer")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PeerError(f"{url} could not be reached to introduce ourselves ({exc!r}); "
+                            "nothing stored: run 'usagi partner add' again later") from None
+        try:
+            accepted = json.loads(answer).get("ok") is True
+        except (ValueError, AttributeError, RecursionError):
+            accepted = False
+        if not accepted:
+            raise PeerError(f"{invitation.name} answered the introduction with "
+                            f"{answer[:300].decode('utf-8', 'replace')!r}, not "
+                            '{"ok": true}; nothing stored')
 
     async def accept_introduction(self, raw: bytes) -> Partner:
-        intro = parse_invitation(raw, now=self.now())
+        """A new partner answers one of our invitations (docs/spec.md section 10).
+
+        Valid at most INTRODUCTION_VALIDITY ahead (plus the clock allowance of
+        notices), for an invitation of ours not expired and used by no one else
+        (one conditional statement takes it). An introduction never changes a
+        partner already stored: a suspended or removed one is refused, an active
+        one answered as before; a new one gets a name no other partner has.
+        """
+        now = self.now()
+        intro = parse_invitation(raw, now=now)
         if intro.type != "introduction":
             raise PartnerError("expected an introduction")
+        if intro.expires > now + INTRODUCTION_VALIDITY + self.skew:
+            raise InvitationError(f"an introduction is valid for {INTRODUCTION_VALIDITY} at "
+                                  f"most, this one until {format_time(intro.expires)}")
         check_endpoint(intro.endpoint, scopes=self.endpoint_scopes)
-        why = await self.ledger.use_invitation(intro.nonce, intro.did, self.clock())
+        known = await self.ledger.partner(intro.did)
+        if known is not None and not known.active:
+            raise PartnerError(f"introduction refused: {intro.did} is {known.status} here, "
+                               "and an introduction does not change that")
+        why = await self.ledger.use_invitation(intro.nonce, intro.did, now.timestamp())
         if why is not None:
             raise PartnerError(f"introduction refused: {why}")
-        await self.ledger.add_partner(intro.did, intro.name, intro.endpoint, intro.raw)
-        partner = await self.ledger.partner(intro.did)
-        assert partner is not None
-        return partner
+        return await self.ledger.add_partner(intro.did, intro.name, intro.endpoint, intro.raw,
+                                             update=False)
 
     async def resolve_partner(self, key: str) -> Partner:
         partner = await self.ledger.find_partner(key)

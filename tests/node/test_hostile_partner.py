@@ -10,6 +10,7 @@ also checks that nothing the victim already held was lost or changed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -529,3 +530,190 @@ async def test_a_block_under_a_new_notice_gets_an_ack_for_that_notice(pair: Pair
     tables, blocks = await snapshot(seller)
     assert tables[2:4] == before[0][2:4] and blocks == before[1]  # stored once, ack kept
     assert len(tables[4]) == len(before[0][4]) + 1  # the new nonce is remembered
+
+
+# -- 7, 14: pairing -----------------------------------------------------------------------------
+
+
+async def pair_osaka(v: Victim) -> Identity:
+    """An honest partner, "Osaka Precision", paired the ordinary way."""
+    osaka = Identity.generate()
+    status, answer = await introduce(v, osaka, "http://127.0.0.1:9", name="Osaka Precision")
+    assert status == 200, answer
+    return osaka
+
+
+@pytest.mark.parametrize("state", ["suspended", "removed"])
+async def test_a_partner_set_aside_cannot_introduce_itself_back(tmp_path: Path,
+                                                                state: str) -> None:
+    mallory = Identity.generate()
+    async with victim(make_home(tmp_path / "kanto", "Kanto Machine Tools")) as v:
+        await pair_osaka(v)
+        invitation = await v.node.invite()
+        status, _ = await introduce(v, mallory, "http://127.0.0.1:9", nonce=invitation.nonce)
+        assert status == 200
+        await v.node.ledger.set_partner(mallory.did, status=state)
+        fresh = await v.node.invite()
+        before = await snapshot(v.node)
+        # The same introduction again, then one renaming itself, then a fresh invitation.
+        for nonce, name in ((invitation.nonce, "Mallory KK"),
+                            (invitation.nonce, "Osaka Precision"),
+                            (fresh.nonce, "Osaka Precision")):
+            status, answer = await introduce(v, mallory, "http://127.0.0.1:9", name=name,
+                                             nonce=nonce)
+            assert (status, answer["error"]) == (403, "unknown_partner"), answer
+            assert state in answer["message"]
+        assert await snapshot(v.node) == before  # status, name, the fresh invitation: unused
+        assert (await v.node.ledger.partner(mallory.did)).status == state  # type: ignore[union-attr]
+        assert (await v.node.resolve_partner("Osaka Precision")).name == "Osaka Precision"
+
+
+async def test_an_active_partner_cannot_rename_itself_by_introducing_again(tmp_path: Path) -> None:
+    mallory = Identity.generate()
+    async with victim(make_home(tmp_path / "kanto", "Kanto Machine Tools")) as v:
+        osaka = await pair_osaka(v)
+        invitation = await v.node.invite()
+        status, _ = await introduce(v, mallory, "http://127.0.0.1:9", nonce=invitation.nonce)
+        assert status == 200
+        before = await snapshot(v.node)
+        for nonce in (invitation.nonce, (await v.node.invite()).nonce):
+            status, answer = await introduce(v, mallory, "http://127.0.0.1:7/elsewhere",
+                                             name="Osaka Precision", nonce=nonce)
+            assert status == 200, answer  # nothing new: answered as before
+        tables, blocks = await snapshot(v.node)
+        assert tables[0] == before[0][0] and blocks == before[1]  # name, endpoint, status kept
+        assert (await v.node.resolve_partner("Osaka Precision")).did == osaka.did
+
+
+async def test_a_new_partner_cannot_take_a_name_in_use(tmp_path: Path) -> None:
+    async with victim(make_home(tmp_path / "kanto", "Kanto Machine Tools")) as v:
+        osaka = await pair_osaka(v)
+        before = await snapshot(v.node)
+        stored = []
+        for name in ("osaka precision", "ＯＳＡＫＡ PRECISION", "Osaka Precision (2)"):
+            newcomer = Identity.generate()
+            status, answer = await introduce(v, newcomer, "http://127.0.0.1:9", name=name)
+            assert status == 200, answer
+            stored.append((await v.node.ledger.partner(newcomer.did)).name)  # type: ignore[union-attr]
+        assert stored == ["osaka precision (2)", "ＯＳＡＫＡ PRECISION (3)", "Osaka Precision (2) (2)"]
+        # The first Osaka keeps its name, its row, and the name still finds it.
+        assert (await v.node.resolve_partner("Osaka Precision")).did == osaka.did
+        assert (await v.node.resolve_partner("osaka precision (2)")).name == stored[0]
+        tables, _ = await snapshot(v.node)
+        assert set(before[0][0]) <= set(tables[0])
+        sent = await v.node.send("quote", "Osaka Precision", {"ref": "Q-1", "lines": LINES})
+        assert sent.partner == osaka.did
+
+
+async def test_one_invitation_admits_one_key_even_at_once(tmp_path: Path) -> None:
+    """Introductions racing with one nonce, from different keys: exactly one is taken."""
+    async with victim(make_home(tmp_path / "kanto", "Kanto Machine Tools")) as v:
+        for _ in range(8):
+            invitation = await v.node.invite()
+            before = len(await v.node.ledger.partners())
+            keys = [Identity.generate() for _ in range(3)]
+            answers = await asyncio.gather(*[
+                introduce(v, key, "http://127.0.0.1:9", name="Racer KK", nonce=invitation.nonce)
+                for key in keys])
+            assert sorted(status for status, _ in answers) == [200, 403, 403], answers
+            winner = keys[[status for status, _ in answers].index(200)]
+            partners = await v.node.ledger.partners()
+            assert len(partners) == before + 1
+            assert {p.did for p in partners} & {k.did for k in keys} == {winner.did}
+            [used_by] = await v.node.ledger.db.execute_fetchall(
+                "SELECT used_by FROM invitations WHERE nonce = ?", (invitation.nonce,))
+            assert used_by[0] == winner.did
+        # Racing for one name with different invitations: all taken, each its own name.
+        answers = await asyncio.gather(*[
+            introduce(v, Identity.generate(), "http://127.0.0.1:9", name="Same Name KK")
+            for _ in range(4)])
+        assert [status for status, _ in answers] == [200] * 4
+        names = sorted(p.name for p in await v.node.ledger.partners() if "Same" in p.name)
+        assert names == ["Same Name KK", "Same Name KK (2)", "Same Name KK (3)",
+                         "Same Name KK (4)"]
+
+
+@pytest.mark.parametrize(("valid_for", "taken"), [
+    (timedelta(minutes=10), True),
+    (timedelta(minutes=15), True),   # within the clock allowance of notices (10 minutes)
+    (timedelta(minutes=21), False),
+    (timedelta(hours=24), False),
+])
+async def test_an_introduction_is_valid_ten_minutes_at_most(tmp_path: Path, valid_for: timedelta,
+                                                          taken: bool) -> None:
+    async with victim(make_home(tmp_path / "kanto", "Kanto Machine Tools")) as v:
+        invitation = await v.node.invite()
+        before = await snapshot(v.node)
+        status, answer = await introduce(v, Identity.generate(), "http://127.0.0.1:9",
+                                         nonce=invitation.nonce, valid_for=valid_for)
+        if taken:
+            assert status == 200, answer
+            return
+        assert (status, answer["error"]) == (400, "invalid_invitation"), answer
+        assert await snapshot(v.node) == before  # no partner, the invitation unused
+
+
+def bad_answer(status: int, body: bytes) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, body=body, content_type="application/json")
+    return answer
+
+
+@pytest.mark.parametrize("how", ["unreachable", "refused", "not ok", "not json", "endless"])
+async def test_partner_add_stores_nothing_the_partner_did_not_accept(tmp_path: Path,
+                                                                     how: str) -> None:
+    mallory = Identity.generate()
+    routes: dict[str, Handler] = {
+        "refused": {INTRODUCE_PATH: bad_answer(403, b'{"error": "unknown_partner"}')},
+        "not ok": {INTRODUCE_PATH: bad_answer(200, b'{"ok": false}')},
+        "not json": {INTRODUCE_PATH: bad_answer(200, b"[" * 4000)},
+        "endless": {INTRODUCE_PATH: Flood()},
+    }.get(how, {})
+    async with server(routes) as evil, \
+            victim(make_home(tmp_path / "osaka", "Osaka Precision")) as v:
+        endpoint = f"http://127.0.0.1:{free_port()}" if how == "unreachable" else evil.url
+        invitation = make_invitation(mallory, "Mallory KK", endpoint, v.node.now())
+        before = await snapshot(v.node)
+        with pytest.raises(UsagiError) as raised:
+            await v.node.add_partner(invitation.text())
+        assert raised.value.code == ("too_large" if how == "endless" else "peer_error")
+        assert await snapshot(v.node) == before
+        assert await v.node.ledger.partner(mallory.did) is None
+
+
+async def test_partner_add_again_once_the_partner_is_back(tmp_path: Path) -> None:
+    """The honest case of the rule above: a paste that could not be delivered is run again."""
+    kanto_home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
+    async with victim(make_home(tmp_path / "osaka", "Osaka Precision")) as osaka:
+        kanto = Node.load(kanto_home, None)
+        async with kanto:
+            text = (await kanto.invite()).text()
+        with pytest.raises(UsagiError) as raised:  # Kanto is not serving
+            await osaka.node.add_partner(text)
+        assert raised.value.code == "peer_error" and "nothing stored" in str(raised.value)
+        assert await osaka.node.ledger.partners() == []
+        async with victim(kanto_home) as k:
+            partner = await osaka.node.add_partner(text)
+            assert (partner.name, partner.status) == ("Kanto Machine Tools", "active")
+            assert (await k.node.ledger.partner(osaka.node.did)).status == "active"  # type: ignore[union-attr]
+            # And once more: nothing new on either side.
+            before = await snapshot(k.node), await snapshot(osaka.node)
+            assert await osaka.node.add_partner(text) == partner
+            assert (await snapshot(k.node), await snapshot(osaka.node)) == before
+
+
+def test_an_invitation_text_is_base64url_and_nothing_else() -> None:
+    from usagi_p2p.errors import InvitationError
+    from usagi_p2p.invitation import PREFIX, parse_invitation
+
+    now = datetime.now(UTC)
+    invitation = make_invitation(Identity.generate(), "Osaka Precision", "http://127.0.0.1:9", now)
+    text = invitation.text()
+    encoded = text[len(PREFIX):]
+    padded = PREFIX + encoded + "=" * (-len(encoded) % 4)
+    for good in (text, f"  {text}\n", padded):
+        assert parse_invitation(good, now=now).raw == invitation.raw
+    for bad in (text[:20] + "$" + text[20:], text[:20] + "+" + text[21:], text[:20] + " " + text[20:],
+                text + "===", PREFIX + "A"):
+        with pytest.raises(InvitationError):
+            parse_invitation(bad, now=now)
