@@ -279,7 +279,7 @@ class GatewayClient:
         try:
             async with self.session.get(
                 self._url(base_url, cid), params={"format": "raw"},
-                headers=request_headers, timeout=self.timeout,
+                headers=request_headers, timeout=self.timeout, allow_redirects=False,
             ) as response:
                 self._check_status(response, cid)
                 if (response.content_length or 0) > self.max_block:
@@ -320,7 +320,7 @@ class GatewayClient:
         try:
             async with self.session.get(
                 self._url(base_url, cid), params={"format": "car", "dag-scope": dag_scope},
-                headers=request_headers, timeout=self.timeout,
+                headers=request_headers, timeout=self.timeout, allow_redirects=False,
             ) as response:
                 self._check_status(response, cid)
                 reader = AsyncCARReader(

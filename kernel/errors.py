@@ -12,11 +12,14 @@ the node maps codes to statuses in one table.
     │   └── LimitExceededError       size, depth or length over a limit
     ├── EncodeError                  a value DAG-CBOR cannot carry (float NaN, set, …)
     ├── CIDMismatchError             bytes do not hash to the CID named
+    │   └── AckCIDMismatchError      an ack that names another CID than the one sent
     ├── DigestMismatchError          an ack that does not name what was sent
+    ├── AckNonceMismatchError        an ack that answers another notice
     ├── NotRecipientError            no recipient slot opens with this key
     ├── DecryptionError              a slot opened but the body does not
     ├── InvalidSignatureError        an Ed25519 signature does not verify
     ├── WrongSignerError             signed by someone other than who it must be
+    │   └── AckSignerError           an ack by someone other than the partner told
     ├── InvalidDocumentError         a document breaks a kernel rule
     ├── ThreadError                  a chain of documents does not hold together
     │   ├── ForeignThreadError       a link into a thread with other parties
@@ -91,6 +94,18 @@ class DigestMismatchError(UsagiError):
     code = "digest_mismatch"
 
 
+class AckCIDMismatchError(CIDMismatchError):
+    """The acknowledgement names another CID than the one sent: it is no receipt."""
+
+    code = "ack_cid_mismatch"
+
+
+class AckNonceMismatchError(UsagiError):
+    """The acknowledgement answers another notice (its nonce is not the notice's): it is no receipt."""
+
+    code = "ack_nonce_mismatch"
+
+
 class NotRecipientError(UsagiError):
     """This key is not one of the envelope's recipients."""
 
@@ -113,6 +128,12 @@ class WrongSignerError(UsagiError):
     """The signature is valid but made by a key that is not allowed to sign this."""
 
     code = "wrong_signer"
+
+
+class AckSignerError(WrongSignerError):
+    """The acknowledgement is signed by someone other than the partner the notice went to."""
+
+    code = "ack_wrong_signer"
 
 
 class InvalidDocumentError(UsagiError):
@@ -172,11 +193,14 @@ KERNEL_ERRORS: tuple[type[UsagiError], ...] = (
     LimitExceededError,
     EncodeError,
     CIDMismatchError,
+    AckCIDMismatchError,
     DigestMismatchError,
+    AckNonceMismatchError,
     NotRecipientError,
     DecryptionError,
     InvalidSignatureError,
     WrongSignerError,
+    AckSignerError,
     InvalidDocumentError,
     ThreadError,
     ForeignThreadError,

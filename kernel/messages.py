@@ -28,17 +28,19 @@ from . import dagcbor
 from .cid import CID
 from .document import format_time, parse_time
 from .errors import (
-    CIDMismatchError,
+    AckCIDMismatchError,
+    AckNonceMismatchError,
+    AckSignerError,
     DigestMismatchError,
     ExpiredError,
     MalformedError,
     WrongRecipientError,
-    WrongSignerError,
 )
 from .identity import Identity, party
 from .signed import open_signed, sign
 
-__all__ = ["Notice", "Ack", "make_notice", "open_notice", "make_ack", "open_ack", "ACK_STATUSES"]
+__all__ = ["Notice", "Ack", "make_notice", "open_notice", "notice_nonce", "make_ack", "open_ack",
+           "check_ack", "ACK_STATUSES"]
 
 ACK_STATUSES: Final = frozenset({"received", "accepted", "rejected"})
 MESSAGE_LIMITS: Final = dagcbor.Limits(max_size=4096, max_depth=2, max_length=16)
@@ -126,6 +128,18 @@ def open_notice(
     return Notice(body["cid"], body["from"], body["to"], body["nonce"], sent_at, raw)
 
 
+def notice_nonce(raw: bytes) -> bytes:
+    """The nonce of a notice this node made itself. Its signature is not checked:
+    anything received goes through :func:`open_notice`."""
+    wrapper = dagcbor.decode(raw, MESSAGE_LIMITS)
+    inner = wrapper.get("body") if type(wrapper) is dict else None
+    body = dagcbor.decode(inner, MESSAGE_LIMITS) if type(inner) is bytes else None
+    nonce = body.get("nonce") if type(body) is dict else None
+    if type(nonce) is not bytes or len(nonce) != 16:
+        raise MalformedError("not a notice")
+    return nonce
+
+
 def make_ack(
     receiver: Identity,
     *,
@@ -182,15 +196,20 @@ def open_ack(raw: bytes) -> Ack:
     )
 
 
-def check_ack(ack: Ack, *, cid: CID, by: str, digest: bytes) -> None:
-    """Raise unless ``ack`` is a receipt for exactly this block from exactly ``by``.
+def check_ack(ack: Ack, *, cid: CID, by: str, digest: bytes, nonce: bytes | None = None) -> None:
+    """Raise unless ``ack`` answers exactly this notice (``nonce``) about exactly this
+    block (``cid``, ``digest``), from exactly ``by`` (docs/spec.md section 8).
 
-    A rejected ack passes this check (it is a valid answer, not a receipt);
-    callers look at ``ack.ok``.
+    ``ack`` has been opened (:func:`open_ack`: signature and shape). A sender
+    passes the nonce of the notice it sent; a verifier of a stored ack that no
+    longer knows the notice passes None. A rejected ack passes this check (it
+    is a valid answer, not a receipt); callers look at ``ack.ok``.
     """
     if ack.by != by:
-        raise WrongSignerError(f"ack by {ack.by}, expected {by}")
+        raise AckSignerError(f"ack by {ack.by}, expected {by}")
     if ack.cid != cid:
-        raise CIDMismatchError(f"ack names {ack.cid}, expected {cid}")
+        raise AckCIDMismatchError(f"ack names {ack.cid}, expected {cid}")
+    if nonce is not None and ack.nonce != nonce:
+        raise AckNonceMismatchError(f"ack answers notice {ack.nonce.hex()}, not {nonce.hex()}")
     if ack.ok and ack.digest != digest:
         raise DigestMismatchError()

@@ -278,7 +278,9 @@ def partner() -> None:
 @click.option("--no-introduce", is_flag=True, help="Only store the partner; do not contact it.")
 @click.pass_context
 def partner_add(ctx: click.Context, invitation: str, no_introduce: bool) -> None:
-    """Add a partner from its invitation and introduce this node to it.
+    """Add a partner from its invitation: introduce this node to it, and store it once
+    it has accepted (if it cannot be reached, nothing is stored: run this again).
+    A name another partner already has is stored as "Name (2)".
 
     Example: usagi --home ./osaka partner add usagi1:oWNzaWdYQ…
     """

@@ -12,7 +12,8 @@ from typing import Final
 from kernel.errors import UsagiError
 
 __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "PartnerError",
-           "PeerError", "BodyTooLargeError", "OverloadedError", "http_status", "exit_code"]
+           "NameTakenError", "PeerError", "BodyTooLargeError", "OverloadedError", "http_status",
+           "exit_code"]
 
 
 class NodeError(UsagiError):
@@ -43,6 +44,12 @@ class PartnerError(NodeError):
     """No such partner, or the partner is not active."""
 
     code = "unknown_partner"
+
+
+class NameTakenError(PartnerError):
+    """Another partner already has that name: partner names are unique per node."""
+
+    code = "name_taken"
 
 
 class PeerError(NodeError):
@@ -86,11 +93,15 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "unknown_sender": (403, 77),
     "unknown_partner": (403, 69),
     "invalid_invitation": (400, 65),
+    "name_taken": (409, 65),
     "wrong_recipient": (421, 65),
     "expired": (400, 65),
     "replay": (409, 65),
     "cid_mismatch": (422, 1),
     "digest_mismatch": (422, 1),
+    "ack_wrong_signer": (401, 77),
+    "ack_cid_mismatch": (422, 1),
+    "ack_nonce_mismatch": (422, 1),
     "not_recipient": (403, 77),
     "decryption_failed": (422, 1),
     "block_not_found": (404, 66),

@@ -91,6 +91,9 @@ class Config:
     max_attempts: int = 8
     retry_base: float = 0.5
     retry_cap: float = 300.0
+    #: Partner endpoints on private, loopback or link-local addresses: True allows them,
+    #: False refuses them, unset (None) follows this node's own endpoint (docs/spec.md 10).
+    allow_private_endpoints: bool | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:

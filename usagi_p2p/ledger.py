@@ -31,6 +31,8 @@ from ipfs.sqlite import ONE_CALL, create_private, in_thread
 from kernel.cid import CID
 from kernel.thread import Held, canonical
 
+from .errors import NameTakenError
+
 __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow"]
 
 log = logging.getLogger("usagi.ledger")
@@ -151,6 +153,20 @@ def fold(text: str) -> str:
 def _strict_fold(text: str) -> str:
     """:func:`fold` without the İ tailoring: tells "İnci" from "Inci" when both exist."""
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+def free_name(name: str, taken: set[str]) -> str:
+    """``name``, or the first of ``name (2)``, ``name (3)``, … (at most 200 characters)
+    whose :func:`_strict_fold` is not in ``taken``."""
+    if _strict_fold(name) not in taken:
+        return name
+    n = 2
+    while True:
+        suffix = f" ({n})"
+        candidate = name[:200 - len(suffix)].rstrip() + suffix
+        if _strict_fold(candidate) not in taken:
+            return candidate
+        n += 1
 
 
 def _typed(exc: sqlite3.Error) -> StoreError:
@@ -323,6 +339,7 @@ class Ledger:
         await db.execute("PRAGMA foreign_keys=ON")
         await db.executescript(SCHEMA)
         await db.create_function("usagi_fold", 1, fold, deterministic=True)
+        await db.create_function("usagi_strict_fold", 1, _strict_fold, deterministic=True)
         self._db = db
         await self._migrate()
 
@@ -335,6 +352,7 @@ class Ledger:
         # nonces was WITHOUT ROWID: its ~400-byte rows (the ack is kept) made
         # every insert under a random nonce move rows around the B-tree (28 us
         # of CPU per row against 13 us as a rowid table). Copied once.
+        await self._unique_names()
         sql = await self._one("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'nonces'")
         if sql is not None and "WITHOUT ROWID" in str(sql[0]).upper():
             await self.write([
@@ -343,6 +361,30 @@ class Ledger:
                 ("INSERT INTO nonces SELECT sender, nonce, cid, ack, seen_at FROM nonces_without_rowid", ()),
                 ("DROP TABLE nonces_without_rowid", ()),
             ])
+
+    async def _unique_names(self) -> None:
+        """Partner names are unique (add_partner); a ledger made before that rule may
+        hold two partners under one name. The one added first keeps it; each later
+        one gets the next free ``name (2)``, … and a warning names it."""
+        rows = await self._all("SELECT did, name FROM partners WHERE status != 'rotated' "
+                               "ORDER BY added_at, did")
+        taken = {_strict_fold(name) for _, name in rows}
+        seen: set[str] = set()
+        renames = []
+        for did, name in rows:
+            key = _strict_fold(name)
+            if key in seen:
+                new = free_name(name, taken)
+                taken.add(_strict_fold(new))
+                seen.add(_strict_fold(new))
+                renames.append((did, name, new))
+            seen.add(key)
+        if renames:
+            await self.write([("UPDATE partners SET name = ? WHERE did = ?", (new, did))
+                              for did, _, new in renames])
+            for did, name, new in renames:
+                log.warning("partner %s shared the name %r with another: renamed %r", did, name,
+                            new)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -435,16 +477,52 @@ class Ledger:
         except sqlite3.Error as exc:
             log.debug("nothing rolled back: %s", exc)
 
+    async def _change(self, sql: str, args: Sequence[Any]) -> int:
+        """Run one statement as its own durable transaction; return how many rows it
+        changed (the way to write "only if" without a read and an await before it)."""
+        async with self._tx:
+            try:
+                async with self.db.execute(sql, tuple(args)) as cursor:
+                    return int(cursor.rowcount)
+            except sqlite3.Error as exc:
+                raise _typed(exc) from exc
+
     # -- partners -----------------------------------------------------------
 
-    async def add_partner(self, did: str, name: str, endpoint: str, invitation: bytes | None) -> None:
-        await self.write([(
-            "INSERT INTO partners (did, name, endpoint, status, added_at, invitation) "
-            "VALUES (?, ?, ?, 'active', ?, ?) ON CONFLICT(did) DO UPDATE SET "
-            "name=excluded.name, endpoint=excluded.endpoint, status='active', "
-            "invitation=coalesce(excluded.invitation, partners.invitation)",
-            (did, name, endpoint, time.time(), invitation),
-        )])
+    async def add_partner(self, did: str, name: str, endpoint: str, invitation: bytes | None,
+                          *, update: bool = True) -> Partner:
+        """Store a new partner, active, under a name no other partner has; return it.
+
+        Partner names are unique per node (docs/spec.md section 10): a new
+        partner whose name another partner (a rotated key aside) already has,
+        compared by :func:`_strict_fold`, is stored as ``name (2)``, ``name
+        (3)``, …, so every stored name finds exactly its partner. A partner
+        already stored keeps its name and status, which only this node's
+        operator changes (rename, suspend, resume); with ``update`` its endpoint
+        and invitation become the new ones (a pasted invitation), without it
+        nothing changes (an introduction).
+        """
+        while True:
+            taken = {r[0] for r in await self._all(
+                "SELECT usagi_strict_fold(name) FROM partners WHERE status != 'rotated'")}
+            # One statement: inserted only if the DID is new and the name still free,
+            # so a concurrent pairing cannot slip the same name in between.
+            inserted = await self._change(
+                "INSERT INTO partners (did, name, endpoint, status, added_at, invitation) "
+                "SELECT ?1, ?2, ?3, 'active', ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM partners "
+                "WHERE status != 'rotated' AND usagi_strict_fold(name) = usagi_strict_fold(?2)) "
+                "ON CONFLICT(did) DO NOTHING",
+                (did, free_name(name, taken), endpoint, time.time(), invitation))
+            known = await self.partner(did)
+            if inserted or known is not None:
+                break  # else the name was taken meanwhile: the next free one
+        assert known is not None
+        if not inserted and update:
+            await self._change("UPDATE partners SET endpoint = ?, invitation = coalesce(?, "
+                               "invitation) WHERE did = ?", (endpoint, invitation, did))
+            known = await self.partner(did)
+            assert known is not None
+        return known
 
     async def partner(self, did: str) -> Partner | None:
         row = await self._one(_PARTNER_SELECT + "WHERE did = ?", (did,))
@@ -478,7 +556,13 @@ class Ledger:
         if status is not None:
             await self.write([("UPDATE partners SET status = ? WHERE did = ?", (status, did))])
         if name is not None:
-            await self.write([("UPDATE partners SET name = ? WHERE did = ?", (name, did))])
+            # Names stay unique (see add_partner): one conditional statement.
+            if not await self._change(
+                    "UPDATE partners SET name = ?1 WHERE did = ?2 AND NOT EXISTS (SELECT 1 FROM "
+                    "partners WHERE did != ?2 AND status != 'rotated' AND "
+                    "usagi_strict_fold(name) = usagi_strict_fold(?1))", (name, did)):
+                if await self.partner(did) is not None:
+                    raise NameTakenError(f"another partner is called {name!r}")
 
     async def partner_rotated(self, old: str, new: str, valid_until: float) -> None:
         """A partner moved from ``old`` to ``new``: the new key takes its place, the
@@ -510,16 +594,22 @@ class Ledger:
                             (nonce, expires))])
 
     async def use_invitation(self, nonce: bytes, did: str, now: float) -> str | None:
-        """Mark an invitation used by ``did``; return why not, or None when it worked."""
+        """Mark an invitation used by ``did``; return why not, or None when it worked.
+
+        An invitation is used once: one conditional statement takes it, so of two
+        introductions racing with one nonce exactly one gets it. The DID that
+        used it may use it again (its introduction repeated: nothing new).
+        """
+        if await self._change(
+                "UPDATE invitations SET used_by = ?1 WHERE nonce = ?2 AND expires >= ?3 "
+                "AND (used_by IS NULL OR used_by = ?1)", (did, nonce, now)):
+            return None
         row = await self._one("SELECT expires, used_by FROM invitations WHERE nonce = ?", (nonce,))
         if row is None:
             return "this node issued no such invitation"
         if row[0] < now:
             return "the invitation has expired"
-        if row[1] is not None and row[1] != did:
-            return "the invitation was already used by another party"
-        await self.write([("UPDATE invitations SET used_by = ? WHERE nonce = ?", (did, nonce))])
-        return None
+        return "the invitation was already used by another party"
 
     # -- documents ----------------------------------------------------------
 

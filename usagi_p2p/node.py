@@ -22,6 +22,7 @@ Time is read from ``self.clock`` so tests can move it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -54,15 +55,34 @@ from kernel.errors import (
     WrongSignerError,
 )
 from kernel.identity import Identity
-from kernel.messages import MESSAGE_LIMITS, Notice, check_ack, make_ack, make_notice, open_ack, open_notice
+from kernel.messages import (
+    MESSAGE_LIMITS,
+    Notice,
+    check_ack,
+    make_ack,
+    make_notice,
+    notice_nonce,
+    open_ack,
+    open_notice,
+)
 from kernel.rotation import make_rotation, open_rotation
 from kernel.signed import open_signed
 from kernel.thread import Held, canonical, check_links
 
-from .errors import BodyTooLargeError, PartnerError, PeerError
+from .errors import BodyTooLargeError, InvitationError, PartnerError, PeerError
 from .home import Config, Home
 from .httpsig import sign_request
-from .invitation import Invitation, make_invitation, parse_invitation, printable
+from .invitation import (
+    EVERY_SCOPE,
+    INTRODUCTION_VALIDITY,
+    Invitation,
+    PublicResolver,
+    check_endpoint,
+    endpoint_scopes,
+    make_invitation,
+    parse_invitation,
+    printable,
+)
 from .ledger import DocumentRow, Ledger, Partner
 from .plugin_host import PluginHost, findings_json
 
@@ -89,6 +109,10 @@ CONTENT_TYPE: Final = "application/cbor"
 #: Ack reasons that refuse a document for now, not for good (docs/spec.md 11.1):
 #: the sender keeps the notice and tries again with its backoff.
 RETRY_LATER: Final = frozenset({UnknownPrevError.code})
+#: What is read of a partner's error answer (its start only; the rest is never read).
+ERROR_PREFIX: Final = 4096
+#: A partner's answer to an introduction or a rotation: a small JSON object.
+SMALL_ANSWER: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +126,43 @@ class SendResult:
 
 def _prev_bytes(prev: Sequence[CID]) -> bytes:
     return dagcbor.encode(list(prev))
+
+
+def acks_answer_limit(notices: int) -> int:
+    """The largest honest answer to a batch of ``notices``: that many acks, each at most
+    the 4 KiB of a message, with their CBOR heads, in a one-entry map."""
+    return 16 + notices * (MESSAGE_LIMITS.max_size + 5)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """A partner's answer body, at most ``limit`` bytes; BodyTooLargeError beyond it.
+
+    Reads one byte past the limit at most (enough to know it is too big), so a
+    partner answering gigabytes, announced or streamed, costs ``limit`` bytes
+    of memory; the rest is never read (the connection is closed, not reused).
+    """
+    if resp.content_length is not None and resp.content_length > limit:
+        raise BodyTooLargeError(f"{what} announces {resp.content_length} bytes (limit {limit})")
+    data = bytearray()
+    while len(data) <= limit:
+        chunk = await resp.content.read(limit + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    if len(data) > limit:
+        raise BodyTooLargeError(f"{what} is over {limit} bytes")
+    return bytes(data)
+
+
+async def _read_prefix(resp: aiohttp.ClientResponse, limit: int = ERROR_PREFIX) -> str:
+    """The start of a partner's error answer, as text: the message, never all of it."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await resp.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data[:300].decode("utf-8", "replace")
 
 
 def _log_batch(what: str, preposition: str, rows: list[tuple[DocumentRow, str]]) -> None:
@@ -151,6 +212,8 @@ class Node:
         # needs no store round trip. Bounded; the store stays the truth.
         self._recent: OrderedDict[CID, bytes] = OrderedDict()
         self.plugins = PluginHost.for_config(config)
+        #: Where partner requests may go (docs/spec.md 10, "Endpoints").
+        self.endpoint_scopes = endpoint_scopes(config.endpoint, config.allow_private_endpoints)
 
     @classmethod
     def load(cls, home: Home | str, passphrase: str | None, **kwargs: Any) -> Node:
@@ -177,7 +240,10 @@ class Node:
         await self.ledger.open()
         self._own_overlaps = {old: until for old, _, until, _ in await self.ledger.own_rotations()}
         await self.store.open()
-        connector = aiohttp.TCPConnector(limit=64, limit_per_host=32)
+        # Names a partner's endpoint uses are resolved through the endpoint policy.
+        resolver = (PublicResolver(self.endpoint_scopes)
+                    if self.endpoint_scopes != EVERY_SCOPE else None)
+        connector = aiohttp.TCPConnector(limit=64, limit_per_host=32, resolver=resolver)
         self._session = aiohttp.ClientSession(connector=connector)
         self._gateway = GatewayClient(self._session, timeout=30.0)
 
@@ -256,13 +322,20 @@ class Node:
         for partner in await self.ledger.partners():
             if not partner.active:
                 continue
-            url = partner.endpoint.rstrip("/") + ROTATE_PATH
+            try:
+                url = check_endpoint(partner.endpoint, scopes=self.endpoint_scopes)
+            except UsagiError as exc:
+                results[partner.name] = f"{exc.code}: {exc}"
+                continue
+            url = url.rstrip("/") + ROTATE_PATH
             try:
                 async with self.session.post(url, data=statement,
                                              headers={"Content-Type": CONTENT_TYPE},
-                                             timeout=aiohttp.ClientTimeout(total=15)) as resp:
+                                             timeout=aiohttp.ClientTimeout(total=15),
+                                             allow_redirects=False) as resp:
+                    # An answer of 200 is all we need: its body is not read.
                     results[partner.name] = ("ok" if resp.status == 200
-                                             else f"{resp.status} {await resp.text()}")
+                                             else f"{resp.status} {await _read_prefix(resp)}")
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 results[partner.name] = f"unreachable: {exc!r}"
         return results
@@ -291,43 +364,77 @@ class Node:
         return invitation
 
     async def add_partner(self, text: str, *, introduce: bool = True) -> Partner:
-        """Verify an invitation, store the partner, introduce ourselves to it."""
+        """Verify an invitation, introduce ourselves to it, and store the partner once
+        it has accepted (docs/spec.md section 10): an introduction refused or not
+        delivered stores nothing, and the same paste may simply be run again.
+        ``introduce=False`` stores the partner without contacting it."""
         invitation = parse_invitation(text, now=self.now())
         if invitation.type != "invitation":
             raise PartnerError("that is an introduction, not an invitation")
         if invitation.did == self.did:
             raise PartnerError("that invitation is your own")
-        await self.ledger.add_partner(invitation.did, invitation.name, invitation.endpoint,
-                                      invitation.raw)
+        check_endpoint(invitation.endpoint, scopes=self.endpoint_scopes)
+        known = await self.ledger.partner(invitation.did)
+        if known is not None and not known.active:
+            raise PartnerError(f"{known.name} is already a partner of this node, {known.status}; "
+                               "'usagi partner resume' exchanges with it again")
         if introduce:
-            intro = make_invitation(self.identity, self.config.name, self.config.endpoint,
-                                    self.now(), type="introduction", nonce=invitation.nonce,
-                                    valid_for=timedelta(minutes=10))
-            url = invitation.endpoint.rstrip("/") + INTRODUCE_PATH
-            try:
-                async with self.session.post(url, data=intro.raw, timeout=aiohttp.ClientTimeout(15),
-                                             headers={"Content-Type": CONTENT_TYPE}) as resp:
-                    if resp.status != 200:
-                        raise PeerError(f"{invitation.name} refused the introduction: "
-                                        f"{resp.status} {await resp.text()}")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise PeerError(f"partner stored, but {url} could not be reached to introduce "
-                                f"ourselves ({exc!r}); run 'usagi partner add' again later") from None
-        partner = await self.ledger.partner(invitation.did)
-        assert partner is not None
-        return partner
+            await self._introduce(invitation)
+        return await self.ledger.add_partner(invitation.did, invitation.name, invitation.endpoint,
+                                             invitation.raw)
+
+    async def _introduce(self, invitation: Invitation) -> None:
+        """POST our introduction to the inviting node; return once it has accepted it."""
+        intro = make_invitation(self.identity, self.config.name, self.config.endpoint,
+                                self.now(), type="introduction", nonce=invitation.nonce,
+                                valid_for=INTRODUCTION_VALIDITY)
+        url = invitation.endpoint.rstrip("/") + INTRODUCE_PATH
+        try:
+            async with self.session.post(url, data=intro.raw, timeout=aiohttp.ClientTimeout(15),
+                                         headers={"Content-Type": CONTENT_TYPE},
+                                         allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise PeerError(f"{invitation.name} refused the introduction: "
+                                    f"{resp.status} {await _read_prefix(resp)}; nothing stored")
+                answer = await _read_capped(resp, SMALL_ANSWER, f"{invitation.name}'s answer")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PeerError(f"{url} could not be reached to introduce ourselves ({exc!r}); "
+                            "nothing stored: run 'usagi partner add' again later") from None
+        try:
+            accepted = json.loads(answer).get("ok") is True
+        except (ValueError, AttributeError, RecursionError):
+            accepted = False
+        if not accepted:
+            raise PeerError(f"{invitation.name} answered the introduction with "
+                            f"{answer[:300].decode('utf-8', 'replace')!r}, not "
+                            '{"ok": true}; nothing stored')
 
     async def accept_introduction(self, raw: bytes) -> Partner:
-        intro = parse_invitation(raw, now=self.now())
+        """A new partner answers one of our invitations (docs/spec.md section 10).
+
+        Valid at most INTRODUCTION_VALIDITY ahead (plus the clock allowance of
+        notices), for an invitation of ours not expired and used by no one else
+        (one conditional statement takes it). An introduction never changes a
+        partner already stored: a suspended or removed one is refused, an active
+        one answered as before; a new one gets a name no other partner has.
+        """
+        now = self.now()
+        intro = parse_invitation(raw, now=now)
         if intro.type != "introduction":
             raise PartnerError("expected an introduction")
-        why = await self.ledger.use_invitation(intro.nonce, intro.did, self.clock())
+        if intro.expires > now + INTRODUCTION_VALIDITY + self.skew:
+            raise InvitationError(f"an introduction is valid for {INTRODUCTION_VALIDITY} at "
+                                  f"most, this one until {format_time(intro.expires)}")
+        check_endpoint(intro.endpoint, scopes=self.endpoint_scopes)
+        known = await self.ledger.partner(intro.did)
+        if known is not None and not known.active:
+            raise PartnerError(f"introduction refused: {intro.did} is {known.status} here, "
+                               "and an introduction does not change that")
+        why = await self.ledger.use_invitation(intro.nonce, intro.did, now.timestamp())
         if why is not None:
             raise PartnerError(f"introduction refused: {why}")
-        await self.ledger.add_partner(intro.did, intro.name, intro.endpoint, intro.raw)
-        partner = await self.ledger.partner(intro.did)
-        assert partner is not None
-        return partner
+        return await self.ledger.add_partner(intro.did, intro.name, intro.endpoint, intro.raw,
+                                             update=False)
 
     async def resolve_partner(self, key: str) -> Partner:
         partner = await self.ledger.find_partner(key)
@@ -486,20 +593,33 @@ class Node:
             state = partner.status if partner else "removed"
             await self._failed(rows, f"partner is {state}")
             return 0
-        body = dagcbor.encode(await self._batch_body(rows))
-        url = partner.endpoint.rstrip("/") + NOTICES_PATH
+        try:
+            url = check_endpoint(partner.endpoint, scopes=self.endpoint_scopes)
+        except UsagiError as exc:  # stored before the policy changed (config)
+            await self._failed(rows, f"{exc.code}: {exc}")
+            return 0
+        url = url.rstrip("/") + NOTICES_PATH
+        batch = await self._batch_body(rows)
+        body = dagcbor.encode(batch)
         try:
             async with self.session.post(url, data=body, headers={"Content-Type": CONTENT_TYPE},
-                                         timeout=aiohttp.ClientTimeout(total=60)) as resp:
-                payload = await resp.read()
+                                         timeout=aiohttp.ClientTimeout(total=60),
+                                         allow_redirects=False) as resp:
                 if resp.status != 200:
                     retry_after = resp.headers.get("Retry-After", "")
                     busy = resp.status in (429, 503)
                     await self._failed(rows, f"{partner.name} answered {resp.status}: "
-                                             f"{payload[:300].decode('utf-8', 'replace')}",
+                                             f"{await _read_prefix(resp)}",
                                        retry_after=float(retry_after) if retry_after.isdigit()
                                        else None, count=not busy)
                     return 0
+                # At most what ``len(rows)`` acks can be: a partner answering
+                # gigabytes costs this much memory, and the batch is retried.
+                payload = await _read_capped(resp, acks_answer_limit(len(rows)),
+                                             f"{partner.name}'s answer")
+        except BodyTooLargeError as exc:
+            await self._failed(rows, f"{exc.code}: {exc}")
+            return 0
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             await self._failed(rows, f"cannot reach {partner.name} at {url}: {exc!r}")
             return 0
@@ -512,29 +632,34 @@ class Node:
             await self._failed(rows, f"{partner.name} answered nonsense: {exc}")
             return 0
         delivered: list[tuple[CID, bytes, str, str | None, str]] = []
-        bad: list[Any] = []
+        bad: dict[str, tuple[list[Any], str]] = {}  # error code -> rows, the first message
+
+        def refuse(row: Any, exc: UsagiError) -> None:
+            log.warning("ack for %s is not a receipt: %s", row.cid, exc)
+            bad.setdefault(exc.code, ([], str(exc)))[0].append(row)
+
         # A partner that rotated its key acks with its new one.
         current = canonical(did, aliases)
-        pending = list(zip(rows, acks, strict=True))
+        # Each ack must answer its own notice: the nonce we sent (spec section 8).
+        nonces = [notice_nonce(raw) for raw in batch["notices"]]
+        pending = list(zip(rows, acks, nonces, strict=True))
         for last_try in (False, True):
             signer_unknown = []
-            for row, raw in pending:
+            for row, raw, nonce in pending:
                 try:
                     if type(raw) is not bytes:
                         raise MalformedError("an ack is a byte string")
                     ack = open_ack(raw)
                     check_ack(ack, cid=row.cid, by=current if ack.by == current else did,
-                              digest=digests[row.cid])
+                              digest=digests.get(row.cid, b""), nonce=nonce)
                 except WrongSignerError as exc:
                     if not last_try:
-                        signer_unknown.append((row, raw))
+                        signer_unknown.append((row, raw, nonce))
                         continue
-                    log.warning("ack for %s is not a receipt: %s", row.cid, exc)
-                    bad.append(row)
+                    refuse(row, exc)
                     continue
-                except (UsagiError, KeyError) as exc:
-                    log.warning("ack for %s is not a receipt: %s", row.cid, exc)
-                    bad.append(row)
+                except UsagiError as exc:
+                    refuse(row, exc)
                     continue
                 delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
             if not signer_unknown:
@@ -565,8 +690,8 @@ class Node:
             waiter = self._ack_waiters.pop(cid, None)
             if waiter is not None and not waiter.done() and cid in stored:
                 waiter.set_result(stored[cid])
-        if bad:
-            await self._failed(bad, "the partner's ack did not verify")
+        for code, (failed, message) in bad.items():
+            await self._failed(failed, f"{code}: the partner's ack is not a receipt ({message})")
         return len(delivered)
 
     async def _batch_body(self, rows: list[Any]) -> dict[str, Any]:
@@ -805,11 +930,20 @@ class Node:
             if opened.cid in already:  # the same block under a new notice: answer, store once
                 old = await self.ledger.ack(opened.cid)
                 if old is not None:
-                    acks[i] = old[0]
-                    await self.ledger.record_nonce(notice.sender, notice.nonce, notice.cid, old[0])
+                    # The same answer (status, digest), for this notice: a sender takes
+                    # an ack only for the nonce it sent (spec section 8).
+                    ack = make_ack(self.identity, cid=notice.cid, to=notice.sender,
+                                   nonce=notice.nonce, status=old[1], at=acked_at,
+                                   digest=opened.digest, reason=old[2])
+                    acks[i] = ack
+                    await self.ledger.record_nonce(notice.sender, notice.nonce, notice.cid, ack)
                     continue
-            if opened.cid in in_batch:  # named twice in this batch: one ack, one document
-                ack, row, prev = in_batch[opened.cid]
+            if opened.cid in in_batch:  # named twice in this batch: one document, and
+                # each notice its own ack (a sender takes an ack only for its nonce)
+                _, row, prev = in_batch[opened.cid]
+                ack = make_ack(self.identity, cid=notice.cid, to=notice.sender,
+                               nonce=notice.nonce, status="received", at=acked_at,
+                               digest=opened.digest)
                 statements_ok.append((notice, block, ack, row, prev))  # the nonce is stored
                 acks[i] = ack
                 continue

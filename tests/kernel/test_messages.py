@@ -12,6 +12,9 @@ from nacl.signing import VerifyKey
 from kernel import dagcbor
 from kernel.cid import CID
 from kernel.errors import (
+    AckCIDMismatchError,
+    AckNonceMismatchError,
+    AckSignerError,
     CIDMismatchError,
     DigestMismatchError,
     ExpiredError,
@@ -21,7 +24,7 @@ from kernel.errors import (
     WrongRecipientError,
     WrongSignerError,
 )
-from kernel.messages import check_ack, make_ack, make_notice, open_ack, open_notice
+from kernel.messages import check_ack, make_ack, make_notice, notice_nonce, open_ack, open_notice
 from kernel.signed import sign
 
 from ._support import BUYER, SELLER, STRANGER
@@ -222,6 +225,38 @@ def test_check_ack() -> None:
         check_ack(opened, cid=BLOCK_CID, by=STRANGER.did, digest=DIGEST)
     # a rejection is an answer, not a receipt: no digest to match
     check_ack(open_ack(REJECT_SNAPSHOT), cid=BLOCK_CID, by=SELLER.did, digest=DIGEST)
+
+
+def test_check_ack_names_each_mismatch() -> None:
+    """Each way an ack can answer something else has its own code (spec section 8)."""
+    opened = open_ack(ACK_SNAPSHOT)
+    check_ack(opened, cid=BLOCK_CID, by=SELLER.did, digest=DIGEST, nonce=NONCE)
+    cases = [
+        ({"by": STRANGER.did}, AckSignerError, "ack_wrong_signer"),
+        ({"cid": CID.for_block(b"other")}, AckCIDMismatchError, "ack_cid_mismatch"),
+        ({"nonce": bytes(16)}, AckNonceMismatchError, "ack_nonce_mismatch"),
+        ({"digest": b"\x12\x20" + b"\x01" * 32}, DigestMismatchError, "digest_mismatch"),
+    ]
+    for change, error, code in cases:
+        expected = {"cid": BLOCK_CID, "by": SELLER.did, "digest": DIGEST, "nonce": NONCE, **change}
+        with pytest.raises(error) as raised:
+            check_ack(opened, **expected)
+        assert raised.value.code == code
+    # A rejection answers a notice too: its nonce must match.
+    with pytest.raises(AckNonceMismatchError):
+        check_ack(open_ack(REJECT_SNAPSHOT), cid=BLOCK_CID, by=SELLER.did, digest=DIGEST,
+                  nonce=bytes(16))
+    # The named errors are the kinds callers already catch.
+    assert issubclass(AckSignerError, WrongSignerError)
+    assert issubclass(AckCIDMismatchError, CIDMismatchError)
+
+
+def test_notice_nonce_reads_our_own_notice() -> None:
+    raw = make_notice(BUYER, BLOCK_CID, SELLER.did, AT, nonce=NONCE)
+    assert notice_nonce(raw) == NONCE
+    for bad in (b"\xa0", dagcbor.encode({"body": b"\xa0"}), b"\xff"):
+        with pytest.raises(MalformedError):
+            notice_nonce(bad)
 
 
 def test_make_ack_arguments() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kernel import Identity
 from usagi_p2p.ledger import Ledger
 
@@ -76,6 +78,40 @@ async def test_names_match_caselessly_in_any_script(tmp_path: Path) -> None:
         assert (await ledger.find_partner("inci gıda")).did == f  # type: ignore[union-attr]
         assert await ledger.find_partner("inci") is None  # a prefix of both: ambiguous
         assert await ledger.find_partner("Süd") is None  # a prefix, not a substring
+        # Those two names differ, so both were stored as given (names are unique
+        # by the same strict fold that tells them apart above).
+        assert {(await ledger.partner(d)).name for d in (f, g)} == {"Inci Gıda", "İnci Gıda"}  # type: ignore[union-attr]
+
+
+async def test_partner_names_are_unique(tmp_path: Path) -> None:
+    from usagi_p2p.errors import NameTakenError
+
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        assert (await ledger.add_partner(A, "Osaka", "http://127.0.0.1:1", None)).name == "Osaka"
+        # Another DID under a taken name (any case or width): the next free name.
+        wide = await ledger.add_partner(B, "ＯＳＡＫＡ", "http://127.0.0.1:2", None)
+        assert wide.name == "ＯＳＡＫＡ (2)"
+        assert (await ledger.add_partner(C, "osaka", "http://127.0.0.1:3", None)).name == "osaka (3)"
+        long = "x" * 200
+        await ledger.add_partner(D, long, "http://127.0.0.1:4", None)
+        e = Identity(bytes([5]) * 32).did
+        assert (await ledger.add_partner(e, long, "http://127.0.0.1:5", None)).name == "x" * 196 + " (2)"
+        # A known DID keeps its name and status; a pasted invitation moves its endpoint.
+        await ledger.set_partner(A, status="suspended")
+        again = await ledger.add_partner(A, "Kanto", "http://127.0.0.1:9", b"invitation")
+        assert (again.name, again.status, again.endpoint) == ("Osaka", "suspended",
+                                                              "http://127.0.0.1:9")
+        kept = await ledger.add_partner(A, "Kanto", "http://127.0.0.1:8", None, update=False)
+        assert kept == again
+        # A rename into a taken name is refused; into its own name (another case) it works.
+        with pytest.raises(NameTakenError):
+            await ledger.set_partner(B, name="Osaka")
+        assert (await ledger.partner(B)).name == "ＯＳＡＫＡ (2)"  # type: ignore[union-attr]
+        await ledger.set_partner(A, name="OSAKA")
+        assert (await ledger.partner(A)).name == "OSAKA"  # type: ignore[union-attr]
+        # A rotated key's row keeps its name beside its successor's.
+        await ledger.partner_rotated(A, Identity(bytes([9]) * 32).did, valid_until=0.0)
+        assert (await ledger.find_partner("osaka")).did == Identity(bytes([9]) * 32).did  # type: ignore[union-attr]
 
 
 def _row(i: int, partner: str) -> tuple[object, bytes, bytes]:

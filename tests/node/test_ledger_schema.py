@@ -71,3 +71,28 @@ async def test_a_new_ledger_has_8k_pages_and_an_old_one_keeps_4k(tmp_path: Path)
     async with Ledger(str(old)) as ledger:
         assert await ledger.seen_nonce(sender, b"n" * 16) == (CID.for_block(b"x"), b"ack")
     assert _page_size(old) == 4096
+
+
+async def test_a_ledger_with_two_partners_under_one_name_opens_with_unique_names(
+        tmp_path: Path) -> None:
+    """Before names were unique, a partner could introduce itself again under another
+    partner's name. The first one added keeps the name; the later ones are renamed."""
+    from kernel.identity import Identity
+
+    path = tmp_path / "ledger.db"
+    a, b, c, d = (Identity(bytes([i]) * 32).did for i in range(1, 5))
+    async with Ledger(str(path)):
+        pass
+    db = sqlite3.connect(path)
+    db.executemany("INSERT INTO partners (did, name, endpoint, status, added_at) VALUES "
+                   "(?, ?, 'http://127.0.0.1:9', ?, ?)",
+                   [(b, "Alice Co", "active", 2.0), (a, "Alice Co", "active", 1.0),
+                    (c, "ALICE CO", "suspended", 3.0), (d, "Alice Co (2)", "active", 4.0)])
+    db.commit()
+    db.close()
+    async with Ledger(str(path)) as ledger:
+        names = {p.did: p.name for p in await ledger.partners()}
+        assert names == {a: "Alice Co", b: "Alice Co (3)", c: "ALICE CO (4)", d: "Alice Co (2)"}
+        assert (await ledger.find_partner("Alice Co")).did == a  # type: ignore[union-attr]
+    async with Ledger(str(path)) as ledger:  # and once only
+        assert {p.did: p.name for p in await ledger.partners()} == names
