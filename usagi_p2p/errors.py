@@ -75,6 +75,7 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "invalid_document": (422, 65),
     "invalid_thread": (422, 1),
     "plugin_rejected": (422, 65),
+    "unknown_kind": (422, 65),
     "archive_invalid": (422, 1),
     "archive_foreign": (403, 77),
     "pinning_failed": (502, 69),

@@ -202,14 +202,18 @@ class Node:
 
     def open_envelope(self, block: bytes, cid: CID | None = None) -> kenvelope.Opened:
         """Open with the current key, else with a retired one (documents sealed before a
-        rotation, or by a partner during its overlap)."""
-        kinds = self.plugins.kinds()
+        rotation, or by a partner during its overlap).
+
+        By the kernel's rules alone, whatever plugins are enabled today: a stored
+        document verifies the same after a plugin is enabled or disabled. What
+        arrives is held to the enabled plugins' kinds on receipt (``_open``).
+        """
         try:
-            return kenvelope.open(block, self.identity, cid, kinds=kinds)
+            return kenvelope.open(block, self.identity, cid)
         except NotRecipientError:
             for old in self.retired:
                 try:
-                    return kenvelope.open(block, old, cid, kinds=kinds)
+                    return kenvelope.open(block, old, cid)
                 except NotRecipientError:
                     continue
             raise
@@ -368,7 +372,6 @@ class Node:
         unreferenced ciphertext block, never a queued notice without its block.
         """
         prepared = []
-        kinds = self.plugins.kinds()
         partners: dict[str, Partner] = {}
         for kind, partner_key, body, reply_to in items:
             partner = partners.get(partner_key) or await self.resolve_partner(partner_key)
@@ -382,7 +385,9 @@ class Node:
             # Warnings travel with the document; an error (a field a plugin
             # requires on its own kind) refuses it before anything is stored.
             findings = self.plugins.check(document, user=user)
-            sealed = kenvelope.seal(document, self.identity, kinds=kinds)
+            # The kernel's rules only: which plugin kinds it takes is the
+            # receiver's to say (spec section 12), on receipt.
+            sealed = kenvelope.seal(document, self.identity)
             prepared.append((partner, document, sealed, findings))
             if len(prepared) % YIELD_EVERY == 0:
                 # Sealing is CPU work; a long send must not hold deliveries
@@ -849,6 +854,10 @@ class Node:
                 raise WrongSignerError("the document is signed by someone other than the notice's sender")
             if opened.document["to"] not in {self.did, *(i.did for i in self.retired)}:
                 raise WrongSignerError("the document is not addressed to this node")
+            # A kind no enabled plugin declares is refused here, on receipt, and
+            # never judged again: a stored document verifies whatever plugins
+            # are enabled later (spec section 12).
+            self.plugins.check_kind(opened.document)
             # The whole company's plugins judge what arrives (the document's
             # "user" is the sender's employee, not one of ours).
             findings = self.plugins.check(opened.document)
