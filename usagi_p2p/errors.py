@@ -12,7 +12,8 @@ from typing import Final
 from kernel.errors import UsagiError
 
 __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "PartnerError",
-           "PeerError", "BodyTooLargeError", "OverloadedError", "http_status", "exit_code"]
+           "PeerError", "BodyTooLargeError", "OverloadedError", "DuplicateError", "TEMPORARY",
+           "http_status", "exit_code"]
 
 
 class NodeError(UsagiError):
@@ -63,6 +64,18 @@ class OverloadedError(NodeError):
     code = "overloaded"
 
 
+class DuplicateError(NodeError):
+    """This signed document is already recorded under another envelope."""
+
+    code = "duplicate"
+
+
+#: The reasons of a rejected ack that mean "not now" rather than "never"
+#: (docs/spec.md section 11.1): the receiver keeps no record of the notice, and
+#: the sender keeps it queued and sends it again later, same nonce. Every other
+#: reason, and any reason not known here, is final.
+TEMPORARY: Final = frozenset({"block_not_found", "store_unavailable", "store_error"})
+
 #: error code -> (HTTP status, CLI exit code). Anything not listed: 400 / 1.
 _TABLE: Final[dict[str, tuple[int, int]]] = {
     "malformed": (400, 65),
@@ -76,6 +89,7 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "invalid_thread": (422, 1),
     "plugin_rejected": (422, 65),
     "unknown_kind": (422, 65),
+    "duplicate": (409, 65),
     "archive_invalid": (422, 1),
     "archive_foreign": (403, 77),
     "pinning_failed": (502, 69),

@@ -56,7 +56,7 @@ from kernel.rotation import make_rotation, open_rotation
 from kernel.signed import open_signed
 from kernel.thread import canonical
 
-from .errors import BodyTooLargeError, PartnerError, PeerError
+from .errors import TEMPORARY, BodyTooLargeError, DuplicateError, PartnerError, PeerError
 from .home import Config, Home
 from .httpsig import sign_request
 from .invitation import Invitation, make_invitation, parse_invitation, printable
@@ -144,6 +144,7 @@ class Node:
         # Blocks sealed here recently, so pushing them with their notices
         # needs no store round trip. Bounded; the store stays the truth.
         self._recent: OrderedDict[CID, bytes] = OrderedDict()
+        self._last_issued: datetime | None = None
         self.plugins = PluginHost.for_config(config)
 
     @classmethod
@@ -341,7 +342,7 @@ class Node:
         document: dict[str, Any] = {k: v for k, v in body.items()
                                     if k not in ("v", "kind", "from", "to", "issued_at",
                                                  "thread", "prev")}
-        document.update(v=1, kind=kind, issued_at=format_time(self.now()),
+        document.update(v=1, kind=kind, issued_at=self._issue_time(),
                         to=partner.did)
         document["from"] = self.did
         if user:
@@ -355,6 +356,17 @@ class Node:
             document["thread"] = answered.thread
             document["prev"] = [reply_to]
         return document
+
+    def _issue_time(self) -> str:
+        """Now, but always after the last document this node issued: two documents
+        with the same content sent in one clock tick (a coarse or a test clock)
+        still differ in their signed bytes, which a receiver records once
+        (spec section 11.1, "One signed document, one record")."""
+        now = self.now()
+        if self._last_issued is not None and now <= self._last_issued:
+            now = self._last_issued + timedelta(microseconds=1)
+        self._last_issued = now
+        return format_time(now)
 
     async def send(self, kind: str, partner_key: str, body: dict[str, Any], *,
                    reply_to: CID | None = None, user: str | None = None) -> SendResult:
@@ -393,7 +405,7 @@ class Node:
                 # Sealing is CPU work; a long send must not hold deliveries
                 # and incoming acks back for its whole length.
                 await asyncio.sleep(0)
-        await self.store.put_many([sealed.block for _, _, sealed, _ in prepared])
+        await self._put_recorded([(sealed.cid, sealed.block) for _, _, sealed, _ in prepared])
         cids = [sealed.cid for _, _, sealed, _ in prepared]
         try:
             if not isinstance(self.store, SQLiteBlockStore):
@@ -426,6 +438,23 @@ class Node:
             raise
         self.wake.set()
         return results
+
+    async def _put_recorded(self, blocks: Sequence[tuple[CID, bytes]]) -> None:
+        """Put blocks the ledger is about to record, each under its CID.
+
+        The one place where a block and the CID its ledger row will carry meet,
+        sent or received: the store names every block itself (CIDv1 dag-cbor
+        sha2-256), and a row naming any other CID would name a block the store
+        cannot return (spec section 2). The kernel already refuses such CIDs on
+        notices and envelopes; this holds the invariant against every path.
+        """
+        filed = await self.store.put_many([block for _, block in blocks])
+        wrong = [(cid, got) for (cid, _), got in zip(blocks, filed, strict=True) if got != cid]
+        if wrong:
+            await self._discard([got for _, got in wrong])  # unless recorded for themselves
+            cid, got = wrong[0]
+            raise CIDMismatchError(f"{cid} would be recorded for a block the store files "
+                                   f"as {got}")
 
     async def _discard(self, cids: list[CID]) -> None:
         """Best effort: forget blocks this node just stored and never recorded.
@@ -512,6 +541,7 @@ class Node:
             return 0
         delivered: list[tuple[CID, bytes, str, str | None, str]] = []
         bad: list[Any] = []
+        later: list[tuple[Any, str]] = []  # refused for now (spec 11.1): sent again later
         # A partner that rotated its key acks with its new one.
         current = canonical(did, aliases)
         pending = list(zip(rows, acks, strict=True))
@@ -534,6 +564,9 @@ class Node:
                 except (UsagiError, KeyError) as exc:
                     log.warning("ack for %s is not a receipt: %s", row.cid, exc)
                     bad.append(row)
+                    continue
+                if not ack.ok and ack.reason in TEMPORARY:
+                    later.append((row, ack.reason))
                     continue
                 delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
             if not signer_unknown:
@@ -560,6 +593,11 @@ class Node:
                 waiter.set_result(stored[cid])
         if bad:
             await self._failed(bad, "the partner's ack did not verify")
+        if later:
+            # Not an answer yet: the partner keeps no record of these notices and
+            # takes them again (same nonce), an attempt later.
+            await self._failed([row for row, _ in later],
+                               f"{partner.name} cannot take it now: {later[0][1]}")
         return len(delivered)
 
     async def _batch_body(self, rows: list[Any]) -> dict[str, Any]:
@@ -759,10 +797,18 @@ class Node:
             nonces.setdefault(notice.sender, []).append(notice.nonce)
         seen, self._aliases, already = await self.ledger.receiving(
             nonces, [n.cid for n in notices])
+        # A nonce identifies a notice only with its sender: another partner's
+        # nonce never matches, and one notice twice in a batch gets one answer.
+        first_of: dict[tuple[str, bytes], int] = {}
+        copies: list[tuple[int, int]] = []  # (i, j): notice i repeats notice j
         for i, notice in enumerate(notices):
-            if notice.nonce in seen:
-                acks[i] = seen[notice.nonce]  # a replay gets the answer already given
+            key = (notice.sender, notice.nonce)
+            if key in seen:
+                acks[i] = seen[key]  # a replay gets the answer already given
+            elif key in first_of:
+                copies.append((i, first_of[key]))
             else:
+                first_of[key] = i
                 fresh.append(i)
         semaphore = asyncio.Semaphore(FETCH_CONCURRENCY)
 
@@ -780,18 +826,27 @@ class Node:
             # Fetching took a while: read again which documents are stored.
             already = await self.ledger.digests(
                 [o[0].cid for _, o in taken if not isinstance(o, UsagiError)])
+        # One signed document, one record: the CIDs these signed documents are
+        # recorded under already, if any (another envelope of the same document).
+        holders = await self.ledger.by_digest(
+            [o[0].digest for _, o in taken if not isinstance(o, UsagiError)])
         statements_ok: list[tuple[Notice, Any, bytes, DocumentRow, bytes]] = []
         # One time for the batch's acks, signed into each and stored beside it.
         acked_at = self.now()
         acked_text = format_time(acked_at)
+
+        def refuse(i: int, error: UsagiError) -> None:
+            notice = notices[i]
+            acks[i] = make_ack(self.identity, cid=notice.cid, to=notice.sender,
+                               nonce=notice.nonce, status="rejected", at=acked_at,
+                               reason=error.code)
+            rejected.append((notice.cid, error))
+
         in_batch: dict[CID, tuple[bytes, DocumentRow, bytes]] = {}  # ack, row, prev
         for i, outcome in taken:
             notice = notices[i]
             if isinstance(outcome, UsagiError):
-                acks[i] = make_ack(self.identity, cid=notice.cid, to=notice.sender,
-                                   nonce=notice.nonce, status="rejected", at=acked_at,
-                                   reason=outcome.code)
-                rejected.append((notice.cid, outcome))
+                refuse(i, outcome)
                 continue
             opened, block, findings = outcome
             if opened.cid in already:  # the same block under a new notice: answer, store once
@@ -805,6 +860,12 @@ class Node:
                 statements_ok.append((notice, block, ack, row, prev))  # the nonce is stored
                 acks[i] = ack
                 continue
+            holder = holders.get(opened.digest)
+            if holder is not None and holder != opened.cid:
+                refuse(i, DuplicateError(f"the signed document in {opened.cid} is recorded "
+                                         f"already, as {holder}"))
+                continue
+            holders[opened.digest] = opened.cid
             ack = make_ack(self.identity, cid=notice.cid, to=notice.sender, nonce=notice.nonce,
                            status="received", at=acked_at, digest=opened.digest)
             doc = opened.document
@@ -819,18 +880,29 @@ class Node:
         if statements_ok:
             # Durable first: the blocks, then documents + acks + nonces in one
             # transaction. Only after both commits does any ack leave.
-            await self.store.put_many([s[1] for s in statements_ok])
-            await self.ledger.record_received_many([
+            await self._put_recorded([(s[3].cid, s[1]) for s in statements_ok])
+            lost = await self.ledger.record_received_many([
                 (row, prev, ack, "received", acked_text, notice.sender, notice.nonce)
                 for notice, _block, ack, row, prev in statements_ok
             ])
+            if lost:
+                # A batch that raced this one recorded the same signed documents
+                # under other envelopes: nothing of these was written.
+                for i, notice in enumerate(notices):
+                    if notice.cid in lost and acks[i] == in_batch[notice.cid][0]:
+                        refuse(i, DuplicateError(f"the signed document in {notice.cid} was "
+                                                 "recorded meanwhile under another envelope"))
+                await self._discard(list(lost))
             _log_batch("received", "from", [(s[3], names.get(s[0].sender, s[0].sender))
-                                             for s in {s[3].cid: s for s in statements_ok}.values()])
+                                             for s in {s[3].cid: s for s in statements_ok}.values()
+                                             if s[3].cid not in lost])
         if rejected:
             sender = printable(", ".join(sorted(names.values())))
             first_cid, first = rejected[0]
             activity.warning("rejected %d document(s) from %s, e.g. %s: %s (%s)", len(rejected),
                              sender, first_cid, first.code, printable(first))
+        for i, j in copies:
+            acks[i] = acks[j]
         return [a for a in acks if a is not None]
 
     async def _take(self, notice: Notice, block: bytes | None) -> Any:
