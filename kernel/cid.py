@@ -35,6 +35,8 @@ MAX_DIGEST: Final = 128
 
 _V1_SHA256_DAG_CBOR: Final = b"\x01\x71\x12\x20"
 _V1_SHA256_RAW: Final = b"\x01\x55\x12\x20"
+#: Length of a CIDv1 / dag-cbor / sha2-256 CID in binary: 4 prefix bytes and the digest.
+_BLOCK_CID_LENGTH: Final = 36
 
 
 def encode_varint(value: int) -> bytes:
@@ -224,6 +226,18 @@ class CID:
 
     def __lt__(self, other: CID) -> bool:
         return self.raw < other.raw
+
+
+def is_block_cid(cid: CID) -> bool:
+    """Whether ``cid`` has the one form a usagi block is named by (docs/spec.md
+    section 2): CIDv1, dag-cbor, sha2-256, a 32-byte digest.
+
+    It is the form every block store files a block under (``BlockStore.put``
+    computes it), so a CID of any other form, even one the block hashes to,
+    names a block that no store of ours can be asked for.
+    """
+    raw = cid.raw
+    return len(raw) == _BLOCK_CID_LENGTH and raw[:4] == _V1_SHA256_DAG_CBOR
 
 
 def as_cid(value: CID | str | bytes) -> CID:

@@ -18,6 +18,12 @@
 
 The block's CID is CIDv1 / dag-cbor / sha2-256 of the envelope bytes. A holder
 of the block without a party's key sees random bytes of a bucketed length.
+
+An opener holds a sender to that form: a document envelope has exactly two
+slots (v1: a third would seal the document to someone the receiver cannot
+see), and its padded plaintext is exactly the bucket of the signed document
+(:func:`open`); any other envelope (an archive's manifest page has one slot)
+is opened with :func:`open_plaintext`, which checks the bucket too.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 
 from . import dagcbor
-from .cid import CID, DAG_CBOR
+from .cid import CID, is_block_cid
 from .document import validate_document
 from .errors import (
     CIDMismatchError,
@@ -50,6 +56,9 @@ ENVELOPE_VERSION: Final = 1
 AD_LABEL: Final = b"usagi-p2p/v1/envelope\x00"
 SLOT_SIZE: Final = 80  # 32-byte ephemeral key + 16-byte MAC + 32-byte content key
 MAX_SLOTS: Final = 16
+#: Slots of a document envelope in v1: its two parties, no one else.
+DOCUMENT_SLOTS: Final = 2
+MAC_SIZE: Final = 16
 MIN_BUCKET: Final = 512
 LARGE_STEP: Final = 64 * 1024
 MAX_BLOCK: Final = 1 << 20
@@ -87,6 +96,13 @@ def bucket(size: int) -> int:
             target <<= 1
         return target
     return -(-need // LARGE_STEP) * LARGE_STEP
+
+
+def is_bucket(size: int) -> bool:
+    """Whether ``size`` is a length :func:`bucket` can return."""
+    if size <= LARGE_STEP:
+        return size >= MIN_BUCKET and size & (size - 1) == 0
+    return size % LARGE_STEP == 0
 
 
 def pad(data: bytes, size: int) -> bytes:
@@ -185,8 +201,8 @@ def seal(
 ) -> Sealed:
     """Sign ``document`` as ``sender`` and seal it to its parties.
 
-    ``parties`` defaults to the document's ``from`` and ``to``; both must be
-    among them, and the sender must be ``from``.
+    ``parties`` defaults to the document's ``from`` and ``to``, and may only
+    name those two; the sender must be ``from``.
     """
     validate_document(document, kinds)
     author, to = document["from"], document["to"]
@@ -196,10 +212,9 @@ def seal(
         recipients = [author, to]  # distinct: validation refuses a document to oneself
     else:
         recipients = list(dict.fromkeys(parties))
-        if author not in recipients or to not in recipients:
-            raise InvalidDocumentError("both parties of the document must be recipients")
-        if len(recipients) > MAX_SLOTS:
-            raise InvalidDocumentError(f"at most {MAX_SLOTS} recipients")
+        if set(recipients) != {author, to}:
+            # v1: the two parties and no one else (an opener refuses any other count).
+            raise InvalidDocumentError("a document is sealed to its two parties exactly")
     return seal_signed(sign_bytes(sender, "document", dagcbor.encode(document)), recipients)
 
 
@@ -227,7 +242,7 @@ except ImportError:
     _envelope_parts = None  # type: ignore[assignment]
 
 
-def _parse(block: bytes) -> tuple[bytes, bytes, list[bytes]]:
+def _parse(block: bytes, slot_count: int | None = None) -> tuple[bytes, bytes, list[bytes]]:
     parts = _envelope_parts(block) if _envelope_parts is not None and len(block) <= MAX_BLOCK else None
     if parts is not None:  # the canonical shape (version 1), read in one C call
         ciphertext, nonce, slots = parts
@@ -238,25 +253,39 @@ def _parse(block: bytes) -> tuple[bytes, bytes, list[bytes]]:
         if env["v"] != ENVELOPE_VERSION or type(env["v"]) is not int:
             raise MalformedError(f"unsupported envelope version {env['v']!r}")
         ciphertext, nonce, slots = env["c"], env["n"], env["s"]
-    if type(ciphertext) is not bytes or len(ciphertext) < MIN_BUCKET + 16:
+    if type(ciphertext) is not bytes or len(ciphertext) < MIN_BUCKET + MAC_SIZE:
         raise MalformedError("envelope ciphertext missing or too short")
+    if not is_bucket(len(ciphertext) - MAC_SIZE):
+        # Seen without a key: a length outside the buckets would tell a holder
+        # of the block more about the document than its bucket does.
+        raise MalformedError(f"envelope ciphertext of {len(ciphertext)} bytes: the padded "
+                             "plaintext is not a bucket length")
     if type(nonce) is not bytes or len(nonce) != 24:
         raise MalformedError("envelope nonce must be 24 bytes")
     if type(slots) is not list or not 1 <= len(slots) <= MAX_SLOTS:
         raise MalformedError(f"an envelope has 1..{MAX_SLOTS} slots")
+    if slot_count is not None and len(slots) != slot_count:
+        raise MalformedError(f"a document envelope has exactly {slot_count} slots, not {len(slots)}")
     for slot in slots:
         if type(slot) is not bytes or len(slot) != SLOT_SIZE:
             raise MalformedError(f"a slot is {SLOT_SIZE} bytes")
     return ciphertext, nonce, slots
 
 
-def open_plaintext(block: bytes, me: Identity, cid: CID | None = None) -> bytes:
-    """Check the CID, find my slot, decrypt and unpad; return the signed bytes."""
+def open_plaintext(block: bytes, me: Identity, cid: CID | None = None, *,
+                   slot_count: int | None = None) -> bytes:
+    """Check the CID, find my slot, decrypt and unpad; return the signed bytes.
+
+    ``slot_count``: the exact number of slots the envelope must have (any of
+    1..16 when None). Either way the padded plaintext must be exactly the
+    bucket of the bytes it pads (MalformedError otherwise).
+    """
     if cid is not None:
-        if cid.codec != DAG_CBOR:
-            raise CIDMismatchError(f"an envelope's CID names codec dag-cbor, not 0x{cid.codec:x}")
+        if not is_block_cid(cid):
+            raise CIDMismatchError(f"an envelope is named by a CIDv1 dag-cbor sha2-256 CID, "
+                                   f"not {cid}")
         cid.verify(block)
-    ciphertext, nonce, slots = _parse(block)
+    ciphertext, nonce, slots = _parse(block, slot_count)
     key = unwrap(slots, me.x25519_public, me.x25519_secret)
     if key is None or len(key) != 32:
         raise NotRecipientError()
@@ -266,16 +295,25 @@ def open_plaintext(block: bytes, me: Identity, cid: CID | None = None) -> bytes:
         )
     except (CryptoError, ValueError):
         raise DecryptionError() from None
-    return unpad(padded)
+    plaintext = unpad(padded)
+    if bucket(len(plaintext)) != len(padded):
+        # A bucket, but a larger one than the content needs: padding is the
+        # sender's only free choice of length, and v1 leaves it none.
+        raise MalformedError(f"{len(plaintext)} bytes padded to {len(padded)}, not to "
+                             f"their bucket of {bucket(len(plaintext))}")
+    return plaintext
 
 
 def open(block: bytes, me: Identity, cid: CID | None = None, *, kinds: Iterable[str] = ()) -> Opened:  # noqa: A001
     """Open an envelope as ``me``: the verified, validated document inside.
 
-    Raises CIDMismatchError, DecodeError, NotRecipientError, DecryptionError,
-    InvalidSignatureError, WrongSignerError or InvalidDocumentError.
+    Raises CIDMismatchError, DecodeError (MalformedError too for an envelope
+    of other than two slots or padded past its bucket), NotRecipientError,
+    DecryptionError, InvalidSignatureError, WrongSignerError or
+    InvalidDocumentError. ``kinds`` are the namespaced kinds to accept; none
+    (the default) accepts any well-formed one (docs/spec.md section 5).
     """
-    signed = open_plaintext(block, me, cid)
+    signed = open_plaintext(block, me, cid, slot_count=DOCUMENT_SLOTS)
     result = open_signed(signed, "document", "from", DOCUMENT_LIMITS)
     document = result.body
     validate_document(document, kinds)

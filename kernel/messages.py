@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 from . import dagcbor
-from .cid import CID
+from .cid import CID, is_block_cid
 from .document import format_time, parse_time
 from .errors import (
     AckCIDMismatchError,
@@ -88,6 +88,8 @@ def make_notice(
     sender: Identity, cid: CID, to: str, sent_at: datetime, nonce: bytes | None = None
 ) -> bytes:
     party(to)
+    if not is_block_cid(cid):
+        raise ValueError("a notice names a block by a CIDv1 dag-cbor sha2-256 CID")
     if nonce is not None and (type(nonce) is not bytes or len(nonce) != 16):
         raise ValueError("a notice nonce is 16 bytes")
     if sent_at.tzinfo is None:
@@ -115,6 +117,10 @@ def open_notice(
     _require(body, _NOTICE_FIELDS, _NOTICE_FIELDS, "notice")
     if type(body["cid"]) is not CID:
         raise MalformedError("notice cid must be a CID link")
+    if not is_block_cid(body["cid"]):
+        # Blocks are filed under this one form (spec section 2): a document
+        # recorded under another CID would name a block no store can find.
+        raise MalformedError(f"notice cid {body['cid']} is not a CIDv1 dag-cbor sha2-256 CID")
     if type(body["nonce"]) is not bytes or len(body["nonce"]) != 16:
         raise MalformedError("notice nonce must be 16 bytes")
     party(body["to"])

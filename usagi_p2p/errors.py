@@ -12,8 +12,8 @@ from typing import Final
 from kernel.errors import UsagiError
 
 __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "PartnerError",
-           "NameTakenError", "PeerError", "BodyTooLargeError", "OverloadedError", "http_status",
-           "exit_code"]
+           "NameTakenError", "PeerError", "BodyTooLargeError", "OverloadedError", "DuplicateError",
+           "TEMPORARY", "http_status", "exit_code"]
 
 
 class NodeError(UsagiError):
@@ -70,6 +70,19 @@ class OverloadedError(NodeError):
     code = "overloaded"
 
 
+class DuplicateError(NodeError):
+    """This signed document is already recorded under another envelope."""
+
+    code = "duplicate"
+
+
+#: The reasons of a rejected ack that mean "not now" rather than "never"
+#: (docs/spec.md section 11.1): the receiver keeps no record of the notice, and
+#: the sender keeps it queued and sends it again later, same nonce. Every other
+#: reason, and any reason not known here, is final.
+TEMPORARY: Final = frozenset({"block_not_found", "store_unavailable", "store_error",
+                              "unknown_prev"})
+
 #: error code -> (HTTP status, CLI exit code). Anything not listed: 400 / 1.
 _TABLE: Final[dict[str, tuple[int, int]]] = {
     "malformed": (400, 65),
@@ -84,6 +97,8 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "foreign_thread": (422, 1),
     "unknown_prev": (409, 75),
     "plugin_rejected": (422, 65),
+    "unknown_kind": (422, 65),
+    "duplicate": (409, 65),
     "archive_invalid": (422, 1),
     "archive_partial": (422, 3),
     "archive_foreign": (403, 77),

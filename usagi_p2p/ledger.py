@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE INDEX IF NOT EXISTS documents_thread ON documents(thread);
 CREATE INDEX IF NOT EXISTS documents_partner ON documents(partner, recorded_at);
 CREATE INDEX IF NOT EXISTS documents_direction ON documents(direction, recorded_at);  -- inbox/outbox
+CREATE INDEX IF NOT EXISTS documents_digest ON documents(digest);  -- one signed document, one row
 CREATE TABLE IF NOT EXISTS acks (
     cid BLOB PRIMARY KEY,                       -- the document acknowledged
     raw BLOB NOT NULL,                          -- the signed ack
@@ -285,8 +286,23 @@ def _chunked(sql: str, fixed: Sequence[Any], values: Sequence[Any]) -> list[tupl
 _DIGESTS: Final = "SELECT cid, digest FROM documents WHERE cid IN ({marks})"
 _HELD: Final = "SELECT cid, partner, thread, issued_at FROM documents WHERE cid IN ({marks})"
 _SEEN: Final = "SELECT nonce, ack FROM nonces WHERE sender = ? AND nonce IN ({marks})"
+_SEEN_BY: Final = "SELECT sender, nonce, ack FROM nonces WHERE sender = ? AND nonce IN ({marks})"
+_BY_DIGEST: Final = "SELECT digest, cid FROM documents WHERE digest IN ({marks})"
+_RECORDED: Final = "SELECT cid FROM documents WHERE cid IN ({marks})"
 _ALIASES: Final = ("SELECT 0, old, new FROM rotations UNION ALL SELECT 1, did, rotated_to "
                    "FROM partners WHERE rotated_to IS NOT NULL ORDER BY 1")
+
+
+def _insert_received(row: DocumentRow, prev: bytes) -> tuple[str, Sequence[Any]]:
+    """A received document's INSERT, written only while no other CID holds its digest."""
+    return (
+        f"INSERT OR IGNORE INTO documents ({_DOC_COLUMNS}, prev) "
+        "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? "
+        "WHERE NOT EXISTS (SELECT 1 FROM documents WHERE digest = ? AND cid != ?)",
+        (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
+         row.issued_at, row.recorded_at, row.status, row.reason, row.digest, row.signed,
+         row.user, row.findings, prev, row.digest, row.cid.raw),
+    )
 
 
 def _lease(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
@@ -635,23 +651,32 @@ class Ledger:
 
     async def record_received_many(
         self, items: Sequence[tuple[DocumentRow, bytes, bytes, str, str, str, bytes]]
-    ) -> None:
+    ) -> set[CID]:
         """For each (row, prev, ack, ack status, ack time, sender, nonce): the opened
         document, the ack we give and the notice's nonce, all in one transaction.
 
-        ``OR IGNORE``: a document that raced in twice is stored once.
+        ``OR IGNORE``: a document that raced in twice is stored once. A signed
+        document is recorded under one CID only: a row whose digest another CID
+        holds already (a second envelope of the same signed document, in a batch
+        that raced this one) is not written, nor its ack and nonce. Returns the
+        CIDs of such rows, left out; the caller answers them as duplicates.
         """
         documents: list[tuple[str, Sequence[Any]]] = []
         acks: list[tuple[str, Sequence[Any]]] = []
         nonces: list[tuple[str, Sequence[Any]]] = []
+        now = time.time()
         for row, prev, ack, status, at, sender, nonce in items:
-            sql, args = self._insert_document(row, prev)
-            documents.append((sql.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1), args))
+            documents.append(_insert_received(row, prev))
             acks.append(("INSERT OR IGNORE INTO acks (cid, raw, status, reason, at) "
-                         "VALUES (?,?,?,?,?)", (row.cid.raw, ack, status, None, at)))
+                         "SELECT ?,?,?,?,? WHERE EXISTS (SELECT 1 FROM documents WHERE cid = ?)",
+                         (row.cid.raw, ack, status, None, at, row.cid.raw)))
             nonces.append(("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
-                           "VALUES (?,?,?,?,?)", (sender, nonce, row.cid.raw, ack, time.time())))
-        await self.write(documents + acks + nonces)
+                           "SELECT ?,?,?,?,? WHERE EXISTS (SELECT 1 FROM documents WHERE cid = ?)",
+                           (sender, nonce, row.cid.raw, ack, now, row.cid.raw)))
+        cids = list({row.cid.raw: None for row, *_ in items})
+        found = await self.write(documents + acks + nonces, reads=_chunked(_RECORDED, (), cids))
+        recorded = {raw for rows in found for (raw,) in rows}
+        return {CID.from_bytes(raw) for raw in cids if raw not in recorded}
 
     async def record_nonce(self, sender: str, nonce: bytes, cid: CID, ack: bytes) -> None:
         await self.write([("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
@@ -674,16 +699,26 @@ class Ledger:
                 for nonce, ack in rows}
 
     async def receiving(self, nonces: dict[str, list[bytes]], cids: Sequence[CID]
-                        ) -> tuple[dict[bytes, bytes], dict[str, str], dict[CID, bytes]]:
+                        ) -> tuple[dict[tuple[str, bytes], bytes], dict[str, str], dict[CID, bytes]]:
         """What a node reads to answer a batch of notices, in one round trip:
-        the acks already given to these nonces (``sender -> nonces``), the
-        rotation aliases, and the digests of those of ``cids`` already stored."""
-        seen = [q for sender, values in nonces.items() for q in _chunked(_SEEN, (sender,), values)]
+        the acks already given to these nonces (``sender -> nonces``), keyed by
+        (sender, nonce) since a nonce is only unique per sender; the rotation
+        aliases; and the digests of those of ``cids`` already stored."""
+        seen = [q for sender, values in nonces.items()
+                for q in _chunked(_SEEN_BY, (sender,), values)]
         digests = _chunked(_DIGESTS, (), [c.raw for c in cids])
         results = await self._reads([*seen, (_ALIASES, ()), *digests])
-        return ({nonce: ack for rows in results[:len(seen)] for nonce, ack in rows},
+        return ({(sender, nonce): ack for rows in results[:len(seen)]
+                 for sender, nonce, ack in rows},
                 {r[1]: r[2] for r in results[len(seen)]},
                 {CID.from_bytes(raw): d for rows in results[len(seen) + 1:] for raw, d in rows})
+
+    async def by_digest(self, digests: Sequence[bytes]) -> dict[bytes, CID]:
+        """digest -> the CID a signed document is recorded under, for those of
+        ``digests`` recorded (one round trip)."""
+        return {digest: CID.from_bytes(raw)
+                for rows in await self._reads(_chunked(_BY_DIGEST, (), list(digests)))
+                for digest, raw in rows}
 
     async def delivering(self, did: str, cids: Sequence[CID]
                          ) -> tuple[Partner | None, dict[CID, bytes], dict[str, str]]:

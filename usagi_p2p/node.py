@@ -69,7 +69,14 @@ from kernel.rotation import make_rotation, open_rotation
 from kernel.signed import open_signed
 from kernel.thread import Held, canonical, check_links
 
-from .errors import BodyTooLargeError, InvitationError, PartnerError, PeerError
+from .errors import (
+    TEMPORARY,
+    BodyTooLargeError,
+    DuplicateError,
+    InvitationError,
+    PartnerError,
+    PeerError,
+)
 from .home import Config, Home
 from .httpsig import sign_request
 from .invitation import (
@@ -106,9 +113,6 @@ RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute wi
 FETCH_CONCURRENCY: Final = 16
 BATCH_LIMITS: Final = dagcbor.Limits(max_size=MAX_BODY, max_depth=3, max_length=MAX_BATCH)
 CONTENT_TYPE: Final = "application/cbor"
-#: Ack reasons that refuse a document for now, not for good (docs/spec.md 11.1):
-#: the sender keeps the notice and tries again with its backoff.
-RETRY_LATER: Final = frozenset({UnknownPrevError.code})
 #: What is read of a partner's error answer (its start only; the rest is never read).
 ERROR_PREFIX: Final = 4096
 #: A partner's answer to an introduction or a rotation: a small JSON object.
@@ -211,6 +215,7 @@ class Node:
         # Blocks sealed here recently, so pushing them with their notices
         # needs no store round trip. Bounded; the store stays the truth.
         self._recent: OrderedDict[CID, bytes] = OrderedDict()
+        self._last_issued: datetime | None = None
         self.plugins = PluginHost.for_config(config)
         #: Where partner requests may go (docs/spec.md 10, "Endpoints").
         self.endpoint_scopes = endpoint_scopes(config.endpoint, config.allow_private_endpoints)
@@ -274,14 +279,18 @@ class Node:
 
     def open_envelope(self, block: bytes, cid: CID | None = None) -> kenvelope.Opened:
         """Open with the current key, else with a retired one (documents sealed before a
-        rotation, or by a partner during its overlap)."""
-        kinds = self.plugins.kinds()
+        rotation, or by a partner during its overlap).
+
+        By the kernel's rules alone, whatever plugins are enabled today: a stored
+        document verifies the same after a plugin is enabled or disabled. What
+        arrives is held to the enabled plugins' kinds on receipt (``_open``).
+        """
         try:
-            return kenvelope.open(block, self.identity, cid, kinds=kinds)
+            return kenvelope.open(block, self.identity, cid)
         except NotRecipientError:
             for old in self.retired:
                 try:
-                    return kenvelope.open(block, old, cid, kinds=kinds)
+                    return kenvelope.open(block, old, cid)
                 except NotRecipientError:
                     continue
             raise
@@ -450,7 +459,7 @@ class Node:
         document: dict[str, Any] = {k: v for k, v in body.items()
                                     if k not in ("v", "kind", "from", "to", "issued_at",
                                                  "thread", "prev")}
-        document.update(v=1, kind=kind, issued_at=format_time(self.now()),
+        document.update(v=1, kind=kind, issued_at=self._issue_time(),
                         to=partner.did)
         document["from"] = self.did
         if user:
@@ -464,6 +473,17 @@ class Node:
             document["thread"] = answered.thread
             document["prev"] = [reply_to]
         return document
+
+    def _issue_time(self) -> str:
+        """Now, but always after the last document this node issued: two documents
+        with the same content sent in one clock tick (a coarse or a test clock)
+        still differ in their signed bytes, which a receiver records once
+        (spec section 11.1, "One signed document, one record")."""
+        now = self.now()
+        if self._last_issued is not None and now <= self._last_issued:
+            now = self._last_issued + timedelta(microseconds=1)
+        self._last_issued = now
+        return format_time(now)
 
     async def send(self, kind: str, partner_key: str, body: dict[str, Any], *,
                    reply_to: CID | None = None, user: str | None = None) -> SendResult:
@@ -481,7 +501,6 @@ class Node:
         unreferenced ciphertext block, never a queued notice without its block.
         """
         prepared = []
-        kinds = self.plugins.kinds()
         partners: dict[str, Partner] = {}
         for kind, partner_key, body, reply_to in items:
             partner = partners.get(partner_key) or await self.resolve_partner(partner_key)
@@ -495,13 +514,15 @@ class Node:
             # Warnings travel with the document; an error (a field a plugin
             # requires on its own kind) refuses it before anything is stored.
             findings = self.plugins.check(document, user=user)
-            sealed = kenvelope.seal(document, self.identity, kinds=kinds)
+            # The kernel's rules only: which plugin kinds it takes is the
+            # receiver's to say (spec section 12), on receipt.
+            sealed = kenvelope.seal(document, self.identity)
             prepared.append((partner, document, sealed, findings))
             if len(prepared) % YIELD_EVERY == 0:
                 # Sealing is CPU work; a long send must not hold deliveries
                 # and incoming acks back for its whole length.
                 await asyncio.sleep(0)
-        await self.store.put_many([sealed.block for _, _, sealed, _ in prepared])
+        await self._put_recorded([(sealed.cid, sealed.block) for _, _, sealed, _ in prepared])
         cids = [sealed.cid for _, _, sealed, _ in prepared]
         try:
             if not isinstance(self.store, SQLiteBlockStore):
@@ -534,6 +555,23 @@ class Node:
             raise
         self.wake.set()
         return results
+
+    async def _put_recorded(self, blocks: Sequence[tuple[CID, bytes]]) -> None:
+        """Put blocks the ledger is about to record, each under its CID.
+
+        The one place where a block and the CID its ledger row will carry meet,
+        sent or received: the store names every block itself (CIDv1 dag-cbor
+        sha2-256), and a row naming any other CID would name a block the store
+        cannot return (spec section 2). The kernel already refuses such CIDs on
+        notices and envelopes; this holds the invariant against every path.
+        """
+        filed = await self.store.put_many([block for _, block in blocks])
+        wrong = [(cid, got) for (cid, _), got in zip(blocks, filed, strict=True) if got != cid]
+        if wrong:
+            await self._discard([got for _, got in wrong])  # unless recorded for themselves
+            cid, got = wrong[0]
+            raise CIDMismatchError(f"{cid} would be recorded for a block the store files "
+                                   f"as {got}")
 
     async def _discard(self, cids: list[CID]) -> None:
         """Best effort: forget blocks this node just stored and never recorded.
@@ -633,6 +671,7 @@ class Node:
             return 0
         delivered: list[tuple[CID, bytes, str, str | None, str]] = []
         bad: dict[str, tuple[list[Any], str]] = {}  # error code -> rows, the first message
+        later: list[tuple[Any, str]] = []  # refused for now (spec 11.1): sent again later
 
         def refuse(row: Any, exc: UsagiError) -> None:
             log.warning("ack for %s is not a receipt: %s", row.cid, exc)
@@ -661,6 +700,9 @@ class Node:
                 except UsagiError as exc:
                     refuse(row, exc)
                     continue
+                if not ack.ok and ack.reason in TEMPORARY:
+                    later.append((row, ack.reason))
+                    continue
                 delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
             if not signer_unknown:
                 break
@@ -668,12 +710,6 @@ class Node:
             # may have announced a rotation meanwhile. Read the aliases again.
             current = await self.canonical(did)
             pending = signer_unknown
-        later = [d for d in delivered if d[2] == "rejected" and d[3] in RETRY_LATER]
-        if later:  # refused for now (docs/spec.md 11.1): not an answer, try again later
-            delivered = [d for d in delivered if d not in later]
-            by_cid = {row.cid: row for row in rows}
-            await self._failed([by_cid[d[0]] for d in later],
-                               f"{partner.name} cannot take it yet ({later[0][3]})")
         # What is stored may be another process's ack for the same notice
         # (OR IGNORE): waiters get the stored one.
         stored = await self.ledger.mark_delivered(delivered)
@@ -692,6 +728,11 @@ class Node:
                 waiter.set_result(stored[cid])
         for code, (failed, message) in bad.items():
             await self._failed(failed, f"{code}: the partner's ack is not a receipt ({message})")
+        if later:
+            # Not an answer yet: the partner keeps no record of these notices and
+            # takes them again (same nonce), an attempt later.
+            await self._failed([row for row, _ in later],
+                               f"{partner.name} cannot take it now: {later[0][1]}")
         return len(delivered)
 
     async def _batch_body(self, rows: list[Any]) -> dict[str, Any]:
@@ -891,10 +932,18 @@ class Node:
             nonces.setdefault(notice.sender, []).append(notice.nonce)
         seen, self._aliases, already = await self.ledger.receiving(
             nonces, [n.cid for n in notices])
+        # A nonce identifies a notice only with its sender: another partner's
+        # nonce never matches, and one notice twice in a batch gets one answer.
+        first_of: dict[tuple[str, bytes], int] = {}
+        copies: list[tuple[int, int]] = []  # (i, j): notice i repeats notice j
         for i, notice in enumerate(notices):
-            if notice.nonce in seen:
-                acks[i] = seen[notice.nonce]  # a replay gets the answer already given
+            key = (notice.sender, notice.nonce)
+            if key in seen:
+                acks[i] = seen[key]  # a replay gets the answer already given
+            elif key in first_of:
+                copies.append((i, first_of[key]))
             else:
+                first_of[key] = i
                 fresh.append(i)
         semaphore = asyncio.Semaphore(FETCH_CONCURRENCY)
 
@@ -913,18 +962,27 @@ class Node:
             already = await self.ledger.digests(
                 [o[0].cid for _, o in taken if not isinstance(o, UsagiError)])
         taken = await self._check_links(notices, taken, already)
+        # One signed document, one record: the CIDs these signed documents are
+        # recorded under already, if any (another envelope of the same document).
+        holders = await self.ledger.by_digest(
+            [o[0].digest for _, o in taken if not isinstance(o, UsagiError)])
         statements_ok: list[tuple[Notice, Any, bytes, DocumentRow, bytes]] = []
         # One time for the batch's acks, signed into each and stored beside it.
         acked_at = self.now()
         acked_text = format_time(acked_at)
+
+        def refuse(i: int, error: UsagiError) -> None:
+            notice = notices[i]
+            acks[i] = make_ack(self.identity, cid=notice.cid, to=notice.sender,
+                               nonce=notice.nonce, status="rejected", at=acked_at,
+                               reason=error.code)
+            rejected.append((notice.cid, error))
+
         in_batch: dict[CID, tuple[bytes, DocumentRow, bytes]] = {}  # ack, row, prev
         for i, outcome in taken:
             notice = notices[i]
             if isinstance(outcome, UsagiError):
-                acks[i] = make_ack(self.identity, cid=notice.cid, to=notice.sender,
-                                   nonce=notice.nonce, status="rejected", at=acked_at,
-                                   reason=outcome.code)
-                rejected.append((notice.cid, outcome))
+                refuse(i, outcome)
                 continue
             opened, block, findings = outcome
             if opened.cid in already:  # the same block under a new notice: answer, store once
@@ -947,6 +1005,12 @@ class Node:
                 statements_ok.append((notice, block, ack, row, prev))  # the nonce is stored
                 acks[i] = ack
                 continue
+            holder = holders.get(opened.digest)
+            if holder is not None and holder != opened.cid:
+                refuse(i, DuplicateError(f"the signed document in {opened.cid} is recorded "
+                                         f"already, as {holder}"))
+                continue
+            holders[opened.digest] = opened.cid
             ack = make_ack(self.identity, cid=notice.cid, to=notice.sender, nonce=notice.nonce,
                            status="received", at=acked_at, digest=opened.digest)
             doc = opened.document
@@ -961,18 +1025,29 @@ class Node:
         if statements_ok:
             # Durable first: the blocks, then documents + acks + nonces in one
             # transaction. Only after both commits does any ack leave.
-            await self.store.put_many([s[1] for s in statements_ok])
-            await self.ledger.record_received_many([
+            await self._put_recorded([(s[3].cid, s[1]) for s in statements_ok])
+            lost = await self.ledger.record_received_many([
                 (row, prev, ack, "received", acked_text, notice.sender, notice.nonce)
                 for notice, _block, ack, row, prev in statements_ok
             ])
+            if lost:
+                # A batch that raced this one recorded the same signed documents
+                # under other envelopes: nothing of these was written.
+                for i, notice in enumerate(notices):
+                    if notice.cid in lost and acks[i] == in_batch[notice.cid][0]:
+                        refuse(i, DuplicateError(f"the signed document in {notice.cid} was "
+                                                 "recorded meanwhile under another envelope"))
+                await self._discard(list(lost))
             _log_batch("received", "from", [(s[3], names.get(s[0].sender, s[0].sender))
-                                             for s in {s[3].cid: s for s in statements_ok}.values()])
+                                             for s in {s[3].cid: s for s in statements_ok}.values()
+                                             if s[3].cid not in lost])
         if rejected:
             sender = printable(", ".join(sorted(names.values())))
             first_cid, first = rejected[0]
             activity.warning("rejected %d document(s) from %s, e.g. %s: %s (%s)", len(rejected),
                              sender, first_cid, first.code, printable(first))
+        for i, j in copies:
+            acks[i] = acks[j]
         return [a for a in acks if a is not None]
 
     async def _check_links(self, notices: list[Notice], taken: list[tuple[int, Any]],
@@ -1047,6 +1122,10 @@ class Node:
                 raise WrongSignerError("the document is signed by someone other than the notice's sender")
             if opened.document["to"] not in {self.did, *(i.did for i in self.retired)}:
                 raise WrongSignerError("the document is not addressed to this node")
+            # A kind no enabled plugin declares is refused here, on receipt, and
+            # never judged again: a stored document verifies whatever plugins
+            # are enabled later (spec section 12).
+            self.plugins.check_kind(opened.document)
             # The whole company's plugins judge what arrives (the document's
             # "user" is the sender's employee, not one of ours).
             findings = self.plugins.check(opened.document)

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 from kernel.errors import InvalidDocumentError
 from kernel.plugin import ENTRY_POINT_GROUP, Finding, Plugin, contract_problems
 
-__all__ = ["PluginHost", "PluginInfo", "PluginRejectedError", "available", "findings_json"]
+__all__ = ["PluginHost", "PluginInfo", "PluginRejectedError", "UnknownKindError", "available",
+           "findings_json"]
 
 log = logging.getLogger("usagi.plugins")
 
@@ -40,6 +41,12 @@ class PluginRejectedError(InvalidDocumentError):
     def __init__(self, findings: list[Finding]) -> None:
         self.findings = [f for f in findings if f.is_error]
         super().__init__("; ".join(str(f) for f in self.findings[:10]) or None)
+
+
+class UnknownKindError(InvalidDocumentError):
+    """No plugin enabled on this node declares the document's kind."""
+
+    code = "unknown_kind"
 
 
 def findings_json(findings: list[Finding]) -> str:
@@ -171,6 +178,22 @@ class PluginHost:
             declared = self._call(name, "kinds", lambda p=plugin: list(p.kinds))  # type: ignore[misc]
             out.update(declared or ())
         return frozenset(out)
+
+    def check_kind(self, document: Mapping[str, Any], declared: frozenset[str] | None = None
+                   ) -> None:
+        """Raise UnknownKindError unless ``document``'s kind is the kernel's or one an
+        enabled plugin declares (``declared``: :meth:`kinds`, when already at hand).
+
+        Checked when a document is sent or received, never when a stored one is
+        verified (docs/spec.md sections 5 and 12): what a node took in stays
+        verifiable whatever plugins are enabled later, and nothing is taken in
+        that no enabled plugin understands.
+        """
+        kind = document.get("kind")
+        if type(kind) is not str or "." not in kind:
+            return  # a kernel kind (or none: the kernel's own rules name that)
+        if kind not in (self.kinds() if declared is None else declared):
+            raise UnknownKindError(f"no plugin enabled on this node declares the kind {kind!r}")
 
     def validate(self, document: Mapping[str, Any], user: str | None = None) -> list[Finding]:
         """Findings of every plugin ``user`` works with (all enabled when None).

@@ -84,12 +84,23 @@ def test_third_key_is_not_recipient() -> None:
         open(SEALED.block, STRANGER, SEALED.cid)
 
 
-def test_extra_recipient_opens_but_is_not_a_party() -> None:
-    sealed = seal(DOC, BUYER, [BUYER.did, SELLER.did, STRANGER.did])
-    assert open_plaintext(sealed.block, STRANGER) == sealed.signed
-    with pytest.raises(NotRecipientError):
-        open(sealed.block, STRANGER)
-    assert open(sealed.block, SELLER).document == DOC
+def test_a_third_recipient_is_refused_by_every_party() -> None:
+    """v1 seals a document to its two parties only: a sender that seals a third
+    one in (which neither party could see) gets the envelope refused."""
+    with pytest.raises(InvalidDocumentError):
+        seal(DOC, BUYER, [BUYER.did, SELLER.did, STRANGER.did])
+    sealed = seal_signed(SEALED.signed, [BUYER.did, SELLER.did, STRANGER.did])
+    assert open_plaintext(sealed.block, STRANGER) == sealed.signed  # the general opener
+    for me in (SELLER, BUYER, STRANGER):
+        with pytest.raises(MalformedError, match="exactly 2 slots"):
+            open(sealed.block, me, sealed.cid)
+
+
+def test_a_single_slot_document_envelope_is_refused() -> None:
+    sealed = seal_signed(SEALED.signed, [SELLER.did])
+    assert open_plaintext(sealed.block, SELLER) == SEALED.signed
+    with pytest.raises(MalformedError, match="exactly 2 slots"):
+        open(sealed.block, SELLER, sealed.cid)
 
 
 def test_cid_mismatch() -> None:
@@ -124,6 +135,8 @@ def test_tampered_slots() -> None:
     with pytest.raises(DecryptionError):  # reordering the slots changes the associated data
         open(_reencode(SEALED.block, s=list(reversed(env["s"]))), SELLER)
     with pytest.raises(DecryptionError):  # dropping the other party's slot too
+        open_plaintext(_reencode(SEALED.block, s=[env["s"][mine]]), SELLER)
+    with pytest.raises(MalformedError):  # which a document's opener sees before decrypting
         open(_reencode(SEALED.block, s=[env["s"][mine]]), SELLER)
 
 
@@ -329,3 +342,96 @@ def test_low_order_ephemeral_key_is_not_a_recipient_not_a_crash() -> None:
     env["s"] = [bytes(32) + slot[32:] for slot in env["s"]]  # the all-zero point
     with pytest.raises(NotRecipientError):
         open(dagcbor.encode(env), SELLER)
+
+
+# -- what v1 forbids: slot counts, padding, CID forms ------------------------------
+
+
+def _by_hand(signed: bytes, recipients: list[Identity], padded_size: int) -> bytes:
+    """An envelope built from the kernel's own primitives, as a sender that
+    ignores the rules would: any recipients, any padded length."""
+    import os
+
+    from kernel.envelope import _associated_data, pad, wrap
+
+    key, nonce = os.urandom(32), os.urandom(24)
+    slots = wrap(key, [r.x25519_public for r in recipients])
+    body = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        pad(signed, padded_size), _associated_data(nonce, slots), nonce, key)
+    return dagcbor.encode({"c": body, "n": nonce, "s": slots, "v": 1})
+
+
+#: Enough distinct keys for the largest envelope the general opener reads.
+OTHERS = [Identity(bytes([0x40 + i]) * 32) for i in range(16)]
+NATURAL = bucket(len(SEALED.signed))
+
+
+def test_the_hand_builder_makes_what_seal_makes() -> None:
+    block = _by_hand(SEALED.signed, [BUYER, SELLER], NATURAL)
+    assert len(block) == len(SEALED.block)
+    assert open(block, SELLER, CID.for_block(block)).signed == SEALED.signed
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 16), st.randoms(use_true_random=False))
+def test_a_document_envelope_has_exactly_two_slots(count: int, rng: Any) -> None:
+    recipients = [SELLER, BUYER, *OTHERS][:max(count, 1)]
+    rng.shuffle(recipients)
+    if SELLER not in recipients:
+        recipients[0] = SELLER
+    block = _by_hand(SEALED.signed, recipients, NATURAL)
+    assert open_plaintext(block, SELLER) == SEALED.signed  # sealed well, for any count
+    if count == 2:
+        assert open(block, SELLER).signed == SEALED.signed
+    else:
+        with pytest.raises(MalformedError, match="exactly 2 slots"):
+            open(block, SELLER, CID.for_block(block))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.integers(len(SEALED.signed) + 1, 3 * 65536),
+                 st.sampled_from([512, 1024, 2048, 4096, 65536, 2 * 65536, 3 * 65536])))
+def test_the_padding_is_exactly_the_bucket(size: int) -> None:
+    if size <= len(SEALED.signed):
+        return
+    block = _by_hand(SEALED.signed, [BUYER, SELLER], size)
+    if size == NATURAL:
+        assert open(block, SELLER).signed == SEALED.signed
+        return
+    # A length no bucket has is seen without a key; a larger bucket than the
+    # content needs, once decrypted. Either way: malformed, for every opener.
+    for opener in (lambda b: open(b, SELLER), lambda b: open_plaintext(b, BUYER)):
+        with pytest.raises(MalformedError):
+            opener(block)
+
+
+def test_is_bucket_holds_exactly_the_lengths_bucket_returns() -> None:
+    from kernel.envelope import is_bucket
+
+    limit = 300_000  # past 64 KiB, so both rules are covered
+    assert {s for s in range(limit) if is_bucket(s)} == {
+        b for b in map(bucket, range(limit)) if b < limit}
+
+
+@pytest.mark.parametrize("form", ["blake2b-256", "raw", "v0"])
+def test_an_envelope_is_named_by_one_cid_form_only(form: str) -> None:
+    """The block hashes to each of these CIDs, but the store files it under its
+    CIDv1 dag-cbor sha2-256 one: any other name is refused (spec section 2)."""
+    import hashlib
+
+    from kernel.cid import BLAKE2B_256, RAW, encode_varint
+
+    block = SEALED.block
+    if form == "blake2b-256":
+        raw = (b"\x01\x71" + encode_varint(BLAKE2B_256) + b"\x20"
+               + hashlib.blake2b(block, digest_size=32).digest())
+        other = CID.from_bytes(raw)
+    elif form == "raw":
+        other = CID.for_block(block, RAW)
+    else:
+        other = CID.from_bytes(b"\x12\x20" + hashlib.sha256(block).digest())
+    assert other.matches(block) and other != SEALED.cid
+    with pytest.raises(CIDMismatchError):
+        open(block, SELLER, other)
+    with pytest.raises(CIDMismatchError):
+        open_plaintext(block, SELLER, other)

@@ -190,6 +190,35 @@ def test_malformed_notice_bodies(changes: dict) -> None:
         open_notice(sign(BUYER, "notice", body))
 
 
+def _foreign_cids() -> list[CID]:
+    """CIDs the block hashes to under other forms than the one blocks are filed by."""
+    import hashlib
+
+    from kernel.cid import BLAKE2B_256, RAW, encode_varint
+
+    block = b"usagi-p2p test block"
+    return [
+        CID.from_bytes(b"\x01\x71" + encode_varint(BLAKE2B_256) + b"\x20"
+                       + hashlib.blake2b(block, digest_size=32).digest()),
+        CID.for_block(block, RAW),
+        CID.from_bytes(b"\x12\x20" + hashlib.sha256(block).digest()),  # CIDv0
+        CID.from_bytes(b"\x01\x71\x00" + encode_varint(len(block)) + block),  # identity
+    ]
+
+
+@pytest.mark.parametrize("cid", _foreign_cids(), ids=str)
+def test_a_notice_names_its_block_by_one_cid_form(cid: CID) -> None:
+    """Spec section 7: the notice's cid is CIDv1 dag-cbor sha2-256, else malformed;
+    and make_notice refuses to make anything else."""
+    assert cid.matches(b"usagi-p2p test block") and cid != BLOCK_CID
+    body = dagcbor.decode(dagcbor.decode(NOTICE_SNAPSHOT)["body"])
+    body["cid"] = cid
+    with pytest.raises(MalformedError, match="CIDv1 dag-cbor sha2-256"):
+        open_notice(sign(BUYER, "notice", body))
+    with pytest.raises(ValueError, match="CIDv1 dag-cbor sha2-256"):
+        make_notice(BUYER, cid, SELLER.did, AT)
+
+
 def test_notice_with_list_recipient_is_malformed() -> None:
     body = dagcbor.decode(dagcbor.decode(NOTICE_SNAPSHOT)["body"])
     body["to"] = [SELLER.did]

@@ -65,6 +65,23 @@ def test_vector_set_is_complete() -> None:
         "foreign_thread",
         "unknown_prev",
     } <= expects
+    # What v1 forbids although it decrypts (spec sections 6 and 7).
+    assert {"envelope-one-slot.json", "envelope-three-slots.json",
+            "envelope-padding-not-bucket.json", "envelope-padding-past-bucket.json",
+            "notice-foreign-cid.json"} <= names
+
+
+@pytest.mark.parametrize("name", ["envelope-one-slot.json", "envelope-three-slots.json"])
+def test_forbidden_slot_counts_are_refused_by_the_rule_alone(name: str) -> None:
+    """The general opener (which takes 1..16 slots) opens these: only the
+    two-slot rule of a document envelope refuses them."""
+    from kernel.envelope import open_plaintext
+
+    inputs = json.loads((VECTORS / name).read_text())["inputs"]
+    me = Identity(bytes.fromhex(inputs["opener_seed"]))
+    signed = open_plaintext(bytes.fromhex(inputs["block"]), me, CID.parse(inputs["cid"]))
+    success = json.loads((VECTORS / "envelope-success.json").read_text())["expected"]
+    assert signed.hex() == success["signed"]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)

@@ -146,8 +146,11 @@ async def test_the_batch_reads_agree_with_the_single_reads(tmp_path: Path) -> No
         seen, aliases, digests = await ledger.receiving(nonces, cids)
         expected_seen = {}
         for sender, values in nonces.items():
-            expected_seen.update(await ledger.seen_nonces(sender, values))
+            expected_seen.update({(sender, nonce): ack for nonce, ack
+                                  in (await ledger.seen_nonces(sender, values)).items()})
         assert seen == expected_seen and len(seen) == 400
+        # Keyed by sender too: A's nonce 3 is not B's, though B asked for it.
+        assert (A, b"%016d" % 3) in seen and (B, b"%016d" % 3) not in seen
         assert aliases == await ledger.aliases() == {B: C}
         assert digests == await ledger.digests(cids) and len(digests) == 600
 
