@@ -607,6 +607,8 @@ def rotation_vectors() -> dict[str, dict[str, Any]]:
          sign(BUYER, "rotation", body(at="2016-12-31T23:59:60Z")), "malformed"),
         ("rotation-extra-field.json", "an unknown field 'reason' in the body",
          sign(BUYER, "rotation", {**body(), "reason": "lost laptop"}), "malformed"),
+        ("rotation-version-true.json", "'v' is true, not the integer 1",
+         sign(BUYER, "rotation", {**body(), "v": True}), "malformed"),
     ):
         out[name] = _vector(f"Key rotation statement: {what}", "open_rotation",
                             {"raw": raw.hex()}, {}, expect)
@@ -662,6 +664,18 @@ def invitation_vectors() -> dict[str, dict[str, Any]]:
         body, raw, text = made(inputs)
         out[name] = _vector(f"Pairing (spec sections 10, 10.1): {what}", "invitation", inputs,
                             {"body": body.hex(), "signed": raw.hex(), "text": text}, expect)
+    for name, what, changes in (
+        ("invitation-version-true.json", "'v' is true, not the integer 1", {"v": True}),
+        ("invitation-unknown-type.json", "'type' is \"offer\"", {"type": "offer"}),
+        ("invitation-short-nonce.json", "a nonce of 15 bytes", {"nonce": bytes(15)}),
+    ):
+        fields = {"v": 1, "type": "invitation", "name": invite["name"], "did": SELLER.did,
+                  "endpoint": invite["endpoint"], "expires": invite["expires"],
+                  "nonce": INVITE_NONCE, **changes}
+        raw = sign(SELLER, "invitation", fields)
+        out[name] = _vector(f"Pairing (spec section 10): {what}", "parse_invitation",
+                            {"text": "usagi1:" + _b64url(raw), "now": invite["now"]}, {},
+                            "invalid_invitation")
 
     _, raw, text = made(invite)
     data = text[len("usagi1:"):]

@@ -163,7 +163,9 @@ def parse_invitation(text_or_raw: str | bytes, *, now: datetime | None = None) -
     except UsagiError as exc:
         raise InvitationError(f"invalid invitation: {exc}") from None
     body = signed.body
-    if set(body) != {"v", "type", "name", "did", "endpoint", "expires", "nonce"} or body["v"] != 1:
+    # type(...) is int: DAG-CBOR's true is not 1, though Python's True == 1.
+    if set(body) != {"v", "type", "name", "did", "endpoint", "expires", "nonce"} \
+            or type(body["v"]) is not int or body["v"] != 1:
         raise InvitationError("invitation has the wrong fields")
     if body["type"] not in ("invitation", "introduction"):
         raise InvitationError("unknown invitation type")
