@@ -1017,8 +1017,9 @@ sp_encode(PyObject *self, PyObject *value)
  * whenever it is False and writes the problems. tests/kernel/test_speedups.py
  * holds the two to the same answer on generated lines. */
 
-#define MAX_TEXT 4000
-#define MAX_SHORT 200
+/* Sizes in UTF-8 bytes, as CDDL's .size on a text string means (spec section 5). */
+#define MAX_TEXT 16000
+#define MAX_SHORT 800
 
 static PyObject *k_text, *k_qty, *k_unit, *k_unit_price, *k_amount, *k_ref, *k_ext;
 
@@ -1111,7 +1112,27 @@ ext_ok(PyObject *ext)
     return 1;
 }
 
-/* None or absent, or text of 1..limit characters */
+/* 1 when the str s is 1..limit bytes in UTF-8 (a surrogate counts 3, as Python's
+ * "surrogatepass" writes it), without encoding it; stops counting past the limit. */
+static int
+utf8_size_ok(PyObject *s, Py_ssize_t limit)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    if (n < 1 || n > limit)
+        return 0;
+    if (PyUnicode_IS_ASCII(s) || 4 * n <= limit)
+        return 1;
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    Py_ssize_t size = 0;
+    for (Py_ssize_t i = 0; i < n && size <= limit; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        size += c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+    }
+    return size <= limit;
+}
+
+/* None or absent, or text of 1..limit UTF-8 bytes */
 static int
 text_len_ok(PyObject *v, Py_ssize_t limit)
 {
@@ -1119,8 +1140,7 @@ text_len_ok(PyObject *v, Py_ssize_t limit)
         return 1;
     if (!PyUnicode_CheckExact(v))
         return 0;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(v);
-    return n >= 1 && n <= limit;
+    return utf8_size_ok(v, limit);
 }
 
 static int
@@ -1159,9 +1179,9 @@ line_ok(PyObject *line)
     (void)known;
     if (text == NULL || !PyUnicode_CheckExact(text))
         return 0;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    if (n > MAX_TEXT)
+    if (!utf8_size_ok(text, MAX_TEXT))
         return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);
     int blank = 1;

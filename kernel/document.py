@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from .cid import CID
 from .errors import InvalidDocumentError, MalformedError
@@ -41,8 +41,12 @@ KERNEL_KINDS: Final = frozenset(
 RESPONSES: Final = frozenset({"accept", "reject", "counter"})
 
 MAX_LINES: Final = 10_000
-MAX_TEXT: Final = 4_000
-MAX_SHORT: Final = 200
+# Sizes of text are in UTF-8 bytes, as CDDL's ``.size`` on a text string means.
+# Four bytes per character of the character limits they replaced (4,000 and
+# 200): every text that was valid when they counted characters stays valid,
+# whatever its script, so no stored document stops verifying.
+MAX_TEXT: Final = 16_000
+MAX_SHORT: Final = 800
 MAX_PREV: Final = 64
 
 # All patterns are used with fullmatch: "$" would also match before a final newline.
@@ -51,7 +55,12 @@ _CURRENCY_RE: Final = re.compile(r"[A-Z]{3}")
 _KIND_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,39}(\.[a-z][a-z0-9_]{0,39})?")
 _NAMESPACE_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 # One spelling per instant: no trailing zeros in the fraction (format_time's form).
-_TIME_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{0,5}[1-9])?Z")
+# ASCII digits only ("\d" would take any script's), hours 00-23 and seconds 00-59:
+# no 24:00 and no leap second 60; fromisoformat then refuses days a month lacks.
+_TIME_RE: Final = re.compile(
+    r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{0,5}[1-9])?Z"
+)
 
 _TOP_FIELDS: Final = frozenset(
     {"v", "kind", "from", "to", "issued_at", "thread", "prev", "ref", "currency", "lines",
@@ -124,10 +133,21 @@ def _check_ext(ext: Any, path: str, out: list[Problem]) -> None:
             _no_floats(fields, f"{path}.{namespace}", out)
 
 
+def text_size_ok(value: Any, limit: int) -> TypeGuard[str]:
+    """True when ``value`` is a str of 1..``limit`` UTF-8 bytes (CDDL ``tstr .size (1..limit)``)."""
+    if type(value) is not str:
+        return False
+    n = len(value)
+    # A character is 1 to 4 bytes: only a string between limit/4 and limit
+    # characters, and not ASCII, needs encoding to know.
+    return 0 < n <= limit and (value.isascii() or 4 * n <= limit
+                               or len(value.encode("utf-8", "surrogatepass")) <= limit)
+
+
 def _short_text(doc: Mapping[str, Any], key: str, out: list[Problem], limit: int = MAX_SHORT) -> None:
     value = doc.get(key)
-    if value is not None and (type(value) is not str or not value or len(value) > limit):
-        out.append(Problem(key, f"must be text of 1..{limit} characters"))
+    if value is not None and not text_size_ok(value, limit):
+        out.append(Problem(key, f"must be text of 1..{limit} UTF-8 bytes"))
 
 
 try:  # the same rules in C (kernel/_speedups.c): True only when nothing below finds a problem
@@ -153,16 +173,16 @@ def _check_line(line: Any, path: str, out: list[Problem]) -> None:
         for key in line.keys() - _LINE_FIELDS:
             out.append(Problem(f"{path}.{key}", "unknown line field (plugin fields go under 'ext')"))
     text = line.get("text")
-    if type(text) is not str or len(text) > MAX_TEXT or not text.strip():
-        out.append(Problem(f"{path}.text", f"free text of 1..{MAX_TEXT} characters is required"))
+    if not text_size_ok(text, MAX_TEXT) or not text.strip():
+        out.append(Problem(f"{path}.text", f"free text of 1..{MAX_TEXT} UTF-8 bytes is required"))
     for key in _LINE_DECIMALS:
         value = line.get(key)
         if value is not None and (type(value) is not str or _DECIMAL_MATCH(value) is None):
             out.append(Problem(f"{path}.{key}", "must be a decimal string such as '12.50'"))
     for key in ("unit", "ref"):
         value = line.get(key)
-        if value is not None and (type(value) is not str or not value or len(value) > MAX_SHORT):
-            out.append(Problem(f"{path}.{key}", f"must be text of 1..{MAX_SHORT} characters"))
+        if value is not None and not text_size_ok(value, MAX_SHORT):
+            out.append(Problem(f"{path}.{key}", f"must be text of 1..{MAX_SHORT} UTF-8 bytes"))
     if "ext" in line:
         _check_ext(line["ext"], f"{path}.ext", out)
 

@@ -172,7 +172,10 @@ def make_ack(
     if digest is not None:
         body["digest"] = digest
     if reason is not None:
-        body["reason"] = reason[:MAX_REASON]
+        # At most MAX_REASON UTF-8 bytes (the spec's .size), cut at a character boundary.
+        encoded = reason.encode("utf-8")
+        body["reason"] = reason if len(encoded) <= MAX_REASON else \
+            encoded[:MAX_REASON].decode("utf-8", "ignore")
     return sign(receiver, "ack", body)
 
 
@@ -191,7 +194,8 @@ def open_ack(raw: bytes) -> Ack:
     if body["status"] != "rejected" and digest is None:
         raise MalformedError("a positive ack must carry a digest")
     reason = body.get("reason")
-    if reason is not None and (type(reason) is not str or len(reason) > MAX_REASON):
+    if reason is not None and (type(reason) is not str
+                               or len(reason.encode("utf-8")) > MAX_REASON):
         raise MalformedError("ack reason must be short text")
     if type(body["nonce"]) is not bytes or len(body["nonce"]) != 16:
         raise MalformedError("ack nonce must be 16 bytes")

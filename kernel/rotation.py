@@ -61,7 +61,9 @@ def make_rotation(old: Identity, new: Identity, at: datetime, overlap_until: dat
 def open_rotation(raw: bytes) -> Rotation:
     """Verify both signatures of a rotation statement; raise on anything wrong."""
     body = open_signed(raw, "rotation", "old", LIMITS).body
-    if set(body) != {"v", "old", "new", "at", "overlap_until", "confirm"} or body["v"] != 1:
+    # type(...) is int: DAG-CBOR's true is not 1, though Python's True == 1.
+    if set(body) != {"v", "old", "new", "at", "overlap_until", "confirm"} \
+            or type(body["v"]) is not int or body["v"] != 1:
         raise MalformedError("a rotation has fields v, old, new, at, overlap_until, confirm")
     new, confirm = body["new"], body["confirm"]
     if type(confirm) is not bytes:

@@ -706,6 +706,382 @@ def forbidden_envelopes(ok: bytes, signed: bytes) -> dict[str, dict[str, Any]]:
     return {name: _envelope(what, block, SELLER, "malformed") for name, what, block in cases}
 
 
+# -- protocol structures: documents' text rules, acks, rotations, invitations,
+#    signed HTTP requests, notice batches (spec sections 5, 8.1, 10, 10a, 11) ----
+
+SUCCESSOR = Identity(bytes.fromhex("44" * 32))
+INVITE_NONCE = bytes(range(16, 32))
+BATCH_NONCE = bytes(range(32, 48))
+RECEIVED_AT = "2025-04-01T09:30:06Z"
+
+
+def _document_hex(**changes: Any) -> str:
+    return dagcbor.encode({**order_document(), **changes}).hex()
+
+
+def document_rule_vectors() -> dict[str, dict[str, Any]]:
+    """Section 5's text sizes (UTF-8 bytes), times and currency on one order."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, what, changes, expect in (
+        ("document-text-16000-bytes.json", "a note of exactly 16,000 UTF-8 bytes (ASCII)",
+         {"note": "n" * 16_000}, "success"),
+        ("document-text-16001-bytes.json", "a note of 16,001 UTF-8 bytes",
+         {"note": "n" * 16_001}, "invalid_document"),
+        ("document-text-japanese.json", "a line of 5,333 Japanese characters (15,999 bytes)",
+         {"lines": [{"text": "六" * 5_333}]}, "success"),
+        ("document-text-japanese-too-long.json",
+         "a line of 5,334 Japanese characters (16,002 bytes: .size counts bytes, not characters)",
+         {"lines": [{"text": "六" * 5_334}]}, "invalid_document"),
+        ("document-short-4-byte-characters.json",
+         "a ref of 200 four-byte characters (𠮷, 800 bytes)", {"ref": "𠮷" * 200}, "success"),
+        ("document-short-too-long.json", "a ref of 201 four-byte characters (804 bytes)",
+         {"ref": "𠮷" * 201}, "invalid_document"),
+        ("document-line-only-white-space.json", "a line whose text is only U+3000 and a tab",
+         {"lines": [{"text": "\u3000\t"}]}, "invalid_document"),
+        ("document-time-impossible-date.json", "issued_at on 30 February",
+         {"issued_at": "2026-02-30T00:00:00Z"}, "invalid_document"),
+        ("document-time-leap-second.json", "issued_at on the leap second 2016-12-31T23:59:60Z",
+         {"issued_at": "2016-12-31T23:59:60Z"}, "invalid_document"),
+        ("document-time-leap-day.json", "issued_at on 29 February of a leap year",
+         {"issued_at": "2024-02-29T23:59:59.5Z"}, "success"),
+        ("document-currency-unlisted.json",
+         "currency QQQ: the ISO 4217 shape, not in the list: accepted", {"currency": "QQQ"}, "success"),
+        ("document-currency-lower-case.json", "currency jpy", {"currency": "jpy"}, "invalid_document"),
+    ):
+        out[name] = _vector(f"Document rule (spec section 5): {what}", "validate_document",
+                            {"document": _document_hex(**changes)}, {}, expect)
+    return out
+
+
+def accepted_ack_vector() -> dict[str, dict[str, Any]]:
+    inputs = {"receiver_seed": SELLER.seed.hex(), "cid": str(BLOCK_CID), "to": BUYER.did,
+              "nonce": NONCE.hex(), "at": "2025-04-01T09:30:07Z", "status": "accepted",
+              "digest": (b"\x12\x20" + bytes(range(32))).hex(), "reason": None,
+              "check_digest": (b"\x12\x20" + bytes(range(32))).hex()}
+    ack = make_ack(SELLER, cid=BLOCK_CID, to=BUYER.did, nonce=NONCE, status="accepted",
+                   at=parse_time(inputs["at"]), digest=b"\x12\x20" + bytes(range(32)))
+    return {"ack-accepted.json": _vector(
+        "An 'accepted' ack: reserved in v1 (never sent), and a receiver treats it exactly as "
+        "'received' (spec section 8.1): a receipt under the same checks", "ack", inputs,
+        {"ack": ack.hex()}, "success")}
+
+
+def rotation_vectors() -> dict[str, dict[str, Any]]:
+    from kernel.rotation import make_rotation
+    from kernel.signed import sign
+
+    at, until = "2025-04-01T09:30:00Z", "2025-04-15T09:30:00Z"
+    core = dagcbor.encode({"v": 1, "old": BUYER.did, "new": SUCCESSOR.did, "at": at,
+                           "overlap_until": until})
+    statement = make_rotation(BUYER, SUCCESSOR, parse_time(at), parse_time(until))
+    out = {"rotation.json": _vector(
+        "A key rotation statement (spec section 10a): the buyer moves to a successor key; "
+        "'confirm' is the new key's signature (label usagi-p2p/v1/key-rotation) over the "
+        "DAG-CBOR of RotationCore, the wrapper the old key's", "rotation",
+        {"old_seed": BUYER.seed.hex(), "new_seed": SUCCESSOR.seed.hex(), "at": at,
+         "overlap_until": until},
+        {"core": core.hex(), "confirm": SUCCESSOR.sign("rotation", core).hex(),
+         "statement": statement.hex()}, "success")}
+
+    def body(**changes: Any) -> dict[str, Any]:
+        fields = {"v": 1, "old": BUYER.did, "new": SUCCESSOR.did, "at": at, "overlap_until": until}
+        fields.update(changes)
+        confirmer = changes.pop("_confirmer", SUCCESSOR)
+        fields.pop("_confirmer", None)
+        core_fields = {k: fields[k] for k in ("v", "old", "new", "at", "overlap_until")}
+        fields["confirm"] = confirmer.sign("rotation", dagcbor.encode(core_fields))
+        return fields
+
+    flipped = bytearray(statement)
+    flipped[10] ^= 0x01
+    for name, what, raw, expect in (
+        ("rotation-bad-confirm.json", "'confirm' made by a third key, not the new one",
+         sign(BUYER, "rotation", body(_confirmer=STRANGER)), "invalid_signature"),
+        ("rotation-bad-signature.json", "one bit of the old key's wrapper signature flipped",
+         bytes(flipped), "invalid_signature"),
+        ("rotation-signed-by-new-key.json",
+         "the wrapper signed by the new key: only the old key may retire itself",
+         sign(SUCCESSOR, "rotation", body()), "wrong_signer"),
+        ("rotation-same-key.json", "'new' equal to 'old'",
+         sign(BUYER, "rotation", body(new=BUYER.did, _confirmer=BUYER)), "malformed"),
+        ("rotation-overlap-before-at.json", "overlap_until earlier than at",
+         sign(BUYER, "rotation", body(overlap_until="2025-03-31T09:30:00Z")), "malformed"),
+        ("rotation-leap-second.json", "'at' on a leap second (…T23:59:60Z), not a valid time",
+         sign(BUYER, "rotation", body(at="2016-12-31T23:59:60Z")), "malformed"),
+        ("rotation-extra-field.json", "an unknown field 'reason' in the body",
+         sign(BUYER, "rotation", {**body(), "reason": "lost laptop"}), "malformed"),
+        ("rotation-version-true.json", "'v' is true, not the integer 1",
+         sign(BUYER, "rotation", {**body(), "v": True}), "malformed"),
+    ):
+        out[name] = _vector(f"Key rotation statement: {what}", "open_rotation",
+                            {"raw": raw.hex()}, {}, expect)
+    return out
+
+
+def _b64url(raw: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def invitation_vectors() -> dict[str, dict[str, Any]]:
+    """Invitations and introductions (spec sections 10, 10.1): body, wrapper, text."""
+    from kernel.signed import sign
+
+    out: dict[str, dict[str, Any]] = {}
+    invite = {"signer_seed": SELLER.seed.hex(), "type": "invitation",
+              "name": "Kanto Machine Tools 関東工機", "endpoint": "https://kanto.example:8470",
+              "expires": "2025-04-08T09:30:00Z", "nonce": INVITE_NONCE.hex(),
+              "now": "2025-04-01T09:30:00Z"}
+    intro = {"signer_seed": BUYER.seed.hex(), "type": "introduction",
+             "name": "株式会社𠮷野精密", "endpoint": "https://osaka.example/usagi",
+             "expires": "2025-04-01T09:40:00Z", "nonce": INVITE_NONCE.hex(),
+             "now": "2025-04-01T09:31:00Z"}
+
+    def made(inputs: dict[str, Any]) -> tuple[bytes, bytes, str]:
+        signer = Identity(bytes.fromhex(inputs["signer_seed"]))
+        body = {"v": 1, "type": inputs["type"], "name": inputs["name"], "did": signer.did,
+                "endpoint": inputs["endpoint"], "expires": inputs["expires"],
+                "nonce": bytes.fromhex(inputs["nonce"])}
+        raw = sign(signer, "invitation", body)
+        return dagcbor.encode(body), raw, "usagi1:" + _b64url(raw)
+
+    for name, what, inputs, expect in (
+        ("invitation.json", "an invitation, read before it expires", invite, "success"),
+        ("invitation-expired.json", "the same invitation read one second after 'expires'",
+         {**invite, "now": "2025-04-08T09:30:01Z"}, "invalid_invitation"),
+        ("introduction.json",
+         "the buyer's introduction answering it (same nonce, valid 10 minutes); POSTed as the "
+         "'signed' bytes to /usagi/v1/introduce, never as text", intro, "success"),
+        ("invitation-name-invisible.json",
+         "a name holding U+200B ZERO WIDTH SPACE (\"Kanto<ZWSP>Machine Tools\"): refused, "
+         "an invisible character could make it pass for another partner's name",
+         {**invite, "name": "Kanto\u200bMachine Tools"}, "invalid_invitation"),
+        ("invitation-name-override.json", "a name holding U+202E RIGHT-TO-LEFT OVERRIDE",
+         {**invite, "name": "Kanto \u202eslooT"}, "invalid_invitation"),
+        ("invitation-name-too-long.json", "a name of 67 Japanese characters (201 UTF-8 bytes)",
+         {**invite, "name": "関" * 67}, "invalid_invitation"),
+        ("invitation-name-blank.json", "a name of one U+3000 IDEOGRAPHIC SPACE",
+         {**invite, "name": "\u3000"}, "invalid_invitation"),
+    ):
+        body, raw, text = made(inputs)
+        out[name] = _vector(f"Pairing (spec sections 10, 10.1): {what}", "invitation", inputs,
+                            {"body": body.hex(), "signed": raw.hex(), "text": text}, expect)
+    for name, what, changes in (
+        ("invitation-version-true.json", "'v' is true, not the integer 1", {"v": True}),
+        ("invitation-unknown-type.json", "'type' is \"offer\"", {"type": "offer"}),
+        ("invitation-short-nonce.json", "a nonce of 15 bytes", {"nonce": bytes(15)}),
+    ):
+        fields = {"v": 1, "type": "invitation", "name": invite["name"], "did": SELLER.did,
+                  "endpoint": invite["endpoint"], "expires": invite["expires"],
+                  "nonce": INVITE_NONCE, **changes}
+        raw = sign(SELLER, "invitation", fields)
+        out[name] = _vector(f"Pairing (spec section 10): {what}", "parse_invitation",
+                            {"text": "usagi1:" + _b64url(raw), "now": invite["now"]}, {},
+                            "invalid_invitation")
+
+    _, raw, text = made(invite)
+    data = text[len("usagi1:"):]
+    assert len(data) % 4 in (2, 3) and ("-" in data or "_" in data)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    noncanonical = data[:-1] + alphabet[alphabet.index(data[-1]) + 1]  # sets an unused bit
+    flipped = bytearray(raw)
+    flipped[10] ^= 0x01
+    wrapped = "\n  ".join(text[i:i + 64] for i in range(0, len(text), 64))
+    for name, what, given, expect in (
+        ("invitation-text-wrapped.json",
+         "the text wrapped every 64 characters with a newline and two spaces, as a mail client "
+         "might: ASCII white space anywhere is removed first", f"  {wrapped}\r\n", "success"),
+        ("invitation-text-padded.json", "the text with '=' padding added",
+         text + "=" * (-len(data) % 4), "invalid_invitation"),
+        ("invitation-text-standard-alphabet.json",
+         "the text in the standard base64 alphabet ('+' and '/' for '-' and '_')",
+         "usagi1:" + data.replace("-", "+").replace("_", "/"), "invalid_invitation"),
+        ("invitation-text-noncanonical.json",
+         "the last character changed to set an unused bit: same bytes, another spelling",
+         "usagi1:" + noncanonical, "invalid_invitation"),
+        ("invitation-text-foreign-character.json", "a '!' inside the base64url text",
+         "usagi1:" + data[:40] + "!" + data[40:], "invalid_invitation"),
+        ("invitation-text-wrong-prefix.json", "the prefix 'usagi2:'",
+         "usagi2:" + data, "invalid_invitation"),
+        ("invitation-bad-signature.json", "one bit of the wrapper's signature flipped",
+         "usagi1:" + _b64url(bytes(flipped)), "invalid_invitation"),
+    ):
+        out[name] = _vector(f"Invitation text (spec section 10.1): {what}", "parse_invitation",
+                            {"text": given, "now": invite["now"]},
+                            {"did": SELLER.did, "name": invite["name"]} if expect == "success" else {},
+                            expect)
+    return out
+
+
+def httpsig_vectors() -> dict[str, dict[str, Any]]:
+    """Signed gateway requests (spec section 11.3.1): base string, headers, each reject."""
+    import base64
+
+    from nacl.signing import SigningKey
+
+    from usagi_p2p.httpsig import sign_request
+
+    created = int(parse_time("2025-04-01T09:30:00Z").timestamp())
+    nonce = _b64url(bytes(range(12)))
+    path = f"/ipfs/{BLOCK_CID}"
+    out: dict[str, dict[str, Any]] = {}
+
+    def base(query: str, params: str) -> str:
+        return (f'"@method": GET\n"@path": {path}\n"@query": ?{query}\n'
+                f'"@signature-params": {params}')
+
+    signed = {}
+    for name, what, query in (
+        ("httpsig-raw.json", "a block fetch with ?format=raw", "format=raw"),
+        ("httpsig-no-query.json", "a request with no query: \"@query\" is the single '?'", ""),
+        ("httpsig-car.json", "a CAR fetch: the query exactly as sent, two parameters",
+         "format=car&dag-scope=block"),
+    ):
+        headers = sign_request(BUYER, "GET", path, query, created=created, nonce=nonce)
+        params = headers["Signature-Input"].removeprefix("usagi=")
+        signed[name] = headers
+        inputs = {"signer_seed": BUYER.seed.hex(), "method": "GET", "path": path, "query": query,
+                  "created": created, "nonce": nonce, "now": created + 5}
+        out[name] = _vector(
+            f"Signed request (RFC 9421 profile, spec section 11.3.1): {what}; Ed25519 over "
+            "'usagi-p2p/v1/http-request' || 0x00 || signature_base", "http_signature", inputs,
+            {"signature_base": base(query, params), "headers": headers, "keyid": BUYER.did},
+            "success")
+
+    good = signed["httpsig-raw.json"]
+    sig_text = good["Signature"][len("usagi=:"):-1]
+    params = good["Signature-Input"].removeprefix("usagi=")
+    assert sig_text.endswith("==") and sig_text[-3] in "AQgw"
+    flipped = ("B" if sig_text[0] == "A" else "A") + sig_text[1:]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    noncanonical = sig_text[:-3] + alphabet[alphabet.index(sig_text[-3]) + 1] + "=="
+    bare = SigningKey(BUYER.seed).sign(base("format=raw", params).encode()).signature
+    reordered = params.replace(f';nonce="{nonce}";keyid="{BUYER.did}"',
+                               f';keyid="{BUYER.did}";nonce="{nonce}"')
+    assert reordered != params
+    urlsafe = base64.urlsafe_b64encode(base64.b64decode(sig_text)).decode()
+    other = f"/ipfs/{CID.for_block(b'another block')}"
+    for name, what, headers, req_path, query, now, expect in (
+        ("httpsig-expired.json", "checked 301 s after 'created'", good, path, "format=raw",
+         created + 301, "expired"),
+        ("httpsig-from-the-future.json", "checked 301 s before 'created'", good, path,
+         "format=raw", created - 301, "expired"),
+        ("httpsig-bad-signature.json", "the first base64 character of the signature changed",
+         {**good, "Signature": f"usagi=:{flipped}:"}, path, "format=raw", created + 5,
+         "invalid_signature"),
+        ("httpsig-other-path.json", "the headers replayed on another CID's path", good, other,
+         "format=raw", created + 5, "invalid_signature"),
+        ("httpsig-query-dropped.json", "the headers sent with no query", good, path, "",
+         created + 5, "invalid_signature"),
+        ("httpsig-no-label.json",
+         "a plain RFC 9421 Ed25519 signature over the base, without the usagi label",
+         {**good, "Signature": f"usagi=:{base64.b64encode(bare).decode()}:"}, path, "format=raw",
+         created + 5, "invalid_signature"),
+        ("httpsig-parameters-reordered.json",
+         "keyid before nonce: RFC 9421 allows it, this profile does not",
+         {"Signature-Input": f"usagi={reordered}", "Signature": good["Signature"]}, path,
+         "format=raw", created + 5, "malformed"),
+        ("httpsig-unpadded.json", "the signature without its '==' padding",
+         {**good, "Signature": f"usagi=:{sig_text[:-2]}:"}, path, "format=raw", created + 5,
+         "malformed"),
+        ("httpsig-urlsafe.json", "the signature in the URL-safe base64 alphabet",
+         {**good, "Signature": f"usagi=:{urlsafe}:"}, path, "format=raw", created + 5,
+         "malformed" if urlsafe != sig_text else "success"),
+        ("httpsig-noncanonical-base64.json",
+         "the last signature character with an unused bit set: same bytes, another spelling",
+         {**good, "Signature": f"usagi=:{noncanonical}:"}, path, "format=raw", created + 5,
+         "malformed"),
+        ("httpsig-other-tag.json", "tag=\"usagi-p2p/v2\"",
+         {**good, "Signature-Input": good["Signature-Input"].replace("usagi-p2p/v1", "usagi-p2p/v2")},
+         path, "format=raw", created + 5, "malformed"),
+        ("httpsig-unsigned.json", "no Signature headers at all", {}, path, "format=raw",
+         created + 5, "invalid_signature"),
+    ):
+        out[name] = _vector(
+            f"Signed request reject (spec section 11.3.1; on the wire every reject is the "
+            f"concealed 404): {what}", "verify_http_signature",
+            {"headers": headers, "method": "GET", "path": req_path, "query": query, "now": now},
+            {}, expect)
+    assert out["httpsig-urlsafe.json"]["expect"] == "malformed"
+    return out
+
+
+def batch_vectors(base: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    """POST /usagi/v1/notices bodies (spec section 11.1) and the node's answer or refusal.
+
+    The receiver is the seller (its only partner: the buyer), its clock at
+    RECEIVED_AT. Blocks are the recorded success envelope and its tampered twin.
+    """
+    ok = base["envelope-success.json"]
+    env = dagcbor.decode(ok)
+    c = bytearray(env["c"])
+    c[len(c) // 2] ^= 0x01
+    tampered = dagcbor.encode({**env, "c": bytes(c)})
+    ok_cid, bad_cid = CID.for_block(ok), CID.for_block(tampered)
+    sent = parse_time(SENT_AT)
+    notice = make_notice(BUYER, ok_cid, SELLER.did, sent, BATCH_NONCE)
+    second_nonce = bytes(range(48, 64))
+    notice_bad = make_notice(BUYER, bad_cid, SELLER.did, sent, second_nonce)
+    signed = sign_bytes(BUYER, "document", dagcbor.encode(order_document()))
+    at = parse_time(RECEIVED_AT)
+    received = make_ack(SELLER, cid=ok_cid, to=BUYER.did, nonce=BATCH_NONCE, status="received",
+                        at=at, digest=digest(signed))
+    rejected = make_ack(SELLER, cid=bad_cid, to=BUYER.did, nonce=second_nonce,
+                        status="rejected", at=at, reason="decryption_failed")
+    flipped = bytearray(notice)
+    flipped[10] ^= 0x01
+    inputs = {"receiver_seed": SELLER.seed.hex(), "partners": [BUYER.did], "now": RECEIVED_AT}
+
+    def body(value: Any) -> str:
+        return dagcbor.encode(value).hex()
+
+    out = {"batch-valid.json": _vector(
+        "A batch of two notices with their pushed blocks: the first opens and is stored "
+        "(a 'received' ack naming the digest), the second's ciphertext was tampered with (a "
+        "signed 'rejected' ack, reason decryption_failed, nothing stored); the answer is "
+        "{\"acks\": [...]} in notice order", "notice_batch",
+        {**inputs, "body": body({"notices": [notice, notice_bad], "blocks": [ok, tampered]})},
+        {"acks": [received.hex(), rejected.hex()], "stored": [str(ok_cid)]}, "success")}
+    for name, what, raw, expect in (
+        ("batch-empty.json", "no notices", body({"notices": []}), "too_large"),
+        ("batch-257-notices.json",
+         "257 notices: over the entries limit of the batch decode (section 13.1)",
+         body({"notices": [notice] * 257}), "limit_exceeded"),
+        ("batch-not-a-map.json", "a bare array of notices", body([notice]), "malformed"),
+        ("batch-unknown-field.json", "an unknown top-level field",
+         body({"notices": [notice], "push": True}), "malformed"),
+        ("batch-notice-not-bytes.json", "a notice given as text",
+         body({"notices": [notice.hex()]}), "malformed"),
+        ("batch-noncanonical.json", "'notices' written before 'blocks' (keys out of order)",
+         dagcbor.encode_ordered({"notices": [notice], "blocks": [ok]}).hex(), "non_canonical"),
+        ("batch-trailing-bytes.json", "one 00 byte after the batch",
+         body({"notices": [notice]}) + "00", "malformed"),
+        ("batch-stray-block.json", "a pushed block that no notice of the batch names",
+         body({"notices": [notice], "blocks": [ok, tampered]}), "cid_mismatch"),
+        ("batch-bad-signature.json", "one notice with a flipped signature bit",
+         body({"notices": [bytes(flipped)]}), "invalid_signature"),
+        ("batch-wrong-recipient.json", "a notice addressed to another node",
+         body({"notices": [make_notice(BUYER, ok_cid, STRANGER.did, sent, BATCH_NONCE)]}),
+         "wrong_recipient"),
+        ("batch-unknown-sender.json", "a notice signed by a key that is not a partner",
+         body({"notices": [make_notice(STRANGER, ok_cid, SELLER.did, sent, BATCH_NONCE)]}),
+         "unknown_sender"),
+        ("batch-expired.json", "a notice sent 10 minutes and 1 second before the receiver's now",
+         body({"notices": [make_notice(BUYER, ok_cid, SELLER.did,
+                                       parse_time("2025-04-01T09:20:05Z"), BATCH_NONCE)]}),
+         "expired"),
+    ):
+        out[name] = _vector(f"Notice batch refused whole, nothing stored (spec section 11.1): "
+                            f"{what}", "notice_batch", {**inputs, "body": raw}, {}, expect)
+    return out
+
+
+def protocol_vectors(base: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    return {**document_rule_vectors(), **accepted_ack_vector(), **rotation_vectors(),
+            **invitation_vectors(), **httpsig_vectors(), **batch_vectors(base)}
+
+
 def render(vector: dict[str, Any]) -> str:
     return json.dumps(vector, indent=2, ensure_ascii=False) + "\n"
 
@@ -722,7 +1098,8 @@ def load_recorded(directory: Path) -> dict[str, bytes]:
 
 def all_vectors(directory: Path, refresh: bool = False) -> dict[str, dict[str, Any]]:
     base = _seal_base() if refresh else load_recorded(directory)
-    return {**deterministic_vectors(), **envelope_vectors(base), **thread_vectors()}
+    return {**deterministic_vectors(), **envelope_vectors(base), **thread_vectors(),
+            **protocol_vectors(base)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,6 +181,11 @@ def init(ctx: click.Context, name: str, port: int, host: str, endpoint: str | No
 
     Example: usagi --home ./kanto init --name "Kanto Machine Tools" --port 8470
     """
+    from .invitation import name_problem
+
+    # Checked here, not at the first 'usagi invite': partners refuse invitations
+    # whose name breaks the rules of spec section 10.1.
+    name_problem(name, click.BadParameter)
     home = _home(ctx)
     passphrase: str | None = None
     if insecure_no_passphrase:

@@ -35,7 +35,10 @@ _INPUT_RE: Final = re.compile(
     r'^usagi=\("@method" "@path" "@query"\);created=(\d{1,12});nonce="([A-Za-z0-9_-]{8,64})";'
     r'keyid="(did:key:z[1-9A-HJ-NP-Za-km-z]{40,60})";alg="ed25519";tag="usagi-p2p/v1"$'
 )
-_SIG_RE: Final = re.compile(r"^usagi=:([A-Za-z0-9+/=]{80,100}):$")
+# The 64-byte signature as RFC 8941 sf-binary: standard base64 WITH padding, and
+# only its canonical spelling (86 characters, the last with its 4 unused bits
+# zero, then "=="): one signature, one header (spec section 11.3).
+_SIG_RE: Final = re.compile(r"^usagi=:([A-Za-z0-9+/]{85}[AQgw]==):$")
 
 
 def _params(created: int, nonce: str, keyid: str) -> str:

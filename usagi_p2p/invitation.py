@@ -30,7 +30,6 @@ import ipaddress
 import os
 import re
 import socket
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -81,7 +80,6 @@ LOOPBACK: Final = "loopback"
 LINK_LOCAL: Final = "link-local"  # 169.254/16 (cloud metadata lives there), fe80::/10
 EVERY_SCOPE: Final = frozenset({PUBLIC, PRIVATE, LOOPBACK, LINK_LOCAL})
 
-_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]*={0,2}\Z")
 _LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _NUMERIC: Final = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)\Z")
 
@@ -235,36 +233,68 @@ def make_invitation(identity: Identity, name: str, endpoint: str, now: datetime,
     return parse_invitation(raw, now=now)
 
 
-#: Bidirectional overrides and isolates: they make a name display as another.
-_BIDI: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: Code points a name MUST NOT contain (docs/spec.md section 10.1): controls,
+#: invisible and format characters, bidirectional controls, line separators,
+#: private use, surrogates and noncharacters. An explicit list, not Unicode
+#: categories, so every implementation and Unicode version agrees.
+_NAME_FORBIDDEN: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+    "\ufeff\ufff9-\ufffb\ud800-\udfff\ue000-\uf8ff\ufdd0-\ufdef\U000e0000-\U000e007f"
+    "\U000f0000-\U0010ffff]|[\ufffe\uffff\U0001fffe\U0001ffff\U0002fffe\U0002ffff\U0003fffe"
+    "\U0003ffff\U0004fffe\U0004ffff\U0005fffe\U0005ffff\U0006fffe\U0006ffff\U0007fffe"
+    "\U0007ffff\U0008fffe\U0008ffff\U0009fffe\U0009ffff\U000afffe\U000affff\U000bfffe"
+    "\U000bffff\U000cfffe\U000cffff\U000dfffe\U000dffff\U000efffe\U000effff]"
+)
+#: White space (what a name may not consist of only): the space separators.
+_NAME_SPACE: Final = re.compile("[ \u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]*")
+MAX_NAME: Final = 200
 
 
 def name_problem(name: object, error: type[Exception]) -> None:
     """Raise ``error`` unless ``name`` is a company name fit to print: 1..200
-    characters, no control characters (a partner chooses its name, and it is
-    shown on the other company's terminal) and no bidirectional overrides."""
-    if type(name) is not str or not 0 < len(name) <= 200 or not name.strip():
-        raise error("a name must be 1..200 characters")
-    if any(unicodedata.category(ch) == "Cc" or ch in _BIDI for ch in name):
-        raise error("a name must not contain control characters or direction overrides")
+    UTF-8 bytes, not only white space, and none of the invisible, control or
+    direction characters of :data:`_NAME_FORBIDDEN` (a partner chooses its
+    name, and it is shown on the other company's terminal and compared with
+    other partners' names)."""
+    if (type(name) is not str or not 0 < len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME
+            or _NAME_SPACE.fullmatch(name)):
+        raise error(f"a name must be 1..{MAX_NAME} UTF-8 bytes, not only white space")
+    bad = _NAME_FORBIDDEN.search(name)
+    if bad is not None:
+        raise error(f"a name must not contain control characters, invisible characters or "
+                    f"direction overrides (U+{ord(bad.group()):04X})")
+
+
+#: ASCII white space a paste may carry (line breaks of a mail client): removed anywhere.
+_PASTE_SPACE: Final = re.compile("[\t\n\r ]+")
+_B64URL: Final = re.compile("[A-Za-z0-9_-]*")
+
+
+def _decode_text(text: str) -> bytes:
+    """The signed bytes of ``usagi1:`` + base64url without padding (spec section 10.1).
+
+    Strict: only the URL-safe alphabet, no ``=``, and the canonical spelling
+    (unused bits zero), so one invitation has exactly one text.
+    """
+    text = _PASTE_SPACE.sub("", text)
+    if not text.startswith(PREFIX):
+        raise InvitationError(f"an invitation starts with {PREFIX!r}")
+    data = text[len(PREFIX):]
+    if not _B64URL.fullmatch(data) or len(data) % 4 == 1:
+        raise InvitationError("the invitation is not base64url without padding")
+    try:
+        raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    except (binascii.Error, ValueError):
+        raise InvitationError("the invitation is not valid base64url") from None
+    if base64.urlsafe_b64encode(raw).decode().rstrip("=") != data:
+        raise InvitationError("the invitation is not canonical base64url (unused bits set)")
+    return raw
 
 
 def parse_invitation(text_or_raw: str | bytes, *, now: datetime | None = None) -> Invitation:
     """Verify an invitation (or introduction); raise InvitationError on anything wrong."""
     if isinstance(text_or_raw, str):
-        text = text_or_raw.strip()
-        if not text.startswith(PREFIX):
-            raise InvitationError(f"an invitation starts with {PREFIX!r}")
-        # base64url, padded or not; any other character is an error (the decoder
-        # alone would skip it, and '+' '/' would pass).
-        encoded = text[len(PREFIX):]
-        if not _BASE64URL.match(encoded):
-            raise InvitationError("the invitation is not valid base64url")
-        encoded = encoded.rstrip("=")
-        try:
-            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-        except (binascii.Error, ValueError):
-            raise InvitationError("the invitation is not valid base64url") from None
+        raw = _decode_text(text_or_raw)
     else:
         raw = text_or_raw
     try:
@@ -272,7 +302,9 @@ def parse_invitation(text_or_raw: str | bytes, *, now: datetime | None = None) -
     except UsagiError as exc:
         raise InvitationError(f"invalid invitation: {exc}") from None
     body = signed.body
-    if set(body) != {"v", "type", "name", "did", "endpoint", "expires", "nonce"} or body["v"] != 1:
+    # type(...) is int: DAG-CBOR's true is not 1, though Python's True == 1.
+    if set(body) != {"v", "type", "name", "did", "endpoint", "expires", "nonce"} \
+            or type(body["v"]) is not int or body["v"] != 1:
         raise InvitationError("invitation has the wrong fields")
     if body["type"] not in ("invitation", "introduction"):
         raise InvitationError("unknown invitation type")

@@ -136,6 +136,9 @@ def test_decimal_with_trailing_newline_refused(text: str) -> None:
         ("2025-04-01T09:30:00Z", datetime(2025, 4, 1, 9, 30, tzinfo=UTC)),
         ("2025-04-01T09:30:00.5Z", datetime(2025, 4, 1, 9, 30, 0, 500000, tzinfo=UTC)),
         ("2024-02-29T23:59:59.123456Z", datetime(2024, 2, 29, 23, 59, 59, 123456, tzinfo=UTC)),
+        ("2000-02-29T00:00:00Z", datetime(2000, 2, 29, tzinfo=UTC)),  # divisible by 400
+        ("0001-01-01T00:00:00Z", datetime(1, 1, 1, tzinfo=UTC)),
+        ("9999-12-31T23:59:59.999999Z", datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
     ],
 )
 def test_times_parse(text: str, expected: datetime) -> None:
@@ -155,6 +158,13 @@ def test_times_parse(text: str, expected: datetime) -> None:
         "2025-13-01T00:00:00Z",
         "2025-02-30T00:00:00Z",
         "2025-04-01T24:00:00Z",
+        "2026-02-30T00:00:00Z",  # a day the month lacks (spec section 5)
+        "2026-04-31T00:00:00Z",
+        "2026-02-29T00:00:00Z",  # not a leap year
+        "1900-02-29T00:00:00Z",  # divisible by 100, not by 400
+        "0000-01-01T00:00:00Z",  # years start at 0001
+        "2016-12-31T23:59:60Z",  # a real leap second: not representable
+        "2025-04-01T09:60:00Z",
         "2025-04-01T09:30:00.1234567Z",
         "٢٠٢٥-04-01T09:30:00Z",
         "",
@@ -166,6 +176,47 @@ def test_times_refused(text: Any) -> None:
     with pytest.raises(MalformedError):
         parse_time(text)
     assert "issued_at" in paths(order(issued_at=text))
+
+
+# -- text sizes are UTF-8 bytes (CDDL .size on tstr), spec section 5 -------------
+
+#: Japanese in the BMP is 3 bytes a character, 𠮷 (U+20BB7, in company and
+#: family names) 4: a text of the former 4,000-character limit fits either way.
+@pytest.mark.parametrize(("text", "ok"), [
+    ("x" * 16_000, True), ("x" * 16_001, False),
+    ("六" * 4_000, True), ("六" * 5_333, True), ("六" * 5_334, False),
+    ("𠮷" * 4_000, True), ("𠮷" * 4_001, False),
+    ("é" * 8_000, True), ("é" * 8_001, False),
+])
+def test_text_size_counts_utf8_bytes(text: str, ok: bool) -> None:
+    assert ("note" not in paths(order(note=text))) is ok
+    assert ("lines[0].text" not in paths(order(lines=[{"text": text}]))) is ok
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ("R" * 800, True), ("R" * 801, False), ("注" * 200, True), ("注" * 266, True),
+    ("注" * 267, False), ("𠮷" * 200, True), ("𠮷" * 201, False), ("", False),
+])
+def test_short_size_counts_utf8_bytes(text: str, ok: bool) -> None:
+    for field in ("ref", "user"):
+        assert (field not in paths(order(**{field: text}))) is ok
+    for field in ("unit", "ref"):
+        assert (f"lines[0].{field}" not in paths(order(lines=[{"text": "x", field: text}]))) is ok
+
+
+def test_a_realistic_japanese_line_fits() -> None:
+    line = {"text": "六角穴付きボルト M6×20 SUS304 500本 図番 A-1234-01 納期 4月10日 " * 40,
+            "unit": "本", "ref": "注文番号 PO-88231 第三工場向け"}
+    assert document_problems(order(lines=[line], note="いつもお世話になっております。" * 100)) == []
+
+
+def test_currency_is_the_iso_4217_shape_not_a_list() -> None:
+    # Spec section 5: three upper-case ASCII letters; a code not (yet) in the
+    # ISO 4217 list is accepted, so validity never depends on a list's version.
+    for code in ("JPY", "EUR", "XAU", "XXX", "ZWG", "QQQ"):
+        assert "currency" not in paths(order(currency=code))
+    for code in ("jpy", "JP", "JPYY", "ＪＰＹ", "J P", "", 392):
+        assert "currency" in paths(order(currency=code))
 
 
 def test_time_with_trailing_newline_refused() -> None:
@@ -282,8 +333,8 @@ def test_thread_and_prev_rules() -> None:
         ({"currency": "JPYEN"}, "currency"),
         ({"total": "1,5"}, "total"),
         ({"ref": ""}, "ref"),
-        ({"user": "u" * 201}, "user"),
-        ({"note": "n" * 4001}, "note"),
+        ({"user": "u" * 801}, "user"),
+        ({"note": "n" * 16_001}, "note"),
         ({"lines": "bolt"}, "lines"),
         ({"lines": ["bolt"]}, "lines[0]"),
         ({"lines": [{"text": ""}]}, "lines[0].text"),

@@ -295,6 +295,9 @@ def test_make_ack_arguments() -> None:
         ack(digest=None)  # a positive ack names a digest
     long = open_ack(ack(status="rejected", digest=None, reason="x" * 600))
     assert long.reason == "x" * 500
+    # 500 UTF-8 bytes (spec section 8's .size), cut at a character boundary.
+    japanese = open_ack(ack(status="rejected", digest=None, reason="品" * 200))
+    assert japanese.reason == "品" * 166
 
 
 @pytest.mark.parametrize(
@@ -306,6 +309,7 @@ def test_make_ack_arguments() -> None:
         {"nonce": bytes(8)},
         {"reason": 5},
         {"reason": "r" * 501},
+        {"reason": "é" * 251},
         {"at": "now"},
         {"extra": True},
         {"cid": b"cid"},

@@ -237,10 +237,16 @@ decimalish = (
     | st.just("1.5\n")
     | st.text(max_size=6)
 )
-shortish = st.text(max_size=3) | st.text(min_size=199, max_size=201) | st.sampled_from(["pcs", ""])
+# Around the byte limits (800 and 16,000 UTF-8 bytes) in 1-, 2-, 3- and 4-byte characters,
+# and lone surrogates (3 bytes each, as "surrogatepass" writes them).
+shortish = (st.text(max_size=3) | st.text(min_size=199, max_size=201)
+            | st.sampled_from(["pcs", "", "x" * 800, "x" * 801, "é" * 400, "é" * 401, "六" * 266,
+                               "六" * 267, "𠮷" * 200, "𠮷" * 201, "x" + "六" * 266, "\ud800" * 267]))
 texty = (
     st.text(max_size=20)
-    | st.sampled_from([" ", "\u3000\t", "\x1c", "a", " x ", "x" * 4000, "x" * 4001])
+    | st.sampled_from([" ", "\u3000\t", "\x1c", "a", " x ", "x" * 16000, "x" * 16001, "六" * 4000,
+                       "六" * 5333, "六" * 5334, "𠮷" * 4000, "𠮷" * 4001, "x" + "𠮷" * 3999,
+                       "é" * 8001, "\ud800" * 5334])
 )
 leaf = st.none() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4) | st.booleans()
 plugin_fields = st.recursive(
@@ -316,7 +322,8 @@ field_values: dict[str, Any] = {
     "prev": st.sampled_from([[LINK], [], None, [LINK, LINK], [LINK, CID.for_block(b"other")], [b"x"], LINK]),
     "ref": shortish | st.none() | st.integers(),
     "user": shortish | st.none(),
-    "note": st.sampled_from(["", "x", "x" * 4000, "x" * 4001, None, 1]),
+    "note": st.sampled_from(["", "x", "x" * 16000, "x" * 16001, "六" * 5333, "六" * 5334, "𠮷" * 4000,
+                             "𠮷" * 4001, None, 1]),
     "currency": st.sampled_from(["JPY", "jpy", "JP", "ＪＰＹ", "EURO", None, 3]),
     "total": decimalish | st.none(),
     "response": st.sampled_from(["accept", "reject", "counter", "maybe", None, ["accept"], 1]),

@@ -60,7 +60,9 @@ PAYLOAD = ("\r\x1b[32mack   received\x1b[0m \u202eevil\u202c \u2066iso\u2069 [gr
 #: The payload as a command-line argument (which cannot hold a NUL).
 ARGUMENT = PAYLOAD.replace("\x00", "")
 #: What a partner's name may hold today (controls and overrides are refused at pairing).
-NAME = "Mallory [green]MARKUP[/] :warning: \u200b\ufeff\u2028\u00ad"
+# Invisible and line-separating code points are refused in names (spec 10.1,
+# tests/node/test_names.py); what a name may hold is still markup and emoji codes.
+NAME = "Mallory [green]MARKUP[/] :warning: 𠮷"
 ENDPOINT_TAIL = "\x1b[32m[green]MARKUP[/]\u202e\u2066:warning:\x9b\x7f\u200b\u2028\nFORGED-LINE"
 UNSAFE = {"Cc", "Cf", "Zl", "Zp", "Cs"}  # this test's own definition, not the module's
 
@@ -316,9 +318,9 @@ class Victim:
 def test_every_command_prints_a_hostile_partners_text_inert(tmp_path: Path) -> None:
     victim_home = tmp_path / "victim"
     usagi = Victim(victim_home)
-    # init (a scratch home: the name is this company's own, but printed all the same)
+    # init (a scratch home): such a name is refused (spec 10.1), its error inert too
     usagi("init", "--name", ARGUMENT, "--insecure-no-passphrase", "--port", str(free_port()),
-          home=tmp_path / "scratch", expect=("FORGED-LINE",))
+          home=tmp_path / "scratch", code=2, expect=())
     usagi("init", "--name", "Victim Co", "--insecure-no-passphrase", "--port", str(free_port()))
     usagi("plugins", "enable", "machinery")
     config = Home(victim_home).load_config()
