@@ -46,7 +46,7 @@ import multiprocessing
 import os
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -425,21 +425,42 @@ class _Runs:
             self.out.last = self.group
 
 
-def _check_page(me: Identity, seq: int, page_cid: CID, blocks: list[CID],
+#: This node's keys: the current one first, then those it rotated away from
+#: (newest first). What was sealed or signed before a rotation opens with them.
+Keys = tuple[Identity, ...]
+
+
+def _keys(me: Identity | Sequence[Identity]) -> Keys:
+    return (me,) if isinstance(me, Identity) else tuple(me)
+
+
+def _open_with(opener: Callable[[bytes, Identity, CID], Any], block: bytes, keys: Keys,
+               cid: CID) -> Any:
+    """``opener`` with the first of ``keys`` that is a recipient."""
+    for key in keys[:-1]:
+        try:
+            return opener(block, key, cid)
+        except NotRecipientError:
+            continue
+    return opener(block, keys[-1], cid)
+
+
+def _check_page(keys: Keys, seq: int, page_cid: CID, blocks: list[CID],
                 window: dict[CID, bytes], prev_page: CID | None, keep: bool) -> _Checked:
     """Open and check one page: manifest, ack bundles, documents, acks, the runs inside it."""
+    me, dids = keys[0], {k.did for k in keys}
     out = _Checked(page_cid)
     runs = _Runs(out)
     try:
         try:
-            signed = kenvelope.open_plaintext(window[page_cid], me, page_cid)
+            signed = _open_with(kenvelope.open_plaintext, window[page_cid], keys, page_cid)
         except NotRecipientError:
             raise ForeignArchiveError(f"{page_cid}: the manifest is not sealed to {me.did}; "
                                       "this is another company's archive", cid=page_cid) from None
         except UsagiError as exc:
             raise ArchiveError(f"{page_cid}: {exc.code}: {exc}", cid=page_cid) from None
         body = _at(page_cid, lambda: open_signed(signed, "manifest", "by", PAGE_LIMITS)).body
-        if body.get("by") != me.did:
+        if body.get("by") not in dids:
             raise ForeignArchiveError(f"{page_cid}: manifest signed by {body.get('by')}, "
                                       f"not by {me.did}", cid=page_cid)
         out.early = False
@@ -457,7 +478,8 @@ def _check_page(me: Identity, seq: int, page_cid: CID, blocks: list[CID],
         acks: dict[str, list[bytes]] = {}
         for partner, bundle_cid in body["acks"].items():
             block = window[bundle_cid]
-            plain = _at(bundle_cid, partial(kenvelope.open_plaintext, block, me, bundle_cid))
+            plain = _at(bundle_cid, partial(_open_with, kenvelope.open_plaintext, block, keys,
+                                            bundle_cid))
             bundle = _at(bundle_cid, partial(dagcbor.decode, plain, PAGE_LIMITS))
             if type(bundle) is not dict or bundle.get("type") != ACKS_TYPE:
                 raise ArchiveError(f"{bundle_cid}: not an ack bundle", cid=bundle_cid)
@@ -474,8 +496,8 @@ def _check_page(me: Identity, seq: int, page_cid: CID, blocks: list[CID],
             if page is not None:
                 page.blocks[cid] = window[cid]
             try:  # one document that does not verify is set aside, not the archive
-                opened = _document(me, cid, window, entry, aliases)
-                raw = _ack(me, cid, entry, acks, opened, aliases) if "ack" in entry else None
+                opened = _document(keys, cid, window, entry, aliases)
+                raw = _ack(me.did, dids, cid, entry, acks, opened, aliases) if "ack" in entry else None
             except UsagiError as exc:
                 out.quarantined.append(Quarantined(cid, exc.code, str(exc)))
                 continue
@@ -498,14 +520,14 @@ def _check_page(me: Identity, seq: int, page_cid: CID, blocks: list[CID],
     return out
 
 
-def _document(me: Identity, cid: CID, window: dict[CID, bytes], entry: dict[str, Any],
+def _document(keys: Keys, cid: CID, window: dict[CID, bytes], entry: dict[str, Any],
               aliases: dict[str, str]) -> Opened:
     """Open and check one listed document; a kernel error is raised as it is."""
-    opened: Opened = kenvelope.open(window[cid], me, cid)
+    opened: Opened = _open_with(kenvelope.open, window[cid], keys, cid)
     doc = opened.document
     mine, theirs = (("from", "to") if entry["dir"] == "out" else ("to", "from"))
     # A partner that rotated may have signed with its old key what its new key noticed.
-    if (doc[mine] != me.did or (doc[theirs] != entry["partner"] and canonical(
+    if (doc[mine] not in {k.did for k in keys} or (doc[theirs] != entry["partner"] and canonical(
             doc[theirs], aliases) != canonical(entry["partner"], aliases))
             or doc["kind"] != entry["kind"] or doc["issued_at"] != entry["issued_at"]
             or doc.get("thread", cid) != entry["thread"]):
@@ -513,16 +535,19 @@ def _document(me: Identity, cid: CID, window: dict[CID, bytes], entry: dict[str,
     return opened
 
 
-def _ack(me: Identity, cid: CID, entry: dict[str, Any], acks: dict[str, list[bytes]],
+def _ack(me: str, dids: set[str], cid: CID, entry: dict[str, Any], acks: dict[str, list[bytes]],
          opened: Opened, aliases: dict[str, str]) -> bytes:
     bundle = acks.get(entry["partner"], [])
     if entry["ack"] >= len(bundle):
         raise ArchiveError(f"{cid}: its ack is missing from the ack bundle", cid=cid)
     raw: bytes = bundle[entry["ack"]]
-    by = entry["partner"] if entry["dir"] == "out" else me.did
     ack = open_ack(raw)
-    if ack.by != by and canonical(ack.by, aliases) == canonical(by, aliases):
-        by = ack.by  # a partner that rotated its key acks with its new one
+    if entry["dir"] == "out":
+        by = entry["partner"]
+        if ack.by != by and canonical(ack.by, aliases) == canonical(by, aliases):
+            by = ack.by  # a partner that rotated its key acks with its new one
+    else:  # our own ack, made with the key we had then
+        by = ack.by if ack.by in dids else me
     check_ack(ack, cid=cid, by=by, digest=opened.digest)
     return raw
 
@@ -536,8 +561,8 @@ def _thread_of(opened: Opened) -> CID:
 class _KeyedChecker:
     """Chains checked pages in archive order: the manifest chain, the head, thread runs."""
 
-    def __init__(self, me: Identity, report: VerifyReport) -> None:
-        self.me, self.report = me, report
+    def __init__(self, keys: Keys, report: VerifyReport) -> None:
+        self.me, self.report = keys[0], report
         self.prev_page: CID | None = None
         self.head: dict[str, Any] | None = None
         self.thread: CID | None = None
@@ -641,18 +666,22 @@ def _pages(path: str | os.PathLike[str],
                            cid=report.root)
 
 
-def iter_pages(path: str | os.PathLike[str], me: Identity | None,
+def iter_pages(path: str | os.PathLike[str], me: Identity | Sequence[Identity] | None,
                report: VerifyReport | None = None) -> Iterator[Page | None]:
-    """Check the archive as it streams, in this process; yield each page (None without keys)."""
+    """Check the archive as it streams, in this process; yield each page (None without keys).
+
+    ``me`` is this node's key, or its keys with the current one first (then the
+    ones it rotated away from, which open what was sealed before a rotation)."""
     report = report if report is not None else VerifyReport()
     report.keyed = me is not None
     if me is None:
         for _ in _pages(path, report):
             yield None
         return
-    keyed = _KeyedChecker(me, report)
+    keys = _keys(me)
+    keyed = _KeyedChecker(keys, report)
     for index, window in _pages(path, report):
-        checked = _check_page(me, index["seq"], index["manifest"], index["blocks"], window,
+        checked = _check_page(keys, index["seq"], index["manifest"], index["blocks"], window,
                               keyed.prev_page, keep=True)
         keyed.accept(checked)
         yield checked.page
@@ -664,12 +693,12 @@ def iter_pages(path: str | os.PathLike[str], me: Identity | None,
 # ``if __name__ == "__main__"`` guard would run again in each worker), and
 # forking needs no import (~0.25 s) and passes the identity without pickling
 # it. A worker only runs _check_page on what it is sent.
-_worker_identity: Identity | None = None
+_worker_identity: Keys | None = None
 
 
-def _worker_start(me: Identity) -> None:
+def _worker_start(keys: Keys) -> None:
     global _worker_identity  # noqa: PLW0603
-    _worker_identity = me
+    _worker_identity = keys
 
 
 def _worker_page(seq: int, manifest: bytes, blocks: list[bytes], window: list[tuple[bytes, bytes]],
@@ -681,7 +710,7 @@ def _worker_page(seq: int, manifest: bytes, blocks: list[bytes], window: list[tu
                        cid_from_raw(prev_page) if prev_page is not None else None, keep=False)
 
 
-def _verify_parallel(path: str | os.PathLike[str], me: Identity, report: VerifyReport,
+def _verify_parallel(path: str | os.PathLike[str], keys: Keys, report: VerifyReport,
                      workers: int) -> None:
     """Keyed verify in ``workers`` processes: this one and ``workers - 1`` forked ones.
 
@@ -694,7 +723,7 @@ def _verify_parallel(path: str | os.PathLike[str], me: Identity, report: VerifyR
     after them, so the failure named is the first in the file, as in one pass.
     """
     report.keyed = True
-    keyed = _KeyedChecker(me, report)
+    keyed = _KeyedChecker(keys, report)
     pending: deque[tuple[Future[_Checked] | _Checked, int]] = deque()
     inflight = 0  # bytes of the pages with the workers
 
@@ -707,7 +736,7 @@ def _verify_parallel(path: str | os.PathLike[str], me: Identity, report: VerifyR
         keyed.accept(item)
 
     pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_worker_start, initargs=(me,))
+                               initializer=_worker_start, initargs=(keys,))
     try:
         pages = _pages(path, report)
         prev_page: CID | None = None
@@ -730,7 +759,7 @@ def _verify_parallel(path: str | os.PathLike[str], me: Identity, report: VerifyR
                     prev_page.raw if prev_page is not None else None), size))
                 inflight += size
             else:  # the workers are busy: check it here (its blocks are not kept)
-                pending.append((_check_page(me, index["seq"], index["manifest"], index["blocks"],
+                pending.append((_check_page(keys, index["seq"], index["manifest"], index["blocks"],
                                             window, prev_page, keep=False), 0))
             prev_page = index["manifest"]
             while pending and (not isinstance(pending[0][0], Future) or pending[0][0].done()
@@ -752,7 +781,8 @@ def _default_workers(path: str | os.PathLike[str]) -> int:
     return max(1, min(cores or 1, MAX_WORKERS))
 
 
-def verify_archive(path: str | os.PathLike[str], me: Identity | None = None, *,
+def verify_archive(path: str | os.PathLike[str],
+                   me: Identity | Sequence[Identity] | None = None, *,
                    workers: int | None = None) -> VerifyReport:
     """Verify the whole archive; raise ArchiveError at the first failure.
 
@@ -766,7 +796,7 @@ def verify_archive(path: str | os.PathLike[str], me: Identity | None = None, *,
         if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
             report = VerifyReport()
             try:
-                _verify_parallel(path, me, report, workers)
+                _verify_parallel(path, _keys(me), report, workers)
                 return report
             except BrokenProcessPool:  # a worker died (killed, out of memory): one process
                 pass
@@ -786,7 +816,7 @@ RESTORED_UNACKED: Final = ("restored from an archive with no ack; 'usagi outbox 
 
 def _statements(page: Page, node: Node, quarantined: dict[CID, Quarantined], root: CID | None
                 ) -> list[tuple[str, tuple[Any, ...]]]:
-    me = node.did
+    mine = {node.did, *(old.did for old in node.retired)}
     docs, acks, nonces, outbox, apart = [], [], [], [], []
     for entry in page.entries:
         cid = entry["cid"]
@@ -829,7 +859,7 @@ def _statements(page: Page, node: Node, quarantined: dict[CID, Quarantined], roo
         acks.append(("INSERT OR IGNORE INTO acks (cid, raw, status, reason, at) "
                      "VALUES (?,?,?,?,?)", (cid.raw, raw, ack.status, ack.reason,
                                             entry["ack_at"])))
-        if ack.by == me:  # our ack for a received document answers the notice's nonce
+        if ack.by in mine:  # our ack for a received document answers the notice's nonce
             nonces.append(("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
                            "VALUES (?,?,?,?,?)", (ack.to, ack.nonce, cid.raw, raw,
                                                   float(entry["recorded_at"]))))
@@ -841,6 +871,11 @@ def _statements(page: Page, node: Node, quarantined: dict[CID, Quarantined], roo
     # old key stays refused: no overlap end is known, so none is restored.
     partners += [("UPDATE partners SET rotated_to = ? WHERE did = ? AND rotated_to IS NULL",
                   (new, old)) for old, new in page.aliases.items() if page.head is not None]
+    # Our own rotations, so our threads across them are still one pair's: the
+    # alias only (its overlap long over; the signed statement is not archived).
+    partners += [("INSERT OR IGNORE INTO rotations (old, new, overlap_until, statement) "
+                  "VALUES (?,?,0,x'')", (old, new))
+                 for old, new in page.aliases.items() if page.head is not None and old in mine]
     return docs + acks + nonces + outbox + apart + partners
 
 
@@ -851,12 +886,13 @@ async def import_archive(node: Node, path: str | os.PathLike[str]) -> VerifyRepo
     reported (``report.quarantined``): those go to the ``quarantine`` table (their
     blocks to the store), where nothing shows them as the node's documents.
     """
-    checked = await asyncio.to_thread(verify_archive, path, node.identity)
+    keys = (node.identity, *node.retired)
+    checked = await asyncio.to_thread(verify_archive, path, keys)
     # The first pass knows every verdict; the second yields a page before a thread
     # running on into the next page is judged.
     quarantined = {q.cid: q for q in checked.quarantined}
     report = VerifyReport()
-    pages = iter_pages(path, node.identity, report)
+    pages = iter_pages(path, keys, report)
     while (page := await asyncio.to_thread(next, pages, None)) is not None:
         await node.store.put_many(list(page.blocks.values()))
         await node.ledger.write(_statements(page, node, quarantined, checked.root))

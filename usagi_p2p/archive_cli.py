@@ -146,9 +146,12 @@ def verify(ctx: click.Context, car: Path, keys: bool | None) -> None:
     from .cli import _passphrase
 
     home = ctx.obj["home"]
-    identity = None
+    identity: list[Any] | None = None
     if keys or (keys is None and home.exists()):
-        identity = home.load_identity(_passphrase(home))
+        passphrase = _passphrase(home)
+        # The current key first, then the rotated ones: what was sealed before a
+        # rotation opens with the key it was sealed to.
+        identity = [home.load_identity(passphrase), *home.load_keyring(passphrase)]
 
     async def run() -> Any:
         return await asyncio.to_thread(verify_archive, car, identity)

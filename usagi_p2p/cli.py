@@ -873,9 +873,10 @@ def key_announce(ctx: click.Context) -> None:
     Example: usagi key announce   (after a partner was unreachable during 'key rotate')
     """
     async def run(node: Any) -> dict[str, str]:
-        rotations = [r for r in await node.ledger.own_rotations() if r[1] == node.did]
+        # (A rotation restored from an archive keeps no statement to announce.)
+        rotations = [r for r in await node.ledger.own_rotations() if r[1] == node.did and r[3]]
         if not rotations:
-            raise click.ClickException("this node has not rotated its key")
+            raise click.ClickException("this node has no rotation statement to announce")
         told: dict[str, str] = await node.announce_rotation(rotations[0][3])
         return told
 
