@@ -12,7 +12,9 @@ from typing import Final
 from kernel.errors import UsagiError
 
 __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "PartnerError",
-           "PeerError", "BodyTooLargeError", "OverloadedError", "http_status", "exit_code"]
+           "PeerError", "BodyTooLargeError", "OverloadedError", "NotFoundError",
+           "MethodNotAllowedError", "RequestTimeoutError", "InternalError", "http_status",
+           "exit_code"]
 
 
 class NodeError(UsagiError):
@@ -63,6 +65,30 @@ class OverloadedError(NodeError):
     code = "overloaded"
 
 
+class NotFoundError(NodeError):
+    """There is no such endpoint on this listener."""
+
+    code = "not_found"
+
+
+class MethodNotAllowedError(NodeError):
+    """This endpoint does not answer that HTTP method."""
+
+    code = "method_not_allowed"
+
+
+class RequestTimeoutError(NodeError):
+    """The request's body did not arrive in time."""
+
+    code = "request_timeout"
+
+
+class InternalError(NodeError):
+    """The node failed to answer; the reason is in its log, not in the answer."""
+
+    code = "internal_error"
+
+
 #: error code -> (HTTP status, CLI exit code). Anything not listed: 400 / 1.
 _TABLE: Final[dict[str, tuple[int, int]]] = {
     "malformed": (400, 65),
@@ -95,6 +121,11 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "store_error": (500, 74),
     "peer_error": (502, 69),
     "overloaded": (503, 75),
+    "not_found": (404, 66),
+    "method_not_allowed": (405, 65),
+    "request_timeout": (408, 75),
+    "internal_error": (500, 70),
+    "forbidden": (403, 77),
     "config_error": (500, 78),
     "bad_passphrase": (401, 77),
 }
