@@ -57,6 +57,8 @@ log = logging.getLogger("usagi.peer")
 
 #: The largest notice batch (usagi_p2p/node.py MAX_BODY, spec §13).
 _MIB: Final = 1 << 20
+#: Bytes read from a socket at once (and the request body buffer is twice this).
+_RECV: Final = 16 << 10
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,11 @@ class PeerHandler(web.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if isinstance(getattr(transport, "max_size", None), int):
+            # asyncio's selector transport reads up to 256 KiB per recv(), all of
+            # it buffered for a body nobody reads yet: with hundreds of strangers'
+            # bodies in flight that, not the bodies we read, is the memory.
+            transport.max_size = _RECV  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         key = address_key(peer[0] if isinstance(peer, tuple) and peer else None)
         if not self._guard.connections.enter(key):
@@ -312,7 +319,7 @@ class PeerSite(web.TCPSite):
             "auto_decompress": False,
             # aiohttp buffers up to twice this per request before it stops
             # reading the socket: small, since a stranger's unread body sits there.
-            "read_bufsize": 16 << 10,
+            "read_bufsize": _RECV,
         }
         self._server = await loop.create_server(
             lambda: PeerHandler(server, guard, **options),
