@@ -13,6 +13,7 @@ from kernel.errors import UsagiError
 
 __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "PartnerError",
            "NameTakenError", "PeerError", "BodyTooLargeError", "OverloadedError", "DuplicateError",
+           "NotFoundError", "MethodNotAllowedError", "RequestTimeoutError", "InternalError",
            "TEMPORARY", "http_status", "exit_code"]
 
 
@@ -70,6 +71,30 @@ class OverloadedError(NodeError):
     code = "overloaded"
 
 
+class NotFoundError(NodeError):
+    """There is no such endpoint on this listener."""
+
+    code = "not_found"
+
+
+class MethodNotAllowedError(NodeError):
+    """This endpoint does not answer that HTTP method."""
+
+    code = "method_not_allowed"
+
+
+class RequestTimeoutError(NodeError):
+    """The request's body did not arrive in time."""
+
+    code = "request_timeout"
+
+
+class InternalError(NodeError):
+    """The node failed to answer; the reason is in its log, not in the answer."""
+
+    code = "internal_error"
+
+
 class DuplicateError(NodeError):
     """This signed document is already recorded under another envelope."""
 
@@ -124,6 +149,11 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "store_error": (500, 74),
     "peer_error": (502, 69),
     "overloaded": (503, 75),
+    "not_found": (404, 66),
+    "method_not_allowed": (405, 65),
+    "request_timeout": (408, 75),
+    "internal_error": (500, 70),
+    "forbidden": (403, 77),
     "config_error": (500, 78),
     "bad_passphrase": (401, 77),
 }

@@ -16,10 +16,11 @@ signature made for HTTP can ever be taken for a document, notice or ack.
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import re
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import Final
 
@@ -76,36 +77,52 @@ class ReplayGuard:
     A signature is only accepted while ``created`` is within ``skew`` of now,
     so a pair older than that can never pass again and is forgotten. The
     caller records a pair only once the request is authorized (the signer is a
-    partner and a party to the block), so strangers cannot fill it. When
-    ``capacity`` live pairs are held, new requests are refused rather than a
-    live pair forgotten. In memory: a restart forgets it, which leaves at most
-    one window (300 s) in which a captured request could be replayed once more.
+    partner and a party to the block), so strangers cannot fill it. Each
+    signer has room for ``per_signer`` live pairs, so one partner filling its
+    share locks out only itself; ``capacity`` bounds all signers together (the
+    memory). When either is full, new requests are refused rather than a live
+    pair forgotten. In memory: a restart forgets it, which leaves at most one
+    window (300 s) in which a captured request could be replayed once more.
     """
 
-    def __init__(self, skew: float = SKEW, capacity: int = 100_000) -> None:
+    def __init__(self, skew: float = SKEW, capacity: int = 100_000,
+                 per_signer: int = 10_000) -> None:
         self.skew = skew
         self.capacity = capacity
+        self.per_signer = per_signer
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._held: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._seen)
 
+    def held(self, keyid: str) -> int:
+        """How many live pairs ``keyid`` has."""
+        return self._held[keyid]
+
     def check(self, keyid: str, nonce: str, created: float, now: float) -> None:
         """Raise ReplayError if this pair was seen (or no room is left); else remember it."""
         while self._seen:
-            _, oldest = next(iter(self._seen.items()))
+            (signer, _), oldest = next(iter(self._seen.items()))
             if oldest >= now - self.skew:
                 break
             self._seen.popitem(last=False)
+            self._held[signer] -= 1
+            if self._held[signer] <= 0:
+                del self._held[signer]
         key = (keyid, nonce)
         if key in self._seen:
             raise ReplayError("this signed request was already used (same signer and nonce)")
+        if self._held[keyid] >= self.per_signer:
+            raise ReplayError(f"{self.per_signer} signed requests of this signer inside the "
+                              f"window already; try again later")
         if len(self._seen) >= self.capacity:
             raise ReplayError(f"{self.capacity} signed requests inside the window already; "
                               f"try again later")
         # Kept in arrival order with max(created, now): an entry is forgotten only
         # after its own 'created' has left the window (conservative, never early).
         self._seen[key] = max(created, now)
+        self._held[keyid] += 1
 
     def check_request(self, headers: Mapping[str, str], now: float) -> None:
         """:meth:`check` for a request that :func:`verify_request` accepted."""
@@ -135,6 +152,9 @@ def verify_request(headers: Mapping[str, str], method: str, path: str, query: st
     if abs(now - created) > skew:
         raise ExpiredError("request signature outside the time window")
     params = _params(created, nonce, keyid)
-    raw = base64.b64decode(sig_match.group(1))
+    try:
+        raw = base64.b64decode(sig_match.group(1), validate=True)
+    except binascii.Error:
+        raise MalformedError("the Signature header is not base64") from None
     party(keyid).verify("request", _base(method, path, query, params), raw)
     return keyid

@@ -1135,10 +1135,13 @@ class Node:
             return exc
 
     async def fetch_block(self, notice: Notice) -> bytes:
-        try:
-            return await self.store.get(notice.cid)
-        except BlockNotFoundError:
-            pass
+        # Our own copy only for a block the sender is a party to: for any other,
+        # what a partner's notice gets back must not depend on what we hold.
+        if await self.may_read(notice.sender, notice.cid):
+            try:
+                return await self.store.get(notice.cid)
+            except BlockNotFoundError:
+                pass
         partner = await self.ledger.partner(notice.sender)
         assert partner is not None and self._gateway is not None
         path = f"/ipfs/{notice.cid}"
@@ -1146,10 +1149,14 @@ class Node:
         return await self._gateway.get_block(partner.endpoint, notice.cid, headers=headers)
 
     async def may_read(self, requester: str, cid: CID) -> bool:
-        """A block is served only to an active partner who is a party to it."""
+        """A block is served only to an active partner who is a party to it.
+
+        The ledger is asked the same questions whether or not ``cid`` is held,
+        so a partner who is no party cannot tell from the time taken either.
+        """
         partner = await self.ledger.partner(requester)
         if partner is None or not partner.accepted_at(self.clock()):
             return False
+        aliases = await self.ledger.aliases()
         row = await self.ledger.document(cid)
-        return row is not None and (row.partner == requester
-                                    or await self.canonical(row.partner) == requester)
+        return row is not None and requester in (row.partner, canonical(row.partner, aliases))

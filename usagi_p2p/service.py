@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 
 from aiohttp import web
 
+from .listener import Limits, PeerSite
 from .node import Node
 from .peer import make_app
 
@@ -18,8 +20,11 @@ log = logging.getLogger("usagi.service")
 class Service:
     """A node serving on ``host:port`` and delivering its outbox. ``async with``."""
 
-    def __init__(self, node: Node, host: str | None = None, port: int | None = None) -> None:
+    def __init__(self, node: Node, host: str | None = None, port: int | None = None, *,
+                 limits: Limits | None = None) -> None:
         self.node = node
+        #: What the peer listener grants callers (docs/spec.md §13).
+        self.limits = limits or Limits()
         self.host = host or node.config.listen_host
         self.port = node.config.listen_port if port is None else port
         self.stop = asyncio.Event()
@@ -34,14 +39,13 @@ class Service:
         await self.close()
 
     async def start(self) -> None:
-        app = make_app(self.node)
+        _raise_open_files()
+        app = make_app(self.node, limits=self.limits)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = PeerSite(self._runner, self.host, self.port, self.limits, reuse_address=True)
         await site.start()
-        if self.port == 0:  # an ephemeral port: find out which
-            server = site._server  # noqa: SLF001 (aiohttp exposes no public accessor)
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = site.port  # the port bound (an ephemeral one when asked for 0)
         await self.node.ledger.release_leases()
         self._loop_task = asyncio.create_task(self.node.delivery_loop(self.stop))
         log.info("%s listening on http://%s:%d", self.node.config.name, self.host, self.port)
@@ -69,3 +73,19 @@ class Service:
 
     async def run_forever(self) -> None:
         await self.stop.wait()
+
+
+def _raise_open_files(wanted: int = 65536) -> None:
+    """Let the process hold as many connections as its hard limit allows (up to ``wanted``).
+
+    The soft limit is often 1024: strangers holding connections from a few
+    addresses (each bounded per address) could otherwise use every file
+    descriptor, and then no partner could connect.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
