@@ -215,3 +215,23 @@ def test_the_depth_examples_of_section_13_1() -> None:
             if depth:
                 with pytest.raises(LimitExceededError):
                     decode(data, Limits(max_depth=depth - 1))
+
+
+def test_every_test_the_docs_cite_exists() -> None:
+    """A claim in the docs names the test that shows it (``tests/x.py::test_y``, or
+    ``::test_y`` for the file named last): each must exist, so a renamed or deleted
+    test cannot leave a claim without its proof."""
+    cite = re.compile(r"(tests/[\w/]+\.py)?::(test_\w+)(?![\w*])")
+    missing = []
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        current: str | None = None
+        for match in cite.finditer(doc.read_text()):
+            current = match.group(1) or current
+            if current is None:
+                missing.append(f"{doc.name}: ::{match.group(2)} with no file before it")
+                continue
+            path = ROOT / current
+            if not path.exists() or not re.search(
+                    rf"^(async )?def {match.group(2)}\b", path.read_text(), re.M):
+                missing.append(f"{doc.name}: {current}::{match.group(2)}")
+    assert not missing, "docs cite tests that do not exist:\n" + "\n".join(missing)
