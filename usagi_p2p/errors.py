@@ -12,7 +12,8 @@ from typing import Final
 from kernel.errors import UsagiError
 
 __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "PartnerError",
-           "PeerError", "BodyTooLargeError", "OverloadedError", "http_status", "exit_code"]
+           "PeerError", "BodyTooLargeError", "OverloadedError", "QuotaExceededError",
+           "http_status", "exit_code"]
 
 
 class NodeError(UsagiError):
@@ -63,6 +64,21 @@ class OverloadedError(NodeError):
     code = "overloaded"
 
 
+class QuotaExceededError(NodeError):
+    """The partner's quota of documents or bytes for this period is used up: retry later.
+
+    ``retry_after``: seconds until the partner's quota window ends (docs/spec.md
+    section 12, "Quotas"), sent as HTTP ``Retry-After``.
+    """
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        #: Seconds until the partner's current quota window ends (HTTP Retry-After).
+        self.retry_after = retry_after
+
+
 #: error code -> (HTTP status, CLI exit code). Anything not listed: 400 / 1.
 _TABLE: Final[dict[str, tuple[int, int]]] = {
     "malformed": (400, 65),
@@ -95,6 +111,7 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "store_error": (500, 74),
     "peer_error": (502, 69),
     "overloaded": (503, 75),
+    "quota_exceeded": (429, 75),
     "config_error": (500, 78),
     "bad_passphrase": (401, 77),
 }

@@ -62,6 +62,7 @@ from .httpsig import sign_request
 from .invitation import Invitation, make_invitation, parse_invitation, printable
 from .ledger import DocumentRow, Ledger, Partner
 from .plugin_host import PluginHost, findings_json
+from .quota import Quotas
 
 __all__ = ["Node", "SendResult", "MAX_BATCH", "MAX_BODY", "NOTICES_PATH", "INTRODUCE_PATH",
            "ROTATE_PATH"]
@@ -145,6 +146,8 @@ class Node:
         # needs no store round trip. Bounded; the store stays the truth.
         self._recent: OrderedDict[CID, bytes] = OrderedDict()
         self.plugins = PluginHost.for_config(config)
+        #: What each partner may store here per period, and has (docs/spec.md §12).
+        self.quotas = Quotas(home, config, self.ledger)
 
     @classmethod
     def load(cls, home: Home | str, passphrase: str | None, **kwargs: Any) -> Node:
@@ -759,6 +762,9 @@ class Node:
                 acks[i] = seen[notice.nonce]  # a replay gets the answer already given
             else:
                 fresh.append(i)
+        # A partner whose quota is used up is refused before anything is fetched.
+        await self.quotas.check({canonical(notices[i].sender, self._aliases) for i in fresh},
+                                now_ts, self._aliases)
         semaphore = asyncio.Semaphore(FETCH_CONCURRENCY)
 
         async def process(i: int) -> tuple[int, Any]:
@@ -812,13 +818,24 @@ class Node:
             statements_ok.append((notice, block, ack, row, prev))
             acks[i] = ack
         if statements_ok:
+            # Room in each sender's quota for what is about to be stored (the
+            # block and the signed document), reserved before anything is
+            # written; the whole batch is refused (429) when it does not fit.
+            charge = await self.quotas.charge(
+                [(canonical(row.partner, self._aliases), len(block) + len(row.signed))
+                 for _, block, _, row, _ in {s[3].cid: s for s in statements_ok}.values()],
+                now_ts, self._aliases)
             # Durable first: the blocks, then documents + acks + nonces in one
             # transaction. Only after both commits does any ack leave.
-            await self.store.put_many([s[1] for s in statements_ok])
-            await self.ledger.record_received_many([
-                (row, prev, ack, "received", acked_text, notice.sender, notice.nonce)
-                for notice, _block, ack, row, prev in statements_ok
-            ])
+            try:
+                await self.store.put_many([s[1] for s in statements_ok])
+                await self.ledger.record_received_many([
+                    (row, prev, ack, "received", acked_text, notice.sender, notice.nonce)
+                    for notice, _block, ack, row, prev in statements_ok
+                ], usage=charge.usage)
+            except BaseException:
+                self.quotas.release(charge)
+                raise
             _log_batch("received", "from", [(s[3], names.get(s[0].sender, s[0].sender))
                                              for s in {s[3].cid: s for s in statements_ok}.values()])
         if rejected:
@@ -865,7 +882,8 @@ class Node:
         partner = await self.ledger.partner(notice.sender)
         assert partner is not None and self._gateway is not None
         path = f"/ipfs/{notice.cid}"
-        headers = sign_request(self.identity, "GET", path, "format=raw")
+        headers = sign_request(self.identity, "GET", path, "format=raw",
+                               created=int(self.clock()))
         return await self._gateway.get_block(partner.endpoint, notice.cid, headers=headers)
 
     async def may_read(self, requester: str, cid: CID) -> bool:

@@ -1,0 +1,247 @@
+"""Per-partner quotas: how much one partner may store on this node per period
+(docs/spec.md section 12, "Quotas").
+
+A partner with a real key can send valid documents as fast as the node takes
+them, and each is stored twice (the ciphertext block and the opened signed
+document). Without a bound, one partner fills the disk. So each partner may
+store at most ``docs`` documents and ``bytes`` bytes (block + signed document)
+per window of ``period`` seconds; windows are fixed, counted from the Unix
+epoch (with the default period, a UTC day).
+
+What the node does with a batch (``Node.receive``):
+
+* before fetching anything, a partner that has already used up its window is
+  refused (:meth:`Quotas.check`): a flood past the quota costs no fetch, no
+  decryption, no write;
+* after opening, just before storing, the batch's new documents are charged
+  (:meth:`Quotas.charge`). Check and reservation are one synchronous step (no
+  ``await`` between them), so two batches from one partner in flight at once
+  cannot both pass on the same room. A batch that does not fit is refused
+  whole with ``quota_exceeded`` (HTTP 429, ``Retry-After`` = seconds to the
+  end of the window), before anything of it is stored;
+* the charge is written with the documents, in their ledger transaction
+  (``quota_usage``), so the count is what was committed; a failed write gives
+  the reservation back (:meth:`Quotas.release`).
+
+One exception: the first batch of a window is taken even when it alone is
+larger than the quota (unless the quota is 0), so that an honest sender's
+batch larger than a small quota goes through one per window instead of never.
+A partner can thus store at most max(quota, one batch) per window.
+
+Quotas come from the config (``quota_docs``, ``quota_bytes``,
+``quota_period``, and ``partner_quotas`` per DID). The file is read again
+when it changes, so ``usagi partner quota`` takes effect on a running
+``usagi serve`` without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kernel.thread import canonical
+
+from .errors import ConfigError, QuotaExceededError
+from .home import Config, Home
+from .ledger import Ledger
+
+__all__ = ["Quota", "Quotas", "Charge", "parse_size", "format_size"]
+
+log = logging.getLogger("usagi.quota")
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """What one partner may store per window."""
+
+    docs: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one batch reserved: (partner, window start, documents, bytes) each."""
+
+    usage: tuple[tuple[str, float, int, int], ...]
+
+
+class Quotas:
+    """The quota of every partner and what each has used in its current window.
+
+    The node that receives is the only writer of ``quota_usage``; what this
+    object holds is that table plus the batches reserved but not yet committed.
+    """
+
+    def __init__(self, home: Home, config: Config, ledger: Ledger) -> None:
+        self.home = home
+        self.ledger = ledger
+        self._config = config
+        self._stamp = self._config_stamp()
+        # partner DID -> [window start, documents, bytes], committed + reserved
+        self._used: dict[str, list[Any]] | None = None
+        self._loading = asyncio.Lock()
+
+    # -- configuration --------------------------------------------------------
+
+    def _config_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.home.config_path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def config(self) -> Config:
+        """The quota settings, read again when config.json changed on disk."""
+        stamp = self._config_stamp()
+        if stamp is not None and stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._config = self.home.load_config()
+            except ConfigError as exc:  # a bad edit: keep the quotas in force
+                log.warning("config.json changed but cannot be read, quotas unchanged: %s", exc)
+        return self._config
+
+    @property
+    def period(self) -> int:
+        return self.config().quota_period
+
+    def window(self, now: float) -> float:
+        """The start of the window ``now`` falls in."""
+        period = self.period
+        return float(math.floor(now / period) * period)
+
+    def quota(self, did: str, aliases: dict[str, str] | None = None) -> Quota:
+        """The quota of the partner whose current key is ``did``. A setting made for
+        one of its earlier keys (before a rotation) still applies."""
+        config = self.config()
+        own = config.partner_quotas.get(did)
+        if own is None and aliases:
+            own = next((q for key, q in config.partner_quotas.items()
+                        if canonical(key, aliases) == did), None)
+        own = own or {}
+        return Quota(own.get("docs", config.quota_docs), own.get("bytes", config.quota_bytes))
+
+    # -- usage ------------------------------------------------------------------
+
+    async def _usage(self) -> dict[str, list[Any]]:
+        if self._used is None:
+            async with self._loading:
+                if self._used is None:
+                    self._used = {did: list(row)
+                                  for did, row in (await self.ledger.quota_usage()).items()}
+        return self._used
+
+    def _current(self, used: dict[str, list[Any]], did: str, start: float) -> list[Any]:
+        row = used.get(did)
+        if row is None or row[0] < start:  # nothing yet, or a window that has ended
+            row = used[did] = [start, 0, 0]
+        return row
+
+    def _refuse(self, did: str, quota: Quota, row: list[Any], now: float, what: str) -> None:
+        retry = max(1, math.ceil(row[0] + self.period - now))
+        raise QuotaExceededError(
+            f"{what}: this partner stored {row[1]} of {quota.docs} documents and "
+            f"{format_size(row[2])} of {format_size(quota.bytes)} in this period; "
+            f"retry in {retry} s", retry_after=retry)
+
+    async def check(self, dids: Iterable[str], now: float,
+                    aliases: dict[str, str] | None = None) -> None:
+        """Refuse (QuotaExceededError) when any of ``dids`` has no room left at all."""
+        used = await self._usage()
+        start = self.window(now)
+        for did in dids:
+            quota = self.quota(did, aliases)
+            row = self._current(used, did, start)
+            if row[1] >= quota.docs or row[2] >= quota.bytes:
+                self._refuse(did, quota, row, now, "quota used up")
+
+    async def charge(self, documents: Iterable[tuple[str, int]], now: float,
+                     aliases: dict[str, str] | None = None) -> Charge:
+        """Reserve room for ``documents`` (partner DID, stored bytes), or refuse the
+        whole batch (QuotaExceededError) when a partner's would not fit."""
+        used = await self._usage()
+        # From here to the reservation nothing awaits: one step for the event loop.
+        start = self.window(now)
+        wanted: dict[str, list[int]] = {}
+        for did, size in documents:
+            want = wanted.setdefault(did, [0, 0])
+            want[0] += 1
+            want[1] += size
+        for did, (docs, size) in wanted.items():
+            quota = self.quota(did, aliases)
+            row = self._current(used, did, start)
+            first = row[1] == 0 and quota.docs > 0 and quota.bytes > 0
+            if not first and (row[1] + docs > quota.docs or row[2] + size > quota.bytes):
+                self._refuse(did, quota, row, now,
+                             f"a batch of {docs} document(s), {format_size(size)}, is over quota")
+        for did, (docs, size) in wanted.items():
+            row = used[did]
+            row[1] += docs
+            row[2] += size
+        return Charge(tuple((did, start, docs, size) for did, (docs, size) in wanted.items()))
+
+    def release(self, charge: Charge) -> None:
+        """Give back a reservation whose documents were not stored."""
+        if self._used is None:
+            return
+        for did, start, docs, size in charge.usage:
+            row = self._used.get(did)
+            if row is not None and row[0] == start:
+                row[1] = max(0, row[1] - docs)
+                row[2] = max(0, row[2] - size)
+
+    async def report(self, partners: Iterable[Any], now: float,
+                     aliases: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Each partner's use of its current window against its quota, as committed."""
+        committed = await self.ledger.quota_usage()
+        start = self.window(now)
+        out = []
+        for partner in partners:
+            if partner.status == "rotated":  # counted under its current key
+                continue
+            quota = self.quota(partner.did, aliases)
+            row = committed.get(partner.did)
+            docs, size = (row[1], row[2]) if row is not None and row[0] >= start else (0, 0)
+            out.append({"partner": partner.name, "did": partner.did, "docs": docs,
+                        "docs_quota": quota.docs, "bytes": size, "bytes_quota": quota.bytes,
+                        "own": self._has_own(partner.did, aliases),
+                        "resets_at": start + self.period})
+        return out
+
+    def _has_own(self, did: str, aliases: dict[str, str] | None) -> bool:
+        quotas = self.config().partner_quotas
+        return did in quotas or any(canonical(k, aliases or {}) == did for k in quotas)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024 ** 2, "mib": 1024 ** 2,
+          "mb": 1000 ** 2, "g": 1024 ** 3, "gib": 1024 ** 3, "gb": 1000 ** 3,
+          "t": 1024 ** 4, "tib": 1024 ** 4, "tb": 1000 ** 4}
+
+
+def parse_size(text: str) -> int:
+    """``"500MiB"``, ``"2GiB"``, ``"1.5G"``, ``"300000"``: bytes. K/M/G and KiB/MiB/GiB
+    are powers of 1024, KB/MB/GB powers of 1000."""
+    cleaned = text.strip().replace(" ", "").replace("_", "").lower()
+    digits = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = cleaned[len(digits):]
+    try:
+        value = float(digits)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (e.g. 500MiB, 2GiB, 300000)") from None
+    if unit not in _UNITS or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{text!r} is not a size (e.g. 500MiB, 2GiB, 300000)")
+    return int(value * _UNITS[unit])
+
+
+def format_size(size: int) -> str:
+    """Bytes as a person reads them: 1.0 GiB, 312.5 MiB, 812 B."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
