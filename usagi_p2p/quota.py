@@ -10,15 +10,19 @@ epoch (with the default period, a UTC day).
 
 What the node does with a batch (``Node.receive``):
 
-* before fetching anything, a partner that has already used up its window is
-  refused (:meth:`Quotas.check`): a flood past the quota costs no fetch, no
+* before fetching anything, a partner that has already used up its window,
+  or had a batch refused in it, is refused (:meth:`Quotas.check`): a flood
+  past the quota costs at most one fetch per window, then no fetch, no
   decryption, no write;
 * after opening, just before storing, the batch's new documents are charged
   (:meth:`Quotas.charge`). Check and reservation are one synchronous step (no
   ``await`` between them), so two batches from one partner in flight at once
   cannot both pass on the same room. A batch that does not fit is refused
   whole with ``quota_exceeded`` (HTTP 429, ``Retry-After`` = seconds to the
-  end of the window), before anything of it is stored;
+  end of the window), before anything of it is stored, and the partner's
+  window is closed: every later batch in it is refused too, as Retry-After
+  said (else a flooder could make the node fetch and open a full batch, to
+  refuse it, again and again);
 * the charge is written with the documents, in their ledger transaction
   (``quota_usage``), so the count is what was committed; a failed write gives
   the reservation back (:meth:`Quotas.release`).
@@ -62,6 +66,17 @@ class Quota:
     bytes: int
 
 
+@dataclass(slots=True)
+class _Window:
+    """One partner's current window: committed plus reserved."""
+
+    start: float
+    docs: int = 0
+    bytes: int = 0
+    #: A batch was refused in this window: refuse the rest of it (Retry-After).
+    closed: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Charge:
     """What one batch reserved: (partner, window start, documents, bytes) each."""
@@ -81,8 +96,8 @@ class Quotas:
         self.ledger = ledger
         self._config = config
         self._stamp = self._config_stamp()
-        # partner DID -> [window start, documents, bytes], committed + reserved
-        self._used: dict[str, list[Any]] | None = None
+        # partner DID -> its current window, committed + reserved
+        self._used: dict[str, _Window] | None = None
         self._loading = asyncio.Lock()
 
     # -- configuration --------------------------------------------------------
@@ -127,37 +142,39 @@ class Quotas:
 
     # -- usage ------------------------------------------------------------------
 
-    async def _usage(self) -> dict[str, list[Any]]:
+    async def _usage(self) -> dict[str, _Window]:
         if self._used is None:
             async with self._loading:
                 if self._used is None:
-                    self._used = {did: list(row)
+                    self._used = {did: _Window(*row)
                                   for did, row in (await self.ledger.quota_usage()).items()}
         return self._used
 
-    def _current(self, used: dict[str, list[Any]], did: str, start: float) -> list[Any]:
-        row = used.get(did)
-        if row is None or row[0] < start:  # nothing yet, or a window that has ended
-            row = used[did] = [start, 0, 0]
-        return row
+    def _current(self, used: dict[str, _Window], did: str, start: float) -> _Window:
+        window = used.get(did)
+        if window is None or window.start < start:  # nothing yet, or a window that has ended
+            window = used[did] = _Window(start)
+        return window
 
-    def _refuse(self, did: str, quota: Quota, row: list[Any], now: float, what: str) -> None:
-        retry = max(1, math.ceil(row[0] + self.period - now))
+    def _refuse(self, quota: Quota, window: _Window, now: float, what: str) -> None:
+        window.closed = True
+        retry = max(1, math.ceil(window.start + self.period - now))
         raise QuotaExceededError(
-            f"{what}: this partner stored {row[1]} of {quota.docs} documents and "
-            f"{format_size(row[2])} of {format_size(quota.bytes)} in this period; "
+            f"{what}: this partner stored {window.docs} of {quota.docs} documents and "
+            f"{format_size(window.bytes)} of {format_size(quota.bytes)} in this period; "
             f"retry in {retry} s", retry_after=retry)
 
     async def check(self, dids: Iterable[str], now: float,
                     aliases: dict[str, str] | None = None) -> None:
-        """Refuse (QuotaExceededError) when any of ``dids`` has no room left at all."""
+        """Refuse (QuotaExceededError) when any of ``dids`` has no room left at all,
+        or had a batch refused in this window."""
         used = await self._usage()
         start = self.window(now)
         for did in dids:
             quota = self.quota(did, aliases)
-            row = self._current(used, did, start)
-            if row[1] >= quota.docs or row[2] >= quota.bytes:
-                self._refuse(did, quota, row, now, "quota used up")
+            window = self._current(used, did, start)
+            if window.closed or window.docs >= quota.docs or window.bytes >= quota.bytes:
+                self._refuse(quota, window, now, "quota used up")
 
     async def charge(self, documents: Iterable[tuple[str, int]], now: float,
                      aliases: dict[str, str] | None = None) -> Charge:
@@ -173,15 +190,16 @@ class Quotas:
             want[1] += size
         for did, (docs, size) in wanted.items():
             quota = self.quota(did, aliases)
-            row = self._current(used, did, start)
-            first = row[1] == 0 and quota.docs > 0 and quota.bytes > 0
-            if not first and (row[1] + docs > quota.docs or row[2] + size > quota.bytes):
-                self._refuse(did, quota, row, now,
+            window = self._current(used, did, start)
+            first = window.docs == 0 and quota.docs > 0 and quota.bytes > 0
+            if window.closed or not first and (window.docs + docs > quota.docs
+                                               or window.bytes + size > quota.bytes):
+                self._refuse(quota, window, now,
                              f"a batch of {docs} document(s), {format_size(size)}, is over quota")
         for did, (docs, size) in wanted.items():
-            row = used[did]
-            row[1] += docs
-            row[2] += size
+            window = used[did]
+            window.docs += docs
+            window.bytes += size
         return Charge(tuple((did, start, docs, size) for did, (docs, size) in wanted.items()))
 
     def release(self, charge: Charge) -> None:
@@ -189,10 +207,10 @@ class Quotas:
         if self._used is None:
             return
         for did, start, docs, size in charge.usage:
-            row = self._used.get(did)
-            if row is not None and row[0] == start:
-                row[1] = max(0, row[1] - docs)
-                row[2] = max(0, row[2] - size)
+            window = self._used.get(did)
+            if window is not None and window.start == start:
+                window.docs = max(0, window.docs - docs)
+                window.bytes = max(0, window.bytes - size)
 
     async def report(self, partners: Iterable[Any], now: float,
                      aliases: dict[str, str] | None = None) -> list[dict[str, Any]]:

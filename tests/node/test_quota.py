@@ -142,11 +142,21 @@ async def test_a_flood_stops_at_the_quota_and_honest_retries_pass_after_the_wind
     assert used[1] == len(accepted) and used[2] <= quota
     at_refusal = home_size(osaka.home)
 
-    # Everything else it floods is refused, and the disk does not grow.
+    # Everything else it floods is refused, and the disk does not grow. Refused
+    # before any fetch: Osaka cannot reach the flooder's gateway now, and a
+    # fetch would have answered 200 with 'rejected' acks (block not found).
+    endpoint = (await osaka.ledger.partner(evil.did)).endpoint
+    await osaka.ledger.write([("UPDATE partners SET endpoint = ? WHERE did = ?",
+                               (f"http://127.0.0.1:{free_port()}", evil.did))])
+    quiet = home_size(osaka.home)
     for i in range(len(accepted), len(notices), 4):
+        status, _, answer = await post(nodes["url"], notices[i:i + 1])
+        assert status == 429 and answer["error"] == "quota_exceeded"
         status, _, answer = await post(nodes["url"], notices[i:i + 4])
         assert status == 429 and answer["error"] == "quota_exceeded"
-    assert home_size(osaka.home) == at_refusal
+    assert home_size(osaka.home) == quiet
+    await osaka.ledger.write([("UPDATE partners SET endpoint = ? WHERE did = ?",
+                               (endpoint, evil.did))])
     # Stored twice (block + signed document), plus SQLite's pages, indexes and WAL.
     assert at_refusal - before <= 2 * quota + 2 * MiB, (before, at_refusal)
 
