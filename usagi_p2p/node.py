@@ -817,14 +817,15 @@ class Node:
             in_batch[opened.cid] = ack, row, prev
             statements_ok.append((notice, block, ack, row, prev))
             acks[i] = ack
+        # Room in each sender's quota for what is about to be stored (the block
+        # and the signed document), reserved before anything is written. What
+        # does not fit is not stored, and the batch is answered 429 below.
+        charge = await self.quotas.charge(
+            [(canonical(row.partner, self._aliases), row.cid, len(block) + len(row.signed))
+             for _, block, _, row, _ in statements_ok], now_ts, self._aliases)
+        if charge.refusal is not None:
+            statements_ok = [s for s in statements_ok if s[3].cid in charge.taken]
         if statements_ok:
-            # Room in each sender's quota for what is about to be stored (the
-            # block and the signed document), reserved before anything is
-            # written; the whole batch is refused (429) when it does not fit.
-            charge = await self.quotas.charge(
-                [(canonical(row.partner, self._aliases), len(block) + len(row.signed))
-                 for _, block, _, row, _ in {s[3].cid: s for s in statements_ok}.values()],
-                now_ts, self._aliases)
             # Durable first: the blocks, then documents + acks + nonces in one
             # transaction. Only after both commits does any ack leave.
             try:
@@ -843,6 +844,12 @@ class Node:
             first_cid, first = rejected[0]
             activity.warning("rejected %d document(s) from %s, e.g. %s: %s (%s)", len(rejected),
                              sender, first_cid, first.code, printable(first))
+        if charge.refusal is not None:
+            # Once per partner and window: later batches are refused by the check above.
+            activity.warning("%s: %s", printable(", ".join(sorted(names.values()))),
+                             charge.refusal)
+            # What fit is stored; its acks go out when the sender retries (replays).
+            raise charge.refusal
         return [a for a in acks if a is not None]
 
     async def _take(self, notice: Notice, block: bytes | None) -> Any:

@@ -15,22 +15,25 @@ What the node does with a batch (``Node.receive``):
   past the quota costs at most one fetch per window, then no fetch, no
   decryption, no write;
 * after opening, just before storing, the batch's new documents are charged
-  (:meth:`Quotas.charge`). Check and reservation are one synchronous step (no
+  (:meth:`Quotas.charge`) in notice order, each partner's up to the first
+  that does not fit. Check and reservation are one synchronous step (no
   ``await`` between them), so two batches from one partner in flight at once
-  cannot both pass on the same room. A batch that does not fit is refused
-  whole with ``quota_exceeded`` (HTTP 429, ``Retry-After`` = seconds to the
-  end of the window), before anything of it is stored, and the partner's
-  window is closed: every later batch in it is refused too, as Retry-After
-  said (else a flooder could make the node fetch and open a full batch, to
-  refuse it, again and again);
+  cannot both take the same room. The documents that fit are stored; if any
+  did not, the node then answers ``quota_exceeded`` (HTTP 429, ``Retry-After``
+  = seconds to the end of the window) and the partner's window is closed:
+  every later batch in it is refused before any fetch, as Retry-After said
+  (else a flooder could make the node fetch and open a full batch, to refuse
+  it, again and again). The sender retries the whole batch then; what was
+  stored is answered as a replay, with the ack already given, and costs no
+  quota again;
 * the charge is written with the documents, in their ledger transaction
   (``quota_usage``), so the count is what was committed; a failed write gives
   the reservation back (:meth:`Quotas.release`).
 
-One exception: the first batch of a window is taken even when it alone is
-larger than the quota (unless the quota is 0), so that an honest sender's
-batch larger than a small quota goes through one per window instead of never.
-A partner can thus store at most max(quota, one batch) per window.
+A partner thus stores at most its quota per window, and an honest sender's
+documents always advance: a window's first document is taken even when it
+alone is larger than the byte quota (unless the quota is 0), so the bound is
+the quota plus at most one document (< 2 MiB).
 
 Quotas come from the config (``quota_docs``, ``quota_bytes``,
 ``quota_period``, and ``partner_quotas`` per DID). The file is read again
@@ -47,6 +50,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kernel.cid import CID
 from kernel.thread import canonical
 
 from .errors import ConfigError, QuotaExceededError
@@ -79,9 +83,12 @@ class _Window:
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """What one batch reserved: (partner, window start, documents, bytes) each."""
+    """What one batch reserved: (partner, window start, documents, bytes) each; the
+    documents that fit (to store); and the refusal to answer when some did not."""
 
     usage: tuple[tuple[str, float, int, int], ...]
+    taken: frozenset[CID] = frozenset()
+    refusal: QuotaExceededError | None = None
 
 
 class Quotas:
@@ -156,11 +163,13 @@ class Quotas:
             window = used[did] = _Window(start)
         return window
 
-    def _refuse(self, quota: Quota, window: _Window, now: float, what: str) -> None:
+    def _refusal(self, quota: Quota, window: _Window, now: float, what: str
+                 ) -> QuotaExceededError:
+        """The refusal to answer, and the partner's window closed until it ends."""
         window.closed = True
         retry = max(1, math.ceil(window.start + self.period - now))
-        raise QuotaExceededError(
-            f"{what}: this partner stored {window.docs} of {quota.docs} documents and "
+        return QuotaExceededError(
+            f"{what}: this partner stored {window.docs:,} of {quota.docs:,} documents and "
             f"{format_size(window.bytes)} of {format_size(quota.bytes)} in this period; "
             f"retry in {retry} s", retry_after=retry)
 
@@ -174,33 +183,44 @@ class Quotas:
             quota = self.quota(did, aliases)
             window = self._current(used, did, start)
             if window.closed or window.docs >= quota.docs or window.bytes >= quota.bytes:
-                self._refuse(quota, window, now, "quota used up")
+                raise self._refusal(quota, window, now, "quota used up")
 
-    async def charge(self, documents: Iterable[tuple[str, int]], now: float,
+    async def charge(self, documents: Iterable[tuple[str, CID, int]], now: float,
                      aliases: dict[str, str] | None = None) -> Charge:
-        """Reserve room for ``documents`` (partner DID, stored bytes), or refuse the
-        whole batch (QuotaExceededError) when a partner's would not fit."""
+        """Take room for ``documents`` (partner DID, CID, bytes to store), in order:
+        each partner's up to the first that does not fit. ``Charge.taken`` names
+        the documents to store, ``Charge.refusal`` is set when any were left out."""
         used = await self._usage()
         # From here to the reservation nothing awaits: one step for the event loop.
         start = self.window(now)
-        wanted: dict[str, list[int]] = {}
-        for did, size in documents:
-            want = wanted.setdefault(did, [0, 0])
-            want[0] += 1
-            want[1] += size
-        for did, (docs, size) in wanted.items():
+        taken: set[CID] = set()
+        counted: dict[str, list[int]] = {}
+        full: dict[str, list[Any]] = {}  # partner -> [quota, window, documents left out]
+        for did, cid, size in documents:
+            if cid in taken:  # named twice in the batch: stored once
+                continue
+            if did in full:
+                full[did][2] += 1
+                continue
             quota = self.quota(did, aliases)
             window = self._current(used, did, start)
+            # A window's first document is taken even when it alone is larger
+            # than the byte quota: else it could never be delivered.
             first = window.docs == 0 and quota.docs > 0 and quota.bytes > 0
-            if window.closed or not first and (window.docs + docs > quota.docs
-                                               or window.bytes + size > quota.bytes):
-                self._refuse(quota, window, now,
-                             f"a batch of {docs} document(s), {format_size(size)}, is over quota")
-        for did, (docs, size) in wanted.items():
-            window = used[did]
-            window.docs += docs
+            if window.closed or window.docs + 1 > quota.docs or \
+                    (window.bytes + size > quota.bytes and not first):
+                full[did] = [quota, window, 1]
+                continue
+            window.docs += 1
             window.bytes += size
-        return Charge(tuple((did, start, docs, size) for did, (docs, size) in wanted.items()))
+            taken.add(cid)
+            count = counted.setdefault(did, [0, 0])
+            count[0] += 1
+            count[1] += size
+        refusals = [self._refusal(quota, window, now, f"{left} document(s) over quota")
+                    for quota, window, left in full.values()]
+        return Charge(tuple((did, start, docs, size) for did, (docs, size) in counted.items()),
+                      frozenset(taken), refusals[0] if refusals else None)
 
     def release(self, charge: Charge) -> None:
         """Give back a reservation whose documents were not stored."""

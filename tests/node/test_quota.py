@@ -26,7 +26,8 @@ from aiohttp import web
 
 from kernel import dagcbor
 from kernel.cid import CID
-from kernel.messages import open_ack
+from kernel.messages import MESSAGE_LIMITS, make_notice, open_ack
+from kernel.signed import open_signed
 from usagi_p2p.errors import ConfigError, QuotaExceededError
 from usagi_p2p.home import Config, Home
 from usagi_p2p.node import NOTICES_PATH, Node
@@ -138,8 +139,12 @@ async def test_a_flood_stops_at_the_quota_and_honest_retries_pass_after_the_wind
     window_end = (clock() // 86400 + 1) * 86400
     assert 0 < int(headers["Retry-After"]) <= window_end - clock() + 1
     assert accepted  # the quota is not zero: some of the flood was taken
+    # What is stored: the batches answered 200, and any documents of the
+    # refused batch that still fitted (acked when the sender retries).
+    stored = [r.cid for r in await osaka.ledger.documents(direction="in", partners=[evil.did])]
+    assert set(accepted) <= set(stored)
     used = (await osaka.ledger.quota_usage())[evil.did]
-    assert used[1] == len(accepted) and used[2] <= quota
+    assert used[1] == len(stored) and used[2] <= quota
     at_refusal = home_size(osaka.home)
 
     # Everything else it floods is refused, and the disk does not grow. Refused
@@ -149,7 +154,7 @@ async def test_a_flood_stops_at_the_quota_and_honest_retries_pass_after_the_wind
     await osaka.ledger.write([("UPDATE partners SET endpoint = ? WHERE did = ?",
                                (f"http://127.0.0.1:{free_port()}", evil.did))])
     quiet = home_size(osaka.home)
-    for i in range(len(accepted), len(notices), 4):
+    for i in range(len(stored), len(notices), 4):
         status, _, answer = await post(nodes["url"], notices[i:i + 1])
         assert status == 429 and answer["error"] == "quota_exceeded"
         status, _, answer = await post(nodes["url"], notices[i:i + 4])
@@ -161,7 +166,7 @@ async def test_a_flood_stops_at_the_quota_and_honest_retries_pass_after_the_wind
     assert at_refusal - before <= 2 * quota + 2 * MiB, (before, at_refusal)
 
     # What was accepted before is intact, block and document.
-    for cid in accepted:
+    for cid in stored:
         row = await osaka.ledger.document(cid)
         assert row is not None and row.status == "received"
         opened = osaka.open_envelope(await osaka.store.get(cid), cid)
@@ -263,7 +268,8 @@ async def test_a_partner_at_its_document_quota_is_refused_before_any_fetch(
 
 async def test_two_batches_at_once_cannot_share_the_last_room(nodes: dict[str, Any]) -> None:
     """The check and the reservation are one step: of two concurrent batches that
-    each fit alone but not together, exactly one is stored."""
+    each fit alone but not together, one is stored and the other only as far
+    as the room goes."""
     osaka, evil = nodes["osaka"], nodes["evil"]
     set_partner_quota(osaka.home, evil.did, docs=4)
     await evil.send_many([("order", "Osaka", big(i), None) for i in range(6)])
@@ -271,8 +277,36 @@ async def test_two_batches_at_once_cannot_share_the_last_room(nodes: dict[str, A
     first, second = await asyncio.gather(post(nodes["url"], notices[0:3]),
                                          post(nodes["url"], notices[3:6]))
     assert sorted([first[0], second[0]]) == [200, 429]
-    assert await osaka.ledger.count_documents("in") == 3
-    assert (await osaka.ledger.quota_usage())[evil.did][1] == 3
+    # The refused batch's first document took the last room; never more.
+    assert await osaka.ledger.count_documents("in") == 4
+    assert (await osaka.ledger.quota_usage())[evil.did][1] == 4
+
+
+async def test_what_fits_is_stored_and_acked_on_the_retry_after_the_window(
+        nodes: dict[str, Any]) -> None:
+    """A batch over quota stores what fits (here: a window's first document, though
+    alone larger than the byte quota) and answers 429; the same batch sent after
+    the window gets the stored document's ack as a replay, and the rest stored."""
+    osaka, evil, clock = nodes["osaka"], nodes["evil"], nodes["clock"]
+    set_partner_quota(osaka.home, evil.did, bytes=100_000)
+    results = await evil.send_many([("order", "Osaka", big(i), None) for i in range(2)])
+    notices = [row.notice for row in await evil.ledger.outbox()]
+    status, headers, answer = await post(nodes["url"], notices)
+    assert status == 429 and answer["error"] == "quota_exceeded"
+    first = await osaka.ledger.document(results[0].cid)
+    assert first is not None and await osaka.ledger.document(results[1].cid) is None
+    acked = await osaka.ledger.ack(results[0].cid)
+    assert acked is not None
+    clock.now += int(headers["Retry-After"])  # the next window
+    # The same notices (same nonces), signed again now, as a sender's retry is.
+    again = [make_notice(evil.identity, r.cid, osaka.did, evil.now(),
+                         nonce=open_signed(r.notice, "notice", "from", MESSAGE_LIMITS).body["nonce"])
+             for r in await evil.ledger.outbox()]
+    status, _, answer = await post(nodes["url"], again)
+    assert status == 200
+    assert answer["acks"][0] == acked[0]  # the ack given when it was stored
+    assert open_ack(answer["acks"][1]).status == "received"
+    assert (await osaka.ledger.document(results[0].cid)).signed == first.signed  # type: ignore[union-attr]
 
 
 def test_quota_settings_are_checked_and_sizes_read() -> None:
