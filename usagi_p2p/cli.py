@@ -366,9 +366,9 @@ def partner_quota(ctx: click.Context, who: str, docs: int | None, size: str | No
                   use_default: bool) -> None:
     """Show or set what a partner may store on this node per period (a UTC day by default).
 
-    Past its quota a partner's batches are refused with quota_exceeded (HTTP 429,
-    Retry-After: the end of the period) and nothing of them is stored; an honest
-    node retries then. A running 'usagi serve' applies a change at once.
+    Past its quota a partner's documents are refused with quota_exceeded (HTTP
+    429, Retry-After: the end of the period); its node retries then, and they
+    are delivered. A running 'usagi serve' applies a change at once.
 
     Example: usagi partner quota Osaka --docs 20000 --bytes 500MiB
     """

@@ -28,7 +28,10 @@ What the node does with a batch (``Node.receive``):
   quota again;
 * the charge is written with the documents, in their ledger transaction
   (``quota_usage``), so the count is what was committed; a failed write gives
-  the reservation back (:meth:`Quotas.release`).
+  the reservation back (:meth:`Quotas.release`). (One document named in two
+  batches in flight at once is counted by both and stored once: an error in
+  the node's favour that an honest sender, which leases each notice to one
+  batch, does not meet.)
 
 A partner thus stores at most its quota per window, and an honest sender's
 documents always advance: a window's first document is taken even when it
