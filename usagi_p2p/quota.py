@@ -130,19 +130,15 @@ class Quotas:
                 log.warning("config.json changed but cannot be read, quotas unchanged: %s", exc)
         return self._config
 
-    @property
-    def period(self) -> int:
-        return self.config().quota_period
-
-    def window(self, now: float) -> float:
+    @staticmethod
+    def window(config: Config, now: float) -> float:
         """The start of the window ``now`` falls in."""
-        period = self.period
-        return float(math.floor(now / period) * period)
+        return float(math.floor(now / config.quota_period) * config.quota_period)
 
-    def quota(self, did: str, aliases: dict[str, str] | None = None) -> Quota:
+    @staticmethod
+    def quota(config: Config, did: str, aliases: dict[str, str] | None = None) -> Quota:
         """The quota of the partner whose current key is ``did``. A setting made for
         one of its earlier keys (before a rotation) still applies."""
-        config = self.config()
         own = config.partner_quotas.get(did)
         if own is None and aliases:
             own = next((q for key, q in config.partner_quotas.items()
@@ -166,11 +162,12 @@ class Quotas:
             window = used[did] = _Window(start)
         return window
 
-    def _refusal(self, quota: Quota, window: _Window, now: float, what: str
+    @staticmethod
+    def _refusal(config: Config, quota: Quota, window: _Window, now: float, what: str
                  ) -> QuotaExceededError:
         """The refusal to answer, and the partner's window closed until it ends."""
         window.closed = True
-        retry = max(1, math.ceil(window.start + self.period - now))
+        retry = max(1, math.ceil(window.start + config.quota_period - now))
         return QuotaExceededError(
             f"{what}: this partner stored {window.docs:,} of {quota.docs:,} documents and "
             f"{format_size(window.bytes)} of {format_size(quota.bytes)} in this period; "
@@ -181,12 +178,13 @@ class Quotas:
         """Refuse (QuotaExceededError) when any of ``dids`` has no room left at all,
         or had a batch refused in this window."""
         used = await self._usage()
-        start = self.window(now)
+        config = self.config()
+        start = self.window(config, now)
         for did in dids:
-            quota = self.quota(did, aliases)
+            quota = self.quota(config, did, aliases)
             window = self._current(used, did, start)
             if window.closed or window.docs >= quota.docs or window.bytes >= quota.bytes:
-                raise self._refusal(quota, window, now, "quota used up")
+                raise self._refusal(config, quota, window, now, "quota used up")
 
     async def charge(self, documents: Iterable[tuple[str, CID, int]], now: float,
                      aliases: dict[str, str] | None = None) -> Charge:
@@ -195,9 +193,11 @@ class Quotas:
         the documents to store, ``Charge.refusal`` is set when any were left out."""
         used = await self._usage()
         # From here to the reservation nothing awaits: one step for the event loop.
-        start = self.window(now)
+        config = self.config()
+        start = self.window(config, now)
         taken: set[CID] = set()
         counted: dict[str, list[int]] = {}
+        quotas: dict[str, Quota] = {}
         full: dict[str, list[Any]] = {}  # partner -> [quota, window, documents left out]
         for did, cid, size in documents:
             if cid in taken:  # named twice in the batch: stored once
@@ -205,7 +205,9 @@ class Quotas:
             if did in full:
                 full[did][2] += 1
                 continue
-            quota = self.quota(did, aliases)
+            quota = quotas.get(did)
+            if quota is None:
+                quota = quotas[did] = self.quota(config, did, aliases)
             window = self._current(used, did, start)
             # A window's first document is taken even when it alone is larger
             # than the byte quota: else it could never be delivered.
@@ -220,7 +222,7 @@ class Quotas:
             count = counted.setdefault(did, [0, 0])
             count[0] += 1
             count[1] += size
-        refusals = [self._refusal(quota, window, now, f"{left} document(s) over quota")
+        refusals = [self._refusal(config, quota, window, now, f"{left} document(s) over quota")
                     for quota, window, left in full.values()]
         return Charge(tuple((did, start, docs, size) for did, (docs, size) in counted.items()),
                       frozenset(taken), refusals[0] if refusals else None)
@@ -239,22 +241,24 @@ class Quotas:
                      aliases: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Each partner's use of its current window against its quota, as committed."""
         committed = await self.ledger.quota_usage()
-        start = self.window(now)
+        config = self.config()
+        start = self.window(config, now)
         out = []
         for partner in partners:
             if partner.status == "rotated":  # counted under its current key
                 continue
-            quota = self.quota(partner.did, aliases)
+            quota = self.quota(config, partner.did, aliases)
             row = committed.get(partner.did)
             docs, size = (row[1], row[2]) if row is not None and row[0] >= start else (0, 0)
             out.append({"partner": partner.name, "did": partner.did, "docs": docs,
                         "docs_quota": quota.docs, "bytes": size, "bytes_quota": quota.bytes,
-                        "own": self._has_own(partner.did, aliases),
-                        "resets_at": start + self.period})
+                        "own": self._has_own(config, partner.did, aliases),
+                        "resets_at": start + config.quota_period})
         return out
 
-    def _has_own(self, did: str, aliases: dict[str, str] | None) -> bool:
-        quotas = self.config().partner_quotas
+    @staticmethod
+    def _has_own(config: Config, did: str, aliases: dict[str, str] | None) -> bool:
+        quotas = config.partner_quotas
         return did in quotas or any(canonical(k, aliases or {}) == did for k in quotas)
 
 
