@@ -156,8 +156,16 @@ class Quotas:
                                   for did, row in (await self.ledger.quota_usage()).items()}
         return self._used
 
-    def _current(self, used: dict[str, _Window], did: str, start: float) -> _Window:
+    @staticmethod
+    def _current(used: dict[str, _Window], did: str, start: float,
+                 aliases: dict[str, str] | None) -> _Window:
         window = used.get(did)
+        if window is None and aliases:
+            # A partner that rotated its key keeps the count of its earlier key:
+            # a new key is not a new quota.
+            earlier = [key for key in used if key != did and canonical(key, aliases) == did]
+            if earlier:
+                window = used[did] = used.pop(earlier[0])
         if window is None or window.start < start:  # nothing yet, or a window that has ended
             window = used[did] = _Window(start)
         return window
@@ -182,7 +190,7 @@ class Quotas:
         start = self.window(config, now)
         for did in dids:
             quota = self.quota(config, did, aliases)
-            window = self._current(used, did, start)
+            window = self._current(used, did, start, aliases)
             if window.closed or window.docs >= quota.docs or window.bytes >= quota.bytes:
                 raise self._refusal(config, quota, window, now, "quota used up")
 
@@ -208,7 +216,7 @@ class Quotas:
             quota = quotas.get(did)
             if quota is None:
                 quota = quotas[did] = self.quota(config, did, aliases)
-            window = self._current(used, did, start)
+            window = self._current(used, did, start, aliases)
             # A window's first document is taken even when it alone is larger
             # than the byte quota: else it could never be delivered.
             first = window.docs == 0 and quota.docs > 0 and quota.bytes > 0
@@ -240,7 +248,11 @@ class Quotas:
     async def report(self, partners: Iterable[Any], now: float,
                      aliases: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Each partner's use of its current window against its quota, as committed."""
-        committed = await self.ledger.quota_usage()
+        committed: dict[str, tuple[float, int, int]] = {}
+        for key, row in (await self.ledger.quota_usage()).items():  # under the current keys
+            did = canonical(key, aliases or {})
+            if did not in committed or committed[did][0] < row[0]:
+                committed[did] = row
         config = self.config()
         start = self.window(config, now)
         out = []
@@ -248,8 +260,8 @@ class Quotas:
             if partner.status == "rotated":  # counted under its current key
                 continue
             quota = self.quota(config, partner.did, aliases)
-            row = committed.get(partner.did)
-            docs, size = (row[1], row[2]) if row is not None and row[0] >= start else (0, 0)
+            used = committed.get(partner.did)
+            docs, size = (used[1], used[2]) if used is not None and used[0] >= start else (0, 0)
             out.append({"partner": partner.name, "did": partner.did, "docs": docs,
                         "docs_quota": quota.docs, "bytes": size, "bytes_quota": quota.bytes,
                         "own": self._has_own(config, partner.did, aliases),

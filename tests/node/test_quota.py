@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,28 @@ async def test_what_fits_is_stored_and_acked_on_the_retry_after_the_window(
     assert answer["acks"][0] == acked[0]  # the ack given when it was stored
     assert open_ack(answer["acks"][1]).status == "received"
     assert (await osaka.ledger.document(results[0].cid)).signed == first.signed  # type: ignore[union-attr]
+
+
+async def test_a_new_key_is_not_a_new_quota(nodes: dict[str, Any]) -> None:
+    """A partner that rotates its key keeps its quota and what it used under the old key."""
+    osaka, evil = nodes["osaka"], nodes["evil"]
+    set_partner_quota(osaka.home, evil.did, docs=2)
+    await evil.send_many([("order", "Osaka", {"ref": f"R-{i}", "lines": [{"text": "nuts"}]},
+                           None) for i in range(2)])
+    status, _, _ = await post(nodes["url"], [r.notice for r in await evil.ledger.outbox()])
+    assert status == 200
+    old = evil.did
+    _, told = await evil.rotate(None, timedelta(days=1), fast_kdf=True)
+    assert told == {"Osaka Precision": "ok"} and evil.did != old
+    late = await evil.send("order", "Osaka", {"ref": "R-new-key", "lines": [{"text": "nuts"}]})
+    notices = [r.notice for r in await evil.ledger.outbox() if r.cid == late.cid]
+    status, _, answer = await post(nodes["url"], notices)
+    assert status == 429 and answer["error"] == "quota_exceeded"
+    assert await osaka.ledger.document(late.cid) is None
+    report = await osaka.quotas.report(await osaka.ledger.partners(), osaka.clock(),
+                                       await osaka.ledger.aliases())
+    mine = [r for r in report if r["did"] == evil.did]
+    assert [(r["docs"], r["docs_quota"], r["own"]) for r in mine] == [(2, 2, True)]
 
 
 def test_quota_settings_are_checked_and_sizes_read() -> None:
