@@ -34,6 +34,7 @@ lint: $(STAMP)
 # The proving ground (docs/reliability.md). Short versions run in 'make test'.
 faults: $(STAMP)
 	$(PY) bench/faults.py $(FAULTS_ARGS)
+	$(PY) bench/flood.py $(FLOOD_ARGS)
 
 fuzz: $(STAMP)
 	$(PY) bench/fuzz.py $(FUZZ_ARGS)

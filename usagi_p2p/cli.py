@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -360,6 +360,76 @@ def partner_rename(ctx: click.Context, who: str, name: str) -> None:
     p = _run(_with_node(ctx, run))
     _emit(ctx, {"did": p.did, "name": name},
           lambda: click.echo(f"{printable(p.name)} -> {printable(name)}"))
+
+
+def _quota_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    from .quota import format_size
+
+    return [[r["partner"], f"{r['docs']:,} / {r['docs_quota']:,}",
+             f"{format_size(r['bytes'])} / {format_size(r['bytes_quota'])}",
+             "own" if r["own"] else "default",
+             datetime.fromtimestamp(r["resets_at"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
+            for r in rows]
+
+
+_QUOTA_HEADERS: Final = ["partner", "documents", "bytes", "quota", "resets"]
+
+
+@partner.command("quota")
+@click.argument("who")
+@click.option("--docs", type=click.IntRange(0), default=None,
+              help="Documents this partner may store here per period.")
+@click.option("--bytes", "size", default=None,
+              help="Bytes per period (ciphertext block + signed document), e.g. 500MiB, 2GiB.")
+@click.option("--default", "use_default", is_flag=True,
+              help="Drop this partner's own quota: the node's defaults apply again.")
+@click.pass_context
+def partner_quota(ctx: click.Context, who: str, docs: int | None, size: str | None,
+                  use_default: bool) -> None:
+    """Show or set what a partner may store on this node per period (a UTC day by default).
+
+    Past its quota a partner's documents are refused with quota_exceeded (HTTP
+    429, Retry-After: the end of the period); its node retries then, and they
+    are delivered. A running 'usagi serve' applies a change at once.
+
+    Example: usagi partner quota Osaka --docs 20000 --bytes 500MiB
+    """
+    from kernel.thread import canonical
+
+    from .quota import parse_size
+
+    try:
+        size_bytes = parse_size(size) if size is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bytes") from None
+    if use_default and (docs is not None or size_bytes is not None):
+        raise click.UsageError("--default drops the partner's own quota; give it alone")
+    home = _home(ctx)
+
+    async def run(node: Any) -> dict[str, Any]:
+        p = await node.resolve_partner(who)
+        aliases = await node.ledger.aliases()
+        did = await node.canonical(p.did)
+        if use_default or docs is not None or size_bytes is not None:
+            config = home.load_config()
+            # A quota set for one of the partner's earlier keys is replaced, not kept beside.
+            own = {}
+            for key in [k for k in config.partner_quotas if k == did or
+                        canonical(k, aliases) == did]:
+                own.update(config.partner_quotas.pop(key))
+            if not use_default:
+                own.update({k: v for k, v in (("docs", docs), ("bytes", size_bytes))
+                            if v is not None})
+                config.partner_quotas[did] = own
+            config.check_quotas()
+            home.save_config(config)
+        current = await node.ledger.partner(did)
+        report: list[dict[str, Any]] = await node.quotas.report(
+            [current or p], node.clock(), aliases)
+        return report[0]
+
+    row = _run(_with_node(ctx, run))
+    _emit(ctx, row, lambda: _table(_QUOTA_HEADERS, _quota_rows([row])))
 
 
 def _load_body(path: Path) -> dict[str, Any]:
@@ -792,13 +862,20 @@ def status(ctx: click.Context) -> None:
             "received": await node.ledger.count_documents("in"),
             "outbox": await node.ledger.outbox_counts(),
             "serving": (node.home.path / "serve.json").exists(),
+            # What each partner stored in this quota period, against its quota.
+            "quotas": await node.quotas.report(await node.ledger.partners(), node.clock(),
+                                               await node.ledger.aliases()),
         }
 
     data = _run(_with_node(ctx, run))
 
     def human() -> None:
         for key, value in data.items():
-            click.echo(f"{key:9} {printable(value)}")
+            if key != "quotas":
+                click.echo(f"{key:9} {printable(value)}")
+        if data["quotas"]:
+            click.echo("quotas (what each partner stored here this period):")
+            _table(_QUOTA_HEADERS, _quota_rows(data["quotas"]))
 
     _emit(ctx, data, human)
 

@@ -14,7 +14,7 @@ from kernel.errors import UsagiError
 __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "PartnerError",
            "NameTakenError", "PeerError", "BodyTooLargeError", "OverloadedError", "DuplicateError",
            "NotFoundError", "MethodNotAllowedError", "RequestTimeoutError", "InternalError",
-           "TEMPORARY", "http_status", "exit_code"]
+           "QuotaExceededError", "TEMPORARY", "http_status", "exit_code"]
 
 
 class NodeError(UsagiError):
@@ -69,6 +69,21 @@ class OverloadedError(NodeError):
     """The node is busy; retry after a moment."""
 
     code = "overloaded"
+
+
+class QuotaExceededError(NodeError):
+    """The partner's quota of documents or bytes for this period is used up: retry later.
+
+    ``retry_after``: seconds until the partner's quota window ends (docs/spec.md
+    section 12, "Quotas"), sent as HTTP ``Retry-After``.
+    """
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        #: Seconds until the partner's current quota window ends (HTTP Retry-After).
+        self.retry_after = retry_after
 
 
 class NotFoundError(NodeError):
@@ -149,6 +164,7 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "store_error": (500, 74),
     "peer_error": (502, 69),
     "overloaded": (503, 75),
+    "quota_exceeded": (429, 75),
     "not_found": (404, 66),
     "method_not_allowed": (405, 65),
     "request_timeout": (408, 75),

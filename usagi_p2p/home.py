@@ -94,6 +94,15 @@ class Config:
     #: Partner endpoints on private, loopback or link-local addresses: True allows them,
     #: False refuses them, unset (None) follows this node's own endpoint (docs/spec.md 10).
     allow_private_endpoints: bool | None = None
+    #: What one partner may store here per quota period: documents, and bytes
+    #: (each document's ciphertext block plus its opened signed document). The
+    #: defaults sit far above a busy partner's day (docs/spec.md section 12, "Quotas").
+    quota_docs: int = 100_000
+    quota_bytes: int = 1 << 30
+    #: Seconds in one quota period: fixed windows from the Unix epoch (a UTC day).
+    quota_period: int = 86_400
+    #: Per partner DID, {"docs": N, "bytes": N} in place of the defaults ('usagi partner quota').
+    partner_quotas: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:
@@ -107,9 +116,27 @@ class Config:
             raise ConfigError("plugin_settings must map each plugin name to an object of "
                               "settings, e.g. {\"food\": {\"freshness_days\": 3}}")
         try:
-            return cls(**data)
+            config = cls(**data)
         except TypeError as exc:
             raise ConfigError(f"invalid config: {exc}") from None
+        config.check_quotas()
+        return config
+
+    def check_quotas(self) -> None:
+        """Refuse quota settings that are not whole numbers of the right sign."""
+        def count(value: Any) -> bool:
+            return type(value) is int and value >= 0
+
+        if not (count(self.quota_docs) and count(self.quota_bytes)):
+            raise ConfigError("quota_docs and quota_bytes must be whole numbers >= 0")
+        if not (count(self.quota_period) and self.quota_period > 0):
+            raise ConfigError("quota_period must be a whole number of seconds > 0")
+        quotas = self.partner_quotas
+        if not isinstance(quotas, dict) or not all(
+                isinstance(did, str) and isinstance(q, dict) and q and set(q) <= {"docs", "bytes"}
+                and all(count(v) for v in q.values()) for did, q in quotas.items()):
+            raise ConfigError("partner_quotas must map each partner DID to "
+                              "{\"docs\": N, \"bytes\": N} (either or both, whole numbers >= 0)")
 
 
 class Home:

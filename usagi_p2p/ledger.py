@@ -126,6 +126,30 @@ CREATE TABLE IF NOT EXISTS invitations (
 """ + NONCES_TABLE + """
 """
 
+#: What each partner stored in its current quota window (docs/spec.md section 12,
+#: "Quotas"), keyed by the partner's current DID. Written in the transaction
+#: that records the documents, so it counts exactly what was committed.
+QUOTA_TABLE = """
+CREATE TABLE IF NOT EXISTS quota_usage (
+    partner TEXT PRIMARY KEY,
+    period_start REAL NOT NULL,                 -- start of the window (Unix seconds)
+    docs INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+"""
+
+#: Adds a batch's usage to a partner's window, or starts a new window. A
+#: batch counted in a window that has since ended does not reset a newer one.
+_ADD_USAGE: Final = (
+    "INSERT INTO quota_usage (partner, period_start, docs, bytes) VALUES (?,?,?,?) "
+    "ON CONFLICT(partner) DO UPDATE SET "
+    "docs = CASE WHEN period_start = excluded.period_start THEN docs + excluded.docs "
+    "ELSE excluded.docs END, "
+    "bytes = CASE WHEN period_start = excluded.period_start THEN bytes + excluded.bytes "
+    "ELSE excluded.bytes END, "
+    "period_start = excluded.period_start "
+    "WHERE excluded.period_start >= period_start")
+
 
 #: The page size of a new ledger (bytes); see ``Ledger.open``.
 PAGE_SIZE: Final = 8192
@@ -353,7 +377,7 @@ class Ledger:
             log.warning("%s: WAL mode unavailable, using a rollback journal", self.path)
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA foreign_keys=ON")
-        await db.executescript(SCHEMA)
+        await db.executescript(SCHEMA + QUOTA_TABLE)
         await db.create_function("usagi_fold", 1, fold, deterministic=True)
         await db.create_function("usagi_strict_fold", 1, _strict_fold, deterministic=True)
         self._db = db
@@ -650,10 +674,13 @@ class Ledger:
         await self.write(documents + queued)
 
     async def record_received_many(
-        self, items: Sequence[tuple[DocumentRow, bytes, bytes, str, str, str, bytes]]
+        self, items: Sequence[tuple[DocumentRow, bytes, bytes, str, str, str, bytes]],
+        usage: Sequence[tuple[str, float, int, int]] = (),
     ) -> set[CID]:
         """For each (row, prev, ack, ack status, ack time, sender, nonce): the opened
-        document, the ack we give and the notice's nonce, all in one transaction.
+        document, the ack we give and the notice's nonce, all in one transaction,
+        with ``usage`` (partner, window start, documents, bytes) added to the
+        partners' quota windows.
 
         ``OR IGNORE``: a document that raced in twice is stored once. A signed
         document is recorded under one CID only: a row whose digest another CID
@@ -674,9 +701,15 @@ class Ledger:
                            "SELECT ?,?,?,?,? WHERE EXISTS (SELECT 1 FROM documents WHERE cid = ?)",
                            (sender, nonce, row.cid.raw, ack, now, row.cid.raw)))
         cids = list({row.cid.raw: None for row, *_ in items})
-        found = await self.write(documents + acks + nonces, reads=_chunked(_RECORDED, (), cids))
+        found = await self.write(documents + acks + nonces + [(_ADD_USAGE, u) for u in usage],
+                                 reads=_chunked(_RECORDED, (), cids))
         recorded = {raw for rows in found for (raw,) in rows}
         return {CID.from_bytes(raw) for raw in cids if raw not in recorded}
+
+    async def quota_usage(self) -> dict[str, tuple[float, int, int]]:
+        """partner DID -> (window start, documents, bytes) as last committed."""
+        rows = await self._all("SELECT partner, period_start, docs, bytes FROM quota_usage")
+        return {r[0]: (float(r[1]), int(r[2]), int(r[3])) for r in rows}
 
     async def record_nonce(self, sender: str, nonce: bytes, cid: CID, ack: bytes) -> None:
         await self.write([("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "

@@ -92,6 +92,7 @@ from .invitation import (
 )
 from .ledger import DocumentRow, Ledger, Partner
 from .plugin_host import PluginHost, findings_json
+from .quota import Quotas
 
 __all__ = ["Node", "SendResult", "MAX_BATCH", "MAX_BODY", "NOTICES_PATH", "INTRODUCE_PATH",
            "ROTATE_PATH"]
@@ -219,6 +220,8 @@ class Node:
         self.plugins = PluginHost.for_config(config)
         #: Where partner requests may go (docs/spec.md 10, "Endpoints").
         self.endpoint_scopes = endpoint_scopes(config.endpoint, config.allow_private_endpoints)
+        #: What each partner may store here per period, and has (docs/spec.md §12).
+        self.quotas = Quotas(home, config, self.ledger)
 
     @classmethod
     def load(cls, home: Home | str, passphrase: str | None, **kwargs: Any) -> Node:
@@ -945,6 +948,9 @@ class Node:
             else:
                 first_of[key] = i
                 fresh.append(i)
+        # A partner whose quota is used up is refused before anything is fetched.
+        await self.quotas.check({canonical(notices[i].sender, self._aliases) for i in fresh},
+                                now_ts, self._aliases)
         semaphore = asyncio.Semaphore(FETCH_CONCURRENCY)
 
         async def process(i: int) -> tuple[int, Any]:
@@ -1022,14 +1028,26 @@ class Node:
             in_batch[opened.cid] = ack, row, prev
             statements_ok.append((notice, block, ack, row, prev))
             acks[i] = ack
+        # Room in each sender's quota for what is about to be stored (the block
+        # and the signed document), reserved before anything is written. What
+        # does not fit is not stored, and the batch is answered 429 below.
+        charge = await self.quotas.charge(
+            [(canonical(row.partner, self._aliases), row.cid, len(block) + len(row.signed))
+             for _, block, _, row, _ in statements_ok], now_ts, self._aliases)
+        if charge.refusal is not None:
+            statements_ok = [s for s in statements_ok if s[3].cid in charge.taken]
         if statements_ok:
             # Durable first: the blocks, then documents + acks + nonces in one
             # transaction. Only after both commits does any ack leave.
-            await self._put_recorded([(s[3].cid, s[1]) for s in statements_ok])
-            lost = await self.ledger.record_received_many([
-                (row, prev, ack, "received", acked_text, notice.sender, notice.nonce)
-                for notice, _block, ack, row, prev in statements_ok
-            ])
+            try:
+                await self._put_recorded([(s[3].cid, s[1]) for s in statements_ok])
+                lost = await self.ledger.record_received_many([
+                    (row, prev, ack, "received", acked_text, notice.sender, notice.nonce)
+                    for notice, _block, ack, row, prev in statements_ok
+                ], usage=charge.usage)
+            except BaseException:
+                self.quotas.release(charge)
+                raise
             if lost:
                 # A batch that raced this one recorded the same signed documents
                 # under other envelopes: nothing of these was written.
@@ -1048,6 +1066,12 @@ class Node:
                              sender, first_cid, first.code, printable(first))
         for i, j in copies:
             acks[i] = acks[j]
+        if charge.refusal is not None:
+            # Once per partner and window: later batches are refused by the check above.
+            activity.warning("%s: %s", printable(", ".join(sorted(names.values()))),
+                             charge.refusal)
+            # What fit is stored; its acks go out when the sender retries (replays).
+            raise charge.refusal
         return [a for a in acks if a is not None]
 
     async def _check_links(self, notices: list[Notice], taken: list[tuple[int, Any]],
@@ -1145,7 +1169,8 @@ class Node:
         partner = await self.ledger.partner(notice.sender)
         assert partner is not None and self._gateway is not None
         path = f"/ipfs/{notice.cid}"
-        headers = sign_request(self.identity, "GET", path, "format=raw")
+        headers = sign_request(self.identity, "GET", path, "format=raw",
+                               created=int(self.clock()))
         return await self._gateway.get_block(partner.endpoint, notice.cid, headers=headers)
 
     async def may_read(self, requester: str, cid: CID) -> bool:

@@ -69,6 +69,8 @@ BodyHandler = Callable[[web.Request, bytes], Awaitable[web.StreamResponse]]
 
 
 def error_response(exc: UsagiError, *, retry_after: int | None = None) -> web.Response:
+    # An error that knows when to come back (quota_exceeded) says so itself.
+    retry_after = retry_after or getattr(exc, "retry_after", None)
     headers = {"Retry-After": str(retry_after)} if retry_after else None
     return web.json_response({"error": exc.code, "message": str(exc)},
                              status=http_status(exc.code), headers=headers)

@@ -428,6 +428,9 @@ def test_every_command_prints_a_hostile_partners_text_inert(tmp_path: Path) -> N
         usagi("user", "move", "clerk", "--all")
 
         # Managing her as a partner names her each time.
+        for json_flag in ((), ("--json",)):
+            usagi(*json_flag, "partner", "quota", mallory.node.did, expect=("MARKUP",))
+        usagi("partner", "quota", mallory.node.did, "--docs", "5000", expect=("MARKUP",))
         usagi("partner", "suspend", mallory.node.did, expect=("MARKUP",))
         usagi("partner", "resume", mallory.node.did, expect=("MARKUP",))
         usagi("partner", "rename", mallory.node.did, "Mallory (watch)", expect=("MARKUP",))

@@ -710,8 +710,8 @@ def test_an_invitation_text_is_base64url_and_nothing_else() -> None:
     invitation = make_invitation(Identity.generate(), "Osaka Precision", "http://127.0.0.1:9", now)
     text = invitation.text()
     encoded = text[len(PREFIX):]
-    padded = PREFIX + encoded + "=" * (-len(encoded) % 4)
-    assert padded != text  # the rule below is only tested if padding is needed
+    # (issued times vary in length: when no padding is due, "==" is refused all the same)
+    padded = PREFIX + encoded + ("=" * (-len(encoded) % 4) or "==")
     # White space anywhere is dropped (a mail-wrapped paste); nothing else is (spec 10.1).
     for good in (text, f"  {text}\n", text[:20] + "\n " + text[20:]):
         assert parse_invitation(good, now=now).raw == invitation.raw

@@ -90,14 +90,14 @@ async def test_two_deliveries_of_one_notice_hand_over_the_ack_that_is_stored(pai
     real = buyer.ledger.record_received_many
     entered, release, calls = asyncio.Event(), asyncio.Event(), 0
 
-    async def first_commits_last(items):  # noqa: ANN001, ANN202
+    async def first_commits_last(items, **kwargs):  # noqa: ANN001, ANN003, ANN202
         nonlocal calls
         calls += 1
         if calls == 1:
             entered.set()
             await release.wait()
-            return await real(items)
-        result = await real(items)
+            return await real(items, **kwargs)
+        result = await real(items, **kwargs)
         release.set()
         return result
 
