@@ -105,6 +105,11 @@ def is_bucket(size: int) -> bool:
     return size % LARGE_STEP == 0
 
 
+#: The largest signed document one envelope holds: its bucket is 15 x 64 KiB, which
+#: leaves 64 KiB of the block for the tag, nonce, slots and CBOR heads.
+MAX_SIGNED: Final = MAX_BLOCK - LARGE_STEP - 1
+
+
 def pad(data: bytes, size: int) -> bytes:
     """ISO/IEC 7816-4 padding (what libsodium's ``sodium_pad`` writes): 0x80, then zeros."""
     return data + b"\x80" + bytes(size - len(data) - 1)
@@ -220,8 +225,12 @@ def seal(
 
 def seal_signed(signed: bytes, recipients: Sequence[str]) -> Sealed:
     """Seal already-signed bytes (a document, or an ack for the archive)."""
-    if len(signed) + 1 > MAX_BLOCK - 4096:
-        raise InvalidDocumentError("document too large for one block")
+    # The padded plaintext, its tag and the header must fit one block: padding to
+    # a bucket can add up to 64 KiB, so the bucket (not the signed length) is
+    # what is bounded (spec section 13: a signed document of MAX_SIGNED bytes).
+    if len(signed) > MAX_SIGNED:
+        raise InvalidDocumentError(f"document too large for one block ({len(signed)} signed "
+                                   f"bytes; at most {MAX_SIGNED})")
     key = os.urandom(32)
     nonce = os.urandom(24)
     slots = _shuffled(wrap(key, [party(did).x25519_public for did in recipients]))

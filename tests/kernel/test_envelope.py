@@ -435,3 +435,17 @@ def test_an_envelope_is_named_by_one_cid_form_only(form: str) -> None:
         open(block, SELLER, other)
     with pytest.raises(CIDMismatchError):
         open_plaintext(block, SELLER, other)
+
+
+def test_the_largest_sealable_document_fits_the_block_a_receiver_opens() -> None:
+    """Padding adds up to 64 KiB: a signed document is bounded by what its bucket
+    leaves room for, so nothing a sealer makes is over the 1 MiB an opener takes."""
+    from kernel.envelope import ENVELOPE_LIMITS, MAX_BLOCK, MAX_SIGNED
+
+    signed = bytes(MAX_SIGNED)
+    sealed = seal_signed(signed, [SELLER.did, BUYER.did])
+    assert len(sealed.block) <= MAX_BLOCK
+    dagcbor.decode(sealed.block, ENVELOPE_LIMITS)  # within the opener's limits
+    assert open_plaintext(sealed.block, BUYER, sealed.cid) == signed
+    with pytest.raises(InvalidDocumentError, match="too large"):
+        seal_signed(bytes(MAX_SIGNED + 1), [SELLER.did, BUYER.did])
