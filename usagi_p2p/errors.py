@@ -121,7 +121,7 @@ class DuplicateError(NodeError):
 #: the sender keeps it queued and sends it again later, same nonce. Every other
 #: reason, and any reason not known here, is final.
 TEMPORARY: Final = frozenset({"block_not_found", "store_unavailable", "store_error",
-                              "unknown_prev"})
+                              "unknown_prev", "overloaded"})
 
 #: error code -> (HTTP status, CLI exit code). Anything not listed: 400 / 1.
 _TABLE: Final[dict[str, tuple[int, int]]] = {

@@ -74,6 +74,7 @@ from .errors import (
     BodyTooLargeError,
     DuplicateError,
     InvitationError,
+    OverloadedError,
     PartnerError,
     PeerError,
 )
@@ -112,6 +113,11 @@ YIELD_EVERY: Final = 10  # documents sealed between two turns of the event loop
 RECENT_BLOCKS: Final = 4096
 RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute window
 FETCH_CONCURRENCY: Final = 16
+#: Bytes of blocks one batch may fetch from the sender's gateway. They are held
+#: until the batch is stored, so this bounds a batch's memory (a partner's batch
+#: of 255 notices for 1 MiB blocks would hold 255 MiB); what is past it is
+#: answered ``overloaded``, a temporary reason: the sender sends it again.
+FETCH_BUDGET: Final = 32 << 20
 BATCH_LIMITS: Final = dagcbor.Limits(max_size=MAX_BODY, max_depth=3, max_length=MAX_BATCH)
 CONTENT_TYPE: Final = "application/cbor"
 #: What is read of a partner's error answer (its start only; the rest is never read).
@@ -218,6 +224,8 @@ class Node:
         self._recent: OrderedDict[CID, bytes] = OrderedDict()
         self._last_issued: datetime | None = None
         self.plugins = PluginHost.for_config(config)
+        #: Bytes of blocks one received batch may fetch and hold (FETCH_BUDGET).
+        self.fetch_budget = FETCH_BUDGET
         #: Where partner requests may go (docs/spec.md 10, "Endpoints").
         self.endpoint_scopes = endpoint_scopes(config.endpoint, config.allow_private_endpoints)
         #: What each partner may store here per period, and has (docs/spec.md §12).
@@ -952,10 +960,26 @@ class Node:
         await self.quotas.check({canonical(notices[i].sender, self._aliases) for i in fresh},
                                 now_ts, self._aliases)
         semaphore = asyncio.Semaphore(FETCH_CONCURRENCY)
+        # Fetched blocks are held until the batch is stored: what they may take is
+        # bounded by ``fetch_budget``, a block in flight counted at the largest size.
+        fetched_bytes = 0
+        in_flight = 0
 
         async def process(i: int) -> tuple[int, Any]:
+            nonlocal fetched_bytes, in_flight
             async with semaphore:
-                return i, await self._take(notices[i], None)
+                if fetched_bytes + (in_flight + 1) * kenvelope.MAX_BLOCK > self.fetch_budget:
+                    return i, OverloadedError(
+                        f"this batch holds {fetched_bytes} bytes of fetched blocks (at most "
+                        f"{self.fetch_budget}); the rest is taken when it is sent again")
+                in_flight += 1
+                try:
+                    outcome = await self._take(notices[i], None)
+                finally:
+                    in_flight -= 1
+                if not isinstance(outcome, UsagiError):
+                    fetched_bytes += len(outcome[1])
+                return i, outcome
 
         # Pushed blocks are opened right here; only missing ones cost a task
         # (and a fetch from the sender's gateway).

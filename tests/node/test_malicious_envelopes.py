@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -461,4 +462,28 @@ async def test_a_temporary_refusal_is_sent_again_and_a_final_one_is_not(
         got = await kanto.wait_for_ack(sent.cid, timeout=20)
         assert got is not None and got[1] == "received"
         assert (await kanto.ledger.document(sent.cid)).status == "delivered"  # type: ignore[union-attr]
+        await assert_sound(osaka, tmp_path)
+
+
+async def test_a_batch_holds_at_most_its_fetch_budget_and_the_rest_comes_later(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Blocks fetched for a batch are held until it is stored: past the budget the
+    rest is refused for now (``overloaded``, temporary), so a partner's batch of
+    large blocks costs bounded memory, and an honest sender delivers them all."""
+    async with scene(tmp_path) as s:
+        osaka, kanto = s.osaka, s.kanto
+        osaka.fetch_budget = 3 << 20  # three blocks of the largest size at once
+        kanto.config.push_blocks = False  # every block is fetched from Kanto's gateway
+        big = [{"text": f"{n}: " + "六角ナット M6 SUS304 " * 500} for n in range(30)]
+        caplog.set_level(logging.INFO, logger="usagi.activity")
+        sent = await kanto.send_many([("quote", "Osaka", {"ref": f"Q-big-{i}", "lines": big},
+                                       None) for i in range(6)])
+        for result in sent:
+            assert len(await kanto.store.get(result.cid)) > 256 << 10
+        for result in sent:
+            got = await kanto.wait_for_ack(result.cid, timeout=60)
+            assert got is not None and got[1] == "received"
+        refusals = [r.getMessage() for r in caplog.records
+                    if r.name == "usagi.activity" and "overloaded" in r.getMessage()]
+        assert refusals, "the first batch was taken whole: the budget held nothing back"
         await assert_sound(osaka, tmp_path)
