@@ -706,6 +706,12 @@ class Ledger:
         recorded = {raw for rows in found for (raw,) in rows}
         return {CID.from_bytes(raw) for raw in cids if raw not in recorded}
 
+    async def add_quota_usage(self, usage: Sequence[tuple[str, float, int, int]]) -> None:
+        """Change partners' counts (partner, window start, documents, bytes; negative
+        takes back what was counted and not stored)."""
+        if usage:
+            await self.write([(_ADD_USAGE, u) for u in usage])
+
     async def quota_usage(self) -> dict[str, tuple[float, int, int]]:
         """partner DID -> (window start, documents, bytes) as last committed."""
         rows = await self._all("SELECT partner, period_start, docs, bytes FROM quota_usage")

@@ -215,6 +215,9 @@ class Node:
         self.max_attempts = config.max_attempts
         self.skew = timedelta(minutes=10)
         self._delivering = asyncio.Lock()
+        #: signed-document digest -> the CID a batch in flight is storing it under:
+        #: one signed document is recorded once, also across concurrent batches.
+        self._storing: dict[bytes, CID] = {}
         # Futures for acks awaited in this process (wait_for_ack); other
         # processes on the same home poll the ledger instead.
         # cid -> a future set to (ack, status, reason) once the ack is stored
@@ -1009,6 +1012,11 @@ class Node:
             rejected.append((notice.cid, error))
 
         in_batch: dict[CID, tuple[bytes, DocumentRow, bytes]] = {}  # ack, row, prev
+        # What the link check (section 9) took as this batch's: a reply may link
+        # one only if that one is stored with it (see ``linked`` below).
+        opened_here = {o[0].cid for _, o in taken if not isinstance(o, UsagiError)}
+        links: dict[CID, set[CID]] = {}
+        ok_index: list[int] = []  # the notice of each entry of statements_ok
         for i, outcome in taken:
             notice = notices[i]
             if isinstance(outcome, UsagiError):
@@ -1033,6 +1041,7 @@ class Node:
                                nonce=notice.nonce, status="received", at=acked_at,
                                digest=opened.digest)
                 statements_ok.append((notice, block, ack, row, prev))  # the nonce is stored
+                ok_index.append(i)
                 acks[i] = ack
                 continue
             holder = holders.get(opened.digest)
@@ -1050,16 +1059,81 @@ class Node:
                               doc.get("user"), findings_json(findings))
             prev = _prev_bytes(doc.get("prev", []))
             in_batch[opened.cid] = ack, row, prev
+            links[opened.cid] = ({doc["thread"], *doc.get("prev", ())} if "thread" in doc
+                                 else set())
             statements_ok.append((notice, block, ack, row, prev))
+            ok_index.append(i)
             acks[i] = ack
+        entries = list(zip(ok_index, statements_ok, strict=True))
+        # A batch in flight at the same time may be storing the same signed
+        # document under another envelope: reserved here, with no await between
+        # the check and the reservation, and given back once written.
+        reserved: list[bytes] = []
+        kept = []
+        for i, entry in entries:
+            row = entry[3]
+            holder = self._storing.get(row.digest)
+            if holder is not None and holder != row.cid:
+                refuse(i, DuplicateError(f"the signed document in {row.cid} is being recorded "
+                                         f"as {holder}"))
+                continue
+            if holder is None:
+                self._storing[row.digest] = row.cid
+                reserved.append(row.digest)
+            kept.append((i, entry))
+        entries = self._linked(kept, opened_here, already, links, refuse)
+        try:
+            return await self._store_received(entries, notices, acks, now_ts, acked_text,
+                                              refuse, rejected, names, copies,
+                                              (opened_here, already, links))
+        finally:
+            for reserved_digest in reserved:
+                self._storing.pop(reserved_digest, None)
+
+    @staticmethod
+    def _linked(entries: list[tuple[int, Any]], opened_here: set[CID], held: dict[CID, bytes],
+                links: dict[CID, set[CID]], refuse: Callable[[int, UsagiError], None]
+                ) -> list[tuple[int, Any]]:
+        """Drop the replies that link a document of this batch that is not stored with
+        them (refused as a duplicate, or left out by the quota), until none is left:
+        a stored reply never names what this node does not hold (docs/spec.md 9)."""
+        while True:
+            storing = {entry[3].cid for _, entry in entries}
+            dangling = {cid for cid in storing
+                        if any(link in opened_here and link not in held and link not in storing
+                               for link in links.get(cid, ()))}
+            if not dangling:
+                return entries
+            for i, entry in entries:
+                if entry[3].cid in dangling:
+                    refuse(i, UnknownPrevError(f"{entry[3].cid} answers a document of its "
+                                               "batch that is not stored now"))
+            entries = [(i, entry) for i, entry in entries if entry[3].cid not in dangling]
+
+    async def _store_received(self, entries: list[tuple[int, Any]], notices: list[Notice],
+                              acks: list[bytes | None], now_ts: float, acked_text: str,
+                              refuse: Callable[[int, UsagiError], None],
+                              rejected: list[tuple[CID, UsagiError]], names: dict[str, str],
+                              copies: list[tuple[int, int]],
+                              linking: tuple[set[CID], dict[CID, bytes], dict[CID, set[CID]]]
+                              ) -> list[bytes]:
+        """Charge the quotas, store what is taken durably, and answer the batch."""
         # Room in each sender's quota for what is about to be stored (the block
         # and the signed document), reserved before anything is written. What
         # does not fit is not stored, and the batch is answered 429 below.
-        charge = await self.quotas.charge(
-            [(canonical(row.partner, self._aliases), row.cid, len(block) + len(row.signed))
-             for _, block, _, row, _ in statements_ok], now_ts, self._aliases)
+        def cost(entry: Any) -> tuple[str, CID, int]:
+            row = entry[3]
+            return canonical(row.partner, self._aliases), row.cid, len(entry[1]) + len(row.signed)
+
+        charge = await self.quotas.charge([cost(e) for _, e in entries], now_ts, self._aliases)
         if charge.refusal is not None:
-            statements_ok = [s for s in statements_ok if s[3].cid in charge.taken]
+            entries = [(i, e) for i, e in entries if e[3].cid in charge.taken]
+            # What answers a document left out is left out with it, and its room
+            # given back.
+            entries = self._linked(entries, *linking, refuse)
+            charge = self.quotas.settle(charge, [cost(e) for _, e in entries])
+        statements_ok = [e for _, e in entries]
+        lost: set[CID] = set()
         if statements_ok:
             # Durable first: the blocks, then documents + acks + nonces in one
             # transaction. Only after both commits does any ack leave.
@@ -1073,12 +1147,17 @@ class Node:
                 self.quotas.release(charge)
                 raise
             if lost:
-                # A batch that raced this one recorded the same signed documents
-                # under other envelopes: nothing of these was written.
-                for i, notice in enumerate(notices):
-                    if notice.cid in lost and acks[i] == in_batch[notice.cid][0]:
-                        refuse(i, DuplicateError(f"the signed document in {notice.cid} was "
+                # Another writer of this ledger (not a batch of this process: those
+                # reserve digests) recorded the same signed documents under other
+                # envelopes meanwhile: nothing of these was written, so every notice
+                # naming one is refused, and the quota counts them no more.
+                for i, entry in entries:
+                    if entry[3].cid in lost:
+                        refuse(i, DuplicateError(f"the signed document in {entry[3].cid} was "
                                                  "recorded meanwhile under another envelope"))
+                settled = self.quotas.settle(charge, [cost(e) for _, e in entries
+                                                      if e[3].cid not in lost])
+                await self.ledger.add_quota_usage(Quotas.difference(charge, settled))
                 await self._discard(list(lost))
             _log_batch("received", "from", [(s[3], names.get(s[0].sender, s[0].sender))
                                              for s in {s[3].cid: s for s in statements_ok}.values()

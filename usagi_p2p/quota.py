@@ -109,6 +109,9 @@ class Quotas:
         # partner DID -> its current window, committed + reserved
         self._used: dict[str, _Window] | None = None
         self._loading = asyncio.Lock()
+        # partner DID -> how many rotations were known when its earlier keys'
+        # windows were last merged into its own (a new rotation merges again)
+        self._merged: dict[str, int] = {}
 
     # -- configuration --------------------------------------------------------
 
@@ -156,16 +159,22 @@ class Quotas:
                                   for did, row in (await self.ledger.quota_usage()).items()}
         return self._used
 
-    @staticmethod
-    def _current(used: dict[str, _Window], did: str, start: float,
+    def _current(self, used: dict[str, _Window], did: str, start: float,
                  aliases: dict[str, str] | None) -> _Window:
+        if aliases and self._merged.get(did) != len(aliases):
+            # A partner that rotated its key keeps the count of its earlier keys: a
+            # new key is not a new quota. Each key's committed row holds what was
+            # counted under it, so the rows of one window add up.
+            self._merged[did] = len(aliases)
+            for key in [k for k in used if k != did and canonical(k, aliases) == did]:
+                earlier, window = used.pop(key), used.get(did)
+                if window is None or window.start < earlier.start:
+                    used[did] = earlier
+                elif window.start == earlier.start:
+                    window.docs += earlier.docs
+                    window.bytes += earlier.bytes
+                    window.closed = window.closed or earlier.closed
         window = used.get(did)
-        if window is None and aliases:
-            # A partner that rotated its key keeps the count of its earlier key:
-            # a new key is not a new quota.
-            earlier = [key for key in used if key != did and canonical(key, aliases) == did]
-            if earlier:
-                window = used[did] = used.pop(earlier[0])
         if window is None or window.start < start:  # nothing yet, or a window that has ended
             window = used[did] = _Window(start)
         return window
@@ -235,6 +244,33 @@ class Quotas:
         return Charge(tuple((did, start, docs, size) for did, (docs, size) in counted.items()),
                       frozenset(taken), refusals[0] if refusals else None)
 
+    def settle(self, charge: Charge, stored: Iterable[tuple[str, CID, int]]) -> Charge:
+        """The charge for what is stored after all (partner DID, CID, bytes; each a
+        document ``charge`` took): the room of the others is given back."""
+        counted: dict[str, list[int]] = {}
+        cids: set[CID] = set()
+        for did, cid, size in stored:
+            if cid not in cids:
+                cids.add(cid)
+                count = counted.setdefault(did, [0, 0])
+                count[0] += 1
+                count[1] += size
+        usage = tuple((did, start, *counted.get(did, (0, 0))) for did, start, _, _ in charge.usage)
+        self.release(Charge(self.difference(Charge(usage), charge)))
+        return Charge(tuple(u for u in usage if u[2]), frozenset(cids), charge.refusal)
+
+    @staticmethod
+    def difference(charge: Charge, other: Charge) -> tuple[tuple[str, float, int, int], ...]:
+        """``other`` minus ``charge``, per partner and window (negative where ``other``
+        counts less): what a count holding ``charge`` must change by to hold ``other``."""
+        theirs = {(did, start): (docs, size) for did, start, docs, size in other.usage}
+        out = []
+        for did, start, docs, size in charge.usage:
+            o_docs, o_size = theirs.get((did, start), (0, 0))
+            if (docs, size) != (o_docs, o_size):
+                out.append((did, start, o_docs - docs, o_size - size))
+        return tuple(out)
+
     def release(self, charge: Charge) -> None:
         """Give back a reservation whose documents were not stored."""
         if self._used is None:
@@ -253,6 +289,8 @@ class Quotas:
             did = canonical(key, aliases or {})
             if did not in committed or committed[did][0] < row[0]:
                 committed[did] = row
+            elif committed[did][0] == row[0]:  # counted under two keys of one partner
+                committed[did] = (row[0], committed[did][1] + row[1], committed[did][2] + row[2])
         config = self.config()
         start = self.window(config, now)
         out = []

@@ -487,3 +487,29 @@ async def test_a_batch_holds_at_most_its_fetch_budget_and_the_rest_comes_later(
                     if r.name == "usagi.activity" and "overloaded" in r.getMessage()]
         assert refusals, "the first batch was taken whole: the budget held nothing back"
         await assert_sound(osaka, tmp_path)
+
+
+async def test_two_envelopes_of_one_document_in_concurrent_batches_store_one(
+        tmp_path: Path) -> None:
+    """Batches in flight at once, one with two notices for envelope E1, one with
+    envelope E2 of the same signed document: exactly one envelope is stored, every
+    'received' ack names it (no receipt for what is not held), and the quota
+    counts one document."""
+    async with scene(tmp_path) as s:
+        osaka, mallory = s.osaka, s.mallory
+        doc = document(mallory, osaka)
+        e1, e2 = (kenvelope.seal(doc, mallory.identity) for _ in range(2))
+        assert e1.cid != e2.cid and e1.digest == e2.digest
+        now = mallory.now()
+        a = dagcbor.encode({"notices": [make_notice(mallory.identity, e1.cid, osaka.did, now)
+                                        for _ in range(2)], "blocks": [e1.block]})
+        b = dagcbor.encode({"notices": [make_notice(mallory.identity, e2.cid, osaka.did, now)],
+                            "blocks": [e2.block]})
+        answers = await asyncio.gather(osaka.receive(b), osaka.receive(a))
+        stored = [c for c in (e1.cid, e2.cid) if await osaka.ledger.document(c) is not None]
+        assert len(stored) == 1
+        for ack in (open_ack(raw) for answer in answers for raw in answer):
+            assert (ack.status, ack.reason) in (("received", None), ("rejected", "duplicate"))
+            assert ack.status != "received" or ack.cid == stored[0]
+        usage = (await osaka.ledger.quota_usage())[mallory.did]
+        assert usage[1] == 1

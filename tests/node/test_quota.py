@@ -332,6 +332,35 @@ async def test_a_new_key_is_not_a_new_quota(nodes: dict[str, Any]) -> None:
     assert [(r["docs"], r["docs_quota"], r["own"]) for r in mine] == [(2, 2, True)]
 
 
+async def test_counts_under_two_keys_add_up_after_a_restart(nodes: dict[str, Any]) -> None:
+    """What a partner stored under its old key and its new one is one count, also
+    for a node started again (a fresh count read from the ledger): 2 before the
+    rotation and 1 after fill a quota of 3."""
+    from usagi_p2p.quota import Quotas
+
+    osaka, evil = nodes["osaka"], nodes["evil"]
+    set_partner_quota(osaka.home, evil.did, docs=3)
+    await evil.send_many([("order", "Osaka", {"ref": f"R-{i}", "lines": [{"text": "nuts"}]},
+                           None) for i in range(2)])
+    status, _, _ = await post(nodes["url"], [r.notice for r in await evil.ledger.outbox()])
+    assert status == 200
+    await evil.rotate(None, timedelta(days=1), fast_kdf=True)
+    late = await evil.send("order", "Osaka", {"ref": "R-new-key", "lines": [{"text": "nuts"}]})
+    status, _, _ = await post(nodes["url"], [r.notice for r in await evil.ledger.outbox()
+                                             if r.cid == late.cid])
+    assert status == 200
+    # A restarted serve: its count is read again from the ledger's rows.
+    osaka.quotas = Quotas(osaka.home, osaka.home.load_config(), osaka.ledger)
+    report = await osaka.quotas.report(await osaka.ledger.partners(), osaka.clock(),
+                                       await osaka.ledger.aliases())
+    assert [(r["docs"], r["docs_quota"]) for r in report if r["did"] == evil.did] == [(3, 3)]
+    more = await evil.send("order", "Osaka", {"ref": "R-over", "lines": [{"text": "nuts"}]})
+    status, _, answer = await post(nodes["url"], [r.notice for r in await evil.ledger.outbox()
+                                                  if r.cid == more.cid])
+    assert status == 429 and answer["error"] == "quota_exceeded"
+    assert await osaka.ledger.document(more.cid) is None
+
+
 def test_quota_settings_are_checked_and_sizes_read() -> None:
     base = {"name": "Osaka", "did": "did:key:z6Mk"}
     assert Config.from_json(base).quota_bytes == 1 << 30

@@ -219,3 +219,63 @@ async def test_a_reply_that_overtakes_what_it_answers_is_retried(trio: Trio) -> 
     assert ack is not None and ack[1] == "received"
     report = await verify_document(seller, second.cid)
     assert report["ok"], report
+
+
+async def _post_sealed(sender: Node, receiver: Node, sealed: list[Any]) -> tuple[int, Any]:
+    notices = [make_notice(sender.identity, s.cid, receiver.did, sender.now()) for s in sealed]
+    body = dagcbor.encode({"notices": notices, "blocks": [s.block for s in sealed]})
+    async with aiohttp.ClientSession() as session, session.post(
+            receiver.config.endpoint + NOTICES_PATH, data=body,
+            headers={"Content-Type": "application/cbor"}) as resp:
+        raw = await resp.read()
+        return resp.status, (dagcbor.decode(raw) if resp.status == 200 else raw)
+
+
+async def test_a_reply_to_a_refused_document_of_its_batch_is_not_stored(trio: Trio) -> None:
+    """A reply may link a document of its own batch only if that one is stored with
+    it: Mallory answers a second envelope of a document she sent before (refused as
+    a duplicate) in the same batch; the reply is refused too, nothing dangles."""
+    seller, mallory = trio.seller, trio.mallory
+    doc = crafted(mallory, seller.did)
+    first = kenvelope.seal(doc, mallory.identity)
+    status, _ = await _post_sealed(mallory, seller, [first])
+    assert status == 200
+    before = await state(seller)
+    again = kenvelope.seal(doc, mallory.identity)  # the same signed document
+    assert again.cid != first.cid and again.digest == first.digest
+    reply = kenvelope.seal(crafted(mallory, seller.did, thread=again.cid, prev=[again.cid],
+                                   ref="R-1"), mallory.identity)
+    status, answer = await _post_sealed(mallory, seller, [reply, again])
+    assert status == 200
+    assert [(a.status, a.reason) for a in map(open_ack, answer["acks"])] == [
+        ("rejected", "unknown_prev"), ("rejected", "duplicate")]
+    assert await state(seller) == before
+
+
+async def test_a_reply_whose_root_the_quota_leaves_out_waits_for_it(trio: Trio) -> None:
+    """The quota takes a batch's documents in notice order: a reply placed before
+    the first document it answers, with room for one document left, is not stored
+    without it; both are stored once the window has room (here: a new quota)."""
+    from usagi_p2p.home import Home
+
+    seller, mallory = trio.seller, trio.mallory
+    home = Home(trio.homes["kanto"])
+    config = home.load_config()
+    config.partner_quotas[mallory.did] = {"docs": 1}
+    home.save_config(config)
+    before = await state(seller)
+    root = kenvelope.seal(crafted(mallory, seller.did), mallory.identity)
+    reply = kenvelope.seal(crafted(mallory, seller.did, thread=root.cid, prev=[root.cid],
+                                   ref="R-2"), mallory.identity)
+    status, _ = await _post_sealed(mallory, seller, [reply, root])
+    assert status == 429
+    assert await state(seller) == before  # neither: the reply alone would dangle
+    config.partner_quotas[mallory.did] = {"docs": 10}
+    config.quota_period = 60  # a new window: the refused partner may send again
+    home.save_config(config)
+    # (the window the refusal closed is the old day's; a 60 s period starts a new one)
+    status, answer = await _post_sealed(mallory, seller, [reply, root])
+    assert status == 200, answer
+    assert [a.status for a in map(open_ack, answer["acks"])] == ["received", "received"]
+    code, out = await usagi(trio.homes["kanto"], "thread", str(reply.cid))
+    assert code == 0, out
