@@ -235,3 +235,23 @@ def test_every_test_the_docs_cite_exists() -> None:
                     rf"^(async )?def {match.group(2)}\b", path.read_text(), re.M):
                 missing.append(f"{doc.name}: {current}::{match.group(2)}")
     assert not missing, "docs cite tests that do not exist:\n" + "\n".join(missing)
+
+
+def test_the_spec_error_table_is_the_code_table() -> None:
+    """Each row of spec section 14 with one HTTP status and one exit code: every
+    code in it maps to exactly those (usagi_p2p/errors.py, the one table)."""
+    text = SPEC.read_text()
+    table = text[text.index("## 14. Error codes"):text.index("## 15.")]
+    checked, wrong = 0, []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4 or not re.fullmatch(r"\d{3}", cells[-2]) \
+                or not re.fullmatch(r"\d+", cells[-1]):
+            continue
+        for code in re.findall(r"`([a-z_0-9]+)`", cells[0]):
+            checked += 1
+            got = (usagi_p2p.errors.http_status(code), usagi_p2p.errors.exit_code(code))
+            if got != (int(cells[-2]), int(cells[-1])):
+                wrong.append(f"{code}: spec {cells[-2]}/{cells[-1]}, code {got[0]}/{got[1]}")
+    assert checked >= 40, "the section 14 table was not found or not read"
+    assert not wrong, "\n".join(wrong)

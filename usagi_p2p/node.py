@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from ipfs.blockstore import BlockNotFoundError, BlockStore
+from ipfs.blockstore import BlockNotFoundError, BlockStore, StoreUnavailableError
 from ipfs.gateway import GatewayClient
 from ipfs.sqlite import SQLiteBlockStore
 from kernel import dagcbor
@@ -1271,10 +1271,14 @@ class Node:
                 pass
         partner = await self.ledger.partner(notice.sender)
         assert partner is not None and self._gateway is not None
+        try:  # an endpoint stored before this node's policy narrowed (spec 10)
+            endpoint = check_endpoint(partner.endpoint, scopes=self.endpoint_scopes)
+        except UsagiError as exc:
+            raise StoreUnavailableError(f"the sender's endpoint is refused: {exc}") from None
         path = f"/ipfs/{notice.cid}"
         headers = sign_request(self.identity, "GET", path, "format=raw",
                                created=int(self.clock()))
-        return await self._gateway.get_block(partner.endpoint, notice.cid, headers=headers)
+        return await self._gateway.get_block(endpoint, notice.cid, headers=headers)
 
     async def may_read(self, requester: str, cid: CID) -> bool:
         """A block is served only to an active partner who is a party to it.
