@@ -6,11 +6,13 @@ and its archive still restores every good document (docs/archive.md, "Quarantine
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,19 @@ def usagi(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, env=env, timeout=120)
 
 
+@contextlib.asynccontextmanager
+async def running(homes: dict[str, Home]) -> AsyncIterator[dict[str, Node]]:
+    """Each home's node serving on loopback; all closed after."""
+    started = {name: await start(home) for name, home in homes.items()}
+    try:
+        yield {name: node for name, (node, _) in started.items()}
+    finally:
+        for _, service in started.values():
+            await service.close()
+        for node, _ in started.values():
+            await node.close()
+
+
 async def record_the_old_way(seller: Node, sender: Node, doc: dict[str, Any]) -> CID:
     """Store a reply as receive() did before it judged links: block, document, ack, nonce."""
     sealed = kenvelope.seal(doc, sender.identity)
@@ -65,9 +80,8 @@ def test_foreign_replies_in_a_ledger_break_no_other_trade(tmp_path: Path) -> Non
     out = tmp_path / "kanto.car"
 
     async def trade() -> dict[str, CID]:
-        started = {n: await start(h) for n, h in homes.items()}
-        seller, buyer, mallory = (started[n][0] for n in ("kanto", "osaka", "mallory"))
-        try:
+        async with running(homes) as nodes:
+            seller, buyer, mallory = (nodes[n] for n in ("kanto", "osaka", "mallory"))
             await buyer.add_partner((await seller.invite()).text())
             await mallory.add_partner((await seller.invite()).text())
             quote = await seller.send("quote", "Osaka", {"ref": "Q-1", "lines": LINES})
@@ -100,11 +114,6 @@ def test_foreign_replies_in_a_ledger_break_no_other_trade(tmp_path: Path) -> Non
                                              if not c["ok"]] == ["thread"], report
             await export_archive(seller, out)
             return cids
-        finally:
-            for _, service in started.values():
-                await service.close()
-            for node, _ in started.values():
-                await node.close()
 
     cids = asyncio.run(trade())
     good = {cids[n] for n in ("quote", "order", "note", "own")}
@@ -160,9 +169,8 @@ def test_a_partner_that_rotated_mid_thread_is_still_the_same_party(tmp_path: Pat
     out = tmp_path / "kanto.car"
 
     async def trade() -> list[CID]:
-        started = {n: await start(h) for n, h in homes.items()}
-        seller, buyer = started["kanto"][0], started["osaka"][0]
-        try:
+        async with running(homes) as nodes:
+            seller, buyer = nodes["kanto"], nodes["osaka"]
             await buyer.add_partner((await seller.invite()).text())
             quote = await seller.send("quote", "Osaka", {"ref": "Q-1", "lines": LINES})
             assert await seller.wait_for_ack(quote.cid, 15)
@@ -175,11 +183,6 @@ def test_a_partner_that_rotated_mid_thread_is_still_the_same_party(tmp_path: Pat
             assert (await seller.wait_for_ack(note.cid, 15) or ("", ""))[1] == "received"
             await export_archive(seller, out)
             return [quote.cid, order.cid, note.cid]
-        finally:
-            for _, service in started.values():
-                await service.close()
-            for node, _ in started.values():
-                await node.close()
 
     cids = asyncio.run(trade())
     report = verify_archive(out, Identity(SEED))
@@ -206,9 +209,8 @@ def test_this_node_that_rotated_its_own_key_restores_whole(tmp_path: Path) -> No
     out = tmp_path / "kanto.car"
 
     async def trade() -> tuple[list[CID], list[Identity]]:
-        started = {n: await start(h) for n, h in homes.items()}
-        seller, buyer = started["kanto"][0], started["osaka"][0]
-        try:
+        async with running(homes) as nodes:
+            seller, buyer = nodes["kanto"], nodes["osaka"]
             await buyer.add_partner((await seller.invite()).text())
             quote = await seller.send("quote", "Osaka", {"ref": "Q-1", "lines": LINES})
             assert await seller.wait_for_ack(quote.cid, 15)
@@ -221,11 +223,6 @@ def test_this_node_that_rotated_its_own_key_restores_whole(tmp_path: Path) -> No
             assert (await seller.wait_for_ack(note.cid, 15) or ("", ""))[1] == "received"
             await export_archive(seller, out)
             return [quote.cid, order.cid, note.cid], [seller.identity, *seller.retired]
-        finally:
-            for _, service in started.values():
-                await service.close()
-            for node, _ in started.values():
-                await node.close()
 
     cids, keys = asyncio.run(trade())
     assert keys[1].did == Identity(SEED).did
