@@ -292,6 +292,49 @@ def _transaction(conn: sqlite3.Connection, groups: Sequence[tuple[str, list[Sequ
     return _selects(conn, reads)
 
 
+def _guarded_transaction(conn: sqlite3.Connection, guard: Sequence[tuple[str, Sequence[Any]]],
+                         expected: dict[bytes, bytes],
+                         groups: Sequence[tuple[str, list[Sequence[Any]]]],
+                         reads: Sequence[tuple[str, Sequence[Any]]]
+                         ) -> tuple[dict[bytes, bytes], list[list[Any]]]:
+    """:func:`_transaction`, unless ``guard`` (SELECT digest, cid) finds a digest of
+    ``expected`` held by another CID than the one expected: then nothing is
+    written, and those (digest -> the CID holding it) are returned."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conflicts = {digest: cid for sql, args in guard for digest, cid in conn.execute(sql, args)
+                     if expected.get(digest, cid) != cid}
+        if conflicts:
+            conn.execute("ROLLBACK")
+            return conflicts, []
+        for sql, rows in groups:
+            if len(rows) == 1:
+                conn.execute(sql, rows[0])
+            else:
+                conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("nothing rolled back: %s", exc)
+        raise
+    return {}, _selects(conn, reads)
+
+
+def _groups(statements: Sequence[tuple[str, Sequence[Any]]]
+            ) -> list[tuple[str, list[Sequence[Any]]]]:
+    """Consecutive statements with the same SQL as one executemany: a batch of 100
+    received documents is three calls, not three hundred."""
+    groups: list[tuple[str, list[Sequence[Any]]]] = []
+    for sql, args in statements:
+        if groups and groups[-1][0] == sql:
+            groups[-1][1].append(tuple(args))
+        else:
+            groups.append((sql, [tuple(args)]))
+    return groups
+
+
 def _selects(conn: sqlite3.Connection,
              queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
     """Several SELECTs, each read to the end; on the connection's thread."""
@@ -470,14 +513,7 @@ class Ledger:
                      reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
         """Run statements in one durable transaction."""
         db = self.db
-        # Consecutive statements with the same SQL go down as one executemany:
-        # a batch of 100 received documents is three calls, not three hundred.
-        groups: list[tuple[str, list[Sequence[Any]]]] = []
-        for sql, args in statements:
-            if groups and groups[-1][0] == sql:
-                groups[-1][1].append(tuple(args))
-            else:
-                groups.append((sql, [tuple(args)]))
+        groups = _groups(statements)
         if not groups:
             return await self._reads(reads) if reads else []
         async with self._tx:
@@ -688,6 +724,44 @@ class Ledger:
         that raced this one) is not written, nor its ack and nonce. Returns the
         CIDs of such rows, left out; the caller answers them as duplicates.
         """
+        statements, reads = self._received(items, usage)
+        found = await self.write(statements, reads=reads)
+        recorded = {raw for rows in found for (raw,) in rows}
+        return {row.cid for row, *_ in items if row.cid.raw not in recorded}
+
+    async def record_received_checked(
+        self, items: Sequence[tuple[DocumentRow, bytes, bytes, str, str, str, bytes]],
+        usage: Sequence[tuple[str, float, int, int]] = (),
+    ) -> tuple[dict[bytes, CID], set[CID]]:
+        """:meth:`record_received_many`, unless a signed document of ``items`` is
+        recorded under another CID already (a second envelope of it): then nothing
+        is written and those are returned (digest -> the CID holding it), to be
+        answered as duplicates, in the same round trip as the write would be."""
+        expected = {row.digest: row.cid.raw for row, *_ in items}
+        if not ONE_CALL:
+            recorded_as = await self.by_digest(list(expected))
+            other = {d: c for d, c in recorded_as.items() if c.raw != expected[d]}
+            return (other, set()) if other else ({}, await self.record_received_many(
+                items, usage))
+        statements, reads = self._received(items, usage)
+        try:
+            async with self._tx:
+                held, found = await in_thread(
+                    self.db, _guarded_transaction, _chunked(_BY_DIGEST, (), list(expected)),
+                    expected, _groups(statements), reads)
+        except sqlite3.Error as exc:
+            raise _typed(exc) from exc
+        if held:
+            return {d: CID.from_bytes(c) for d, c in held.items()}, set()
+        recorded = {raw for rows in found for (raw,) in rows}
+        return {}, {row.cid for row, *_ in items if row.cid.raw not in recorded}
+
+    @staticmethod
+    def _received(items: Sequence[tuple[DocumentRow, bytes, bytes, str, str, str, bytes]],
+                  usage: Sequence[tuple[str, float, int, int]]
+                  ) -> tuple[list[tuple[str, Sequence[Any]]], list[tuple[str, tuple[Any, ...]]]]:
+        """The statements recording ``items`` and ``usage``, and the reads telling
+        which documents are recorded after them."""
         documents: list[tuple[str, Sequence[Any]]] = []
         acks: list[tuple[str, Sequence[Any]]] = []
         nonces: list[tuple[str, Sequence[Any]]] = []
@@ -701,10 +775,8 @@ class Ledger:
                            "SELECT ?,?,?,?,? WHERE EXISTS (SELECT 1 FROM documents WHERE cid = ?)",
                            (sender, nonce, row.cid.raw, ack, now, row.cid.raw)))
         cids = list({row.cid.raw: None for row, *_ in items})
-        found = await self.write(documents + acks + nonces + [(_ADD_USAGE, u) for u in usage],
-                                 reads=_chunked(_RECORDED, (), cids))
-        recorded = {raw for rows in found for (raw,) in rows}
-        return {CID.from_bytes(raw) for raw in cids if raw not in recorded}
+        return (documents + acks + nonces + [(_ADD_USAGE, u) for u in usage],
+                _chunked(_RECORDED, (), cids))
 
     async def add_quota_usage(self, usage: Sequence[tuple[str, float, int, int]]) -> None:
         """Change partners' counts (partner, window start, documents, bytes; negative

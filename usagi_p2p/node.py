@@ -995,10 +995,10 @@ class Node:
             already = await self.ledger.digests(
                 [o[0].cid for _, o in taken if not isinstance(o, UsagiError)])
         taken = await self._check_links(notices, taken, already)
-        # One signed document, one record: the CIDs these signed documents are
-        # recorded under already, if any (another envelope of the same document).
-        holders = await self.ledger.by_digest(
-            [o[0].digest for _, o in taken if not isinstance(o, UsagiError)])
+        # One signed document, one record: two envelopes of it in this batch are
+        # found here; one recorded before is found by the write itself (no read
+        # of its own on the way of every batch: Ledger.record_received_checked).
+        holders: dict[bytes, CID] = {}
         statements_ok: list[tuple[Notice, Any, bytes, DocumentRow, bytes]] = []
         # One time for the batch's acks, signed into each and stored beside it.
         acked_at = self.now()
@@ -1139,10 +1139,27 @@ class Node:
             # transaction. Only after both commits does any ack leave.
             try:
                 await self._put_recorded([(s[3].cid, s[1]) for s in statements_ok])
-                lost = await self.ledger.record_received_many([
-                    (row, prev, ack, "received", acked_text, notice.sender, notice.nonce)
-                    for notice, _block, ack, row, prev in statements_ok
-                ], usage=charge.usage)
+                while entries:
+                    held, lost = await self.ledger.record_received_checked([
+                        (row, prev, ack, "received", acked_text, notice.sender, notice.nonce)
+                        for notice, _block, ack, row, prev in (e for _, e in entries)
+                    ], usage=charge.usage)
+                    if not held:
+                        break
+                    # Recorded before under another envelope: nothing was written.
+                    # Those are duplicates, what links them goes with them, and
+                    # their room and blocks are given back; the rest is written.
+                    before = {e[3].cid for _, e in entries}
+                    for i, entry in entries:
+                        if entry[3].digest in held:
+                            refuse(i, DuplicateError(
+                                f"the signed document in {entry[3].cid} is recorded "
+                                f"already, as {held[entry[3].digest]}"))
+                    entries = self._linked([(i, e) for i, e in entries
+                                            if e[3].digest not in held], *linking, refuse)
+                    charge = self.quotas.settle(charge, [cost(e) for _, e in entries])
+                    await self._discard(list(before - {e[3].cid for _, e in entries}))
+                statements_ok = [e for _, e in entries]
             except BaseException:
                 self.quotas.release(charge)
                 raise

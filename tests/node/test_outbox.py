@@ -87,7 +87,7 @@ async def test_two_deliveries_of_one_notice_hand_over_the_ack_that_is_stored(pai
     await pair.seller_service.close()  # this test drives delivery itself
     other = Node.load(seller.home, None)  # the second process
     await other.open()
-    real = buyer.ledger.record_received_many
+    real = buyer.ledger.record_received_checked
     entered, release, calls = asyncio.Event(), asyncio.Event(), 0
 
     async def first_commits_last(items, **kwargs):  # noqa: ANN001, ANN003, ANN202
@@ -101,7 +101,7 @@ async def test_two_deliveries_of_one_notice_hand_over_the_ack_that_is_stored(pai
         release.set()
         return result
 
-    buyer.ledger.record_received_many = first_commits_last  # type: ignore[method-assign]
+    buyer.ledger.record_received_checked = first_commits_last  # type: ignore[method-assign]
     try:
         sent = await seller.send("quote", "Osaka", {"ref": "Q-twice", "lines": [{"text": "x"}]})
         waiting = asyncio.ensure_future(seller.wait_for_ack(sent.cid, 10))
