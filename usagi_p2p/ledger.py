@@ -275,21 +275,7 @@ def _transaction(conn: sqlite3.Connection, groups: Sequence[tuple[str, list[Sequ
                  reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
     """Run ``groups`` (SQL, rows) as one durable transaction, then ``reads``
     (SELECTs, their rows returned); on the connection's thread."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for sql, rows in groups:
-            if len(rows) == 1:
-                conn.execute(sql, rows[0])
-            else:
-                conn.executemany(sql, rows)
-        conn.execute("COMMIT")
-    except BaseException:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:  # e.g. SQLite already rolled back (SQLITE_FULL)
-            log.debug("nothing rolled back: %s", exc)
-        raise
-    return _selects(conn, reads)
+    return _guarded_transaction(conn, (), {}, groups, reads)[1]
 
 
 def _guarded_transaction(conn: sqlite3.Connection, guard: Sequence[tuple[str, Sequence[Any]]],
@@ -316,7 +302,7 @@ def _guarded_transaction(conn: sqlite3.Connection, guard: Sequence[tuple[str, Se
     except BaseException:
         try:
             conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:
+        except sqlite3.Error as exc:  # e.g. SQLite already rolled back (SQLITE_FULL)
             log.debug("nothing rolled back: %s", exc)
         raise
     return {}, _selects(conn, reads)
