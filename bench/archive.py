@@ -106,8 +106,8 @@ def generate(home: Path, first: int, threads: int, pool: Any) -> None:
 
 
 async def _init(home: Path) -> None:
-    from usagi_p2p.home import Home
-    from usagi_p2p.node import Node
+    from usagi_p2p.node.home import Home
+    from usagi_p2p.node.node import Node
 
     Home(home).create("Kanto Machine Tools", None, seed=SEED_A)
     async with Node.load(home, None) as node:
@@ -124,8 +124,8 @@ def vmhwm_kb() -> int:
 
 def child(home: Path) -> None:
     """Measure one history in this (fresh) process; print one JSON line."""
-    from usagi_p2p.archive import _default_workers, export_archive, verify_archive
-    from usagi_p2p.node import Node
+    from usagi_p2p.archive.archive import _default_workers, export_archive, verify_archive
+    from usagi_p2p.node.node import Node
 
     out = home / "history.car"
 

@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from usagi_p2p.home import Home  # noqa: E402
-from usagi_p2p.node import Node  # noqa: E402
-from usagi_p2p.service import Service  # noqa: E402
+from usagi_p2p.node.home import Home  # noqa: E402
+from usagi_p2p.node.node import Node  # noqa: E402
+from usagi_p2p.peer.service import Service  # noqa: E402
 
 
 def _kernel_bench():  # type: ignore[no-untyped-def]

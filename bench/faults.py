@@ -54,9 +54,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from usagi_p2p.home import Home  # noqa: E402
-from usagi_p2p.node import Node  # noqa: E402
-from usagi_p2p.service import Service  # noqa: E402
+from usagi_p2p.node.home import Home  # noqa: E402
+from usagi_p2p.node.node import Node  # noqa: E402
+from usagi_p2p.peer.service import Service  # noqa: E402
 
 SELLER, BUYER = "Kanto Machine Tools", "Osaka Precision"
 BODY: dict[str, Any] = {"ref": "PO-F", "currency": "JPY",
@@ -184,7 +184,7 @@ async def queue(home: Home, n: int, batch: int = 250, partner: str = "Osaka") ->
 
 
 async def kick(home: Home) -> None:
-    from usagi_p2p.cli import _kick_server
+    from usagi_p2p.company.cli.main import _kick_server
 
     await _kick_server(home)
 

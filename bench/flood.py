@@ -41,9 +41,9 @@ if str(ROOT) not in sys.path:
 
 from kernel import dagcbor  # noqa: E402
 from kernel.messages import make_notice, open_ack  # noqa: E402
-from usagi_p2p.home import Home  # noqa: E402
-from usagi_p2p.node import NOTICES_PATH, Node  # noqa: E402
-from usagi_p2p.peer import make_app  # noqa: E402
+from usagi_p2p.node.home import Home  # noqa: E402
+from usagi_p2p.node.node import NOTICES_PATH, Node  # noqa: E402
+from usagi_p2p.peer.app import make_app  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from faults import Child, make_home, query, vm_hwm_mb  # noqa: E402

@@ -3,7 +3,7 @@
 Targets: ``kernel.dagcbor.decode``, ``kernel.envelope.open`` and
 ``open_plaintext``, ``kernel.messages.open_notice`` and ``open_ack``,
 ``ipfs.car.CARParser`` (fed in random chunks, then ``finish``),
-``usagi_p2p.invitation.parse_invitation`` (text and bytes) and the HTTP body
+``usagi_p2p.node.invitation.parse_invitation`` (text and bytes) and the HTTP body
 handler ``Node.receive`` of an in-process node with one partner.
 
 Inputs are mutations of valid seeds (bit flips, truncations, splices with
@@ -50,7 +50,7 @@ from kernel.errors import UsagiError  # noqa: E402
 from kernel.identity import Identity  # noqa: E402
 from kernel.messages import make_ack, make_notice, open_ack, open_notice  # noqa: E402
 from kernel.rotation import make_rotation, open_rotation  # noqa: E402
-from usagi_p2p.invitation import make_invitation, parse_invitation  # noqa: E402
+from usagi_p2p.node.invitation import make_invitation, parse_invitation  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "fixtures"
 NOW = datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
@@ -265,8 +265,8 @@ class ReceiveTarget:
         self.node = self.loop.run_until_complete(self._open())
 
     async def _open(self) -> Any:
-        from usagi_p2p.home import Home
-        from usagi_p2p.node import Node
+        from usagi_p2p.node.home import Home
+        from usagi_p2p.node.node import Node
 
         home = Home(Path(self.tmp.name) / "osaka")
         home.create("Osaka Precision", None, seed=bytes(range(1, 33)), port=9)

@@ -5,8 +5,8 @@ sender nodes (default 50), each a real Node with its own home, key, ledger
 and block store, run in this process; each queues D documents (default 200)
 and runs its delivery loop, all at the same time. The receiver admits
 MAX_INFLIGHT (8) batches at once and sheds the rest with 503 +
-``Retry-After: 1`` (usagi_p2p/peer.py); a sender honours Retry-After and a
-503 costs no attempt from its budget (usagi_p2p/node.py). We report
+``Retry-After: 1`` (usagi_p2p/peer/app.py); a sender honours Retry-After and a
+503 costs no attempt from its budget (usagi_p2p/node/node.py). We report
 
 * throughput: documents stored and acknowledged per second, end to end;
 * 503s: how many batch POSTs were shed (counted from the senders' logs);
@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from usagi_p2p.node import Node  # noqa: E402
+from usagi_p2p.node.node import Node  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from faults import BODY, Child, audit, make_home, query, vm_hwm_mb  # noqa: E402

@@ -12,10 +12,10 @@ import ipfs.blockstore
 import ipfs.car
 import ipfs.gateway
 import kernel.errors
-import usagi_p2p.archive_format
-import usagi_p2p.archive_push
-import usagi_p2p.errors
-import usagi_p2p.plugin_host
+import usagi_p2p.archive.format
+import usagi_p2p.archive.push
+import usagi_p2p.node.errors
+import usagi_p2p.node.plugin_host
 from kernel.errors import LimitExceededError, UsagiError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +24,8 @@ SPEC = ROOT / "docs" / "spec.md"
 
 def all_codes() -> set[str]:
     codes = set()
-    for module in (kernel.errors, ipfs.blockstore, ipfs.car, ipfs.gateway, usagi_p2p.errors,
-                   usagi_p2p.archive_format, usagi_p2p.archive_push, usagi_p2p.plugin_host):
+    for module in (kernel.errors, ipfs.blockstore, ipfs.car, ipfs.gateway, usagi_p2p.node.errors,
+                   usagi_p2p.archive.format, usagi_p2p.archive.push, usagi_p2p.node.plugin_host):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, UsagiError):
                 codes.add(cls.code)
@@ -172,7 +172,8 @@ def test_the_limits_table_is_what_the_code_decodes_with() -> None:
     from ipfs.car import CARParser
     from kernel import envelope, messages, rotation, signed
     from kernel.dagcbor import Limits
-    from usagi_p2p import archive_format, invitation, node
+    from usagi_p2p.archive import format as archive_format
+    from usagi_p2p.node import invitation, node
 
     car = CARParser()
     code = {
@@ -239,7 +240,7 @@ def test_every_test_the_docs_cite_exists() -> None:
 
 def test_the_spec_error_table_is_the_code_table() -> None:
     """Each row of spec section 14 with one HTTP status and one exit code: every
-    code in it maps to exactly those (usagi_p2p/errors.py, the one table)."""
+    code in it maps to exactly those (usagi_p2p/node/errors.py, the one table)."""
     text = SPEC.read_text()
     table = text[text.index("## 14. Error codes"):text.index("## 15.")]
     checked, wrong = 0, []
@@ -250,7 +251,7 @@ def test_the_spec_error_table_is_the_code_table() -> None:
             continue
         for code in re.findall(r"`([a-z_0-9]+)`", cells[0]):
             checked += 1
-            got = (usagi_p2p.errors.http_status(code), usagi_p2p.errors.exit_code(code))
+            got = (usagi_p2p.node.errors.http_status(code), usagi_p2p.node.errors.exit_code(code))
             if got != (int(cells[-2]), int(cells[-1])):
                 wrong.append(f"{code}: spec {cells[-2]}/{cells[-1]}, code {got[0]}/{got[1]}")
     assert checked >= 40, "the section 14 table was not found or not read"

@@ -920,7 +920,7 @@ def httpsig_vectors() -> dict[str, dict[str, Any]]:
 
     from nacl.signing import SigningKey
 
-    from usagi_p2p.httpsig import sign_request
+    from usagi_p2p.node.httpsig import sign_request
 
     created = int(parse_time("2025-04-01T09:30:00Z").timestamp())
     nonce = _b64url(bytes(range(12)))

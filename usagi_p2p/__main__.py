@@ -1,3 +1,3 @@
-from .cli import main
+from .company.cli import main
 
 main()

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.ipfs.conftest import kubo_url  # noqa: F401  (re-exported fixture)
-from usagi_p2p.home import Home
-from usagi_p2p.node import Node
-from usagi_p2p.service import Service
+from usagi_p2p.node.home import Home
+from usagi_p2p.node.node import Node
+from usagi_p2p.peer.service import Service
 
 SEED_A = bytes(range(32))
 SEED_B = bytes(range(32, 64))

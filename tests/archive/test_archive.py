@@ -17,15 +17,15 @@ from hypothesis import strategies as st
 from ipfs.car import CARReader
 from kernel.cid import CID
 from kernel.identity import Identity
-from usagi_p2p.archive import (
+from usagi_p2p.archive.archive import (
     ArchiveError,
     ForeignArchiveError,
     export_archive,
     import_archive,
     verify_archive,
 )
-from usagi_p2p.home import Home
-from usagi_p2p.node import Node
+from usagi_p2p.node.home import Home
+from usagi_p2p.node.node import Node
 
 from .conftest import SEED_A, SEED_B, SEED_C, Traded
 
@@ -210,7 +210,7 @@ def paged_car(traded: Traded) -> Path:
     """The same history in pages of two documents: threads of three cross pages."""
     out = traded.root / "kanto-paged.car"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("usagi_p2p.archive.PAGE_ENTRIES", 2)
+        mp.setattr("usagi_p2p.archive.archive.PAGE_ENTRIES", 2)
         asyncio.run(_export(traded.a, out))
     return out
 
@@ -226,7 +226,7 @@ def test_workers_give_the_same_report(traded: Traded, car: Path, paged_car: Path
                                       tmp_path: Path) -> None:
     fives = tmp_path / "fives.car"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("usagi_p2p.archive.PAGE_ENTRIES", 5)
+        mp.setattr("usagi_p2p.archive.archive.PAGE_ENTRIES", 5)
         asyncio.run(_export(traded.a, fives))
     for path in (car, paged_car, fives):
         one = _outcome(path, Identity(SEED_A), 1)
@@ -268,7 +268,7 @@ def test_workers_find_a_broken_thread_alike(traded: Traded, tmp_path: Path, drop
         con.execute("DELETE FROM acks WHERE cid = ?", (cid,))
     out = tmp_path / "broken.car"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("usagi_p2p.archive.PAGE_ENTRIES", entries)
+        mp.setattr("usagi_p2p.archive.archive.PAGE_ENTRIES", entries)
         asyncio.run(_export(home, out))
     verify_archive(out)  # keyless it is sound: only the keyed thread check sees it
     one = _outcome(out, Identity(SEED_A), 1)
@@ -282,8 +282,8 @@ def test_workers_find_a_broken_thread_alike(traded: Traded, tmp_path: Path, drop
 
 def test_an_unacked_sent_document_comes_back_to_the_outbox(tmp_path: Path) -> None:
     from kernel.messages import open_notice
-    from usagi_p2p.archive import RESTORED_UNACKED
-    from usagi_p2p.service import Service
+    from usagi_p2p.archive.archive import RESTORED_UNACKED
+    from usagi_p2p.peer.service import Service
 
     from .conftest import _port
 

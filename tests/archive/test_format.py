@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from kernel import dagcbor
 from kernel.cid import CID, RAW
 from kernel.errors import MalformedError
-from usagi_p2p.archive_format import (
+from usagi_p2p.archive.format import (
     PAGE_TYPE,
     cid_from_raw,
     encode_array,

@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 
 from ipfs.kubo import KuboBlockStore
-from usagi_p2p.archive import export_archive
-from usagi_p2p.archive_push import PinningError, pin_remote, push_archive
-from usagi_p2p.node import Node
+from usagi_p2p.archive.archive import export_archive
+from usagi_p2p.archive.push import PinningError, pin_remote, push_archive
+from usagi_p2p.node.node import Node
 
 from .conftest import Traded
 

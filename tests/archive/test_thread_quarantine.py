@@ -22,12 +22,12 @@ from kernel.cid import CID
 from kernel.document import format_time
 from kernel.identity import Identity
 from kernel.messages import make_ack, make_notice, open_notice
-from usagi_p2p.archive import export_archive, verify_archive
-from usagi_p2p.home import Home
-from usagi_p2p.inspect import thread_documents, verify_document
-from usagi_p2p.ledger import DocumentRow
-from usagi_p2p.node import Node
-from usagi_p2p.plugin_host import findings_json
+from usagi_p2p.archive.archive import export_archive, verify_archive
+from usagi_p2p.company.views import thread_documents, verify_document
+from usagi_p2p.node.home import Home
+from usagi_p2p.node.ledger import DocumentRow
+from usagi_p2p.node.node import Node
+from usagi_p2p.node.plugin_host import findings_json
 
 from ..node.conftest import REPO, free_port, start
 

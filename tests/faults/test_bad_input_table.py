@@ -31,9 +31,9 @@ from kernel import envelope as kenvelope
 from kernel.cid import CID
 from kernel.identity import Identity
 from kernel.messages import make_notice, open_ack
-from usagi_p2p.httpsig import sign_request
-from usagi_p2p.invitation import make_invitation
-from usagi_p2p.node import INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, Node
+from usagi_p2p.node.httpsig import sign_request
+from usagi_p2p.node.invitation import make_invitation
+from usagi_p2p.node.node import INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, Node
 
 from ..node.conftest import Pair, pair  # noqa: F401  (the fixture)
 

@@ -15,7 +15,7 @@ from ipfs.blockstore import StoreUnavailableError
 from kernel import dagcbor
 from kernel import envelope as kenvelope
 from kernel.messages import make_notice
-from usagi_p2p.node import NOTICES_PATH
+from usagi_p2p.node.node import NOTICES_PATH
 
 from ..node.conftest import Pair, pair  # noqa: F401  (the fixture)
 
@@ -83,8 +83,8 @@ async def test_cancelled_while_committing_keeps_the_cancellation_and_the_rows(
     # Statement by statement (aiosqlite's public calls only):
     import asyncio
 
-    import usagi_p2p.ledger as ledger_module
-    from usagi_p2p.ledger import Ledger
+    import usagi_p2p.node.ledger as ledger_module
+    from usagi_p2p.node.ledger import Ledger
 
     monkeypatch.setattr(ledger_module, "ONE_CALL", False)
     async with Ledger(tmp_path / "ledger.db") as ledger:
@@ -120,7 +120,7 @@ class HeldTransaction:
     def __init__(self, monkeypatch) -> None:  # noqa: ANN001
         import threading
 
-        import usagi_p2p.ledger as ledger_module
+        import usagi_p2p.node.ledger as ledger_module
 
         assert ledger_module.ONE_CALL, "aiosqlite no longer has the call this path uses"
         self.running, self.release, self.finished = (threading.Event(), threading.Event(),
@@ -150,7 +150,7 @@ async def test_cancelled_during_a_one_call_transaction_keeps_it_whole(tmp_path, 
     # still completes, all of it.
     import asyncio
 
-    from usagi_p2p.ledger import Ledger
+    from usagi_p2p.node.ledger import Ledger
 
     async with Ledger(tmp_path / "ledger.db") as ledger:
         hold = HeldTransaction(monkeypatch)
@@ -168,9 +168,9 @@ async def test_cancelled_during_a_one_call_transaction_keeps_it_whole(tmp_path, 
 @pytest.mark.parametrize("one_call", [True, False], ids=["one call", "statement by statement"])
 async def test_a_failing_transaction_stores_none_of_its_statements(tmp_path, monkeypatch,  # noqa: ANN001
                                                                    one_call: bool) -> None:
-    import usagi_p2p.ledger as ledger_module
-    from usagi_p2p.errors import UsagiError
-    from usagi_p2p.ledger import Ledger
+    import usagi_p2p.node.ledger as ledger_module
+    from usagi_p2p.node.errors import UsagiError
+    from usagi_p2p.node.ledger import Ledger
 
     monkeypatch.setattr(ledger_module, "ONE_CALL", one_call)
     async with Ledger(tmp_path / "ledger.db") as ledger:
@@ -200,7 +200,7 @@ async def test_a_transaction_failing_after_its_caller_left_is_logged(tmp_path, c
     import asyncio
     import logging
 
-    from usagi_p2p.ledger import Ledger
+    from usagi_p2p.node.ledger import Ledger
 
     async with Ledger(tmp_path / "ledger.db") as ledger:
         await ledger.write([("INSERT INTO invitations (nonce, expires) VALUES (?, ?)", (b"old", 1.0))])

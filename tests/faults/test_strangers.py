@@ -25,11 +25,11 @@ import pytest
 from kernel import dagcbor
 from kernel.cid import CID
 from kernel.messages import make_notice, open_ack
-from usagi_p2p.httpsig import sign_request
-from usagi_p2p.listener import Limits
-from usagi_p2p.node import NOTICES_PATH, Node
-from usagi_p2p.peer import INTAKE_KEY, REPLAY_KEY
-from usagi_p2p.service import Service
+from usagi_p2p.node.httpsig import sign_request
+from usagi_p2p.node.node import NOTICES_PATH, Node
+from usagi_p2p.peer.app import INTAKE_KEY, REPLAY_KEY
+from usagi_p2p.peer.listener import Limits
+from usagi_p2p.peer.service import Service
 
 from ..node.conftest import Pair, make_home, pair, start  # noqa: F401  (the fixture)
 from .conftest import load_bench

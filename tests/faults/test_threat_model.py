@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from usagi_p2p.home import Home
+from usagi_p2p.node.home import Home
 
 from ..node.conftest import Pair, pair  # noqa: F401  (the fixture)
 

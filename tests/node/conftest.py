@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from usagi_p2p.home import Home
-from usagi_p2p.node import Node
-from usagi_p2p.service import Service
+from usagi_p2p.node.home import Home
+from usagi_p2p.node.node import Node
+from usagi_p2p.peer.service import Service
 
 REPO = Path(__file__).resolve().parents[2]
 

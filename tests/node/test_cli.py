@@ -50,7 +50,7 @@ def test_init_protects_the_key_and_refuses_to_overwrite(tmp_path: Path) -> None:
 
 
 def test_send_without_a_server_then_archive_round_trip(tmp_path: Path) -> None:
-    from usagi_p2p.home import Home
+    from usagi_p2p.node.home import Home
 
     seller = make_home(tmp_path / "kanto", "Kanto Machine Tools")
     buyer = make_home(tmp_path / "osaka", "Osaka Precision")
@@ -112,7 +112,7 @@ def test_tables_print_partner_text_as_text(tmp_path: Path) -> None:
     import asyncio
 
     from kernel.identity import Identity
-    from usagi_p2p.node import Node
+    from usagi_p2p.node.node import Node
 
     home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
     other = Identity.generate()
@@ -141,8 +141,8 @@ def test_an_invitation_with_a_control_character_in_its_name_is_refused() -> None
 
     from kernel.identity import Identity
     from kernel.signed import sign
-    from usagi_p2p.errors import InvitationError
-    from usagi_p2p.invitation import parse_invitation
+    from usagi_p2p.node.errors import InvitationError
+    from usagi_p2p.node.invitation import parse_invitation
 
     who = Identity.generate()
     now = datetime(2026, 12, 2, tzinfo=UTC)
@@ -171,7 +171,7 @@ def test_inbox_and_outbox_show_the_newest_and_filter(tmp_path: Path) -> None:
     import asyncio
 
     from kernel.identity import Identity
-    from usagi_p2p.node import Node
+    from usagi_p2p.node.node import Node
 
     home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
     other = Identity.generate()
@@ -202,7 +202,7 @@ def test_inbox_and_outbox_show_the_newest_and_filter(tmp_path: Path) -> None:
 def test_text_a_partner_wrote_cannot_drive_the_terminal(tmp_path: Path) -> None:
     import asyncio
 
-    from usagi_p2p.invitation import printable
+    from usagi_p2p.node.invitation import printable
 
     from .conftest import paired
 
@@ -236,7 +236,7 @@ def test_text_a_partner_wrote_cannot_drive_the_terminal(tmp_path: Path) -> None:
 def test_every_command_explains_itself_with_an_example() -> None:
     import click
 
-    from usagi_p2p.cli import main
+    from usagi_p2p.company.cli.main import main
 
     def walk(command: click.Command, path: list[str]) -> list[str]:
         if isinstance(command, click.Group):
@@ -250,8 +250,8 @@ def test_the_serve_log_escapes_what_a_partner_wrote(caplog) -> None:  # noqa: AN
     import logging
 
     from kernel.cid import CID
-    from usagi_p2p.ledger import DocumentRow
-    from usagi_p2p.node import _log_batch
+    from usagi_p2p.node.ledger import DocumentRow
+    from usagi_p2p.node.node import _log_batch
 
     cid = CID.for_block(b"x")
     row = DocumentRow(cid, "in", "did:key:z", "order", cid, "PO-1\n2026-12-02T00:00:00Z forged",
@@ -338,7 +338,7 @@ def test_json_output_names_the_fields_of_kernel_results() -> None:
 
     from kernel.cid import CID
     from kernel.envelope import Sealed
-    from usagi_p2p.cli import _jsonable
+    from usagi_p2p.company.cli.main import _jsonable
 
     cid = CID.for_block(b"block")
     sealed = Sealed(cid, b"\x01", b"\x02", b"\x12\x20" + bytes(32))
@@ -356,7 +356,7 @@ async def test_an_answer_without_a_file_takes_what_it_answers(pair: Pair) -> Non
     import asyncio
 
     from kernel.signed import open_signed
-    from usagi_p2p.inspect import CARRIED
+    from usagi_p2p.company.views import CARRIED
 
     quote = {"ref": "Q-7", "currency": "JPY", "total": "6250", "note": "valid 30 days",
              "lines": [{"text": "M6x20 SUS304 hex bolt", "qty": "500", "unit_price": "12.50"}]}

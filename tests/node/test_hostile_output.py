@@ -47,9 +47,9 @@ from kernel import envelope as kenvelope
 from kernel.document import format_time
 from kernel.messages import make_ack, open_notice
 from kernel.signed import sign
-from usagi_p2p.home import Home
-from usagi_p2p.node import INTRODUCE_PATH, NOTICES_PATH, ROTATE_PATH, Node
-from usagi_p2p.service import Service
+from usagi_p2p.node.home import Home
+from usagi_p2p.node.node import INTRODUCE_PATH, NOTICES_PATH, ROTATE_PATH, Node
+from usagi_p2p.peer.service import Service
 
 from .conftest import REPO, free_port, make_home, start
 
@@ -106,7 +106,7 @@ def strings(value: Any) -> Iterator[str]:
 
 def command_path(args: tuple[str, ...]) -> str:
     """The click command an argument list runs (global options skipped)."""
-    from usagi_p2p.cli import main
+    from usagi_p2p.company.cli.main import main
 
     command: click.Command = main
     path: list[str] = []
@@ -119,7 +119,7 @@ def command_path(args: tuple[str, ...]) -> str:
 
 def every_command() -> set[str]:
     """Every runnable command of the CLI, from its click tree."""
-    from usagi_p2p.cli import main
+    from usagi_p2p.company.cli.main import main
 
     found: set[str] = set()
 
@@ -455,7 +455,7 @@ def test_every_command_prints_a_hostile_partners_text_inert(tmp_path: Path) -> N
 def test_one_escaping_rule_keeps_ordinary_text_and_escapes_each_class() -> None:
     import logging
 
-    from usagi_p2p import invitation, terminal
+    from usagi_p2p.node import invitation, terminal
 
     assert invitation.printable is terminal.printable  # one function, importable as before
     printable = terminal.printable

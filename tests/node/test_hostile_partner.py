@@ -32,10 +32,10 @@ from kernel.errors import UsagiError
 from kernel.identity import Identity
 from kernel.messages import check_ack, make_ack, make_notice, open_ack, open_notice
 from kernel.signed import sign
-from usagi_p2p.home import Home
-from usagi_p2p.invitation import make_invitation
-from usagi_p2p.node import INTRODUCE_PATH, NOTICES_PATH, Node
-from usagi_p2p.peer import make_app
+from usagi_p2p.node.home import Home
+from usagi_p2p.node.invitation import make_invitation
+from usagi_p2p.node.node import INTRODUCE_PATH, NOTICES_PATH, Node
+from usagi_p2p.peer.app import make_app
 
 from .conftest import Pair, free_port, make_home
 
@@ -703,8 +703,8 @@ async def test_partner_add_again_once_the_partner_is_back(tmp_path: Path) -> Non
 
 
 def test_an_invitation_text_is_base64url_and_nothing_else() -> None:
-    from usagi_p2p.errors import InvitationError
-    from usagi_p2p.invitation import PREFIX, parse_invitation
+    from usagi_p2p.node.errors import InvitationError
+    from usagi_p2p.node.invitation import PREFIX, parse_invitation
 
     now = datetime.now(UTC)
     invitation = make_invitation(Identity.generate(), "Osaka Precision", "http://127.0.0.1:9", now)

@@ -8,7 +8,7 @@ import pytest
 
 from kernel.errors import ExpiredError, InvalidSignatureError, ReplayError
 from kernel.identity import Identity
-from usagi_p2p.httpsig import SKEW, ReplayGuard, sign_request, verify_request
+from usagi_p2p.node.httpsig import SKEW, ReplayGuard, sign_request, verify_request
 
 ALICE = Identity(hashlib.sha256(b"httpsig alice").digest())
 BOB = Identity(hashlib.sha256(b"httpsig bob").digest())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kernel import Identity
-from usagi_p2p.ledger import Ledger
+from usagi_p2p.node.ledger import Ledger
 
 A, B, C, D = (Identity(bytes([i]) * 32).did for i in range(1, 5))
 
@@ -84,7 +84,7 @@ async def test_names_match_caselessly_in_any_script(tmp_path: Path) -> None:
 
 
 async def test_partner_names_are_unique(tmp_path: Path) -> None:
-    from usagi_p2p.errors import NameTakenError
+    from usagi_p2p.node.errors import NameTakenError
 
     async with Ledger(str(tmp_path / "ledger.db")) as ledger:
         assert (await ledger.add_partner(A, "Osaka", "http://127.0.0.1:1", None)).name == "Osaka"
@@ -116,7 +116,7 @@ async def test_partner_names_are_unique(tmp_path: Path) -> None:
 
 def _row(i: int, partner: str) -> tuple[object, bytes, bytes]:
     from kernel.cid import CID
-    from usagi_p2p.ledger import DocumentRow
+    from usagi_p2p.node.ledger import DocumentRow
 
     cid = CID.for_block(b"block %d" % i)
     row = DocumentRow(cid, "out", partner, "order", cid, None, "2026-12-03T00:00:00Z", 1.0,
@@ -190,7 +190,7 @@ async def test_without_wal_the_claim_is_synced_like_every_commit(tmp_path: Path,
                                                                  monkeypatch) -> None:  # noqa: ANN001
     """The unsynced lease is safe only in WAL mode; a ledger that cannot use WAL
     (here: an in-memory database, which keeps its own journal mode) syncs it."""
-    import usagi_p2p.ledger as ledger_module
+    import usagi_p2p.node.ledger as ledger_module
 
     unsynced = []
     real = ledger_module._lease

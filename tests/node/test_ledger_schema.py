@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from kernel.cid import CID
-from usagi_p2p.ledger import Ledger
+from usagi_p2p.node.ledger import Ledger
 
 
 async def test_without_rowid_nonces_are_converted_and_kept(tmp_path: Path) -> None:

@@ -36,11 +36,11 @@ from kernel.errors import CIDMismatchError
 from kernel.identity import Identity
 from kernel.messages import make_notice, open_ack, open_notice
 from kernel.signed import sign, sign_bytes
-from usagi_p2p.archive import export_archive, verify_archive
-from usagi_p2p.httpsig import sign_request
-from usagi_p2p.inspect import thread_documents, verify_document
-from usagi_p2p.ledger import DocumentRow, Ledger
-from usagi_p2p.node import NOTICES_PATH, Node
+from usagi_p2p.archive.archive import export_archive, verify_archive
+from usagi_p2p.company.views import thread_documents, verify_document
+from usagi_p2p.node.httpsig import sign_request
+from usagi_p2p.node.ledger import DocumentRow, Ledger
+from usagi_p2p.node.node import NOTICES_PATH, Node
 
 from .conftest import free_port, make_home, paired, start
 

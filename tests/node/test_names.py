@@ -9,9 +9,9 @@ import pytest
 
 from kernel.identity import Identity
 from kernel.signed import sign
-from usagi_p2p.errors import InvitationError
-from usagi_p2p.invitation import name_problem
-from usagi_p2p.node import INTRODUCE_PATH
+from usagi_p2p.node.errors import InvitationError
+from usagi_p2p.node.invitation import name_problem
+from usagi_p2p.node.node import INTRODUCE_PATH
 
 from .conftest import make_home, start
 from .test_cli import usagi

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from kernel.messages import open_ack
-from usagi_p2p.service import Service
+from usagi_p2p.peer.service import Service
 
 from .conftest import REPO, Pair
 
@@ -81,7 +81,7 @@ async def test_two_deliveries_of_one_notice_hand_over_the_ack_that_is_stored(pai
     that started and released the leases while another process's batch was out).
     The receiver answers both, with acks signed apart; the seller keeps the first
     one stored, and whoever waits gets exactly that one."""
-    from usagi_p2p.node import Node
+    from usagi_p2p.node.node import Node
 
     seller, buyer = pair.seller, pair.buyer
     await pair.seller_service.close()  # this test drives delivery itself

@@ -16,10 +16,10 @@ from kernel.cid import CID
 from kernel.identity import Identity
 from kernel.messages import make_notice, notice_nonce, open_ack
 from kernel.signed import sign_bytes
-from usagi_p2p.httpsig import sign_request
-from usagi_p2p.invitation import make_invitation
-from usagi_p2p.node import INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, Node
-from usagi_p2p.peer import REPLAY_KEY
+from usagi_p2p.node.httpsig import sign_request
+from usagi_p2p.node.invitation import make_invitation
+from usagi_p2p.node.node import INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, Node
+from usagi_p2p.peer.app import REPLAY_KEY
 
 from .conftest import Pair
 

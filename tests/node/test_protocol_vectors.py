@@ -1,7 +1,7 @@
 """The node's vectors in tests/vectors: invitations, signed HTTP requests, notice batches.
 
 The kernel's operations run in tests/kernel/test_vectors.py; these need the
-node's code (usagi_p2p/invitation.py, httpsig.py) or a real node: a notice
+node's code (usagi_p2p/node/invitation.py, httpsig.py) or a real node: a notice
 batch is handed to a real Node (its own home, SQLite ledger and block store)
 whose identity and clock are the vector's, and a refused batch must leave
 nothing stored.
@@ -21,9 +21,9 @@ from kernel.cid import CID
 from kernel.document import parse_time
 from kernel.errors import UsagiError
 from kernel.identity import Identity
-from usagi_p2p.home import Home
-from usagi_p2p.invitation import parse_invitation
-from usagi_p2p.node import Node
+from usagi_p2p.node.home import Home
+from usagi_p2p.node.invitation import parse_invitation
+from usagi_p2p.node.node import Node
 
 from ..kernel.test_vectors import FILES, KERNEL_OPERATIONS
 from ..test_docs import all_codes
@@ -81,7 +81,7 @@ async def _parse_invitation(inputs: dict[str, Any], expected: dict[str, Any], _:
 
 
 async def _http_signature(inputs: dict[str, Any], expected: dict[str, Any], _: Path) -> None:
-    from usagi_p2p.httpsig import sign_request, verify_request
+    from usagi_p2p.node.httpsig import sign_request, verify_request
 
     signer = Identity(bytes.fromhex(inputs["signer_seed"]))
     headers = sign_request(signer, inputs["method"], inputs["path"], inputs["query"],
@@ -95,7 +95,7 @@ async def _http_signature(inputs: dict[str, Any], expected: dict[str, Any], _: P
 
 
 async def _verify_http_signature(inputs: dict[str, Any], expected: dict[str, Any], _: Path) -> None:
-    from usagi_p2p.httpsig import verify_request
+    from usagi_p2p.node.httpsig import verify_request
 
     verify_request(inputs["headers"], inputs["method"], inputs["path"], inputs["query"],
                    now=inputs["now"])

@@ -29,11 +29,11 @@ from kernel import dagcbor
 from kernel.cid import CID
 from kernel.messages import MESSAGE_LIMITS, make_notice, open_ack
 from kernel.signed import open_signed
-from usagi_p2p.errors import ConfigError, QuotaExceededError
-from usagi_p2p.home import Config, Home
-from usagi_p2p.node import NOTICES_PATH, Node
-from usagi_p2p.peer import make_app
-from usagi_p2p.quota import format_size, parse_size
+from usagi_p2p.node.errors import ConfigError, QuotaExceededError
+from usagi_p2p.node.home import Config, Home
+from usagi_p2p.node.node import NOTICES_PATH, Node
+from usagi_p2p.node.quota import format_size, parse_size
+from usagi_p2p.peer.app import make_app
 
 from .conftest import REPO, free_port, make_home, start
 
@@ -336,7 +336,7 @@ async def test_counts_under_two_keys_add_up_after_a_restart(nodes: dict[str, Any
     """What a partner stored under its old key and its new one is one count, also
     for a node started again (a fresh count read from the ledger): 2 before the
     rotation and 1 after fill a quota of 3."""
-    from usagi_p2p.quota import Quotas
+    from usagi_p2p.node.quota import Quotas
 
     osaka, evil = nodes["osaka"], nodes["evil"]
     set_partner_quota(osaka.home, evil.did, docs=3)

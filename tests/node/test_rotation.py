@@ -14,8 +14,8 @@ from kernel.identity import Identity
 from kernel.messages import make_notice, open_ack
 from kernel.rotation import make_rotation, open_rotation
 from kernel.signed import open_signed, sign
-from usagi_p2p.inspect import verify_document
-from usagi_p2p.node import NOTICES_PATH, Node
+from usagi_p2p.company.views import verify_document
+from usagi_p2p.node.node import NOTICES_PATH, Node
 
 from .conftest import Pair
 

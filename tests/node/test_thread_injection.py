@@ -29,9 +29,9 @@ from kernel import envelope as kenvelope
 from kernel.cid import CID
 from kernel.document import format_time
 from kernel.messages import Ack, make_notice, open_ack
-from usagi_p2p.inspect import thread_documents, verify_document
-from usagi_p2p.node import NOTICES_PATH, Node
-from usagi_p2p.service import Service
+from usagi_p2p.company.views import thread_documents, verify_document
+from usagi_p2p.node.node import NOTICES_PATH, Node
+from usagi_p2p.peer.service import Service
 
 from .conftest import REPO, make_home, start
 
@@ -256,7 +256,7 @@ async def test_a_reply_whose_root_the_quota_leaves_out_waits_for_it(trio: Trio) 
     """The quota takes a batch's documents in notice order: a reply placed before
     the first document it answers, with room for one document left, is not stored
     without it; both are stored once the window has room (here: a new quota)."""
-    from usagi_p2p.home import Home
+    from usagi_p2p.node.home import Home
 
     seller, mallory = trio.seller, trio.mallory
     home = Home(trio.homes["kanto"])

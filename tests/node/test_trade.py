@@ -7,7 +7,7 @@ from contextlib import closing
 
 from kernel.document import format_time
 from kernel.messages import open_ack
-from usagi_p2p.inspect import verify_document
+from usagi_p2p.company.views import verify_document
 
 from .conftest import Pair
 

@@ -10,7 +10,7 @@ import pytest
 
 from kernel.plugin import Finding, Plugin, contract_problems
 from plugins import construction, food, machinery, medical
-from usagi_p2p.plugin_host import PluginHost, available
+from usagi_p2p.node.plugin_host import PluginHost, available
 
 from ._support import codes, doc, line
 
@@ -181,7 +181,7 @@ def test_finding_levels_are_checked() -> None:
 
 
 def test_check_raises_on_errors_only() -> None:
-    from usagi_p2p.plugin_host import PluginRejectedError, findings_json
+    from usagi_p2p.node.plugin_host import PluginRejectedError, findings_json
 
     host = PluginHost.load(["medical"])
     unapproved = doc("medical.order", [line("stent", "medical", lot="A1")],

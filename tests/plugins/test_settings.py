@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from usagi_p2p.home import Home
-from usagi_p2p.plugin_host import PluginHost
+from usagi_p2p.node.home import Home
+from usagi_p2p.node.plugin_host import PluginHost
 
 from ..node.conftest import paired
 from .test_trade import make_home
@@ -110,7 +110,7 @@ def test_settings_that_are_not_an_object_break_only_that_plugin(own: object) -> 
 
 
 def test_a_config_with_malformed_plugin_settings_is_a_clear_error(home: Home) -> None:
-    from usagi_p2p.errors import ConfigError
+    from usagi_p2p.node.errors import ConfigError
 
     data = json.loads(home.config_path.read_text())
     data["plugin_settings"] = {"food": ["freshness_days", 3]}

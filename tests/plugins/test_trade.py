@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from kernel.errors import InvalidDocumentError, UsagiError
-from usagi_p2p.home import Home
-from usagi_p2p.node import Node
-from usagi_p2p.plugin_host import PluginHost
-from usagi_p2p.plugins_cli import approver
-from usagi_p2p.service import Service
-from usagi_p2p.users import add_user
+from usagi_p2p.company.cli.plugins import approver
+from usagi_p2p.node.home import Home
+from usagi_p2p.node.node import Node
+from usagi_p2p.node.plugin_host import PluginHost
+from usagi_p2p.node.users import add_user
+from usagi_p2p.peer.service import Service
 
 PLUGINS = ["machinery", "food", "construction", "medical"]
 

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from plugins.medical import plugin as medical
-from usagi_p2p.errors import ConfigError
-from usagi_p2p.home import Home
-from usagi_p2p.plugins_cli import approver, extract_command, plugins_group, user_group
-from usagi_p2p.users import add_user, approve, load_user, move_user
+from usagi_p2p.company.cli.plugins import approver, extract_command, plugins_group, user_group
+from usagi_p2p.node.errors import ConfigError
+from usagi_p2p.node.home import Home
+from usagi_p2p.node.users import add_user, approve, load_user, move_user
 
 from ._support import doc, line
 

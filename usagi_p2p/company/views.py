@@ -17,8 +17,8 @@ from kernel.messages import check_ack, open_ack
 from kernel.signed import open_signed
 from kernel.thread import split_thread, verify_thread
 
-from .errors import NodeError
-from .node import Node
+from ..node.errors import NodeError
+from ..node.node import Node
 
 __all__ = ["show_document", "thread_documents", "verify_document", "answer_body", "CARRIED"]
 

@@ -27,11 +27,11 @@ from kernel.errors import UsagiError
 from kernel.identity import Identity
 from plugins.medical import sign_approval, with_approval
 
-from .errors import exit_code
-from .home import Home
-from .plugin_host import PluginHost, available
-from .terminal import json_text, printable
-from .users import add_user, load_user, move_user, user_key_is_protected
+from ...node.errors import exit_code
+from ...node.home import Home
+from ...node.plugin_host import PluginHost, available
+from ...node.terminal import json_text, printable
+from ...node.users import add_user, load_user, move_user, user_key_is_protected
 
 __all__ = ["plugins_group", "user_group", "extract_command", "approver", "user_passphrase"]
 

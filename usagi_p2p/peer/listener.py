@@ -22,7 +22,7 @@ A source address is an IPv4 address, or the /64 an IPv6 address belongs to
 connection comes from the proxy: limit per client there.
 
 The body deadline, body caps and in-flight limits per endpoint are applied by
-the routes (usagi_p2p/peer.py), from the same :class:`Limits`.
+the routes (usagi_p2p/peer/app.py), from the same :class:`Limits`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from aiohttp.web_request import BaseRequest
 
 from kernel.errors import MalformedError, UsagiError
 
-from .errors import (
+from ..node.errors import (
     BodyTooLargeError,
     MethodNotAllowedError,
     NotFoundError,
@@ -55,7 +55,7 @@ __all__ = ["Endpoint", "Limits", "Admission", "ThrottledLog", "PeerSite", "addre
 
 log = logging.getLogger("usagi.peer")
 
-#: The largest notice batch (usagi_p2p/node.py MAX_BODY, spec §13).
+#: The largest notice batch (usagi_p2p/node/node.py MAX_BODY, spec §13).
 _MIB: Final = 1 << 20
 #: Bytes read from a socket at once (and the request body buffer is twice this).
 _RECV: Final = 16 << 10

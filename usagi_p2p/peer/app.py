@@ -7,7 +7,7 @@
     POST /local/v1/kick        loopback only, with the home's token: deliver now
 
 Errors are JSON ``{"error": code, "message": text}`` with the status from
-``usagi_p2p.errors`` (one table), for every refusal: an unknown path or
+``usagi_p2p.node.errors`` (one table), for every refusal: an unknown path or
 method too, and anything that fails unexpectedly (a typed 500, logged once a
 minute at most).
 
@@ -19,7 +19,7 @@ is read, bounded by the cap (413, also for chunked bodies) and by the body
 deadline (408). Only then does a notice batch wait for one of the work slots:
 a slow body holds a reading slot of its own address, never a slot of the
 work honest partners are waiting for. The connection-level limits (header
-deadline, connections per address) are in usagi_p2p/listener.py.
+deadline, connections per address) are in usagi_p2p/peer/listener.py.
 """
 
 from __future__ import annotations
@@ -42,16 +42,16 @@ from ipfs.gateway import GatewayDenied, GatewayHandler
 from kernel.cid import CID
 from kernel.errors import MalformedError, UsagiError
 
-from .errors import (
+from ..node.errors import (
     BodyTooLargeError,
     InternalError,
     OverloadedError,
     RequestTimeoutError,
     http_status,
 )
-from .httpsig import ReplayGuard, verify_request
+from ..node.httpsig import ReplayGuard, verify_request
+from ..node.node import CONTENT_TYPE, INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, ROTATE_PATH, Node
 from .listener import Admission, Endpoint, Limits, ThrottledLog, address_key, typed_http_error
-from .node import CONTENT_TYPE, INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, ROTATE_PATH, Node
 
 __all__ = ["make_app", "error_response", "local_token", "MAX_INFLIGHT", "Limits", "Intake"]
 

@@ -24,9 +24,9 @@ from kernel.cid import CID
 from kernel.document import RESPONSES
 from kernel.errors import UsagiError
 
-from .errors import NodeError, exit_code
-from .home import Home, default_home, write_private
-from .terminal import LogFormatter, excepthook, json_text, printable
+from ...node.errors import NodeError, exit_code
+from ...node.home import Home, default_home, write_private
+from ...node.terminal import LogFormatter, excepthook, json_text, printable
 
 T = TypeVar("T")
 
@@ -155,7 +155,7 @@ def _home(ctx: click.Context) -> Home:
 
 
 async def _with_node(ctx: click.Context, fn: Callable[[Any], Awaitable[T]]) -> T:
-    from .node import Node
+    from ...node.node import Node
 
     home = _home(ctx)
     node = Node.load(home, _passphrase(home))
@@ -181,7 +181,7 @@ def init(ctx: click.Context, name: str, port: int, host: str, endpoint: str | No
 
     Example: usagi --home ./kanto init --name "Kanto Machine Tools" --port 8470
     """
-    from .invitation import name_problem
+    from ...node.invitation import name_problem
 
     # Checked here, not at the first 'usagi invite': partners refuse invitations
     # whose name breaks the rules of spec section 10.1.
@@ -234,7 +234,7 @@ def serve(ctx: click.Context, port: int | None, quiet: bool) -> None:
         activity.propagate = False
         activity.setLevel(min(activity.getEffectiveLevel(), logging.INFO))
 
-    from .service import Service
+    from ...peer.service import Service
 
     async def run(node: Any) -> None:
         service = Service(node, port=port)
@@ -344,8 +344,8 @@ def partner_rename(ctx: click.Context, who: str, name: str) -> None:
 
     Example: usagi partner rename did:key:z6Mk… "Osaka Precision (plant 2)"
     """
-    from .errors import PartnerError
-    from .invitation import name_problem
+    from ...node.errors import PartnerError
+    from ...node.invitation import name_problem
 
     try:
         name_problem(name, PartnerError)
@@ -363,7 +363,7 @@ def partner_rename(ctx: click.Context, who: str, name: str) -> None:
 
 
 def _quota_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    from .quota import format_size
+    from ...node.quota import format_size
 
     return [[r["partner"], f"{r['docs']:,} / {r['docs_quota']:,}",
              f"{format_size(r['bytes'])} / {format_size(r['bytes_quota'])}",
@@ -396,7 +396,7 @@ def partner_quota(ctx: click.Context, who: str, docs: int | None, size: str | No
     """
     from kernel.thread import canonical
 
-    from .quota import parse_size
+    from ...node.quota import parse_size
 
     try:
         size_bytes = parse_size(size) if size is not None else None
@@ -497,7 +497,7 @@ async def _kick_server(home: Home) -> bool:
     """Tell a 'usagi serve' on this home to deliver now; False when none runs."""
     import aiohttp
 
-    from .peer import local_token
+    from ...peer.app import local_token
 
     state = home.path / "serve.json"
     if not state.exists():
@@ -555,7 +555,7 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str, reply_to: st
 
     Example: usagi send order_response --reply-to bafyrei… --response accept
     """
-    from .plugins_cli import approver
+    from .plugins import approver
 
     if to is None and reply_to is None:
         raise click.UsageError("say who gets it: --to PARTNER, or --reply-to CID to answer "
@@ -581,7 +581,7 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str, reply_to: st
                                 "and 'usagi outbox')")
             partner = await node.canonical(answered.partner)  # its current key
         if file is None and reply is not None:
-            from .inspect import answer_body
+            from ..views import answer_body
 
             body.update(await answer_body(node, kind, reply))
         if ref is not None:
@@ -745,7 +745,7 @@ def show(ctx: click.Context, cid: str) -> None:
 
     Example: usagi show bafyreidzynkiwssvwptdfenz5q44kryk52ow2x2tx4yduy42k3x7t7ekhu
     """
-    from .inspect import show_document
+    from ..views import show_document
 
     data = _run(_with_node(ctx, lambda node: show_document(node, CID.parse(cid))))
     _emit(ctx, data, lambda: _show_human(data))
@@ -812,7 +812,7 @@ def thread(ctx: click.Context, cid: str) -> None:
 
     Example: usagi thread bafyrei…   (any document of the trade)
     """
-    from .inspect import thread_documents
+    from ..views import thread_documents
 
     rows = _run(_with_node(ctx, lambda node: thread_documents(node, CID.parse(cid))))
     _emit(ctx, rows, lambda: _table(["issued", "kind", "ref", "direction", "status", "cid"],
@@ -830,7 +830,7 @@ def verify(ctx: click.Context, cid: str) -> None:
 
     Example: usagi verify bafyrei… && echo trusted
     """
-    from .inspect import verify_document
+    from ..views import verify_document
 
     report = _run(_with_node(ctx, lambda node: verify_document(node, CID.parse(cid))))
 
@@ -967,8 +967,8 @@ def key_announce(ctx: click.Context) -> None:
 
 
 def _register_commands() -> None:
-    from .archive_cli import archive
-    from .plugins_cli import extract_command, plugins_group, user_group
+    from .archive import archive
+    from .plugins import extract_command, plugins_group, user_group
 
     main.add_command(plugins_group)
     main.add_command(user_group)
@@ -986,7 +986,7 @@ def demo(keep: bool) -> None:
 
     Example: usagi demo --keep   (keeps the two temporary homes to look at)
     """
-    from .demo import run_demo
+    from ..demo import run_demo
 
     raise SystemExit(run_demo(keep=keep))
 

@@ -24,7 +24,7 @@ import aiohttp
 from ipfs.kubo import KuboBlockStore
 from kernel.cid import CID
 
-from .errors import NodeError
+from ..node.errors import NodeError
 
 __all__ = ["PinningError", "PushReport", "push_archive", "pin_remote"]
 

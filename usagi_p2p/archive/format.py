@@ -37,7 +37,7 @@ from kernel import dagcbor
 from kernel.cid import CID, DAG_CBOR, SHA2_256
 from kernel.errors import UsagiError
 
-from .errors import NodeError
+from ..node.errors import NodeError
 
 __all__ = ["ArchiveError", "ForeignArchiveError", "INDEX_TYPE", "PAGE_TYPE", "ACKS_TYPE",
            "PAGE_ENTRIES", "PAGE_BYTES", "PAGE_BLOCK_BYTES", "PAGE_LIMITS",

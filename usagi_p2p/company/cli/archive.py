@@ -1,6 +1,6 @@
 """``usagi archive export|verify|import|push`` (docs/archive.md, "Commands").
 
-A click group registered by ``usagi_p2p.cli`` under ``main``; it reads the
+A click group registered by ``usagi_p2p.company.cli.main`` under ``main``; it reads the
 home and ``--json`` flag from the parent context like every other command.
 Exit codes: 0 on success, 1 when the archive is damaged (the message names
 the first failing CID), 3 when it is sound but partial (documents that do not
@@ -23,8 +23,8 @@ import click
 
 from kernel.errors import UsagiError
 
-from .errors import exit_code
-from .terminal import json_text, printable
+from ...node.errors import exit_code
+from ...node.terminal import json_text, printable
 
 T = TypeVar("T")
 
@@ -81,8 +81,8 @@ def _out(ctx: click.Context, data: dict[str, Any], text: str) -> None:
 
 
 async def _with_node(ctx: click.Context, fn: Callable[[Any], Awaitable[T]]) -> T:
-    from .cli import _passphrase
-    from .node import Node
+    from ...node.node import Node
+    from .main import _passphrase
 
     home = ctx.obj["home"]
     async with Node.load(home, _passphrase(home)) as node:
@@ -112,7 +112,7 @@ def export(ctx: click.Context, out: Path, partner: str | None, since: str | None
     """
     from rich.progress import Progress
 
-    from .archive import export_archive
+    from ...archive.archive import export_archive
 
     async def run(node: Any) -> Any:
         did = (await node.resolve_partner(partner)).did if partner else None
@@ -142,8 +142,8 @@ def verify(ctx: click.Context, car: Path, keys: bool | None) -> None:
 
     Example: usagi --home ./kanto archive verify kanto-2025.car
     """
-    from .archive import verify_archive
-    from .cli import _passphrase
+    from ...archive.archive import verify_archive
+    from .main import _passphrase
 
     home = ctx.obj["home"]
     identity: list[Any] | None = None
@@ -178,7 +178,7 @@ def import_(ctx: click.Context, car: Path) -> None:
 
     Example: usagi --home ./kanto archive import kanto-2025.car
     """
-    from .archive import import_archive
+    from ...archive.archive import import_archive
 
     r = _run(_with_node(ctx, lambda node: import_archive(node, car)))
     restored = r.documents - len(r.quarantined)
@@ -201,7 +201,7 @@ def push(ctx: click.Context, car: Path, ipfs_api: str, pinning_service: str | No
 
     Example: usagi archive push kanto-2025.car --ipfs-api http://127.0.0.1:5001
     """
-    from .archive_push import push_archive
+    from ...archive.push import push_archive
 
     r = _run(push_archive(car, ipfs_api, pinning_service=pinning_service,
                           token=token or os.environ.get("USAGI_PINNING_TOKEN")))

@@ -8,9 +8,9 @@ import resource
 
 from aiohttp import web
 
+from ..node.node import Node
+from .app import make_app
 from .listener import Limits, PeerSite
-from .node import Node
-from .peer import make_app
 
 __all__ = ["Service"]
 

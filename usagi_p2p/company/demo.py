@@ -25,10 +25,10 @@ from kernel import envelope as kenvelope
 from kernel.errors import NotRecipientError
 from kernel.identity import Identity
 
-from .home import Home
-from .inspect import verify_document
-from .node import Node
-from .terminal import printable
+from ..node.home import Home
+from ..node.node import Node
+from ..node.terminal import printable
+from .views import verify_document
 
 SELLER = "Kanto Machine Tools"
 BUYER = "Osaka Precision"
@@ -82,7 +82,7 @@ STEPS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 async def _kick(home: Home) -> None:
-    from .cli import _kick_server
+    from .cli.main import _kick_server
 
     await _kick_server(home)
 
@@ -149,7 +149,7 @@ async def _trade(seller: Home, buyer: Home) -> int:
     ok = await _plugin_trades(seller, buyer) and ok
 
     print("\nthe seller's history as a sealed archive, then verified")
-    from .archive import export_archive, verify_archive
+    from ..archive.archive import export_archive, verify_archive
 
     car = seller.path.parent / "kanto-archive.car"
     async with Node.load(seller, None) as node:

@@ -68,7 +68,8 @@ from kernel.messages import check_ack, make_notice, open_ack
 from kernel.signed import open_signed, sign_bytes
 from kernel.thread import canonical, split_thread, verify_thread
 
-from .archive_format import (
+from ..node.node import Node
+from .format import (
     ACKS_TYPE,
     PAGE_BLOCK_BYTES,
     PAGE_BYTES,
@@ -86,7 +87,6 @@ from .archive_format import (
     index_block,
     read_entry,
 )
-from .node import Node
 
 __all__ = ["ArchiveError", "ForeignArchiveError", "ExportReport", "VerifyReport", "Quarantined",
            "export_archive", "verify_archive", "import_archive"]

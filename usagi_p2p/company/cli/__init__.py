@@ -1,0 +1,5 @@
+"""The ``usagi`` command."""
+
+from .main import main
+
+__all__ = ["main"]
