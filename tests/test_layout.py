@@ -113,7 +113,9 @@ def test_no_private_name_is_imported_from_another_module() -> None:
     problems = []
     for name, path in _modules().items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("usagi_p2p")):
+            own = isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").startswith("usagi_p2p"))
+            if isinstance(node, ast.ImportFrom) and own:
                 problems += [f"{name}: {alias.name}" for alias in node.names
                              if alias.name.startswith("_") and not alias.name.startswith("__")]
     assert problems == []
