@@ -7,6 +7,8 @@ with the status below; the CLI exits with the listed code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 from kernel.errors import UsagiError
@@ -14,7 +16,8 @@ from kernel.errors import UsagiError
 __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "PartnerError",
            "NameTakenError", "PeerError", "BodyTooLargeError", "OverloadedError", "DuplicateError",
            "NotFoundError", "MethodNotAllowedError", "RequestTimeoutError", "InternalError",
-           "QuotaExceededError", "TEMPORARY", "http_status", "exit_code"]
+           "QuotaExceededError", "TEMPORARY", "TABLE", "UnknownCodeError", "http_status",
+           "exit_code"]
 
 
 class NodeError(UsagiError):
@@ -123,8 +126,13 @@ class DuplicateError(NodeError):
 TEMPORARY: Final = frozenset({"block_not_found", "store_unavailable", "store_error",
                               "unknown_prev", "overloaded"})
 
-#: error code -> (HTTP status, CLI exit code). Anything not listed: 400 / 1.
+#: error code -> (HTTP status, CLI exit code): docs/spec.md §14, row for row
+#: (tests/node/test_error_table.py). Every ``code`` of every UsagiError class is
+#: here; a code that is not is a bug, and looking it up raises (no default).
 _TABLE: Final[dict[str, tuple[int, int]]] = {
+    # The base classes: never raised bare, listed so that every class has a row.
+    "error": (400, 1),
+    "node_error": (400, 1),
     "malformed": (400, 65),
     "non_canonical": (400, 65),
     "decode_error": (400, 65),
@@ -180,9 +188,33 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
 }
 
 
+#: The table, read-only.
+TABLE: Final[Mapping[str, tuple[int, int]]] = MappingProxyType(_TABLE)
+
+
+class UnknownCodeError(LookupError):
+    """An error code that is not in the table: a programming error, never a peer's.
+
+    Tests find every code (tests/node/test_error_table.py); should one slip
+    through (a third-party plugin's, say), a boundary answers ``internal_error``
+    and logs the code (docs/spec.md §14): the peer listener a 500
+    (usagi_p2p/peer/app.py), the CLI exit 70.
+    """
+
+
+def _row(code: str) -> tuple[int, int]:
+    try:
+        return _TABLE[code]
+    except KeyError:
+        raise UnknownCodeError(f"error code {code!r} is not in the table of "
+                               "usagi_p2p/node/errors.py (docs/spec.md §14)") from None
+
+
 def http_status(code: str) -> int:
-    return _TABLE.get(code, (400, 1))[0]
+    """The HTTP status of ``code``; :class:`UnknownCodeError` if it has no row."""
+    return _row(code)[0]
 
 
 def exit_code(code: str) -> int:
-    return _TABLE.get(code, (400, 1))[1]
+    """The CLI exit code of ``code``; :class:`UnknownCodeError` if it has no row."""
+    return _row(code)[1]
