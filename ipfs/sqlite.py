@@ -49,7 +49,8 @@ from .blockstore import (
     StoreUnavailableError,
 )
 
-__all__ = ["SQLiteBlockStore", "PRAGMAS", "SCHEMA", "ONE_CALL", "in_thread", "create_private"]
+__all__ = ["SQLiteBlockStore", "PRAGMAS", "SCHEMA", "ONE_CALL", "in_thread", "create_private",
+           "busy", "store_error"]
 
 T = TypeVar("T")
 
@@ -157,6 +158,35 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[bytes, bytes]]) -> N
         except sqlite3.Error:
             pass  # the original error is the one worth reporting
         raise
+
+
+#: SQLite's primary result codes for "another connection holds the database".
+#: An extended code keeps its primary code in the low byte (SQLITE_BUSY_SNAPSHOT
+#: is 517 = 5 + 2 << 8).
+_BUSY: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def busy(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed because another connection holds the database
+    (SQLITE_BUSY, SQLITE_LOCKED or one of their extended codes): temporary.
+
+    Told by SQLite's result code, never by the words of the message (a table
+    named ``locked`` is no lock). An error the sqlite3 module raised itself (a
+    closed connection, say) has no result code and is not busy.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _BUSY
+
+
+def store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    """A SQLite failure as a typed store error: busy or locked is
+    :class:`StoreUnavailableError` (``store_unavailable``: 503, retry later);
+    any other (SQLITE_FULL, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_READONLY, ...)
+    is :class:`StoreError` (``store_error``). The message names SQLite's code."""
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if busy(exc):
+        return StoreUnavailableError(f"{what}: busy ({name}): {exc}")
+    return StoreError(f"{what} ({name}): {exc}")
 
 
 def create_private(path: str | os.PathLike[str]) -> None:
@@ -297,7 +327,7 @@ class SQLiteBlockStore(BlockStore):
                 await db.commit()
             except sqlite3.Error as exc:
                 await self._rollback(db)
-                raise StoreError(f"cannot store blocks: {exc}") from exc
+                raise store_error("cannot store blocks", exc) from exc
 
     async def _modify(self, sql: str, cid: CID) -> int:
         """Run one UPDATE/DELETE and commit; return how many rows it changed."""
@@ -310,7 +340,7 @@ class SQLiteBlockStore(BlockStore):
                 await db.commit()
             except sqlite3.Error as exc:
                 await self._rollback(db)
-                raise StoreError(f"cannot update the block store: {exc}") from exc
+                raise store_error("cannot update the block store", exc) from exc
         return changed
 
     @staticmethod
@@ -340,7 +370,7 @@ class SQLiteBlockStore(BlockStore):
         try:
             rows = await self._conn.execute_fetchall(sql, (cid.raw,))
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the block store: {exc}") from exc
+            raise store_error("cannot read the block store", exc) from exc
         for row in rows:
             return row
         return None
@@ -371,7 +401,7 @@ class SQLiteBlockStore(BlockStore):
                 "SELECT cid FROM blocks WHERE pinned = 1 ORDER BY cid"
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the block store: {exc}") from exc
+            raise store_error("cannot read the block store", exc) from exc
         return [CID.from_bytes(row[0]) for row in rows]
 
     async def blocks(self) -> AsyncIterator[tuple[CID, bytes]]:
@@ -393,7 +423,7 @@ class SQLiteBlockStore(BlockStore):
                     )
                 )
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot read the block store: {exc}") from exc
+                raise store_error("cannot read the block store", exc) from exc
             if not keys:
                 return
             start = 0

@@ -27,7 +27,7 @@ from typing import Any, Final
 import aiosqlite
 
 from ipfs.blockstore import StoreError, StoreUnavailableError
-from ipfs.sqlite import ONE_CALL, create_private, in_thread
+from ipfs.sqlite import ONE_CALL, busy, create_private, in_thread
 from kernel.cid import CID
 from kernel.thread import Held, canonical
 
@@ -196,11 +196,12 @@ def free_name(name: str, taken: set[str]) -> str:
 
 def _typed(exc: sqlite3.Error) -> StoreError:
     """A SQLite failure as the store error a peer and the CLI understand: a busy or
-    locked database is temporary (503, retry), anything else is a store failure."""
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return StoreUnavailableError(f"the ledger is busy: {text}")
-    return StoreError(f"the ledger cannot be written: {text}")
+    locked database is temporary (503, retry), anything else is a store failure.
+    Told by SQLite's result code (:func:`ipfs.sqlite.busy`), not the message."""
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if busy(exc):
+        return StoreUnavailableError(f"the ledger is busy ({name}): {exc}")
+    return StoreError(f"the ledger cannot be written ({name}): {exc}")
 
 
 #: Columns added after the first schema: (table, column, type).
