@@ -72,6 +72,8 @@ class OverloadedError(NodeError):
     """The node is busy; retry after a moment."""
 
     code = "overloaded"
+    #: Seconds to wait before trying again (HTTP Retry-After, docs/spec.md §11).
+    retry_after: int = 1
 
 
 class QuotaExceededError(NodeError):

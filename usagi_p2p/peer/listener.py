@@ -21,8 +21,9 @@ A source address is an IPv4 address, or the /64 an IPv6 address belongs to
 (one host usually holds a whole /64). Behind a reverse proxy every
 connection comes from the proxy: limit per client there.
 
-The body deadline, body caps and in-flight limits per endpoint are applied by
-the routes (usagi_p2p/peer/app.py), from the same :class:`Limits`.
+The body caps, in-flight limits per endpoint and the body deadline are
+applied, from the same :class:`Limits`, by the one middleware every route of
+the app passes through (usagi_p2p/peer/app.py, :class:`~.app.Intake`).
 """
 
 from __future__ import annotations
