@@ -2,7 +2,9 @@
 
 The kernel's errors say *what* went wrong (kernel/errors.py); only here do
 they meet HTTP. A peer endpoint answers ``{"error": code, "message": text}``
-with the status below; the CLI exits with the listed code.
+with the status below; the CLI exits with the listed code. The table is
+docs/spec.md §14, row for row, and has a row for every code: looking up one
+it lacks raises :class:`UnknownCodeError` rather than guessing.
 """
 
 from __future__ import annotations
