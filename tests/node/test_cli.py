@@ -338,7 +338,7 @@ def test_json_output_names_the_fields_of_kernel_results() -> None:
 
     from kernel.cid import CID
     from kernel.envelope import Sealed
-    from usagi_p2p.company.cli.main import _jsonable
+    from usagi_p2p.company.cli.common import jsonable as _jsonable
 
     cid = CID.for_block(b"block")
     sealed = Sealed(cid, b"\x01", b"\x02", b"\x12\x20" + bytes(32))
@@ -356,7 +356,7 @@ async def test_an_answer_without_a_file_takes_what_it_answers(pair: Pair) -> Non
     import asyncio
 
     from kernel.signed import open_signed
-    from usagi_p2p.company.views import CARRIED
+    from usagi_p2p.node.operations import CARRIED
 
     quote = {"ref": "Q-7", "currency": "JPY", "total": "6250", "note": "valid 30 days",
              "lines": [{"text": "M6x20 SUS304 hex bolt", "qty": "500", "unit_price": "12.50"}]}
