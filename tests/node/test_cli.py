@@ -410,3 +410,16 @@ async def test_an_answer_without_a_file_takes_what_it_answers(pair: Pair) -> Non
         assert refused.returncode != 0 and why in refused.stderr, (kind, refused.stderr)
     assert len(await pair.seller.ledger.documents(direction="out")) == sent_before + 2
     assert len(await pair.buyer.ledger.documents(direction="out")) == buyer_before
+
+
+def test_a_config_error_exits_with_one_code_from_every_command(tmp_path: Path) -> None:
+    """One error path: config_error is 78 (spec section 14) from init and from status."""
+    home = make_home(tmp_path / "kanto", "Kanto Machine Tools").path
+    again = usagi(home, "init", "--name", "Kanto", "--insecure-no-passphrase", check=False)
+    none = usagi(tmp_path / "nowhere", "status", check=False)
+    (home / "config.json").write_text("{")
+    broken = [usagi(home, *args, check=False) for args in (("status",), ("plugins", "list"),
+                                                          ("partner", "list"))]
+    for proc in (again, none, *broken):
+        assert proc.returncode == 78, proc.stderr
+        assert "error [config_error]" in proc.stderr and "Traceback" not in proc.stderr
