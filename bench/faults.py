@@ -184,7 +184,7 @@ async def queue(home: Home, n: int, batch: int = 250, partner: str = "Osaka") ->
 
 
 async def kick(home: Home) -> None:
-    from usagi_p2p.company.cli.main import _kick_server
+    from usagi_p2p.node.operations import kick_server as _kick_server
 
     await _kick_server(home)
 

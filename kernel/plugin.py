@@ -19,6 +19,10 @@ Rules every plugin keeps (checked by :func:`contract_problems` at load time):
   free-text line with no master data is always accepted.
 * Hooks are pure: no I/O, no clock (times come from the document).
 
+Besides the hooks every plugin has (:data:`HOOKS`), a plugin may have the
+optional ones of :data:`OPTIONAL_HOOKS` (typed by their own protocols, e.g.
+:class:`Approving`); the host uses an optional hook only where a plugin has it.
+
 Nothing here performs I/O; the node's plugin host does the discovery.
 """
 
@@ -26,11 +30,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .identity import Identity
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "HOOKS",
+    "OPTIONAL_HOOKS",
+    "Approving",
     "Finding",
     "Level",
     "Plugin",
@@ -44,6 +53,8 @@ ENTRY_POINT_GROUP: Final = "usagi_p2p.plugins"
 
 #: Every hook of :class:`Plugin`; docs/plugins.md documents each one (a test checks).
 HOOKS: Final = ("name", "version", "namespace", "kinds", "line_fields", "validate", "extract")
+#: Hooks a plugin may have or not; docs/plugins.md documents each one too (a test checks).
+OPTIONAL_HOOKS: Final = ("approve",)
 
 Level = Literal["warning", "error"]
 LEVELS: Final = frozenset({"warning", "error"})
@@ -110,6 +121,23 @@ class Plugin(Protocol):
         ...
 
 
+@runtime_checkable
+class Approving(Protocol):
+    """A plugin with the optional hook ``approve``: it knows how a person of the
+    company approves a document of its own (docs/plugins.md, ``approve``)."""
+
+    def approve(self, document: Mapping[str, Any], approver: Identity, role: str
+                ) -> dict[str, Any]:
+        """``document`` with an approval by ``approver`` in the role ``role`` added.
+
+        ``document`` is complete (``from``, ``to``, ``issued_at`` set) and not yet
+        sealed; the approval is added where the plugin's ``validate`` looks for
+        it (under ``ext.<namespace>``). Pure: the approver's key signs, nothing
+        else happens. Approvals by several people must not depend on their order.
+        """
+        ...
+
+
 def contract_problems(plugin: object) -> list[str]:
     """What keeps ``plugin`` from meeting the contract; empty when it does."""
     problems: list[str] = []
@@ -125,6 +153,9 @@ def contract_problems(plugin: object) -> list[str]:
     for attr in ("validate", "extract"):
         if not callable(getattr(p, attr)):
             problems.append(f"{attr} must be callable")
+    for attr in OPTIONAL_HOOKS:
+        if hasattr(p, attr) and not callable(getattr(p, attr)):
+            problems.append(f"the optional hook {attr} must be callable when present")
     namespace = p.namespace if type(p.namespace) is str else ""
     if not isinstance(p.kinds, Mapping):
         problems.append("kinds must be a mapping of kind -> required fields")

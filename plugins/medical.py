@@ -201,6 +201,12 @@ class Medical:
                     out["expiry"] = end
         return out
 
+    def approve(self, document: Mapping[str, Any], approver: Identity, role: str
+                ) -> dict[str, Any]:
+        """The optional hook ``approve`` (docs/plugins.md, section 7): ``document`` with
+        ``approver``'s approval as ``role`` appended to ``ext.medical.approvals``."""
+        return with_approval(document, sign_approval(approver, document, role))
+
     def validate(self, document: Mapping[str, Any]) -> list[Finding]:
         findings = required_findings(self, document)
         kind = document.get("kind")

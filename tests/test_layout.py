@@ -82,7 +82,6 @@ def test_sub_packages_import_only_what_their_face_may() -> None:
     assert problems == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: being split")
 def test_no_import_cycle_between_modules() -> None:
     modules = _modules()
     graph = {name: {t for t in _imports(path) if t in modules and t != name}
@@ -108,7 +107,6 @@ def test_no_import_cycle_between_modules() -> None:
     assert cycles == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: being split")
 def test_no_private_name_is_imported_from_another_module() -> None:
     problems = []
     for name, path in _modules().items():

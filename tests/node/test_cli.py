@@ -338,7 +338,7 @@ def test_json_output_names_the_fields_of_kernel_results() -> None:
 
     from kernel.cid import CID
     from kernel.envelope import Sealed
-    from usagi_p2p.company.cli.main import _jsonable
+    from usagi_p2p.company.cli.common import jsonable as _jsonable
 
     cid = CID.for_block(b"block")
     sealed = Sealed(cid, b"\x01", b"\x02", b"\x12\x20" + bytes(32))
@@ -356,7 +356,7 @@ async def test_an_answer_without_a_file_takes_what_it_answers(pair: Pair) -> Non
     import asyncio
 
     from kernel.signed import open_signed
-    from usagi_p2p.company.views import CARRIED
+    from usagi_p2p.node.operations import CARRIED
 
     quote = {"ref": "Q-7", "currency": "JPY", "total": "6250", "note": "valid 30 days",
              "lines": [{"text": "M6x20 SUS304 hex bolt", "qty": "500", "unit_price": "12.50"}]}
@@ -410,3 +410,16 @@ async def test_an_answer_without_a_file_takes_what_it_answers(pair: Pair) -> Non
         assert refused.returncode != 0 and why in refused.stderr, (kind, refused.stderr)
     assert len(await pair.seller.ledger.documents(direction="out")) == sent_before + 2
     assert len(await pair.buyer.ledger.documents(direction="out")) == buyer_before
+
+
+def test_a_config_error_exits_with_one_code_from_every_command(tmp_path: Path) -> None:
+    """One error path: config_error is 78 (spec section 14) from init and from status."""
+    home = make_home(tmp_path / "kanto", "Kanto Machine Tools").path
+    again = usagi(home, "init", "--name", "Kanto", "--insecure-no-passphrase", check=False)
+    none = usagi(tmp_path / "nowhere", "status", check=False)
+    (home / "config.json").write_text("{")
+    broken = [usagi(home, *args, check=False) for args in (("status",), ("plugins", "list"),
+                                                          ("partner", "list"))]
+    for proc in (again, none, *broken):
+        assert proc.returncode == 78, proc.stderr
+        assert "error [config_error]" in proc.stderr and "Traceback" not in proc.stderr

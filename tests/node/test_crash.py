@@ -54,7 +54,7 @@ async def test_sigkill_mid_send(tmp_path: Path, victim: str) -> None:
             body = {"ref": "PO", "lines": [{"text": "M6x20 SUS304 hex bolt", "qty": "500"}]}
             for _ in range(0, N, 100):
                 await node.send_many([("order", "Osaka", body, None)] * 100)
-        from usagi_p2p.company.cli.main import _kick_server
+        from usagi_p2p.node.operations import kick_server as _kick_server
 
         await _kick_server(seller)
         received = lambda: count(buyer.ledger_path, "SELECT count(*) FROM documents")  # noqa: E731

@@ -146,3 +146,19 @@ def test_an_unknown_code_raises_instead_of_defaulting() -> None:
             lookup("no_such_code")
     with pytest.raises(LookupError):
         http_status("missing_format")  # an answer only: no exit code, so no row
+
+
+def test_the_cli_says_a_code_without_a_row_is_internal_and_exits_70(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from kernel.errors import UsagiError
+    from usagi_p2p.company.cli.common import fail
+
+    # An instance, not a subclass: the walk over every subclass above must not see it.
+    stray = UsagiError("a third party's error")
+    stray.code = "stray_code_without_a_row"
+    with pytest.raises(SystemExit) as exited:
+        fail(stray)
+    assert exited.value.code == 70
+    err = capsys.readouterr().err
+    assert "error [internal_error]: a third party's error" in err
+    assert "Traceback" not in err

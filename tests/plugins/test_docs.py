@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel.plugin import HOOKS, Plugin
+from kernel.plugin import HOOKS, OPTIONAL_HOOKS, Plugin
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 
@@ -23,6 +23,11 @@ def test_every_hook_is_documented(hook: str) -> None:
     text = DOC.read_text(encoding="utf-8")
     # A hook is documented by its own heading: "### `validate(document)`".
     assert re.search(rf"^### `{hook}\b", text, re.MULTILINE), f"hook {hook!r} is undocumented"
+
+
+@pytest.mark.parametrize("hook", OPTIONAL_HOOKS)
+def test_every_optional_hook_is_documented(hook: str) -> None:
+    test_every_hook_is_documented(hook)
 
 
 @pytest.mark.parametrize("name", ["machinery", "food", "construction", "medical"])

@@ -27,8 +27,8 @@ from kernel.identity import Identity
 
 from ..node.home import Home
 from ..node.node import Node
+from ..node.operations import kick_server, verify_document
 from ..node.terminal import printable
-from .views import verify_document
 
 SELLER = "Kanto Machine Tools"
 BUYER = "Osaka Precision"
@@ -81,12 +81,6 @@ STEPS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-async def _kick(home: Home) -> None:
-    from .cli.main import _kick_server
-
-    await _kick_server(home)
-
-
 async def _trade(seller: Home, buyer: Home) -> int:
     homes = {"seller": seller, "buyer": buyer}
     print("pairing: Kanto invites, Osaka pastes the invitation")
@@ -105,7 +99,7 @@ async def _trade(seller: Home, buyer: Home) -> int:
         other = BUYER if side == "seller" else SELLER
         async with Node.load(home, None) as node:
             result = await node.send(kind, other, body, reply_to=previous)
-            await _kick(home)
+            await kick_server(home)
             ack = await node.wait_for_ack(result.cid, timeout=20)
         if ack is None:
             print(f"  {kind}: no ack in time")
@@ -126,13 +120,12 @@ async def _trade(seller: Home, buyer: Home) -> int:
     for side, home in homes.items():
         async with Node.load(home, None) as node:
             report = await verify_document(node, cids[-1])
-        failed = [c for c in report["checks"] if not c["ok"]]
-        thread_check = next(c for c in report["checks"] if c["name"] == "thread")
-        print(f"  {side:6} {'ok' if report['ok'] else 'FAILED'}: "
-              f"{printable(thread_check['detail'])}")
+        failed = [c for c in report.checks if not c.ok]
+        thread_check = next(c for c in report.checks if c.name == "thread")
+        print(f"  {side:6} {'ok' if report.ok else 'FAILED'}: {printable(thread_check.detail)}")
         for check in failed:
-            print(f"         {check['name']}: {printable(check['detail'])}")
-        ok = ok and report["ok"]
+            print(f"         {check.name}: {printable(check.detail)}")
+        ok = ok and report.ok
 
     print("\na third party holding every block but neither party's key")
     stranger = Identity.generate()
@@ -189,7 +182,7 @@ async def _plugin_trades(seller: Home, buyer: Home) -> bool:
                 print(f"      -> {printable(shown)}")
                 lines.append({"text": text, **({"ext": extracted} if extracted else {})})
             result = await node.send(kind, BUYER, {"ref": f"{name.upper()}-1", "lines": lines})
-            await _kick(seller)
+            await kick_server(seller)
             ack = await node.wait_for_ack(result.cid, timeout=20)
             for finding in result.findings:
                 print(printable(f"      {finding.level}: {finding.code}: {finding.message}"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from kernel.identity import Identity
 
 from .errors import ConfigError, PassphraseError
 
-__all__ = ["Home", "Config", "default_home", "write_private"]
+__all__ = ["Home", "Config", "default_home", "write_private", "local_token"]
 
 log = logging.getLogger("usagi.home")
 
@@ -344,3 +345,13 @@ class KeyFile(Home):
     @property
     def key_path(self) -> Path:
         return self._key_path
+
+
+def local_token(home_path: Path) -> str:
+    """The secret a local client shows to the node's ``/local/v1/kick``: created
+    once, mode 0600, in ``HOME/local.token``. The peer listener checks it and
+    the CLI sends it; both read it here."""
+    path = home_path / "local.token"
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(24))
+    return path.read_text().strip()

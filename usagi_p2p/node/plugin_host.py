@@ -23,7 +23,10 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
 from kernel.errors import InvalidDocumentError
-from kernel.plugin import ENTRY_POINT_GROUP, Finding, Plugin, contract_problems
+from kernel.identity import Identity
+from kernel.plugin import ENTRY_POINT_GROUP, Approving, Finding, Plugin, contract_problems
+
+from .errors import ConfigError
 
 __all__ = ["PluginHost", "PluginInfo", "PluginRejectedError", "UnknownKindError", "available",
            "findings_json"]
@@ -241,6 +244,53 @@ class PluginHost:
                 continue
             out[plugin.namespace] = fields
         return out
+
+    def approving(self, document: Mapping[str, Any]) -> tuple[str, Approving]:
+        """The plugin that adds approvals to ``document`` (its optional hook ``approve``).
+
+        For a plugin's kind (``medical.order``) the plugin of that namespace;
+        for a kernel kind the one plugin with the hook among the namespaces of
+        the document's ``ext``, else among the enabled plugins. A plugin of the
+        kind's namespace that is installed but not enabled approves too (with
+        its default settings): sending is not restricted by the sender's own
+        plugins (docs/plugins.md, ``kinds``). ConfigError when no single one does.
+        """
+        kind = document.get("kind")
+        ext = document.get("ext")
+        if type(kind) is str and "." in kind:
+            wanted = [kind.split(".", 1)[0]]
+        else:
+            wanted = [ns for ns in ext if type(ns) is str] if type(ext) is dict else []
+        found: dict[str, Approving] = {}
+        for namespace in wanted:
+            found.update(self._approving_in(namespace))
+        if not found and not (type(kind) is str and "." in kind):
+            found = {name: p for name, p in self.plugins.items() if isinstance(p, Approving)}
+        if len(found) != 1:
+            which = f" ({', '.join(sorted(found))})" if found else ""
+            raise ConfigError(f"{'several plugins' if found else 'no plugin'}{which} approve "
+                              f"documents of kind {kind!r}: see 'usagi plugins list'")
+        return next(iter(found.items()))
+
+    def _approving_in(self, namespace: str) -> dict[str, Approving]:
+        enabled = {name: p for name, p in self.plugins.items() if p.namespace == namespace}
+        candidates: Mapping[str, Plugin] = enabled or (
+            PluginHost.load([namespace]).plugins if namespace in self.installed else {})
+        return {name: p for name, p in candidates.items()
+                if p.namespace == namespace and isinstance(p, Approving)}
+
+    def approve(self, document: dict[str, Any], approver: Identity, role: str) -> dict[str, Any]:
+        """``document`` with an approval by ``approver`` as ``role``, added by the plugin
+        :meth:`approving` names; ConfigError when it cannot."""
+        name, plugin = self.approving(document)
+        approved = self._call(name, "approve",
+                              lambda: plugin.approve(document, approver, role))
+        if type(approved) is not dict:
+            if approved is not None:
+                self.broken[name] = "approve returned something other than a document"
+                self.plugins.pop(name, None)
+            raise ConfigError(f"plugin {name} could not approve: {self.broken.get(name)}")
+        return approved
 
     def describe(self) -> list[PluginInfo]:
         """Enabled, then broken, then installed-but-not-enabled plugins."""

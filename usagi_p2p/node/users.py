@@ -18,18 +18,18 @@ already sent keep the plugin fields they had.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from kernel.identity import Identity
-from plugins.medical import sign_approval, with_approval
 
 from .errors import ConfigError
 from .home import Config, Home
+from .plugin_host import PluginHost
 
 __all__ = ["UserKeyFile", "add_user", "load_user", "move_user", "remove_user", "approve",
-           "user_key_path"]
+           "approver", "user_key_path", "user_key_is_protected"]
 
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
 
@@ -118,7 +118,9 @@ def approve(home: Home, document: dict[str, Any], name: str, passphrase: str | N
 
     The document must be complete (``from``, ``to``, ``issued_at`` set): the
     approval covers every field but the approvals, so anything changed after
-    approving invalidates it.
+    approving invalidates it. The approval is made by the plugin that approves
+    documents of its kind (the optional plugin hook ``approve``,
+    docs/plugins.md; ``PluginHost.approving``).
     """
     config = home.load_config()
     identity = load_user(home, name, passphrase)
@@ -126,4 +128,33 @@ def approve(home: Home, document: dict[str, Any], name: str, passphrase: str | N
     if not role:
         raise ConfigError(f"user {name!r} has no approval role; give --role or set one "
                           "with 'usagi user add --role'")
-    return with_approval(document, sign_approval(identity, document, role))
+    return PluginHost.for_config(config).approve(document, identity, role)
+
+
+def approver(home: Home, users: Sequence[tuple[str, str | None]]
+             ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function that adds an approval by each of ``users`` (name, passphrase) to a
+    built document, for ``Node.send_many(prepare=...)``.
+
+    Keys are unlocked now, so a missing or wrong passphrase fails before
+    anything is sealed; roles come from ``config.users[name]["role"]``.
+    """
+    config = home.load_config()
+    host = PluginHost.for_config(config)
+    signers: list[tuple[Identity, str]] = []
+    for name, passphrase in users:
+        identity = load_user(home, name, passphrase)
+        role = config.users[name].get("role")
+        if not role:
+            raise ConfigError(f"user {name} has no approval role "
+                              "(usagi user add NAME --role ROLE)")
+        signers.append((identity, role))
+
+    def sign_all(document: dict[str, Any]) -> dict[str, Any]:
+        # Every approval signs the document without approvals, so the order
+        # of signing does not matter and each covers the same bytes.
+        for identity, role in signers:
+            document = host.approve(document, identity, role)
+        return document
+
+    return sign_all

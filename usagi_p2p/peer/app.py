@@ -36,10 +36,8 @@ import asyncio
 import hmac
 import json
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from pathlib import Path
 from typing import Final
 
 import aiohttp
@@ -58,11 +56,12 @@ from ..node.errors import (
     UnknownCodeError,
     http_status,
 )
+from ..node.home import local_token
 from ..node.httpsig import ReplayGuard, verify_request
 from ..node.node import CONTENT_TYPE, INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, ROTATE_PATH, Node
 from .listener import Admission, Endpoint, Limits, ThrottledLog, address_key, typed_http_error
 
-__all__ = ["make_app", "error_response", "local_token", "MAX_INFLIGHT", "Limits", "Intake"]
+__all__ = ["make_app", "error_response", "MAX_INFLIGHT", "Limits", "Intake"]
 
 log = logging.getLogger("usagi.peer")
 
@@ -104,16 +103,6 @@ def error_response(exc: UsagiError, *, retry_after: int | None = None) -> web.Re
     headers = {"Retry-After": str(retry_after)} if retry_after else None
     return web.json_response({"error": exc.code, "message": str(exc)}, status=status,
                              headers=headers)
-
-
-def local_token(home_path: Path) -> str:
-    """The secret a local CLI shows to ``/local/v1/kick``; created once, mode 0600."""
-    path = home_path / "local.token"
-    if not path.exists():
-        token = secrets.token_urlsafe(24)
-        path.touch(mode=0o600)
-        path.write_text(token)
-    return path.read_text().strip()
 
 
 async def read_body(request: web.Request, cap: int, timeout: float, budget: Admission) -> bytes:

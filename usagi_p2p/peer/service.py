@@ -9,6 +9,7 @@ import resource
 from aiohttp import web
 
 from ..node.node import Node
+from ..node.operations import resume_outbox
 from .app import make_app
 from .listener import Limits, PeerSite
 
@@ -46,7 +47,7 @@ class Service:
         site = PeerSite(self._runner, self.host, self.port, self.limits, reuse_address=True)
         await site.start()
         self.port = site.port  # the port bound (an ephemeral one when asked for 0)
-        await self.node.ledger.release_leases()
+        await resume_outbox(self.node)
         self._loop_task = asyncio.create_task(self.node.delivery_loop(self.stop))
         log.info("%s listening on http://%s:%d", self.node.config.name, self.host, self.port)
 

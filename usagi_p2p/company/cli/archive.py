@@ -6,7 +6,8 @@ Exit codes: 0 on success, 1 when the archive is damaged (the message names
 the first failing CID), 3 when it is sound but partial (documents that do not
 verify are listed; import restored the rest and quarantined those), 77 when
 it is another company's archive, 69 when the IPFS node or pinning service did
-not pin it.
+not pin it: the codes of the node's one table (docs/spec.md section 14), on
+the one error path of ``common.py``.
 """
 
 from __future__ import annotations
@@ -14,32 +15,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from kernel.errors import UsagiError
-
 from ...node.errors import exit_code
 from ...node.terminal import json_text, printable
+from .common import passphrase, run, with_node
 
-T = TypeVar("T")
-
-#: Archive codes the node-wide table does not know yet.
-_EXIT = {"archive_invalid": 1, "archive_foreign": 77, "pinning_failed": 69}
 #: A sound archive with documents that do not verify (docs/archive.md, "Quarantine").
 PARTIAL = "archive_partial"
-
-
-def _run(coro: Awaitable[T]) -> T:
-    try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    except UsagiError as exc:
-        click.echo(printable(f"error [{exc.code}]: {exc}"), err=True)
-        raise SystemExit(_EXIT.get(exc.code) or exit_code(exc.code)) from None
 
 
 def _date(text: str | None) -> float | None:
@@ -80,15 +67,6 @@ def _out(ctx: click.Context, data: dict[str, Any], text: str) -> None:
         click.echo("\n".join(printable(line) for line in text.split("\n")))
 
 
-async def _with_node(ctx: click.Context, fn: Callable[[Any], Awaitable[T]]) -> T:
-    from ...node.node import Node
-    from .main import _passphrase
-
-    home = ctx.obj["home"]
-    async with Node.load(home, _passphrase(home)) as node:
-        return await fn(node)
-
-
 @click.group()
 def archive() -> None:
     """Sealed CAR archives of the trade history: export, verify, import, push.
@@ -114,7 +92,7 @@ def export(ctx: click.Context, out: Path, partner: str | None, since: str | None
 
     from ...archive.archive import export_archive
 
-    async def run(node: Any) -> Any:
+    async def exporting(node: Any) -> Any:
         did = (await node.resolve_partner(partner)).did if partner else None
         if not sys.stderr.isatty():
             return await export_archive(node, out, partner=did, since=_date(since),
@@ -125,7 +103,7 @@ def export(ctx: click.Context, out: Path, partner: str | None, since: str | None
                 node, out, partner=did, since=_date(since), until=_date(until),
                 progress=lambda done, total: bar.update(task, completed=done, total=total))
 
-    report = _run(_with_node(ctx, run))
+    report = run(with_node(ctx, exporting))
     _out(ctx, {"root": report.root, "documents": report.documents, "acks": report.acks,
                "pages": report.pages, "bytes": report.bytes, "file": str(out)},
          f"{out}: {report.documents} documents, {report.acks} acks, {report.pages} pages, "
@@ -143,20 +121,19 @@ def verify(ctx: click.Context, car: Path, keys: bool | None) -> None:
     Example: usagi --home ./kanto archive verify kanto-2025.car
     """
     from ...archive.archive import verify_archive
-    from .main import _passphrase
 
     home = ctx.obj["home"]
     identity: list[Any] | None = None
     if keys or (keys is None and home.exists()):
-        passphrase = _passphrase(home)
+        secret = passphrase(home)
         # The current key first, then the rotated ones: what was sealed before a
         # rotation opens with the key it was sealed to.
-        identity = [home.load_identity(passphrase), *home.load_keyring(passphrase)]
+        identity = [home.load_identity(secret), *home.load_keyring(secret)]
 
-    async def run() -> Any:
+    async def verifying() -> Any:
         return await asyncio.to_thread(verify_archive, car, identity)
 
-    r = _run(run())
+    r = run(verifying())
     detail = (f", {r.documents} documents, {r.acks} acks, {r.threads} threads"
               + (f" ({r.partial_threads} cut by the time window)" if r.partial_threads else "")
               + f", by {printable(r.by)}, created {printable(r.created_at)}") if r.keyed \
@@ -180,7 +157,7 @@ def import_(ctx: click.Context, car: Path) -> None:
     """
     from ...archive.archive import import_archive
 
-    r = _run(_with_node(ctx, lambda node: import_archive(node, car)))
+    r = run(with_node(ctx, lambda node: import_archive(node, car)))
     restored = r.documents - len(r.quarantined)
     _out(ctx, {"ok": not r.quarantined, "root": r.root, "documents": restored, "acks": r.acks,
                "quarantined": _quarantine_json(r)},
@@ -203,7 +180,7 @@ def push(ctx: click.Context, car: Path, ipfs_api: str, pinning_service: str | No
     """
     from ...archive.push import push_archive
 
-    r = _run(push_archive(car, ipfs_api, pinning_service=pinning_service,
+    r = run(push_archive(car, ipfs_api, pinning_service=pinning_service,
                           token=token or os.environ.get("USAGI_PINNING_TOKEN")))
     _out(ctx, {"ok": True, "root": r.root, "pinned": r.pinned, "service": r.service_status,
                "requestid": r.request_id},

@@ -1,53 +1,40 @@
 """``usagi plugins …``, ``usagi user …``, ``usagi extract``: plugin and user commands.
 
 Implements the command-line part of docs/plugins.md. The groups are plain
-click objects registered on the main ``usagi`` group by ``cli.py``; they read
-``--home`` and ``--json`` from the context the main group sets up.
+click objects registered on the main ``usagi`` group by ``main.py``; they read
+``--home`` and ``--json`` from the context the main group sets up, and fail
+through the one error path of ``common.py``.
 
 The approval route's UX is ``usagi send medical.order … --approve-as suzuki
 --approve-as sato``: the node builds the complete document (``issued_at``,
 ``from``, ``to``), each named user's key signs it, and only then is it sealed
 and sent. :func:`approver` is what ``send`` calls for that; the user keys are
 unlocked before anything is built (``USAGI_PASSPHRASE_<USER>`` or a prompt),
-so a wrong passphrase sends nothing.
+so a wrong passphrase sends nothing. The approvals themselves are made by the
+plugin that approves the document's kind, through the optional plugin hook
+``approve`` (docs/plugins.md): the same way a third party's plugin would.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from kernel.errors import UsagiError
-from kernel.identity import Identity
-from plugins.medical import sign_approval, with_approval
-
-from ...node.errors import exit_code
+from ...node import users
 from ...node.home import Home
 from ...node.plugin_host import PluginHost, available
 from ...node.terminal import json_text, printable
-from ...node.users import add_user, load_user, move_user, user_key_is_protected
+from ...node.users import add_user, move_user
+from .common import errors, user_passphrase
+from .common import home_of as _home
+from .common import wants_json as _json
 
 __all__ = ["plugins_group", "user_group", "extract_command", "approver", "user_passphrase"]
-
-
-def _home(ctx: click.Context) -> Home:
-    home: Home = ctx.obj["home"]
-    return home
-
-
-def _json(ctx: click.Context) -> bool:
-    return bool(ctx.obj.get("json"))
-
-
-def _fail(exc: UsagiError) -> None:
-    click.echo(printable(f"error [{exc.code}]: {exc}"), err=True)
-    raise SystemExit(exit_code(exc.code))
 
 
 def _split(names: str | None) -> list[str] | None:
@@ -56,43 +43,14 @@ def _split(names: str | None) -> list[str] | None:
     return [n.strip() for n in names.split(",") if n.strip()]
 
 
-def user_passphrase(home: Home, name: str) -> str | None:
-    """A user key's passphrase: ``USAGI_PASSPHRASE_<NAME>``, else a prompt."""
-    if not user_key_is_protected(home, name):
-        return None
-    env = os.environ.get("USAGI_PASSPHRASE_" + name.upper().replace("-", "_").replace(".", "_"))
-    if env is not None:
-        return env
-    if not sys.stdin.isatty():
-        raise click.ClickException(f"the key of user {name} is protected: set "
-                                   f"USAGI_PASSPHRASE_{name.upper()}")
-    return str(click.prompt(f"Passphrase of {name}", hide_input=True))
+def approver(home: Home, names: Sequence[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function that adds an approval by each of the users ``names`` to a built document.
 
-
-def approver(home: Home, users: Sequence[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A function that adds an approval by each of ``users`` to a built document.
-
-    Keys are unlocked now, so a missing or wrong passphrase fails before
-    anything is sealed; roles come from ``config.users[name]["role"]``.
+    Keys are unlocked now (:func:`user_passphrase`), so a missing or wrong
+    passphrase fails before anything is sealed; roles come from
+    ``config.users[name]["role"]`` (``usagi_p2p.node.users.approver``).
     """
-    config = home.load_config()
-    signers: list[tuple[Identity, str]] = []
-    for name in users:
-        identity = load_user(home, name, user_passphrase(home, name))
-        role = config.users[name].get("role")
-        if not role:
-            raise click.ClickException(f"user {name} has no approval role "
-                                       "(usagi user add NAME --role ROLE)")
-        signers.append((identity, role))
-
-    def sign_all(document: dict[str, Any]) -> dict[str, Any]:
-        # Every approval signs the document without approvals, so the order
-        # of signing does not matter and each covers the same bytes.
-        for identity, role in signers:
-            document = with_approval(document, sign_approval(identity, document, role))
-        return document
-
-    return sign_all
+    return users.approver(home, [(name, user_passphrase(home, name)) for name in names])
 
 
 # -- usagi plugins ---------------------------------------------------------------
@@ -269,11 +227,8 @@ def user_add(ctx: click.Context, name: str, plugins: str | None, role: str | Non
         passphrase = os.environ.get("USAGI_PASSPHRASE_" + name.upper()) or (
             str(click.prompt(f"New passphrase for {name}", hide_input=True,
                              confirmation_prompt=True)))
-    try:
+    with errors():
         identity = add_user(home, name, passphrase, plugins=_split(plugins), role=role)
-    except UsagiError as exc:
-        _fail(exc)
-        return
     click.echo(json_text({"user": name, "did": identity.did}, indent=None) if _json(ctx)
                else printable(f"user {name} {identity.did}"))
 
@@ -307,10 +262,8 @@ def user_move(ctx: click.Context, name: str, plugins: str | None, all_plugins: b
     """
     if (plugins is None) == (not all_plugins):
         raise click.ClickException("give either --plugins a,b or --all")
-    try:
+    with errors():
         move_user(_home(ctx), name, None if all_plugins else _split(plugins))
-    except UsagiError as exc:
-        _fail(exc)
     click.echo(printable(f"user {name}: "
                          f"{plugins if plugins is not None else 'all enabled plugins'}"))
 

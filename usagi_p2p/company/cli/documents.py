@@ -1,0 +1,387 @@
+"""``usagi send|inbox|outbox|show|thread|verify``: the documents of a node's trades.
+
+Each command reads its input (a JSON or YAML body, filters), calls one
+operation of ``usagi_p2p.node.operations`` and prints its result
+(``usagi_p2p.company.views``); the rules live in the operations.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import click
+
+from kernel.cid import CID
+from kernel.document import RESPONSES
+
+from ...node.terminal import printable
+from ..views import (
+    DOCUMENT_HEADERS,
+    THREAD_HEADERS,
+    document_json,
+    entry_json,
+    entry_row,
+    sent_json,
+    thread_json,
+    thread_row,
+    verification_json,
+)
+from .common import emit, home_of, run, table, wants_json, with_node
+
+if TYPE_CHECKING:
+    from ...node import operations as ops
+    from ...node.node import Node
+
+__all__ = ["send", "inbox", "outbox", "show", "thread", "verify", "load_body"]
+
+
+def load_body(path: Path) -> dict[str, Any]:
+    """A document body from a JSON or YAML file ("-" reads standard input).
+
+    ``.json`` is read as JSON, ``.yaml``/``.yml`` as YAML; anything else (a
+    pipe, a file without a suffix) as JSON if it parses, else as YAML.
+    """
+    import yaml
+
+    try:
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read {path}: {exc}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:
+                data = yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise click.ClickException(f"{path} is not valid JSON or YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.ClickException(f"{path} must hold a map of document fields")
+    checked: dict[str, Any] = _no_floats(data, str(path))
+    return checked
+
+
+def _no_floats(value: Any, where: str) -> Any:
+    # YAML and JSON readers turn 12.50 into a float; documents never hold one.
+    if isinstance(value, float):
+        raise click.ClickException(f"{where}: write numbers as quoted decimals ('12.50'), "
+                                   f"not {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _no_floats(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_floats(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is not None and not isinstance(value, str | bool):
+        return str(value)
+    return value
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False,
+                                                        allow_dash=True, path_type=Path))
+@click.option("--to", "to", default=None,
+              help="Partner name, name prefix or DID (default with --reply-to: its partner).")
+@click.option("--reply-to", default=None, help="CID of the document this answers "
+              "(links prev and thread). Without FILE, the answer takes its currency, "
+              "lines and total.")
+@click.option("--ref", default=None, help="This document's own reference (e.g. PO-1042); "
+              "replaces the file's.")
+@click.option("--response", type=click.Choice(sorted(RESPONSES)), default=None,
+              help="An order_response's answer; replaces the file's.")
+@click.option("--user", default=None, help="Which employee acts.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for the partner's ack.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the ack.")
+@click.option("--approve-as", "approve_as", multiple=True,
+              help="A user whose own key approves the document (medical route); repeatable.")
+@click.option("--extract", is_flag=True,
+              help="Fill each line's plugin fields from its text where the body leaves them "
+                   "out (what 'usagi extract' shows).")
+@click.pass_context
+def send(ctx: click.Context, kind: str, file: Path | None, to: str | None, reply_to: str | None,
+         ref: str | None, response: str | None, user: str | None, wait: bool, timeout: float,
+         approve_as: tuple[str, ...], extract: bool) -> None:
+    """Seal a document (JSON or YAML body) to you and a partner and send its notice.
+
+    Prints the CID, then the partner's signed ack once it comes. Works while
+    'usagi serve' runs on the same home (it delivers), and without (this
+    command delivers itself). An answer (--reply-to) without a FILE orders,
+    delivers or invoices what the answered document lists: its currency,
+    lines and total.
+
+    Example: usagi --home ./kanto send quote --to Osaka quote.yaml
+
+    Example: usagi send order --reply-to bafyrei… order.yaml   (to whoever sent it)
+
+    Example: usagi send order --reply-to bafyrei… --ref PO-1042   (what was quoted)
+
+    Example: usagi send order_response --reply-to bafyrei… --response accept
+    """
+    from ...node import operations as ops
+    from .plugins import approver
+
+    if to is None and reply_to is None:
+        raise click.UsageError("say who gets it: --to PARTNER, or --reply-to CID to answer "
+                               "a document")
+    if file is None and reply_to is None:
+        raise click.UsageError("give the document as a FILE (JSON or YAML, '-' for standard "
+                               "input), or answer one with --reply-to CID")
+    if file is None and kind == "order_response" and response is None:
+        raise click.UsageError("an order_response says --response accept, reject or counter "
+                               "(or give its body as a FILE)")
+    body = load_body(file) if file is not None else {}
+    fields = {k: v for k, v in (("ref", ref), ("response", response)) if v is not None}
+    # Approvers' passphrases are asked for before anything is built or sent.
+    prepare = approver(home_of(ctx), approve_as) if approve_as else None
+    reply = CID.parse(reply_to) if reply_to else None
+
+    async def sending(node: Node) -> dict[str, Any]:
+        options: dict[str, Any] = {"to": to, "user": user, "prepare": prepare,
+                                   "extract": extract}
+        if file is None and reply is not None:
+            result = await ops.answer(node, kind, reply, fields, **options)
+        else:
+            result = await ops.send(node, kind, {**body, **fields}, reply_to=reply, **options)
+        if not wants_json(ctx):
+            click.echo(f"sent {printable(kind)} {result.cid}")
+            for finding in result.findings:
+                click.echo(f"  {printable(finding)}")
+        delivery = None
+        if wait:
+            await ops.deliver_now(node)
+            delivery = await ops.await_ack(node, result.cid, timeout)
+        return sent_json(result, delivery)
+
+    out = run(with_node(ctx, sending))
+
+    def human() -> None:
+        ack = out.get("ack")
+        if ack:
+            click.echo(f"ack   {ack['status']} by {ack['by']} at {ack['at']}"
+                       + (f" ({printable(ack['reason'])})" if ack["reason"] else ""))
+        elif wait:
+            click.echo(f"no ack yet: {out.get('status')} "
+                       f"{printable(out.get('reason') or '')}".rstrip())
+
+    emit(ctx, out, human)
+    if wait and (not out.get("ack") or out["ack"]["status"] == "rejected"):
+        raise SystemExit(1)
+
+
+def _since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date (YYYY-MM-DD) or an RFC 3339 time",
+                                 param_hint="--since") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _list_documents(ctx: click.Context, direction: Literal["in", "out"], partner: str | None,
+                    kind: str | None, status: str | None, since: str | None,
+                    limit: int) -> None:
+    from ...node import operations as ops
+
+    moment = _since(since)
+
+    async def listing(node: Node) -> list[ops.DocumentEntry]:
+        return await ops.list_documents(node, direction, partner=partner, kind=kind,
+                                        status=status, since=moment, limit=limit)
+
+    rows = run(with_node(ctx, listing))
+    emit(ctx, [entry_json(e) for e in rows],
+         lambda: table(DOCUMENT_HEADERS, [entry_row(e) for e in rows]))
+
+
+def _list_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed((
+        click.option("--partner", default=None, help="Only this partner (name, prefix or DID)."),
+        click.option("--kind", default=None, help="Only this kind, e.g. order."),
+        click.option("--status", default=None,
+                     help="Only this status, e.g. undelivered, rejected, received."),
+        click.option("--since", default=None,
+                     help="Recorded since (YYYY-MM-DD is midnight UTC, or an RFC 3339 time)."),
+        click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1),
+                     help="Show the newest N, oldest first."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@_list_options
+@click.pass_context
+def inbox(ctx: click.Context, partner: str | None, kind: str | None, status: str | None,
+          since: str | None, limit: int) -> None:
+    """Documents received from partners (the newest 50 unless -n says otherwise).
+
+    Example: usagi inbox --partner Osaka --kind order --since 2026-12-01
+    """
+    _list_documents(ctx, "in", partner, kind, status, since, limit)
+
+
+@click.group(invoke_without_command=True)
+@_list_options
+@click.pass_context
+def outbox(ctx: click.Context, partner: str | None, kind: str | None, status: str | None,
+           since: str | None, limit: int) -> None:
+    """Documents sent, with their delivery state ('usagi outbox retry' to resend).
+
+    Example: usagi outbox --status undelivered
+    """
+    if ctx.invoked_subcommand is None:
+        _list_documents(ctx, "out", partner, kind, status, since, limit)
+
+
+@outbox.command("retry")
+@click.argument("who", required=False)
+@click.pass_context
+def outbox_retry(ctx: click.Context, who: str | None) -> None:
+    """Queue every undelivered document (to one partner, or all) again and deliver.
+
+    Example: usagi outbox retry Osaka
+    """
+    from ...node import operations as ops
+
+    async def retrying(node: Node) -> int:
+        return await ops.retry_outbox(node, who)
+
+    count = run(with_node(ctx, retrying))
+    emit(ctx, {"requeued": count}, lambda: click.echo(f"requeued {count} document(s)"))
+
+
+@click.command()
+@click.argument("cid")
+@click.pass_context
+def show(ctx: click.Context, cid: str) -> None:
+    """Show one document as it was opened (no decryption needed).
+
+    'usagi --json show CID' prints every field as JSON.
+
+    Example: usagi show bafyreidzynkiwssvwptdfenz5q44kryk52ow2x2tx4yduy42k3x7t7ekhu
+    """
+    from ...node import operations as ops
+
+    target = CID.parse(cid)
+
+    async def showing(node: Node) -> ops.DocumentView:
+        return await ops.show_document(node, target)
+
+    data = document_json(run(with_node(ctx, showing)))
+    emit(ctx, data, lambda: _print_document(data))
+
+
+def _print_document(data: dict[str, Any]) -> None:
+    """A document as a person reads it; ``--json`` gives every field."""
+    from rich.console import Console
+    from rich.text import Text
+
+    doc = data["document"]
+    partner = data["partner"]["name"] or data["partner"]["did"]
+    arrow = f"from {partner}" if data["direction"] == "in" else f"to {partner}"
+    out = Console(emoji=False, highlight=False, markup=False,
+                  width=None if sys.stdout.isatty() else 10_000)
+
+    def line(label: str, value: Any) -> None:
+        # Everything here may come from the partner: printed as escaped text.
+        if value not in (None, "", []):
+            out.print(Text(f"{printable(label):<11} {printable(value)}"))
+
+    line("", f"{doc['kind']} {doc.get('ref') or ''}".rstrip())
+    line("party", f"{arrow} ({data['direction']}, {data['status']}"
+                  f"{': ' + data['reason'] if data['reason'] else ''})")
+    line("issued", doc.get("issued_at"))
+    for key in ("valid_until", "due", "currency", "total", "response", "note", "user"):
+        line(key.replace("_", " "), doc.get(key))
+    line("thread", data["thread"] if data["thread"] != data["cid"] else None)
+    line("replies to", ", ".join(str(p) for p in doc.get("prev", [])))
+    lines = doc.get("lines") or []
+    if lines:
+        out.print(Text(""))
+        table(["#", "text", "qty", "unit", "unit price", "amount", "fields"],
+              [[i + 1, ln.get("text"), ln.get("qty"), ln.get("unit"), ln.get("unit_price"),
+                ln.get("amount"),
+                "; ".join(f"{ns}: " + ", ".join(f"{k}={v}" for k, v in fields.items())
+                          for ns, fields in (ln.get("ext") or {}).items()
+                          if isinstance(fields, dict))]
+               for i, ln in enumerate(lines)])
+    ext = {ns: f for ns, f in (doc.get("ext") or {}).items() if isinstance(f, dict)}
+    for ns, fields in ext.items():
+        shown = {k: v for k, v in fields.items() if k != "approvals"}
+        line(ns, ", ".join(f"{k}={v}" for k, v in shown.items()))
+        for approval in fields.get("approvals", []) if isinstance(fields.get("approvals"), list) else []:
+            if isinstance(approval, dict):
+                line("approved", f"{approval.get('role')} by {approval.get('by')}")
+    if data["findings"]:
+        out.print(Text(""))
+        for f in data["findings"]:
+            out.print(Text(printable(f"{f['level']} [{f['plugin']}.{f['code']}] {f['path']}: "
+                                     f"{f['message']}")))
+    out.print(Text(""))
+    ack = data["ack"]
+    line("ack", f"{ack['status']}{' (' + ack['reason'] + ')' if ack['reason'] else ''} "
+                f"by {ack['by']} at {ack['at']}" if ack else "none yet")
+    line("cid", data["cid"])
+
+
+@click.command()
+@click.argument("cid")
+@click.pass_context
+def thread(ctx: click.Context, cid: str) -> None:
+    """List the thread a document belongs to, in causal order.
+
+    Example: usagi thread bafyrei…   (any document of the trade)
+    """
+    from ...node import operations as ops
+
+    target = CID.parse(cid)
+
+    async def threading(node: Node) -> list[ops.ThreadEntry]:
+        return await ops.thread_documents(node, target)
+
+    rows = run(with_node(ctx, threading))
+    emit(ctx, thread_json(rows), lambda: table(THREAD_HEADERS, [thread_row(r) for r in rows]))
+
+
+@click.command()
+@click.argument("cid")
+@click.pass_context
+def verify(ctx: click.Context, cid: str) -> None:
+    """Check a document end to end: block hash, signature, parties, thread, the partner's ack.
+
+    Exit code 0 only when every check holds.
+
+    Example: usagi verify bafyrei… && echo trusted
+    """
+    from ...node import operations as ops
+
+    target = CID.parse(cid)
+
+    async def verifying(node: Node) -> ops.Verification:
+        return await ops.verify_document(node, target)
+
+    report = run(with_node(ctx, verifying))
+
+    def human() -> None:
+        for check in report.checks:
+            mark = "ok  " if check.ok else "FAIL"
+            click.echo(f"{mark} {check.name}: {printable(check.detail)}")
+
+    emit(ctx, verification_json(report), human)
+    if not report.ok:
+        raise SystemExit(1)

@@ -1,0 +1,78 @@
+"""What a company does with its node: one operation per capability.
+
+The CLI calls these today; the local API and the web UI will call the same
+ones (DESIGN.md, "Two faces"). Each takes typed arguments, returns typed
+values (dataclasses), raises typed errors (``usagi_p2p.node.errors``,
+``kernel.errors``) and prints nothing: what a person sees is decided by the
+face that asked (``usagi_p2p.company.views`` and the CLI). No face reaches
+into ``node.ledger``; what it needs from the ledger it asks for here.
+
+    documents.py   sending: send, answer, answer_body, deliver_now, kick_server,
+                   await_ack, retry_outbox
+                   looking: list_documents, show_document, thread_documents,
+                   verify_document
+    partners.py    invite, add_partner, partners, rename_partner,
+                   set_partner_status, quota, set_quota
+    this_node.py   node_status, key_info, rotate_key, announce_key, resume_outbox
+
+Faces import this package (``from usagi_p2p.node import operations``), not
+its modules.
+"""
+
+from .documents import (
+    ANSWERS,
+    CARRIED,
+    SERVE_STATE,
+    AckView,
+    Check,
+    Delivery,
+    DocumentEntry,
+    DocumentView,
+    Prepare,
+    ThreadEntry,
+    Verification,
+    answer,
+    answer_body,
+    await_ack,
+    deliver_now,
+    fill_extracted,
+    kick_server,
+    list_documents,
+    retry_outbox,
+    send,
+    show_document,
+    thread_documents,
+    verify_document,
+)
+from .partners import (
+    PartnerChange,
+    PartnerStatus,
+    QuotaUsage,
+    add_partner,
+    invite,
+    partners,
+    quota,
+    rename_partner,
+    set_partner_status,
+    set_quota,
+)
+from .this_node import (
+    KeyInfo,
+    KeyRotation,
+    NodeStatus,
+    Rotation,
+    announce_key,
+    key_info,
+    node_status,
+    resume_outbox,
+    rotate_key,
+)
+
+__all__ = [  # the values, then the operations of the module docstring
+    "ANSWERS", "CARRIED", "SERVE_STATE", "AckView", "Check", "Delivery", "DocumentEntry",
+    "DocumentView", "KeyInfo", "KeyRotation", "NodeStatus", "PartnerChange", "PartnerStatus",
+    "Prepare", "QuotaUsage", "Rotation", "ThreadEntry", "Verification", "fill_extracted",
+    "send", "answer", "answer_body", "deliver_now", "kick_server", "await_ack", "retry_outbox",
+    "list_documents", "show_document", "thread_documents", "verify_document", "invite",
+    "add_partner", "partners", "rename_partner", "set_partner_status", "quota", "set_quota",
+    "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox"]

@@ -1,0 +1,404 @@
+"""The documents of a company's trades: sending, answering, delivering, looking.
+
+Part of ``usagi_p2p.node.operations`` (see there). A thread is always gathered
+between two parties (``Ledger.thread``, docs/spec.md section 9): a document
+another partner hung on it cannot break it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from kernel import envelope as kenvelope
+from kernel.cid import CID
+from kernel.errors import UsagiError
+from kernel.messages import check_ack, open_ack
+from kernel.plugin import Finding
+from kernel.signed import open_signed
+from kernel.thread import split_thread, verify_thread
+
+from ..errors import NodeError, PartnerError
+from ..home import Home, local_token
+from ..ledger import DocumentRow
+from ..node import Node, SendResult
+from ..plugin_host import PluginHost
+
+__all__ = ["ANSWERS", "CARRIED", "SERVE_STATE", "AckView", "Check", "Delivery", "DocumentEntry",
+           "DocumentView", "Prepare", "ThreadEntry", "Verification", "fill_extracted", "send",
+           "answer", "answer_body", "deliver_now", "kick_server", "await_ack", "retry_outbox",
+           "list_documents", "show_document", "thread_documents", "verify_document"]
+
+#: What a running ``usagi serve`` writes in its home: ``{"pid", "url"}``.
+SERVE_STATE: Final = "serve.json"
+
+#: A function that completes a built document before it is sealed (approvals).
+Prepare = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: What an answer sent without a body of its own takes from the document it
+#: answers: an order for what was quoted, a delivery note or an invoice for
+#: what was ordered. Nothing else (a reference, a note, a response, dates) is
+#: the same from one document to the next.
+CARRIED: Final = ("currency", "lines", "total")
+
+#: Which documents a kernel kind is filled from (an order from a quote or a
+#: counter-offer, and so on). Anything else (a cancel, a message, a plugin's
+#: kind, or an answer to the wrong document) needs a body of its own.
+ANSWERS: Final[Mapping[str, frozenset[str]]] = {
+    "order": frozenset({"quote", "order_response"}),
+    "order_response": frozenset({"order"}),
+    "delivery_note": frozenset({"order", "order_response"}),
+    "invoice": frozenset({"order", "order_response", "delivery_note"}),
+}
+
+
+# -- values -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AckView:
+    """A partner's (or this node's) signed ack of one document, opened."""
+
+    status: str
+    reason: str | None
+    by: str
+    at: datetime
+    signed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What became of a sent document: its ack, or its status while there is none."""
+
+    ack: AckView | None
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentEntry:
+    """One document of a listing (inbox, outbox)."""
+
+    cid: CID
+    direction: str
+    kind: str
+    ref: str | None
+    partner: str
+    #: The partner's local name; None for a DID this node has no partner under.
+    partner_name: str | None
+    issued_at: str
+    status: str
+    reason: str | None
+    thread: CID
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentView:
+    """One document as it was opened, with its ack and the plugins' findings."""
+
+    cid: CID
+    direction: str
+    status: str
+    reason: str | None
+    thread: CID
+    document: dict[str, Any]
+    partner: str
+    partner_name: str | None
+    user: str | None
+    findings: tuple[Finding, ...]
+    ack: AckView | None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadEntry:
+    """One document of a thread, in causal order."""
+
+    cid: CID
+    kind: str
+    ref: str | None
+    issued_at: str
+    direction: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check of :func:`verify_document`; ``detail`` says what held or why not."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    cid: CID
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every check holds (and there is at least one)."""
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+
+# -- sending ------------------------------------------------------------------
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1] in ("a", "e", "i", "o", "u") else "a"
+
+
+def _opened(row: DocumentRow) -> dict[str, Any]:
+    body: dict[str, Any] = open_signed(row.signed, "document", "from",
+                                       kenvelope.DOCUMENT_LIMITS).body
+    return body
+
+
+_LISTS: Final = " (see 'usagi inbox' and 'usagi outbox')"
+
+
+async def _held(node: Node, cid: CID, hint: str = "") -> DocumentRow:
+    if (row := await node.ledger.document(cid)) is None:
+        raise NodeError(f"{cid} is not in this node's ledger{hint}")
+    return row
+
+
+async def answer_body(node: Node, kind: str, cid: CID) -> dict[str, Any]:
+    """The body a ``kind`` answering ``cid`` starts from: its :data:`CARRIED` fields.
+
+    Refused (NodeError, nothing sent) when ``kind`` is not filled from the
+    answered kind (:data:`ANSWERS`) or there are no lines to carry over.
+    """
+    row = await _held(node, cid, _LISTS)
+    if kind not in ANSWERS:
+        raise NodeError(f"{_a(kind)} {kind} is not filled in from the document it answers; "
+                        "give its body as a FILE")
+    if row.kind not in ANSWERS[kind]:
+        raise NodeError(f"{cid} is {_a(row.kind)} {row.kind}; {_a(kind)} {kind} is filled in "
+                        f"from {' or '.join(sorted(ANSWERS[kind]))}. Give a FILE to send it "
+                        "anyway")
+    document = _opened(row)
+    body: dict[str, Any] = {key: document[key] for key in CARRIED if key in document}
+    if not body.get("lines"):
+        raise NodeError(f"{cid} has no lines to carry over; give the {kind}'s body as a FILE")
+    return body
+
+
+def fill_extracted(plugins: PluginHost, body: dict[str, Any], user: str | None) -> None:
+    """Add what the plugins extract from each line's text to its ``ext``; a field
+    the body gives already is kept as written."""
+    for line in body.get("lines") or []:
+        if not isinstance(line, dict) or not isinstance(line.get("text"), str):
+            continue
+        for namespace, fields in plugins.extract(line["text"], user=user).items():
+            ext = line.setdefault("ext", {})
+            if isinstance(ext, dict) and isinstance(ext.setdefault(namespace, {}), dict):
+                for key, value in fields.items():
+                    ext[namespace].setdefault(key, value)
+
+
+async def send(node: Node, kind: str, body: Mapping[str, Any], *, to: str | None = None,
+               reply_to: CID | None = None, user: str | None = None,
+               prepare: Prepare | None = None, extract: bool = False) -> SendResult:
+    """Seal, store, record and queue one document (delivered by :func:`deliver_now`
+    or a running ``usagi serve``).
+
+    ``to`` is a partner's name, name prefix or DID; without it, an answer
+    (``reply_to``) goes to whoever the answered document is with, under its
+    current key. ``extract`` fills each line's plugin fields from its text
+    (:func:`fill_extracted`); ``prepare`` completes the built document
+    (approvals) before it is checked and sealed.
+    """
+    partner = to
+    if partner is None:
+        if reply_to is None:
+            raise PartnerError("say who gets it: a partner, or a document to answer")
+        partner = await node.canonical((await _held(node, reply_to, _LISTS)).partner)
+    filled = dict(body)
+    if extract:
+        fill_extracted(node.plugins, filled, user)
+    return (await node.send_many([(kind, partner, filled, reply_to)], user=user,
+                                 prepare=prepare))[0]
+
+
+async def answer(node: Node, kind: str, reply_to: CID, fields: Mapping[str, Any] | None = None,
+                 *, to: str | None = None, user: str | None = None,
+                 prepare: Prepare | None = None, extract: bool = False) -> SendResult:
+    """Answer ``reply_to`` with a ``kind`` filled from it (:func:`answer_body`), then
+    ``fields`` on top (a reference, a response); sent like :func:`send`."""
+    body = await answer_body(node, kind, reply_to)
+    body.update(fields or {})
+    return await send(node, kind, body, to=to, reply_to=reply_to, user=user, prepare=prepare,
+                      extract=extract)
+
+
+async def kick_server(home: Home) -> bool:
+    """Tell a ``usagi serve`` on this home to deliver now; False when none runs."""
+    import aiohttp
+
+    state = home.path / SERVE_STATE
+    if not state.exists():
+        return False
+    url = json.loads(state.read_text())["url"]
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+            f"{url}/local/v1/kick", timeout=aiohttp.ClientTimeout(total=3),
+            headers={"Authorization": f"Bearer {local_token(home.path)}"},
+        ) as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False
+
+
+async def deliver_now(node: Node) -> None:
+    """Deliver the outbox now: by the ``usagi serve`` of this home if one runs
+    (it holds the delivery loop), else from this process, once."""
+    if not await kick_server(node.home):
+        await node.deliver_once()
+
+
+def _ack_view(signed: bytes, status: str, reason: str | None) -> AckView:
+    return AckView(status, reason, (opened := open_ack(signed)).by, opened.at, signed)
+
+
+async def await_ack(node: Node, cid: CID, timeout: float = 30.0) -> Delivery:
+    """The partner's ack of ``cid`` once stored, or the document's status after
+    ``timeout`` seconds without one."""
+    if (ack := await node.wait_for_ack(cid, timeout)) is None:
+        row = await node.ledger.document(cid)
+        return Delivery(None, row.status if row else "unknown", row.reason if row else None)
+    # The ack as it was signed (its status and reason), not as the ledger recorded it.
+    opened = open_ack(ack[0])
+    return Delivery(_ack_view(ack[0], opened.status, opened.reason), opened.status,
+                    opened.reason)
+
+
+async def retry_outbox(node: Node, who: str | None = None) -> int:
+    """Queue every undelivered document (to partner ``who``, or all) again, deliver
+    now, and say how many were queued."""
+    did = (await node.resolve_partner(who)).did if who else None
+    count = await node.ledger.retry_undelivered(did)
+    await deliver_now(node)
+    return int(count)
+
+
+# -- looking ------------------------------------------------------------------
+
+
+async def list_documents(node: Node, direction: Literal["in", "out"], *,
+                         partner: str | None = None, kind: str | None = None,
+                         status: str | None = None, since: datetime | None = None,
+                         limit: int = 50) -> list[DocumentEntry]:
+    """The newest ``limit`` documents received (``in``) or sent (``out``), oldest
+    first; ``partner`` (name, prefix or DID) includes its earlier keys."""
+    dids = await node.partner_dids(partner) if partner else None
+    rows = await node.ledger.documents(direction=direction, partners=dids, kind=kind,
+                                       status=status,
+                                       since=since.timestamp() if since else None,
+                                       limit=limit, newest=True)
+    names = {p.did: p.name for p in await node.ledger.partners()}
+    return [DocumentEntry(r.cid, r.direction, r.kind, r.ref, r.partner, names.get(r.partner),
+                          r.issued_at, r.status, r.reason, r.thread) for r in rows]
+
+
+def _findings(text: str | None) -> tuple[Finding, ...]:
+    # Findings are written by this node's own plugin host (findings_json).
+    return tuple(Finding(**f) for f in json.loads(text or "[]"))
+
+
+async def show_document(node: Node, cid: CID) -> DocumentView:
+    """One document as it was opened (no decryption needed), with its ack."""
+    row = await _held(node, cid)
+    ack = await node.ledger.ack(cid)
+    partner = await node.ledger.partner(row.partner)
+    return DocumentView(cid, row.direction, row.status, row.reason, row.thread, _opened(row),
+                        row.partner, partner.name if partner else None, row.user,
+                        _findings(row.findings),
+                        _ack_view(*ack) if ack else None)
+
+
+async def thread_documents(node: Node, cid: CID) -> list[ThreadEntry]:
+    """The thread ``cid`` belongs to, in causal order (its chain verified)."""
+    found = await node.ledger.thread(cid)
+    if found is None:
+        raise NodeError(f"{cid} is not in this node's ledger")
+    _, rows, aliases = found
+    opened = [kenvelope.Opened(r.cid, _opened(r), r.signed, r.digest, "") for r in rows]
+    by_cid = {r.cid: r for r in rows}
+    return [ThreadEntry(o.cid, o.document["kind"], o.document.get("ref"),
+                        o.document["issued_at"], by_cid[o.cid].direction, by_cid[o.cid].status)
+            for o in verify_thread(opened, aliases)]
+
+
+async def verify_document(node: Node, cid: CID) -> Verification:
+    """Every check a person needs to trust a document: ledger, block hash,
+    signature, parties, digest, thread, ack. ``ok`` only if all hold."""
+    checks: list[Check] = []
+
+    def record(name: str, ok: bool, detail: str) -> bool:
+        checks.append(Check(name, ok, detail))
+        return ok
+
+    def done() -> Verification:
+        return Verification(cid, tuple(checks))
+
+    row = await node.ledger.document(cid)
+    if not record("ledger", row is not None,
+                  "recorded" if row else "not in this node's ledger"):
+        return done()
+    assert row is not None
+    try:
+        block = await node.store.get(cid)
+        record("block", True, f"{len(block)} bytes hash to the CID")
+    except UsagiError as exc:
+        record("block", False, f"[{exc.code}] {exc}")
+        return done()
+    try:
+        opened = node.open_envelope(block, cid)
+        doc = opened.document
+        record("signature", True, f"signed by {opened.signer}")
+        record("parties", True, f"{doc['from']} -> {doc['to']}")
+        record("digest", opened.digest == row.digest, "matches the ledger"
+               if opened.digest == row.digest else "differs from the ledger")
+    except UsagiError as exc:
+        record("envelope", False, f"[{exc.code}] {exc}")
+        return done()
+    try:
+        found = await node.ledger.thread(cid)
+        _, rows, aliases = found if found is not None else (row, [], {})
+        members = []
+        for r in rows:
+            members.append(node.open_envelope(await node.store.get(r.cid), r.cid))
+        # This document holds when its own chain does: a broken document elsewhere
+        # in the thread is named, but does not take this one with it.
+        order, broken = split_thread(row.thread, members, aliases)
+        why = {o.cid: exc for o, exc in broken}
+        if cid in why:
+            record("thread", False, f"[{why[cid].code}] {why[cid]}")
+        else:
+            record("thread", True, f"{len(order)} document(s) chain from {row.thread}"
+                   + (f"; {len(broken)} other(s) do not: "
+                      + ", ".join(f"{o.cid} [{e.code}]" for o, e in broken) if broken else ""))
+    except UsagiError as exc:
+        record("thread", False, f"[{exc.code}] {exc}")
+    ack = await node.ledger.ack(cid)
+    if ack is None:
+        record("ack", False, "no acknowledgement yet")
+    else:
+        expected_by = doc["to"]  # the receiver acks: the partner, or this node
+        try:
+            parsed = open_ack(ack[0])
+            # The acknowledging party may have rotated its key since.
+            if parsed.by != expected_by and await node.canonical(expected_by) == parsed.by:
+                expected_by = parsed.by
+            check_ack(parsed, cid=cid, by=expected_by, digest=opened.digest)
+            record("ack", parsed.ok, f"{parsed.status} by {parsed.by} at {parsed.at.isoformat()}"
+                   + (f" ({parsed.reason})" if parsed.reason else ""))
+        except UsagiError as exc:
+            record("ack", False, f"[{exc.code}] {exc}")
+    return done()
+
+
