@@ -49,7 +49,8 @@ CONFIG_FILE: Final = "config.json"
 DATA_FILES: Final = tuple(
     [f"{db}{suffix}" for db in ("ledger.db", "blocks.db") for suffix in ("", "-wal", "-shm",
                                                                           "-journal")]
-    + [CONFIG_FILE, "config.tmp", "local.token", "serve.json"])
+    + [CONFIG_FILE, "config.tmp", "local.token", "serve.json", "api-tokens.json",
+       "api-tokens-used.json"])
 #: Folders of a home besides itself (retired keys, users' keys).
 DATA_DIRS: Final = ("keyring", "users")
 
@@ -103,6 +104,13 @@ class Config:
     quota_period: int = 86_400
     #: Per partner DID, {"docs": N, "bytes": N} in place of the defaults ('usagi partner quota').
     partner_quotas: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: The local API, for the company's own systems (docs/api.md): loopback by
+    #: default. ``local_port`` None: 8471, or any free port when that one is taken;
+    #: a number: exactly that port (0: any); with ``local_socket`` set and no
+    #: port, the Unix socket only (a relative path is inside the home).
+    local_host: str = "127.0.0.1"
+    local_port: int | None = None
+    local_socket: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:

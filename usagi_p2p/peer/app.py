@@ -4,7 +4,9 @@
     POST /usagi/v1/introduce   a signed introduction answering one of our invitations
     POST /usagi/v1/rotate      a partner's key rotation statement (kernel/rotation.py)
     GET  /ipfs/{cid}           trustless gateway, only for a partner who is a party (RFC 9421)
-    POST /local/v1/kick        loopback only, with the home's token: deliver now
+
+The company's own API is not here: it has a listener of its own
+(usagi_p2p/company/api/), and this one never serves its routes.
 
 Errors are JSON ``{"error": code, "message": text}`` with the status from
 ``usagi_p2p.node.errors`` (one table), for every refusal: an unknown path or
@@ -25,12 +27,9 @@ deadline, connections per address) are in usagi_p2p/peer/listener.py.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Final
 
 import aiohttp
@@ -53,14 +52,13 @@ from ..node.httpsig import ReplayGuard, verify_request
 from ..node.node import CONTENT_TYPE, INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, ROTATE_PATH, Node
 from .listener import Admission, Endpoint, Limits, ThrottledLog, address_key, typed_http_error
 
-__all__ = ["make_app", "error_response", "local_token", "MAX_INFLIGHT", "Limits", "Intake"]
+__all__ = ["make_app", "error_response", "MAX_INFLIGHT", "Limits", "Intake"]
 
 log = logging.getLogger("usagi.peer")
 
 #: Notice batches worked on at once (after their bodies are read).
 MAX_INFLIGHT: Final = Limits.work
 NODE_KEY: Final = web.AppKey("node", Node)
-TOKEN_KEY: Final = web.AppKey("token", str)
 #: The gateway's replay guard (signed requests already accepted in the window).
 REPLAY_KEY: Final = web.AppKey("replay", ReplayGuard)
 
@@ -74,16 +72,6 @@ def error_response(exc: UsagiError, *, retry_after: int | None = None) -> web.Re
     headers = {"Retry-After": str(retry_after)} if retry_after else None
     return web.json_response({"error": exc.code, "message": str(exc)},
                              status=http_status(exc.code), headers=headers)
-
-
-def local_token(home_path: Path) -> str:
-    """The secret a local CLI shows to ``/local/v1/kick``; created once, mode 0600."""
-    path = home_path / "local.token"
-    if not path.exists():
-        token = secrets.token_urlsafe(24)
-        path.touch(mode=0o600)
-        path.write_text(token)
-    return path.read_text().strip()
 
 
 async def read_body(request: web.Request, cap: int, timeout: float, budget: Admission) -> bytes:
@@ -217,7 +205,6 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT,
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_typed(intake)])
     app[INTAKE_KEY] = intake
     app[NODE_KEY] = node
-    app[TOKEN_KEY] = local_token(node.home.path)
     work = asyncio.Semaphore(limits.work)
 
     async def notices(request: web.Request, body: bytes) -> web.Response:
@@ -273,17 +260,6 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT,
     async def blocks(request: web.Request, body: bytes) -> web.StreamResponse:
         return await gateway.handle(request)
 
-    async def kick(request: web.Request, body: bytes) -> web.Response:
-        if request.remote not in ("127.0.0.1", "::1"):
-            raise web.HTTPNotFound()
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        # Bytes, not str: compare_digest refuses a non-ASCII str with a TypeError.
-        if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
-                                   app[TOKEN_KEY].encode()):
-            raise web.HTTPForbidden()
-        node.wake.set()
-        return web.json_response({"ok": True})
-
     async def root(request: web.Request, body: bytes) -> web.Response:
         return web.Response(text=json.dumps({"service": "usagi-p2p", "api": "v1"}),
                             content_type="application/json")
@@ -292,7 +268,6 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT,
         intake.route("POST", NOTICES_PATH, limits.notices, notices),
         intake.route("POST", INTRODUCE_PATH, limits.introduce, introduce),
         intake.route("POST", ROTATE_PATH, limits.rotate, rotate),
-        intake.route("POST", "/local/v1/kick", limits.other, kick),
         intake.route("GET", "/", limits.other, root),
         intake.route("GET", "/ipfs/{cid}", limits.gateway, blocks),  # and HEAD
     ])

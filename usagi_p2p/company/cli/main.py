@@ -235,20 +235,33 @@ def serve(ctx: click.Context, port: int | None, quiet: bool) -> None:
         activity.setLevel(min(activity.getEffectiveLevel(), logging.INFO))
 
     from ...peer.service import Service
+    from ..api.server import LocalServer
 
     async def run(node: Any) -> None:
         service = Service(node, port=port)
         await service.start()
+        local = LocalServer(node, peer_url=service.url, peer_port=service.port)
+        try:
+            local.tokens.cli_secret()  # the token this home's commands show the local API
+            await local.start()
+        except BaseException:
+            await service.close()
+            raise
         state = _home(ctx).path / "serve.json"
-        write_private(state, json.dumps({"pid": os.getpid(), "url": service.url}))
+        write_private(state, json.dumps({"pid": os.getpid(), "url": service.url,
+                                         "local_url": local.url,
+                                         "local_socket": local.endpoints.local_socket}))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, service.stop.set)
         click.echo(f"{printable(node.config.name)} serving on {service.url} as {node.did}",
                    err=True)
+        click.echo(f"local API on {printable(local.url or local.endpoints.local_socket)}",
+                   err=True)
         try:
             await service.run_forever()
         finally:
+            await local.close()
             await service.close()
             state.unlink(missing_ok=True)
 
@@ -495,22 +508,9 @@ def _no_floats(value: Any, where: str) -> Any:
 
 async def _kick_server(home: Home) -> bool:
     """Tell a 'usagi serve' on this home to deliver now; False when none runs."""
-    import aiohttp
+    from ..api.client import kick
 
-    from ...peer.app import local_token
-
-    state = home.path / "serve.json"
-    if not state.exists():
-        return False
-    url = json.loads(state.read_text())["url"]
-    try:
-        async with aiohttp.ClientSession() as session, session.post(
-            f"{url}/local/v1/kick", timeout=aiohttp.ClientTimeout(total=3),
-            headers={"Authorization": f"Bearer {local_token(home.path)}"},
-        ) as resp:
-            return resp.status == 200
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return False
+    return await kick(home.path)
 
 
 @main.command()
@@ -969,11 +969,13 @@ def key_announce(ctx: click.Context) -> None:
 def _register_commands() -> None:
     from .archive import archive
     from .plugins import extract_command, plugins_group, user_group
+    from .tokens import token_group
 
     main.add_command(plugins_group)
     main.add_command(user_group)
     main.add_command(extract_command)
     main.add_command(archive)
+    main.add_command(token_group)
 
 
 _register_commands()
