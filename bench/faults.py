@@ -184,9 +184,9 @@ async def queue(home: Home, n: int, batch: int = 250, partner: str = "Osaka") ->
 
 
 async def kick(home: Home) -> None:
-    from usagi_p2p.node.operations import kick_server as _kick_server
+    from usagi_p2p.company.api.client import kick as wake
 
-    await _kick_server(home)
+    await wake(home.path)
 
 
 def audit(seller: Home, buyer: Home) -> dict[str, int]:

@@ -334,8 +334,7 @@ async def run_slow(root: Path, slow: int = 240, docs: int = 240, every: float = 
 
 #: (method, path or None for a held CID, body cap the receiver applies) per endpoint.
 _ENDPOINTS = [("POST", "/usagi/v1/notices"), ("POST", "/usagi/v1/introduce"),
-              ("POST", "/usagi/v1/rotate"), ("GET", "/ipfs/{cid}"),
-              ("POST", "/local/v1/kick"), ("GET", "/")]
+              ("POST", "/usagi/v1/rotate"), ("GET", "/ipfs/{cid}"), ("GET", "/")]
 
 
 async def _chunks(body: bytes, size: int = 64 << 10) -> AsyncIterator[bytes]:

@@ -54,9 +54,9 @@ async def test_sigkill_mid_send(tmp_path: Path, victim: str) -> None:
             body = {"ref": "PO", "lines": [{"text": "M6x20 SUS304 hex bolt", "qty": "500"}]}
             for _ in range(0, N, 100):
                 await node.send_many([("order", "Osaka", body, None)] * 100)
-        from usagi_p2p.node.operations import kick_server as _kick_server
+        from usagi_p2p.company.api.client import kick
 
-        await _kick_server(seller)
+        await kick(seller.path)
         received = lambda: count(buyer.ledger_path, "SELECT count(*) FROM documents")  # noqa: E731
         await wait_until(lambda: received() >= 150, 60, "the first deliveries")
         procs[victim].send_signal(signal.SIGKILL)
@@ -66,7 +66,7 @@ async def test_sigkill_mid_send(tmp_path: Path, victim: str) -> None:
         procs[victim] = serve_process(homes[victim].path)
         (homes[victim].path / "serve.json").unlink(missing_ok=True)
         wait_serving(homes[victim].path, procs[victim])
-        await _kick_server(seller)
+        await kick(seller.path)
         delivered = lambda: count(  # noqa: E731
             seller.ledger_path, "SELECT count(*) FROM outbox WHERE state = 'delivered'")
         await wait_until(lambda: delivered() == N, 120, "every document to be acknowledged")

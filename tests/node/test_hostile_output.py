@@ -435,6 +435,14 @@ def test_every_command_prints_a_hostile_partners_text_inert(tmp_path: Path) -> N
         usagi("partner", "resume", mallory.node.did, expect=("MARKUP",))
         usagi("partner", "rename", mallory.node.did, "Mallory (watch)", expect=("MARKUP",))
         usagi("partner", "remove", mallory.node.did)
+
+        # Tokens of the local API: a name that is not one is refused, its error inert.
+        usagi("token", "create", "erp", "--scope", "send")
+        usagi("token", "create", ARGUMENT, code=65)
+        usagi("token", "revoke", ARGUMENT, code=66, expect=("FORGED-LINE",))
+        for json_flag in ((), ("--json",)):
+            usagi(*json_flag, "token", "list")
+        usagi("token", "revoke", "erp")
         usagi("demo")
     finally:
         server.send_signal(signal.SIGINT)

@@ -27,8 +27,9 @@ from kernel.identity import Identity
 
 from ..node.home import Home
 from ..node.node import Node
-from ..node.operations import kick_server, verify_document
+from ..node.operations import verify_document
 from ..node.terminal import printable
+from .api.client import kick
 
 SELLER = "Kanto Machine Tools"
 BUYER = "Osaka Precision"
@@ -99,7 +100,7 @@ async def _trade(seller: Home, buyer: Home) -> int:
         other = BUYER if side == "seller" else SELLER
         async with Node.load(home, None) as node:
             result = await node.send(kind, other, body, reply_to=previous)
-            await kick_server(home)
+            await kick(home.path)
             ack = await node.wait_for_ack(result.cid, timeout=20)
         if ack is None:
             print(f"  {kind}: no ack in time")
@@ -182,7 +183,7 @@ async def _plugin_trades(seller: Home, buyer: Home) -> bool:
                 print(f"      -> {printable(shown)}")
                 lines.append({"text": text, **({"ext": extracted} if extracted else {})})
             result = await node.send(kind, BUYER, {"ref": f"{name.upper()}-1", "lines": lines})
-            await kick_server(seller)
+            await kick(seller.path)
             ack = await node.wait_for_ack(result.cid, timeout=20)
             for finding in result.findings:
                 print(printable(f"      {finding.level}: {finding.code}: {finding.message}"))

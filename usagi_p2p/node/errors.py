@@ -189,6 +189,11 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "forbidden": (403, 77),
     "config_error": (500, 78),
     "bad_passphrase": (401, 77),
+    # The local API (docs/api.md): the company's own callers.
+    "unauthorized": (401, 77),
+    "forbidden_scope": (403, 77),
+    "not_loopback": (403, 77),
+    "validation_failed": (422, 65),
 }
 
 

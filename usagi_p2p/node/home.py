@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from kernel.identity import Identity
 
 from .errors import ConfigError, PassphraseError
 
-__all__ = ["Home", "Config", "default_home", "write_private", "local_token"]
+__all__ = ["Home", "Config", "default_home", "write_private"]
 
 log = logging.getLogger("usagi.home")
 
@@ -50,7 +49,8 @@ CONFIG_FILE: Final = "config.json"
 DATA_FILES: Final = tuple(
     [f"{db}{suffix}" for db in ("ledger.db", "blocks.db") for suffix in ("", "-wal", "-shm",
                                                                           "-journal")]
-    + [CONFIG_FILE, "config.tmp", "local.token", "serve.json"])
+    + [CONFIG_FILE, "config.tmp", "local.token", "serve.json", "api-tokens.json",
+       "api-tokens-used.json"])
 #: Folders of a home besides itself (retired keys, users' keys).
 DATA_DIRS: Final = ("keyring", "users")
 
@@ -104,6 +104,13 @@ class Config:
     quota_period: int = 86_400
     #: Per partner DID, {"docs": N, "bytes": N} in place of the defaults ('usagi partner quota').
     partner_quotas: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: The local API, for the company's own systems (docs/api.md): loopback by
+    #: default. ``local_port`` None: 8471, or any free port when that one is taken;
+    #: a number: exactly that port (0: any); with ``local_socket`` set and no
+    #: port, the Unix socket only (a relative path is inside the home).
+    local_host: str = "127.0.0.1"
+    local_port: int | None = None
+    local_socket: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:
@@ -345,13 +352,3 @@ class KeyFile(Home):
     @property
     def key_path(self) -> Path:
         return self._key_path
-
-
-def local_token(home_path: Path) -> str:
-    """The secret a local client shows to the node's ``/local/v1/kick``: created
-    once, mode 0600, in ``HOME/local.token``. The peer listener checks it and
-    the CLI sends it; both read it here."""
-    path = home_path / "local.token"
-    if not path.exists():
-        write_private(path, secrets.token_urlsafe(24))
-    return path.read_text().strip()

@@ -4,7 +4,9 @@
     POST /usagi/v1/introduce   a signed introduction answering one of our invitations
     POST /usagi/v1/rotate      a partner's key rotation statement (kernel/rotation.py)
     GET  /ipfs/{cid}           trustless gateway, only for a partner who is a party (RFC 9421)
-    POST /local/v1/kick        loopback only, with the home's token: deliver now
+
+The company's own API is not here: it has a listener of its own
+(usagi_p2p/company/api/), and this one never serves its routes.
 
 Every request to a route passes through one middleware (:meth:`Intake.middleware`),
 in this order, before anything is buffered:
@@ -33,7 +35,6 @@ HTTP that does not parse) are in usagi_p2p/peer/listener.py.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -56,7 +57,6 @@ from ..node.errors import (
     UnknownCodeError,
     http_status,
 )
-from ..node.home import local_token
 from ..node.httpsig import ReplayGuard, verify_request
 from ..node.node import CONTENT_TYPE, INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, ROTATE_PATH, Node
 from .listener import Admission, Endpoint, Limits, ThrottledLog, address_key, typed_http_error
@@ -68,7 +68,6 @@ log = logging.getLogger("usagi.peer")
 #: Notice batches worked on at once (after their bodies are read).
 MAX_INFLIGHT: Final = Limits.work
 NODE_KEY: Final = web.AppKey("node", Node)
-TOKEN_KEY: Final = web.AppKey("token", str)
 #: The gateway's replay guard (signed requests already accepted in the window).
 REPLAY_KEY: Final = web.AppKey("replay", ReplayGuard)
 
@@ -262,7 +261,6 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT,
     app = web.Application(client_max_size=MAX_BODY, middlewares=[intake.middleware])
     app[INTAKE_KEY] = intake
     app[NODE_KEY] = node
-    app[TOKEN_KEY] = local_token(node.home.path)
     work = asyncio.Semaphore(limits.work)
 
     async def notices(request: web.Request, body: bytes) -> web.Response:
@@ -314,17 +312,6 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT,
             intake.throttled("damaged", logging.ERROR, "a stored block is damaged: %s", exc)
             raise InternalError("the node failed to answer; see its log") from exc
 
-    async def kick(request: web.Request, body: bytes) -> web.Response:
-        if request.remote not in ("127.0.0.1", "::1"):
-            raise web.HTTPNotFound()
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        # Bytes, not str: compare_digest refuses a non-ASCII str with a TypeError.
-        if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
-                                   app[TOKEN_KEY].encode()):
-            raise web.HTTPForbidden()
-        node.wake.set()
-        return web.json_response({"ok": True})
-
     async def root(request: web.Request, body: bytes) -> web.Response:
         return web.Response(text=json.dumps({"service": "usagi-p2p", "api": "v1"}),
                             content_type="application/json")
@@ -333,7 +320,6 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT,
         intake.route("POST", NOTICES_PATH, limits.notices, notices),
         intake.route("POST", INTRODUCE_PATH, limits.introduce, introduce),
         intake.route("POST", ROTATE_PATH, limits.rotate, rotate),
-        intake.route("POST", "/local/v1/kick", limits.other, kick),
         intake.route("GET", "/", limits.other, root),
         intake.route("GET", "/ipfs/{cid}", limits.gateway, blocks),  # and HEAD
     ])

@@ -106,7 +106,7 @@ class Limits:
     introduce: Endpoint = Endpoint(body=8 << 10, inflight=64)
     rotate: Endpoint = Endpoint(body=8 << 10, inflight=64)
     gateway: Endpoint = Endpoint(body=0, inflight=64)
-    #: ``GET /``, ``POST /local/v1/kick``: no body.
+    #: ``GET /``: no body.
     other: Endpoint = Endpoint(body=0, inflight=16)
 
 

@@ -20,6 +20,7 @@ from kernel.cid import CID
 from kernel.document import RESPONSES
 
 from ...node.terminal import printable
+from ..api.client import kick
 from ..views import (
     DOCUMENT_HEADERS,
     THREAD_HEADERS,
@@ -161,7 +162,7 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str | None, reply
                 click.echo(f"  {printable(finding)}")
         delivery = None
         if wait:
-            await ops.deliver_now(node)
+            await ops.deliver_now(node, wake=lambda: kick(node.home.path))
             delivery = await ops.await_ack(node, result.cid, timeout)
         return sent_json(result, delivery)
 
@@ -259,7 +260,7 @@ def outbox_retry(ctx: click.Context, who: str | None) -> None:
     from ...node import operations as ops
 
     async def retrying(node: Node) -> int:
-        return await ops.retry_outbox(node, who)
+        return await ops.retry_outbox(node, who, wake=lambda: kick(node.home.path))
 
     count = run(with_node(ctx, retrying))
     emit(ctx, {"requeued": count}, lambda: click.echo(f"requeued {count} document(s)"))

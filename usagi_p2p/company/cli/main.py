@@ -146,9 +146,10 @@ def _register_commands() -> None:
     from .partners import invite, partner
     from .plugins import extract_command, plugins_group, user_group
     from .serve import serve
+    from .tokens import token_group
 
     commands: list[Any] = [serve, invite, partner, send, inbox, outbox, show, thread, verify,
-                           key, plugins_group, user_group, extract_command, archive]
+                           key, plugins_group, user_group, extract_command, archive, token_group]
     for command in commands:
         main.add_command(command)
 

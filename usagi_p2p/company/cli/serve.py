@@ -47,21 +47,34 @@ def serve(ctx: click.Context, port: int | None, quiet: bool) -> None:
 
     from ...node.operations import SERVE_STATE
     from ...peer.service import Service
+    from ..api.server import LocalServer
 
     async def serving(node: Node) -> None:
         service = Service(node, port=port)
         await service.start()
+        local = LocalServer(node, peer_url=service.url, peer_port=service.port)
+        try:
+            local.tokens.cli_secret()  # the token this home's commands show the local API
+            await local.start()
+        except BaseException:
+            await service.close()
+            raise
         # Where 'usagi send' and others find this process to tell it to deliver now.
         state = home_of(ctx).path / SERVE_STATE
-        write_private(state, json.dumps({"pid": os.getpid(), "url": service.url}))
+        write_private(state, json.dumps({"pid": os.getpid(), "url": service.url,
+                                         "local_url": local.url,
+                                         "local_socket": local.endpoints.local_socket}))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, service.stop.set)
         click.echo(f"{printable(node.config.name)} serving on {service.url} as {node.did}",
                    err=True)
+        click.echo(f"local API on {printable(local.url or local.endpoints.local_socket)}",
+                   err=True)
         try:
             await service.run_forever()
         finally:
+            await local.close()
             await service.close()
             state.unlink(missing_ok=True)
 

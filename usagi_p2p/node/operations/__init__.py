@@ -7,8 +7,8 @@ values (dataclasses), raises typed errors (``usagi_p2p.node.errors``,
 face that asked (``usagi_p2p.company.views`` and the CLI). No face reaches
 into ``node.ledger``; what it needs from the ledger it asks for here.
 
-    documents.py   sending: send, answer, answer_body, deliver_now, kick_server,
-                   await_ack, retry_outbox
+    documents.py   sending: send, answer, answer_body, deliver_now, await_ack,
+                   retry_outbox, requeue_undelivered, outbox_counts
                    looking: list_documents, show_document, thread_documents,
                    verify_document
     partners.py    invite, add_partner, partners, rename_partner,
@@ -36,8 +36,9 @@ from .documents import (
     await_ack,
     deliver_now,
     fill_extracted,
-    kick_server,
     list_documents,
+    outbox_counts,
+    requeue_undelivered,
     retry_outbox,
     send,
     show_document,
@@ -72,7 +73,8 @@ __all__ = [  # the values, then the operations of the module docstring
     "ANSWERS", "CARRIED", "SERVE_STATE", "AckView", "Check", "Delivery", "DocumentEntry",
     "DocumentView", "KeyInfo", "KeyRotation", "NodeStatus", "PartnerChange", "PartnerStatus",
     "Prepare", "QuotaUsage", "Rotation", "ThreadEntry", "Verification", "fill_extracted",
-    "send", "answer", "answer_body", "deliver_now", "kick_server", "await_ack", "retry_outbox",
+    "send", "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
+    "await_ack", "retry_outbox",
     "list_documents", "show_document", "thread_documents", "verify_document", "invite",
     "add_partner", "partners", "rename_partner", "set_partner_status", "quota", "set_quota",
     "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox"]

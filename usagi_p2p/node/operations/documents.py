@@ -8,7 +8,7 @@ another partner hung on it cannot break it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -22,18 +22,21 @@ from kernel.signed import open_signed
 from kernel.thread import split_thread, verify_thread
 
 from ..errors import NodeError, PartnerError
-from ..home import Home, local_token
 from ..ledger import DocumentRow
 from ..node import Node, SendResult
 from ..plugin_host import PluginHost
 
 __all__ = ["ANSWERS", "CARRIED", "SERVE_STATE", "AckView", "Check", "Delivery", "DocumentEntry",
            "DocumentView", "Prepare", "ThreadEntry", "Verification", "fill_extracted", "send",
-           "answer", "answer_body", "deliver_now", "kick_server", "await_ack", "retry_outbox",
+           "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
+           "await_ack", "retry_outbox",
            "list_documents", "show_document", "thread_documents", "verify_document"]
 
 #: What a running ``usagi serve`` writes in its home: ``{"pid", "url"}``.
 SERVE_STATE: Final = "serve.json"
+
+#: Asks a running ``usagi serve`` of this home to deliver now; True when it answered.
+Wake = Callable[[], Awaitable[bool]]
 
 #: A function that completes a built document before it is sealed (approvals).
 Prepare = Callable[[dict[str, Any]], dict[str, Any]]
@@ -235,28 +238,12 @@ async def answer(node: Node, kind: str, reply_to: CID, fields: Mapping[str, Any]
                       extract=extract)
 
 
-async def kick_server(home: Home) -> bool:
-    """Tell a ``usagi serve`` on this home to deliver now; False when none runs."""
-    import aiohttp
-
-    state = home.path / SERVE_STATE
-    if not state.exists():
-        return False
-    url = json.loads(state.read_text())["url"]
-    try:
-        async with aiohttp.ClientSession() as session, session.post(
-            f"{url}/local/v1/kick", timeout=aiohttp.ClientTimeout(total=3),
-            headers={"Authorization": f"Bearer {local_token(home.path)}"},
-        ) as resp:
-            return resp.status == 200
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return False
-
-
-async def deliver_now(node: Node) -> None:
+async def deliver_now(node: Node, wake: Wake | None = None) -> None:
     """Deliver the outbox now: by the ``usagi serve`` of this home if one runs
-    (it holds the delivery loop), else from this process, once."""
-    if not await kick_server(node.home):
+    (it holds the delivery loop; ``wake`` asks it, True when it answered), else
+    from this process, once. The faces pass ``wake`` (the company side's client
+    of the local API); the core node does not know how to reach its own serve."""
+    if wake is None or not await wake():
         await node.deliver_once()
 
 
@@ -276,13 +263,24 @@ async def await_ack(node: Node, cid: CID, timeout: float = 30.0) -> Delivery:
                     opened.reason)
 
 
-async def retry_outbox(node: Node, who: str | None = None) -> int:
+async def retry_outbox(node: Node, who: str | None = None, wake: Wake | None = None) -> int:
     """Queue every undelivered document (to partner ``who``, or all) again, deliver
     now, and say how many were queued."""
+    count = await requeue_undelivered(node, who)
+    await deliver_now(node, wake)
+    return count
+
+
+async def requeue_undelivered(node: Node, who: str | None = None) -> int:
+    """Queue every undelivered document (to partner ``who``, or all) again; how many."""
     did = (await node.resolve_partner(who)).did if who else None
-    count = await node.ledger.retry_undelivered(did)
-    await deliver_now(node)
-    return int(count)
+    return int(await node.ledger.retry_undelivered(did))
+
+
+async def outbox_counts(node: Node) -> dict[str, int]:
+    """How many notices are pending, delivered and undelivered (every state, 0 if none)."""
+    counts = await node.ledger.outbox_counts()
+    return {state: int(counts.get(state, 0)) for state in ("pending", "delivered", "undelivered")}
 
 
 # -- looking ------------------------------------------------------------------
