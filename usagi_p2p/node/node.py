@@ -67,10 +67,10 @@ from .invitation import (
 from .ledger import DocumentRow, Ledger, Partner
 from .plugin_host import PluginHost, findings_json
 from .quota import Quotas
-from .receiving import MAX_BATCH, MAX_BODY, open_sealed
+from .receiving import BATCH_LIMITS, MAX_BATCH, MAX_BODY, open_sealed
 
 __all__ = ["Node", "SendResult", "MAX_BATCH", "MAX_BODY", "NOTICES_PATH", "INTRODUCE_PATH",
-           "ROTATE_PATH", "CONTENT_TYPE"]
+           "ROTATE_PATH", "CONTENT_TYPE", "BATCH_LIMITS"]
 
 log = logging.getLogger("usagi.node")
 
