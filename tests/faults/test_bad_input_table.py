@@ -267,9 +267,10 @@ async def gateway_case(p: Pair, bad: str) -> Request:
     cid = result.cid
     path = f"/ipfs/{cid}"
 
-    def signed(identity: Identity, path: str = path, **kw: Any) -> Request:
+    def signed(identity: Identity, path: str = path, created: int | None = None) -> Request:
+        created = int(seller.clock()) if created is None else created
         return Request(seller, "GET", path + "?format=raw",
-                       headers=sign_request(identity, "GET", path, "format=raw", **kw))
+                       headers=sign_request(identity, "GET", path, "format=raw", created=created))
 
     if bad == "malformed CBOR":
         return signed(buyer.identity, "/ipfs/not-a-cid")
@@ -278,7 +279,8 @@ async def gateway_case(p: Pair, bad: str) -> Request:
     if bad == "oversized":
         return signed(buyer.identity, "/ipfs/b" + "a" * 4096)
     if bad == "wrong signature":
-        headers = sign_request(buyer.identity, "GET", path, "format=raw")
+        headers = sign_request(buyer.identity, "GET", path, "format=raw",
+                               created=int(seller.clock()))
         sig = headers["Signature"]
         headers["Signature"] = sig[:12] + ("A" if sig[12] != "A" else "B") + sig[13:]
         return Request(seller, "GET", path + "?format=raw", headers=headers)

@@ -242,7 +242,8 @@ async def test_malformed_requests_get_typed_4xx_and_no_traceback(
     held = await send_and_ack(pair, 1, "Q-held")
     cid = str(held[0])
     path = f"/ipfs/{cid}"
-    signed = sign_request(buyer.identity, "GET", path, "format=raw")
+    signed = sign_request(buyer.identity, "GET", path, "format=raw",
+                          created=int(buyer.clock()))
     unpadded = signed["Signature"].replace("==:", ":")
     notice = make_notice(seller.identity, held[0], buyer.did, seller.now())
     cases: dict[str, tuple[bytes, int, str]] = {
@@ -349,7 +350,8 @@ async def test_a_partner_cannot_tell_held_blocks_from_absent_ones(pair: Pair) ->
             await seller.ledger.db.set_trace_callback(trace.append)
             path = f"/ipfs/{cid}"
             for method in ("GET", "HEAD"):
-                headers = sign_request(third.identity, method, path, "format=raw")
+                headers = sign_request(third.identity, method, path, "format=raw",
+                                       created=int(third.clock()))
                 async with session.request(method, f"{seller.config.endpoint}{path}?format=raw",
                                            headers=headers) as resp:
                     body = await resp.read()
@@ -389,7 +391,8 @@ async def test_one_partner_cannot_fill_the_replay_memory_of_others(pair: Pair) -
 
         async def fetch(who: Node, cid: CID) -> int:
             path = f"/ipfs/{cid}"
-            headers = sign_request(who.identity, "GET", path, "format=raw")
+            headers = sign_request(who.identity, "GET", path, "format=raw",
+                                   created=int(who.clock()))
             async with session.get(f"{seller.config.endpoint}{path}?format=raw",
                                    headers=headers) as resp:
                 await resp.read()
@@ -410,7 +413,8 @@ async def test_an_unpadded_signature_is_the_concealed_404(pair: Pair) -> None:  
         answers = []
         for cid, unpad in ((held, True), (absent, False)):
             path = f"/ipfs/{cid}"
-            headers = sign_request(pair.buyer.identity, "GET", path, "format=raw")
+            headers = sign_request(pair.buyer.identity, "GET", path, "format=raw",
+                                   created=int(pair.buyer.clock()))
             if unpad:  # RFC 4648 without its "==": an otherwise valid signature
                 headers["Signature"] = headers["Signature"].replace("==:", ":")
             async with session.get(f"{pair.seller.config.endpoint}{path}?format=raw",

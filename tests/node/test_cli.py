@@ -250,8 +250,8 @@ def test_the_serve_log_escapes_what_a_partner_wrote(caplog) -> None:  # noqa: AN
     import logging
 
     from kernel.cid import CID
+    from usagi_p2p.node.intake import log_batch as _log_batch
     from usagi_p2p.node.ledger import DocumentRow
-    from usagi_p2p.node.node import _log_batch
 
     cid = CID.for_block(b"x")
     row = DocumentRow(cid, "in", "did:key:z", "order", cid, "PO-1\n2026-12-02T00:00:00Z forged",

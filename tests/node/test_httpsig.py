@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
+import aiohttp
 import pytest
 
 from kernel.errors import ExpiredError, InvalidSignatureError, ReplayError
 from kernel.identity import Identity
 from usagi_p2p.node.httpsig import SKEW, ReplayGuard, sign_request, verify_request
+
+from .conftest import Pair
+
+LINES = [{"text": "M6x20 SUS304 hex bolt", "qty": "500"}]
 
 ALICE = Identity(hashlib.sha256(b"httpsig alice").digest())
 BOB = Identity(hashlib.sha256(b"httpsig bob").digest())
@@ -104,3 +110,24 @@ def test_check_request_reads_the_verified_headers() -> None:
     guard.check_request(headers, NOW)
     with pytest.raises(ReplayError):
         guard.check_request(headers, NOW + 1)
+
+
+async def test_the_gateway_judges_a_signature_by_the_nodes_clock(pair: Pair) -> None:
+    """The signature's time window is the node's (its injected clock), not the
+    machine's: a node whose clock is an hour ahead refuses a request signed now and
+    serves one signed at its own time."""
+    seller, buyer = pair.seller, pair.buyer
+    result = await seller.send("quote", "Osaka", {"ref": "Q-clock", "lines": LINES})
+    assert await seller.wait_for_ack(result.cid, timeout=15)
+    path = f"/ipfs/{result.cid}"
+    ahead = time.time() + 3600
+    seller.clock = lambda: ahead
+
+    async def fetch(created: int) -> int:
+        headers = sign_request(buyer.identity, "GET", path, "format=raw", created=created)
+        url = seller.config.endpoint + path + "?format=raw"
+        async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:
+            return r.status
+
+    assert await fetch(int(time.time())) == 404  # outside the seller's window: concealed
+    assert await fetch(int(ahead)) == 200

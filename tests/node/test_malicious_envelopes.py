@@ -173,7 +173,8 @@ async def test_a_notice_naming_its_block_by_a_foreign_cid_is_refused(
         async with aiohttp.ClientSession() as session:
             served = await GatewayClient(session).get_block(
                 mallory.config.endpoint, foreign,
-                headers=sign_request(osaka.identity, "GET", path, "format=raw"))
+                headers=sign_request(osaka.identity, "GET", path, "format=raw",
+                                     created=int(osaka.clock())))
         assert served == sealed.block  # what the old receiver fetched and recorded
 
         before = await held(osaka)

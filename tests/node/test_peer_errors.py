@@ -230,19 +230,23 @@ async def test_gateway_serves_only_a_party(pair: Pair) -> None:
         async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:
             return r.status, await r.read()
 
-    status, data = await fetch(path, sign_request(buyer.identity, "GET", path, "format=raw"))
+    status, data = await fetch(path, sign_request(buyer.identity, "GET", path, "format=raw",
+                                                  created=int(buyer.clock())))
     assert status == 200 and hashlib.sha256(data).digest() == result.cid.digest
     unknown = await fetch(path, {})
-    stranger = await fetch(path, sign_request(Identity.generate(), "GET", path, "format=raw"))
+    stranger = await fetch(path, sign_request(Identity.generate(), "GET", path, "format=raw",
+                                              created=int(buyer.clock())))
     absent_path = f"/ipfs/{CID.for_block(b'absent')}"
     absent = await fetch(absent_path,
-                         sign_request(buyer.identity, "GET", absent_path, "format=raw"))
+                         sign_request(buyer.identity, "GET", absent_path, "format=raw",
+                                      created=int(buyer.clock())))
     assert unknown[0] == stranger[0] == absent[0] == 404, (unknown, stranger, absent)
     # Only the request that was served is remembered against replay: a stranger's
     # signed requests cannot fill (and so flush) the guard.
     guard = pair.seller_service.app[REPLAY_KEY]
     for _ in range(5):
-        await fetch(path, sign_request(Identity.generate(), "GET", path, "format=raw"))
+        await fetch(path, sign_request(Identity.generate(), "GET", path, "format=raw",
+                                       created=int(buyer.clock())))
     assert len(guard) == 1
     # A refusal looks exactly like a block that does not exist.
     assert unknown[1].replace(str(result.cid).encode(), b"") == \

@@ -19,7 +19,6 @@ import base64
 import binascii
 import os
 import re
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import Final
@@ -58,10 +57,10 @@ def _base(method: str, path: str, query: str, params: str) -> bytes:
     return "\n".join(lines).encode("utf-8")
 
 
-def sign_request(identity: Identity, method: str, path: str, query: str = "",
-                 created: int | None = None, nonce: str | None = None) -> dict[str, str]:
-    """The two headers that sign this request as ``identity``."""
-    created = int(time.time()) if created is None else created
+def sign_request(identity: Identity, method: str, path: str, query: str = "", *,
+                 created: int, nonce: str | None = None) -> dict[str, str]:
+    """The two headers that sign this request as ``identity`` at ``created`` (Unix
+    seconds: the signer's clock, which its caller reads; this module reads none)."""
     nonce = nonce or base64.urlsafe_b64encode(os.urandom(12)).decode().rstrip("=")
     params = _params(created, nonce, identity.did)
     signature = identity.sign("request", _base(method, path, query, params))
@@ -132,9 +131,10 @@ class ReplayGuard:
         self.check(match.group(3), match.group(2), int(match.group(1)), now)
 
 
-def verify_request(headers: Mapping[str, str], method: str, path: str, query: str,
-                   now: float | None = None, skew: float = SKEW) -> str:
-    """Verify a signed request; return the signer's DID. Raises on any failure.
+def verify_request(headers: Mapping[str, str], method: str, path: str, query: str, *,
+                   now: float, skew: float = SKEW) -> str:
+    """Verify a signed request at ``now`` (the verifier's clock, read by its caller);
+    return the signer's DID. Raises on any failure.
 
     Replays are the caller's to refuse, once it has authorized the signer
     (:meth:`ReplayGuard.check_request`).
@@ -148,7 +148,6 @@ def verify_request(headers: Mapping[str, str], method: str, path: str, query: st
     if not match or not sig_match:
         raise MalformedError("unsupported Signature-Input or Signature header")
     created, nonce, keyid = int(match.group(1)), match.group(2), match.group(3)
-    now = time.time() if now is None else now
     if abs(now - created) > skew:
         raise ExpiredError("request signature outside the time window")
     params = _params(created, nonce, keyid)

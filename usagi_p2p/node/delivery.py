@@ -1,0 +1,444 @@
+"""Delivery: the outbox sent to partners, and their answers checked (docs/spec.md §8, §11.1, §12).
+
+The delivery loop claims due notices from the ledger (leased, so two
+processes on one home never send one notice at once), POSTs them to each
+partner in batches of up to ``SEND_BATCH`` with up to ``PIPELINE`` batches in
+flight, and takes an ack as a receipt only when :func:`judge_acks` finds it
+signed by the partner, for the notice's own nonce and the digest of what was
+sealed. A failure is retried with bounded exponential backoff and jitter; a
+temporary refusal (§11.1) is no answer and is retried the same way.
+
+A partner's answer is read only as far as an honest one can go
+(:func:`read_capped`, :func:`read_prefix`): a partner answering gigabytes
+costs this node the limit, not the gigabytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+import aiohttp
+
+from ipfs.blockstore import BlockStore
+from kernel import dagcbor
+from kernel.cid import CID
+from kernel.document import format_time
+from kernel.errors import MalformedError, UsagiError, WrongSignerError
+from kernel.identity import Identity
+from kernel.messages import MESSAGE_LIMITS, check_ack, make_notice, notice_nonce, open_ack
+from kernel.signed import open_signed
+from kernel.thread import canonical
+
+from .errors import TEMPORARY, BodyTooLargeError
+from .home import Config
+from .invitation import check_endpoint, printable
+from .ledger import Ledger, OutboxRow
+from .receiving import BATCH_LIMITS, MAX_BODY
+
+__all__ = ["Delivery", "DeliveringNode", "AckCheck", "judge_acks", "acks_answer_limit",
+           "read_capped", "read_prefix", "NOTICES_PATH", "CONTENT_TYPE", "SEND_BATCH",
+           "PIPELINE"]
+
+log = logging.getLogger("usagi.node")
+#: One line per delivery: what 'usagi serve' shows by default.
+activity = logging.getLogger("usagi.activity")
+
+NOTICES_PATH: Final = "/usagi/v1/notices"
+CONTENT_TYPE: Final = "application/cbor"
+SEND_BATCH: Final = 100
+PIPELINE: Final = 4  # batches in flight at once
+RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute window
+#: What is read of a partner's error answer (its start only; the rest is never read).
+ERROR_PREFIX: Final = 4096
+
+#: (cid, ack, status, reason, acked at): an ack taken as the answer to a notice.
+Answered = tuple[CID, bytes, str, str | None, str]
+
+
+def acks_answer_limit(notices: int) -> int:
+    """The largest honest answer to a batch of ``notices``: that many acks, each at most
+    the 4 KiB of a message, with their CBOR heads, in a one-entry map."""
+    return 16 + notices * (MESSAGE_LIMITS.max_size + 5)
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """A partner's answer body, at most ``limit`` bytes; BodyTooLargeError beyond it.
+
+    Reads one byte past the limit at most (enough to know it is too big), so a
+    partner answering gigabytes, announced or streamed, costs ``limit`` bytes
+    of memory; the rest is never read (the connection is closed, not reused).
+    """
+    if resp.content_length is not None and resp.content_length > limit:
+        raise BodyTooLargeError(f"{what} announces {resp.content_length} bytes (limit {limit})")
+    data = bytearray()
+    while len(data) <= limit:
+        chunk = await resp.content.read(limit + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    if len(data) > limit:
+        raise BodyTooLargeError(f"{what} is over {limit} bytes")
+    return bytes(data)
+
+
+async def read_prefix(resp: aiohttp.ClientResponse, limit: int = ERROR_PREFIX) -> str:
+    """The start of a partner's error answer, as text: the message, never all of it."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await resp.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data[:300].decode("utf-8", "replace")
+
+
+# -- the acks of one batch, judged on values ------------------------------------------
+
+
+@dataclass(slots=True)
+class AckCheck:
+    """What a partner's acks to one batch say.
+
+    ``delivered``: receipts (and final refusals) to store; ``later``: temporary
+    refusals, sent again later; ``bad``: error code -> the rows whose ack is no
+    receipt, and the first message; ``signer_unknown``: acks signed by a key not
+    known when the batch left (judged again once the aliases are read again).
+    """
+
+    delivered: list[Answered] = field(default_factory=list)
+    later: list[tuple[OutboxRow, str]] = field(default_factory=list)
+    bad: dict[str, tuple[list[OutboxRow], str]] = field(default_factory=dict)
+    signer_unknown: list[tuple[OutboxRow, object, bytes]] = field(default_factory=list)
+
+
+def judge_acks(pending: Sequence[tuple[OutboxRow, object, bytes]], *, did: str, current: str,
+               digests: dict[CID, bytes], last_try: bool, into: AckCheck) -> AckCheck:
+    """Judge each (row, ack as answered, nonce sent) into ``into``.
+
+    An ack is a receipt only when it is a byte string that opens, signed by the
+    partner (``did``, or ``current``: its key now, after a rotation), for the
+    row's CID, the nonce sent (spec section 8) and the digest of what was
+    sealed. A wrong signer before ``last_try`` is kept aside: the partner may
+    have rotated its key meanwhile.
+    """
+    for row, raw, nonce in pending:
+        try:
+            if type(raw) is not bytes:
+                raise MalformedError("an ack is a byte string")
+            ack = open_ack(raw)
+            check_ack(ack, cid=row.cid, by=current if ack.by == current else did,
+                      digest=digests.get(row.cid, b""), nonce=nonce)
+        except WrongSignerError as exc:
+            if not last_try:
+                into.signer_unknown.append((row, raw, nonce))
+                continue
+            _no_receipt(into, row, exc)
+            continue
+        except UsagiError as exc:
+            _no_receipt(into, row, exc)
+            continue
+        if not ack.ok and ack.reason in TEMPORARY:
+            into.later.append((row, ack.reason))
+            continue
+        into.delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
+    return into
+
+
+def _no_receipt(check: AckCheck, row: OutboxRow, exc: UsagiError) -> None:
+    log.warning("ack for %s is not a receipt: %s", row.cid, exc)
+    check.bad.setdefault(exc.code, ([], str(exc)))[0].append(row)
+
+
+# -- the I/O ----------------------------------------------------------------------------
+
+
+class DeliveringNode(Protocol):
+    """What delivery uses of its node."""
+
+    identity: Identity
+    config: Config
+    ledger: Ledger
+    store: BlockStore
+    clock: Callable[[], float]
+    wake: asyncio.Event
+    endpoint_scopes: frozenset[str]
+    max_attempts: int
+
+    @property
+    def session(self) -> aiohttp.ClientSession: ...
+
+    def now(self) -> datetime: ...
+
+    def backoff(self, attempts: int) -> float: ...
+
+    async def canonical(self, did: str) -> str: ...
+
+    def take_recent(self, cid: CID) -> bytes | None: ...
+
+
+AckWaiter = asyncio.Future[tuple[bytes, str, str | None]]
+
+
+class Delivery:
+    """The outbox of one node: sends due notices and takes their acks."""
+
+    def __init__(self, node: DeliveringNode) -> None:
+        self.node = node
+        self._delivering = asyncio.Lock()
+        # Futures for acks awaited in this process (wait_for_ack); other
+        # processes on the same home poll the ledger instead.
+        # cid -> a future set to (ack, status, reason) once the ack is stored
+        self._ack_waiters: dict[CID, AckWaiter] = {}
+
+    async def deliver_once(self, limit: int = 1000) -> int:
+        """Send every due notice once; return how many were acknowledged."""
+        async with self._delivering:
+            due = await self.node.ledger.claim_due(self.node.clock(), limit)
+            if not due:
+                return 0
+            by_partner: dict[str, list[OutboxRow]] = {}
+            for row in due:
+                by_partner.setdefault(row.partner, []).append(row)
+            results = await asyncio.gather(*[
+                self._deliver_all(did, rows) for did, rows in by_partner.items()
+            ])
+            return sum(results)
+
+    async def _deliver_all(self, did: str, rows: list[OutboxRow]) -> int:
+        # One batch in flight per partner: a partner is never flooded by us,
+        # and its acks come back in the order its work was done.
+        done = 0
+        for i in range(0, len(rows), SEND_BATCH):
+            done += await self.deliver_to(did, rows[i:i + SEND_BATCH])
+        return done
+
+    async def deliver_to(self, did: str, rows: list[OutboxRow]) -> int:
+        """POST one batch to partner ``did``; return how many were acknowledged."""
+        node = self.node
+        # One round trip: the partner, what we sent it (digests), rotations.
+        partner, digests, aliases = await node.ledger.delivering(did, [r.cid for r in rows])
+        if partner is None or not partner.accepted_at(node.clock()):
+            state = partner.status if partner else "removed"
+            await self._failed(rows, f"partner is {state}")
+            return 0
+        try:
+            url = check_endpoint(partner.endpoint, scopes=node.endpoint_scopes)
+        except UsagiError as exc:  # stored before the policy changed (config)
+            await self._failed(rows, f"{exc.code}: {exc}")
+            return 0
+        url = url.rstrip("/") + NOTICES_PATH
+        batch = await self._batch_body(rows)
+        body = dagcbor.encode(batch)
+        try:
+            async with node.session.post(url, data=body, headers={"Content-Type": CONTENT_TYPE},
+                                         timeout=aiohttp.ClientTimeout(total=60),
+                                         allow_redirects=False) as resp:
+                if resp.status != 200:
+                    retry_after = resp.headers.get("Retry-After", "")
+                    busy = resp.status in (429, 503)
+                    await self._failed(rows, f"{partner.name} answered {resp.status}: "
+                                             f"{await read_prefix(resp)}",
+                                       retry_after=float(retry_after) if retry_after.isdigit()
+                                       else None, count=not busy)
+                    return 0
+                # At most what ``len(rows)`` acks can be: a partner answering
+                # gigabytes costs this much memory, and the batch is retried.
+                payload = await read_capped(resp, acks_answer_limit(len(rows)),
+                                            f"{partner.name}'s answer")
+        except BodyTooLargeError as exc:
+            await self._failed(rows, f"{exc.code}: {exc}")
+            return 0
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            await self._failed(rows, f"cannot reach {partner.name} at {url}: {exc!r}")
+            return 0
+        try:
+            answer = dagcbor.decode(payload, BATCH_LIMITS)
+            acks = answer["acks"]
+            if type(acks) is not list or len(acks) != len(rows):
+                raise ValueError("wrong number of acks")
+        except (UsagiError, KeyError, TypeError, ValueError) as exc:
+            await self._failed(rows, f"{partner.name} answered nonsense: {exc}")
+            return 0
+        # A partner that rotated its key acks with its new one.
+        current = canonical(did, aliases)
+        # Each ack must answer its own notice: the nonce we sent (spec section 8).
+        nonces = [notice_nonce(raw) for raw in batch["notices"]]
+        check = judge_acks(list(zip(rows, acks, nonces, strict=True)), did=did, current=current,
+                           digests=digests, last_try=False, into=AckCheck())
+        if check.signer_unknown:
+            # Signed by a key we did not know when the batch left: the partner
+            # may have announced a rotation meanwhile. Read the aliases again.
+            pending, check.signer_unknown = check.signer_unknown, []
+            judge_acks(pending, did=did, current=await node.canonical(did), digests=digests,
+                       last_try=True, into=check)
+        delivered = check.delivered
+        # What is stored may be another process's ack for the same notice
+        # (OR IGNORE): waiters get the stored one.
+        stored = await node.ledger.mark_delivered(delivered)
+        refused = [(cid, reason) for cid, _raw, status, reason, _at in delivered
+                   if status == "rejected"]
+        if refused:
+            activity.warning("%s rejected %d document(s), e.g. %s: %s", printable(partner.name),
+                             len(refused), refused[0][0], printable(refused[0][1] or "no reason"))
+        if len(delivered) > len(refused):
+            received = len(delivered) - len(refused)
+            activity.info("delivered %d document(s) to %s%s", received, printable(partner.name),
+                          f" ({delivered[0][0]})" if len(delivered) == 1 else "")
+        for cid, *_ in delivered:  # stored: hand it to whoever waits
+            waiter = self._ack_waiters.pop(cid, None)
+            if waiter is not None and not waiter.done() and cid in stored:
+                waiter.set_result(stored[cid])
+        for code, (failed, message) in check.bad.items():
+            await self._failed(failed, f"{code}: the partner's ack is not a receipt ({message})")
+        if check.later:
+            # Not an answer yet: the partner keeps no record of these notices and
+            # takes them again (same nonce), an attempt later.
+            await self._failed([row for row, _ in check.later],
+                               f"{partner.name} cannot take it now: {check.later[0][1]}")
+        return len(delivered)
+
+    async def _batch_body(self, rows: list[OutboxRow]) -> dict[str, Any]:
+        """The notices, and (``push_blocks``) as many of their blocks as fit.
+
+        Pushing the ciphertext along saves the partner a round trip per
+        document; it changes nothing it checks, since a block is accepted only
+        when it hashes to a CID named by a signed notice. Blocks that do not
+        fit are fetched by the partner from our gateway.
+        """
+        body: dict[str, Any] = {"notices": [await self._fresh_notice(r) for r in rows]}
+        if self.node.config.push_blocks:
+            budget = MAX_BODY - 64 * 1024 - sum(len(r.notice) + 8 for r in rows)
+            blocks = []
+            for row in rows:
+                block = self.node.take_recent(row.cid)
+                if block is None:
+                    try:
+                        block = await self.node.store.get(row.cid)
+                    except UsagiError:
+                        continue  # the partner will ask the gateway and get a clear answer
+                if len(block) + 8 > budget:
+                    break
+                budget -= len(block) + 8
+                blocks.append(block)
+            if blocks:
+                body["blocks"] = blocks
+        return body
+
+    async def _fresh_notice(self, row: OutboxRow) -> bytes:
+        """The notice to send now. A notice queued a while ago (a retry, a partner that
+        was away) is signed again with the same nonce and a fresh ``sent_at``, so it
+        stays inside the receiver's time window; the nonce still identifies it, and
+        a receiver that answered it before answers with the same ack. It is signed by
+        our current key and addressed to the partner's current key (rotation)."""
+        node = self.node
+        if node.clock() - row.created < RESIGN_AFTER:
+            return bytes(row.notice)
+        old = open_signed(row.notice, "notice", "from", MESSAGE_LIMITS).body
+        to = await node.canonical(row.partner)
+        return make_notice(node.identity, row.cid, to, node.now(), nonce=old["nonce"])
+
+    async def _failed(self, rows: list[OutboxRow], error: str, retry_after: float | None = None,
+                      count: bool = True) -> None:
+        """Schedule a retry. A busy partner (429/503) costs no attempt from the budget."""
+        node = self.node
+        now = node.clock()
+        when = [now + max(node.backoff(r.attempts), retry_after or 0.0) for r in rows]
+        given_up = await node.ledger.mark_failed([r.cid for r in rows], error, when,
+                                                 node.max_attempts, count=count)
+        log.info("delivery failed (%d notices): %s", len(rows), error)
+        for cid in given_up:
+            log.warning("%s undelivered: %s", cid, error)
+
+    async def loop(self, stop: asyncio.Event, idle: float = 0.25) -> None:
+        """Deliver until ``stop`` is set, keeping up to PIPELINE batches in flight.
+
+        Woken early when something is queued (``wake``) or a batch finishes, so
+        a partner is never idle while we have work for it, and never flooded.
+        """
+        node = self.node
+        inflight: set[asyncio.Task[int]] = set()
+        claim = True  # whether this round asks the ledger for due notices
+        last_claim = node.clock()
+        while not stop.is_set():
+            node.wake.clear()
+            room = PIPELINE - len(inflight)
+            more = False
+            try:
+                if room > 0 and claim:
+                    last_claim = node.clock()
+                    rows = await node.ledger.claim_due(last_claim, room * SEND_BATCH)
+                    more = len(rows) >= room * SEND_BATCH
+                    by_partner: dict[str, list[OutboxRow]] = {}
+                    for row in rows:
+                        by_partner.setdefault(row.partner, []).append(row)
+                    for did, group in by_partner.items():
+                        for i in range(0, len(group), SEND_BATCH):
+                            inflight.add(asyncio.create_task(
+                                self.deliver_to(did, group[i:i + SEND_BATCH])))
+                # A batch in flight wakes the loop when it ends, and the wait is
+                # at most ``idle`` anyway: the next due time matters only when
+                # nothing is in flight (a retry due sooner than ``idle``).
+                next_due = None if inflight else await node.ledger.next_due()
+            except Exception:  # the loop must survive any single failure
+                log.exception("delivery round failed")
+                next_due = None
+                more = True
+            wait = idle if next_due is None else min(idle, max(0.0, next_due - node.clock()))
+            if len(inflight) < PIPELINE:  # room for more: claim at least every ``idle``
+                wait = min(wait, max(0.0, last_claim + idle - node.clock()))
+            woken = asyncio.ensure_future(node.wake.wait())
+            done, _ = await asyncio.wait({woken, *inflight}, timeout=max(wait, 0.005),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            for task in done - {woken}:
+                inflight.discard(task)
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("delivery batch failed", exc_info=task.exception())
+            # Claim again when something was queued here (wake; read from the
+            # event, which a batch ending in the same turn cannot hide), the
+            # wait ran out, the last claim filled the room or there was no
+            # room, or ``idle`` has passed since the last claim (a retry came
+            # due, or another process queued notices, while batches kept
+            # ending). A batch that merely ended makes nothing due: its
+            # failures are rescheduled for later.
+            claim = (more or room <= 0 or node.wake.is_set() or not done
+                     or node.clock() - last_claim >= idle)
+        if inflight:
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def wait_for_ack(self, cid: CID, timeout: float = 30.0
+                           ) -> tuple[bytes, str, str | None] | None:
+        """The ack once it is stored, or None on timeout or when given up."""
+        deadline = time.monotonic() + timeout
+        waiter = self._ack_waiters.setdefault(cid, asyncio.get_running_loop().create_future())
+        try:
+            return await self._wait_for_ack(cid, waiter, deadline)
+        finally:
+            if self._ack_waiters.get(cid) is waiter:
+                del self._ack_waiters[cid]
+
+    async def _wait_for_ack(self, cid: CID, waiter: AckWaiter, deadline: float
+                            ) -> tuple[bytes, str, str | None] | None:
+        while True:
+            # First, and after each quiet 50 ms: the ack may have been stored
+            # before we waited, or by another process (a `serve` on this home).
+            ack, status = await self.node.ledger.ack_or_status(cid)
+            if ack is not None:
+                return ack
+            if status == "undelivered":
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                # This process's delivery hands over the ack it has just stored.
+                return await asyncio.wait_for(asyncio.shield(waiter), timeout=min(0.05, remaining))
+            except TimeoutError:
+                pass
+        return None
