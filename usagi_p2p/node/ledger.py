@@ -20,7 +20,7 @@ import logging
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -342,6 +342,20 @@ _SEEN: Final = "SELECT nonce, ack FROM nonces WHERE sender = ? AND nonce IN ({ma
 _SEEN_BY: Final = "SELECT sender, nonce, ack FROM nonces WHERE sender = ? AND nonce IN ({marks})"
 _BY_DIGEST: Final = "SELECT digest, cid FROM documents WHERE digest IN ({marks})"
 _RECORDED: Final = "SELECT cid FROM documents WHERE cid IN ({marks})"
+#: One failed attempt on a notice still pending (?1 attempts to add, ?2 the budget,
+#: ?3 the next attempt, ?4 the error, ?5 the CID): past the budget, undelivered.
+_FAIL_NOTICE: Final = (
+    "UPDATE outbox SET attempts = attempts + ?1, lease_until = 0, "
+    "state = CASE WHEN attempts + ?1 >= ?2 THEN 'undelivered' ELSE 'pending' END, "
+    "next_attempt = CASE WHEN attempts + ?1 >= ?2 THEN next_attempt ELSE ?3 END, "
+    "last_error = CASE WHEN attempts + ?1 >= ?2 "
+    "THEN 'undelivered after ' || (attempts + ?1) || ' attempts: ' || ?4 ELSE ?4 END "
+    "WHERE cid = ?5 AND state = 'pending'")
+#: The document of a notice just given up follows it, unless an ack decided it.
+_GIVEN_UP_DOCUMENT: Final = (
+    "UPDATE documents SET status = 'undelivered', reason = (SELECT last_error FROM outbox o "
+    "WHERE o.cid = documents.cid) WHERE cid = ?1 AND status = 'queued' AND EXISTS "
+    "(SELECT 1 FROM outbox o WHERE o.cid = documents.cid AND o.state = 'undelivered')")
 _ALIASES: Final = ("SELECT 0, old, new FROM rotations UNION ALL SELECT 1, did, rotated_to "
                    "FROM partners WHERE rotated_to IS NOT NULL ORDER BY 1")
 
@@ -377,8 +391,11 @@ def _lease(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]
 class Ledger:
     """Async access to ledger.db. Use ``async with Ledger(path) as ledger``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        #: Seconds since the epoch, for the times the ledger stamps on rows
+        #: (the node passes its own clock, so a test can move both at once).
+        self.clock = clock
         self._db: aiosqlite.Connection | None = None
         self._wal = False  # set by open()
         # One connection, many coroutines: transactions must not interleave.
@@ -574,7 +591,7 @@ class Ledger:
                 "SELECT ?1, ?2, ?3, 'active', ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM partners "
                 "WHERE status != 'rotated' AND usagi_strict_fold(name) = usagi_strict_fold(?2)) "
                 "ON CONFLICT(did) DO NOTHING",
-                (did, free_name(name, taken), endpoint, time.time(), invitation))
+                (did, free_name(name, taken), endpoint, self.clock(), invitation))
             known = await self.partner(did)
             if inserted or known is not None:
                 break  # else the name was taken meanwhile: the next free one
@@ -632,7 +649,7 @@ class Ledger:
         await self.write([
             ("INSERT INTO partners (did, name, endpoint, status, added_at, invitation) "
              "SELECT ?, name, endpoint, status, ?, invitation FROM partners WHERE did = ? "
-             "ON CONFLICT(did) DO NOTHING", (new, time.time(), old)),
+             "ON CONFLICT(did) DO NOTHING", (new, self.clock(), old)),
             ("UPDATE partners SET status = 'rotated', rotated_to = ?, valid_until = ? "
              "WHERE did = ?", (new, valid_until, old)),
         ])
@@ -686,7 +703,7 @@ class Ledger:
 
     async def record_sent_many(self, items: Sequence[tuple[DocumentRow, bytes, bytes]]) -> None:
         """Each (row, prev, notice): the document and its queued notice, one transaction."""
-        now = time.time()
+        now = self.clock()
         documents: list[tuple[str, Sequence[Any]]] = [
             self._insert_document(row, prev) for row, prev, _ in items]
         queued: list[tuple[str, Sequence[Any]]] = [
@@ -710,7 +727,7 @@ class Ledger:
         that raced this one) is not written, nor its ack and nonce. Returns the
         CIDs of such rows, left out; the caller answers them as duplicates.
         """
-        statements, reads = self._received(items, usage)
+        statements, reads = self._received(items, usage, self.clock())
         found = await self.write(statements, reads=reads)
         recorded = {raw for rows in found for (raw,) in rows}
         return {row.cid for row, *_ in items if row.cid.raw not in recorded}
@@ -729,7 +746,7 @@ class Ledger:
             other = {d: c for d, c in recorded_as.items() if c.raw != expected[d]}
             return (other, set()) if other else ({}, await self.record_received_many(
                 items, usage))
-        statements, reads = self._received(items, usage)
+        statements, reads = self._received(items, usage, self.clock())
         try:
             async with self._tx:
                 held, found = await in_thread(
@@ -744,14 +761,13 @@ class Ledger:
 
     @staticmethod
     def _received(items: Sequence[tuple[DocumentRow, bytes, bytes, str, str, str, bytes]],
-                  usage: Sequence[tuple[str, float, int, int]]
+                  usage: Sequence[tuple[str, float, int, int]], now: float
                   ) -> tuple[list[tuple[str, Sequence[Any]]], list[tuple[str, tuple[Any, ...]]]]:
         """The statements recording ``items`` and ``usage``, and the reads telling
         which documents are recorded after them."""
         documents: list[tuple[str, Sequence[Any]]] = []
         acks: list[tuple[str, Sequence[Any]]] = []
         nonces: list[tuple[str, Sequence[Any]]] = []
-        now = time.time()
         for row, prev, ack, status, at, sender, nonce in items:
             documents.append(_insert_received(row, prev))
             acks.append(("INSERT OR IGNORE INTO acks (cid, raw, status, reason, at) "
@@ -777,7 +793,7 @@ class Ledger:
 
     async def record_nonce(self, sender: str, nonce: bytes, cid: CID, ack: bytes) -> None:
         await self.write([("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
-                            "VALUES (?,?,?,?,?)", (sender, nonce, cid.raw, ack, time.time()))])
+                            "VALUES (?,?,?,?,?)", (sender, nonce, cid.raw, ack, self.clock()))])
 
     async def seen_nonce(self, sender: str, nonce: bytes) -> tuple[CID, bytes] | None:
         row = await self._one("SELECT cid, ack FROM nonces WHERE sender = ? AND nonce = ?",
@@ -1006,39 +1022,42 @@ class Ledger:
 
     async def mark_failed(self, cids: Sequence[CID], error: str, next_attempts: Sequence[float],
                           max_attempts: int, *, count: bool = True) -> list[CID]:
-        """Count an attempt; past the budget the document becomes ``undelivered``."""
-        given_up: list[CID] = []
-        statements: list[tuple[str, Sequence[Any]]] = []
-        for cid, when in zip(cids, next_attempts, strict=True):
-            row = await self._one("SELECT attempts FROM outbox WHERE cid = ?", (cid.raw,))
-            attempts = (row[0] if row else 0) + (1 if count else 0)
-            if attempts >= max_attempts:
-                given_up.append(cid)
-                reason = f"undelivered after {attempts} attempts: {error}"
-                statements += [
-                    ("UPDATE outbox SET state='undelivered', attempts=?, lease_until=0, "
-                     "last_error=? WHERE cid=?", (attempts, reason, cid.raw)),
-                    ("UPDATE documents SET status='undelivered', reason=? WHERE cid=?",
-                     (reason, cid.raw)),
-                ]
-            else:
-                statements.append(("UPDATE outbox SET attempts=?, next_attempt=?, lease_until=0, "
-                                   "last_error=? WHERE cid=?", (attempts, when, error, cid.raw)))
-        await self.write(statements)
-        return given_up
+        """Count an attempt; past the budget the document becomes ``undelivered``.
+
+        One conditional statement per notice, all in one transaction: only a
+        notice still ``pending`` is touched, so an ack stored meanwhile (by
+        this process or another: ``mark_delivered``) is never overwritten, and
+        the attempt is counted on the row as it is, not as it was read. Returns
+        the notices given up (read after the commit: a notice this node claimed
+        and now finds undelivered).
+        """
+        if not cids:
+            return []
+        step = 1 if count else 0
+        # SET reads the row as it was before the UPDATE, in every expression.
+        outbox: list[tuple[str, Sequence[Any]]] = [
+            (_FAIL_NOTICE, (step, max_attempts, when, error, cid.raw))
+                  for cid, when in zip(cids, next_attempts, strict=True)]
+        documents: list[tuple[str, Sequence[Any]]] = [
+            (_GIVEN_UP_DOCUMENT, (cid.raw,)) for cid in cids]
+        found = await self.write(outbox + documents, reads=_chunked(
+            "SELECT cid FROM outbox WHERE state = 'undelivered' AND cid IN ({marks})", (),
+            [cid.raw for cid in cids]))
+        given_up = {raw for rows in found for (raw,) in rows}
+        return [cid for cid in cids if cid.raw in given_up]
 
     async def retry_undelivered(self, partner: str | None = None) -> int:
+        """Put the undelivered notices (of ``partner``, or all) back in the queue; return
+        how many. One transaction; the count is what its last statement changed."""
         args: tuple[Any, ...] = (partner,) if partner else ()
         extra = " AND partner = ?" if partner else ""
-        rows = await self._all(f"SELECT cid FROM outbox WHERE state = 'undelivered'{extra}", args)
-        await self.write([
+        found = await self.write([
+            (f"UPDATE documents SET status='queued', reason=NULL WHERE status='undelivered' "
+             f"AND cid IN (SELECT cid FROM outbox WHERE state='undelivered'{extra})", args),
             (f"UPDATE outbox SET state='pending', attempts=0, next_attempt=0, lease_until=0 "
              f"WHERE state='undelivered'{extra}", args),
-            (f"UPDATE documents SET status='queued', reason=NULL WHERE cid IN "
-             f"(SELECT cid FROM outbox WHERE state='pending'){' AND partner = ?' if partner else ''}"
-             f" AND status='undelivered'", args),
-        ])
-        return len(rows)
+        ], reads=[("SELECT changes()", ())])
+        return int(found[0][0][0])
 
     async def outbox(self, state: str | None = None) -> list[OutboxRow]:
         where = "WHERE state = ?" if state else ""

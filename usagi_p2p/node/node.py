@@ -205,7 +205,7 @@ class Node:
         self._aliases: dict[str, str] = {}
         self.config = config
         self.clock = clock
-        self.ledger = Ledger(str(home.ledger_path))
+        self.ledger = Ledger(str(home.ledger_path), clock=clock)
         self.store: BlockStore = store or self._make_store()
         self._session: aiohttp.ClientSession | None = None
         self._gateway: GatewayClient | None = None
