@@ -224,3 +224,21 @@ async def test_a_failing_put_many_stores_none_of_its_blocks(
         await store.put_many([b"one", b"two"])  # the store still works
         assert list(await db.execute_fetchall("SELECT count(*) FROM blocks")) == [(3,)]
         await store.close()
+
+
+async def test_the_store_s_schema_is_versioned_and_a_shared_file_s_version_is_left_alone(
+        tmp_path: Path) -> None:
+    from ipfs.sqlite import MIGRATIONS
+
+    async with SQLiteBlockStore(tmp_path / "blocks.db") as store:
+        await store.put(b"versioned")
+    async with SQLiteBlockStore(tmp_path / "blocks.db") as store:  # nothing to do the second time
+        assert await store.has(CID.for_block(b"versioned"))
+    with sqlite3.connect(tmp_path / "blocks.db") as con:
+        assert con.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+    async with aiosqlite.connect(tmp_path / "node.db") as db:
+        await db.execute("PRAGMA user_version = 7")  # the owner's own numbering
+        await db.commit()
+        store = await SQLiteBlockStore.on_connection(db)
+        await store.put(b"shared")
+        assert list(await db.execute_fetchall("PRAGMA user_version")) == [(7,)]

@@ -27,116 +27,16 @@ from typing import Any, Final
 import aiosqlite
 
 from ipfs.blockstore import StoreError, StoreUnavailableError
-from ipfs.sqlite import ONE_CALL, create_private, in_thread
+from ipfs.sqlite import ONE_CALL, create_private, in_thread, migrate
 from kernel.cid import CID
 from kernel.thread import Held, canonical
 
 from .errors import NameTakenError
+from .schema import MIGRATIONS
 
 __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow"]
 
 log = logging.getLogger("usagi.ledger")
-
-NONCES_TABLE = """
-CREATE TABLE IF NOT EXISTS nonces (
-    sender TEXT NOT NULL,
-    nonce BLOB NOT NULL,
-    cid BLOB NOT NULL,
-    ack BLOB NOT NULL,
-    seen_at REAL NOT NULL,
-    PRIMARY KEY (sender, nonce)
-);
-"""
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS partners (
-    did TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'active',      -- active | suspended | removed | rotated
-    added_at REAL NOT NULL,
-    invitation BLOB,
-    rotated_to TEXT,                            -- the partner's next key (status rotated)
-    valid_until REAL                            -- end of the rotation's overlap
-);
-CREATE TABLE IF NOT EXISTS rotations (          -- our own key rotations
-    old TEXT PRIMARY KEY,
-    new TEXT NOT NULL,
-    overlap_until REAL NOT NULL,
-    statement BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS documents (
-    cid BLOB PRIMARY KEY,
-    direction TEXT NOT NULL,                    -- out | in
-    partner TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    thread BLOB NOT NULL,                       -- the thread's root CID (its own for a root)
-    prev BLOB,                                  -- concatenated binary CIDs, DAG-CBOR list
-    ref TEXT,
-    issued_at TEXT NOT NULL,
-    recorded_at REAL NOT NULL,
-    status TEXT NOT NULL,                       -- queued | delivered | undelivered | rejected | received
-    reason TEXT,
-    digest BLOB NOT NULL,
-    signed BLOB NOT NULL,
-    user TEXT,
-    findings TEXT                               -- plugin findings, JSON; NULL = not checked
-);
-CREATE INDEX IF NOT EXISTS documents_thread ON documents(thread);
-CREATE INDEX IF NOT EXISTS documents_partner ON documents(partner, recorded_at);
-CREATE INDEX IF NOT EXISTS documents_direction ON documents(direction, recorded_at);  -- inbox/outbox
-CREATE INDEX IF NOT EXISTS documents_digest ON documents(digest);  -- one signed document, one row
-CREATE TABLE IF NOT EXISTS acks (
-    cid BLOB PRIMARY KEY,                       -- the document acknowledged
-    raw BLOB NOT NULL,                          -- the signed ack
-    status TEXT NOT NULL,
-    reason TEXT,
-    at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS quarantine (         -- archived documents that did not verify on import
-    cid BLOB PRIMARY KEY,                       -- (docs/archive.md, "Import"); never a document
-    direction TEXT NOT NULL,                    -- of the node nor of a thread; the block is kept
-    partner TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    thread BLOB NOT NULL,
-    issued_at TEXT NOT NULL,
-    recorded_at REAL NOT NULL,
-    code TEXT NOT NULL,                         -- why: an error code (docs/spec.md section 14)
-    reason TEXT NOT NULL,
-    archive BLOB NOT NULL,                      -- the root CID of the archive it came in
-    quarantined_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    cid BLOB PRIMARY KEY,
-    partner TEXT NOT NULL,
-    notice BLOB NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',      -- pending | delivered | undelivered
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    lease_until REAL NOT NULL DEFAULT 0,
-    last_error TEXT,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt);
-CREATE TABLE IF NOT EXISTS invitations (
-    nonce BLOB PRIMARY KEY,
-    expires REAL NOT NULL,
-    used_by TEXT
-);
-""" + NONCES_TABLE + """
-"""
-
-#: What each partner stored in its current quota window (docs/spec.md section 12,
-#: "Quotas"), keyed by the partner's current DID. Written in the transaction
-#: that records the documents, so it counts exactly what was committed.
-QUOTA_TABLE = """
-CREATE TABLE IF NOT EXISTS quota_usage (
-    partner TEXT PRIMARY KEY,
-    period_start REAL NOT NULL,                 -- start of the window (Unix seconds)
-    docs INTEGER NOT NULL,
-    bytes INTEGER NOT NULL
-);
-"""
 
 #: Adds a batch's usage to a partner's window, or starts a new window. A
 #: batch counted in a window that has since ended does not reset a newer one.
@@ -201,11 +101,6 @@ def _typed(exc: sqlite3.Error) -> StoreError:
     if "locked" in text or "busy" in text:
         return StoreUnavailableError(f"the ledger is busy: {text}")
     return StoreError(f"the ledger cannot be written: {text}")
-
-
-#: Columns added after the first schema: (table, column, type).
-MIGRATIONS = (("documents", "findings", "TEXT"), ("partners", "rotated_to", "TEXT"),
-              ("partners", "valid_until", "REAL"))
 
 
 _PARTNER_SELECT = ("SELECT did, name, endpoint, status, added_at, rotated_to, valid_until "
@@ -423,30 +318,17 @@ class Ledger:
             log.warning("%s: WAL mode unavailable, using a rollback journal", self.path)
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA foreign_keys=ON")
-        await db.executescript(SCHEMA + QUOTA_TABLE)
+        try:
+            await migrate(db, MIGRATIONS)  # the tables: usagi_p2p/node/schema.py
+        except BaseException:
+            await db.close()
+            raise
         await db.create_function("usagi_fold", 1, fold, deterministic=True)
         await db.create_function("usagi_strict_fold", 1, _strict_fold, deterministic=True)
         self._db = db
-        await self._migrate()
-
-    async def _migrate(self) -> None:
-        """Bring a ledger made by an earlier version up to this schema."""
-        for table, column, kind in MIGRATIONS:
-            columns = {row[1] for row in await self._all(f"PRAGMA table_info({table})")}
-            if column not in columns:
-                await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        # nonces was WITHOUT ROWID: its ~400-byte rows (the ack is kept) made
-        # every insert under a random nonce move rows around the B-tree (28 us
-        # of CPU per row against 13 us as a rowid table). Copied once.
+        # Not a migration: a restored archive may bring a partner back under a
+        # name another partner took since; the next open renames it.
         await self._unique_names()
-        sql = await self._one("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'nonces'")
-        if sql is not None and "WITHOUT ROWID" in str(sql[0]).upper():
-            await self.write([
-                ("ALTER TABLE nonces RENAME TO nonces_without_rowid", ()),
-                (NONCES_TABLE, ()),
-                ("INSERT INTO nonces SELECT sender, nonce, cid, ack, seen_at FROM nonces_without_rowid", ()),
-                ("DROP TABLE nonces_without_rowid", ()),
-            ])
 
     async def _unique_names(self) -> None:
         """Partner names are unique (add_partner); a ledger made before that rule may
