@@ -11,6 +11,15 @@ imported archive that did not verify, kept apart: docs/archive.md).
 
 ``synchronous=FULL``: a commit is on disk before the call returns, and the
 node signs and sends an ack only after that commit.
+
+The ledger is the one owner of ledger.db: no other module states SQL on it
+(tests/node/test_ledger_owner.py). The archive asks it for a consistent read
+(:meth:`Ledger.snapshot`) and gives pages back (:meth:`Ledger.restore`); the
+tables and their migrations are in :mod:`usagi_p2p.node.schema`. The clock is
+the node's (``clock``), never read here. This module is past 600 lines for
+that reason: every statement on the database, its reads and the conditional
+writes that must see the row as it is, stays in one place to be reviewed
+together, rather than in as many modules as there are callers.
 """
 
 from __future__ import annotations
@@ -20,21 +29,22 @@ import logging
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiosqlite
 
 from ipfs.blockstore import StoreError, StoreUnavailableError
-from ipfs.sqlite import ONE_CALL, create_private, in_thread, migrate
+from ipfs.sqlite import ONE_CALL, attach_blocks, create_private, in_thread, migrate
 from kernel.cid import CID
 from kernel.thread import Held, canonical
 
 from .errors import NameTakenError
 from .schema import MIGRATIONS
 
-__all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow"]
+__all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow", "Snapshot", "ExportRow", "Restore",
+           "QuarantineRow"]
 
 log = logging.getLogger("usagi.ledger")
 
@@ -155,6 +165,115 @@ class OutboxRow:
     next_attempt: float
     last_error: str | None
     created: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRow:
+    """A document of an imported archive that did not verify (docs/archive.md, "Import")."""
+
+    cid: CID
+    direction: str
+    partner: str
+    kind: str
+    thread: CID
+    issued_at: str
+    recorded_at: float
+    code: str  # why: an error code (docs/spec.md section 14)
+    reason: str
+    archive: bytes  # the root CID of the archive it came in (raw), or b""
+
+
+@dataclass(slots=True)
+class Restore:
+    """What one page of an archive gives back to the ledger (:meth:`Ledger.restore`).
+
+    Every row is inserted only where the ledger holds none under its key: what
+    the ledger holds stays as it is, and importing an archive twice changes
+    nothing the second time.
+    """
+
+    #: (row, prev): prev is the DAG-CBOR list of the document's links.
+    documents: list[tuple[DocumentRow, bytes]] = field(default_factory=list)
+    #: (cid, signed ack, status, reason, at).
+    acks: list[tuple[CID, bytes, str, str | None, str]] = field(default_factory=list)
+    #: (sender, nonce, cid, our ack, seen at): a replayed notice gets the same answer.
+    nonces: list[tuple[str, bytes, CID, bytes, float]] = field(default_factory=list)
+    #: (cid, partner, notice, why): back in the outbox, held ``undelivered``.
+    outbox: list[tuple[CID, str, bytes, str]] = field(default_factory=list)
+    quarantine: list[QuarantineRow] = field(default_factory=list)
+    #: (did, name, endpoint, status).
+    partners: list[tuple[str, str, str, str]] = field(default_factory=list)
+    #: Partners' key rotations, old -> new (the old key stays refused: no overlap).
+    partner_rotations: dict[str, str] = field(default_factory=dict)
+    #: Our own, old -> new: the alias only (its overlap long over).
+    own_rotations: dict[str, str] = field(default_factory=dict)
+
+
+#: One document as an export reads it: (cid, direction, partner, kind, thread,
+#: issued_at, recorded_at, status, reason, signed ack or None, ack time or None,
+#: block or None). The block comes with the row when the snapshot joins the
+#: store's file (:meth:`Ledger.snapshot`), else it is None.
+ExportRow = tuple[bytes, str, str, str, bytes, str, float, str, "str | None", "bytes | None",
+                  "str | None", "bytes | None"]
+
+
+class Snapshot:
+    """One consistent read of ledger.db for an export (:meth:`Ledger.snapshot`).
+
+    Its own read-only connection holds one read transaction from the first
+    read to :meth:`close`: the count, the partners, the aliases, every row and
+    (with the store's file attached) every block are one snapshot, whatever is
+    written meanwhile. Rows come :meth:`pages` at a time, so memory stays one
+    page whatever the history's size. Blocking: use it from a worker thread.
+    """
+
+    def __init__(self, path: str, where: str, args: Sequence[Any], blocks: str | None) -> None:
+        self._con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                    check_same_thread=False)
+        try:
+            self._con.execute("PRAGMA busy_timeout=10000")
+            table = attach_blocks(self._con, blocks, "blk") if blocks is not None else None
+            #: Whether each row carries its block (read in the same statement).
+            self.joined = table is not None
+            self._con.execute("BEGIN")
+            self.total = int(self._con.execute(
+                f"SELECT count(*) FROM documents d {where}", args).fetchone()[0])  # noqa: S608
+            self.partners = [dict(zip(("did", "name", "endpoint", "status"), r, strict=True))
+                             for r in self._con.execute(
+                                 "SELECT did, name, endpoint, status FROM partners ORDER BY did")]
+            # Key rotations (ours and the partners'): the partner's own record wins.
+            self.aliases: dict[str, str] = {r[1]: r[2] for r in self._con.execute(_ALIASES)}
+            # With the store's file attached the blocks come in the same statement
+            # (one B-tree lookup per row, no second query per page); the sort is
+            # only within a thread ("temp b-tree for right part of order by").
+            self._rows = self._con.execute(
+                "SELECT d.cid, d.direction, d.partner, d.kind, d.thread, d.issued_at, "  # noqa: S608
+                "d.recorded_at, d.status, d.reason, a.raw, a.at, "
+                + ("b.data" if table else "NULL") +
+                " FROM documents d LEFT JOIN acks a ON a.cid = d.cid"
+                + (f" LEFT JOIN {table} b ON b.cid = d.cid" if table else "")
+                + f" {where} ORDER BY d.thread, d.recorded_at, d.cid", args)
+        except BaseException:
+            self._con.close()
+            raise
+
+    def pages(self, size: int) -> Iterator[list[ExportRow]]:
+        """The rows in thread order, ``size`` at a time."""
+        while rows := self._rows.fetchmany(size):
+            yield rows
+
+    def close(self) -> None:
+        try:
+            if self._con.in_transaction:
+                self._con.execute("COMMIT")
+        finally:
+            self._con.close()
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _DOC_COLUMNS = ("cid, direction, partner, kind, thread, ref, issued_at, recorded_at, status, "
@@ -821,6 +940,62 @@ class Ledger:
         if row is None:
             return None, None
         return ((row[1], row[2], row[3]) if row[1] is not None else None), row[0]
+
+    # -- archives -----------------------------------------------------------
+
+    def snapshot(self, *, partner: str | None = None, since: float | None = None,
+                 until: float | None = None, blocks: str | None = None) -> Snapshot:
+        """A consistent read of the documents (one partner's, or recorded in
+        [since, until)), with their acks, for an export (docs/archive.md).
+        ``blocks``: the block store's SQLite file (``BlockStore.sqlite_path``),
+        attached read-only so that each row carries its block from the same
+        snapshot. Blocking (it opens its own connection): call it from a
+        worker thread and close it there."""
+        where, args = [], []
+        for clause, value in (("d.partner = ?", partner), ("d.recorded_at >= ?", since),
+                              ("d.recorded_at < ?", until)):
+            if value is not None and value != "":
+                where.append(clause)
+                args.append(value)
+        return Snapshot(self.path, ("WHERE " + " AND ".join(where)) if where else "", args,
+                        blocks)
+
+    async def restore(self, page: Restore) -> None:
+        """Write what an archive page restores, in one transaction (docs/archive.md,
+        "Import"); every row ``OR IGNORE`` (see :class:`Restore`)."""
+        now = self.clock()
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (f"INSERT OR IGNORE INTO documents ({_DOC_COLUMNS}, prev) "
+             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+             (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
+              row.issued_at, row.recorded_at, row.status, row.reason, row.digest, row.signed,
+              row.user, row.findings, prev))
+            for row, prev in page.documents]
+        statements += [("INSERT OR IGNORE INTO acks (cid, raw, status, reason, at) "
+                        "VALUES (?,?,?,?,?)", (cid.raw, raw, status, reason, at))
+                       for cid, raw, status, reason, at in page.acks]
+        statements += [("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
+                        "VALUES (?,?,?,?,?)", (sender, nonce, cid.raw, ack, seen))
+                       for sender, nonce, cid, ack, seen in page.nonces]
+        statements += [("INSERT OR IGNORE INTO outbox (cid, partner, notice, state, next_attempt, "
+                        "last_error, created) VALUES (?,?,?,'undelivered',0,?,?)",
+                        (cid.raw, partner, notice, why, now))
+                       for cid, partner, notice, why in page.outbox]
+        statements += [("INSERT OR IGNORE INTO quarantine (cid, direction, partner, kind, thread, "
+                        "issued_at, recorded_at, code, reason, archive, quarantined_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (q.cid.raw, q.direction, q.partner, q.kind, q.thread.raw, q.issued_at,
+                         q.recorded_at, q.code, q.reason, q.archive, now))
+                       for q in page.quarantine]
+        statements += [("INSERT OR IGNORE INTO partners (did, name, endpoint, status, added_at) "
+                        "VALUES (?,?,?,?,?)", (did, name, endpoint, status, 0.0))
+                       for did, name, endpoint, status in page.partners]
+        statements += [("UPDATE partners SET rotated_to = ? WHERE did = ? AND rotated_to IS NULL",
+                        (new, old)) for old, new in page.partner_rotations.items()]
+        statements += [("INSERT OR IGNORE INTO rotations (old, new, overlap_until, statement) "
+                        "VALUES (?,?,0,x'')", (old, new))
+                       for old, new in page.own_rotations.items()]
+        await self.write(statements)
 
     # -- outbox -------------------------------------------------------------
 
