@@ -149,6 +149,23 @@ _DATA_PAGE: Final = 4 << 20
 #: one of ours, so a transaction of several statements is one round trip.
 #: Both are private, and unchanged from aiosqlite 0.17 to 0.22; if a release
 #: drops them, callers go statement by statement (one round trip each).
+#:
+#: Why they are kept (issue 15), though aiosqlite's public calls would do:
+#: a transaction that is one call on the connection's thread is one unit there.
+#: Statement by statement, the ledger's lock keeps writes apart, but a read
+#: of another coroutine on the same connection runs between two statements and
+#: sees rows not yet committed (a nonce whose transaction then rolls back);
+#: a caller cancelled mid-transaction leaves the rest of it to a ROLLBACK it
+#: must still issue; and the outbox claim's unsynced commit (``_lease`` in the
+#: ledger: PRAGMA, UPDATE, PRAGMA) could let another commit run unsynced. One
+#: call avoids all three. Measured cost of the public path (bench/store.py
+#: and bench/exchange.py --docs 5000, three interleaved A/B rounds on a
+#: shared 2-core machine at load 5-8): throughput within the noise (store
+#: 1.18x vs 1.14x its raw-SQLite floor; exchange seller+buyer CPU 970 vs
+#: 830 us/doc, medians), idle p50 worse without it (13.3/7.5/19.6 ms against
+#: 21.3/8.8/39.3 ms). What keeps this honest: a test fails the day aiosqlite
+#: changes these names (tests/ipfs/test_sqlite.py), and the public fallback
+#: stays tested (``ONE_CALL`` patched off in tests/faults/test_ledger_errors.py).
 ONE_CALL: Final = callable(getattr(aiosqlite.Connection, "_execute", None)) and \
     isinstance(getattr(aiosqlite.Connection, "_conn", None), property)
 

@@ -213,8 +213,8 @@ class Restore:
 #: issued_at, recorded_at, status, reason, signed ack or None, ack time or None,
 #: block or None). The block comes with the row when the snapshot joins the
 #: store's file (:meth:`Ledger.snapshot`), else it is None.
-ExportRow = tuple[bytes, str, str, str, bytes, str, float, str, "str | None", "bytes | None",
-                  "str | None", "bytes | None"]
+ExportRow = tuple[bytes, str, str, str, bytes, str, float, str, str | None, bytes | None,
+                  str | None, bytes | None]
 
 
 class Snapshot:
