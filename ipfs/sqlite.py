@@ -156,9 +156,10 @@ _DATA_PAGE: Final = 4 << 20
 #: of another coroutine on the same connection runs between two statements and
 #: sees rows not yet committed (a nonce whose transaction then rolls back);
 #: a caller cancelled mid-transaction leaves the rest of it to a ROLLBACK it
-#: must still issue; and the outbox claim's unsynced commit (``_lease`` in the
-#: ledger: PRAGMA, UPDATE, PRAGMA) could let another commit run unsynced. One
-#: call avoids all three. Measured cost of the public path (bench/store.py
+#: must still issue; and the outbox claim commits unsynced only as one call
+#: (``_lease`` in the ledger: PRAGMA, UPDATE, PRAGMA; statement by statement
+#: another write could run between the PRAGMAs unsynced, so that path syncs
+#: every claim). One call avoids all three. Measured cost of the public path (bench/store.py
 #: and bench/exchange.py --docs 5000, three interleaved A/B rounds on a
 #: shared 2-core machine at load 5-8): throughput within the noise (store
 #: 1.18x vs 1.14x its raw-SQLite floor; exchange seller+buyer CPU 970 vs
