@@ -1,6 +1,7 @@
 """ledger.db's schema and its migrations, numbered by ``PRAGMA user_version``.
 
-The ledger's tables (docs/spec.md section 13, "The ledger") are made by
+The ledger's tables (what docs/spec.md section 12 asks the node to keep;
+upgrades: docs/operations.md, "Schema versions") are made by
 :data:`MIGRATIONS`, applied in order by :func:`ipfs.sqlite.migrate`: a ledger
 at ``user_version`` N runs the steps after the N-th, each in its own
 ``BEGIN IMMEDIATE`` transaction that also sets ``user_version`` to the step's
