@@ -124,7 +124,8 @@ def vmhwm_kb() -> int:
 
 def child(home: Path) -> None:
     """Measure one history in this (fresh) process; print one JSON line."""
-    from usagi_p2p.archive.archive import _default_workers, export_archive, verify_archive
+    from usagi_p2p.archive.archive import export_archive, verify_archive
+    from usagi_p2p.archive.verify import default_workers
     from usagi_p2p.node.node import Node
 
     out = home / "history.car"
@@ -145,7 +146,7 @@ def child(home: Path) -> None:
             writer.write(CID.from_bytes(raw), data)
     floor_s = time.perf_counter() - start
     times = {}
-    workers = _default_workers(out)
+    workers = default_workers(out)
     for w in sorted({1, workers}):  # one process, then what verify_archive chooses
         start = time.perf_counter()
         verified = verify_archive(out, Identity(SEED_A), workers=w)

@@ -7,6 +7,16 @@ every block it hands out against its CID. Blocks are bounded in size.
 Implementations: :class:`ipfs.sqlite.SQLiteBlockStore` (embedded, default) and
 :class:`ipfs.kubo.KuboBlockStore` (a Kubo-compatible RPC daemon). Both pass the
 same contract suite (``tests/ipfs/test_contract.py``).
+
+Callers ask a store what it can do, never which class it is:
+
+* :attr:`BlockStore.collects_garbage`: the store may drop a block no one
+  pinned (Kubo's garbage collector), so a caller that must keep a block pins
+  it, and unpins it before deleting it. The embedded store keeps every block.
+* :attr:`BlockStore.sqlite_path`: the blocks are rows of a SQLite file that a
+  reader may attach read-only (:func:`ipfs.sqlite.attach_blocks`) and read in
+  the same snapshot as its own tables (an archive export reads each document
+  with its block in one statement); ``None`` where they are not.
 """
 
 from __future__ import annotations
@@ -75,6 +85,13 @@ class BlockStore(abc.ABC):
     """Async content-addressed block storage. Use as ``async with store:``."""
 
     max_block: int = DEFAULT_MAX_BLOCK
+    #: Whether a block no one pinned may disappear (see the module docstring).
+    collects_garbage: bool = True
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file holding the blocks, to attach read-only; None if there is none."""
+        return None
 
     async def __aenter__(self) -> BlockStore:
         await self.open()

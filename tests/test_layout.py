@@ -13,8 +13,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent / "usagi_p2p"
 
 # What each sub-package may import among usagi_p2p's own sub-packages.
@@ -119,7 +117,6 @@ def test_no_private_name_is_imported_from_another_module() -> None:
     assert problems == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: being split")
 def test_long_modules_say_why() -> None:
     problems = []
     for name, path in _modules().items():

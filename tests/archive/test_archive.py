@@ -210,7 +210,7 @@ def paged_car(traded: Traded) -> Path:
     """The same history in pages of two documents: threads of three cross pages."""
     out = traded.root / "kanto-paged.car"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("usagi_p2p.archive.archive.PAGE_ENTRIES", 2)
+        mp.setattr("usagi_p2p.archive.export.PAGE_ENTRIES", 2)
         asyncio.run(_export(traded.a, out))
     return out
 
@@ -226,7 +226,7 @@ def test_workers_give_the_same_report(traded: Traded, car: Path, paged_car: Path
                                       tmp_path: Path) -> None:
     fives = tmp_path / "fives.car"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("usagi_p2p.archive.archive.PAGE_ENTRIES", 5)
+        mp.setattr("usagi_p2p.archive.export.PAGE_ENTRIES", 5)
         asyncio.run(_export(traded.a, fives))
     for path in (car, paged_car, fives):
         one = _outcome(path, Identity(SEED_A), 1)
@@ -268,7 +268,7 @@ def test_workers_find_a_broken_thread_alike(traded: Traded, tmp_path: Path, drop
         con.execute("DELETE FROM acks WHERE cid = ?", (cid,))
     out = tmp_path / "broken.car"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("usagi_p2p.archive.archive.PAGE_ENTRIES", entries)
+        mp.setattr("usagi_p2p.archive.export.PAGE_ENTRIES", entries)
         asyncio.run(_export(home, out))
     verify_archive(out)  # keyless it is sound: only the keyed thread check sees it
     one = _outcome(out, Identity(SEED_A), 1)

@@ -178,3 +178,35 @@ async def test_any_bytes_round_trip(store: BlockStore, block: bytes, codec: int)
     cid = await store.put(block, codec)
     assert cid == CID.for_block(block, codec)
     assert await store.get(cid) == block
+
+
+# -- capabilities: what a store says it can do, callers rely on ---------------
+
+
+async def test_a_store_s_sqlite_file_holds_its_blocks_read_only(store: BlockStore) -> None:
+    import sqlite3
+
+    from ipfs.sqlite import attach_blocks
+
+    block = unique("attached")
+    cid = await store.put(block)
+    path = store.sqlite_path
+    assert (path is not None) == isinstance(store, SQLiteBlockStore)
+    if path is None:
+        return
+    con = sqlite3.connect(":memory:")
+    try:
+        table = attach_blocks(con, path, "blk")
+        assert con.execute(f"SELECT data FROM {table} WHERE cid = ?",  # noqa: S608
+                           (cid.raw,)).fetchone() == (block,)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            con.execute(f"DELETE FROM {table}")  # noqa: S608
+    finally:
+        con.close()
+    assert await store.get(cid) == block
+
+
+async def test_a_store_that_keeps_everything_says_so(store: BlockStore) -> None:
+    # The embedded store never collects garbage; a Kubo daemon does (test_kubo.py
+    # shows its collector at work on an unpinned block).
+    assert store.collects_garbage is not isinstance(store, SQLiteBlockStore)

@@ -232,3 +232,24 @@ async def test_export_with_only_a_header_is_refused(aiohttp_server: Server) -> N
     async with KuboBlockStore(str(server.make_url("/")), timeout=5.0) as s:  # type: ignore[attr-defined]
         with pytest.raises(BlockNotFoundError, match="does not hold the root"):
             await s.dag_export(cid)
+
+
+@pytest.mark.kubo
+async def test_the_daemon_collects_what_no_one_pinned(store: KuboBlockStore, kubo_url: str) -> None:
+    """Why the store says ``collects_garbage``: the node pins what it must keep."""
+    import aiohttp
+
+    assert store.collects_garbage and store.sqlite_path is None
+    kept, dropped = doc("pinned"), doc("unpinned")
+    kept_cid, dropped_cid = await store.put(kept), await store.put(dropped)
+    await store.pin(kept_cid)
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{kubo_url.rstrip('/')}/api/v0/repo/gc",
+                timeout=aiohttp.ClientTimeout(60)) as resp:
+            assert resp.status == 200, await resp.text()
+            await resp.read()
+        assert not await store.has(dropped_cid)
+        assert await store.get(kept_cid) == kept
+    finally:
+        await store.unpin(kept_cid)

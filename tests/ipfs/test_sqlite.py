@@ -224,3 +224,48 @@ async def test_a_failing_put_many_stores_none_of_its_blocks(
         await store.put_many([b"one", b"two"])  # the store still works
         assert list(await db.execute_fetchall("SELECT count(*) FROM blocks")) == [(3,)]
         await store.close()
+
+
+async def test_the_store_s_schema_is_versioned_and_a_shared_file_s_version_is_left_alone(
+        tmp_path: Path) -> None:
+    from ipfs.sqlite import MIGRATIONS
+
+    async with SQLiteBlockStore(tmp_path / "blocks.db") as store:
+        await store.put(b"versioned")
+    async with SQLiteBlockStore(tmp_path / "blocks.db") as store:  # nothing to do the second time
+        assert await store.has(CID.for_block(b"versioned"))
+    with sqlite3.connect(tmp_path / "blocks.db") as con:
+        assert con.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+    async with aiosqlite.connect(tmp_path / "node.db") as db:
+        await db.execute("PRAGMA user_version = 7")  # the owner's own numbering
+        await db.commit()
+        store = await SQLiteBlockStore.on_connection(db)
+        await store.put(b"shared")
+        assert list(await db.execute_fetchall("PRAGMA user_version")) == [(7,)]
+
+
+async def test_in_thread_still_runs_on_aiosqlite_s_own_connection_and_thread(
+        tmp_path: Path) -> None:
+    """``in_thread`` queues a whole function to aiosqlite's thread through two private
+    names (``Connection._execute``, ``Connection._conn``; ipfs/sqlite.py says why
+    they are kept). This fails the day an aiosqlite release changes what they
+    mean, rather than letting the ledger and the store fall back unseen to one
+    round trip per statement."""
+    import threading
+
+    from ipfs.sqlite import ONE_CALL, in_thread
+
+    assert ONE_CALL, "aiosqlite no longer has Connection._execute and Connection._conn"
+    async with aiosqlite.connect(tmp_path / "x.db") as db:
+        public: list[int] = []
+        await db.create_function("whose_thread", 0,
+                                 lambda: public.append(threading.get_ident()) or 0)
+        await db.execute_fetchall("SELECT whose_thread()")
+
+        def ours(conn: sqlite3.Connection) -> int:
+            conn.execute("CREATE TEMP TABLE mine (x)")  # visible to this connection only
+            conn.execute("INSERT INTO mine VALUES (7)")
+            return threading.get_ident()
+
+        assert await in_thread(db, ours) == public[0] != threading.get_ident()
+        assert list(await db.execute_fetchall("SELECT x FROM mine")) == [(7,)]

@@ -96,3 +96,111 @@ async def test_a_ledger_with_two_partners_under_one_name_opens_with_unique_names
         assert (await ledger.find_partner("Alice Co")).did == a  # type: ignore[union-attr]
     async with Ledger(str(path)) as ledger:  # and once only
         assert {p.did: p.name for p in await ledger.partners()} == names
+
+
+# -- migrations by PRAGMA user_version (usagi_p2p/node/schema.py) ---------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SENDER = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+
+
+def _shape(path: Path) -> dict[str, object]:
+    """Every table's columns and every index, as SQLite describes them."""
+    db = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                           "ORDER BY name")]
+        return {
+            "columns": {t: db.execute(f"PRAGMA table_info({t})").fetchall() for t in tables},
+            "indexes": db.execute("SELECT name, tbl_name, sql FROM sqlite_master "
+                                  "WHERE type = 'index' ORDER BY name").fetchall(),
+            "version": db.execute("PRAGMA user_version").fetchone()[0],
+        }
+    finally:
+        db.close()
+
+
+async def test_a_ledger_of_the_version_before_user_version_migrates(tmp_path: Path) -> None:
+    from usagi_p2p.node.schema import VERSION
+
+    fresh = tmp_path / "fresh.db"
+    async with Ledger(str(fresh)):
+        pass
+    old = tmp_path / "old.db"
+    db = sqlite3.connect(old)
+    db.executescript((FIXTURES / "ledger_before_user_version.sql").read_text())
+    cid = CID.for_block(b"kept")
+    db.execute("INSERT INTO partners (did, name, endpoint, status, added_at) VALUES "
+               "(?, 'Osaka', 'http://127.0.0.1:9', 'active', 1.0)", (SENDER,))
+    db.execute("INSERT INTO nonces VALUES (?, ?, ?, ?, 1.0)", (SENDER, b"n" * 16, cid.raw, b"ack"))
+    db.commit()
+    assert db.execute("PRAGMA user_version").fetchone() == (0,)
+    db.close()
+    async with Ledger(str(old)) as ledger:
+        assert (await ledger.partner(SENDER)).name == "Osaka"  # type: ignore[union-attr]
+        assert await ledger.seen_nonce(SENDER, b"n" * 16) == (cid, b"ack")
+    assert _shape(old) == _shape(fresh)
+    assert _shape(old)["version"] == VERSION == 2
+
+
+async def test_a_ledger_older_still_gets_the_columns_it_lacked(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    db = sqlite3.connect(path)
+    script = (FIXTURES / "ledger_before_user_version.sql").read_text()
+    for column in ("findings TEXT", "rotated_to TEXT,", "valid_until REAL"):
+        assert column in script
+    db.executescript(script.replace("    findings TEXT", "    findings_gone TEXT")
+                     .replace("    rotated_to TEXT,", "").replace("    valid_until REAL", "    x REAL"))
+    db.close()
+    async with Ledger(str(path)) as ledger:
+        await ledger.add_partner(SENDER, "Osaka", "http://127.0.0.1:9", None)
+        await ledger.partner_rotated(SENDER, "did:key:z6Mknew", valid_until=5.0)
+        assert (await ledger.partner(SENDER)).valid_until == 5.0  # type: ignore[union-attr]
+    columns = _shape(path)["columns"]
+    assert {"findings", "rotated_to", "valid_until"} <= {
+        c[1] for t in ("documents", "partners") for c in columns[t]}  # type: ignore[index]
+
+
+async def test_a_migration_step_is_applied_whole_or_not_at_all(tmp_path: Path,
+                                                               monkeypatch) -> None:  # noqa: ANN001
+    import aiosqlite
+    import pytest
+
+    import usagi_p2p.node.ledger as ledger_module
+    from usagi_p2p.node.schema import MIGRATIONS, VERSION
+
+    path = tmp_path / "ledger.db"
+    async with Ledger(str(path)):
+        pass
+
+    async def half_done(db: aiosqlite.Connection) -> None:
+        await db.execute("CREATE TABLE half (x)")
+        await db.execute("INSERT INTO nonexistent VALUES (1)")
+
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", (*MIGRATIONS, half_done))
+    with pytest.raises(sqlite3.OperationalError, match="nonexistent"):
+        async with Ledger(str(path)):
+            pass
+    shape = _shape(path)
+    assert shape["version"] == VERSION and "half" not in shape["columns"]  # type: ignore[operator]
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS)
+    async with Ledger(str(path)) as ledger:  # and the ledger still opens
+        assert await ledger.partners() == []
+
+
+async def test_a_ledger_of_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
+    import pytest
+
+    from ipfs.blockstore import StoreUnavailableError
+
+    path = tmp_path / "ledger.db"
+    async with Ledger(str(path)):
+        pass
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    before = _shape(path)
+    with pytest.raises(StoreUnavailableError, match="version 99"):
+        async with Ledger(str(path)):
+            pass
+    assert _shape(path) == before

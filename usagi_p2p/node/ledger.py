@@ -11,6 +11,15 @@ imported archive that did not verify, kept apart: docs/archive.md).
 
 ``synchronous=FULL``: a commit is on disk before the call returns, and the
 node signs and sends an ack only after that commit.
+
+The ledger is the one owner of ledger.db: no other module states SQL on it
+(tests/node/test_ledger_owner.py). The archive asks it for a consistent read
+(:meth:`Ledger.snapshot`) and gives pages back (:meth:`Ledger.restore`); the
+tables and their migrations are in :mod:`usagi_p2p.node.schema`. The clock is
+the node's (``clock``), never read here. This module is past 600 lines for
+that reason: every statement on the database, its reads and the conditional
+writes that must see the row as it is, stays in one place to be reviewed
+together, rather than in as many modules as there are callers.
 """
 
 from __future__ import annotations
@@ -20,123 +29,24 @@ import logging
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiosqlite
 
 from ipfs.blockstore import StoreError, StoreUnavailableError
-from ipfs.sqlite import ONE_CALL, busy, create_private, in_thread
+from ipfs.sqlite import ONE_CALL, attach_blocks, busy, create_private, in_thread, migrate
 from kernel.cid import CID
 from kernel.thread import Held, canonical
 
 from .errors import NameTakenError
+from .schema import MIGRATIONS
 
-__all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow"]
+__all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow", "Snapshot", "ExportRow", "Restore",
+           "QuarantineRow"]
 
 log = logging.getLogger("usagi.ledger")
-
-NONCES_TABLE = """
-CREATE TABLE IF NOT EXISTS nonces (
-    sender TEXT NOT NULL,
-    nonce BLOB NOT NULL,
-    cid BLOB NOT NULL,
-    ack BLOB NOT NULL,
-    seen_at REAL NOT NULL,
-    PRIMARY KEY (sender, nonce)
-);
-"""
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS partners (
-    did TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'active',      -- active | suspended | removed | rotated
-    added_at REAL NOT NULL,
-    invitation BLOB,
-    rotated_to TEXT,                            -- the partner's next key (status rotated)
-    valid_until REAL                            -- end of the rotation's overlap
-);
-CREATE TABLE IF NOT EXISTS rotations (          -- our own key rotations
-    old TEXT PRIMARY KEY,
-    new TEXT NOT NULL,
-    overlap_until REAL NOT NULL,
-    statement BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS documents (
-    cid BLOB PRIMARY KEY,
-    direction TEXT NOT NULL,                    -- out | in
-    partner TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    thread BLOB NOT NULL,                       -- the thread's root CID (its own for a root)
-    prev BLOB,                                  -- concatenated binary CIDs, DAG-CBOR list
-    ref TEXT,
-    issued_at TEXT NOT NULL,
-    recorded_at REAL NOT NULL,
-    status TEXT NOT NULL,                       -- queued | delivered | undelivered | rejected | received
-    reason TEXT,
-    digest BLOB NOT NULL,
-    signed BLOB NOT NULL,
-    user TEXT,
-    findings TEXT                               -- plugin findings, JSON; NULL = not checked
-);
-CREATE INDEX IF NOT EXISTS documents_thread ON documents(thread);
-CREATE INDEX IF NOT EXISTS documents_partner ON documents(partner, recorded_at);
-CREATE INDEX IF NOT EXISTS documents_direction ON documents(direction, recorded_at);  -- inbox/outbox
-CREATE INDEX IF NOT EXISTS documents_digest ON documents(digest);  -- one signed document, one row
-CREATE TABLE IF NOT EXISTS acks (
-    cid BLOB PRIMARY KEY,                       -- the document acknowledged
-    raw BLOB NOT NULL,                          -- the signed ack
-    status TEXT NOT NULL,
-    reason TEXT,
-    at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS quarantine (         -- archived documents that did not verify on import
-    cid BLOB PRIMARY KEY,                       -- (docs/archive.md, "Import"); never a document
-    direction TEXT NOT NULL,                    -- of the node nor of a thread; the block is kept
-    partner TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    thread BLOB NOT NULL,
-    issued_at TEXT NOT NULL,
-    recorded_at REAL NOT NULL,
-    code TEXT NOT NULL,                         -- why: an error code (docs/spec.md section 14)
-    reason TEXT NOT NULL,
-    archive BLOB NOT NULL,                      -- the root CID of the archive it came in
-    quarantined_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    cid BLOB PRIMARY KEY,
-    partner TEXT NOT NULL,
-    notice BLOB NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',      -- pending | delivered | undelivered
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    lease_until REAL NOT NULL DEFAULT 0,
-    last_error TEXT,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt);
-CREATE TABLE IF NOT EXISTS invitations (
-    nonce BLOB PRIMARY KEY,
-    expires REAL NOT NULL,
-    used_by TEXT
-);
-""" + NONCES_TABLE + """
-"""
-
-#: What each partner stored in its current quota window (docs/spec.md section 12,
-#: "Quotas"), keyed by the partner's current DID. Written in the transaction
-#: that records the documents, so it counts exactly what was committed.
-QUOTA_TABLE = """
-CREATE TABLE IF NOT EXISTS quota_usage (
-    partner TEXT PRIMARY KEY,
-    period_start REAL NOT NULL,                 -- start of the window (Unix seconds)
-    docs INTEGER NOT NULL,
-    bytes INTEGER NOT NULL
-);
-"""
 
 #: Adds a batch's usage to a partner's window, or starts a new window. A
 #: batch counted in a window that has since ended does not reset a newer one.
@@ -204,11 +114,6 @@ def _typed(exc: sqlite3.Error) -> StoreError:
     return StoreError(f"the ledger cannot be written ({name}): {exc}")
 
 
-#: Columns added after the first schema: (table, column, type).
-MIGRATIONS = (("documents", "findings", "TEXT"), ("partners", "rotated_to", "TEXT"),
-              ("partners", "valid_until", "REAL"))
-
-
 _PARTNER_SELECT = ("SELECT did, name, endpoint, status, added_at, rotated_to, valid_until "
                    "FROM partners ")
 
@@ -261,6 +166,115 @@ class OutboxRow:
     next_attempt: float
     last_error: str | None
     created: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRow:
+    """A document of an imported archive that did not verify (docs/archive.md, "Import")."""
+
+    cid: CID
+    direction: str
+    partner: str
+    kind: str
+    thread: CID
+    issued_at: str
+    recorded_at: float
+    code: str  # why: an error code (docs/spec.md section 14)
+    reason: str
+    archive: bytes  # the root CID of the archive it came in (raw), or b""
+
+
+@dataclass(slots=True)
+class Restore:
+    """What one page of an archive gives back to the ledger (:meth:`Ledger.restore`).
+
+    Every row is inserted only where the ledger holds none under its key: what
+    the ledger holds stays as it is, and importing an archive twice changes
+    nothing the second time.
+    """
+
+    #: (row, prev): prev is the DAG-CBOR list of the document's links.
+    documents: list[tuple[DocumentRow, bytes]] = field(default_factory=list)
+    #: (cid, signed ack, status, reason, at).
+    acks: list[tuple[CID, bytes, str, str | None, str]] = field(default_factory=list)
+    #: (sender, nonce, cid, our ack, seen at): a replayed notice gets the same answer.
+    nonces: list[tuple[str, bytes, CID, bytes, float]] = field(default_factory=list)
+    #: (cid, partner, notice, why): back in the outbox, held ``undelivered``.
+    outbox: list[tuple[CID, str, bytes, str]] = field(default_factory=list)
+    quarantine: list[QuarantineRow] = field(default_factory=list)
+    #: (did, name, endpoint, status).
+    partners: list[tuple[str, str, str, str]] = field(default_factory=list)
+    #: Partners' key rotations, old -> new (the old key stays refused: no overlap).
+    partner_rotations: dict[str, str] = field(default_factory=dict)
+    #: Our own, old -> new: the alias only (its overlap long over).
+    own_rotations: dict[str, str] = field(default_factory=dict)
+
+
+#: One document as an export reads it: (cid, direction, partner, kind, thread,
+#: issued_at, recorded_at, status, reason, signed ack or None, ack time or None,
+#: block or None). The block comes with the row when the snapshot joins the
+#: store's file (:meth:`Ledger.snapshot`), else it is None.
+ExportRow = tuple[bytes, str, str, str, bytes, str, float, str, str | None, bytes | None,
+                  str | None, bytes | None]
+
+
+class Snapshot:
+    """One consistent read of ledger.db for an export (:meth:`Ledger.snapshot`).
+
+    Its own read-only connection holds one read transaction from the first
+    read to :meth:`close`: the count, the partners, the aliases, every row and
+    (with the store's file attached) every block are one snapshot, whatever is
+    written meanwhile. Rows come :meth:`pages` at a time, so memory stays one
+    page whatever the history's size. Blocking: use it from a worker thread.
+    """
+
+    def __init__(self, path: str, where: str, args: Sequence[Any], blocks: str | None) -> None:
+        self._con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                    check_same_thread=False)
+        try:
+            self._con.execute("PRAGMA busy_timeout=10000")
+            table = attach_blocks(self._con, blocks, "blk") if blocks is not None else None
+            #: Whether each row carries its block (read in the same statement).
+            self.joined = table is not None
+            self._con.execute("BEGIN")
+            self.total = int(self._con.execute(
+                f"SELECT count(*) FROM documents d {where}", args).fetchone()[0])  # noqa: S608
+            self.partners = [dict(zip(("did", "name", "endpoint", "status"), r, strict=True))
+                             for r in self._con.execute(
+                                 "SELECT did, name, endpoint, status FROM partners ORDER BY did")]
+            # Key rotations (ours and the partners'): the partner's own record wins.
+            self.aliases: dict[str, str] = {r[1]: r[2] for r in self._con.execute(_ALIASES)}
+            # With the store's file attached the blocks come in the same statement
+            # (one B-tree lookup per row, no second query per page); the sort is
+            # only within a thread ("temp b-tree for right part of order by").
+            self._rows = self._con.execute(
+                "SELECT d.cid, d.direction, d.partner, d.kind, d.thread, d.issued_at, "  # noqa: S608
+                "d.recorded_at, d.status, d.reason, a.raw, a.at, "
+                + ("b.data" if table else "NULL") +
+                " FROM documents d LEFT JOIN acks a ON a.cid = d.cid"
+                + (f" LEFT JOIN {table} b ON b.cid = d.cid" if table else "")
+                + f" {where} ORDER BY d.thread, d.recorded_at, d.cid", args)
+        except BaseException:
+            self._con.close()
+            raise
+
+    def pages(self, size: int) -> Iterator[list[ExportRow]]:
+        """The rows in thread order, ``size`` at a time."""
+        while rows := self._rows.fetchmany(size):
+            yield rows
+
+    def close(self) -> None:
+        try:
+            if self._con.in_transaction:
+                self._con.execute("COMMIT")
+        finally:
+            self._con.close()
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _DOC_COLUMNS = ("cid, direction, partner, kind, thread, ref, issued_at, recorded_at, status, "
@@ -343,6 +357,20 @@ _SEEN: Final = "SELECT nonce, ack FROM nonces WHERE sender = ? AND nonce IN ({ma
 _SEEN_BY: Final = "SELECT sender, nonce, ack FROM nonces WHERE sender = ? AND nonce IN ({marks})"
 _BY_DIGEST: Final = "SELECT digest, cid FROM documents WHERE digest IN ({marks})"
 _RECORDED: Final = "SELECT cid FROM documents WHERE cid IN ({marks})"
+#: One failed attempt on a notice still pending (?1 attempts to add, ?2 the budget,
+#: ?3 the next attempt, ?4 the error, ?5 the CID): past the budget, undelivered.
+_FAIL_NOTICE: Final = (
+    "UPDATE outbox SET attempts = attempts + ?1, lease_until = 0, "
+    "state = CASE WHEN attempts + ?1 >= ?2 THEN 'undelivered' ELSE 'pending' END, "
+    "next_attempt = CASE WHEN attempts + ?1 >= ?2 THEN next_attempt ELSE ?3 END, "
+    "last_error = CASE WHEN attempts + ?1 >= ?2 "
+    "THEN 'undelivered after ' || (attempts + ?1) || ' attempts: ' || ?4 ELSE ?4 END "
+    "WHERE cid = ?5 AND state = 'pending'")
+#: The document of a notice just given up follows it, unless an ack decided it.
+_GIVEN_UP_DOCUMENT: Final = (
+    "UPDATE documents SET status = 'undelivered', reason = (SELECT last_error FROM outbox o "
+    "WHERE o.cid = documents.cid) WHERE cid = ?1 AND status = 'queued' AND EXISTS "
+    "(SELECT 1 FROM outbox o WHERE o.cid = documents.cid AND o.state = 'undelivered')")
 _ALIASES: Final = ("SELECT 0, old, new FROM rotations UNION ALL SELECT 1, did, rotated_to "
                    "FROM partners WHERE rotated_to IS NOT NULL ORDER BY 1")
 
@@ -378,8 +406,11 @@ def _lease(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]
 class Ledger:
     """Async access to ledger.db. Use ``async with Ledger(path) as ledger``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        #: Seconds since the epoch, for the times the ledger stamps on rows
+        #: (the node passes its own clock, so a test can move both at once).
+        self.clock = clock
         self._db: aiosqlite.Connection | None = None
         self._wal = False  # set by open()
         # One connection, many coroutines: transactions must not interleave.
@@ -407,30 +438,17 @@ class Ledger:
             log.warning("%s: WAL mode unavailable, using a rollback journal", self.path)
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA foreign_keys=ON")
-        await db.executescript(SCHEMA + QUOTA_TABLE)
+        try:
+            await migrate(db, MIGRATIONS)  # the tables: usagi_p2p/node/schema.py
+        except BaseException:
+            await db.close()
+            raise
         await db.create_function("usagi_fold", 1, fold, deterministic=True)
         await db.create_function("usagi_strict_fold", 1, _strict_fold, deterministic=True)
         self._db = db
-        await self._migrate()
-
-    async def _migrate(self) -> None:
-        """Bring a ledger made by an earlier version up to this schema."""
-        for table, column, kind in MIGRATIONS:
-            columns = {row[1] for row in await self._all(f"PRAGMA table_info({table})")}
-            if column not in columns:
-                await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        # nonces was WITHOUT ROWID: its ~400-byte rows (the ack is kept) made
-        # every insert under a random nonce move rows around the B-tree (28 us
-        # of CPU per row against 13 us as a rowid table). Copied once.
+        # Not a migration: a restored archive may bring a partner back under a
+        # name another partner took since; the next open renames it.
         await self._unique_names()
-        sql = await self._one("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'nonces'")
-        if sql is not None and "WITHOUT ROWID" in str(sql[0]).upper():
-            await self.write([
-                ("ALTER TABLE nonces RENAME TO nonces_without_rowid", ()),
-                (NONCES_TABLE, ()),
-                ("INSERT INTO nonces SELECT sender, nonce, cid, ack, seen_at FROM nonces_without_rowid", ()),
-                ("DROP TABLE nonces_without_rowid", ()),
-            ])
 
     async def _unique_names(self) -> None:
         """Partner names are unique (add_partner); a ledger made before that rule may
@@ -575,7 +593,7 @@ class Ledger:
                 "SELECT ?1, ?2, ?3, 'active', ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM partners "
                 "WHERE status != 'rotated' AND usagi_strict_fold(name) = usagi_strict_fold(?2)) "
                 "ON CONFLICT(did) DO NOTHING",
-                (did, free_name(name, taken), endpoint, time.time(), invitation))
+                (did, free_name(name, taken), endpoint, self.clock(), invitation))
             known = await self.partner(did)
             if inserted or known is not None:
                 break  # else the name was taken meanwhile: the next free one
@@ -633,7 +651,7 @@ class Ledger:
         await self.write([
             ("INSERT INTO partners (did, name, endpoint, status, added_at, invitation) "
              "SELECT ?, name, endpoint, status, ?, invitation FROM partners WHERE did = ? "
-             "ON CONFLICT(did) DO NOTHING", (new, time.time(), old)),
+             "ON CONFLICT(did) DO NOTHING", (new, self.clock(), old)),
             ("UPDATE partners SET status = 'rotated', rotated_to = ?, valid_until = ? "
              "WHERE did = ?", (new, valid_until, old)),
         ])
@@ -687,7 +705,7 @@ class Ledger:
 
     async def record_sent_many(self, items: Sequence[tuple[DocumentRow, bytes, bytes]]) -> None:
         """Each (row, prev, notice): the document and its queued notice, one transaction."""
-        now = time.time()
+        now = self.clock()
         documents: list[tuple[str, Sequence[Any]]] = [
             self._insert_document(row, prev) for row, prev, _ in items]
         queued: list[tuple[str, Sequence[Any]]] = [
@@ -711,7 +729,7 @@ class Ledger:
         that raced this one) is not written, nor its ack and nonce. Returns the
         CIDs of such rows, left out; the caller answers them as duplicates.
         """
-        statements, reads = self._received(items, usage)
+        statements, reads = self._received(items, usage, self.clock())
         found = await self.write(statements, reads=reads)
         recorded = {raw for rows in found for (raw,) in rows}
         return {row.cid for row, *_ in items if row.cid.raw not in recorded}
@@ -730,7 +748,7 @@ class Ledger:
             other = {d: c for d, c in recorded_as.items() if c.raw != expected[d]}
             return (other, set()) if other else ({}, await self.record_received_many(
                 items, usage))
-        statements, reads = self._received(items, usage)
+        statements, reads = self._received(items, usage, self.clock())
         try:
             async with self._tx:
                 held, found = await in_thread(
@@ -745,14 +763,13 @@ class Ledger:
 
     @staticmethod
     def _received(items: Sequence[tuple[DocumentRow, bytes, bytes, str, str, str, bytes]],
-                  usage: Sequence[tuple[str, float, int, int]]
+                  usage: Sequence[tuple[str, float, int, int]], now: float
                   ) -> tuple[list[tuple[str, Sequence[Any]]], list[tuple[str, tuple[Any, ...]]]]:
         """The statements recording ``items`` and ``usage``, and the reads telling
         which documents are recorded after them."""
         documents: list[tuple[str, Sequence[Any]]] = []
         acks: list[tuple[str, Sequence[Any]]] = []
         nonces: list[tuple[str, Sequence[Any]]] = []
-        now = time.time()
         for row, prev, ack, status, at, sender, nonce in items:
             documents.append(_insert_received(row, prev))
             acks.append(("INSERT OR IGNORE INTO acks (cid, raw, status, reason, at) "
@@ -778,7 +795,7 @@ class Ledger:
 
     async def record_nonce(self, sender: str, nonce: bytes, cid: CID, ack: bytes) -> None:
         await self.write([("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
-                            "VALUES (?,?,?,?,?)", (sender, nonce, cid.raw, ack, time.time()))])
+                            "VALUES (?,?,?,?,?)", (sender, nonce, cid.raw, ack, self.clock()))])
 
     async def seen_nonce(self, sender: str, nonce: bytes) -> tuple[CID, bytes] | None:
         row = await self._one("SELECT cid, ack FROM nonces WHERE sender = ? AND nonce = ?",
@@ -925,6 +942,62 @@ class Ledger:
             return None, None
         return ((row[1], row[2], row[3]) if row[1] is not None else None), row[0]
 
+    # -- archives -----------------------------------------------------------
+
+    def snapshot(self, *, partner: str | None = None, since: float | None = None,
+                 until: float | None = None, blocks: str | None = None) -> Snapshot:
+        """A consistent read of the documents (one partner's, or recorded in
+        [since, until)), with their acks, for an export (docs/archive.md).
+        ``blocks``: the block store's SQLite file (``BlockStore.sqlite_path``),
+        attached read-only so that each row carries its block from the same
+        snapshot. Blocking (it opens its own connection): call it from a
+        worker thread and close it there."""
+        where, args = [], []
+        for clause, value in (("d.partner = ?", partner), ("d.recorded_at >= ?", since),
+                              ("d.recorded_at < ?", until)):
+            if value is not None and value != "":
+                where.append(clause)
+                args.append(value)
+        return Snapshot(self.path, ("WHERE " + " AND ".join(where)) if where else "", args,
+                        blocks)
+
+    async def restore(self, page: Restore) -> None:
+        """Write what an archive page restores, in one transaction (docs/archive.md,
+        "Import"); every row ``OR IGNORE`` (see :class:`Restore`)."""
+        now = self.clock()
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (f"INSERT OR IGNORE INTO documents ({_DOC_COLUMNS}, prev) "
+             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+             (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
+              row.issued_at, row.recorded_at, row.status, row.reason, row.digest, row.signed,
+              row.user, row.findings, prev))
+            for row, prev in page.documents]
+        statements += [("INSERT OR IGNORE INTO acks (cid, raw, status, reason, at) "
+                        "VALUES (?,?,?,?,?)", (cid.raw, raw, status, reason, at))
+                       for cid, raw, status, reason, at in page.acks]
+        statements += [("INSERT OR IGNORE INTO nonces (sender, nonce, cid, ack, seen_at) "
+                        "VALUES (?,?,?,?,?)", (sender, nonce, cid.raw, ack, seen))
+                       for sender, nonce, cid, ack, seen in page.nonces]
+        statements += [("INSERT OR IGNORE INTO outbox (cid, partner, notice, state, next_attempt, "
+                        "last_error, created) VALUES (?,?,?,'undelivered',0,?,?)",
+                        (cid.raw, partner, notice, why, now))
+                       for cid, partner, notice, why in page.outbox]
+        statements += [("INSERT OR IGNORE INTO quarantine (cid, direction, partner, kind, thread, "
+                        "issued_at, recorded_at, code, reason, archive, quarantined_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (q.cid.raw, q.direction, q.partner, q.kind, q.thread.raw, q.issued_at,
+                         q.recorded_at, q.code, q.reason, q.archive, now))
+                       for q in page.quarantine]
+        statements += [("INSERT OR IGNORE INTO partners (did, name, endpoint, status, added_at) "
+                        "VALUES (?,?,?,?,?)", (did, name, endpoint, status, 0.0))
+                       for did, name, endpoint, status in page.partners]
+        statements += [("UPDATE partners SET rotated_to = ? WHERE did = ? AND rotated_to IS NULL",
+                        (new, old)) for old, new in page.partner_rotations.items()]
+        statements += [("INSERT OR IGNORE INTO rotations (old, new, overlap_until, statement) "
+                        "VALUES (?,?,0,x'')", (old, new))
+                       for old, new in page.own_rotations.items()]
+        await self.write(statements)
+
     # -- outbox -------------------------------------------------------------
 
     async def claim_due(self, now: float, limit: int, lease: float = 30.0) -> list[OutboxRow]:
@@ -1007,39 +1080,42 @@ class Ledger:
 
     async def mark_failed(self, cids: Sequence[CID], error: str, next_attempts: Sequence[float],
                           max_attempts: int, *, count: bool = True) -> list[CID]:
-        """Count an attempt; past the budget the document becomes ``undelivered``."""
-        given_up: list[CID] = []
-        statements: list[tuple[str, Sequence[Any]]] = []
-        for cid, when in zip(cids, next_attempts, strict=True):
-            row = await self._one("SELECT attempts FROM outbox WHERE cid = ?", (cid.raw,))
-            attempts = (row[0] if row else 0) + (1 if count else 0)
-            if attempts >= max_attempts:
-                given_up.append(cid)
-                reason = f"undelivered after {attempts} attempts: {error}"
-                statements += [
-                    ("UPDATE outbox SET state='undelivered', attempts=?, lease_until=0, "
-                     "last_error=? WHERE cid=?", (attempts, reason, cid.raw)),
-                    ("UPDATE documents SET status='undelivered', reason=? WHERE cid=?",
-                     (reason, cid.raw)),
-                ]
-            else:
-                statements.append(("UPDATE outbox SET attempts=?, next_attempt=?, lease_until=0, "
-                                   "last_error=? WHERE cid=?", (attempts, when, error, cid.raw)))
-        await self.write(statements)
-        return given_up
+        """Count an attempt; past the budget the document becomes ``undelivered``.
+
+        One conditional statement per notice, all in one transaction: only a
+        notice still ``pending`` is touched, so an ack stored meanwhile (by
+        this process or another: ``mark_delivered``) is never overwritten, and
+        the attempt is counted on the row as it is, not as it was read. Returns
+        the notices given up (read after the commit: a notice this node claimed
+        and now finds undelivered).
+        """
+        if not cids:
+            return []
+        step = 1 if count else 0
+        # SET reads the row as it was before the UPDATE, in every expression.
+        outbox: list[tuple[str, Sequence[Any]]] = [
+            (_FAIL_NOTICE, (step, max_attempts, when, error, cid.raw))
+                  for cid, when in zip(cids, next_attempts, strict=True)]
+        documents: list[tuple[str, Sequence[Any]]] = [
+            (_GIVEN_UP_DOCUMENT, (cid.raw,)) for cid in cids]
+        found = await self.write(outbox + documents, reads=_chunked(
+            "SELECT cid FROM outbox WHERE state = 'undelivered' AND cid IN ({marks})", (),
+            [cid.raw for cid in cids]))
+        given_up = {raw for rows in found for (raw,) in rows}
+        return [cid for cid in cids if cid.raw in given_up]
 
     async def retry_undelivered(self, partner: str | None = None) -> int:
+        """Put the undelivered notices (of ``partner``, or all) back in the queue; return
+        how many. One transaction; the count is what its last statement changed."""
         args: tuple[Any, ...] = (partner,) if partner else ()
         extra = " AND partner = ?" if partner else ""
-        rows = await self._all(f"SELECT cid FROM outbox WHERE state = 'undelivered'{extra}", args)
-        await self.write([
+        found = await self.write([
+            (f"UPDATE documents SET status='queued', reason=NULL WHERE status='undelivered' "
+             f"AND cid IN (SELECT cid FROM outbox WHERE state='undelivered'{extra})", args),
             (f"UPDATE outbox SET state='pending', attempts=0, next_attempt=0, lease_until=0 "
              f"WHERE state='undelivered'{extra}", args),
-            (f"UPDATE documents SET status='queued', reason=NULL WHERE cid IN "
-             f"(SELECT cid FROM outbox WHERE state='pending'){' AND partner = ?' if partner else ''}"
-             f" AND status='undelivered'", args),
-        ])
-        return len(rows)
+        ], reads=[("SELECT changes()", ())])
+        return int(found[0][0][0])
 
     async def outbox(self, state: str | None = None) -> list[OutboxRow]:
         where = "WHERE state = ?" if state else ""

@@ -110,7 +110,7 @@ class Node:
         self._own_overlaps: dict[str, float] = {}
         self.config = config
         self.clock = clock
-        self.ledger = Ledger(str(home.ledger_path))
+        self.ledger = Ledger(str(home.ledger_path), clock=clock)
         self.store: BlockStore = store or self._make_store()
         self._session: aiohttp.ClientSession | None = None
         self._gateway: GatewayClient | None = None
@@ -432,8 +432,7 @@ class Node:
         await self._put_recorded([(sealed.cid, sealed.block) for _, _, sealed, _ in prepared])
         cids = [sealed.cid for _, _, sealed, _ in prepared]
         try:
-            if not isinstance(self.store, SQLiteBlockStore):
-                # The embedded store never collects garbage; a Kubo node does.
+            if self.store.collects_garbage:  # a Kubo node does; the embedded store never
                 for cid in cids:
                     await self.store.pin(cid)
         except Exception:
@@ -497,7 +496,7 @@ class Node:
                 continue
             self._recent.pop(cid, None)
             try:
-                if not isinstance(self.store, SQLiteBlockStore):
+                if self.store.collects_garbage:
                     await self.store.unpin(cid)
                 await self.store.delete(cid)
             except Exception as exc:  # cleanup must not hide the error being raised

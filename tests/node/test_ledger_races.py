@@ -1,0 +1,108 @@
+"""Check-then-write races on the ledger: each write decides on the row as it is.
+
+A failed delivery attempt and the ack for the same notice can arrive at the
+same time (two processes on one home, or a lease that ran out while a slow
+partner answered). Whichever comes second, an ack stored is never undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from kernel import Identity
+from kernel.cid import CID
+from usagi_p2p.node.ledger import DocumentRow, Ledger
+
+A = Identity(b"\x01" * 32).did
+AT = "2026-12-03T00:00:00Z"
+
+
+def _row(i: int) -> tuple[DocumentRow, bytes, bytes]:
+    cid = CID.for_block(b"block %d" % i)
+    row = DocumentRow(cid, "out", A, "order", cid, None, AT, 1.0, "queued", None,
+                      b"\x12\x20" + bytes([i]) * 32, b"signed", None)
+    return row, b"\x80", b"notice %d" % i
+
+
+async def _state(ledger: Ledger, cid: CID) -> tuple[str, str | None, str]:
+    (state, error), = await ledger._all("SELECT state, last_error FROM outbox WHERE cid = ?",
+                                        (cid.raw,))
+    document = await ledger.document(cid)
+    assert document is not None
+    return state, error, document.status
+
+
+async def test_a_failure_after_the_ack_changes_nothing(tmp_path: Path) -> None:
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        row = _row(1)
+        cid = row[0].cid
+        await ledger.record_sent_many([row])
+        await ledger.mark_delivered([(cid, b"ack", "received", None, AT)])
+        # The last attempt of the budget fails late, after another process stored the ack.
+        assert await ledger.mark_failed([cid], "timeout", [5.0], max_attempts=1) == []
+        assert await _state(ledger, cid) == ("delivered", None, "delivered")
+        (attempts,), = await ledger._all("SELECT attempts FROM outbox WHERE cid = ?", (cid.raw,))
+        assert attempts == 0
+
+
+@pytest.mark.parametrize("ack_first", [True, False], ids=["ack queued first", "failure queued first"])
+async def test_a_failure_racing_the_ack_never_overwrites_delivered(tmp_path: Path,
+                                                                   ack_first: bool) -> None:
+    """Both writes issued at once on one ledger, in either order, many times: the
+    notice ends delivered (the ack won) or, if the failure's transaction ran
+    first, the ack still lands on top of it; never undelivered with an ack."""
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger, \
+            Ledger(str(tmp_path / "ledger.db")) as other:  # a second process's connection
+        rows = [_row(i) for i in range(1, 41)]
+        await ledger.record_sent_many(rows)
+        for row, _, _ in rows:
+            cid = row.cid
+            ack = ledger.mark_delivered([(cid, b"ack", "received", None, AT)])
+            failed = other.mark_failed([cid], "timeout", [5.0], max_attempts=1)
+            await asyncio.gather(*((ack, failed) if ack_first else (failed, ack)))
+            assert await _state(ledger, cid) == ("delivered", None, "delivered")
+            assert await ledger.ack(cid) == (b"ack", "received", None)
+
+
+async def test_a_failure_counts_on_the_row_as_it_is(tmp_path: Path) -> None:
+    """Two failures of one notice at once count two attempts, not one (no read
+    of the count before the write); the budget is kept."""
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger, \
+            Ledger(str(tmp_path / "ledger.db")) as other:
+        row = _row(1)
+        cid = row[0].cid
+        await ledger.record_sent_many([row])
+        first, second = await asyncio.gather(
+            ledger.mark_failed([cid], "refused", [5.0], max_attempts=2),
+            other.mark_failed([cid], "refused", [6.0], max_attempts=2))
+        assert cid in first + second  # whichever transaction ran second gave it up
+        state, error, status = await _state(ledger, cid)
+        assert (state, status) == ("undelivered", "undelivered")
+        assert error == "undelivered after 2 attempts: refused"
+        (attempts,), = await ledger._all("SELECT attempts FROM outbox WHERE cid = ?", (cid.raw,))
+        assert attempts == 2
+        assert (await ledger.document(cid)).reason == error  # type: ignore[union-attr]
+        # given up, it takes no more attempts
+        assert await ledger.mark_failed([cid], "refused", [7.0], max_attempts=2) == [cid]
+        (attempts,), = await ledger._all("SELECT attempts FROM outbox WHERE cid = ?", (cid.raw,))
+        assert attempts == 2
+        assert await ledger.retry_undelivered() == 1
+        assert await _state(ledger, cid) == ("pending", error, "queued")
+        assert await ledger.retry_undelivered() == 0
+
+
+async def test_a_failure_within_the_budget_schedules_the_next_attempt(tmp_path: Path) -> None:
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        rows = [_row(1), _row(2)]
+        await ledger.record_sent_many(rows)
+        cids = [r[0].cid for r in rows]
+        assert await ledger.mark_failed(cids, "busy", [5.0, 6.0], max_attempts=3,
+                                        count=False) == []
+        assert await ledger.mark_failed(cids, "refused", [7.0, 8.0], max_attempts=3) == []
+        got = await ledger._all("SELECT attempts, next_attempt, state, last_error FROM outbox "
+                                "ORDER BY next_attempt")
+        assert got == [(1, 7.0, "pending", "refused"), (1, 8.0, "pending", "refused")]
+        assert {(await ledger.document(c)).status for c in cids} == {"queued"}  # type: ignore[union-attr]

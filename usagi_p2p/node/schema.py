@@ -1,0 +1,178 @@
+"""ledger.db's schema and its migrations, numbered by ``PRAGMA user_version``.
+
+The ledger's tables (what docs/spec.md section 12 asks the node to keep;
+upgrades: docs/operations.md, "Schema versions") are made by
+:data:`MIGRATIONS`, applied in order by :func:`ipfs.sqlite.migrate`: a ledger
+at ``user_version`` N runs the steps after the N-th, each in its own
+``BEGIN IMMEDIATE`` transaction that also sets ``user_version`` to the step's
+number, so a step is applied whole or not at all, and two processes opening
+one ledger apply it once. A step, once released, never changes: a new schema
+change is a new step at the end.
+
+Step 1 is the schema as the node made it before there were versions (every
+``CREATE … IF NOT EXISTS``, run on each open, ``user_version`` 0) together
+with the columns ledgers older than that lacked: a ledger of any earlier
+version, or none, comes out of it with the same tables. Step 2 makes
+``nonces`` a rowid table.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+import aiosqlite
+
+from ipfs.sqlite import Migration
+
+__all__ = ["MIGRATIONS", "VERSION"]
+
+_NONCES = """
+CREATE TABLE IF NOT EXISTS nonces (
+    sender TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    cid BLOB NOT NULL,
+    ack BLOB NOT NULL,
+    seen_at REAL NOT NULL,
+    PRIMARY KEY (sender, nonce)
+);
+"""
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS partners (
+    did TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active',      -- active | suspended | removed | rotated
+    added_at REAL NOT NULL,
+    invitation BLOB,
+    rotated_to TEXT,                            -- the partner's next key (status rotated)
+    valid_until REAL                            -- end of the rotation's overlap
+);
+CREATE TABLE IF NOT EXISTS rotations (          -- our own key rotations
+    old TEXT PRIMARY KEY,
+    new TEXT NOT NULL,
+    overlap_until REAL NOT NULL,
+    statement BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS documents (
+    cid BLOB PRIMARY KEY,
+    direction TEXT NOT NULL,                    -- out | in
+    partner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    thread BLOB NOT NULL,                       -- the thread's root CID (its own for a root)
+    prev BLOB,                                  -- concatenated binary CIDs, DAG-CBOR list
+    ref TEXT,
+    issued_at TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    status TEXT NOT NULL,                       -- queued | delivered | undelivered | rejected | received
+    reason TEXT,
+    digest BLOB NOT NULL,
+    signed BLOB NOT NULL,
+    user TEXT,
+    findings TEXT                               -- plugin findings, JSON; NULL = not checked
+);
+CREATE INDEX IF NOT EXISTS documents_thread ON documents(thread);
+CREATE INDEX IF NOT EXISTS documents_partner ON documents(partner, recorded_at);
+CREATE INDEX IF NOT EXISTS documents_direction ON documents(direction, recorded_at);  -- inbox/outbox
+CREATE INDEX IF NOT EXISTS documents_digest ON documents(digest);  -- one signed document, one row
+CREATE TABLE IF NOT EXISTS acks (
+    cid BLOB PRIMARY KEY,                       -- the document acknowledged
+    raw BLOB NOT NULL,                          -- the signed ack
+    status TEXT NOT NULL,
+    reason TEXT,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (         -- archived documents that did not verify on import
+    cid BLOB PRIMARY KEY,                       -- (docs/archive.md, "Import"); never a document
+    direction TEXT NOT NULL,                    -- of the node nor of a thread; the block is kept
+    partner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    thread BLOB NOT NULL,
+    issued_at TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    code TEXT NOT NULL,                         -- why: an error code (docs/spec.md section 14)
+    reason TEXT NOT NULL,
+    archive BLOB NOT NULL,                      -- the root CID of the archive it came in
+    quarantined_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    cid BLOB PRIMARY KEY,
+    partner TEXT NOT NULL,
+    notice BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',      -- pending | delivered | undelivered
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    lease_until REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt);
+CREATE TABLE IF NOT EXISTS invitations (
+    nonce BLOB PRIMARY KEY,
+    expires REAL NOT NULL,
+    used_by TEXT
+);
+""" + _NONCES + """
+"""
+
+#: What each partner stored in its current quota window (docs/spec.md section 12,
+#: "Quotas"), keyed by the partner's current DID. Written in the transaction
+#: that records the documents, so it counts exactly what was committed.
+_QUOTA = """
+CREATE TABLE IF NOT EXISTS quota_usage (
+    partner TEXT PRIMARY KEY,
+    period_start REAL NOT NULL,                 -- start of the window (Unix seconds)
+    docs INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+"""
+
+#: Columns ledgers made before the tables above lacked: (table, column, type).
+_LATE_COLUMNS: Final = (("documents", "findings", "TEXT"), ("partners", "rotated_to", "TEXT"),
+                        ("partners", "valid_until", "REAL"))
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of ``script``, one by one (``executescript`` would commit
+    the step's transaction before running them)."""
+    out: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending.strip())
+            pending = ""
+    assert not pending.strip(), pending
+    return out
+
+
+async def _tables(db: aiosqlite.Connection) -> None:
+    """1: the tables as they were before versions, and the columns added before that."""
+    for statement in _statements(_TABLES + _QUOTA):
+        await db.execute(statement)
+    for table, column, kind in _LATE_COLUMNS:
+        columns = {row[1] for row in await db.execute_fetchall(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+async def _nonces_with_rowid(db: aiosqlite.Connection) -> None:
+    """2: ``nonces`` was WITHOUT ROWID: its ~400-byte rows (the ack is kept) made
+    every insert under a random nonce move rows around the B-tree (28 us of CPU
+    per row against 13 us as a rowid table). Copied once, every row kept."""
+    rows = list(await db.execute_fetchall(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'nonces'"))
+    if rows and "WITHOUT ROWID" in str(rows[0][0]).upper():
+        await db.execute("ALTER TABLE nonces RENAME TO nonces_without_rowid")
+        for statement in _statements(_NONCES):
+            await db.execute(statement)
+        await db.execute("INSERT INTO nonces SELECT sender, nonce, cid, ack, seen_at "
+                         "FROM nonces_without_rowid")
+        await db.execute("DROP TABLE nonces_without_rowid")
+
+
+#: The ledger's migrations, in order: step N brings ``user_version`` to N.
+MIGRATIONS: Final[tuple[Migration, ...]] = (_tables, _nonces_with_rowid)
+#: The ``user_version`` of a ledger this code made or migrated.
+VERSION: Final = len(MIGRATIONS)
