@@ -250,14 +250,14 @@ def test_the_serve_log_escapes_what_a_partner_wrote(caplog) -> None:  # noqa: AN
     import logging
 
     from kernel.cid import CID
-    from usagi_p2p.node.intake import log_batch as _log_batch
+    from usagi_p2p.node.intake import log_batch
     from usagi_p2p.node.ledger import DocumentRow
 
     cid = CID.for_block(b"x")
     row = DocumentRow(cid, "in", "did:key:z", "order", cid, "PO-1\n2026-12-02T00:00:00Z forged",
                       "2026-12-02T00:00:00Z", 0.0, "received", None, b"", b"", None)
     with caplog.at_level(logging.INFO, logger="usagi.activity"):
-        _log_batch("received", "from", [(row, "Osaka\x1b[2J")])
+        log_batch("received", "from", [(row, "Osaka\x1b[2J")])
     [line] = [r.getMessage() for r in caplog.records]
     assert "\n" not in line and "\x1b" not in line
     assert "PO-1\\n2026-12-02T00:00:00Z forged" in line and "Osaka\\x1b[2J" in line

@@ -208,7 +208,7 @@ async def test_the_ledger_never_names_a_block_the_store_files_elsewhere(tmp_path
         sealed = kenvelope.seal(document(s.mallory, osaka), s.mallory.identity)
         before = await held(osaka)
         with pytest.raises(CIDMismatchError):
-            await osaka._put_recorded([(foreign_cid(sealed.block, "blake2b-256"), sealed.block)])
+            await osaka.put_recorded([(foreign_cid(sealed.block, "blake2b-256"), sealed.block)])
         assert await held(osaka) == before  # the block it did file is taken back out
         await assert_sound(osaka, tmp_path)
 

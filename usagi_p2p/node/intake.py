@@ -90,9 +90,9 @@ class ReceivingNode(Protocol):
 
     async def fetch_block(self, notice: Notice) -> bytes: ...
 
-    async def _put_recorded(self, blocks: Sequence[tuple[CID, bytes]]) -> None: ...
+    async def put_recorded(self, blocks: Sequence[tuple[CID, bytes]]) -> None: ...
 
-    async def _discard(self, cids: list[CID]) -> None: ...
+    async def discard(self, cids: list[CID]) -> None: ...
 
 
 def log_batch(what: str, preposition: str, rows: list[tuple[DocumentRow, str]]) -> None:
@@ -351,7 +351,7 @@ class Intake:
         # Durable first: the blocks, then documents + acks + nonces in one
         # transaction. Only after both commits does any ack leave.
         try:
-            await node._put_recorded([(e.cid, e.block) for e in entries])
+            await node.put_recorded([(e.cid, e.block) for e in entries])
             while entries:
                 held, lost = await node.ledger.record_received_checked([
                     (*rows[e.cid], receipts[e.index], "received", acked_text,
@@ -369,7 +369,7 @@ class Intake:
                                                             plan.already)
                 refuse(dangling)
                 charge = node.quotas.settle(charge, costs(entries))
-                await node._discard(list(before - {e.cid for e in entries}))
+                await node.discard(list(before - {e.cid for e in entries}))
         except BaseException:
             node.quotas.release(charge)
             raise
@@ -383,5 +383,5 @@ class Intake:
                 "envelope")) for e in entries if e.cid in lost])
             settled = node.quotas.settle(charge, costs([e for e in entries if e.cid not in lost]))
             await node.ledger.add_quota_usage(Quotas.difference(charge, settled))
-            await node._discard(list(lost))
+            await node.discard(list(lost))
         return charge, entries, lost

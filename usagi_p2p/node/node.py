@@ -429,14 +429,14 @@ class Node:
                 # Sealing is CPU work; a long send must not hold deliveries
                 # and incoming acks back for its whole length.
                 await asyncio.sleep(0)
-        await self._put_recorded([(sealed.cid, sealed.block) for _, _, sealed, _ in prepared])
+        await self.put_recorded([(sealed.cid, sealed.block) for _, _, sealed, _ in prepared])
         cids = [sealed.cid for _, _, sealed, _ in prepared]
         try:
             if self.store.collects_garbage:  # a Kubo node does; the embedded store never
                 for cid in cids:
                     await self.store.pin(cid)
         except Exception:
-            await self._discard(cids)
+            await self.discard(cids)
             raise
         for _, _, sealed, _ in prepared:
             self._recent[sealed.cid] = sealed.block
@@ -457,12 +457,12 @@ class Node:
         except Exception:
             # Not recorded, so nothing refers to these blocks: take them back
             # rather than leave unreferenced ciphertext behind.
-            await self._discard(cids)
+            await self.discard(cids)
             raise
         self.wake.set()
         return results
 
-    async def _put_recorded(self, blocks: Sequence[tuple[CID, bytes]]) -> None:
+    async def put_recorded(self, blocks: Sequence[tuple[CID, bytes]]) -> None:
         """Put blocks the ledger is about to record, each under its CID.
 
         The one place where a block and the CID its ledger row will carry meet,
@@ -474,12 +474,12 @@ class Node:
         filed = await self.store.put_many([block for _, block in blocks])
         wrong = [(cid, got) for (cid, _), got in zip(blocks, filed, strict=True) if got != cid]
         if wrong:
-            await self._discard([got for _, got in wrong])  # unless recorded for themselves
+            await self.discard([got for _, got in wrong])  # unless recorded for themselves
             cid, got = wrong[0]
             raise CIDMismatchError(f"{cid} would be recorded for a block the store files "
                                    f"as {got}")
 
-    async def _discard(self, cids: list[CID]) -> None:
+    async def discard(self, cids: list[CID]) -> None:
         """Best effort: forget blocks this node just stored and never recorded.
 
         A block the ledger does hold (a commit that went through although its
