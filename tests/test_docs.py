@@ -12,8 +12,8 @@ import ipfs.blockstore
 import ipfs.car
 import ipfs.gateway
 import kernel.errors
-import usagi_p2p.archive.format
 import usagi_p2p.archive.push
+import usagi_p2p.archive.structures
 import usagi_p2p.node.errors
 import usagi_p2p.node.plugin_host
 from kernel.errors import LimitExceededError, UsagiError
@@ -25,7 +25,7 @@ SPEC = ROOT / "docs" / "spec.md"
 def all_codes() -> set[str]:
     codes = set()
     for module in (kernel.errors, ipfs.blockstore, ipfs.car, ipfs.gateway, usagi_p2p.node.errors,
-                   usagi_p2p.archive.format, usagi_p2p.archive.push, usagi_p2p.node.plugin_host):
+                   usagi_p2p.archive.structures, usagi_p2p.archive.push, usagi_p2p.node.plugin_host):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, UsagiError):
                 codes.add(cls.code)
@@ -172,7 +172,7 @@ def test_the_limits_table_is_what_the_code_decodes_with() -> None:
     from ipfs.car import CARParser
     from kernel import envelope, messages, rotation, signed
     from kernel.dagcbor import Limits
-    from usagi_p2p.archive import format as archive_format
+    from usagi_p2p.archive import structures as archive_format
     from usagi_p2p.node import invitation, node
 
     car = CARParser()

@@ -48,8 +48,8 @@ Errors::
 from __future__ import annotations
 
 from .export import ExportReport, export_archive
-from .format import ArchiveError, ForeignArchiveError
 from .restore import RESTORED_UNACKED, import_archive
+from .structures import ArchiveError, ForeignArchiveError
 from .verify import Quarantined, VerifyReport, iter_pages, verify_archive
 
 __all__ = ["ArchiveError", "ForeignArchiveError", "ExportReport", "VerifyReport", "Quarantined",

@@ -26,7 +26,7 @@ from kernel.identity import Identity
 from kernel.signed import sign_bytes
 
 from ..node.node import Node
-from .format import (
+from .structures import (
     ACKS_TYPE,
     PAGE_BLOCK_BYTES,
     PAGE_BYTES,
@@ -68,7 +68,7 @@ class _Exporter:
     """Writes pages as rows arrive; holds one page of entries and blocks at most.
 
     Entries are built as maps already in canonical key order with their links
-    as tag 42 (archive_format.entry_value), so the manifest page encodes in
+    as tag 42 (structures.entry_value), so the manifest page encodes in
     one C call; the bytes are those of ``dagcbor.encode`` (tests/archive).
     """
 

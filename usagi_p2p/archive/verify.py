@@ -30,7 +30,7 @@ from kernel.messages import check_ack, open_ack
 from kernel.signed import open_signed
 from kernel.thread import canonical, split_thread, verify_thread
 
-from .format import (
+from .structures import (
     ACKS_TYPE,
     PAGE_LIMITS,
     PAGE_TYPE,

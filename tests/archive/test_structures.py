@@ -1,4 +1,4 @@
-"""The export's fast encoders give exactly the bytes of dagcbor.encode (archive_format.py)."""
+"""The export's fast encoders give exactly the bytes of dagcbor.encode (usagi_p2p/archive/structures.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from kernel import dagcbor
 from kernel.cid import CID, RAW
 from kernel.errors import MalformedError
-from usagi_p2p.archive.format import (
+from usagi_p2p.archive.structures import (
     PAGE_TYPE,
     cid_from_raw,
     encode_array,
