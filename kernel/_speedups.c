@@ -464,6 +464,23 @@ decode_negative(Reader *r, uint64_t arg)
     return out ? out : python_failed(r);
 }
 
+/* 1 when s[0..n) is ASCII; eight bytes at a time. */
+static int
+ascii_only(const uint8_t *s, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    for (; n - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080ULL)
+            return 0;
+    }
+    for (; i < n; i++)
+        if (s[i] & 0x80)
+            return 0;
+    return 1;
+}
+
 /* 1 when s[0..n) is well-formed UTF-8 as Python's strict decoder reads it: no
  * overlong forms, no surrogates (U+D800..U+DFFF), nothing past U+10FFFF.
  * Checked here so that invalid text is a recorded problem, not a
@@ -473,15 +490,6 @@ utf8_valid(const uint8_t *s, Py_ssize_t n)
 {
     Py_ssize_t i = 0;
     while (i < n) {
-        while (n - i >= 8) { /* ASCII, eight bytes at a time */
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            if (w & 0x8080808080808080ULL)
-                break;
-            i += 8;
-        }
-        if (i >= n)
-            break;
         uint8_t c = s[i];
         if (c < 0x80) {
             i++;
@@ -517,16 +525,26 @@ utf8_valid(const uint8_t *s, Py_ssize_t n)
     return 1;
 }
 
-/* A text string of n bytes at r->pos. */
+/* A text string of n bytes at r->pos. ASCII (the field names, decimals,
+ * DIDs, most text) is copied into a new str after one scan; anything else is
+ * validated, then decoded by CPython. */
 static PyObject *
 decode_text(Reader *r, uint64_t n, Py_ssize_t start)
 {
     if (n > (uint64_t)(r->len - r->pos))
         return fail(r, D_EOF, start, 0);
     const uint8_t *s = r->data + r->pos;
-    if (!utf8_valid(s, (Py_ssize_t)n))
-        return fail(r, D_BAD_UTF8, start, 0);
-    PyObject *text = PyUnicode_DecodeUTF8((const char *)s, (Py_ssize_t)n, "strict");
+    PyObject *text;
+    if (ascii_only(s, (Py_ssize_t)n)) {
+        text = PyUnicode_New((Py_ssize_t)n, 127);
+        if (text != NULL)
+            memcpy(PyUnicode_1BYTE_DATA(text), s, (size_t)n);
+    }
+    else {
+        if (!utf8_valid(s, (Py_ssize_t)n))
+            return fail(r, D_BAD_UTF8, start, 0);
+        text = PyUnicode_DecodeUTF8((const char *)s, (Py_ssize_t)n, "strict");
+    }
     if (text == NULL)
         return python_failed(r);
     r->pos += (Py_ssize_t)n;
@@ -993,7 +1011,7 @@ has_surrogate(PyObject *s)
 static const char *
 utf8_of(Writer *w, PyObject *s, Py_ssize_t *n, Code surrogate)
 {
-    if (has_surrogate(s)) {
+    if (PyUnicode_KIND(s) != PyUnicode_1BYTE_KIND && has_surrogate(s)) {
         enc_fail(w, surrogate, NULL);
         return NULL;
     }
