@@ -24,7 +24,9 @@ test: $(STAMP)
 
 # The whole suite once more on the pure-Python codec and rules (kernel/dagcbor.py,
 # USAGI_PURE_PYTHON=1), as an install without a C compiler runs; CI runs it.
-# PURE_ARGS: e.g. "-n 2" (pytest-xdist, in the [test] extra) on a 2-core runner.
+# Two pytest-xdist workers by default (the tests use their own ports and
+# directories): about half the time of one on a 2-core runner.
+PURE_ARGS ?= -n 2
 test-pure: $(STAMP)
 	USAGI_PURE_PYTHON=1 $(PY) -c 'import kernel.dagcbor as d; assert d.IMPLEMENTATION == "python", d.IMPLEMENTATION'
 	USAGI_PURE_PYTHON=1 $(PY) -m pytest -q -p no:cacheprovider $(PURE_ARGS)

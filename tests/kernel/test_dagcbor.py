@@ -31,7 +31,7 @@ from kernel.errors import (
     UsagiError,
 )
 
-from ._support import CODEC_FIXTURES, codec_fixture_paths, require_fixtures
+from ._support import CODEC_FIXTURES, codec_fixture_paths, require_fixtures, stable_id
 
 FIXTURES = codec_fixture_paths()
 NEGATIVE = CODEC_FIXTURES / "negative-fixtures" / "dag-cbor" / "decode" / "duplicate-keys.json"
@@ -319,7 +319,7 @@ def test_key_order_is_length_first() -> None:
         [set()],
         {"a": object()},
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_encoder_rejects(value: Any) -> None:
     with pytest.raises(EncodeError):

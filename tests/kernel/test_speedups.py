@@ -26,7 +26,7 @@ from kernel.cid import CID
 from kernel.dagcbor import Limits
 from kernel.errors import DecodeError, EncodeError, MalformedError, NonCanonicalError, UsagiError
 
-from ._support import CODEC_FIXTURES, codec_fixture_paths, require_fixtures
+from ._support import CODEC_FIXTURES, codec_fixture_paths, require_fixtures, stable_id
 from .test_dagcbor import SPEC_REJECTS, values
 
 if os.environ.get(dagcbor.PURE_PYTHON_ENV, "") not in ("", "0"):
@@ -176,7 +176,7 @@ class Name(str, enum.Enum):  # noqa: UP042  (a mixed-in str Enum: str() is its n
         "テキスト",
         b"\x00" * 70_000,
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_encoder_same_bytes(value: Any) -> None:
     assert fast.encode(value) == dagcbor.reference_encode(value)
@@ -186,7 +186,7 @@ def test_encoder_same_bytes(value: Any) -> None:
     "value",
     [math.nan, math.inf, {1: 2}, {b"a": 1}, 1 << 64, -(1 << 64) - 1, {1, 2}, object(), complex(1, 2),
      [[[{"a": {3}}]]], "\ud800", {"\udc00": 1}],
-    ids=repr,
+    ids=stable_id,
 )
 def test_encoder_rejects_like_the_reference(value: Any) -> None:
     with pytest.raises(EncodeError):
@@ -524,7 +524,8 @@ def test_mutated_input_makes_at_most_one_exception(value: Any, data: st.DataObje
 
 
 @pytest.mark.parametrize("value", [math.nan, {1: 2}, 1 << 64, -(1 << 64) - 1, "\ud800", {"\udc00": 1},
-                                   {"a": ["ok", "\U0001f600\udfff"]}, object(), [[[{"a": {3}}]]]], ids=repr)
+                                   {"a": ["ok", "\U0001f600\udfff"]}, object(), [[[{"a": {3}}]]]],
+                         ids=stable_id)
 def test_one_encode_refusal_makes_one_exception(value: Any) -> None:
     rec = recording_instance()
     Recorded.made.clear()
