@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SHARED := ../shared
 
-.PHONY: demo test bench lint vectors clean faults fuzz overload ipfs-daemon ipfs-daemon-stop
+.PHONY: demo test test-pure sanitize ci bench lint vectors clean faults fuzz overload ipfs-daemon ipfs-daemon-stop
 
 $(STAMP): pyproject.toml setup.py kernel/_speedups.c
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	@if [ -f $(SHARED)/tools/check_layers.py ]; then $(PYTHON) $(SHARED)/tools/check_layers.py . ; fi
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The whole suite once more on the pure-Python codec and rules (kernel/dagcbor.py,
+# USAGI_PURE_PYTHON=1), as an install without a C compiler runs; CI runs it.
+# Two pytest-xdist workers by default (the tests use their own ports and
+# directories): about half the time of one on a 2-core runner.
+PURE_ARGS ?= -n 2
+test-pure: $(STAMP)
+	USAGI_PURE_PYTHON=1 $(PY) -c 'import kernel.dagcbor as d; assert d.IMPLEMENTATION == "python", d.IMPLEMENTATION'
+	USAGI_PURE_PYTHON=1 $(PY) -m pytest -q -p no:cacheprovider $(PURE_ARGS)
+
+# The C codec built with ASan + UBSan in a temporary copy of the tree, running
+# tests/kernel, tests/fuzz and bench/fuzz.py's DAG-CBOR targets (tools/sanitize.sh).
+sanitize: $(STAMP)
+	PYTHON=$(abspath $(PY)) tools/sanitize.sh
+
+# What .ci/run runs: the suite, the sanitizer run, the pure-Python suite.
+ci: test sanitize test-pure
 
 bench: $(STAMP)
 	$(PY) bench/kernel.py

@@ -2,9 +2,10 @@
  * kernel._speedups: the kernel's strict DAG-CBOR codec in C.
  *
  * The same format as kernel/dagcbor.py (docs/spec.md, "DAG-CBOR"), which stays
- * the reference: it is used when this module is not built, and the tests run
- * both on the IPLD fixtures, the spec's reject table and generated values and
- * bytes, and require the same values, bytes and error classes.
+ * the reference: it is used when this module is not built (or USAGI_PURE_PYTHON
+ * is set), and the tests run both on the IPLD fixtures, the spec's reject
+ * table and generated values and bytes, and require the same values, bytes and
+ * error classes.
  *
  * decode() reads exactly one canonical item in a single pass: shortest heads,
  * definite lengths, text keys in length-then-bytewise order, no duplicate
@@ -17,6 +18,27 @@
  * encode() writes the one canonical form of a Python value, or raises
  * EncodeError for what DAG-CBOR cannot carry.
  *
+ * lines_ok() answers one question for kernel/document.py: does any document
+ * line break a kernel rule? (True: none does; False: the Python rules run and
+ * name the problems.)
+ *
+ * How it is built (issue 15):
+ *
+ * - Multi-phase initialisation (PEP 489) with per-module state: everything
+ *   configure() is given and every cached object lives in the module object,
+ *   none in C globals, so each interpreter (and each module instance) has its
+ *   own. The only static data are constant tables.
+ * - Errors are raised once, at the boundary. The decoder and encoder record
+ *   what went wrong in a small struct (a code, the byte offset, one number or
+ *   object); the public function turns it into the Python exception. Nothing
+ *   builds an exception mid-parse to throw it away. The one exception built
+ *   by CPython itself that is replaced is the RecursionError of
+ *   Py_EnterRecursiveCall, on a path only a caller already deep in Python
+ *   recursion reaches.
+ * - The kernel's limits are passed in by configure() from the Python
+ *   constants (kernel/dagcbor.py, kernel/document.py); none is written here.
+ * - Validity depends on the arguments only: no process-wide cache is consulted.
+ *
  * Nothing here touches files, sockets or the clock: it is part of the pure
  * kernel.
  */
@@ -27,63 +49,317 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Set by configure(): the kernel's CID class and error classes. */
-static PyObject *CIDType = NULL;
-static PyObject *cid_from_bytes = NULL;
-static PyObject *MalformedError = NULL;
-static PyObject *NonCanonicalError = NULL;
-static PyObject *LimitExceededError = NULL;
-static PyObject *EncodeError = NULL;
-static PyObject *str_raw = NULL;
-static PyObject *str_offset = NULL;
+/* ------------------------------------------------------------ module state */
 
-#define ENCODE_MAX_DEPTH 512
-#define DECODE_MAX_DEPTH 512
+/* Map keys repeat (every line of every order has the same few), so short
+ * keys are kept in a small direct-mapped cache of str objects and shared. */
+#define KEY_CACHE_SIZE 512
+#define KEY_CACHE_MAX_LEN 24
+
+typedef struct {
+    Py_ssize_t len;
+    char bytes[KEY_CACHE_MAX_LEN];
+    PyObject *str;
+} KeyEntry;
+
+/* The fields of a document line, in the order line_ok() reads them. */
+enum { F_TEXT, F_QTY, F_UNIT, F_UNIT_PRICE, F_AMOUNT, F_REF, F_EXT, N_LINE_FIELDS };
+static const char *const line_field_names[N_LINE_FIELDS] = {"text", "qty", "unit", "unit_price", "amount",
+                                                             "ref", "ext"};
+
+/* Every field name the kernel and the node read: documents, lines, envelopes,
+ * signed wrappers, notices, acks, batches. A decoded key equal to one of
+ * these becomes the interned str the Python code's literals are, so dict
+ * look-ups by those literals compare by pointer. */
+static const char *const known_field_names[] = {
+    "v", "kind", "from", "to", "issued_at", "valid_until", "due", "thread", "prev", "user",
+    "note", "currency", "total", "response", "lines", "ref", "ext", "text", "qty", "unit",
+    "unit_price", "amount", "c", "n", "s", "sig", "body", "signer", "cid", "nonce",
+    "sent_at", "at", "by", "status", "digest", "reason", "notices", "blocks", "acks"};
+
+typedef struct {
+    /* configure(): the kernel's CID class, its parser and error classes */
+    PyObject *cid_type;
+    PyObject *cid_from_bytes;
+    PyObject *malformed_error;
+    PyObject *noncanonical_error;
+    PyObject *limit_error;
+    PyObject *encode_error;
+    /* configure(): limits (0: not given yet) */
+    int max_nesting;          /* depth the reference's walks stop at, both ways */
+    Py_ssize_t max_text;      /* UTF-8 bytes of a line's text */
+    Py_ssize_t max_short;     /* UTF-8 bytes of a line's unit and ref */
+    /* made when the module is executed */
+    PyObject *str_raw;
+    PyObject *str_offset;
+    PyObject *max_u64;        /* 2**64 - 1 */
+    PyObject *known_keys;     /* field name -> the interned str */
+    PyObject *line_fields[N_LINE_FIELDS];
+    KeyEntry key_cache[KEY_CACHE_SIZE];
+} State;
+
+static inline State *
+get_state(PyObject *module)
+{
+    return (State *)PyModule_GetState(module);
+}
 
 /* ------------------------------------------------------------------ errors */
 
-static void
-raise_at(PyObject *cls, Py_ssize_t offset, const char *fmt, ...)
+/* What went wrong, recorded where it was found and raised by the public
+ * function. A code names the class and the message; `offset` is the byte it
+ * concerns (-1: none); `arg` is the one number a message carries, `obj` (a
+ * new reference) the one object. PY means a Python exception is already set
+ * (memory, or the CID parser raised). */
+typedef enum {
+    OK = 0,
+    PY,
+    /* decode */
+    D_EMPTY,
+    D_EOF,
+    D_INDEFINITE,
+    D_INDEFINITE_MAJOR,
+    D_RESERVED_INFO,
+    D_NOT_SHORTEST,
+    D_BAD_UTF8,
+    D_MAP_LENGTH,
+    D_ARRAY_LENGTH,
+    D_DEPTH,
+    D_RECURSION,
+    D_KEY_NOT_TEXT,
+    D_DUPLICATE_KEY,
+    D_KEY_ORDER,
+    D_TAG42_NOT_BYTES,
+    D_TAG42_PREFIX,
+    D_TRANSPARENT_TAG,
+    D_BIGNUM_NOT_BYTES,
+    D_BIGNUM_SMALL,
+    D_BIGNUM_LARGE,
+    D_TAG,
+    D_UNDEFINED,
+    D_SIMPLE,
+    D_NOT_FINITE,
+    D_SHORT_FLOAT,
+    D_BREAK,
+    D_TRAILING,
+    /* encode */
+    E_INT_RANGE,
+    E_NOT_FINITE,
+    E_KEY_TYPE,
+    E_KEY_SURROGATE,
+    E_TEXT_SURROGATE,
+    E_CID_RAW,
+    E_DEPTH,
+    E_REPEATED_KEY,
+    E_TYPE,
+    E_DICT_CHANGED,
+} Code;
+
+typedef struct {
+    Code code;
+    Py_ssize_t offset;
+    uint64_t arg;
+    PyObject *obj;
+} Problem;
+
+static inline void
+note(Problem *p, Code code, Py_ssize_t offset, uint64_t arg)
 {
-    va_list vargs;
-    va_start(vargs, fmt);
-    PyObject *msg = PyUnicode_FromFormatV(fmt, vargs);
-    va_end(vargs);
-    if (msg == NULL)
+    p->code = code;
+    p->offset = offset;
+    p->arg = arg;
+}
+
+/* Raise cls(message, offset=offset); the message is consumed. */
+static void
+raise_with(PyObject *cls, PyObject *message, Py_ssize_t offset, State *st)
+{
+    if (message == NULL)
         return;
-    PyObject *args = PyTuple_Pack(1, msg);
-    Py_DECREF(msg);
-    if (args == NULL)
-        return;
-    PyObject *kwargs = NULL;
+    PyObject *exc;
     if (offset >= 0) {
         PyObject *off = PyLong_FromSsize_t(offset);
-        if (off == NULL) {
-            Py_DECREF(args);
-            return;
-        }
-        kwargs = PyDict_New();
-        if (kwargs == NULL || PyDict_SetItem(kwargs, str_offset, off) < 0) {
-            Py_DECREF(off);
+        PyObject *kwargs = off ? PyDict_New() : NULL;
+        if (kwargs == NULL || PyDict_SetItem(kwargs, st->str_offset, off) < 0) {
+            Py_XDECREF(off);
             Py_XDECREF(kwargs);
-            Py_DECREF(args);
+            Py_DECREF(message);
             return;
         }
         Py_DECREF(off);
+        PyObject *args = PyTuple_Pack(1, message);
+        exc = args ? PyObject_Call(cls, args, kwargs) : NULL;
+        Py_XDECREF(args);
+        Py_DECREF(kwargs);
     }
-    PyObject *exc = PyObject_Call(cls, args, kwargs);
-    Py_DECREF(args);
-    Py_XDECREF(kwargs);
+    else {
+        exc = PyObject_CallOneArg(cls, message);
+    }
+    Py_DECREF(message);
     if (exc != NULL) {
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
         Py_DECREF(exc);
     }
 }
 
-static int
-configured(void)
+/* The one place a decode problem becomes an exception. */
+static void
+raise_decode_problem(State *st, Problem *p, int max_depth, Py_ssize_t max_length)
 {
-    if (CIDType == NULL) {
+    PyObject *cls = st->malformed_error, *msg = NULL;
+    unsigned long long arg = (unsigned long long)p->arg;
+    switch (p->code) {
+    case OK:
+    case PY:
+        return;
+    case D_EMPTY:
+        msg = PyUnicode_FromString("empty input");
+        break;
+    case D_EOF:
+        msg = PyUnicode_FromString("malformed CBOR: premature end of data");
+        break;
+    case D_INDEFINITE:
+        cls = st->noncanonical_error;
+        msg = PyUnicode_FromString("indefinite-length item");
+        break;
+    case D_INDEFINITE_MAJOR:
+        msg = PyUnicode_FromFormat("malformed CBOR: indefinite length on major type %d", (int)arg);
+        break;
+    case D_RESERVED_INFO:
+        msg = PyUnicode_FromFormat("malformed CBOR: reserved additional information %d", (int)arg);
+        break;
+    case D_NOT_SHORTEST:
+        cls = st->noncanonical_error;
+        msg = PyUnicode_FromString("not the canonical DAG-CBOR encoding");
+        break;
+    case D_BAD_UTF8:
+        msg = PyUnicode_FromString("malformed CBOR: text is not valid UTF-8");
+        break;
+    case D_MAP_LENGTH:
+    case D_ARRAY_LENGTH:
+        cls = st->limit_error;
+        msg = PyUnicode_FromFormat("%s of %llu entries (limit %zd)", p->code == D_MAP_LENGTH ? "map" : "array",
+                                   arg, max_length);
+        break;
+    case D_DEPTH:
+        cls = st->limit_error;
+        msg = PyUnicode_FromFormat("nesting deeper than %d", max_depth);
+        break;
+    case D_RECURSION:
+        cls = st->limit_error;
+        msg = PyUnicode_FromString("nesting too deep");
+        break;
+    case D_KEY_NOT_TEXT:
+        msg = PyUnicode_FromString("map key is not a text string");
+        break;
+    case D_DUPLICATE_KEY:
+        msg = PyUnicode_FromString("duplicate map key");
+        break;
+    case D_KEY_ORDER:
+        cls = st->noncanonical_error;
+        msg = PyUnicode_FromString("map key out of canonical order");
+        break;
+    case D_TAG42_NOT_BYTES:
+        msg = PyUnicode_FromString("tag 42 must wrap a byte string");
+        break;
+    case D_TAG42_PREFIX:
+        msg = PyUnicode_FromString("tag 42 payload must start with the 0x00 multibase prefix");
+        break;
+    case D_TRANSPARENT_TAG:
+        cls = st->noncanonical_error;
+        msg = PyUnicode_FromFormat("not the canonical DAG-CBOR encoding (tag %llu around a value)", arg);
+        break;
+    case D_BIGNUM_NOT_BYTES:
+        msg = PyUnicode_FromString("malformed CBOR: a bignum tag wraps a byte string");
+        break;
+    case D_BIGNUM_SMALL:
+        cls = st->noncanonical_error;
+        msg = PyUnicode_FromString("not the canonical DAG-CBOR encoding (bignum tag over a 64-bit integer)");
+        break;
+    case D_BIGNUM_LARGE:
+        msg = PyUnicode_FromString("integer outside [-2^64, 2^64-1] (bignum tags are not allowed)");
+        break;
+    case D_TAG:
+        msg = PyUnicode_FromFormat("CBOR tag %llu is not allowed in DAG-CBOR (only 42)", arg);
+        break;
+    case D_UNDEFINED:
+        msg = PyUnicode_FromString("undefined is not allowed in DAG-CBOR");
+        break;
+    case D_SIMPLE:
+        msg = PyUnicode_FromFormat("simple value %d is not allowed in DAG-CBOR", (int)arg);
+        break;
+    case D_NOT_FINITE:
+        msg = PyUnicode_FromString("NaN and Infinity are not allowed in DAG-CBOR");
+        break;
+    case D_SHORT_FLOAT:
+        cls = st->noncanonical_error;
+        msg = PyUnicode_FromString("not the canonical DAG-CBOR encoding (floats are 64-bit)");
+        break;
+    case D_BREAK:
+        msg = PyUnicode_FromString("malformed CBOR: break outside an indefinite-length item");
+        break;
+    case D_TRAILING:
+        msg = PyUnicode_FromString("trailing bytes after the item");
+        break;
+    default:
+        PyErr_Format(PyExc_SystemError, "kernel._speedups: decode problem %d", (int)p->code);
+        return;
+    }
+    raise_with(cls, msg, p->offset, st);
+}
+
+/* The one place an encode problem becomes an exception; releases p->obj. */
+static void
+raise_encode_problem(State *st, Problem *p)
+{
+    PyObject *msg = NULL;
+    switch (p->code) {
+    case OK:
+    case PY:
+        break;
+    case E_INT_RANGE:
+        msg = PyUnicode_FromFormat("integer %R outside the DAG-CBOR range", p->obj);
+        break;
+    case E_NOT_FINITE:
+        msg = PyUnicode_FromString("NaN and Infinity are not allowed in DAG-CBOR");
+        break;
+    case E_KEY_TYPE:
+        msg = PyUnicode_FromFormat("map key %R is not a text string", p->obj);
+        break;
+    case E_KEY_SURROGATE:
+        msg = PyUnicode_FromString("map key is not valid Unicode text (a lone surrogate?)");
+        break;
+    case E_TEXT_SURROGATE:
+        msg = PyUnicode_FromString("text is not valid Unicode (a lone surrogate?)");
+        break;
+    case E_CID_RAW:
+        msg = PyUnicode_FromString("a CID's raw form must be bytes");
+        break;
+    case E_DEPTH:
+        msg = PyUnicode_FromString("value nested too deeply");
+        break;
+    case E_REPEATED_KEY:
+        msg = PyUnicode_FromString("a map that repeats a key");
+        break;
+    case E_TYPE:
+        msg = PyUnicode_FromFormat("cannot encode %s as DAG-CBOR", Py_TYPE(p->obj)->tp_name);
+        break;
+    case E_DICT_CHANGED:
+        PyErr_SetString(PyExc_RuntimeError, "dict changed size during encoding");
+        break;
+    default:
+        PyErr_Format(PyExc_SystemError, "kernel._speedups: encode problem %d", (int)p->code);
+        break;
+    }
+    Py_CLEAR(p->obj);
+    if (msg != NULL)
+        raise_with(st->encode_error, msg, -1, st);
+}
+
+static int
+configured(State *st)
+{
+    if (st->cid_type == NULL || st->max_nesting == 0) {
         PyErr_SetString(PyExc_RuntimeError, "kernel._speedups.configure() was not called");
         return 0;
     }
@@ -93,22 +369,41 @@ configured(void)
 /* ------------------------------------------------------------------ decode */
 
 typedef struct {
+    State *st;
     const uint8_t *data;
     Py_ssize_t len;
     Py_ssize_t pos;
     int max_depth;
     Py_ssize_t max_length;
+    Problem problem;
 } Reader;
 
-/* Read one head at r->pos. Returns 0 and sets *major, *info, *arg; -1 on error.
- * Enforces the shortest form of the argument; indefinite lengths are errors.
- * Major type 7 heads are left to the caller (info is returned as is). */
+/* Failed: record the problem and return NULL (for the PyObject* functions). */
+static PyObject *
+fail(Reader *r, Code code, Py_ssize_t offset, uint64_t arg)
+{
+    note(&r->problem, code, offset, arg);
+    return NULL;
+}
+
+/* A Python call failed (its exception is set). */
+static PyObject *
+python_failed(Reader *r)
+{
+    r->problem.code = PY;
+    return NULL;
+}
+
+/* Read one head at r->pos. Returns 0 and sets *major, *info, *arg; -1 with the
+ * problem recorded. Enforces the shortest form of the argument; indefinite
+ * lengths are errors. Major type 7 heads are left to the caller (info is
+ * returned as is). */
 static int
 read_head(Reader *r, int *major, int *info, uint64_t *arg)
 {
     Py_ssize_t start = r->pos;
     if (r->pos >= r->len) {
-        raise_at(MalformedError, start, "malformed CBOR: premature end of data");
+        note(&r->problem, D_EOF, start, 0);
         return -1;
     }
     uint8_t b = r->data[r->pos++];
@@ -123,22 +418,16 @@ read_head(Reader *r, int *major, int *info, uint64_t *arg)
         return 0;
     }
     if (*info >= 28) {
-        if (*info == 31) {
-            if (*major >= 2 && *major <= 5) {
-                raise_at(NonCanonicalError, start, "indefinite-length item");
-            }
-            else {
-                raise_at(MalformedError, start, "malformed CBOR: indefinite length on major type %d", *major);
-            }
-        }
-        else {
-            raise_at(MalformedError, start, "malformed CBOR: reserved additional information %d", *info);
-        }
+        if (*info == 31)
+            note(&r->problem, *major >= 2 && *major <= 5 ? D_INDEFINITE : D_INDEFINITE_MAJOR, start,
+                 (uint64_t)*major);
+        else
+            note(&r->problem, D_RESERVED_INFO, start, (uint64_t)*info);
         return -1;
     }
     int n = 1 << (*info - 24); /* 1, 2, 4 or 8 bytes */
     if (r->len - r->pos < n) {
-        raise_at(MalformedError, start, "malformed CBOR: premature end of data");
+        note(&r->problem, D_EOF, start, 0);
         return -1;
     }
     uint64_t v = 0;
@@ -147,7 +436,7 @@ read_head(Reader *r, int *major, int *info, uint64_t *arg)
     r->pos += n;
     static const uint64_t floor_of[4] = {24, 0x100, 0x10000, 0x100000000ULL};
     if (v < floor_of[*info - 24]) {
-        raise_at(NonCanonicalError, start, "not the canonical DAG-CBOR encoding");
+        note(&r->problem, D_NOT_SHORTEST, start, 0);
         return -1;
     }
     *arg = v;
@@ -157,61 +446,110 @@ read_head(Reader *r, int *major, int *info, uint64_t *arg)
 static PyObject *decode_item(Reader *r, int depth);
 
 static PyObject *
-decode_negative(uint64_t arg)
+decode_negative(Reader *r, uint64_t arg)
 {
     if (arg <= (uint64_t)INT64_MAX)
         return PyLong_FromLongLong(-1 - (long long)arg);
     PyObject *u = PyLong_FromUnsignedLongLong(arg);
     if (u == NULL)
-        return NULL;
+        return python_failed(r);
     PyObject *neg = PyNumber_Negative(u);
     Py_DECREF(u);
     if (neg == NULL)
-        return NULL;
+        return python_failed(r);
     PyObject *one = PyLong_FromLong(1);
     PyObject *out = one ? PyNumber_Subtract(neg, one) : NULL;
     Py_XDECREF(one);
     Py_DECREF(neg);
-    return out;
+    return out ? out : python_failed(r);
 }
 
-/* A text string of n bytes at r->pos. */
+/* 1 when s[0..n) is ASCII; eight bytes at a time. */
+static int
+ascii_only(const uint8_t *s, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    for (; n - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080ULL)
+            return 0;
+    }
+    for (; i < n; i++)
+        if (s[i] & 0x80)
+            return 0;
+    return 1;
+}
+
+/* 1 when s[0..n) is well-formed UTF-8 as Python's strict decoder reads it: no
+ * overlong forms, no surrogates (U+D800..U+DFFF), nothing past U+10FFFF.
+ * Checked here so that invalid text is a recorded problem, not a
+ * UnicodeDecodeError built and then replaced. */
+static int
+utf8_valid(const uint8_t *s, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    while (i < n) {
+        uint8_t c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c < 0xC2) /* a continuation byte, or an overlong two-byte form */
+            return 0;
+        if (c < 0xE0) {
+            if (n - i < 2 || (s[i + 1] & 0xC0) != 0x80)
+                return 0;
+            i += 2;
+            continue;
+        }
+        if (c < 0xF0) {
+            if (n - i < 3 || (s[i + 1] & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80)
+                return 0;
+            if ((c == 0xE0 && s[i + 1] < 0xA0) || (c == 0xED && s[i + 1] >= 0xA0))
+                return 0; /* overlong, or a surrogate */
+            i += 3;
+            continue;
+        }
+        if (c < 0xF5) {
+            if (n - i < 4 || (s[i + 1] & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80 ||
+                (s[i + 3] & 0xC0) != 0x80)
+                return 0;
+            if ((c == 0xF0 && s[i + 1] < 0x90) || (c == 0xF4 && s[i + 1] >= 0x90))
+                return 0; /* overlong, or past U+10FFFF */
+            i += 4;
+            continue;
+        }
+        return 0;
+    }
+    return 1;
+}
+
+/* A text string of n bytes at r->pos. ASCII (the field names, decimals,
+ * DIDs, most text) is copied into a new str after one scan; anything else is
+ * validated, then decoded by CPython. */
 static PyObject *
 decode_text(Reader *r, uint64_t n, Py_ssize_t start)
 {
-    if (n > (uint64_t)(r->len - r->pos)) {
-        raise_at(MalformedError, start, "malformed CBOR: premature end of data");
-        return NULL;
+    if (n > (uint64_t)(r->len - r->pos))
+        return fail(r, D_EOF, start, 0);
+    const uint8_t *s = r->data + r->pos;
+    PyObject *text;
+    if (ascii_only(s, (Py_ssize_t)n)) {
+        text = PyUnicode_New((Py_ssize_t)n, 127);
+        if (text != NULL)
+            memcpy(PyUnicode_1BYTE_DATA(text), s, (size_t)n);
     }
-    const char *s = (const char *)r->data + r->pos;
-    PyObject *text = PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "strict");
-    if (text == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
-            PyErr_Clear();
-            raise_at(MalformedError, start, "malformed CBOR: text is not valid UTF-8");
-        }
-        return NULL;
+    else {
+        if (!utf8_valid(s, (Py_ssize_t)n))
+            return fail(r, D_BAD_UTF8, start, 0);
+        text = PyUnicode_DecodeUTF8((const char *)s, (Py_ssize_t)n, "strict");
     }
+    if (text == NULL)
+        return python_failed(r);
     r->pos += (Py_ssize_t)n;
     return text;
 }
-
-/* Map keys repeat (every line of every order has the same few), so short
- * keys are kept in a small direct-mapped cache of str objects and shared. */
-#define KEY_CACHE_SIZE 512
-#define KEY_CACHE_MAX_LEN 24
-
-typedef struct {
-    Py_ssize_t len;
-    char bytes[KEY_CACHE_MAX_LEN];
-    PyObject *str;
-} KeyEntry;
-
-static KeyEntry key_cache[KEY_CACHE_SIZE];
-
-/* The field names of the kernel's own structures, interned at import:
- * name -> the interned str (filled in PyInit__speedups). */
-static PyObject *known_keys;
 
 static PyObject *
 decode_key(Reader *r, uint64_t n, Py_ssize_t start)
@@ -222,7 +560,7 @@ decode_key(Reader *r, uint64_t n, Py_ssize_t start)
     uint32_t h = 2166136261u;
     for (uint64_t i = 0; i < n; i++)
         h = (h ^ p[i]) * 16777619u;
-    KeyEntry *e = &key_cache[(h ^ (h >> 16)) & (KEY_CACHE_SIZE - 1)];
+    KeyEntry *e = &r->st->key_cache[(h ^ (h >> 16)) & (KEY_CACHE_SIZE - 1)];
     if (e->str != NULL && e->len == (Py_ssize_t)n && memcmp(e->bytes, p, (size_t)n) == 0) {
         r->pos += (Py_ssize_t)n;
         Py_INCREF(e->str);
@@ -231,18 +569,18 @@ decode_key(Reader *r, uint64_t n, Py_ssize_t start)
     PyObject *key = decode_text(r, n, start);
     if (key == NULL)
         return NULL;
-    /* A known field name becomes the very object the document checks hold
-     * ("text", "qty", ...), so they compare by pointer, not by content. Other
-     * keys stay plain: interning text from the network would make it
-     * immortal on CPython 3.12 (a leak anyone could drive). */
-    PyObject *known = PyDict_GetItemWithError(known_keys, key); /* borrowed */
+    /* A known field name becomes the interned str the Python code holds
+     * ("text", "qty", ...). Other keys stay plain: interning text from the
+     * network would make it immortal on CPython 3.12 (a leak anyone could
+     * drive). A str key's hash cannot fail, so the look-up cannot either. */
+    PyObject *known = PyDict_GetItemWithError(r->st->known_keys, key); /* borrowed */
     if (known != NULL) {
         Py_INCREF(known);
         Py_SETREF(key, known);
     }
     else if (PyErr_Occurred()) {
         Py_DECREF(key);
-        return NULL;
+        return python_failed(r);
     }
     Py_INCREF(key);
     Py_XSETREF(e->str, key);
@@ -255,24 +593,19 @@ static PyObject *
 decode_map(Reader *r, uint64_t n, int depth, Py_ssize_t start)
 {
     /* each entry is at least two bytes */
-    if (n > (uint64_t)(r->len - r->pos) / 2) {
-        raise_at(MalformedError, start, "malformed CBOR: premature end of data");
-        return NULL;
-    }
-    if (n > (uint64_t)r->max_length) {
-        raise_at(LimitExceededError, start, "map of %llu entries (limit %zd)",
-                 (unsigned long long)n, r->max_length);
-        return NULL;
-    }
+    if (n > (uint64_t)(r->len - r->pos) / 2)
+        return fail(r, D_EOF, start, 0);
+    if (n > (uint64_t)r->max_length)
+        return fail(r, D_MAP_LENGTH, start, n);
     PyObject *map = PyDict_New();
     if (map == NULL)
-        return NULL;
+        return python_failed(r);
     const uint8_t *prev_key = NULL;
     uint64_t prev_len = 0;
     for (uint64_t i = 0; i < n; i++) {
         Py_ssize_t key_start = r->pos;
         if (depth + 1 > r->max_depth) {
-            raise_at(LimitExceededError, key_start, "nesting deeper than %d", r->max_depth);
+            fail(r, D_DEPTH, key_start, 0);
             goto error;
         }
         int major, info;
@@ -280,12 +613,12 @@ decode_map(Reader *r, uint64_t n, int depth, Py_ssize_t start)
         if (read_head(r, &major, &info, &klen) < 0)
             goto error;
         if (major != 3) {
-            raise_at(MalformedError, key_start, "map key is not a text string");
+            fail(r, D_KEY_NOT_TEXT, key_start, 0);
             goto error;
         }
         const uint8_t *kbytes = r->data + r->pos;
         if (klen > (uint64_t)(r->len - r->pos)) {
-            raise_at(MalformedError, key_start, "malformed CBOR: premature end of data");
+            fail(r, D_EOF, key_start, 0);
             goto error;
         }
         if (prev_key != NULL) {
@@ -295,11 +628,11 @@ decode_map(Reader *r, uint64_t n, int depth, Py_ssize_t start)
             else
                 cmp = memcmp(kbytes, prev_key, (size_t)klen);
             if (cmp == 0) {
-                raise_at(MalformedError, key_start, "duplicate map key");
+                fail(r, D_DUPLICATE_KEY, key_start, 0);
                 goto error;
             }
             if (cmp < 0) {
-                raise_at(NonCanonicalError, key_start, "map key out of canonical order");
+                fail(r, D_KEY_ORDER, key_start, 0);
                 goto error;
             }
         }
@@ -316,8 +649,10 @@ decode_map(Reader *r, uint64_t n, int depth, Py_ssize_t start)
         int rc = PyDict_SetItem(map, key, value);
         Py_DECREF(key);
         Py_DECREF(value);
-        if (rc < 0)
+        if (rc < 0) {
+            python_failed(r);
             goto error;
+        }
     }
     return map;
 error:
@@ -328,18 +663,13 @@ error:
 static PyObject *
 decode_array(Reader *r, uint64_t n, int depth, Py_ssize_t start)
 {
-    if (n > (uint64_t)(r->len - r->pos)) {
-        raise_at(MalformedError, start, "malformed CBOR: premature end of data");
-        return NULL;
-    }
-    if (n > (uint64_t)r->max_length) {
-        raise_at(LimitExceededError, start, "array of %llu entries (limit %zd)",
-                 (unsigned long long)n, r->max_length);
-        return NULL;
-    }
+    if (n > (uint64_t)(r->len - r->pos))
+        return fail(r, D_EOF, start, 0);
+    if (n > (uint64_t)r->max_length)
+        return fail(r, D_ARRAY_LENGTH, start, n);
     PyObject *list = PyList_New((Py_ssize_t)n);
     if (list == NULL)
-        return NULL;
+        return python_failed(r);
     for (Py_ssize_t i = 0; i < (Py_ssize_t)n; i++) {
         PyObject *item = decode_item(r, depth + 1);
         if (item == NULL) {
@@ -358,42 +688,34 @@ static PyObject *
 decode_tag(Reader *r, uint64_t tag, int depth, Py_ssize_t start)
 {
     if (tag == 42) {
-        if (depth + 1 > r->max_depth) {
-            raise_at(LimitExceededError, r->pos, "nesting deeper than %d", r->max_depth);
-            return NULL;
-        }
+        if (depth + 1 > r->max_depth)
+            return fail(r, D_DEPTH, r->pos, 0);
         Py_ssize_t inner = r->pos;
         int major, info;
         uint64_t n;
         if (read_head(r, &major, &info, &n) < 0)
             return NULL;
-        if (major != 2) {
-            raise_at(MalformedError, inner, "tag 42 must wrap a byte string");
-            return NULL;
-        }
-        if (n > (uint64_t)(r->len - r->pos)) {
-            raise_at(MalformedError, inner, "malformed CBOR: premature end of data");
-            return NULL;
-        }
+        if (major != 2)
+            return fail(r, D_TAG42_NOT_BYTES, inner, 0);
+        if (n > (uint64_t)(r->len - r->pos))
+            return fail(r, D_EOF, inner, 0);
         const uint8_t *p = r->data + r->pos;
-        if (n == 0 || p[0] != 0) {
-            raise_at(MalformedError, inner, "tag 42 payload must start with the 0x00 multibase prefix");
-            return NULL;
-        }
+        if (n == 0 || p[0] != 0)
+            return fail(r, D_TAG42_PREFIX, inner, 0);
         PyObject *raw = PyBytes_FromStringAndSize((const char *)p + 1, (Py_ssize_t)n - 1);
         if (raw == NULL)
-            return NULL;
+            return python_failed(r);
         r->pos += (Py_ssize_t)n;
-        PyObject *cid = PyObject_CallOneArg(cid_from_bytes, raw);
+        /* The kernel's own parser (kernel/cid.py) judges the CID; what it
+         * raises is the caller's error as it is. */
+        PyObject *cid = PyObject_CallOneArg(r->st->cid_from_bytes, raw);
         Py_DECREF(raw);
-        return cid;
+        return cid ? cid : python_failed(r);
     }
     if (tag == 55799 || tag == 28 || tag == 256) {
         /* self-describe, "shareable", string-reference namespace: wrappers
          * around a value that DAG-CBOR spells without them */
-        raise_at(NonCanonicalError, start, "not the canonical DAG-CBOR encoding (tag %llu around a value)",
-                 (unsigned long long)tag);
-        return NULL;
+        return fail(r, D_TRANSPARENT_TAG, start, tag);
     }
     if (tag == 2 || tag == 3) {
         /* A bignum: non-canonical when the value fits the 64-bit range DAG-CBOR
@@ -403,25 +725,16 @@ decode_tag(Reader *r, uint64_t tag, int depth, Py_ssize_t start)
         uint64_t n;
         if (read_head(r, &major, &info, &n) < 0)
             return NULL;
-        if (major != 2 || n > (uint64_t)(r->len - r->pos)) {
-            raise_at(MalformedError, inner, "malformed CBOR: a bignum tag wraps a byte string");
-            return NULL;
-        }
+        if (major != 2 || n > (uint64_t)(r->len - r->pos))
+            return fail(r, D_BIGNUM_NOT_BYTES, inner, 0);
         const uint8_t *p = r->data + r->pos;
         uint64_t skip = 0;
         while (skip < n && p[skip] == 0)
             skip++;
         /* v < 2^64 fits both ways: a tag 3 value -1 - v is then >= -2^64 */
-        if (n - skip <= 8) {
-            raise_at(NonCanonicalError, start, "not the canonical DAG-CBOR encoding (bignum tag over a 64-bit integer)");
-        }
-        else {
-            raise_at(MalformedError, start, "integer outside [-2^64, 2^64-1] (bignum tags are not allowed)");
-        }
-        return NULL;
+        return fail(r, n - skip <= 8 ? D_BIGNUM_SMALL : D_BIGNUM_LARGE, start, 0);
     }
-    raise_at(MalformedError, start, "CBOR tag %llu is not allowed in DAG-CBOR (only 42)", (unsigned long long)tag);
-    return NULL;
+    return fail(r, D_TAG, start, tag);
 }
 
 static PyObject *
@@ -435,61 +748,41 @@ decode_simple(Reader *r, int info, Py_ssize_t start)
     case 22:
         Py_RETURN_NONE;
     case 23:
-        raise_at(MalformedError, start, "undefined is not allowed in DAG-CBOR");
-        return NULL;
+        return fail(r, D_UNDEFINED, start, 0);
     case 24:
-        if (r->pos >= r->len) {
-            raise_at(MalformedError, start, "malformed CBOR: premature end of data");
-            return NULL;
-        }
-        raise_at(MalformedError, start, "simple value %d is not allowed in DAG-CBOR", r->data[r->pos]);
-        return NULL;
+        if (r->pos >= r->len)
+            return fail(r, D_EOF, start, 0);
+        return fail(r, D_SIMPLE, start, r->data[r->pos]);
     case 25:
     case 26: {
         int n = info == 25 ? 2 : 4;
-        if (r->len - r->pos < n) {
-            raise_at(MalformedError, start, "malformed CBOR: premature end of data");
-            return NULL;
-        }
+        if (r->len - r->pos < n)
+            return fail(r, D_EOF, start, 0);
         const uint8_t *p = r->data + r->pos;
         int special = info == 25 ? (p[0] & 0x7c) == 0x7c
                                  : ((p[0] & 0x7f) == 0x7f && (p[1] & 0x80) == 0x80);
-        if (special) {
-            raise_at(MalformedError, start, "NaN and Infinity are not allowed in DAG-CBOR");
-        }
-        else {
-            raise_at(NonCanonicalError, start, "not the canonical DAG-CBOR encoding (floats are 64-bit)");
-        }
-        return NULL;
+        return fail(r, special ? D_NOT_FINITE : D_SHORT_FLOAT, start, 0);
     }
     case 27: {
-        if (r->len - r->pos < 8) {
-            raise_at(MalformedError, start, "malformed CBOR: premature end of data");
-            return NULL;
-        }
+        if (r->len - r->pos < 8)
+            return fail(r, D_EOF, start, 0);
         uint64_t bits = 0;
         for (int i = 0; i < 8; i++)
             bits = (bits << 8) | r->data[r->pos + i];
         double d;
         memcpy(&d, &bits, 8);
-        if (!isfinite(d)) {
-            raise_at(MalformedError, start, "NaN and Infinity are not allowed in DAG-CBOR");
-            return NULL;
-        }
+        if (!isfinite(d))
+            return fail(r, D_NOT_FINITE, start, 0);
         r->pos += 8;
-        return PyFloat_FromDouble(d);
+        PyObject *out = PyFloat_FromDouble(d);
+        return out ? out : python_failed(r);
     }
     case 31:
-        raise_at(MalformedError, start, "malformed CBOR: break outside an indefinite-length item");
-        return NULL;
+        return fail(r, D_BREAK, start, 0);
     default:
-        if (info < 20) {
-            raise_at(MalformedError, start, "simple value %d is not allowed in DAG-CBOR", info);
-        }
-        else {
-            raise_at(MalformedError, start, "malformed CBOR: reserved additional information %d", info);
-        }
-        return NULL;
+        if (info < 20)
+            return fail(r, D_SIMPLE, start, (uint64_t)info);
+        return fail(r, D_RESERVED_INFO, start, (uint64_t)info);
     }
 }
 
@@ -497,36 +790,36 @@ static PyObject *
 decode_item(Reader *r, int depth)
 {
     Py_ssize_t start = r->pos;
-    if (depth > r->max_depth) {
-        raise_at(LimitExceededError, start, "nesting deeper than %d", r->max_depth);
-        return NULL;
-    }
+    if (depth > r->max_depth)
+        return fail(r, D_DEPTH, start, 0);
     int major, info;
     uint64_t arg;
     if (read_head(r, &major, &info, &arg) < 0)
         return NULL;
+    PyObject *out;
     switch (major) {
     case 0:
-        return PyLong_FromUnsignedLongLong(arg);
+        out = PyLong_FromUnsignedLongLong(arg);
+        return out ? out : python_failed(r);
     case 1:
-        return decode_negative(arg);
+        return decode_negative(r, arg);
     case 2:
-        if (arg > (uint64_t)(r->len - r->pos)) {
-            raise_at(MalformedError, start, "malformed CBOR: premature end of data");
-            return NULL;
-        }
+        if (arg > (uint64_t)(r->len - r->pos))
+            return fail(r, D_EOF, start, 0);
         r->pos += (Py_ssize_t)arg;
-        return PyBytes_FromStringAndSize((const char *)r->data + r->pos - (Py_ssize_t)arg, (Py_ssize_t)arg);
+        out = PyBytes_FromStringAndSize((const char *)r->data + r->pos - (Py_ssize_t)arg, (Py_ssize_t)arg);
+        return out ? out : python_failed(r);
     case 3:
         return decode_text(r, arg, start);
     case 4:
-    case 5: {
+    case 5:
+        /* The depth limit (at most configure()'s max_nesting) bounds the C
+         * stack; this guards a caller already deep in recursion. */
         if (Py_EnterRecursiveCall(" while decoding DAG-CBOR"))
-            return NULL;
-        PyObject *out = major == 4 ? decode_array(r, arg, depth, start) : decode_map(r, arg, depth, start);
+            return fail(r, D_RECURSION, -1, 0);
+        out = major == 4 ? decode_array(r, arg, depth, start) : decode_map(r, arg, depth, start);
         Py_LeaveRecursiveCall();
         return out;
-    }
     case 6:
         return decode_tag(r, arg, depth, start);
     default:
@@ -535,13 +828,14 @@ decode_item(Reader *r, int depth)
 }
 
 static PyObject *
-sp_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+sp_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    State *st = get_state(module);
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "decode(data, max_depth, max_length)");
         return NULL;
     }
-    if (!configured())
+    if (!configured(st))
         return NULL;
     long max_depth = PyLong_AsLong(args[1]);
     if (max_depth == -1 && PyErr_Occurred())
@@ -557,40 +851,60 @@ sp_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "max_length out of range");
         return NULL;
     }
-    /* Deeper than the reference ever accepts (its walk stops at 512), and a
-     * C stack that stays small whatever the caller's limit. */
-    if (max_depth > DECODE_MAX_DEPTH)
-        max_depth = DECODE_MAX_DEPTH;
+    /* Never deeper than the reference accepts (its walk stops at
+     * max_nesting), and a C stack that stays small whatever the caller asks. */
+    if (max_depth > st->max_nesting)
+        max_depth = st->max_nesting;
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    Reader r = {(const uint8_t *)view.buf, view.len, 0, (int)max_depth, max_length};
+    Reader r = {st, (const uint8_t *)view.buf, view.len, 0, (int)max_depth, max_length, {OK, -1, 0, NULL}};
     PyObject *out = NULL;
     if (r.len == 0) {
-        raise_at(MalformedError, -1, "empty input");
-        goto done;
+        note(&r.problem, D_EMPTY, -1, 0);
     }
-    out = decode_item(&r, 0);
-    if (out == NULL && PyErr_ExceptionMatches(PyExc_RecursionError)) {
-        PyErr_Clear();
-        raise_at(LimitExceededError, -1, "nesting too deep");
+    else {
+        out = decode_item(&r, 0);
+        if (out != NULL && r.pos != r.len) {
+            Py_CLEAR(out);
+            note(&r.problem, D_TRAILING, r.pos, 0);
+        }
     }
-    if (out != NULL && r.pos != r.len) {
-        Py_CLEAR(out);
-        raise_at(MalformedError, r.pos, "trailing bytes after the item");
-    }
-done:
     PyBuffer_Release(&view);
+    if (out == NULL) {
+        if (r.problem.code == D_RECURSION)
+            PyErr_Clear(); /* CPython's RecursionError, replaced by the kernel's limit error */
+        raise_decode_problem(st, &r.problem, r.max_depth, r.max_length);
+    }
     return out;
 }
 
 /* ------------------------------------------------------------------ encode */
 
 typedef struct {
+    State *st;
     char *buf;
     Py_ssize_t len;
     Py_ssize_t cap;
+    Problem problem;
 } Writer;
+
+/* Failed: record the problem (obj: a borrowed reference, kept) and return -1. */
+static int
+enc_fail(Writer *w, Code code, PyObject *obj)
+{
+    w->problem.code = code;
+    Py_XINCREF(obj);
+    Py_XSETREF(w->problem.obj, obj);
+    return -1;
+}
+
+static int
+enc_python_failed(Writer *w)
+{
+    w->problem.code = PY;
+    return -1;
+}
 
 static int
 reserve(Writer *w, Py_ssize_t extra)
@@ -601,14 +915,14 @@ reserve(Writer *w, Py_ssize_t extra)
     while (cap < w->len + extra) {
         if (cap > PY_SSIZE_T_MAX / 2) {
             PyErr_NoMemory();
-            return -1;
+            return enc_python_failed(w);
         }
         cap *= 2;
     }
     char *buf = PyMem_Realloc(w->buf, (size_t)cap);
     if (buf == NULL) {
         PyErr_NoMemory();
-        return -1;
+        return enc_python_failed(w);
     }
     w->buf = buf;
     w->cap = cap;
@@ -670,13 +984,50 @@ write_bytes(Writer *w, int major, const char *data, Py_ssize_t n)
     return write_raw(w, data, n);
 }
 
+/* 1 when the exact str s holds a lone surrogate, which UTF-8 cannot carry.
+ * Only strings of two- or four-byte kind can; looked at before encoding so
+ * that it is a recorded problem, not a UnicodeEncodeError built and replaced. */
+static int
+has_surrogate(PyObject *s)
+{
+    int kind = PyUnicode_KIND(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    if (kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *d = PyUnicode_2BYTE_DATA(s);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if ((d[i] & 0xF800) == 0xD800)
+                return 1;
+    }
+    else if (kind == PyUnicode_4BYTE_KIND) {
+        const Py_UCS4 *d = PyUnicode_4BYTE_DATA(s);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if ((d[i] & 0xFFFFF800u) == 0xD800)
+                return 1;
+    }
+    return 0;
+}
+
+/* The UTF-8 of an exact str, or NULL with the problem recorded. */
+static const char *
+utf8_of(Writer *w, PyObject *s, Py_ssize_t *n, Code surrogate)
+{
+    if (PyUnicode_KIND(s) != PyUnicode_1BYTE_KIND && has_surrogate(s)) {
+        enc_fail(w, surrogate, NULL);
+        return NULL;
+    }
+    const char *out = PyUnicode_AsUTF8AndSize(s, n);
+    if (out == NULL)
+        enc_python_failed(w);
+    return out;
+}
+
 static int
 encode_int(Writer *w, PyObject *value)
 {
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
     if (v == -1 && PyErr_Occurred())
-        return -1;
+        return enc_python_failed(w);
     if (overflow == 0) {
         if (v >= 0)
             return write_head(w, 0, (uint64_t)v);
@@ -693,32 +1044,32 @@ encode_int(Writer *w, PyObject *value)
         /* -1 - value */
         PyObject *minus_one = PyLong_FromLong(-1);
         if (minus_one == NULL)
-            return -1;
+            return enc_python_failed(w);
         magnitude = PyNumber_Subtract(minus_one, value);
         Py_DECREF(minus_one);
         if (magnitude == NULL)
-            return -1;
+            return enc_python_failed(w);
         major = 1;
+    }
+    /* Compared before converting, so that a value out of range is a recorded
+     * problem and not an OverflowError built and replaced. */
+    int fits = PyObject_RichCompareBool(magnitude, w->st->max_u64, Py_LE);
+    if (fits <= 0) {
+        Py_DECREF(magnitude);
+        return fits < 0 ? enc_python_failed(w) : enc_fail(w, E_INT_RANGE, value);
     }
     unsigned long long u = PyLong_AsUnsignedLongLong(magnitude);
     Py_DECREF(magnitude);
-    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-            return -1;
-        PyErr_Clear();
-        raise_at(EncodeError, -1, "integer %R outside the DAG-CBOR range", value);
-        return -1;
-    }
+    if (u == (unsigned long long)-1 && PyErr_Occurred())
+        return enc_python_failed(w);
     return write_head(w, major, u);
 }
 
 static int
 encode_float(Writer *w, double d)
 {
-    if (!isfinite(d)) {
-        raise_at(EncodeError, -1, "NaN and Infinity are not allowed in DAG-CBOR");
-        return -1;
-    }
+    if (!isfinite(d))
+        return enc_fail(w, E_NOT_FINITE, NULL);
     if (reserve(w, 9) < 0)
         return -1;
     uint64_t bits;
@@ -767,7 +1118,7 @@ encode_map(Writer *w, PyObject *map, int depth)
         entries = PyMem_Malloc(sizeof(Entry) * (size_t)n);
         if (entries == NULL) {
             PyErr_NoMemory();
-            return -1;
+            return enc_python_failed(w);
         }
     }
     int rc = -1;
@@ -776,22 +1127,17 @@ encode_map(Writer *w, PyObject *map, int depth)
     /* Hold references: encoding a value may run Python code (a CID's raw). */
     while (PyDict_Next(map, &pos, &key, &value)) {
         if (i >= n) {
-            PyErr_SetString(PyExc_RuntimeError, "dict changed size during encoding");
+            enc_fail(w, E_DICT_CHANGED, NULL);
             goto done;
         }
         if (!PyUnicode_CheckExact(key)) {
-            raise_at(EncodeError, -1, "map key %R is not a text string", key);
+            enc_fail(w, E_KEY_TYPE, key);
             goto done;
         }
         Py_ssize_t klen;
-        const char *k = PyUnicode_AsUTF8AndSize(key, &klen);
-        if (k == NULL) {
-            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-                PyErr_Clear();
-                raise_at(EncodeError, -1, "map key is not valid Unicode text (a lone surrogate?)");
-            }
+        const char *k = utf8_of(w, key, &klen, E_KEY_SURROGATE);
+        if (k == NULL)
             goto done;
-        }
         Py_INCREF(key);
         Py_INCREF(value);
         entries[i].key = k;
@@ -801,7 +1147,7 @@ encode_map(Writer *w, PyObject *map, int depth)
         i++;
     }
     if (i != n) {
-        PyErr_SetString(PyExc_RuntimeError, "dict changed size during encoding");
+        enc_fail(w, E_DICT_CHANGED, NULL);
         goto done;
     }
     if (n <= 16) {
@@ -847,7 +1193,7 @@ encode_sequence(Writer *w, PyObject *seq, int depth)
     if (PyList_CheckExact(seq)) {
         items = PyList_AsTuple(seq);
         if (items == NULL)
-            return -1;
+            return enc_python_failed(w);
     }
     else {
         Py_INCREF(seq);
@@ -864,12 +1210,12 @@ encode_sequence(Writer *w, PyObject *seq, int depth)
 static int
 encode_cid(Writer *w, PyObject *cid)
 {
-    PyObject *raw = PyObject_GetAttr(cid, str_raw);
+    PyObject *raw = PyObject_GetAttr(cid, w->st->str_raw);
     if (raw == NULL)
-        return -1;
+        return enc_python_failed(w);
     int rc = -1;
     if (!PyBytes_Check(raw)) {
-        raise_at(EncodeError, -1, "a CID's raw form must be bytes");
+        enc_fail(w, E_CID_RAW, NULL);
         goto done;
     }
     Py_ssize_t n = PyBytes_GET_SIZE(raw);
@@ -884,38 +1230,70 @@ done:
     return rc;
 }
 
+/* A dict subclass, read the way the reference reads it: by iterating it and
+ * indexing it (OrderedDict, a class that overrides __iter__). */
+static int
+encode_dict_like(Writer *w, PyObject *value, int depth)
+{
+    PyObject *keys = PySequence_Tuple(value);
+    if (keys == NULL)
+        return enc_python_failed(w);
+    PyObject *plain = PyDict_New();
+    int rc = plain == NULL ? enc_python_failed(w) : 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyTuple_GET_SIZE(keys); i++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, i);
+        if (!PyUnicode_CheckExact(key)) {
+            rc = enc_fail(w, E_KEY_TYPE, key);
+            break;
+        }
+        PyObject *item = PyObject_GetItem(value, key);
+        if (item == NULL) {
+            rc = enc_python_failed(w);
+            break;
+        }
+        if (PyDict_SetItem(plain, key, item) < 0)
+            rc = enc_python_failed(w);
+        Py_DECREF(item);
+    }
+    if (rc == 0 && PyDict_GET_SIZE(plain) != PyTuple_GET_SIZE(keys))
+        rc = enc_fail(w, E_REPEATED_KEY, NULL);
+    if (rc == 0) {
+        if (Py_EnterRecursiveCall(" while encoding DAG-CBOR")) {
+            rc = enc_python_failed(w);
+        }
+        else {
+            rc = encode_map(w, plain, depth);
+            Py_LeaveRecursiveCall();
+        }
+    }
+    Py_XDECREF(plain);
+    Py_DECREF(keys);
+    return rc;
+}
+
 static int
 encode_value(Writer *w, PyObject *value, int depth)
 {
     PyTypeObject *type = Py_TYPE(value);
     if (type == &PyUnicode_Type) {
         Py_ssize_t n;
-        const char *s = PyUnicode_AsUTF8AndSize(value, &n);
-        if (s == NULL) {
-            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-                PyErr_Clear();
-                raise_at(EncodeError, -1, "text is not valid Unicode (a lone surrogate?)");
-            }
+        const char *s = utf8_of(w, value, &n, E_TEXT_SURROGATE);
+        if (s == NULL)
             return -1;
-        }
         return write_bytes(w, 3, s, n);
     }
     if (type == &PyDict_Type || type == &PyList_Type || type == &PyTuple_Type) {
-        if (depth > ENCODE_MAX_DEPTH) {
-            raise_at(EncodeError, -1, "value nested too deeply");
-            return -1;
-        }
+        if (depth > w->st->max_nesting)
+            return enc_fail(w, E_DEPTH, NULL);
         if (Py_EnterRecursiveCall(" while encoding DAG-CBOR"))
-            return -1;
+            return enc_python_failed(w);
         int rc = type == &PyDict_Type ? encode_map(w, value, depth) : encode_sequence(w, value, depth);
         Py_LeaveRecursiveCall();
         return rc;
     }
     if (type == &PyLong_Type || type == &PyFloat_Type) {
-        if (depth > ENCODE_MAX_DEPTH) { /* the reference counts numbers too */
-            raise_at(EncodeError, -1, "value nested too deeply");
-            return -1;
-        }
+        if (depth > w->st->max_nesting) /* the reference counts numbers too */
+            return enc_fail(w, E_DEPTH, NULL);
         if (type == &PyLong_Type)
             return encode_int(w, value);
         return encode_float(w, PyFloat_AS_DOUBLE(value));
@@ -928,84 +1306,57 @@ encode_value(Writer *w, PyObject *value, int depth)
         return write_raw(w, "\xf5", 1);
     if (value == Py_False)
         return write_raw(w, "\xf4", 1);
-    if ((PyObject *)type == CIDType)
+    if ((PyObject *)type == w->st->cid_type)
         return encode_cid(w, value);
     /* Subclasses and look-alikes encode as their base kind, read the way the
-     * reference reads them: a dict subclass by iterating it and indexing it
-     * (OrderedDict, a class that overrides __iter__), bytes-like values as
-     * bytes(value), numbers as int(value) / float(value). */
-    if (depth > ENCODE_MAX_DEPTH) {
-        raise_at(EncodeError, -1, "value nested too deeply");
-        return -1;
-    }
-    if (PyDict_Check(value)) {
-        PyObject *keys = PySequence_Tuple(value);
-        if (keys == NULL)
-            return -1;
-        PyObject *plain = PyDict_New();
-        int rc = plain == NULL ? -1 : 0;
-        for (Py_ssize_t i = 0; rc == 0 && i < PyTuple_GET_SIZE(keys); i++) {
-            PyObject *key = PyTuple_GET_ITEM(keys, i);
-            if (!PyUnicode_CheckExact(key)) {
-                raise_at(EncodeError, -1, "map key %R is not a text string", key);
-                rc = -1;
-                break;
-            }
-            PyObject *item = PyObject_GetItem(value, key);
-            if (item == NULL) {
-                rc = -1;
-                break;
-            }
-            rc = PyDict_SetItem(plain, key, item);
-            Py_DECREF(item);
-        }
-        if (rc == 0 && PyDict_GET_SIZE(plain) != PyTuple_GET_SIZE(keys)) {
-            raise_at(EncodeError, -1, "a map that repeats a key");
-            rc = -1;
-        }
-        if (rc == 0 && Py_EnterRecursiveCall(" while encoding DAG-CBOR"))
-            rc = -1;
-        else if (rc == 0) {
-            rc = encode_map(w, plain, depth);
-            Py_LeaveRecursiveCall();
-        }
-        Py_XDECREF(plain);
-        Py_DECREF(keys);
-        return rc;
-    }
+     * reference reads them: a dict subclass by iterating it and indexing it,
+     * bytes-like values as bytes(value), numbers as int(value) / float(value). */
+    if (depth > w->st->max_nesting)
+        return enc_fail(w, E_DEPTH, NULL);
+    if (PyDict_Check(value))
+        return encode_dict_like(w, value, depth);
     if (PyByteArray_Check(value) || PyMemoryView_Check(value) || PyBytes_Check(value)) {
         PyObject *plain = PyBytes_FromObject(value);
         if (plain == NULL)
-            return -1;
+            return enc_python_failed(w);
         int rc = write_bytes(w, 2, PyBytes_AS_STRING(plain), PyBytes_GET_SIZE(plain));
         Py_DECREF(plain);
         return rc;
     }
     if (PyLong_Check(value))
         return encode_int(w, value);
-    if (PyFloat_Check(value))
-        return encode_float(w, PyFloat_AsDouble(value));
+    if (PyFloat_Check(value)) {
+        double d = PyFloat_AsDouble(value);
+        if (d == -1.0 && PyErr_Occurred())
+            return enc_python_failed(w);
+        return encode_float(w, d);
+    }
     if (PyUnicode_Check(value)) {
         PyObject *plain = PyUnicode_FromObject(value);
         if (plain == NULL)
-            return -1;
+            return enc_python_failed(w);
         int rc = encode_value(w, plain, depth);
         Py_DECREF(plain);
         return rc;
     }
-    raise_at(EncodeError, -1, "cannot encode %s as DAG-CBOR", type->tp_name);
-    return -1;
+    return enc_fail(w, E_TYPE, value);
 }
 
 static PyObject *
-sp_encode(PyObject *self, PyObject *value)
+sp_encode(PyObject *module, PyObject *value)
 {
-    if (!configured())
+    State *st = get_state(module);
+    if (!configured(st))
         return NULL;
-    Writer w = {NULL, 0, 0};
+    Writer w = {st, NULL, 0, 0, {OK, -1, 0, NULL}};
     PyObject *out = NULL;
-    if (encode_value(&w, value, 0) == 0)
+    if (encode_value(&w, value, 0) == 0) {
         out = PyBytes_FromStringAndSize(w.buf, w.len);
+    }
+    else {
+        raise_encode_problem(st, &w.problem);
+    }
+    Py_XDECREF(w.problem.obj);
     PyMem_Free(w.buf);
     return out;
 }
@@ -1015,13 +1366,22 @@ sp_encode(PyObject *self, PyObject *value)
 /* The fast path of kernel/document.py's line rules: lines_ok(lines) is True
  * exactly when _check_line finds nothing in any line; the Python code runs
  * whenever it is False and writes the problems. tests/kernel/test_speedups.py
- * holds the two to the same answer on generated lines. */
+ * holds the two to the same answer on generated lines. It decides from its
+ * argument and the limits configure() was given, nothing else, and runs no
+ * Python code: every value it looks at is an exact built-in type. */
 
-/* Sizes in UTF-8 bytes, as CDDL's .size on a text string means (spec section 5). */
-#define MAX_TEXT 16000
-#define MAX_SHORT 800
-
-static PyObject *k_text, *k_qty, *k_unit, *k_unit_price, *k_amount, *k_ref, *k_ext;
+/* Equal exact str objects: CPython keeps one representation per text (the
+ * narrowest kind), so equal text is equal kind, length and data. */
+static int
+str_eq(PyObject *a, PyObject *b)
+{
+    if (a == b)
+        return 1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    if (n != PyUnicode_GET_LENGTH(b) || PyUnicode_KIND(a) != PyUnicode_KIND(b))
+        return 0;
+    return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+}
 
 /* -?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})? over the whole string */
 static int
@@ -1144,42 +1504,30 @@ text_len_ok(PyObject *v, Py_ssize_t limit)
 }
 
 static int
-line_ok(PyObject *line)
+line_ok(State *st, PyObject *line)
 {
     if (!PyDict_CheckExact(line))
         return 0;
-    Py_ssize_t pos = 0, known = 0;
+    PyObject *field[N_LINE_FIELDS] = {NULL};
+    Py_ssize_t pos = 0;
     PyObject *key, *value;
-    PyObject *text = NULL, *qty = NULL, *unit = NULL, *unit_price = NULL, *amount = NULL, *ref = NULL, *ext = NULL;
-    int has_ext = 0;
     while (PyDict_Next(line, &pos, &key, &value)) {
         if (!PyUnicode_CheckExact(key))
             return 0;
         /* the interned field names first (pointer equality), then by value */
-        PyObject **slot = NULL;
-        PyObject *names[7] = {k_text, k_qty, k_unit, k_unit_price, k_amount, k_ref, k_ext};
-        PyObject **slots[7] = {&text, &qty, &unit, &unit_price, &amount, &ref, &ext};
-        for (int i = 0; i < 7 && slot == NULL; i++)
-            if (key == names[i])
-                slot = slots[i];
-        for (int i = 0; i < 7 && slot == NULL; i++) {
-            int eq = PyUnicode_Compare(key, names[i]);
-            if (eq == -1 && PyErr_Occurred())
-                return -1;
-            if (eq == 0)
-                slot = slots[i];
-        }
-        if (slot == NULL)
+        int slot = -1;
+        for (int i = 0; i < N_LINE_FIELDS && slot < 0; i++)
+            if (key == st->line_fields[i])
+                slot = i;
+        for (int i = 0; i < N_LINE_FIELDS && slot < 0; i++)
+            if (str_eq(key, st->line_fields[i]))
+                slot = i;
+        if (slot < 0)
             return 0; /* an unknown line field */
-        *slot = value;
-        if (slot == &ext)
-            has_ext = 1;
-        known++;
+        field[slot] = value;
     }
-    (void)known;
-    if (text == NULL || !PyUnicode_CheckExact(text))
-        return 0;
-    if (!utf8_size_ok(text, MAX_TEXT))
+    PyObject *text = field[F_TEXT];
+    if (text == NULL || !PyUnicode_CheckExact(text) || !utf8_size_ok(text, st->max_text))
         return 0;
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     int kind = PyUnicode_KIND(text);
@@ -1190,533 +1538,236 @@ line_ok(PyObject *line)
             blank = 0;
     if (blank)
         return 0;
-    PyObject *decimals[3] = {qty, unit_price, amount};
-    for (int i = 0; i < 3; i++)
-        if (decimals[i] != NULL && decimals[i] != Py_None && !is_decimal(decimals[i]))
+    const int decimals[3] = {F_QTY, F_UNIT_PRICE, F_AMOUNT};
+    for (int i = 0; i < 3; i++) {
+        PyObject *d = field[decimals[i]];
+        if (d != NULL && d != Py_None && !is_decimal(d))
             return 0;
-    if (!text_len_ok(unit, MAX_SHORT) || !text_len_ok(ref, MAX_SHORT))
+    }
+    if (!text_len_ok(field[F_UNIT], st->max_short) || !text_len_ok(field[F_REF], st->max_short))
         return 0;
-    if (has_ext && !ext_ok(ext))
+    if (field[F_EXT] != NULL && !ext_ok(field[F_EXT]))
         return 0;
     return 1;
 }
 
 static PyObject *
-sp_lines_ok(PyObject *self, PyObject *lines)
+sp_lines_ok(PyObject *module, PyObject *lines)
 {
+    State *st = get_state(module);
+    if (st->max_text == 0 || st->max_short == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "kernel._speedups.configure(max_text=, max_short=) was not called");
+        return NULL;
+    }
     if (!PyList_CheckExact(lines))
         Py_RETURN_FALSE;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lines); i++) {
-        int ok = line_ok(PyList_GET_ITEM(lines, i));
-        if (ok < 0)
-            return NULL;
-        if (!ok)
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lines); i++)
+        if (!line_ok(st, PyList_GET_ITEM(lines, i)))
             Py_RETURN_FALSE;
-    }
     Py_RETURN_TRUE;
-}
-
-/* ---------------------------------------------------------- document_ok */
-
-/* The fast path of kernel/document.py's document_problems: document_ok(doc,
- * kinds) is True only when document_problems(doc, kinds) is empty; it may
- * say False for a valid document it does not vouch for (a party not parsed
- * before, several prev links, non-ASCII digits in a time), and the Python
- * rules then decide and name the problems. The test holds it to that. */
-
-static PyObject *doc_top_fields, *doc_kernel_kinds, *doc_responses, *doc_known_parties, *doc_cid_type;
-static PyObject *k_v, *k_kind, *k_from, *k_to, *k_issued_at, *k_valid_until, *k_due, *k_thread, *k_prev,
-    *k_user, *k_note, *k_currency, *k_total, *k_response, *k_lines, *k_order_response;
-
-#define MAX_LINES 10000
-#define MAX_PREV 64
-
-static int
-is_digit2(const char *p, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (p[i] < '0' || p[i] > '9')
-            return 0;
-    return 1;
-}
-
-static int
-num(const char *p, int n)
-{
-    int v = 0;
-    for (int i = 0; i < n; i++)
-        v = v * 10 + (p[i] - '0');
-    return v;
-}
-
-/* \d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{0,5}[1-9])?Z, ASCII digits, a real date and time */
-static int
-time_ok(PyObject *t)
-{
-    if (!PyUnicode_CheckExact(t) || !PyUnicode_IS_ASCII(t))
-        return 0;
-    const char *p = (const char *)PyUnicode_DATA(t);
-    Py_ssize_t n = PyUnicode_GET_LENGTH(t);
-    if (n < 20 || p[n - 1] != 'Z')
-        return 0;
-    if (!is_digit2(p, 4) || p[4] != '-' || !is_digit2(p + 5, 2) || p[7] != '-' || !is_digit2(p + 8, 2) ||
-        p[10] != 'T' || !is_digit2(p + 11, 2) || p[13] != ':' || !is_digit2(p + 14, 2) || p[16] != ':' ||
-        !is_digit2(p + 17, 2))
-        return 0;
-    if (n > 20) {
-        /* \.\d{0,5}[1-9] before the Z */
-        Py_ssize_t frac = n - 21; /* characters after the '.' */
-        if (p[19] != '.' || frac < 1 || frac > 6 || !is_digit2(p + 20, (int)frac) || p[n - 2] == '0')
-            return 0;
-    }
-    int year = num(p, 4), month = num(p + 5, 2), day = num(p + 8, 2);
-    int hour = num(p + 11, 2), minute = num(p + 14, 2), second = num(p + 17, 2);
-    if (year < 1 || month < 1 || month > 12 || day < 1 || hour > 23 || minute > 59 || second > 59)
-        return 0;
-    static const int mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    int limit = mdays[month - 1] + (month == 2 && leap);
-    return day <= limit;
-}
-
-/* [a-z][a-z0-9_]{0,39}(\.[a-z][a-z0-9_]{0,39})?; *dotted tells whether it has the second part */
-static int
-kind_ok(PyObject *k, int *dotted)
-{
-    if (!PyUnicode_CheckExact(k) || !PyUnicode_IS_ASCII(k))
-        return 0;
-    const char *p = (const char *)PyUnicode_DATA(k);
-    Py_ssize_t n = PyUnicode_GET_LENGTH(k), i = 0;
-    *dotted = 0;
-    for (int part = 0; part < 2; part++) {
-        Py_ssize_t start = i;
-        if (i >= n || p[i] < 'a' || p[i] > 'z')
-            return 0;
-        i++;
-        while (i < n && ((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9') || p[i] == '_'))
-            i++;
-        if (i - start > 40)
-            return 0;
-        if (i == n)
-            return 1;
-        if (part == 0 && p[i] == '.') {
-            *dotted = 1;
-            i++;
-            continue;
-        }
-        return 0;
-    }
-    return 0;
-}
-
-static int
-known_party(PyObject *did)
-{
-    if (did == NULL || !PyUnicode_CheckExact(did))
-        return 0;
-    return PyDict_GetItemWithError(doc_known_parties, did) != NULL;
-}
-
-static int
-document_ok(PyObject *doc, PyObject *extra)
-{
-    if (!PyDict_CheckExact(doc))
-        return 0;
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(doc, &pos, &key, &value)) {
-        if (!PyUnicode_CheckExact(key))
-            return 0;
-        int has = PySet_Contains(doc_top_fields, key);
-        if (has <= 0)
-            return has; /* 0: an unknown field; -1: error */
-    }
-    PyObject *v = PyDict_GetItemWithError(doc, k_v);
-    if (v == NULL || !PyLong_CheckExact(v))
-        return PyErr_Occurred() ? -1 : 0;
-    int overflow = 0;
-    if (PyLong_AsLongAndOverflow(v, &overflow) != 1 || overflow)
-        return PyErr_Occurred() ? -1 : 0;
-    PyObject *kind = PyDict_GetItemWithError(doc, k_kind);
-    int dotted;
-    if (kind == NULL || !kind_ok(kind, &dotted))
-        return PyErr_Occurred() ? -1 : 0;
-    if (!dotted) {
-        int in = PySet_Contains(doc_kernel_kinds, kind);
-        if (in <= 0)
-            return in;
-    }
-    else if (PySet_GET_SIZE(extra) > 0) {
-        /* The caller passes only exact str members (kernel/document.py), so
-         * the lookup runs no Python code; the kind is held all the same. */
-        Py_INCREF(kind);
-        int in = PySet_Contains(extra, kind);
-        int same = PyDict_GetItemWithError(doc, k_kind) == kind;
-        Py_DECREF(kind);
-        if (in <= 0 || !same)
-            return in < 0 || PyErr_Occurred() ? -1 : 0;
-    }
-    PyObject *from = PyDict_GetItemWithError(doc, k_from);
-    PyObject *to = PyDict_GetItemWithError(doc, k_to);
-    if (!known_party(from) || !known_party(to))
-        return PyErr_Occurred() ? -1 : 0;
-    int same = PyUnicode_Compare(from, to);
-    if (same == 0 || (same == -1 && PyErr_Occurred()))
-        return PyErr_Occurred() ? -1 : 0;
-    PyObject *issued = PyDict_GetItemWithError(doc, k_issued_at);
-    if (issued == NULL || !time_ok(issued))
-        return PyErr_Occurred() ? -1 : 0;
-    PyObject *times[2] = {k_valid_until, k_due};
-    for (int i = 0; i < 2; i++) {
-        PyObject *t = PyDict_GetItemWithError(doc, times[i]);
-        if (t == NULL && PyErr_Occurred())
-            return -1;
-        if (t != NULL && !time_ok(t))
-            return 0;
-    }
-    PyObject *thread = PyDict_GetItemWithError(doc, k_thread);
-    PyObject *prev = PyDict_GetItemWithError(doc, k_prev);
-    if (PyErr_Occurred())
-        return -1;
-    if (thread == Py_None)
-        thread = NULL;
-    if (prev == Py_None)
-        prev = NULL;
-    if (thread != NULL && (PyObject *)Py_TYPE(thread) != doc_cid_type)
-        return 0;
-    int has_prev = 0;
-    if (prev != NULL) {
-        if (!PyList_CheckExact(prev) || PyList_GET_SIZE(prev) > 1)
-            return 0; /* several links: the Python rules check they are distinct */
-        if (PyList_GET_SIZE(prev) == 1) {
-            if ((PyObject *)Py_TYPE(PyList_GET_ITEM(prev, 0)) != doc_cid_type)
-                return 0;
-            has_prev = 1;
-        }
-    }
-    if ((thread == NULL) != !has_prev)
-        return 0;
-    PyObject *ref = PyDict_GetItemWithError(doc, k_ref);
-    PyObject *user = PyDict_GetItemWithError(doc, k_user);
-    PyObject *note = PyDict_GetItemWithError(doc, k_note);
-    if (PyErr_Occurred())
-        return -1;
-    if (!text_len_ok(ref, MAX_SHORT) || !text_len_ok(user, MAX_SHORT) || !text_len_ok(note, MAX_TEXT))
-        return 0;
-    PyObject *currency = PyDict_GetItemWithError(doc, k_currency);
-    if (currency != NULL && currency != Py_None) {
-        if (!PyUnicode_CheckExact(currency) || !PyUnicode_IS_ASCII(currency) ||
-            PyUnicode_GET_LENGTH(currency) != 3)
-            return 0;
-        const char *c = (const char *)PyUnicode_DATA(currency);
-        for (int i = 0; i < 3; i++)
-            if (c[i] < 'A' || c[i] > 'Z')
-                return 0;
-    }
-    PyObject *total = PyDict_GetItemWithError(doc, k_total);
-    if (total != NULL && !is_decimal(total))
-        return 0;
-    PyObject *response = PyDict_GetItemWithError(doc, k_response);
-    if (PyErr_Occurred())
-        return -1;
-    int is_response = PyUnicode_Compare(kind, k_order_response) == 0;
-    if (is_response) {
-        if (response == NULL || !PyUnicode_CheckExact(response))
-            return 0;
-        int in = PySet_Contains(doc_responses, response);
-        if (in <= 0)
-            return in;
-    }
-    else if (response != NULL && response != Py_None) {
-        return 0;
-    }
-    PyObject *lines = PyDict_GetItemWithError(doc, k_lines);
-    if (lines != NULL && lines != Py_None) {
-        if (!PyList_CheckExact(lines) || PyList_GET_SIZE(lines) > MAX_LINES)
-            return 0;
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lines); i++) {
-            int ok = line_ok(PyList_GET_ITEM(lines, i));
-            if (ok <= 0)
-                return ok;
-        }
-    }
-    PyObject *ext = PyDict_GetItemWithError(doc, k_ext);
-    if (ext != NULL && !ext_ok(ext))
-        return 0;
-    return PyErr_Occurred() ? -1 : 1;
-}
-
-static PyObject *
-sp_document_ok(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "document_ok(doc, kinds)");
-        return NULL;
-    }
-    if (doc_top_fields == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "kernel._speedups.configure_documents() was not called");
-        return NULL;
-    }
-    if (!PyFrozenSet_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "document_ok: kinds must be a frozenset");
-        return NULL;
-    }
-    int ok = document_ok(args[0], args[1]);
-    if (ok < 0)
-        return NULL;
-    return PyBool_FromLong(ok);
-}
-
-static PyObject *
-sp_configure_documents(PyObject *self, PyObject *args)
-{
-    PyObject *top, *kinds, *responses, *known, *cid_type;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O:configure_documents", &PyFrozenSet_Type, &top, &PyFrozenSet_Type,
-                          &kinds, &PyFrozenSet_Type, &responses, &PyDict_Type, &known, &cid_type))
-        return NULL;
-    Py_INCREF(top);
-    Py_XSETREF(doc_top_fields, top);
-    Py_INCREF(kinds);
-    Py_XSETREF(doc_kernel_kinds, kinds);
-    Py_INCREF(responses);
-    Py_XSETREF(doc_responses, responses);
-    Py_INCREF(known);
-    Py_XSETREF(doc_known_parties, known);
-    Py_INCREF(cid_type);
-    Py_XSETREF(doc_cid_type, cid_type);
-    Py_RETURN_NONE;
-}
-
-/* ----------------------------------------------- fixed-shape fast paths */
-
-/* The kernel's signed wrapper and envelope always have the same shape. These
- * read exactly that shape in its canonical form and return its parts, or
- * None for anything else, which then takes the general decoder and its
- * checks: the same values, the same errors. Only a failed allocation raises. */
-
-/* 1 when the next item is the text key `want`; 0 (no error set) otherwise. */
-static int
-expect_key(Reader *r, const char *want, Py_ssize_t n)
-{
-    int major, info;
-    uint64_t arg;
-    if (read_head(r, &major, &info, &arg) < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    if (major != 3 || arg != (uint64_t)n || r->len - r->pos < n || memcmp(r->data + r->pos, want, (size_t)n) != 0)
-        return 0;
-    r->pos += n;
-    return 1;
-}
-
-/* The head of the next item, if it has major type `want`: 1, or 0 (no error set). */
-static int
-expect_head(Reader *r, int want, uint64_t *arg)
-{
-    int major, info;
-    if (read_head(r, &major, &info, arg) < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    return major == want;
-}
-
-/* A byte string: a new reference; Py_None (new reference) when the next item is
- * not one; NULL only on a failed allocation. */
-static PyObject *
-expect_bytes(Reader *r)
-{
-    uint64_t n;
-    if (!expect_head(r, 2, &n) || n > (uint64_t)(r->len - r->pos))
-        Py_RETURN_NONE;
-    PyObject *out = PyBytes_FromStringAndSize((const char *)r->data + r->pos, (Py_ssize_t)n);
-    r->pos += (Py_ssize_t)n;
-    return out;
-}
-
-/* Start reading `obj` (exact bytes) as a map of `entries` entries whose first
- * key is `key`: 1 with the reader at the first value, 0 for anything else. */
-static int
-begin_map(PyObject *obj, Reader *r, uint64_t entries, const char *key, Py_ssize_t key_len)
-{
-    if (!PyBytes_CheckExact(obj))
-        return 0;
-    *r = (Reader){(const uint8_t *)PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj), 0, 2, 16};
-    uint64_t n;
-    return expect_head(r, 5, &n) && n == entries && expect_key(r, key, key_len);
-}
-
-static PyObject *
-sp_signed_parts(PyObject *self, PyObject *raw)
-{
-    Reader r;
-    uint64_t n;
-    PyObject *sig = NULL, *body = NULL, *signer = NULL;
-    if (!begin_map(raw, &r, 3, "sig", 3))
-        Py_RETURN_NONE;
-    if ((sig = expect_bytes(&r)) == NULL || sig == Py_None)
-        return sig;
-    if (!expect_key(&r, "body", 4))
-        goto none;
-    if ((body = expect_bytes(&r)) == NULL)
-        goto fail;
-    if (body == Py_None || !expect_key(&r, "signer", 6) || !expect_head(&r, 3, &n))
-        goto none;
-    if ((signer = decode_text(&r, n, r.pos)) == NULL) {
-        if (!PyErr_ExceptionMatches(MalformedError))
-            goto fail;
-        PyErr_Clear();
-        goto none;
-    }
-    if (r.pos != r.len)
-        goto none;
-    return Py_BuildValue("(NNN)", sig, body, signer);
-none:
-    Py_XDECREF(sig);
-    Py_XDECREF(body);
-    Py_XDECREF(signer);
-    Py_RETURN_NONE;
-fail:
-    Py_XDECREF(sig);
-    Py_XDECREF(body);
-    return NULL;
-}
-
-static PyObject *
-sp_envelope_parts(PyObject *self, PyObject *block)
-{
-    Reader r;
-    uint64_t count, version;
-    PyObject *c = NULL, *nonce = NULL, *slots = NULL;
-    if (!begin_map(block, &r, 4, "c", 1))
-        Py_RETURN_NONE;
-    if ((c = expect_bytes(&r)) == NULL || c == Py_None)
-        return c;
-    if (!expect_key(&r, "n", 1))
-        goto none;
-    if ((nonce = expect_bytes(&r)) == NULL)
-        goto fail;
-    if (nonce == Py_None || !expect_key(&r, "s", 1) || !expect_head(&r, 4, &count) || count > 16)
-        goto none;
-    if ((slots = PyList_New((Py_ssize_t)count)) == NULL)
-        goto fail;
-    for (Py_ssize_t i = 0; i < (Py_ssize_t)count; i++) {
-        PyObject *slot = expect_bytes(&r);
-        if (slot == NULL)
-            goto fail;
-        PyList_SET_ITEM(slots, i, slot); /* None included: the list owns it either way */
-        if (slot == Py_None)
-            goto none;
-    }
-    if (!expect_key(&r, "v", 1) || !expect_head(&r, 0, &version) || version != 1 || r.pos != r.len)
-        goto none;
-    return Py_BuildValue("(NNN)", c, nonce, slots);
-none:
-    Py_XDECREF(c);
-    Py_XDECREF(nonce);
-    Py_XDECREF(slots);
-    Py_RETURN_NONE;
-fail:
-    Py_XDECREF(c);
-    Py_XDECREF(nonce);
-    Py_XDECREF(slots);
-    return NULL;
 }
 
 /* --------------------------------------------------------------- configure */
 
-static PyObject *
-sp_configure(PyObject *self, PyObject *args)
+/* Keep `value` in *slot when it was given. */
+static void
+keep(PyObject **slot, PyObject *value)
 {
-    PyObject *cid_type, *from_bytes, *malformed, *noncanonical, *limit, *encode_error;
-    if (!PyArg_ParseTuple(args, "OOOOOO:configure", &cid_type, &from_bytes, &malformed, &noncanonical, &limit,
-                          &encode_error))
+    if (value != NULL) {
+        Py_INCREF(value);
+        Py_XSETREF(*slot, value);
+    }
+}
+
+/* A limit given as an int in 1..ceiling; -1 with an error set otherwise. */
+static Py_ssize_t
+limit_arg(PyObject *value, const char *name, Py_ssize_t ceiling)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(value);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (n < 1 || n > ceiling) {
+        PyErr_Format(PyExc_ValueError, "configure: %s must be in 1..%zd", name, ceiling);
+        return -1;
+    }
+    return n;
+}
+
+static PyObject *
+sp_configure(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"cid_type", "cid_from_bytes", "malformed", "noncanonical", "limit_exceeded",
+                               "encode_error", "max_nesting", "max_text", "max_short", NULL};
+    PyObject *cid_type = NULL, *from_bytes = NULL, *malformed = NULL, *noncanonical = NULL, *limit = NULL,
+             *encode_error = NULL, *max_nesting = NULL, *max_text = NULL, *max_short = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOOOOOOO:configure", keywords, &cid_type, &from_bytes,
+                                     &malformed, &noncanonical, &limit, &encode_error, &max_nesting, &max_text,
+                                     &max_short))
         return NULL;
-    if (!PyType_Check(cid_type) || !PyCallable_Check(from_bytes)) {
-        PyErr_SetString(PyExc_TypeError, "configure(CID, CID.from_bytes, Malformed, NonCanonical, Limit, Encode)");
+    if ((cid_type != NULL && !PyType_Check(cid_type)) || (from_bytes != NULL && !PyCallable_Check(from_bytes))) {
+        PyErr_SetString(PyExc_TypeError, "configure: cid_type must be a class, cid_from_bytes a callable");
         return NULL;
     }
-    Py_INCREF(cid_type);
-    Py_XSETREF(CIDType, cid_type);
-    Py_INCREF(from_bytes);
-    Py_XSETREF(cid_from_bytes, from_bytes);
-    Py_INCREF(malformed);
-    Py_XSETREF(MalformedError, malformed);
-    Py_INCREF(noncanonical);
-    Py_XSETREF(NonCanonicalError, noncanonical);
-    Py_INCREF(limit);
-    Py_XSETREF(LimitExceededError, limit);
-    Py_INCREF(encode_error);
-    Py_XSETREF(EncodeError, encode_error);
+    PyObject *classes[4] = {malformed, noncanonical, limit, encode_error};
+    for (int i = 0; i < 4; i++) {
+        if (classes[i] != NULL && !(PyType_Check(classes[i]) &&
+                                    PyType_IsSubtype((PyTypeObject *)classes[i], (PyTypeObject *)PyExc_Exception))) {
+            PyErr_SetString(PyExc_TypeError, "configure: the error classes must be Exception subclasses");
+            return NULL;
+        }
+    }
+    /* Ceilings of C's own, not the kernel's limits: a nesting the C stack
+     * holds comfortably, sizes a Py_ssize_t holds. */
+    Py_ssize_t nesting = 0, text = 0, short_ = 0;
+    if (max_nesting != NULL && (nesting = limit_arg(max_nesting, "max_nesting", 4096)) < 0)
+        return NULL;
+    if (max_text != NULL && (text = limit_arg(max_text, "max_text", PY_SSIZE_T_MAX / 4)) < 0)
+        return NULL;
+    if (max_short != NULL && (short_ = limit_arg(max_short, "max_short", PY_SSIZE_T_MAX / 4)) < 0)
+        return NULL;
+    State *st = get_state(module);
+    keep(&st->cid_type, cid_type);
+    keep(&st->cid_from_bytes, from_bytes);
+    keep(&st->malformed_error, malformed);
+    keep(&st->noncanonical_error, noncanonical);
+    keep(&st->limit_error, limit);
+    keep(&st->encode_error, encode_error);
+    if (nesting)
+        st->max_nesting = (int)nesting;
+    if (text)
+        st->max_text = text;
+    if (short_)
+        st->max_short = short_;
     Py_RETURN_NONE;
 }
 
+static PyObject *
+sp_limits(PyObject *module, PyObject *unused)
+{
+    State *st = get_state(module);
+    return Py_BuildValue("{s:i,s:n,s:n}", "max_nesting", st->max_nesting, "max_text", st->max_text, "max_short",
+                         st->max_short);
+}
+
+/* ------------------------------------------------------------------ module */
+
 static PyMethodDef methods[] = {
-    {"configure", sp_configure, METH_VARARGS,
-     "configure(CID, cid_from_bytes, MalformedError, NonCanonicalError, LimitExceededError, EncodeError)"},
+    {"configure", (PyCFunction)(void (*)(void))sp_configure, METH_VARARGS | METH_KEYWORDS,
+     "configure(*, cid_type, cid_from_bytes, malformed, noncanonical, limit_exceeded, encode_error,\n"
+     "          max_nesting, max_text, max_short): set what is given (keywords only)"},
+    {"limits", sp_limits, METH_NOARGS, "limits(): the limits configure() set (0: not set)"},
     {"decode", (PyCFunction)(void (*)(void))sp_decode, METH_FASTCALL,
      "decode(data, max_depth, max_length): one canonical DAG-CBOR item spanning all of data"},
     {"encode", sp_encode, METH_O, "encode(value): the canonical DAG-CBOR bytes of value"},
     {"lines_ok", sp_lines_ok, METH_O, "lines_ok(lines): True when no document line breaks a kernel rule"},
-    {"document_ok", (PyCFunction)(void (*)(void))sp_document_ok, METH_FASTCALL,
-     "document_ok(doc, kinds): True only when no kernel rule is broken (False: ask the Python rules)"},
-    {"signed_parts", sp_signed_parts, METH_O,
-     "signed_parts(raw): (sig, body, signer) of a canonical signed wrapper, else None"},
-    {"envelope_parts", sp_envelope_parts, METH_O,
-     "envelope_parts(block): (c, n, slots) of a canonical envelope, else None"},
-    {"configure_documents", sp_configure_documents, METH_VARARGS,
-     "configure_documents(top_fields, kernel_kinds, responses, known_parties, CID)"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "kernel._speedups",
-    "The kernel's strict DAG-CBOR codec in C (the reference is kernel/dagcbor.py).", -1, methods,
-    NULL, NULL, NULL, NULL,
+static int
+sp_exec(PyObject *module)
+{
+    State *st = get_state(module);
+    if ((st->str_raw = PyUnicode_InternFromString("raw")) == NULL ||
+        (st->str_offset = PyUnicode_InternFromString("offset")) == NULL ||
+        (st->max_u64 = PyLong_FromUnsignedLongLong(UINT64_MAX)) == NULL ||
+        (st->known_keys = PyDict_New()) == NULL)
+        return -1;
+    for (size_t i = 0; i < sizeof(known_field_names) / sizeof(known_field_names[0]); i++) {
+        PyObject *name = PyUnicode_InternFromString(known_field_names[i]);
+        if (name == NULL)
+            return -1;
+        int rc = PyDict_SetItem(st->known_keys, name, name);
+        Py_DECREF(name); /* the dict holds it */
+        if (rc < 0)
+            return -1;
+    }
+    for (int i = 0; i < N_LINE_FIELDS; i++)
+        if ((st->line_fields[i] = PyUnicode_InternFromString(line_field_names[i])) == NULL)
+            return -1;
+    return 0;
+}
+
+static int
+sp_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    State *st = get_state(module);
+    if (st == NULL)
+        return 0;
+    Py_VISIT(st->cid_type);
+    Py_VISIT(st->cid_from_bytes);
+    Py_VISIT(st->malformed_error);
+    Py_VISIT(st->noncanonical_error);
+    Py_VISIT(st->limit_error);
+    Py_VISIT(st->encode_error);
+    Py_VISIT(st->str_raw);
+    Py_VISIT(st->str_offset);
+    Py_VISIT(st->max_u64);
+    Py_VISIT(st->known_keys);
+    for (int i = 0; i < N_LINE_FIELDS; i++)
+        Py_VISIT(st->line_fields[i]);
+    for (int i = 0; i < KEY_CACHE_SIZE; i++)
+        Py_VISIT(st->key_cache[i].str);
+    return 0;
+}
+
+static int
+sp_clear(PyObject *module)
+{
+    State *st = get_state(module);
+    if (st == NULL)
+        return 0;
+    Py_CLEAR(st->cid_type);
+    Py_CLEAR(st->cid_from_bytes);
+    Py_CLEAR(st->malformed_error);
+    Py_CLEAR(st->noncanonical_error);
+    Py_CLEAR(st->limit_error);
+    Py_CLEAR(st->encode_error);
+    Py_CLEAR(st->str_raw);
+    Py_CLEAR(st->str_offset);
+    Py_CLEAR(st->max_u64);
+    Py_CLEAR(st->known_keys);
+    for (int i = 0; i < N_LINE_FIELDS; i++)
+        Py_CLEAR(st->line_fields[i]);
+    for (int i = 0; i < KEY_CACHE_SIZE; i++) {
+        Py_CLEAR(st->key_cache[i].str);
+        st->key_cache[i].len = 0;
+    }
+    return 0;
+}
+
+static void
+sp_free(void *module)
+{
+    sp_clear((PyObject *)module);
+}
+
+/* Per-interpreter GIL (3.12+): safe, because every object this module holds
+ * is in its own state (one per interpreter) and the only static data are
+ * constant tables. Free-threading (3.13t) is NOT declared: the key cache is
+ * written during decode without a lock, so such a build keeps the GIL on for
+ * this module (CPython re-enables it on import and says so). */
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, sp_exec},
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "kernel._speedups",
+    .m_doc = "The kernel's strict DAG-CBOR codec in C (the reference is kernel/dagcbor.py).",
+    .m_size = sizeof(State),
+    .m_methods = methods,
+    .m_slots = slots,
+    .m_traverse = sp_traverse,
+    .m_clear = sp_clear,
+    .m_free = sp_free,
 };
 
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    str_raw = PyUnicode_InternFromString("raw");
-    str_offset = PyUnicode_InternFromString("offset");
-    if (str_raw == NULL || str_offset == NULL)
-        return NULL;
-    k_text = PyUnicode_InternFromString("text");
-    k_qty = PyUnicode_InternFromString("qty");
-    k_unit = PyUnicode_InternFromString("unit");
-    k_unit_price = PyUnicode_InternFromString("unit_price");
-    k_amount = PyUnicode_InternFromString("amount");
-    k_ref = PyUnicode_InternFromString("ref");
-    k_ext = PyUnicode_InternFromString("ext");
-    if (!k_text || !k_qty || !k_unit || !k_unit_price || !k_amount || !k_ref || !k_ext)
-        return NULL;
-    const char *names[] = {"v", "kind", "from", "to", "issued_at", "valid_until", "due", "thread", "prev",
-                           "user", "note", "currency", "total", "response", "lines", "order_response"};
-    PyObject **slots[] = {&k_v, &k_kind, &k_from, &k_to, &k_issued_at, &k_valid_until, &k_due, &k_thread,
-                          &k_prev, &k_user, &k_note, &k_currency, &k_total, &k_response, &k_lines,
-                          &k_order_response};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        *slots[i] = PyUnicode_InternFromString(names[i]);
-        if (*slots[i] == NULL)
-            return NULL;
-    }
-    /* Every field name the kernel and the node read: documents, lines,
-     * envelopes, signed wrappers, notices, acks, batches. */
-    const char *fields[] = {"v", "kind", "from", "to", "issued_at", "valid_until", "due", "thread", "prev",
-                            "user", "note", "currency", "total", "response", "lines", "ref", "ext", "text",
-                            "qty", "unit", "unit_price", "amount", "c", "n", "s", "sig", "body", "signer",
-                            "cid", "nonce", "sent_at", "at", "by", "status", "digest", "reason", "notices",
-                            "blocks", "acks"};
-    known_keys = PyDict_New();
-    if (known_keys == NULL)
-        return NULL;
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        PyObject *name = PyUnicode_InternFromString(fields[i]);
-        if (name == NULL || PyDict_SetItem(known_keys, name, name) < 0)
-            return NULL;
-        Py_DECREF(name); /* the dict holds it */
-    }
-    return PyModule_Create(&module);
+    return PyModuleDef_Init(&module_def);
 }

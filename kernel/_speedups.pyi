@@ -4,23 +4,18 @@ from collections.abc import Callable
 from typing import Any
 
 def configure(
-    cid_type: type,
-    cid_from_bytes: Callable[[bytes], Any],
-    malformed: type[Exception],
-    noncanonical: type[Exception],
-    limit: type[Exception],
-    encode_error: type[Exception],
+    *,
+    cid_type: type = ...,
+    cid_from_bytes: Callable[[bytes], Any] = ...,
+    malformed: type[Exception] = ...,
+    noncanonical: type[Exception] = ...,
+    limit_exceeded: type[Exception] = ...,
+    encode_error: type[Exception] = ...,
+    max_nesting: int = ...,
+    max_text: int = ...,
+    max_short: int = ...,
 ) -> None: ...
+def limits() -> dict[str, int]: ...
 def decode(data: bytes | memoryview, max_depth: int, max_length: int) -> Any: ...
 def encode(value: Any) -> bytes: ...
 def lines_ok(lines: Any) -> bool: ...
-def document_ok(doc: Any, kinds: frozenset[Any]) -> bool: ...
-def signed_parts(raw: bytes) -> tuple[bytes, bytes, str] | None: ...
-def envelope_parts(block: bytes) -> tuple[bytes, bytes, list[bytes]] | None: ...
-def configure_documents(
-    top_fields: frozenset[str],
-    kernel_kinds: frozenset[str],
-    responses: frozenset[str],
-    known_parties: dict[str, Any],
-    cid_type: type,
-) -> None: ...

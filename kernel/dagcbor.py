@@ -19,10 +19,14 @@ The module has two implementations of one format. The functions below are
 the reference, on cbor2. ``kernel/_speedups.c`` is the same codec in C, built
 at install when a C compiler is present (``setup.py``; ``optional``, so an
 install without one still works); when it is importable, :func:`encode` and
-:func:`decode` use it. The tests run both on every fixture, the reject table
-and generated values and bytes, and require identical values, bytes and
-error classes (tests/kernel/test_speedups.py). ``IMPLEMENTATION`` says which
-one is in use.
+:func:`decode` use it, unless the environment variable ``USAGI_PURE_PYTHON``
+is set to anything but ``""`` or ``"0"`` when the kernel is imported (CI runs
+the whole suite once that way). The tests run both on every fixture, the
+reject table and generated values and bytes, and require identical values,
+bytes and error classes (tests/kernel/test_speedups.py). ``IMPLEMENTATION``
+says which one is in use. The C module gets the kernel's classes and limits
+from here and from kernel/document.py through ``configure()``: each number
+lives in one place, in Python.
 
 Integers cover the full CBOR range. Text must be valid UTF-8 (cbor2's
 ``str_errors="strict"``). Every call takes limits (size, depth, entries per
@@ -32,6 +36,7 @@ collection); going over one raises ``LimitExceededError``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -64,7 +69,11 @@ DEFAULT_LIMITS: Final = Limits()
 _ORDER_CACHE: dict[tuple[Any, ...], tuple[str, ...]] = {}
 _GOOD_ORDERS: set[tuple[Any, ...]] = set()
 _CACHE_LIMIT: Final = 4096
-_MAX_CHECK_DEPTH: Final = 512
+#: The deepest nesting either direction ever walks, whatever a caller's
+#: Limits say: encoding refuses a deeper value, decoding a deeper item.
+#: (It also bounds the C codec's stack; configure() passes it there.)
+MAX_NESTING: Final = 512
+_MAX_CHECK_DEPTH: Final = MAX_NESTING
 _PLAIN: Final = frozenset({str, bytes, bool, type(None), CID})
 
 
@@ -122,7 +131,7 @@ def _normalize_scalar(value: Any) -> Any:
 
 def _normalize(value: Any, depth: int) -> Any:
     """Return ``value`` with every map in canonical key order, checking types."""
-    if depth > 512:
+    if depth > MAX_NESTING:
         raise EncodeError("value nested too deeply")
     kind = type(value)
     if kind is dict or (kind is not list and isinstance(value, dict)):
@@ -285,14 +294,29 @@ def reference_decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) 
 
 # -- the implementation in use ------------------------------------------------
 
-try:
-    from . import _speedups
-except ImportError:  # built without a C compiler: the reference serves
+#: Set (to anything but "" or "0") before the kernel is imported, the kernel
+#: runs on the pure-Python codec and rules even where the C module is built.
+PURE_PYTHON_ENV: Final = "USAGI_PURE_PYTHON"
+
+if os.environ.get(PURE_PYTHON_ENV, "") in ("", "0"):
+    try:
+        from . import _speedups as _speedups  # "as": kernel/document.py takes it from here
+    except ImportError:  # built without a C compiler: the reference serves
+        _speedups = None  # type: ignore[assignment]
+else:
     _speedups = None  # type: ignore[assignment]
+# kernel/document.py takes the module from here (None: not in use), so one
+# switch decides for the codec and the line rules alike.
 
 if _speedups is not None:
     _speedups.configure(
-        CID, CID.from_bytes, MalformedError, NonCanonicalError, LimitExceededError, EncodeError
+        cid_type=CID,
+        cid_from_bytes=CID.from_bytes,
+        malformed=MalformedError,
+        noncanonical=NonCanonicalError,
+        limit_exceeded=LimitExceededError,
+        encode_error=EncodeError,
+        max_nesting=MAX_NESTING,
     )
     _fast_decode = _speedups.decode
     IMPLEMENTATION: str = "c"

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeGuard
 
 from .cid import CID
+from .dagcbor import _speedups
 from .errors import InvalidDocumentError, MalformedError
-from .identity import _KNOWN as _KNOWN_PARTIES
 from .identity import party
 
 __all__ = [
@@ -150,15 +150,17 @@ def _short_text(doc: Mapping[str, Any], key: str, out: list[Problem], limit: int
         out.append(Problem(key, f"must be text of 1..{limit} UTF-8 bytes"))
 
 
-try:  # the same rules in C (kernel/_speedups.c): True only when nothing below finds a problem
-    from ._speedups import configure_documents as _configure_documents
-    from ._speedups import document_ok as _document_ok
-    from ._speedups import lines_ok as _lines_ok
-except ImportError:
-    _lines_ok = None  # type: ignore[assignment]
-    _document_ok = None  # type: ignore[assignment]
+# The line rules in C (kernel/_speedups.c), when the C codec is in use: True
+# exactly when _check_line finds nothing in any line (then the Python rules
+# are skipped; otherwise they run and name the problems). It earns its place:
+# an order's lines checked in Python cost ~12 % of a kernel round trip
+# (docs/performance.md, issue 15). The limits are the ones above, passed in.
+if _speedups is not None:
+    _speedups.configure(max_text=MAX_TEXT, max_short=MAX_SHORT)
+    _lines_ok = _speedups.lines_ok
+else:
+    _lines_ok = None
 
-_NO_KINDS: Final[frozenset[str]] = frozenset()
 _DECIMAL_MATCH: Final = _DECIMAL_RE.fullmatch
 _LINE_DECIMALS: Final = ("qty", "unit_price", "amount")
 
@@ -193,18 +195,6 @@ def document_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
     ``kinds`` adds kinds declared by enabled plugins; they must be namespaced
     (``medical.approval``), the bare names belong to the kernel.
     """
-    if _document_ok is not None:
-        if type(kinds) is not frozenset:
-            kinds = frozenset(kinds)
-        # Only plain str kinds go to C: a member with its own __eq__/__hash__
-        # would make set membership run Python code in the middle of the check.
-        if (not kinds or all(type(k) is str for k in kinds)) and _document_ok(doc, kinds):
-            return []
-    return reference_problems(doc, kinds)
-
-
-def reference_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
-    """:func:`document_problems` in Python alone: the rules as written, with their messages."""
     out: list[Problem] = []
     if type(doc) is not dict:
         return [Problem("", "a document is a map")]
@@ -276,16 +266,9 @@ def reference_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
 
 def validate_document(doc: Any, kinds: Iterable[str] = ()) -> None:
     """Raise InvalidDocumentError naming every broken rule, or return None."""
-    if kinds == () and _document_ok is not None and _document_ok(doc, _NO_KINDS):
-        return  # the common case, in one C call
     problems = document_problems(doc, kinds)
     if problems:
         error = InvalidDocumentError("; ".join(str(p) for p in problems[:10]))
         error.problems = problems  # type: ignore[attr-defined]
         raise error
 
-
-if _document_ok is not None:
-    # Known parties: the DIDs party() has parsed (kernel/identity.py); a DID
-    # not among them sends the document down the Python path, which parses it.
-    _configure_documents(_TOP_FIELDS, KERNEL_KINDS, RESPONSES, _KNOWN_PARTIES, CID)

@@ -245,23 +245,14 @@ def seal_signed(signed: bytes, recipients: Sequence[str]) -> Sealed:
 
 _ENVELOPE_KEYS: Final = frozenset({"c", "n", "s", "v"})
 
-try:  # kernel/_speedups.c: the envelope's canonical shape in one call (None: anything else)
-    from ._speedups import envelope_parts as _envelope_parts
-except ImportError:
-    _envelope_parts = None  # type: ignore[assignment]
-
 
 def _parse(block: bytes, slot_count: int | None = None) -> tuple[bytes, bytes, list[bytes]]:
-    parts = _envelope_parts(block) if _envelope_parts is not None and len(block) <= MAX_BLOCK else None
-    if parts is not None:  # the canonical shape (version 1), read in one C call
-        ciphertext, nonce, slots = parts
-    else:  # anything else: the general decoder, and the errors it finds
-        env = dagcbor.decode(block, ENVELOPE_LIMITS)
-        if type(env) is not dict or env.keys() != _ENVELOPE_KEYS:
-            raise MalformedError("an envelope is a map of exactly c, n, s, v")
-        if env["v"] != ENVELOPE_VERSION or type(env["v"]) is not int:
-            raise MalformedError(f"unsupported envelope version {env['v']!r}")
-        ciphertext, nonce, slots = env["c"], env["n"], env["s"]
+    env = dagcbor.decode(block, ENVELOPE_LIMITS)
+    if type(env) is not dict or env.keys() != _ENVELOPE_KEYS:
+        raise MalformedError("an envelope is a map of exactly c, n, s, v")
+    if env["v"] != ENVELOPE_VERSION or type(env["v"]) is not int:
+        raise MalformedError(f"unsupported envelope version {env['v']!r}")
+    ciphertext, nonce, slots = env["c"], env["n"], env["s"]
     if type(ciphertext) is not bytes or len(ciphertext) < MIN_BUCKET + MAC_SIZE:
         raise MalformedError("envelope ciphertext missing or too short")
     if not is_bucket(len(ciphertext) - MAC_SIZE):

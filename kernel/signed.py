@@ -27,11 +27,6 @@ SIGNED_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=2, max_length=
 BODY_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=16, max_length=10_000)
 _WRAPPER_KEYS: Final = frozenset({"sig", "body", "signer"})
 
-try:  # kernel/_speedups.c: the wrapper's canonical shape in one call (None: anything else)
-    from ._speedups import signed_parts as _signed_parts
-except ImportError:
-    _signed_parts = None  # type: ignore[assignment]
-
 
 class Signed(NamedTuple):
     """A verified signed object: the wrapper bytes, the body value and bytes, the signer."""
@@ -66,19 +61,15 @@ def open_signed(
     for documents and notices, ``by`` for acks): a valid signature by someone
     else raises WrongSignerError.
     """
-    parts = _signed_parts(raw) if _signed_parts is not None and len(raw) <= SIGNED_LIMITS.max_size else None
-    if parts is not None:  # the canonical shape, read in one C call
-        signature, body_bytes, signer = parts
-    else:  # anything else: the general decoder, and the errors it finds
-        wrapper = dagcbor.decode(raw, SIGNED_LIMITS)
-        # Three distinct keys, all of them present: exactly sig, body, signer.
-        if type(wrapper) is not dict or len(wrapper) != 3 or not _WRAPPER_KEYS <= wrapper.keys():
-            raise MalformedError("a signed object is a map of exactly sig, body, signer")
-        body_bytes = wrapper["body"]
-        signature = wrapper["sig"]
-        signer = wrapper["signer"]
-        if type(body_bytes) is not bytes or type(signature) is not bytes or type(signer) is not str:
-            raise MalformedError("signed object fields have the wrong types")
+    wrapper = dagcbor.decode(raw, SIGNED_LIMITS)
+    # Three distinct keys, all of them present: exactly sig, body, signer.
+    if type(wrapper) is not dict or len(wrapper) != 3 or not _WRAPPER_KEYS <= wrapper.keys():
+        raise MalformedError("a signed object is a map of exactly sig, body, signer")
+    body_bytes = wrapper["body"]
+    signature = wrapper["sig"]
+    signer = wrapper["signer"]
+    if type(body_bytes) is not bytes or type(signature) is not bytes or type(signer) is not str:
+        raise MalformedError("signed object fields have the wrong types")
     party(signer).verify(label, body_bytes, signature)
     body = dagcbor.decode(body_bytes, body_limits)
     if type(body) is not dict:

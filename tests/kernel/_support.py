@@ -47,3 +47,10 @@ def order(**changes: Any) -> dict[str, Any]:
     }
     doc.update(changes)
     return {k: v for k, v in doc.items() if v is not None}
+
+
+def stable_id(value: Any) -> str:
+    """A test id from repr() without memory addresses, the same in every process (pytest-xdist)."""
+    import re
+
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))

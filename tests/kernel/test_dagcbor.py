@@ -31,7 +31,7 @@ from kernel.errors import (
     UsagiError,
 )
 
-from ._support import CODEC_FIXTURES, codec_fixture_paths, require_fixtures
+from ._support import CODEC_FIXTURES, codec_fixture_paths, require_fixtures, stable_id
 
 FIXTURES = codec_fixture_paths()
 NEGATIVE = CODEC_FIXTURES / "negative-fixtures" / "dag-cbor" / "decode" / "duplicate-keys.json"
@@ -319,7 +319,7 @@ def test_key_order_is_length_first() -> None:
         [set()],
         {"a": object()},
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_encoder_rejects(value: Any) -> None:
     with pytest.raises(EncodeError):
@@ -421,3 +421,27 @@ def test_truncation_is_decode_error(value: Any, data: st.DataObject) -> None:
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_never_raise_untyped(blob: bytes) -> None:
     _check_mutation(blob)
+
+
+# -- which implementation serves ------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "pure"), [("1", True), ("yes", True), ("0", False), ("", False)])
+def test_pure_python_switch(value: str, pure: bool) -> None:
+    """USAGI_PURE_PYTHON (docs/operations.md) puts the codec and the line rules on the reference."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import kernel.dagcbor as d, kernel.document as doc; "
+            "print(d.IMPLEMENTATION, d._speedups is None, doc._lines_ok is None)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                         env={**os.environ, "USAGI_PURE_PYTHON": value, "PYTHONPATH": str(root)})
+    if pure:
+        assert out.stdout.split() == ["python", "True", "True"]
+    elif importlib.util.find_spec("kernel._speedups") is not None:  # built
+        assert out.stdout.split() == ["c", "False", "False"]
+    else:
+        assert out.stdout.split() == ["python", "True", "True"]

@@ -3,7 +3,8 @@
 Two implementations of one format: the same input must give the same value
 (types and map order included) or the same bytes, and bad input the same
 error class. Under CI the C codec must be built (the machine has a compiler);
-elsewhere these tests skip when it is absent and the reference serves alone.
+elsewhere these tests skip when it is absent and the reference serves alone,
+and they skip under USAGI_PURE_PYTHON (CI's run of the suite on the reference).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from hypothesis import strategies as st
 from kernel import dagcbor
 from kernel.cid import CID
 from kernel.dagcbor import Limits
-from kernel.errors import DecodeError, EncodeError, UsagiError
+from kernel.errors import DecodeError, EncodeError, MalformedError, NonCanonicalError, UsagiError
 
-from ._support import CODEC_FIXTURES, codec_fixture_paths, require_fixtures
+from ._support import CODEC_FIXTURES, codec_fixture_paths, require_fixtures, stable_id
 from .test_dagcbor import SPEC_REJECTS, values
 
+if os.environ.get(dagcbor.PURE_PYTHON_ENV, "") not in ("", "0"):
+    assert dagcbor.IMPLEMENTATION == "python"
+    pytest.skip(f"{dagcbor.PURE_PYTHON_ENV} is set: the reference serves alone", allow_module_level=True)
 if os.environ.get("CI") and dagcbor.IMPLEMENTATION != "c":
     pytest.fail("kernel._speedups was not built (no C compiler?); CI requires it", pytrace=False)
 
@@ -172,7 +176,7 @@ class Name(str, enum.Enum):  # noqa: UP042  (a mixed-in str Enum: str() is its n
         "テキスト",
         b"\x00" * 70_000,
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_encoder_same_bytes(value: Any) -> None:
     assert fast.encode(value) == dagcbor.reference_encode(value)
@@ -182,7 +186,7 @@ def test_encoder_same_bytes(value: Any) -> None:
     "value",
     [math.nan, math.inf, {1: 2}, {b"a": 1}, 1 << 64, -(1 << 64) - 1, {1, 2}, object(), complex(1, 2),
      [[[{"a": {3}}]]], "\ud800", {"\udc00": 1}],
-    ids=repr,
+    ids=stable_id,
 )
 def test_encoder_rejects_like_the_reference(value: Any) -> None:
     with pytest.raises(EncodeError):
@@ -297,83 +301,6 @@ def test_lines_ok_examples() -> None:
         assert python_line_problems([*good, bad])
 
 
-# -- whole documents --------------------------------------------------------------
-
-from kernel.identity import Identity, party  # noqa: E402
-
-from ._support import BUYER, SELLER, STRANGER, order  # noqa: E402
-
-LINK = CID.for_block(b"root")
-field_values: dict[str, Any] = {
-    "v": st.sampled_from([1, 2, True, 1.0, "1", None, 1 << 70]),
-    "kind": st.sampled_from(["order", "quote", "order_response", "medical.approval", "food.recall",
-                             "Order", "x" * 41, "a.b.c", "", "invoice", 7]),
-    "from": st.sampled_from([BUYER.did, SELLER.did, STRANGER.did, "did:key:zBad", None, 3]),
-    "to": st.sampled_from([SELLER.did, BUYER.did, STRANGER.did, "did:key:z6Mk", None]),
-    "issued_at": st.sampled_from(["2025-04-01T09:30:00Z", "2024-02-29T00:00:00Z", "2026-02-29T00:00:00Z",
-                                  "2026-11-22T24:00:00Z", "2026-11-22T05:00:60Z", "2026-11-22T05:00:00.5Z",
-                                  "2026-11-22T05:00:00.10Z", "2026-11-22T05:00:00.123456Z",
-                                  "2026-11-22T05:00:00.1234567Z", "2026-13-01T00:00:00Z",
-                                  "0000-01-01T00:00:00Z", "2026-11-22 05:00:00Z", "2026-11-22T05:00:00",
-                                  "２０２６-11-22T05:00:00Z", None, 5]),
-    "valid_until": st.sampled_from(["2026-12-31T00:00:00Z", "2026-04-31T00:00:00Z", None, ""]),
-    "due": st.sampled_from(["2027-01-31T00:00:00Z", "2027-01-32T00:00:00Z", None]),
-    "thread": st.sampled_from([LINK, None, b"\x01", str(LINK)]),
-    "prev": st.sampled_from([[LINK], [], None, [LINK, LINK], [LINK, CID.for_block(b"other")], [b"x"], LINK]),
-    "ref": shortish | st.none() | st.integers(),
-    "user": shortish | st.none(),
-    "note": st.sampled_from(["", "x", "x" * 16000, "x" * 16001, "六" * 5333, "六" * 5334, "𠮷" * 4000,
-                             "𠮷" * 4001, None, 1]),
-    "currency": st.sampled_from(["JPY", "jpy", "JP", "ＪＰＹ", "EURO", None, 3]),
-    "total": decimalish | st.none(),
-    "response": st.sampled_from(["accept", "reject", "counter", "maybe", None, ["accept"], 1]),
-    "lines": st.none() | lines_strategy | st.just("lines"),
-    "ext": ext_values,
-    "colour": leaf,
-}
-
-
-@st.composite
-def documents(draw: st.DrawFn) -> tuple[dict[str, Any], tuple[str, ...]]:
-    doc = order() if draw(st.booleans()) else order(thread=LINK, prev=[LINK], kind="order_response",
-                                                    response="accept")
-    for key in draw(st.lists(st.sampled_from(sorted(field_values)), max_size=4, unique=True)):
-        if draw(st.integers(0, 5)) == 0:
-            doc.pop(key, None)
-        else:
-            doc[key] = draw(field_values[key])
-    kinds = draw(st.sampled_from([(), ("medical.approval",), ("food.recall", "medical.approval")]))
-    return doc, kinds
-
-
-for _did in (BUYER.did, SELLER.did, STRANGER.did):  # parsed once, as a node would have
-    party(_did)
-
-
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
-@given(documents())
-def test_document_ok_only_for_documents_the_python_rules_accept(case: tuple[dict[str, Any], Any]) -> None:
-    doc, kinds = case
-    problems = document.reference_problems(doc, kinds)
-    if fast.document_ok(doc, frozenset(kinds)):
-        assert problems == [], problems
-    assert (document.document_problems(doc, kinds) == []) is (problems == [])
-
-
-def test_document_ok_vouches_for_common_documents() -> None:
-    for doc in (order(), order(thread=LINK, prev=[LINK], kind="order_response", response="accept",
-                               ref="PO-1", currency="JPY", total="12.50", due="2026-12-31T00:00:00Z",
-                               note="n", user="u", lines=[{"text": "x", "qty": "1", "ext": {"food": {}}}])):
-        assert document.reference_problems(doc) == []
-        assert fast.document_ok(doc, frozenset()) is True
-    # not vouched for, left to the Python rules: a DID never parsed, several prev links
-    fresh = Identity(os.urandom(32)).did  # a DID no other test has parsed
-    assert fast.document_ok(order(to=fresh), frozenset()) is False
-    assert document.document_problems(order(to=fresh)) == []
-    two = order(thread=LINK, prev=[LINK, CID.for_block(b"b")])
-    assert fast.document_ok(two, frozenset()) is False and document.document_problems(two) == []
-
-
 # -- found by review: hostile values in-process, odd buffers, limits --------------
 
 
@@ -400,21 +327,6 @@ def test_dict_subclass_is_read_as_the_reference_reads_it() -> None:
             return 5
 
     assert fast.encode(Odd(b=1)) == dagcbor.reference_encode(Odd(b=1))
-
-
-def test_kinds_with_their_own_equality_never_reach_the_c_check() -> None:
-    class AnyKind:
-        def __eq__(self, other: object) -> bool:
-            return True
-
-        def __hash__(self) -> int:
-            return 1
-
-    doc = order(kind="medical.approval")
-    expected = document.reference_problems(doc, (AnyKind(),))
-    assert expected and document.document_problems(doc, (AnyKind(),)) == expected
-    with pytest.raises(TypeError):
-        fast.document_ok(doc, ("medical.approval",))  # only a frozenset
 
 
 def test_depth_and_length_limits_cannot_be_switched_off() -> None:
@@ -446,7 +358,7 @@ def test_non_contiguous_buffers() -> None:
 def test_decoded_keys_are_interned_only_when_they_are_known_field_names() -> None:
     import sys
 
-    # A known field name is the interned object the C document check holds.
+    # A known field name is the interned str the Python code's literals are.
     (text_key,) = fast.decode(dagcbor.encode({"text": "x"}), 4, 16)
     assert text_key is sys.intern("text")
     # Anything else stays a plain str: interning network input would make it
@@ -458,74 +370,202 @@ def test_decoded_keys_are_interned_only_when_they_are_known_field_names() -> Non
     assert sys.intern("".join([name[:3], name[3:]])) is not key
 
 
-def _sealed_sample() -> tuple[bytes, bytes]:
-    from kernel import Identity, seal
-
-    a, b = Identity(b"\x01" * 32), Identity(b"\x02" * 32)
-    sealed = seal({"v": 1, "kind": "message", "from": a.did, "to": b.did,
-                   "issued_at": "2026-12-03T06:00:00Z", "lines": [{"text": "hello"}]}, a)
-    return sealed.signed, sealed.block
+# -- one module state per instance, limits passed in, errors raised once (issue 15) --
 
 
-def _generic_wrapper(raw: bytes) -> tuple[bytes, bytes, str] | None:
+def fresh_instance() -> Any:
+    """A second, independent instance of the extension (multi-phase init: its own state)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kernel._speedups", fast.__file__)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module is not fast
+    return module
+
+
+class Recorded(Exception):
+    """Counts every instance made, to see that one refusal makes one exception."""
+
+    made: list[type[Exception]] = []
+
+    def __init__(self, message: str | None = None, *, offset: int | None = None) -> None:
+        Recorded.made.append(type(self))
+        self.offset = offset
+        super().__init__(message)
+
+
+class RecMalformed(Recorded):
+    pass
+
+
+class RecNonCanonical(Recorded):
+    pass
+
+
+class RecLimit(Recorded):
+    pass
+
+
+class RecEncode(Recorded):
+    pass
+
+
+MIRROR = {RecMalformed: "MalformedError", RecNonCanonical: "NonCanonicalError",
+          RecLimit: "LimitExceededError", RecEncode: "EncodeError"}
+
+
+def recording_instance(**limits: int) -> Any:
+    module = fresh_instance()
+    module.configure(cid_type=CID, cid_from_bytes=CID.from_bytes, malformed=RecMalformed,
+                     noncanonical=RecNonCanonical, limit_exceeded=RecLimit, encode_error=RecEncode,
+                     max_nesting=limits.get("max_nesting", dagcbor.MAX_NESTING),
+                     max_text=limits.get("max_text", document.MAX_TEXT),
+                     max_short=limits.get("max_short", document.MAX_SHORT))
+    return module
+
+
+def test_an_unconfigured_instance_refuses_to_work() -> None:
+    module = fresh_instance()
+    for call in (lambda: module.decode(b"\x00", 4, 4), lambda: module.encode(1), lambda: module.lines_ok([])):
+        with pytest.raises(RuntimeError, match="configure"):
+            call()
+    assert module.limits() == {"max_nesting": 0, "max_text": 0, "max_short": 0}
+
+
+def test_the_limits_are_the_python_constants() -> None:
+    assert fast.limits() == {"max_nesting": dagcbor.MAX_NESTING, "max_text": document.MAX_TEXT,
+                             "max_short": document.MAX_SHORT}
+    for bad in ({"max_text": 0}, {"max_nesting": -1}, {"max_nesting": 1 << 20}, {"max_short": "800"}):
+        with pytest.raises((ValueError, TypeError)):
+            fresh_instance().configure(**bad)
+
+
+def test_limits_given_to_one_instance_are_the_ones_it_applies() -> None:
+    small = recording_instance(max_text=10, max_short=3, max_nesting=4)
+    assert small.lines_ok([{"text": "x" * 10, "unit": "pcs"}]) is True
+    assert small.lines_ok([{"text": "x" * 11}]) is False
+    assert small.lines_ok([{"text": "x", "unit": "pcs!"}]) is False
+    assert fast.lines_ok([{"text": "x" * 11, "unit": "pcs!"}]) is True  # the kernel's own are untouched
+    with pytest.raises(RecLimit):
+        small.decode(b"\x81" * 5 + b"\x00", 64, 16)  # max_depth is capped at max_nesting
+    small.decode(b"\x81" * 4 + b"\x00", 64, 16)
+    with pytest.raises(RecEncode, match="nested too deeply"):
+        small.encode([[[[[[0]]]]]])
+
+
+def test_instances_do_not_share_state() -> None:
+    # With C globals (single-phase init), configuring a second instance (or the
+    # module in a subinterpreter) replaced the classes the kernel's raised.
+    other = recording_instance()
+    bad = bytes.fromhex("a2616201616102")  # keys out of order
+    with pytest.raises(RecNonCanonical):
+        other.decode(bad, 4, 4)
+    with pytest.raises(NonCanonicalError):
+        fast.decode(bad, 4, 4)
+    with pytest.raises(EncodeError):
+        fast.encode(math.nan)
+    # The key caches are separate too: the same keys decode in both.
+    data = dagcbor.encode({"text": "x", "zz-custom": 1})
+    assert other.decode(data, 4, 4) == fast.decode(data, 4, 4) == {"text": "x", "zz-custom": 1}
+
+
+def test_an_instance_is_collected_with_what_it_holds() -> None:
+    import gc
+    import weakref
+
+    class Holder(Exception):
+        pass
+
+    module = fresh_instance()
+    module.configure(malformed=Holder)
+    ref = weakref.ref(Holder)
+    del Holder, module
+    gc.collect()
+    assert ref() is None  # m_traverse/m_clear let the cycle module -> class -> ... go
+
+
+@pytest.mark.parametrize(("hex_", "error", "why"), SPEC_REJECTS, ids=[c[2] for c in SPEC_REJECTS])
+def test_one_refusal_makes_one_exception(hex_: str, error: type[DecodeError], why: str) -> None:
+    rec = recording_instance()
+    Recorded.made.clear()
     try:
-        value = dagcbor.reference_decode(raw, Limits(max_size=1 << 20, max_depth=2, max_length=8))
-    except DecodeError:
-        return None
-    if type(value) is not dict or list(value) != ["sig", "body", "signer"]:
-        return None
-    parts = (value["sig"], value["body"], value["signer"])
-    return parts if [type(p) for p in parts] == [bytes, bytes, str] else None
+        rec.decode(bytes.fromhex(hex_), dagcbor.DEFAULT_LIMITS.max_depth, dagcbor.DEFAULT_LIMITS.max_length)
+    except Recorded as exc:
+        assert Recorded.made == [type(exc)]
+        assert MIRROR[type(exc)] == error.__name__
+    except DecodeError as exc:  # raised by the kernel's CID parser, as it is
+        assert Recorded.made == [] and isinstance(exc, error)
+    else:
+        pytest.fail("accepted")
 
 
-def _generic_envelope(block: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(values, st.data())
+def test_mutated_input_makes_at_most_one_exception(value: Any, data: st.DataObject) -> None:
+    rec = recording_instance()
+    encoded = bytearray(dagcbor.reference_encode(value))
+    index = data.draw(st.integers(0, len(encoded) - 1))
+    encoded[index] ^= data.draw(st.integers(1, 255))
+    Recorded.made.clear()
     try:
-        value = dagcbor.reference_decode(block, Limits(max_size=1 << 20, max_depth=2, max_length=16))
-    except DecodeError:
-        return None
-    if type(value) is not dict or list(value) != ["c", "n", "s", "v"] or value["v"] != 1 \
-            or type(value["v"]) is not int or type(value["s"]) is not list:
-        return None
-    parts = (value["c"], value["n"], value["s"])
-    if type(parts[0]) is not bytes or type(parts[1]) is not bytes or \
-            any(type(s) is not bytes for s in parts[2]):
-        return None
-    return parts
+        got: Any = rec.decode(bytes(encoded), 64, 100_000)
+    except Recorded as exc:
+        got = MIRROR[type(exc)]
+        assert Recorded.made == [type(exc)]
+    except DecodeError as exc:
+        got = type(exc).__name__
+        assert Recorded.made == []
+    else:
+        assert Recorded.made == []
+    ours = outcome(fast_decode, bytes(encoded))
+    assert (ours[1].__name__ if ours[0] == "error" else ours[1]) == got or same(ours[1], got)
 
 
-def test_fixed_shape_fast_paths_read_what_the_reference_reads() -> None:
-    signed, block = _sealed_sample()
-    assert fast.signed_parts(signed) == _generic_wrapper(signed) is not None
-    assert fast.envelope_parts(block) == _generic_envelope(block) is not None
-    for other in (b"", b"\xa0", dagcbor.encode({"sig": b"x", "body": b"y"}), signed + b"\x00",
-                  dagcbor.encode({"c": b"", "n": b"", "s": [b"a"] * 17, "v": 1}),
-                  dagcbor.encode({"c": b"", "n": b"", "s": [], "v": 2}), bytearray(signed)):
-        assert fast.signed_parts(other) is None
-        assert fast.envelope_parts(other) is None
+@pytest.mark.parametrize("value", [math.nan, {1: 2}, 1 << 64, -(1 << 64) - 1, "\ud800", {"\udc00": 1},
+                                   {"a": ["ok", "\U0001f600\udfff"]}, object(), [[[{"a": {3}}]]]],
+                         ids=stable_id)
+def test_one_encode_refusal_makes_one_exception(value: Any) -> None:
+    rec = recording_instance()
+    Recorded.made.clear()
+    with pytest.raises(RecEncode):
+        rec.encode(value)
+    assert Recorded.made == [RecEncode]
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data())
-def test_fixed_shape_fast_paths_never_accept_what_the_reference_refuses(data: st.DataObject) -> None:
-    # Mutate a real wrapper and envelope: the fast path either declines (None:
-    # the general decoder then decides) or returns exactly the reference's parts.
-    signed, block = _sealed_sample()
-    for raw, fast_read, reference in ((signed, fast.signed_parts, _generic_wrapper),
-                                      (block, fast.envelope_parts, _generic_envelope)):
-        buf = bytearray(raw)
-        for _ in range(data.draw(st.integers(1, 3))):
-            i = data.draw(st.integers(0, len(buf) - 1))
-            action = data.draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
-            if action == "flip":
-                buf[i] ^= data.draw(st.integers(1, 255))
-            elif action == "cut":
-                del buf[i:]
-                if not buf:
-                    buf = bytearray(b"\x00")
-            elif action == "insert":
-                buf.insert(i, data.draw(st.integers(0, 255)))
-            elif len(buf) > 1:
-                del buf[i]
-        mutated = bytes(buf)
-        got = fast_read(mutated)
-        assert got is None or got == reference(mutated)
+@pytest.mark.parametrize("hex_", [
+    "62c0af", "62c1bf", "63e08080", "63e09fbf", "63eda080", "63edbfbf", "64f08f8080", "64f4908080",
+    "61f5", "61ff", "6180", "62c280c2", "63e282", "64f09f98", "62dfbf", "63efbfbf", "64f48fbfbf",
+    "63ed9fbf", "64f0908080", "6a41424344454647c3a9",
+])
+def test_utf8_is_judged_as_python_judges_it(hex_: str) -> None:
+    # overlong forms, surrogates, past U+10FFFF, stray and missing continuation bytes, and the edges
+    assert_same_outcome(bytes.fromhex(hex_))
+
+
+def test_in_a_subinterpreter_the_module_has_its_own_state() -> None:
+    interpreters = pytest.importorskip("_xxsubinterpreters", reason="no subinterpreter API on this Python")
+    script = f"""
+import importlib.util
+spec = importlib.util.spec_from_file_location("kernel._speedups", {fast.__file__!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+class Mine(Exception):
+    def __init__(self, message=None, *, offset=None):
+        super().__init__(message)
+module.configure(cid_type=type, cid_from_bytes=bytes, malformed=Mine, noncanonical=Mine,
+                 limit_exceeded=Mine, encode_error=Mine, max_nesting=8)
+try:
+    module.decode(b"", 4, 4)
+except Mine:
+    pass
+"""
+    interp = interpreters.create()
+    try:
+        interpreters.run_string(interp, script)
+    finally:
+        interpreters.destroy(interp)
+    with pytest.raises(MalformedError):  # the kernel's class, not the destroyed interpreter's
+        fast.decode(b"", 4, 4)
+    assert fast.limits()["max_nesting"] == dagcbor.MAX_NESTING
