@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ipfs.car import CARWriter  # noqa: E402
 from kernel import dagcbor  # noqa: E402
+from kernel._document import format_time  # noqa: E402
+from kernel._envelope import seal  # noqa: E402
+from kernel._identity import Identity  # noqa: E402
+from kernel._messages import make_ack  # noqa: E402
 from kernel.cid import CID  # noqa: E402
-from kernel.document import format_time  # noqa: E402
-from kernel.envelope import seal  # noqa: E402
-from kernel.identity import Identity  # noqa: E402
-from kernel.messages import make_ack  # noqa: E402
 
 SEED_A, SEED_B = b"A" * 32, b"B" * 32
 STEPS = (("quote", "out"), ("order", "in"), ("message", "out"), ("message", "in"))

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from kernel import dagcbor  # noqa: E402
-from kernel.messages import make_notice, open_ack  # noqa: E402
+from kernel._messages import make_notice, open_ack  # noqa: E402
 from usagi_p2p.node.home import Home  # noqa: E402
 from usagi_p2p.node.node import NOTICES_PATH, Node  # noqa: E402
 from usagi_p2p.peer.app import make_app  # noqa: E402

@@ -1,7 +1,7 @@
 """Hypothesis-driven fuzzing of every decoder entry point (docs/reliability.md, "Fuzzing").
 
-Targets: ``kernel.dagcbor.decode``, ``kernel.envelope.open`` and
-``open_plaintext``, ``kernel.messages.open_notice`` and ``open_ack``,
+Targets: ``kernel.dagcbor.decode``, ``kernel._envelope.open`` and
+``open_plaintext``, ``kernel._messages.open_notice`` and ``open_ack``,
 ``ipfs.car.CARParser`` (fed in random chunks, then ``finish``),
 ``usagi_p2p.node.invitation.parse_invitation`` (text and bytes) and the HTTP body
 handler ``Node.receive`` of an in-process node with one partner.
@@ -43,13 +43,13 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from ipfs.car import CARParser, CARWriter  # noqa: E402
+from kernel import _envelope as kenvelope  # noqa: E402
 from kernel import dagcbor  # noqa: E402
-from kernel import envelope as kenvelope  # noqa: E402
+from kernel._identity import Identity  # noqa: E402
+from kernel._messages import make_ack, make_notice, open_ack, open_notice  # noqa: E402
+from kernel._rotation import make_rotation, open_rotation  # noqa: E402
 from kernel.cid import CID  # noqa: E402
 from kernel.errors import UsagiError  # noqa: E402
-from kernel.identity import Identity  # noqa: E402
-from kernel.messages import make_ack, make_notice, open_ack, open_notice  # noqa: E402
-from kernel.rotation import make_rotation, open_rotation  # noqa: E402
 from usagi_p2p.node.invitation import make_invitation, parse_invitation  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "fixtures"
@@ -233,7 +233,7 @@ def _codec_differential(data: bytes) -> None:
 def kernel_targets(seeds: Seeds) -> list[Target]:
     def open_checked(data: bytes) -> None:
         # With the CID of the mutated bytes, so the check goes past the hash.
-        kenvelope.open(data, BUYER, CID.for_block(data))
+        kenvelope.open_envelope(data, BUYER, CID.for_block(data))
 
     return [
         Target("dagcbor.decode", seeds.cbor + seeds.blocks + seeds.batches, lambda d: dagcbor.decode(d)),

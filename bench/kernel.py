@@ -29,9 +29,9 @@ from kernel import (  # noqa: E402
     check_ack,
     make_ack,
     open_ack,
+    open_envelope,  # noqa: E402
     seal,  # noqa: E402
 )
-from kernel import open as open_envelope  # noqa: E402
 
 SELLER = Identity(hashlib.sha256(b"bench seller").digest())
 BUYER = Identity(hashlib.sha256(b"bench buyer").digest())

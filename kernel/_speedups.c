@@ -18,7 +18,7 @@
  * encode() writes the one canonical form of a Python value, or raises
  * EncodeError for what DAG-CBOR cannot carry.
  *
- * lines_ok() answers one question for kernel/document.py: does any document
+ * lines_ok() answers one question for kernel/_document.py: does any document
  * line break a kernel rule? (True: none does; False: the Python rules run and
  * name the problems.)
  *
@@ -36,7 +36,7 @@
  *   Py_EnterRecursiveCall, on a path only a caller already deep in Python
  *   recursion reaches.
  * - The kernel's limits are passed in by configure() from the Python
- *   constants (kernel/dagcbor.py, kernel/document.py); none is written here.
+ *   constants (kernel/dagcbor.py, kernel/_document.py); none is written here.
  * - Validity depends on the arguments only: no process-wide cache is consulted.
  *
  * Nothing here touches files, sockets or the clock: it is part of the pure
@@ -1363,7 +1363,7 @@ sp_encode(PyObject *module, PyObject *value)
 
 /* ------------------------------------------------------------ lines_ok */
 
-/* The fast path of kernel/document.py's line rules: lines_ok(lines) is True
+/* The fast path of kernel/_document.py's line rules: lines_ok(lines) is True
  * exactly when _check_line finds nothing in any line; the Python code runs
  * whenever it is False and writes the problems. tests/kernel/test_speedups.py
  * holds the two to the same answer on generated lines. It decides from its

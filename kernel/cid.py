@@ -21,6 +21,9 @@ from typing import Final
 
 from .errors import CIDMismatchError, LimitExceededError, MalformedError
 
+__all__ = ["CID", "DAG_CBOR", "RAW", "DAG_PB", "DAG_JSON", "SHA2_256", "BLAKE2B_256", "IDENTITY",
+           "MAX_DIGEST", "encode_varint", "decode_varint", "is_block_cid", "as_cid"]
+
 DAG_CBOR: Final = 0x71
 RAW: Final = 0x55
 DAG_PB: Final = 0x70

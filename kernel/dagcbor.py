@@ -25,7 +25,7 @@ the whole suite once that way). The tests run both on every fixture, the
 reject table and generated values and bytes, and require identical values,
 bytes and error classes (tests/kernel/test_speedups.py). ``IMPLEMENTATION``
 says which one is in use. The C module gets the kernel's classes and limits
-from here and from kernel/document.py through ``configure()``: each number
+from here and from kernel/_document.py through ``configure()``: each number
 lives in one place, in Python.
 
 Integers cover the full CBOR range. Text must be valid UTF-8 (cbor2's
@@ -300,12 +300,12 @@ PURE_PYTHON_ENV: Final = "USAGI_PURE_PYTHON"
 
 if os.environ.get(PURE_PYTHON_ENV, "") in ("", "0"):
     try:
-        from . import _speedups as _speedups  # "as": kernel/document.py takes it from here
+        from . import _speedups as _speedups  # "as": kernel/_document.py takes it from here
     except ImportError:  # built without a C compiler: the reference serves
         _speedups = None  # type: ignore[assignment]
 else:
     _speedups = None  # type: ignore[assignment]
-# kernel/document.py takes the module from here (None: not in use), so one
+# kernel/_document.py takes the module from here (None: not in use), so one
 # switch decides for the codec and the line rules alike.
 
 if _speedups is not None:

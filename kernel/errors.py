@@ -34,6 +34,32 @@ the node maps codes to statuses in one table.
 
 from __future__ import annotations
 
+__all__ = [
+    "UsagiError",
+    "DecodeError",
+    "MalformedError",
+    "NonCanonicalError",
+    "LimitExceededError",
+    "EncodeError",
+    "CIDMismatchError",
+    "DigestMismatchError",
+    "AckCIDMismatchError",
+    "AckNonceMismatchError",
+    "NotRecipientError",
+    "DecryptionError",
+    "InvalidSignatureError",
+    "WrongSignerError",
+    "AckSignerError",
+    "InvalidDocumentError",
+    "ThreadError",
+    "ForeignThreadError",
+    "UnknownPrevError",
+    "UnknownSenderError",
+    "WrongRecipientError",
+    "ReplayError",
+    "ExpiredError",
+]
+
 
 class UsagiError(Exception):
     """Something went wrong in usagi-p2p."""

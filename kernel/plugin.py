@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .identity import Identity
+    from ._identity import Identity
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -35,9 +35,8 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any, Final
 
-from kernel import dagcbor
+from kernel import Identity, dagcbor, party
 from kernel.errors import UsagiError
-from kernel.identity import Identity, party
 from kernel.plugin import Finding, ext_of, required_findings
 
 from ._text import doc_date, find_date, line_ext, normalize, parse_iso_date, utc_offset
@@ -45,7 +44,7 @@ from ._text import doc_date, find_date, line_ext, normalize, parse_iso_date, utc
 __all__ = ["Medical", "plugin", "gtin_is_valid", "gs1_check_digit", "approval_message",
            "sign_approval", "with_approval", "APPROVAL_LABEL"]
 
-#: The key of ``kernel.identity.LABELS`` approvals are signed under.
+#: The key of ``kernel._identity.LABELS`` approvals are signed under.
 APPROVAL_LABEL: Final = "approval"
 APPROVAL_KINDS: Final = frozenset({"medical.order"})
 

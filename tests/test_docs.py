@@ -147,7 +147,7 @@ def test_the_reference_checker_sees_references() -> None:
 
 
 def test_every_signature_label_is_in_the_spec() -> None:
-    from kernel.identity import LABELS
+    from kernel._identity import LABELS
 
     text = SPEC.read_text()
     for label in LABELS.values():
@@ -170,7 +170,10 @@ def _section(title_prefix: str) -> str:
 
 def test_the_limits_table_is_what_the_code_decodes_with() -> None:
     from ipfs.car import CARParser
-    from kernel import envelope, messages, rotation, signed
+    from kernel import _envelope as envelope
+    from kernel import _messages as messages
+    from kernel import _rotation as rotation
+    from kernel import _signed as signed
     from kernel.dagcbor import Limits
     from usagi_p2p.archive import structures as archive_format
     from usagi_p2p.node import invitation, node

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipfs.car import CARReader
+from kernel._identity import Identity
 from kernel.cid import CID
-from kernel.identity import Identity
 from usagi_p2p.archive.archive import (
     ArchiveError,
     ForeignArchiveError,
@@ -281,7 +281,7 @@ def test_workers_find_a_broken_thread_alike(traded: Traded, tmp_path: Path, drop
 
 
 def test_an_unacked_sent_document_comes_back_to_the_outbox(tmp_path: Path) -> None:
-    from kernel.messages import open_notice
+    from kernel._messages import open_notice
     from usagi_p2p.archive.archive import RESTORED_UNACKED
     from usagi_p2p.peer.service import Service
 

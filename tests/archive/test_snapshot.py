@@ -12,8 +12,8 @@ from pathlib import Path
 from ipfs.car import CARReader
 from ipfs.kubo import KuboBlockStore
 from ipfs.sqlite import SQLiteBlockStore
+from kernel._identity import Identity
 from kernel.cid import CID
-from kernel.identity import Identity
 from usagi_p2p.archive.archive import export_archive, verify_archive
 from usagi_p2p.node.home import Home
 from usagi_p2p.node.node import Node

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from kernel import _envelope as kenvelope
 from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel._document import format_time
+from kernel._identity import Identity
+from kernel._messages import make_ack, make_notice, open_notice
 from kernel.cid import CID
-from kernel.document import format_time
-from kernel.identity import Identity
-from kernel.messages import make_ack, make_notice, open_notice
 from usagi_p2p.archive.archive import export_archive, verify_archive
 from usagi_p2p.company.views import thread_documents, verify_document
 from usagi_p2p.node.home import Home

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 
 from ipfs.blockstore import StoreUnavailableError
+from kernel import _envelope as kenvelope
 from kernel import dagcbor
-from kernel import envelope as kenvelope
-from kernel.messages import make_notice
+from kernel._messages import make_notice
 from usagi_p2p.node.node import NOTICES_PATH
 
 from ..node.conftest import Pair, pair  # noqa: F401  (the fixture)

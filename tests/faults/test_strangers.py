@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 
 from kernel import dagcbor
+from kernel._messages import make_notice, open_ack
 from kernel.cid import CID
-from kernel.messages import make_notice, open_ack
 from usagi_p2p.node.httpsig import sign_request
 from usagi_p2p.node.node import NOTICES_PATH, Node
 from usagi_p2p.peer.app import INTAKE_KEY, REPLAY_KEY

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kernel.identity import Identity
+from kernel._identity import Identity
 
 #: ../shared/fixtures beside the repository (tests/kernel/x.py -> parents[2] is the repo).
 SHARED_FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"

@@ -435,7 +435,7 @@ def test_pure_python_switch(value: str, pure: bool) -> None:
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    code = ("import kernel.dagcbor as d, kernel.document as doc; "
+    code = ("import kernel.dagcbor as d, kernel._document as doc; "
             "print(d.IMPLEMENTATION, d._speedups is None, doc._lines_ok is None)")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
                          env={**os.environ, "USAGI_PURE_PYTHON": value, "PYTHONPATH": str(root)})

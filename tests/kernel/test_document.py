@@ -1,4 +1,4 @@
-"""kernel.document: the kernel's kinds and rules; masterless free text; no floats."""
+"""kernel._document: the kernel's kinds and rules; masterless free text; no floats."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from kernel.cid import CID
-from kernel.document import (
+from kernel._document import (
     KERNEL_KINDS,
     MAX_PREV,
     document_problems,
@@ -17,6 +16,7 @@ from kernel.document import (
     parse_time,
     validate_document,
 )
+from kernel.cid import CID
 from kernel.errors import InvalidDocumentError, MalformedError
 
 from ._support import BUYER, SELLER, STRANGER, order

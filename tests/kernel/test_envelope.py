@@ -1,4 +1,4 @@
-"""kernel.envelope: seal/open by both parties, every failure class, padding, opacity."""
+"""kernel._envelope: seal/open by both parties, every failure class, padding, opacity."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 
 from kernel import dagcbor
+from kernel._envelope import MIN_BUCKET, bucket, digest, open_envelope, open_plaintext, seal, seal_signed
+from kernel._identity import Identity
+from kernel._signed import sign_bytes
 from kernel.cid import CID
-from kernel.envelope import MIN_BUCKET, bucket, digest, open, open_plaintext, seal, seal_signed
 from kernel.errors import (
     CIDMismatchError,
     DecodeError,
@@ -25,8 +27,6 @@ from kernel.errors import (
     UsagiError,
     WrongSignerError,
 )
-from kernel.identity import Identity
-from kernel.signed import sign_bytes
 
 from ._support import BUYER, SELLER, STRANGER, order
 
@@ -55,13 +55,13 @@ def _reencode(block: bytes, **changes: Any) -> bytes:
 
 def test_both_parties_open() -> None:
     for me in (BUYER, SELLER):
-        opened = open(SEALED.block, me, SEALED.cid)
+        opened = open_envelope(SEALED.block, me, SEALED.cid)
         assert opened.document == DOC
         assert opened.signer == BUYER.did
         assert opened.signed == SEALED.signed
         assert opened.digest == SEALED.digest == digest(SEALED.signed)
         assert opened.cid == SEALED.cid == CID.for_block(SEALED.block)
-    assert open(SEALED.block, SELLER).cid == SEALED.cid  # CID computed when not given
+    assert open_envelope(SEALED.block, SELLER).cid == SEALED.cid  # CID computed when not given
 
 
 def test_sealed_shape() -> None:
@@ -81,7 +81,7 @@ def test_sealing_is_randomised() -> None:
 
 def test_third_key_is_not_recipient() -> None:
     with pytest.raises(NotRecipientError):
-        open(SEALED.block, STRANGER, SEALED.cid)
+        open_envelope(SEALED.block, STRANGER, SEALED.cid)
 
 
 def test_a_third_recipient_is_refused_by_every_party() -> None:
@@ -93,19 +93,19 @@ def test_a_third_recipient_is_refused_by_every_party() -> None:
     assert open_plaintext(sealed.block, STRANGER) == sealed.signed  # the general opener
     for me in (SELLER, BUYER, STRANGER):
         with pytest.raises(MalformedError, match="exactly 2 slots"):
-            open(sealed.block, me, sealed.cid)
+            open_envelope(sealed.block, me, sealed.cid)
 
 
 def test_a_single_slot_document_envelope_is_refused() -> None:
     sealed = seal_signed(SEALED.signed, [SELLER.did])
     assert open_plaintext(sealed.block, SELLER) == SEALED.signed
     with pytest.raises(MalformedError, match="exactly 2 slots"):
-        open(sealed.block, SELLER, sealed.cid)
+        open_envelope(sealed.block, SELLER, sealed.cid)
 
 
 def test_cid_mismatch() -> None:
     with pytest.raises(CIDMismatchError):
-        open(SEALED.block, SELLER, CID.for_block(SEALED.block + b"x"))
+        open_envelope(SEALED.block, SELLER, CID.for_block(SEALED.block + b"x"))
 
 
 def test_tampered_ciphertext() -> None:
@@ -113,13 +113,13 @@ def test_tampered_ciphertext() -> None:
     c = bytearray(env["c"])
     c[10] ^= 1
     with pytest.raises(DecryptionError):
-        open(_reencode(SEALED.block, c=bytes(c)), SELLER)
+        open_envelope(_reencode(SEALED.block, c=bytes(c)), SELLER)
 
 
 def test_tampered_nonce() -> None:
     env = dagcbor.decode(SEALED.block)
     with pytest.raises(DecryptionError):
-        open(_reencode(SEALED.block, n=bytes(24 - 1) + bytes([env["n"][-1] ^ 1])), SELLER)
+        open_envelope(_reencode(SEALED.block, n=bytes(24 - 1) + bytes([env["n"][-1] ^ 1])), SELLER)
 
 
 def test_tampered_slots() -> None:
@@ -131,13 +131,13 @@ def test_tampered_slots() -> None:
         slot[40] ^= 0x80
         slots[index] = bytes(slot)
         with pytest.raises(expected):
-            open(_reencode(SEALED.block, s=slots), SELLER)
+            open_envelope(_reencode(SEALED.block, s=slots), SELLER)
     with pytest.raises(DecryptionError):  # reordering the slots changes the associated data
-        open(_reencode(SEALED.block, s=list(reversed(env["s"]))), SELLER)
+        open_envelope(_reencode(SEALED.block, s=list(reversed(env["s"]))), SELLER)
     with pytest.raises(DecryptionError):  # dropping the other party's slot too
         open_plaintext(_reencode(SEALED.block, s=[env["s"][mine]]), SELLER)
     with pytest.raises(MalformedError):  # which a document's opener sees before decrypting
-        open(_reencode(SEALED.block, s=[env["s"][mine]]), SELLER)
+        open_envelope(_reencode(SEALED.block, s=[env["s"][mine]]), SELLER)
 
 
 def test_wrong_signer() -> None:
@@ -145,7 +145,7 @@ def test_wrong_signer() -> None:
     signed = sign_bytes(STRANGER, "document", dagcbor.encode(DOC))
     sealed = seal_signed(signed, [BUYER.did, SELLER.did])
     with pytest.raises(WrongSignerError):
-        open(sealed.block, SELLER, sealed.cid)
+        open_envelope(sealed.block, SELLER, sealed.cid)
     with pytest.raises(WrongSignerError):
         seal(DOC, STRANGER)
 
@@ -157,19 +157,19 @@ def test_forged_signer_field() -> None:
     )
     sealed = seal_signed(forged, [BUYER.did, SELLER.did])
     with pytest.raises(InvalidSignatureError):
-        open(sealed.block, SELLER)
+        open_envelope(sealed.block, SELLER)
 
 
 def test_label_matters_inside_the_envelope() -> None:
     signed = sign_bytes(BUYER, "notice", dagcbor.encode(DOC))
     with pytest.raises(InvalidSignatureError):
-        open(seal_signed(signed, [BUYER.did, SELLER.did]).block, SELLER)
+        open_envelope(seal_signed(signed, [BUYER.did, SELLER.did]).block, SELLER)
 
 
 def test_invalid_document_inside() -> None:
     signed = sign_bytes(BUYER, "document", dagcbor.encode({**DOC, "total": 1.5}))
     with pytest.raises(InvalidDocumentError):
-        open(seal_signed(signed, [BUYER.did, SELLER.did]).block, SELLER)
+        open_envelope(seal_signed(signed, [BUYER.did, SELLER.did]).block, SELLER)
     with pytest.raises(InvalidDocumentError):
         seal({**DOC, "total": 1.5}, BUYER)
 
@@ -185,15 +185,15 @@ def test_non_canonical_envelope() -> None:
     block = SEALED.block
     assert block[-3:] == b"\x61\x76\x01"
     with pytest.raises(NonCanonicalError):
-        open(block[:-1] + b"\x18\x01", SELLER)  # v as a non-minimal int
+        open_envelope(block[:-1] + b"\x18\x01", SELLER)  # v as a non-minimal int
     with pytest.raises(MalformedError):
-        open(block + b"\x00", SELLER)  # trailing byte
+        open_envelope(block + b"\x00", SELLER)  # trailing byte
     with pytest.raises(NonCanonicalError):
-        open(b"\xbf" + block[1:] + b"\xff", SELLER)  # indefinite-length map
+        open_envelope(b"\xbf" + block[1:] + b"\xff", SELLER)  # indefinite-length map
     env = dagcbor.decode(block)
     unsorted = dagcbor.encode_ordered({"v": 1, "c": env["c"], "n": env["n"], "s": env["s"]})
     with pytest.raises(NonCanonicalError):
-        open(unsorted, SELLER)
+        open_envelope(unsorted, SELLER)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +211,7 @@ def test_non_canonical_envelope() -> None:
 )
 def test_malformed_envelope_fields(change: dict[str, Any]) -> None:
     with pytest.raises(MalformedError):
-        open(_reencode(SEALED.block, **change), SELLER)
+        open_envelope(_reencode(SEALED.block, **change), SELLER)
 
 
 def test_bucket_sizes() -> None:
@@ -281,15 +281,15 @@ def test_flipped_byte_is_a_typed_error(data: st.DataObject) -> None:
     index = data.draw(st.integers(0, len(block) - 1))
     block[index] ^= data.draw(st.integers(1, 255))
     with pytest.raises(UsagiError):
-        open(bytes(block), SELLER)
+        open_envelope(bytes(block), SELLER)
     with pytest.raises(CIDMismatchError):
-        open(bytes(block), SELLER, SEALED.cid)
+        open_envelope(bytes(block), SELLER, SEALED.cid)
 
 
 @given(st.integers(0, len(SEALED.block) - 1))
 def test_truncation_is_a_typed_error(cut: int) -> None:
     with pytest.raises(DecodeError):
-        open(SEALED.block[:cut], BUYER)
+        open_envelope(SEALED.block[:cut], BUYER)
 
 
 @settings(max_examples=50)
@@ -299,7 +299,7 @@ def test_random_third_key_never_opens(seed: bytes) -> None:
     if me.did in (BUYER.did, SELLER.did):
         return
     with pytest.raises(NotRecipientError):
-        open(SEALED.block, me)
+        open_envelope(SEALED.block, me)
 
 
 def test_slot_order_is_random() -> None:
@@ -341,7 +341,7 @@ def test_low_order_ephemeral_key_is_not_a_recipient_not_a_crash() -> None:
     env = dagcbor.decode(seal(DOC, BUYER).block)
     env["s"] = [bytes(32) + slot[32:] for slot in env["s"]]  # the all-zero point
     with pytest.raises(NotRecipientError):
-        open(dagcbor.encode(env), SELLER)
+        open_envelope(dagcbor.encode(env), SELLER)
 
 
 # -- what v1 forbids: slot counts, padding, CID forms ------------------------------
@@ -352,7 +352,7 @@ def _by_hand(signed: bytes, recipients: list[Identity], padded_size: int) -> byt
     ignores the rules would: any recipients, any padded length."""
     import os
 
-    from kernel.envelope import _associated_data, pad, wrap
+    from kernel._envelope import _associated_data, pad, wrap
 
     key, nonce = os.urandom(32), os.urandom(24)
     slots = wrap(key, [r.x25519_public for r in recipients])
@@ -369,7 +369,7 @@ NATURAL = bucket(len(SEALED.signed))
 def test_the_hand_builder_makes_what_seal_makes() -> None:
     block = _by_hand(SEALED.signed, [BUYER, SELLER], NATURAL)
     assert len(block) == len(SEALED.block)
-    assert open(block, SELLER, CID.for_block(block)).signed == SEALED.signed
+    assert open_envelope(block, SELLER, CID.for_block(block)).signed == SEALED.signed
 
 
 @settings(max_examples=40, deadline=None)
@@ -382,10 +382,10 @@ def test_a_document_envelope_has_exactly_two_slots(count: int, rng: Any) -> None
     block = _by_hand(SEALED.signed, recipients, NATURAL)
     assert open_plaintext(block, SELLER) == SEALED.signed  # sealed well, for any count
     if count == 2:
-        assert open(block, SELLER).signed == SEALED.signed
+        assert open_envelope(block, SELLER).signed == SEALED.signed
     else:
         with pytest.raises(MalformedError, match="exactly 2 slots"):
-            open(block, SELLER, CID.for_block(block))
+            open_envelope(block, SELLER, CID.for_block(block))
 
 
 @settings(max_examples=60, deadline=None)
@@ -396,17 +396,17 @@ def test_the_padding_is_exactly_the_bucket(size: int) -> None:
         return
     block = _by_hand(SEALED.signed, [BUYER, SELLER], size)
     if size == NATURAL:
-        assert open(block, SELLER).signed == SEALED.signed
+        assert open_envelope(block, SELLER).signed == SEALED.signed
         return
     # A length no bucket has is seen without a key; a larger bucket than the
     # content needs, once decrypted. Either way: malformed, for every opener.
-    for opener in (lambda b: open(b, SELLER), lambda b: open_plaintext(b, BUYER)):
+    for opener in (lambda b: open_envelope(b, SELLER), lambda b: open_plaintext(b, BUYER)):
         with pytest.raises(MalformedError):
             opener(block)
 
 
 def test_is_bucket_holds_exactly_the_lengths_bucket_returns() -> None:
-    from kernel.envelope import is_bucket
+    from kernel._envelope import is_bucket
 
     limit = 300_000  # past 64 KiB, so both rules are covered
     assert {s for s in range(limit) if is_bucket(s)} == {
@@ -432,7 +432,7 @@ def test_an_envelope_is_named_by_one_cid_form_only(form: str) -> None:
         other = CID.from_bytes(b"\x12\x20" + hashlib.sha256(block).digest())
     assert other.matches(block) and other != SEALED.cid
     with pytest.raises(CIDMismatchError):
-        open(block, SELLER, other)
+        open_envelope(block, SELLER, other)
     with pytest.raises(CIDMismatchError):
         open_plaintext(block, SELLER, other)
 
@@ -440,7 +440,7 @@ def test_an_envelope_is_named_by_one_cid_form_only(form: str) -> None:
 def test_the_largest_sealable_document_fits_the_block_a_receiver_opens() -> None:
     """Padding adds up to 64 KiB: a signed document is bounded by what its bucket
     leaves room for, so nothing a sealer makes is over the 1 MiB an opener takes."""
-    from kernel.envelope import ENVELOPE_LIMITS, MAX_BLOCK, MAX_SIGNED
+    from kernel._envelope import ENVELOPE_LIMITS, MAX_BLOCK, MAX_SIGNED
 
     signed = bytes(MAX_SIGNED)
     sealed = seal_signed(signed, [SELLER.did, BUYER.did])

@@ -1,4 +1,4 @@
-"""kernel.identity: did:key vectors, X25519 derivation, labelled signatures."""
+"""kernel._identity: did:key vectors, X25519 derivation, labelled signatures."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multiformats import multibase
 
+from kernel._identity import LABELS, Identity, Party, party
 from kernel.errors import InvalidSignatureError, MalformedError
-from kernel.identity import LABELS, Identity, Party, party
 
 # Source: W3C CCG did:key spec test vectors, w3c-ccg/did-method-key
 # test-vectors/ed25519-x25519.json @ 801b0a91ce5af882c389ca399fa1fd1a75229c09

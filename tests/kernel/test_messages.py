@@ -1,4 +1,4 @@
-"""kernel.messages: notices and acks, byte-exact snapshots and every refusal."""
+"""kernel._messages: notices and acks, byte-exact snapshots and every refusal."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from nacl.signing import VerifyKey
 
 from kernel import dagcbor
+from kernel._messages import check_ack, make_ack, make_notice, notice_nonce, open_ack, open_notice
+from kernel._signed import sign
 from kernel.cid import CID
 from kernel.errors import (
     AckCIDMismatchError,
@@ -24,8 +26,6 @@ from kernel.errors import (
     WrongRecipientError,
     WrongSignerError,
 )
-from kernel.messages import check_ack, make_ack, make_notice, notice_nonce, open_ack, open_notice
-from kernel.signed import sign
 
 from ._support import BUYER, SELLER, STRANGER
 

@@ -233,7 +233,7 @@ def test_arbitrary_bytes_same_outcome(blob: bytes) -> None:
 
 # -- document lines ---------------------------------------------------------------
 
-from kernel import document  # noqa: E402
+from kernel import _document as document  # noqa: E402
 
 decimalish = (
     st.from_regex(r"-?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})?", fullmatch=True)

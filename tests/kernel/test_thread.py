@@ -1,4 +1,4 @@
-"""kernel.thread: a trade's history as one hash-linked chain between two parties;
+"""kernel._thread: a trade's history as one hash-linked chain between two parties;
 a reply judged on receipt (check_links); what of a broken thread holds (split_thread)."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from kernel._envelope import Opened, open_envelope, seal
+from kernel._identity import Identity
+from kernel._thread import Held, check_links, split_thread, verify_thread
 from kernel.cid import CID
-from kernel.envelope import Opened, open, seal
 from kernel.errors import ForeignThreadError, ThreadError, UnknownPrevError
-from kernel.identity import Identity
-from kernel.thread import Held, check_links, split_thread, verify_thread
 
 from ._support import BUYER, SELLER, STRANGER, order
 
@@ -20,7 +20,7 @@ from ._support import BUYER, SELLER, STRANGER, order
 def sealed_and_opened(doc: dict[str, Any], sender: Identity) -> Opened:
     receiver = SELLER if sender is BUYER else BUYER
     sealed = seal(doc, sender, [doc["from"], doc["to"]])
-    return open(
+    return open_envelope(
         sealed.block, receiver if receiver.did in (doc["from"], doc["to"]) else sender, sealed.cid
     )
 
@@ -103,7 +103,7 @@ def test_other_parties(chain: list[Opened]) -> None:
         }
     )
     sealed = seal(doc, STRANGER)
-    intruder = open(sealed.block, SELLER, sealed.cid)
+    intruder = open_envelope(sealed.block, SELLER, sealed.cid)
     with pytest.raises(ThreadError):
         verify_thread([root, intruder])
 
@@ -215,7 +215,7 @@ def test_split_thread_sets_aside_what_does_not_hold(chain: list[Opened]) -> None
     doc = order(**{"from": STRANGER.did, "to": SELLER.did, "thread": root.cid,
                    "prev": [o.cid], "issued_at": "2025-04-01T12:00:00Z"})
     sealed = seal(doc, STRANGER)
-    intruder = open(sealed.block, SELLER, sealed.cid)
+    intruder = open_envelope(sealed.block, SELLER, sealed.cid)
     # One foreign document: everything else still holds.
     good, bad = split_thread(root.cid, [*chain, intruder])
     assert good == verify_thread(chain)

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from kernel import dagcbor
+from kernel._document import parse_time, validate_document
+from kernel._envelope import Opened, open_envelope
+from kernel._identity import Identity
+from kernel._messages import check_ack, make_ack, make_notice, open_ack, open_notice
+from kernel._signed import sign_bytes
+from kernel._thread import Held, check_links, split_thread, verify_thread
 from kernel.cid import CID
-from kernel.document import parse_time, validate_document
-from kernel.envelope import Opened, open
 from kernel.errors import KERNEL_ERRORS, UsagiError
-from kernel.identity import Identity
-from kernel.messages import check_ack, make_ack, make_notice, open_ack, open_notice
-from kernel.signed import sign_bytes
-from kernel.thread import Held, check_links, split_thread, verify_thread
 
 REPO = Path(__file__).resolve().parents[2]
 VECTORS = REPO / "tests" / "vectors"
@@ -83,7 +83,7 @@ def test_vector_set_is_complete() -> None:
 def test_forbidden_slot_counts_are_refused_by_the_rule_alone(name: str) -> None:
     """The general opener (which takes 1..16 slots) opens these: only the
     two-slot rule of a document envelope refuses them."""
-    from kernel.envelope import open_plaintext
+    from kernel._envelope import open_plaintext
 
     inputs = json.loads((VECTORS / name).read_text())["inputs"]
     me = Identity(bytes.fromhex(inputs["opener_seed"]))
@@ -132,7 +132,7 @@ def _sign_document(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
     signed = sign_bytes(signer, "document", body)
     assert signed.hex() == expected["signed"]
     assert signer.did == expected["signer"]
-    from kernel.envelope import digest
+    from kernel._envelope import digest
 
     assert digest(signed).hex() == expected["digest"]
 
@@ -184,7 +184,7 @@ def _open_envelope(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
     block = bytes.fromhex(inputs["block"])
     me = Identity(bytes.fromhex(inputs["opener_seed"]))
     cid = CID.parse(inputs["cid"])
-    opened = open(block, me, cid)
+    opened = open_envelope(block, me, cid)
     assert dagcbor.encode(opened.document).hex() == expected["document"]
     assert opened.signed.hex() == expected["signed"]
     assert opened.digest.hex() == expected["digest"]
@@ -218,14 +218,14 @@ def _split_thread(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
 
 
 def _validate_document(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
-    from kernel.document import validate_document
-    from kernel.envelope import DOCUMENT_LIMITS
+    from kernel._document import validate_document
+    from kernel._envelope import DOCUMENT_LIMITS
 
     validate_document(dagcbor.decode(bytes.fromhex(inputs["document"]), DOCUMENT_LIMITS))
 
 
 def _rotation(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
-    from kernel.rotation import make_rotation, open_rotation
+    from kernel._rotation import make_rotation, open_rotation
 
     old, new = (Identity(bytes.fromhex(inputs[k])) for k in ("old_seed", "new_seed"))
     core = dagcbor.encode({"v": 1, "old": old.did, "new": new.did, "at": inputs["at"],
@@ -239,7 +239,7 @@ def _rotation(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
 
 
 def _open_rotation(inputs: dict[str, Any], expected: dict[str, Any]) -> None:
-    from kernel.rotation import open_rotation
+    from kernel._rotation import open_rotation
 
     open_rotation(bytes.fromhex(inputs["raw"]))
 

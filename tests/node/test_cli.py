@@ -111,7 +111,7 @@ def test_send_without_a_server_then_archive_round_trip(tmp_path: Path) -> None:
 def test_tables_print_partner_text_as_text(tmp_path: Path) -> None:
     import asyncio
 
-    from kernel.identity import Identity
+    from kernel._identity import Identity
     from usagi_p2p.node.node import Node
 
     home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
@@ -139,8 +139,8 @@ def test_an_invitation_with_a_control_character_in_its_name_is_refused() -> None
 
     import pytest
 
-    from kernel.identity import Identity
-    from kernel.signed import sign
+    from kernel._identity import Identity
+    from kernel._signed import sign
     from usagi_p2p.node.errors import InvitationError
     from usagi_p2p.node.invitation import parse_invitation
 
@@ -170,7 +170,7 @@ def test_a_bad_body_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
 def test_inbox_and_outbox_show_the_newest_and_filter(tmp_path: Path) -> None:
     import asyncio
 
-    from kernel.identity import Identity
+    from kernel._identity import Identity
     from usagi_p2p.node.node import Node
 
     home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
@@ -296,8 +296,8 @@ def test_a_reply_goes_to_whoever_sent_the_document(tmp_path: Path) -> None:
 def test_send_extract_fills_plugin_fields_and_keeps_the_files_own(tmp_path: Path) -> None:
     import asyncio
 
-    from kernel import envelope as kenvelope
-    from kernel.signed import open_signed
+    from kernel import _envelope as kenvelope
+    from kernel._signed import open_signed
 
     from .conftest import paired
 
@@ -336,8 +336,8 @@ def test_json_output_names_the_fields_of_kernel_results() -> None:
     """--json prints a kernel result (a NamedTuple) as an object, not a bare list."""
     from datetime import UTC, datetime
 
+    from kernel._envelope import Sealed
     from kernel.cid import CID
-    from kernel.envelope import Sealed
     from usagi_p2p.company.cli.common import jsonable as _jsonable
 
     cid = CID.for_block(b"block")
@@ -355,7 +355,7 @@ async def test_an_answer_without_a_file_takes_what_it_answers(pair: Pair) -> Non
     `--ref` fill in the rest. Run by the CLI while both nodes serve."""
     import asyncio
 
-    from kernel.signed import open_signed
+    from kernel._signed import open_signed
     from usagi_p2p.node.operations import CARRIED
 
     quote = {"ref": "Q-7", "currency": "JPY", "total": "6250", "note": "valid 30 days",

@@ -17,12 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
+from kernel import _envelope as kenvelope
 from kernel import dagcbor
-from kernel import envelope as kenvelope
-from kernel.document import format_time
-from kernel.identity import Identity
-from kernel.messages import make_notice, open_ack
-from kernel.rotation import make_rotation
+from kernel._document import format_time
+from kernel._identity import Identity
+from kernel._messages import make_notice, open_ack
+from kernel._rotation import make_rotation
 from usagi_p2p.node.node import NOTICES_PATH, ROTATE_PATH
 
 from .conftest import make_home

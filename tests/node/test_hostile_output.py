@@ -42,11 +42,11 @@ import aiohttp
 import click
 from aiohttp import web
 
+from kernel import _envelope as kenvelope
 from kernel import dagcbor
-from kernel import envelope as kenvelope
-from kernel.document import format_time
-from kernel.messages import make_ack, open_notice
-from kernel.signed import sign
+from kernel._document import format_time
+from kernel._messages import make_ack, open_notice
+from kernel._signed import sign
 from usagi_p2p.node.home import Home
 from usagi_p2p.node.node import INTRODUCE_PATH, NOTICES_PATH, ROTATE_PATH, Node
 from usagi_p2p.peer.service import Service
@@ -244,7 +244,7 @@ class Mallory:
         refs = set()
         for notice in notices:
             if notice.cid in pushed:
-                opened = kenvelope.open(pushed[notice.cid], self.node.identity, notice.cid)
+                opened = kenvelope.open_envelope(pushed[notice.cid], self.node.identity, notice.cid)
                 refs.add(opened.document.get("ref"))
         if "ERROR" in refs:
             return web.Response(status=400, text=PAYLOAD)

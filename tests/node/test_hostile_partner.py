@@ -25,13 +25,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from kernel import _envelope as kenvelope
 from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel._identity import Identity
+from kernel._messages import check_ack, make_ack, make_notice, open_ack, open_notice
+from kernel._signed import sign
 from kernel.cid import CID
 from kernel.errors import UsagiError
-from kernel.identity import Identity
-from kernel.messages import check_ack, make_ack, make_notice, open_ack, open_notice
-from kernel.signed import sign
 from usagi_p2p.node.home import Home
 from usagi_p2p.node.invitation import make_invitation
 from usagi_p2p.node.node import INTRODUCE_PATH, NOTICES_PATH, Node
@@ -464,7 +464,7 @@ def forger(mallory: Identity, how: str) -> Handler:
         acks = []
         for raw in batch["notices"]:
             notice = open_notice(raw)
-            digest = kenvelope.open(blocks[notice.cid], mallory).digest
+            digest = kenvelope.open_envelope(blocks[notice.cid], mallory).digest
             fields: dict[str, Any] = {"cid": notice.cid, "to": notice.sender,
                                       "nonce": notice.nonce, "status": "received",
                                       "at": datetime.now(UTC), "digest": digest}

@@ -8,8 +8,8 @@ import time
 import aiohttp
 import pytest
 
+from kernel._identity import Identity
 from kernel.errors import ExpiredError, InvalidSignatureError, ReplayError
-from kernel.identity import Identity
 from usagi_p2p.node.httpsig import SKEW, ReplayGuard, sign_request, verify_request
 
 from .conftest import Pair

@@ -77,7 +77,7 @@ async def test_a_ledger_with_two_partners_under_one_name_opens_with_unique_names
         tmp_path: Path) -> None:
     """Before names were unique, a partner could introduce itself again under another
     partner's name. The first one added keeps the name; the later ones are renamed."""
-    from kernel.identity import Identity
+    from kernel._identity import Identity
 
     path = tmp_path / "ledger.db"
     a, b, c, d = (Identity(bytes([i]) * 32).did for i in range(1, 5))

@@ -28,14 +28,14 @@ import aiohttp
 import pytest
 
 from ipfs.gateway import GatewayClient
+from kernel import _envelope as kenvelope
 from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel._document import format_time
+from kernel._identity import Identity
+from kernel._messages import make_notice, open_ack, open_notice
+from kernel._signed import sign, sign_bytes
 from kernel.cid import BLAKE2B_256, CID, RAW, encode_varint
-from kernel.document import format_time
 from kernel.errors import CIDMismatchError
-from kernel.identity import Identity
-from kernel.messages import make_notice, open_ack, open_notice
-from kernel.signed import sign, sign_bytes
 from usagi_p2p.archive.archive import export_archive, verify_archive
 from usagi_p2p.company.views import thread_documents, verify_document
 from usagi_p2p.node.httpsig import sign_request
@@ -350,8 +350,8 @@ def by_hand(signed: bytes, recipients: list[str], padded_size: int | None = None
     """An envelope from the kernel's primitives, padded to any length."""
     from nacl import bindings as sodium
 
-    from kernel.envelope import _associated_data, bucket, pad, wrap
-    from kernel.identity import party
+    from kernel._envelope import _associated_data, bucket, pad, wrap
+    from kernel._identity import party
 
     key, nonce = os.urandom(32), os.urandom(24)
     slots = wrap(key, [party(did).x25519_public for did in recipients])

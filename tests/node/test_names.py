@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel.identity import Identity
-from kernel.signed import sign
+from kernel._identity import Identity
+from kernel._signed import sign
 from usagi_p2p.node.errors import InvitationError
 from usagi_p2p.node.invitation import name_problem
 from usagi_p2p.node.node import INTRODUCE_PATH

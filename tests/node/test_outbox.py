@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from kernel.messages import open_ack
+from kernel._messages import open_ack
 from usagi_p2p.peer.service import Service
 
 from .conftest import REPO, Pair

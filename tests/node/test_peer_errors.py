@@ -10,12 +10,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from kernel import _envelope as kenvelope
 from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel._identity import Identity
+from kernel._messages import make_notice, notice_nonce, open_ack
+from kernel._signed import sign_bytes
 from kernel.cid import CID
-from kernel.identity import Identity
-from kernel.messages import make_notice, notice_nonce, open_ack
-from kernel.signed import sign_bytes
 from usagi_p2p.node.httpsig import sign_request
 from usagi_p2p.node.invitation import make_invitation
 from usagi_p2p.node.node import INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, Node

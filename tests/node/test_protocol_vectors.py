@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from kernel import dagcbor
+from kernel._document import parse_time
+from kernel._identity import Identity
 from kernel.cid import CID
-from kernel.document import parse_time
 from kernel.errors import UsagiError
-from kernel.identity import Identity
 from usagi_p2p.node.home import Home
 from usagi_p2p.node.invitation import parse_invitation
 from usagi_p2p.node.node import Node
@@ -56,7 +56,7 @@ async def test_vector(name: str, tmp_path: Path) -> None:
 
 
 async def _invitation(inputs: dict[str, Any], expected: dict[str, Any], _: Path) -> None:
-    from kernel.signed import sign
+    from kernel._signed import sign
 
     signer = Identity(bytes.fromhex(inputs["signer_seed"]))
     body = {"v": 1, "type": inputs["type"], "name": inputs["name"], "did": signer.did,

@@ -26,9 +26,9 @@ import pytest
 from aiohttp import web
 
 from kernel import dagcbor
+from kernel._messages import MESSAGE_LIMITS, make_notice, open_ack
+from kernel._signed import open_signed
 from kernel.cid import CID
-from kernel.messages import MESSAGE_LIMITS, make_notice, open_ack
-from kernel.signed import open_signed
 from usagi_p2p.node.errors import ConfigError, QuotaExceededError
 from usagi_p2p.node.home import Config, Home
 from usagi_p2p.node.node import NOTICES_PATH, Node

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
+from kernel import _envelope as kenvelope
 from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel._document import format_time
+from kernel._identity import Identity
+from kernel._messages import Notice, make_notice, open_notice
+from kernel._thread import Held
 from kernel.cid import CID
-from kernel.document import format_time
 from kernel.errors import UsagiError
-from kernel.identity import Identity
-from kernel.messages import Notice, make_notice, open_notice
-from kernel.thread import Held
 from usagi_p2p.node import receiving
 from usagi_p2p.node.ledger import Partner
 from usagi_p2p.node.plugin_host import PluginHost

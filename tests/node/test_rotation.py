@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
+from kernel import _envelope as kenvelope
 from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel._identity import Identity
+from kernel._messages import make_notice, open_ack
+from kernel._rotation import make_rotation, open_rotation
+from kernel._signed import open_signed, sign
 from kernel.errors import InvalidSignatureError, WrongSignerError
-from kernel.identity import Identity
-from kernel.messages import make_notice, open_ack
-from kernel.rotation import make_rotation, open_rotation
-from kernel.signed import open_signed, sign
 from usagi_p2p.company.views import verify_document
 from usagi_p2p.node.node import NOTICES_PATH, Node
 

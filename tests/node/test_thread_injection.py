@@ -24,11 +24,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from kernel import _envelope as kenvelope
 from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel._document import format_time
+from kernel._messages import Ack, make_notice, open_ack
 from kernel.cid import CID
-from kernel.document import format_time
-from kernel.messages import Ack, make_notice, open_ack
 from usagi_p2p.company.views import thread_documents, verify_document
 from usagi_p2p.node.node import NOTICES_PATH, Node
 from usagi_p2p.peer.service import Service

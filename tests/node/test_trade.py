@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 from contextlib import closing
 
-from kernel.document import format_time
-from kernel.messages import open_ack
+from kernel._document import format_time
+from kernel._messages import open_ack
 from usagi_p2p.company.views import verify_document
 
 from .conftest import Pair

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel.document import document_problems
-from kernel.identity import Identity
+from kernel._document import document_problems
+from kernel._identity import Identity
 
 SELLER = Identity(bytes(range(32)))
 BUYER = Identity(bytes(range(1, 33)))

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from kernel import dagcbor
-from kernel.identity import LABELS, Identity
+from kernel._identity import LABELS, Identity
 from plugins.medical import (
     Medical,
     approval_message,

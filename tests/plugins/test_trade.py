@@ -127,7 +127,7 @@ async def test_unapproved_medical_order_is_not_sent(pair: Pair) -> None:
 
 
 async def test_approved_medical_order_is_received_with_its_approvals(pair: Pair) -> None:
-    from kernel.signed import open_signed
+    from kernel._signed import open_signed
 
     body = {"lines": [{"text": "stent", "ext": {"medical": {"lot": "A1"}}}],
             "ext": {"medical": {"route": ["pharmacist", "manager"]}}}

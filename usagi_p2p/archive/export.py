@@ -18,12 +18,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from ipfs.car import CARWriter, encode_header
-from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel import Identity, dagcbor, format_time, seal_signed, sign_bytes
 from kernel.cid import CID
-from kernel.document import format_time
-from kernel.identity import Identity
-from kernel.signed import sign_bytes
 
 from ..node.node import Node
 from .structures import (
@@ -119,7 +115,7 @@ class _Exporter:
         for partner, raws in self.bundles.items():
             plain = dagcbor.encode({"v": 1, "type": ACKS_TYPE, "acks": raws})
             # Sealed to both parties: the partner may read its own receipts back.
-            sealed = kenvelope.seal_signed(plain, [self.me.did, partner])
+            sealed = seal_signed(plain, [self.me.did, partner])
             self.writer.write(sealed.cid, sealed.block, verify=False)
             acks[partner] = sealed.cid
             self.links.append(sealed.cid.raw)
@@ -133,7 +129,7 @@ class _Exporter:
             fields["aliases"] = self.aliases
         body = encode_map(fields, {"entries": encode_array(self.entries)})
         # The manifest names every partner: sealed to this node alone.
-        page = kenvelope.seal_signed(sign_bytes(self.me, "manifest", body), [self.me.did])
+        page = seal_signed(sign_bytes(self.me, "manifest", body), [self.me.did])
         self.writer.write(page.cid, page.block, verify=False)
         index_cid = self.writer.write_block(index_block(
             self.seq, page.cid.raw, self.links,

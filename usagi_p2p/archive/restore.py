@@ -8,9 +8,8 @@ import asyncio
 import os
 from typing import Final
 
-from kernel import dagcbor
+from kernel import dagcbor, make_notice, open_ack
 from kernel.cid import CID
-from kernel.messages import make_notice, open_ack
 
 from ..node.ledger import DocumentRow, QuarantineRow, Restore
 from ..node.node import Node

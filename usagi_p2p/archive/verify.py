@@ -20,15 +20,21 @@ from functools import partial
 from typing import Any, Final
 
 from ipfs.car import CARReader
-from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel import (
+    Identity,
+    Opened,
+    canonical,
+    check_ack,
+    dagcbor,
+    open_ack,
+    open_envelope,
+    open_plaintext,
+    open_signed,
+    split_thread,
+    verify_thread,
+)
 from kernel.cid import CID
-from kernel.envelope import Opened
 from kernel.errors import NotRecipientError, ThreadError, UsagiError
-from kernel.identity import Identity
-from kernel.messages import check_ack, open_ack
-from kernel.signed import open_signed
-from kernel.thread import canonical, split_thread, verify_thread
 
 from .structures import (
     ACKS_TYPE,
@@ -129,7 +135,7 @@ def _close_run(thread: CID, group: list[Opened], filters: dict[str, str],
     """Verify one thread's run of documents; True if a time window cut it (not verified).
 
     What does not hold goes to ``quarantined``, one entry per document
-    (kernel.thread.split_thread): the rest of the thread still counts.
+    (kernel._thread.split_thread): the rest of the thread still counts.
     """
     cids = {o.cid for o in group}
     links = {c for o in group for c in o.document.get("prev", ())}
@@ -200,7 +206,7 @@ def _check_page(keys: Keys, seq: int, page_cid: CID, blocks: list[CID],
     runs = _Runs(out)
     try:
         try:
-            signed = _open_with(kenvelope.open_plaintext, window[page_cid], keys, page_cid)
+            signed = _open_with(open_plaintext, window[page_cid], keys, page_cid)
         except NotRecipientError:
             raise ForeignArchiveError(f"{page_cid}: the manifest is not sealed to {me.did}; "
                                       "this is another company's archive", cid=page_cid) from None
@@ -225,7 +231,7 @@ def _check_page(keys: Keys, seq: int, page_cid: CID, blocks: list[CID],
         acks: dict[str, list[bytes]] = {}
         for partner, bundle_cid in body["acks"].items():
             block = window[bundle_cid]
-            plain = _at(bundle_cid, partial(_open_with, kenvelope.open_plaintext, block, keys,
+            plain = _at(bundle_cid, partial(_open_with, open_plaintext, block, keys,
                                             bundle_cid))
             bundle = _at(bundle_cid, partial(dagcbor.decode, plain, PAGE_LIMITS))
             if type(bundle) is not dict or bundle.get("type") != ACKS_TYPE:
@@ -270,7 +276,7 @@ def _check_page(keys: Keys, seq: int, page_cid: CID, blocks: list[CID],
 def _document(keys: Keys, cid: CID, window: dict[CID, bytes], entry: dict[str, Any],
               aliases: dict[str, str]) -> Opened:
     """Open and check one listed document; a kernel error is raised as it is."""
-    opened: Opened = _open_with(kenvelope.open, window[cid], keys, cid)
+    opened: Opened = _open_with(open_envelope, window[cid], keys, cid)
     doc = opened.document
     mine, theirs = (("from", "to") if entry["dir"] == "out" else ("to", "from"))
     # A partner that rotated may have signed with its old key what its new key noticed.

@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kernel import envelope as kenvelope
+from kernel import Identity, open_envelope
 from kernel.errors import NotRecipientError
-from kernel.identity import Identity
 
 from ..node.home import Home
 from ..node.node import Node
@@ -105,7 +104,7 @@ async def _trade(seller: Home, buyer: Home) -> int:
         if ack is None:
             print(f"  {kind}: no ack in time")
             return 1
-        from kernel.messages import open_ack
+        from kernel import open_ack
 
         parsed = open_ack(ack[0])
         who = SELLER if side == "seller" else BUYER
@@ -134,7 +133,7 @@ async def _trade(seller: Home, buyer: Home) -> int:
         for cid in cids:
             block = await node.store.get(cid)
             try:
-                kenvelope.open(block, stranger, cid)
+                open_envelope(block, stranger, cid)
                 print(f"  {cid}: OPENED (this must never happen)")
                 ok = False
             except NotRecipientError:

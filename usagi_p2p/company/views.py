@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from kernel.document import format_time
+from kernel import format_time
 
 if TYPE_CHECKING:  # the node is imported by the commands that open one (a CLI starts fast)
     from kernel.cid import CID

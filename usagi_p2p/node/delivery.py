@@ -26,14 +26,20 @@ from typing import Any, Final, Protocol
 import aiohttp
 
 from ipfs.blockstore import BlockStore
-from kernel import dagcbor
+from kernel import (
+    MESSAGE_LIMITS,
+    Identity,
+    canonical,
+    check_ack,
+    dagcbor,
+    format_time,
+    make_notice,
+    notice_nonce,
+    open_ack,
+    open_signed,
+)
 from kernel.cid import CID
-from kernel.document import format_time
 from kernel.errors import MalformedError, UsagiError, WrongSignerError
-from kernel.identity import Identity
-from kernel.messages import MESSAGE_LIMITS, check_ack, make_notice, notice_nonce, open_ack
-from kernel.signed import open_signed
-from kernel.thread import canonical
 
 from .errors import TEMPORARY, BodyTooLargeError
 from .home import Config

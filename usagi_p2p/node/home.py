@@ -34,7 +34,7 @@ from typing import Any, Final
 from nacl import pwhash, secret
 from nacl.exceptions import CryptoError
 
-from kernel.identity import Identity
+from kernel import Identity
 
 from .errors import ConfigError, PassphraseError
 

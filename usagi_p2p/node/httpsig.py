@@ -23,8 +23,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import Final
 
+from kernel import Identity, party
 from kernel.errors import ExpiredError, InvalidSignatureError, MalformedError, ReplayError
-from kernel.identity import Identity, party
 
 __all__ = ["sign_request", "verify_request", "ReplayGuard", "COMPONENTS"]
 

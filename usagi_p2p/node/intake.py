@@ -28,14 +28,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final, Protocol
 
-from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel import MAX_BLOCK, Identity, Notice, canonical, dagcbor, format_time, make_ack
 from kernel.cid import CID
-from kernel.document import format_time
 from kernel.errors import ForeignThreadError, UsagiError
-from kernel.identity import Identity
-from kernel.messages import Notice, make_ack
-from kernel.thread import canonical
 
 from . import receiving
 from .errors import DuplicateError, OverloadedError
@@ -203,7 +198,7 @@ class Intake:
         async def fetch(i: int) -> tuple[int, Outcome]:
             nonlocal fetched_bytes, in_flight
             async with semaphore:
-                if fetched_bytes + (in_flight + 1) * kenvelope.MAX_BLOCK > node.fetch_budget:
+                if fetched_bytes + (in_flight + 1) * MAX_BLOCK > node.fetch_budget:
                     return i, Refused(OverloadedError(
                         f"this batch holds {fetched_bytes} bytes of fetched blocks (at most "
                         f"{node.fetch_budget}); the rest is taken when it is sent again"))

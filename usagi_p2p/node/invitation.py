@@ -38,11 +38,8 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from kernel import dagcbor
-from kernel.document import format_time, parse_time
+from kernel import Identity, dagcbor, format_time, open_signed, parse_time, sign
 from kernel.errors import UsagiError
-from kernel.identity import Identity
-from kernel.signed import open_signed, sign
 
 from .errors import ConfigError, InvitationError
 from .terminal import printable  # the one escaping rule; importable here as before

@@ -37,8 +37,8 @@ import aiosqlite
 
 from ipfs.blockstore import StoreError, StoreUnavailableError
 from ipfs.sqlite import ONE_CALL, attach_blocks, busy, create_private, in_thread, migrate
+from kernel import Held, canonical
 from kernel.cid import CID
-from kernel.thread import Held, canonical
 
 from .errors import NameTakenError
 from .schema import MIGRATIONS
@@ -852,7 +852,7 @@ class Ledger:
 
     async def held(self, cids: Sequence[CID]) -> dict[CID, Held]:
         """What the ledger knows of those of ``cids`` it holds, in one round trip:
-        enough to judge the links of a reply (kernel.thread.check_links)."""
+        enough to judge the links of a reply (kernel._thread.check_links)."""
         return {CID.from_bytes(raw): Held(partner, CID.from_bytes(thread), issued_at)
                 for rows in await self._reads(_chunked(_HELD, (), [c.raw for c in cids]))
                 for raw, partner, thread, issued_at in rows}

@@ -39,15 +39,20 @@ import aiohttp
 from ipfs.blockstore import BlockNotFoundError, BlockStore, StoreUnavailableError
 from ipfs.gateway import GatewayClient
 from ipfs.sqlite import SQLiteBlockStore
-from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel import (
+    Identity,
+    Notice,
+    Opened,
+    canonical,
+    dagcbor,
+    format_time,
+    make_notice,
+    make_rotation,
+    open_rotation,
+    seal,
+)
 from kernel.cid import CID
-from kernel.document import format_time
 from kernel.errors import CIDMismatchError, ExpiredError, UnknownSenderError, UsagiError
-from kernel.identity import Identity
-from kernel.messages import Notice, make_notice
-from kernel.rotation import make_rotation, open_rotation
-from kernel.thread import canonical
 
 from .delivery import CONTENT_TYPE, NOTICES_PATH, Delivery, read_capped, read_prefix
 from .errors import InvitationError, PartnerError, PeerError
@@ -191,7 +196,7 @@ class Node:
         now = self.clock() if now is None else now
         return {self.did} | {old for old, until in self._own_overlaps.items() if now <= until}
 
-    def open_envelope(self, block: bytes, cid: CID | None = None) -> kenvelope.Opened:
+    def open_envelope(self, block: bytes, cid: CID | None = None) -> Opened:
         """Open with the current key, else with a retired one (documents sealed before a
         rotation, or by a partner during its overlap).
 
@@ -423,7 +428,7 @@ class Node:
             findings = self.plugins.check(document, user=user)
             # The kernel's rules only: which plugin kinds it takes is the
             # receiver's to say (spec section 12), on receipt.
-            sealed = kenvelope.seal(document, self.identity)
+            sealed = seal(document, self.identity)
             prepared.append((partner, document, sealed, findings))
             if len(prepared) % YIELD_EVERY == 0:
                 # Sealing is CPU work; a long send must not hold deliveries

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
+from kernel import Identity
 from kernel.errors import InvalidDocumentError
-from kernel.identity import Identity
 from kernel.plugin import ENTRY_POINT_GROUP, Approving, Finding, Plugin, contract_problems
 
 from .errors import ConfigError

@@ -53,8 +53,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kernel import canonical
 from kernel.cid import CID
-from kernel.thread import canonical
 
 from .errors import ConfigError, QuotaExceededError
 from .home import Config, Home

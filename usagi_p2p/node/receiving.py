@@ -32,8 +32,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
-from kernel import dagcbor
-from kernel import envelope as kenvelope
+from kernel import Held, Identity, Notice, Opened, canonical, check_links, dagcbor, open_envelope, open_notice
 from kernel.cid import CID
 from kernel.errors import (
     CIDMismatchError,
@@ -47,10 +46,7 @@ from kernel.errors import (
     WrongRecipientError,
     WrongSignerError,
 )
-from kernel.identity import Identity
-from kernel.messages import Notice, open_notice
 from kernel.plugin import Finding
-from kernel.thread import Held, canonical, check_links
 
 from .errors import BodyTooLargeError, DuplicateError
 
@@ -194,7 +190,7 @@ def triage(notices: Sequence[Notice], seen: Mapping[tuple[str, bytes], bytes]) -
 class Taken:
     """A block that opened to a document this node may take (so far)."""
 
-    opened: kenvelope.Opened
+    opened: Opened
     block: bytes
     findings: tuple[Finding, ...]
 
@@ -212,16 +208,16 @@ Outcome = Taken | Refused
 
 
 def open_sealed(block: bytes, keys: Sequence[Identity], cid: CID | None = None
-                ) -> kenvelope.Opened:
+                ) -> Opened:
     """Open with ``keys[0]`` (the current key), else with a retired one (documents
     sealed before a rotation, or by a partner during its overlap). Raises the
     current key's NotRecipientError when none opens it."""
     try:
-        return kenvelope.open(block, keys[0], cid)
+        return open_envelope(block, keys[0], cid)
     except NotRecipientError:
         for old in keys[1:]:
             try:
-                return kenvelope.open(block, old, cid)
+                return open_envelope(block, old, cid)
             except NotRecipientError:
                 continue
         raise
@@ -254,7 +250,7 @@ def open_block(notice: Notice, block: bytes, keys: Sequence[Identity],
 
 
 def _replies(notices: Sequence[Notice], taken: Sequence[tuple[int, Outcome]],
-             already: Mapping[CID, bytes]) -> dict[CID, tuple[kenvelope.Opened, str]]:
+             already: Mapping[CID, bytes]) -> dict[CID, tuple[Opened, str]]:
     """The replies to judge, with their senders: not those refused already, nor those
     recorded (and judged) before."""
     return {o.opened.cid: (o.opened, notices[i].sender) for i, o in taken
@@ -262,7 +258,7 @@ def _replies(notices: Sequence[Notice], taken: Sequence[tuple[int, Outcome]],
             and o.opened.cid not in already}
 
 
-def _links(opened: kenvelope.Opened) -> tuple[CID, ...]:
+def _links(opened: Opened) -> tuple[CID, ...]:
     return (opened.document["thread"], *opened.document["prev"])
 
 
@@ -330,7 +326,7 @@ class Store:
 
     index: int
     notice: Notice
-    opened: kenvelope.Opened
+    opened: Opened
     block: bytes
     findings: tuple[Finding, ...]
     partner: str

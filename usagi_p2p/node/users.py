@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from kernel.identity import Identity
+from kernel import Identity
 
 from .errors import ConfigError
 from .home import Config, Home

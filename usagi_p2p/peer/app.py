@@ -2,7 +2,7 @@
 
     POST /usagi/v1/notices     DAG-CBOR {"notices": [Signed<Notice>]} -> {"acks": [Signed<Ack>]}
     POST /usagi/v1/introduce   a signed introduction answering one of our invitations
-    POST /usagi/v1/rotate      a partner's key rotation statement (kernel/rotation.py)
+    POST /usagi/v1/rotate      a partner's key rotation statement (kernel/_rotation.py)
     GET  /ipfs/{cid}           trustless gateway, only for a partner who is a party (RFC 9421)
 
 The company's own API is not here: it has a listener of its own

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
+from kernel import RESPONSES
 from kernel.cid import CID
-from kernel.document import RESPONSES
 
 from ...node.terminal import printable
 from ..api.client import kick

@@ -13,13 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from kernel import envelope as kenvelope
+from kernel import DOCUMENT_LIMITS, Opened, check_ack, open_ack, open_signed, split_thread, verify_thread
 from kernel.cid import CID
 from kernel.errors import UsagiError
-from kernel.messages import check_ack, open_ack
 from kernel.plugin import Finding
-from kernel.signed import open_signed
-from kernel.thread import split_thread, verify_thread
 
 from ..errors import NodeError, PartnerError
 from ..ledger import DocumentRow
@@ -156,7 +153,7 @@ def _a(word: str) -> str:
 
 def _opened(row: DocumentRow) -> dict[str, Any]:
     body: dict[str, Any] = open_signed(row.signed, "document", "from",
-                                       kenvelope.DOCUMENT_LIMITS).body
+                                       DOCUMENT_LIMITS).body
     return body
 
 
@@ -324,7 +321,7 @@ async def thread_documents(node: Node, cid: CID) -> list[ThreadEntry]:
     if found is None:
         raise NodeError(f"{cid} is not in this node's ledger")
     _, rows, aliases = found
-    opened = [kenvelope.Opened(r.cid, _opened(r), r.signed, r.digest, "") for r in rows]
+    opened = [Opened(r.cid, _opened(r), r.signed, r.digest, "") for r in rows]
     by_cid = {r.cid: r for r in rows}
     return [ThreadEntry(o.cid, o.document["kind"], o.document.get("ref"),
                         o.document["issued_at"], by_cid[o.cid].direction, by_cid[o.cid].status)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from kernel.thread import canonical
+from kernel import canonical
 
 from ..errors import ConfigError, PartnerError
 from ..invitation import Invitation, name_problem

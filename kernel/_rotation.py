@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from . import dagcbor
-from .document import format_time, parse_time
+from ._document import format_time, parse_time
+from ._identity import Identity, party
+from ._signed import open_signed, sign
 from .errors import InvalidSignatureError, MalformedError
-from .identity import Identity, party
-from .signed import open_signed, sign
 
 __all__ = ["Rotation", "make_rotation", "open_rotation"]
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeGuard
 
+from ._identity import party
 from .cid import CID
 from .dagcbor import _speedups
 from .errors import InvalidDocumentError, MalformedError
-from .identity import party
 
 __all__ = [
     "KERNEL_KINDS",

@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Any, Final, NamedTuple
 
 from . import dagcbor
+from ._identity import Identity, party
 from .errors import MalformedError, WrongSignerError
-from .identity import Identity, party
 
 __all__ = ["Signed", "sign", "open_signed", "SIGNED_LIMITS"]
 

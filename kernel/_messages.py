@@ -14,7 +14,7 @@ what the sender sealed is not a receipt.
                 "status": "received" / "accepted" / "rejected",
                 ? "digest": bytes .size 34, ? "reason": tstr }
 
-Both travel in the signed wrapper of :mod:`kernel.signed`, labels
+Both travel in the signed wrapper of :mod:`kernel._signed`, labels
 ``usagi-p2p/v1/notice`` and ``usagi-p2p/v1/ack``.
 """
 
@@ -25,8 +25,10 @@ from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 from . import dagcbor
+from ._document import format_time, parse_time
+from ._identity import Identity, party
+from ._signed import open_signed, sign
 from .cid import CID, is_block_cid
-from .document import format_time, parse_time
 from .errors import (
     AckCIDMismatchError,
     AckNonceMismatchError,
@@ -36,8 +38,6 @@ from .errors import (
     MalformedError,
     WrongRecipientError,
 )
-from .identity import Identity, party
-from .signed import open_signed, sign
 
 __all__ = ["Notice", "Ack", "make_notice", "open_notice", "notice_nonce", "make_ack", "open_ack",
            "check_ack", "ACK_STATUSES"]

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._document import parse_time
+from ._envelope import Opened
 from .cid import CID
-from .document import parse_time
-from .envelope import Opened
 from .errors import ForeignThreadError, ThreadError, UnknownPrevError
 
 __all__ = ["verify_thread", "split_thread", "check_links", "canonical", "Held"]
@@ -93,7 +93,7 @@ def verify_thread(documents: Iterable[Opened], aliases: Mapping[str, str] | None
                   ) -> list[Opened]:
     """Check a whole thread; return it in causal order (root first).
 
-    ``aliases`` maps rotated keys to their successors (kernel/rotation.py), so
+    ``aliases`` maps rotated keys to their successors (kernel/_rotation.py), so
     a party that rotated its key mid-thread is still the same party.
     Raises ThreadError naming the first CID that breaks a rule.
     """

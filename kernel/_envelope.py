@@ -37,8 +37,10 @@ from nacl import bindings as sodium
 from nacl.exceptions import CryptoError
 
 from . import dagcbor
+from ._document import validate_document
+from ._identity import Identity, party
+from ._signed import open_signed, sign_bytes
 from .cid import CID, is_block_cid
-from .document import validate_document
 from .errors import (
     CIDMismatchError,
     DecryptionError,
@@ -47,10 +49,8 @@ from .errors import (
     NotRecipientError,
     WrongSignerError,
 )
-from .identity import Identity, party
-from .signed import open_signed, sign_bytes
 
-__all__ = ["Sealed", "Opened", "seal", "open", "bucket", "digest"]
+__all__ = ["Sealed", "Opened", "seal", "open_envelope", "bucket", "digest"]
 
 ENVELOPE_VERSION: Final = 1
 AD_LABEL: Final = b"usagi-p2p/v1/envelope\x00"
@@ -304,7 +304,7 @@ def open_plaintext(block: bytes, me: Identity, cid: CID | None = None, *,
     return plaintext
 
 
-def open(block: bytes, me: Identity, cid: CID | None = None, *, kinds: Iterable[str] = ()) -> Opened:  # noqa: A001
+def open_envelope(block: bytes, me: Identity, cid: CID | None = None, *, kinds: Iterable[str] = ()) -> Opened:
     """Open an envelope as ``me``: the verified, validated document inside.
 
     Raises CIDMismatchError, DecodeError (MalformedError too for an envelope
