@@ -111,6 +111,8 @@ class Config:
     local_host: str = "127.0.0.1"
     local_port: int | None = None
     local_socket: str | None = None
+    #: The largest upload the local API takes (an archive to verify), in bytes.
+    local_upload_max: int = 1 << 30
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:
