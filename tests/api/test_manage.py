@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from usagi_p2p.archive.archive import export_archive, verify_archive
 from usagi_p2p.company.api.server import LocalServer
@@ -313,3 +314,16 @@ async def test_an_oversized_upload_is_413_before_it_is_stored(api: Api) -> None:
     assert (status, report["ok"], report["bytes"]) == (200, True, size)
     assert_problem(await api.call("POST", verify, token=api.tokens["read"]),
                    422, "validation_failed")
+
+
+
+def test_the_upload_limit_in_the_config_is_a_whole_number() -> None:
+    from usagi_p2p.node.errors import ConfigError
+    from usagi_p2p.node.home import Config
+
+    base = {"name": "Kanto", "did": "did:key:z6Mk"}
+    assert Config.from_json(base).local_upload_max == 1 << 30
+    assert Config.from_json({**base, "local_upload_max": 5}).local_upload_max == 5
+    for bad in ("1G", -1, 1.5, True):
+        with pytest.raises(ConfigError, match="local_upload_max"):
+            Config.from_json({**base, "local_upload_max": bad})

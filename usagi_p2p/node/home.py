@@ -130,6 +130,8 @@ class Config:
         except TypeError as exc:
             raise ConfigError(f"invalid config: {exc}") from None
         config.check_quotas()
+        if type(config.local_upload_max) is not int or config.local_upload_max < 0:
+            raise ConfigError("local_upload_max must be a whole number of bytes >= 0")
         return config
 
     def check_quotas(self) -> None:
