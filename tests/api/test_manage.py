@@ -327,3 +327,21 @@ def test_the_upload_limit_in_the_config_is_a_whole_number() -> None:
     for bad in ("1G", -1, 1.5, True):
         with pytest.raises(ConfigError, match="local_upload_max"):
             Config.from_json({**base, "local_upload_max": bad})
+
+
+async def test_every_route_holds_its_scope(api: Api) -> None:
+    """No token is 401 and a lower scope 403 on every route of the table, before its
+    handler runs (so before anything changes)."""
+    import re
+
+    from usagi_p2p.company.api.routes import ROUTES
+
+    for route in ROUTES:
+        if route.scope is None:
+            continue
+        path = re.sub(r"\{[^}]+\}", "somebody", route.path)
+        assert_problem(await api.call(route.method, path), 401, "unauthorized")
+        for scope in SCOPES[:SCOPES.index(route.scope)]:
+            assert_problem(await api.call(route.method, path, token=api.tokens[scope]),
+                           403, "forbidden_scope")
+    assert await ops.partners(api.node) == []
