@@ -16,7 +16,8 @@ from typing import Final
 from kernel.errors import UsagiError
 
 __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "PartnerError",
-           "NameTakenError", "PeerError", "BodyTooLargeError", "OverloadedError", "DuplicateError",
+           "NameTakenError", "NoSuchPartnerError", "PeerError", "BodyTooLargeError",
+           "OverloadedError", "DuplicateError",
            "NotFoundError", "MethodNotAllowedError", "RequestTimeoutError", "InternalError",
            "QuotaExceededError", "TEMPORARY", "TABLE", "UnknownCodeError", "http_status",
            "exit_code"]
@@ -56,6 +57,18 @@ class NameTakenError(PartnerError):
     """Another partner already has that name: partner names are unique per node."""
 
     code = "name_taken"
+
+
+class NoSuchPartnerError(PartnerError):
+    """No partner of this node has that name or DID.
+
+    Raised where a partner is named as the resource asked for (the local API's
+    ``/api/v1/partners/{partner}``), so it is ``not_found`` (404); elsewhere an
+    unknown partner stays ``unknown_partner``. A :class:`PartnerError`, so
+    ``except PartnerError`` still catches it.
+    """
+
+    code = "not_found"
 
 
 class PeerError(NodeError):

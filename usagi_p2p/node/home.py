@@ -111,6 +111,8 @@ class Config:
     local_host: str = "127.0.0.1"
     local_port: int | None = None
     local_socket: str | None = None
+    #: The largest upload the local API takes (an archive to verify), in bytes.
+    local_upload_max: int = 1 << 30
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:
@@ -128,6 +130,8 @@ class Config:
         except TypeError as exc:
             raise ConfigError(f"invalid config: {exc}") from None
         config.check_quotas()
+        if type(config.local_upload_max) is not int or config.local_upload_max < 0:
+            raise ConfigError("local_upload_max must be a whole number of bytes >= 0")
         return config
 
     def check_quotas(self) -> None:

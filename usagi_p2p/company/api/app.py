@@ -55,7 +55,7 @@ from .problems import (
     UnauthorizedError,
     problem_response,
 )
-from .routes import ROUTES, Call, Endpoints, Route
+from .routes import ROUTES, Call, Endpoints, Route, body_limit
 from .tokens import PREFIX, Token, TokenStore, scope_allows
 
 __all__ = ["make_app", "Guard", "ENDPOINTS_KEY", "TOKENS_KEY", "LOCAL_NAMES", "BODY_TIMEOUT"]
@@ -144,11 +144,12 @@ def _bearer(request: web.Request, tokens: TokenStore) -> Token:
     return token
 
 
-async def _read_body(request: web.Request, route: Route) -> bytes:
+async def _read_body(request: web.Request, route: Route, limit: int) -> bytes:
     declared = request.content_length
-    if (declared or 0) > route.body or (route.body == 0 and declared is None
-                                        and request.body_exists):
-        raise BodyTooLargeError(f"{route.method} {route.path} takes at most {route.body} bytes")
+    if (declared or 0) > limit or (limit == 0 and declared is None and request.body_exists):
+        raise BodyTooLargeError(f"{route.method} {route.path} takes at most {limit} bytes")
+    if route.stream:
+        return b""  # the handler reads it, within the same limit
     if route.body == 0 or not request.body_exists:
         return b""
     chunks: list[bytes] = []
@@ -196,7 +197,7 @@ def _middleware(node: Node, tokens: TokenStore, endpoints: Endpoints, guard: Gua
                     raise ForbiddenScopeError(f"{route.method} {route.path} needs scope "
                                               f"{route.scope}; the token has {token.scope}")
                 tokens.note_use(token)
-            body = await _read_body(request, route)
+            body = await _read_body(request, route, body_limit(route, node))
             return await route.handler(Call(request, node, token, body, endpoints))
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -219,14 +220,16 @@ async def _never(request: web.Request) -> web.StreamResponse:
     raise InternalError("the local API's middleware did not run")
 
 
-def _expect(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+def _expect(route: Route, node: Node
+            ) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
     async def expect(request: web.Request) -> web.StreamResponse | None:
         # Runs before the middleware: no "100 Continue" for a body we would refuse.
         if request.headers.get("Expect", "").lower() != "100-continue":
             return problem_response(MalformedError("the only Expect understood is 100-continue"))
-        if (request.content_length or 0) > route.body:
+        limit = body_limit(route, node)
+        if (request.content_length or 0) > limit:
             return problem_response(BodyTooLargeError(
-                f"{route.method} {route.path} takes at most {route.body} bytes"))
+                f"{route.method} {route.path} takes at most {limit} bytes"))
         if request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
@@ -246,6 +249,6 @@ def make_app(node: Node, tokens: TokenStore, *, endpoints: Endpoints | None = No
     app[TOKENS_KEY] = tokens
     for route in table:
         added = app.router.add_route(route.method, route.path, _never,
-                                     expect_handler=_expect(route))
+                                     expect_handler=_expect(route, node))
         routes[added] = route
     return app

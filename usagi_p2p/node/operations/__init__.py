@@ -11,8 +11,9 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
                    retry_outbox, requeue_undelivered, outbox_counts
                    looking: list_documents, show_document, thread_documents,
                    verify_document
-    partners.py    invite, add_partner, partners, rename_partner,
+    partners.py    invite, add_partner, partners, partner, rename_partner,
                    set_partner_status, quota, set_quota
+    plugins.py     plugin_list, extract_preview, user_list
     this_node.py   node_status, key_info, rotate_key, announce_key, resume_outbox
 
 Faces import this package (``from usagi_p2p.node import operations``), not
@@ -51,11 +52,20 @@ from .partners import (
     QuotaUsage,
     add_partner,
     invite,
+    partner,
     partners,
     quota,
     rename_partner,
     set_partner_status,
     set_quota,
+)
+from .plugins import (
+    LinePreview,
+    Preview,
+    UserInfo,
+    extract_preview,
+    plugin_list,
+    user_list,
 )
 from .this_node import (
     KeyInfo,
@@ -76,5 +86,6 @@ __all__ = [  # the values, then the operations of the module docstring
     "send", "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
     "await_ack", "retry_outbox",
     "list_documents", "show_document", "thread_documents", "verify_document", "invite",
-    "add_partner", "partners", "rename_partner", "set_partner_status", "quota", "set_quota",
-    "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox"]
+    "add_partner", "partners", "partner", "rename_partner", "set_partner_status", "quota", "set_quota",
+    "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox",
+    "LinePreview", "Preview", "UserInfo", "plugin_list", "extract_preview", "user_list"]

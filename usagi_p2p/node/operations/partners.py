@@ -12,12 +12,13 @@ from typing import Literal
 
 from kernel import canonical
 
-from ..errors import ConfigError, PartnerError
+from ..errors import ConfigError, NoSuchPartnerError, PartnerError
 from ..invitation import Invitation, name_problem
 from ..ledger import Partner
 from ..node import Node
 
 __all__ = ["PartnerChange", "PartnerStatus", "QuotaUsage", "invite", "add_partner", "partners",
+           "partner",
            "rename_partner", "set_partner_status", "quota", "set_quota", "quota_usage"]
 
 #: What a partner's state may be set to by the company (``usagi partner suspend`` …).
@@ -64,6 +65,16 @@ async def add_partner(node: Node, invitation: str, *, introduce: bool = True) ->
 async def partners(node: Node) -> list[Partner]:
     """Every partner of this node, with its state."""
     return await node.ledger.partners()
+
+
+async def partner(node: Node, who: str) -> Partner:
+    """The partner ``who`` names (DID, name or unique name prefix, as everywhere);
+    :class:`NoSuchPartnerError` (``not_found``) when none does: for a face that
+    asks for the partner itself, such as ``GET /api/v1/partners/{partner}``."""
+    found = await node.ledger.find_partner(who)
+    if found is None:
+        raise NoSuchPartnerError(f"no partner matches {who[:200]!r}")
+    return found
 
 
 async def set_partner_status(node: Node, who: str, status: PartnerStatus) -> PartnerChange:
