@@ -19,7 +19,8 @@ demo: $(STAMP)
 	$(VENV)/bin/usagi demo
 
 test: $(STAMP)
-	@if [ -f $(SHARED)/tools/check_layers.py ]; then $(PYTHON) $(SHARED)/tools/check_layers.py . ; fi
+	@if [ -f $(SHARED)/tools/check_layers.py ]; then $(PYTHON) $(SHARED)/tools/check_layers.py . ; \
+	 elif [ -n "$$CI" ]; then echo "CI: $(SHARED)/tools/check_layers.py is missing" >&2; exit 1; fi
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The whole suite once more on the pure-Python codec and rules (kernel/dagcbor.py,
