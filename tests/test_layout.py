@@ -52,7 +52,8 @@ def _imports(path: Path) -> set[str]:
             # "from .pkg import module" names a module, not only a package.
             for alias in node.names:
                 candidate = f"{module}.{alias.name}"
-                if (ROOT.parent / (candidate.replace(".", "/") + ".py")).exists():
+                path_of = ROOT.parent / candidate.replace(".", "/")
+                if path_of.with_suffix(".py").exists() or (path_of / "__init__.py").exists():
                     found.add(candidate)
     return found
 

@@ -35,7 +35,7 @@ from ipfs.blockstore import StoreUnavailableError
 from kernel.cid import CID
 from kernel.errors import UsagiError
 from usagi_p2p.node.node import Node
-from usagi_p2p.peer.app import INTAKE_KEY, Intake, make_app
+from usagi_p2p.peer.app import GATE_KEY, Gate, make_app
 from usagi_p2p.peer.listener import Limits
 from usagi_p2p.peer.service import Service
 
@@ -76,7 +76,7 @@ def app_with_injector(node: Node, **kwargs: Any) -> web.Application:
     async def untabled(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
-    # A route added around Intake.route, so not in the endpoint table: refused.
+    # A route added around Gate.route, so not in the endpoint table: refused.
     app.router.add_get(UNTABLED, untabled, allow_head=False)
     return app
 
@@ -138,19 +138,19 @@ def routes(app: web.Application) -> list[tuple[str, str]]:
 
 
 async def test_every_route_is_in_the_endpoint_table(service: Service) -> None:
-    intake: Intake = service.app[INTAKE_KEY]
-    assert {path for _, path in routes(service.app)} == set(intake.endpoints)
+    gate: Gate = service.app[GATE_KEY]
+    assert {path for _, path in routes(service.app)} == set(gate.endpoints)
     # A route added around the table is refused, never served unbounded.
     assert (await request(service.port, "GET", UNTABLED)).error == (500, "internal_error")
 
 
 async def test_every_route_refuses_a_body_over_its_cap_before_reading_it(
         service: Service) -> None:
-    intake: Intake = service.app[INTAKE_KEY]
+    gate: Gate = service.app[GATE_KEY]
     cid = str(CID.for_block(b"any block"))
     for method, canonical in routes(service.app):
         path = canonical.format(cid=cid)
-        cap = intake.endpoints[canonical][0].body
+        cap = gate.endpoints[canonical][0].body
         where = f"{method} {path}"
         # Declared, and not one byte of it sent.
         answer = await request(service.port, method, path, [f"Content-Length: {cap + 1}"])
@@ -166,18 +166,18 @@ async def test_every_route_refuses_a_body_over_its_cap_before_reading_it(
         assert answer.status == 413, (where, answer)
         if method != "HEAD":
             assert answer.error == (413, "too_large"), (where, answer)
-        assert not intake.budget.counts, where  # every byte read was given back
+        assert not gate.budget.counts, where  # every byte read was given back
 
 
 async def test_every_route_sheds_load_with_a_typed_503(service: Service) -> None:
-    intake: Intake = service.app[INTAKE_KEY]
+    gate: Gate = service.app[GATE_KEY]
     cid = str(CID.for_block(b"any block"))
     for method, canonical in routes(service.app):
         path = canonical.format(cid=cid)
-        endpoint, inflight = intake.endpoints[canonical]
+        endpoint, inflight = gate.endpoints[canonical]
         # Every request this address may have in progress, then every one the
         # endpoint may serve at once, taken as if by others.
-        for full, n, key in ((intake.addresses, intake.limits.requests_per_address,
+        for full, n, key in ((gate.addresses, gate.limits.requests_per_address,
                               "127.0.0.1"), (inflight, endpoint.inflight, "")):
             assert full.take(n, key)
             try:
@@ -188,7 +188,7 @@ async def test_every_route_sheds_load_with_a_typed_503(service: Service) -> None
                 (method, path, answer)
             if method != "HEAD":
                 assert answer.error == (503, "overloaded")
-    assert not intake.addresses.counts
+    assert not gate.addresses.counts
 
 
 @pytest.mark.parametrize(("inject", "expected"), [
@@ -200,11 +200,11 @@ async def test_every_route_answers_an_injected_failure_typed(
         service: Service, caplog: pytest.LogCaptureFixture, inject: str,
         expected: tuple[int, str]) -> None:
     caplog.set_level(logging.DEBUG, logger="usagi.peer")
-    intake: Intake = service.app[INTAKE_KEY]
+    gate: Gate = service.app[GATE_KEY]
     cid = str(CID.for_block(b"any block"))
     for method, canonical in routes(service.app):
         path = canonical.format(cid=cid)
-        cap = intake.endpoints[canonical][0].body
+        cap = gate.endpoints[canonical][0].body
         body = b"x" if cap else b""  # within the cap: read, then the handler fails
         answer = await request(service.port, method, path,
                                [f"X-Inject: {inject}", f"Content-Length: {len(body)}"], body)
@@ -213,7 +213,7 @@ async def test_every_route_answers_an_injected_failure_typed(
         else:
             assert answer.error == expected, (method, path, answer)
         assert SECRET.encode() not in answer.body and b"Traceback" not in answer.body
-    assert not intake.addresses.counts and not intake.budget.counts
+    assert not gate.addresses.counts and not gate.budget.counts
     logged = [r for r in caplog.records if r.name == "usagi.peer"]
     if inject == "crash":  # the detail is in the log, with its traceback
         assert any(r.levelno == logging.ERROR and r.exc_info and SECRET in str(r.exc_info[1])

@@ -27,7 +27,7 @@ from kernel._messages import make_notice, open_ack
 from kernel.cid import CID
 from usagi_p2p.node.httpsig import sign_request
 from usagi_p2p.node.node import NOTICES_PATH, Node
-from usagi_p2p.peer.app import INTAKE_KEY, REPLAY_KEY
+from usagi_p2p.peer.app import GATE_KEY, REPLAY_KEY
 from usagi_p2p.peer.listener import Limits
 from usagi_p2p.peer.service import Service
 
@@ -109,23 +109,23 @@ async def test_slow_strangers_from_one_address_do_not_starve_an_honest_partner(p
     before = await send_and_ack(pair, 3, "Q-before")
     stop = asyncio.Event()
     port = pair.buyer_service.port
-    intake = pair.buyer_service.app[INTAKE_KEY]
-    limit = intake.limits.requests_per_address
+    gate = pair.buyer_service.app[GATE_KEY]
+    limit = gate.limits.requests_per_address
     # 96 connections from one stranger: half trickle a 1 MiB notice batch, a
     # quarter an introduction, a quarter headers that never end.
     strangers = asyncio.create_task(overload.slow_strangers(port, 96, stop, every=0.2,
                                                             locals_=[STRANGER]))
     try:
-        await wait_for(lambda: intake.addresses.counts[STRANGER] >= limit,
+        await wait_for(lambda: gate.addresses.counts[STRANGER] >= limit,
                        "the stranger to hold every request its address may have")
         during = await send_and_ack(pair, 20, "Q-during")
         # Still held while the honest batches went through: the strangers did not go away.
-        assert intake.addresses.counts[STRANGER] == limit
+        assert gate.addresses.counts[STRANGER] == limit
     finally:
         stop.set()
         tally: Counter[str] = await strangers
     # Gone strangers hold nothing: every slot and every byte came back.
-    await wait_for(lambda: not intake.addresses.counts and not intake.budget.counts,
+    await wait_for(lambda: not gate.addresses.counts and not gate.budget.counts,
                    "the stranger's slots to come back")
     assert await buyer_has(pair, before + during)
     # The stranger's connections beyond its address's share were told to come back later.
@@ -150,7 +150,7 @@ async def test_deadlines_cut_slow_headers_and_slow_bodies(tmp_path: Path) -> Non
             await asyncio.gather(*tasks)
         status, _, body = await raw_request(service.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == 200 and json.loads(body)["service"] == "usagi-p2p"
-        assert not service.app[INTAKE_KEY].addresses.counts  # every slot came back
+        assert not service.app[GATE_KEY].addresses.counts  # every slot came back
 
 
 async def test_connections_per_address_are_bounded(tmp_path: Path) -> None:
@@ -184,7 +184,7 @@ async def test_connections_per_address_are_bounded(tmp_path: Path) -> None:
 async def test_bodies_held_at_once_are_bounded_in_bytes(tmp_path: Path) -> None:
     limits = Limits(body_budget=256 << 10)
     async with serving(tmp_path / "osaka", "Osaka Precision", limits) as service:
-        budget = service.app[INTAKE_KEY].budget
+        budget = service.app[GATE_KEY].budget
         _, writer = await asyncio.open_connection("127.0.0.1", service.port,
                                                   local_addr=(STRANGER, 0))
         junk = _request("POST", NOTICES_PATH, ["Content-Length: 102400"], bytes(102400))

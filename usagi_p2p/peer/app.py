@@ -8,10 +8,10 @@
 The company's own API is not here: it has a listener of its own
 (usagi_p2p/company/api/), and this one never serves its routes.
 
-Every request to a route passes through one middleware (:meth:`Intake.middleware`),
+Every request to a route passes through one middleware (:meth:`Gate.middleware`),
 in this order, before anything is buffered:
 
-1. the endpoint table (:attr:`Intake.endpoints`, filled by :meth:`Intake.route`,
+1. the endpoint table (:attr:`Gate.endpoints`, filled by :meth:`Gate.route`,
    the only way a route is added): a declared body over the endpoint's cap is
    413, before any byte is read;
 2. admission: no room for the source address or the endpoint is 503 with
@@ -61,7 +61,7 @@ from ..node.httpsig import ReplayGuard, verify_request
 from ..node.node import CONTENT_TYPE, INTRODUCE_PATH, MAX_BODY, NOTICES_PATH, ROTATE_PATH, Node
 from .listener import Admission, Endpoint, Limits, ThrottledLog, address_key, typed_http_error
 
-__all__ = ["make_app", "error_response", "MAX_INFLIGHT", "Limits", "Intake"]
+__all__ = ["make_app", "error_response", "MAX_INFLIGHT", "Limits", "Gate"]
 
 log = logging.getLogger("usagi.peer")
 
@@ -135,8 +135,10 @@ async def read_body(request: web.Request, cap: int, timeout: float, budget: Admi
     return b"".join(chunks)
 
 
-class Intake:
-    """The endpoint table of one app, its limits, and the middleware that applies them."""
+class Gate:
+    """The gate of the peer listener: its endpoint table, its limits, and the one
+    middleware that applies them to every request (not to be confused with the
+    node's intake, usagi_p2p/node/intake.py, which judges what gets through)."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -208,7 +210,7 @@ class Intake:
             if request.match_info.http_exception is not None:
                 return await handler(request)  # aiohttp's 404 / 405: nothing to admit
             raise LookupError(f"{request.method} {request.match_info.route.resource} is not "
-                              "in the endpoint table: add routes with Intake.route")
+                              "in the endpoint table: add routes with Gate.route")
         endpoint, inflight = entry
         declared = request.content_length
         if (declared or 0) > endpoint.body or (
@@ -251,15 +253,15 @@ class Intake:
 
 
 #: The app's limits and what they currently count (for inspection).
-INTAKE_KEY: Final = web.AppKey("intake", Intake)
+GATE_KEY: Final = web.AppKey("gate", Gate)
 
 
 def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT,
              limits: Limits | None = None) -> web.Application:
     limits = limits or Limits(work=max_inflight)
-    intake = Intake(limits)
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[intake.middleware])
-    app[INTAKE_KEY] = intake
+    gate = Gate(limits)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[gate.middleware])
+    app[GATE_KEY] = gate
     app[NODE_KEY] = node
     work = asyncio.Semaphore(limits.work)
 
@@ -309,7 +311,7 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT,
         except CIDMismatchError as exc:
             # Our own stored copy is damaged (the store hashes every block it
             # hands out): this node's failure, not a 422 for the peer's input.
-            intake.throttled("damaged", logging.ERROR, "a stored block is damaged: %s", exc)
+            gate.throttled("damaged", logging.ERROR, "a stored block is damaged: %s", exc)
             raise InternalError("the node failed to answer; see its log") from exc
 
     async def root(request: web.Request, body: bytes) -> web.Response:
@@ -317,10 +319,10 @@ def make_app(node: Node, *, max_inflight: int = MAX_INFLIGHT,
                             content_type="application/json")
 
     app.add_routes([
-        intake.route("POST", NOTICES_PATH, limits.notices, notices),
-        intake.route("POST", INTRODUCE_PATH, limits.introduce, introduce),
-        intake.route("POST", ROTATE_PATH, limits.rotate, rotate),
-        intake.route("GET", "/", limits.other, root),
-        intake.route("GET", "/ipfs/{cid}", limits.gateway, blocks),  # and HEAD
+        gate.route("POST", NOTICES_PATH, limits.notices, notices),
+        gate.route("POST", INTRODUCE_PATH, limits.introduce, introduce),
+        gate.route("POST", ROTATE_PATH, limits.rotate, rotate),
+        gate.route("GET", "/", limits.other, root),
+        gate.route("GET", "/ipfs/{cid}", limits.gateway, blocks),  # and HEAD
     ])
     return app

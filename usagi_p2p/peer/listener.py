@@ -23,7 +23,7 @@ connection comes from the proxy: limit per client there.
 
 The body caps, in-flight limits per endpoint and the body deadline are
 applied, from the same :class:`Limits`, by the one middleware every route of
-the app passes through (usagi_p2p/peer/app.py, :class:`~.app.Intake`).
+the app passes through (usagi_p2p/peer/app.py, :class:`~.app.Gate`).
 """
 
 from __future__ import annotations
