@@ -179,9 +179,16 @@ async def openapi(call: Call) -> web.Response:
     return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")
 
 
+# The documents' routes live in their own module, which uses Call, Field and
+# parse_object above: imported here, after them (the package imports this
+# module first, so documents.py always finds them defined).
+from .documents import DOCUMENT_ROUTES  # noqa: E402
+
 ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/openapi.json", "getOpenAPI", None, 0, openapi),
     Route("GET", "/api/v1/status", "getStatus", "read", 0, status),
     Route("GET", "/api/v1/key", "getKey", "read", 0, key),
     Route("POST", "/api/v1/outbox/retry", "retryOutbox", "send", SMALL, outbox_retry),
+    # documents (issue 16): list, send, get, block, thread, verify
+    *DOCUMENT_ROUTES,
 )
