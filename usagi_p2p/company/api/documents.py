@@ -57,6 +57,21 @@ def _moment(text: str) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def _plain(value: Any) -> Any:
+    # What ``usagi --json`` prints (cli/common.py, jsonable): an opened document
+    # holds CIDs (thread, prev) and may hold bytes.
+    if isinstance(value, CID):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, ensure_ascii=False, default=_plain),
+                        status=status, content_type="application/json")
+
+
 def _cid(call: Call) -> CID:
     return CID.parse(call.request.match_info["cid"])
 
@@ -93,11 +108,11 @@ async def list_documents(call: Call) -> web.Response:
         call.node, direction=side, partner=query.get("partner") or None, kind=query.get("kind") or None,
         status=query.get("status") or None, since=moments["since"], until=moments["until"],
         cursor=query.get("cursor"), limit=limit)
-    return web.json_response(page_json(page))
+    return _json(page_json(page))
 
 
 async def get_document(call: Call) -> web.Response:
-    return web.json_response(document_json(await ops.show_document(call.node, _cid(call))))
+    return _json(document_json(await ops.show_document(call.node, _cid(call))))
 
 
 async def get_block(call: Call) -> web.Response:
@@ -109,12 +124,12 @@ async def get_block(call: Call) -> web.Response:
 
 
 async def get_thread(call: Call) -> web.Response:
-    return web.json_response({"documents": thread_json(
+    return _json({"documents": thread_json(
         await ops.thread_documents(call.node, _cid(call)))})
 
 
 async def verify_document(call: Call) -> web.Response:
-    return web.json_response(verification_json(await ops.verify_document(call.node,
+    return _json(verification_json(await ops.verify_document(call.node,
                                                                           _cid(call))))
 
 
@@ -252,6 +267,7 @@ async def send_document(call: Call) -> web.Response:
     """Send a document: 202 with its CID at once, or with ``?wait`` 201 and the ack
     once it came (202 if it did not in time). The delivery loop delivers it."""
     data, errors = _send_request(call)
+    digest = request_hash(data)  # the request as sent, before its numbers become decimals
     wait = _wait(call, errors)
     key = _idempotency_key(call, errors)
     reply_to = _check_send(data, errors)
@@ -262,7 +278,7 @@ async def send_document(call: Call) -> web.Response:
     if key is not None:
         assert call.token is not None  # the route needs one
         started = await ops.claim_request(node, call.token.id, call.token.name, key,
-                                          request_hash(data), hold=wait)
+                                          digest, hold=wait)
         if isinstance(started, ops.Replay):
             return _answer(started.status, started.answer, started.cid, replayed=True)
         claim = started
@@ -272,13 +288,14 @@ async def send_document(call: Call) -> web.Response:
         node.wake.set()  # the serving node's delivery loop sends it now
         delivery = await ops.await_ack(node, result.cid, wait) if wait else None
         status = 201 if delivery is not None and delivery.ack is not None else 202
-        text = json.dumps(sent_json(result, delivery), ensure_ascii=False)
+        text = json.dumps(sent_json(result, delivery), ensure_ascii=False, default=_plain)
     except BaseException:
         if claim is not None and result is None:
             await ops.release_request(node, claim.claim)  # keeps a key that names a document
         elif claim is not None and result is not None:  # sent; the wait failed
             await ops.finish_request(node, claim.claim, 202,
-                                     json.dumps(sent_json(result, None), ensure_ascii=False))
+                                     json.dumps(sent_json(result, None), ensure_ascii=False,
+                                                default=_plain))
         raise
     if claim is not None:
         await ops.finish_request(node, claim.claim, status, text)
