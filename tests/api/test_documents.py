@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from kernel.cid import CID
-from usagi_p2p.company.api.documents import request_hash
+from usagi_p2p.company.api.routes import request_hash
 from usagi_p2p.node import operations as ops
 from usagi_p2p.node.errors import IdempotencyInProgressError
 from usagi_p2p.node.operations.requests import LEASE
