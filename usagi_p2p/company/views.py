@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # the node is imported by the commands that open one (a CLI s
     from ..node.node import Node, SendResult
 
 __all__ = ["DOCUMENT_HEADERS", "THREAD_HEADERS", "PARTNER_HEADERS", "QUOTA_HEADERS",
-           "entry_json", "entry_row", "document_json", "thread_json", "thread_row",
+           "entry_json", "listed_json", "page_json", "entry_row", "document_json", "thread_json",
+           "thread_row",
            "verification_json", "sent_json", "partner_json", "partner_row", "quota_json",
            "quota_row", "status_json", "key_json", "show_document", "thread_documents",
            "verify_document"]
@@ -36,6 +37,18 @@ def entry_json(e: ops.DocumentEntry) -> dict[str, Any]:
     return {"cid": str(e.cid), "kind": e.kind, "partner": e.partner, "ref": e.ref,
             "issued_at": e.issued_at, "status": e.status, "reason": e.reason,
             "thread": str(e.thread)}
+
+
+def listed_json(e: ops.DocumentEntry) -> dict[str, Any]:
+    """One document of the local API's listing (``GET /api/v1/documents``)."""
+    return {"cid": str(e.cid), "direction": e.direction, "kind": e.kind, "ref": e.ref,
+            "partner": {"did": e.partner, "name": e.partner_name}, "issued_at": e.issued_at,
+            "recorded_at": format_time(datetime.fromtimestamp(e.recorded_at, UTC)),
+            "status": e.status, "reason": e.reason, "thread": str(e.thread)}
+
+
+def page_json(page: ops.DocumentPage) -> dict[str, Any]:
+    return {"documents": [listed_json(e) for e in page.entries], "next": page.next}
 
 
 def entry_row(e: ops.DocumentEntry) -> list[Any]:

@@ -19,7 +19,9 @@ __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "Pa
            "NameTakenError", "NoSuchPartnerError", "PeerError", "BodyTooLargeError",
            "OverloadedError", "DuplicateError",
            "NotFoundError", "MethodNotAllowedError", "RequestTimeoutError", "InternalError",
-           "QuotaExceededError", "TEMPORARY", "TABLE", "UnknownCodeError", "http_status",
+           "QuotaExceededError", "UnknownDocumentError", "InvalidCursorError",
+           "IdempotencyKeyReusedError", "IdempotencyInProgressError", "IdempotencyKeysExhaustedError",
+           "TEMPORARY", "TABLE", "UnknownCodeError", "http_status",
            "exit_code"]
 
 
@@ -136,6 +138,38 @@ class DuplicateError(NodeError):
     code = "duplicate"
 
 
+class UnknownDocumentError(NodeError):
+    """There is no document under that CID in this node's ledger."""
+
+    code = "unknown_document"
+
+
+class InvalidCursorError(NodeError):
+    """The page cursor is not one this node gave out; start again without it."""
+
+    code = "invalid_cursor"
+
+
+class IdempotencyKeyReusedError(NodeError):
+    """This Idempotency-Key was used with another request; a key names one request."""
+
+    code = "idempotency_key_reused"
+
+
+class IdempotencyInProgressError(NodeError):
+    """A request with this Idempotency-Key is still being answered; retry after a moment."""
+
+    code = "idempotency_in_progress"
+    retry_after: int = 1
+
+
+class IdempotencyKeysExhaustedError(NodeError):
+    """This token holds as many Idempotency-Keys as the node keeps; retry once older ones expire."""
+
+    code = "idempotency_keys_exhausted"
+    retry_after: int = 60
+
+
 #: The reasons of a rejected ack that mean "not now" rather than "never"
 #: (docs/spec.md section 11.1): the receiver keeps no record of the notice, and
 #: the sender keeps it queued and sends it again later, same nonce. Every other
@@ -207,6 +241,11 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "forbidden_scope": (403, 77),
     "not_loopback": (403, 77),
     "validation_failed": (422, 65),
+    "unknown_document": (404, 66),
+    "invalid_cursor": (400, 65),
+    "idempotency_key_reused": (422, 65),
+    "idempotency_in_progress": (409, 75),
+    "idempotency_keys_exhausted": (429, 75),
 }
 
 

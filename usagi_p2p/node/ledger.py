@@ -6,7 +6,8 @@ ciphertext block in the block store stays the source of truth), ``acks``
 (signed, verified), ``outbox`` (notices to deliver, with attempts and a lease
 so two processes on one home never send the same notice at once) and
 ``nonces`` (every notice answered, with the ack given, so a replay gets the
-same answer and is never processed twice) and ``quarantine`` (documents of an
+same answer and is never processed twice), ``idempotency_keys`` (the local
+API's keyed requests, docs/api.md) and ``quarantine`` (documents of an
 imported archive that did not verify, kept apart: docs/archive.md).
 
 ``synchronous=FULL``: a commit is on disk before the call returns, and the
@@ -44,7 +45,7 @@ from .errors import NameTakenError
 from .schema import MIGRATIONS
 
 __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow", "Snapshot", "ExportRow", "Restore",
-           "QuarantineRow"]
+           "QuarantineRow", "KeyClaim", "KeyRow"]
 
 log = logging.getLogger("usagi.ledger")
 
@@ -154,6 +155,32 @@ class DocumentRow:
     signed: bytes
     user: str | None
     findings: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """One attempt at a keyed request: the token's id, the key, a random claim."""
+
+    token: str
+    key: str
+    claim: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """An idempotency key as stored (table ``idempotency_keys``)."""
+
+    token: str
+    key: str
+    token_name: str
+    request: bytes
+    claim: bytes
+    state: str
+    lease_until: float
+    cid: CID | None
+    status: int | None
+    answer: str | None
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +308,16 @@ _DOC_COLUMNS = ("cid, direction, partner, kind, thread, ref, issued_at, recorded
                 "reason, digest, signed, user, findings")
 
 
+_KEY_SELECT: Final = ("SELECT token, key, token_name, request, claim, state, lease_until, cid, "
+                      "status, answer, created_at FROM idempotency_keys "
+                      "WHERE token = ? AND key = ?")
+
+
+def _key(row: Sequence[Any]) -> KeyRow:
+    return KeyRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6],
+                  CID.from_bytes(row[7]) if row[7] is not None else None, row[8], row[9], row[10])
+
+
 def _doc(row: Sequence[Any]) -> DocumentRow:
     return DocumentRow(CID.from_bytes(row[0]), row[1], row[2], row[3], CID.from_bytes(row[4]),
                        *row[5:])
@@ -373,6 +410,34 @@ _GIVEN_UP_DOCUMENT: Final = (
     "(SELECT 1 FROM outbox o WHERE o.cid = documents.cid AND o.state = 'undelivered')")
 _ALIASES: Final = ("SELECT 0, old, new FROM rotations UNION ALL SELECT 1, did, rotated_to "
                    "FROM partners WHERE rotated_to IS NOT NULL ORDER BY 1")
+
+
+def _document_where(*, direction: str | None, partners: Sequence[str] | None,
+                    thread: CID | None, since: float | None, until: float | None,
+                    kind: str | None, status: str | None) -> tuple[list[str], list[Any]]:
+    """The WHERE terms (joined by AND) and their arguments of a listing of documents."""
+    where: list[str] = []
+    args: list[Any] = []
+    if partners:
+        where.append(f"partner IN ({','.join('?' * len(partners))})")
+        args.extend(partners)
+    for column, value in (("kind", kind), ("status", status)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if direction:
+        where.append("direction = ?")
+        args.append(direction)
+    if thread is not None:
+        where.append("thread = ?")
+        args.append(thread.raw)
+    if since is not None:
+        where.append("recorded_at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("recorded_at < ?")
+        args.append(until)
+    return where, args
 
 
 def _insert_received(row: DocumentRow, prev: bytes) -> tuple[str, Sequence[Any]]:
@@ -703,16 +768,43 @@ class Ledger:
              row.user, row.findings, prev),
         )
 
-    async def record_sent_many(self, items: Sequence[tuple[DocumentRow, bytes, bytes]]) -> None:
-        """Each (row, prev, notice): the document and its queued notice, one transaction."""
+    async def record_sent_many(self, items: Sequence[tuple[DocumentRow, bytes, bytes]],
+                               claim: KeyClaim | None = None) -> bool:
+        """Each (row, prev, notice): the document and its queued notice, one transaction.
+
+        With ``claim`` (one item: the document a keyed request of the local API
+        sends), the key is given the document's CID in the same transaction, and
+        the document and notice are written only while ``claim`` still holds the
+        key: False, nothing written, when it does not (docs/api.md,
+        "Idempotency-Key")."""
         now = self.clock()
-        documents: list[tuple[str, Sequence[Any]]] = [
-            self._insert_document(row, prev) for row, prev, _ in items]
-        queued: list[tuple[str, Sequence[Any]]] = [
-            ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) VALUES (?,?,?,?,?)",
-             (row.cid.raw, row.partner, notice, 0.0, now))
-            for row, _, notice in items]
-        await self.write(documents + queued)
+        if claim is None:
+            documents: list[tuple[str, Sequence[Any]]] = [
+                self._insert_document(row, prev) for row, prev, _ in items]
+            queued: list[tuple[str, Sequence[Any]]] = [
+                ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
+                 "VALUES (?,?,?,?,?)", (row.cid.raw, row.partner, notice, 0.0, now))
+                for row, _, notice in items]
+            await self.write(documents + queued)
+            return True
+        if len(items) != 1:
+            raise ValueError("a keyed request sends one document")
+        row, prev, notice = items[0]
+        held = ("WHERE EXISTS (SELECT 1 FROM idempotency_keys WHERE token = ? AND key = ? "
+                "AND claim = ? AND cid = ?)")
+        keyed = (claim.token, claim.key, claim.claim, row.cid.raw)
+        found = await self.write([
+            ("UPDATE idempotency_keys SET cid = ? WHERE token = ? AND key = ? AND claim = ? "
+             "AND cid IS NULL", (row.cid.raw, claim.token, claim.key, claim.claim)),
+            (f"INSERT INTO documents ({_DOC_COLUMNS}, prev) "
+             f"SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? {held}",
+             (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
+              row.issued_at, row.recorded_at, row.status, row.reason, row.digest, row.signed,
+              row.user, row.findings, prev, *keyed)),
+            ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
+             f"SELECT ?,?,?,?,? {held}", (row.cid.raw, row.partner, notice, 0.0, now, *keyed)),
+        ], reads=[("SELECT count(*) FROM documents WHERE cid = ?", (row.cid.raw,))])
+        return bool(found[0][0][0])
 
     async def record_received_many(
         self, items: Sequence[tuple[DocumentRow, bytes, bytes, str, str, str, bytes]],
@@ -894,33 +986,34 @@ class Ledger:
         for one partner only (``partners``): see :meth:`thread`."""
         if thread is not None and not partners:
             raise ValueError("a thread is listed between two parties: give its partners")
-        where: list[str] = []
-        args: list[Any] = []
-        if partners:
-            where.append(f"partner IN ({','.join('?' * len(partners))})")
-            args.extend(partners)
-        for column, value in (("kind", kind), ("status", status)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if direction:
-            where.append("direction = ?")
-            args.append(direction)
-        if thread is not None:
-            where.append("thread = ?")
-            args.append(thread.raw)
-        if since is not None:
-            where.append("recorded_at >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("recorded_at < ?")
-            args.append(until)
+        where, args = _document_where(direction=direction, partners=partners, thread=thread,
+                                      since=since, until=until, kind=kind, status=status)
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         order = "recorded_at DESC, rowid DESC" if newest else "recorded_at, cid"
         rows = await self._all(f"SELECT {_DOC_COLUMNS} FROM documents {clause} "
                                f"ORDER BY {order} LIMIT ?", (*args, limit))
         if newest:
             rows.reverse()
+        return [_doc(r) for r in rows]
+
+    async def documents_page(self, *, direction: str | None = None,
+                             partners: Sequence[str] | None = None, since: float | None = None,
+                             until: float | None = None, kind: str | None = None,
+                             status: str | None = None, before: tuple[float, CID] | None = None,
+                             limit: int = 50) -> list[DocumentRow]:
+        """One page of a listing, newest first: the ``limit`` documents recorded just
+        before position ``before`` (recorded_at, CID), or the newest. The position of
+        a document never changes, so paging on with the last row's position lists
+        every document once, however many are recorded meanwhile (docs/api.md,
+        "Pages")."""
+        where, args = _document_where(direction=direction, partners=partners, thread=None,
+                                      since=since, until=until, kind=kind, status=status)
+        if before is not None:
+            where.append("(recorded_at, cid) < (?, ?)")
+            args.extend((before[0], before[1].raw))
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = await self._all(f"SELECT {_DOC_COLUMNS} FROM documents {clause} "
+                               "ORDER BY recorded_at DESC, cid DESC LIMIT ?", (*args, limit))
         return [_doc(r) for r in rows]
 
     async def count_documents(self, direction: str | None = None) -> int:
@@ -1134,3 +1227,47 @@ class Ledger:
     async def outbox_counts(self) -> dict[str, int]:
         rows = await self._all("SELECT state, count(*) FROM outbox GROUP BY state")
         return {r[0]: r[1] for r in rows}
+
+    # -- idempotency keys (the local API: docs/api.md, "Idempotency-Key") ----
+
+    async def claim_key(self, claim: KeyClaim, token_name: str, request: bytes, *,
+                        lease_until: float, expire_before: float,
+                        per_token: int) -> KeyRow | None:
+        """Claim an idempotency key for one attempt, and say how the key stands.
+
+        One transaction: the keys created before ``expire_before`` are dropped,
+        then one conditional INSERT claims the key: a new key, while its token
+        holds fewer than ``per_token``; or a pending key for the same
+        ``request`` whose lease ended (its attempt was abandoned: the process
+        died). The key's row as it stands afterwards is returned; the caller
+        holds it exactly when the row's claim is ``claim.claim``. None: a new
+        key, and the token holds ``per_token`` already.
+        """
+        now = self.clock()
+        found = await self.write([
+            ("DELETE FROM idempotency_keys WHERE created_at < ?", (expire_before,)),
+            ("INSERT INTO idempotency_keys (token, key, token_name, request, claim, state, "
+             "lease_until, created_at) SELECT ?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7 "
+             "WHERE (SELECT count(*) FROM idempotency_keys WHERE token = ?1) < ?8 "
+             "OR EXISTS (SELECT 1 FROM idempotency_keys WHERE token = ?1 AND key = ?2) "
+             "ON CONFLICT(token, key) DO UPDATE SET claim = excluded.claim, "
+             "lease_until = excluded.lease_until WHERE state = 'pending' "
+             "AND lease_until < ?7 AND request = excluded.request",
+             (claim.token, claim.key, token_name, request, claim.claim, lease_until, now,
+              per_token)),
+        ], reads=[(_KEY_SELECT, (claim.token, claim.key))])
+        return _key(found[0][0]) if found[0] else None
+
+    async def finish_key(self, claim: KeyClaim, status: int, answer: str) -> bool:
+        """Record the answer of a claimed key (it is done); False if the claim was lost."""
+        return bool(await self._change(
+            "UPDATE idempotency_keys SET state = 'done', status = ?, answer = ? "
+            "WHERE token = ? AND key = ? AND claim = ?",
+            (status, answer, claim.token, claim.key, claim.claim)))
+
+    async def release_key(self, claim: KeyClaim) -> bool:
+        """Forget a claimed key that sent nothing (its request failed): the same
+        request may be tried again. A key that names a document is kept."""
+        return bool(await self._change(
+            "DELETE FROM idempotency_keys WHERE token = ? AND key = ? AND claim = ? "
+            "AND cid IS NULL", (claim.token, claim.key, claim.claim)))

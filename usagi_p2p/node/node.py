@@ -55,7 +55,7 @@ from kernel.cid import CID
 from kernel.errors import CIDMismatchError, ExpiredError, UnknownSenderError, UsagiError
 
 from .delivery import CONTENT_TYPE, NOTICES_PATH, Delivery, read_capped, read_prefix
-from .errors import InvitationError, PartnerError, PeerError
+from .errors import IdempotencyInProgressError, InvitationError, PartnerError, PeerError
 from .home import Config, Home
 from .httpsig import sign_request
 from .intake import FETCH_BUDGET, Intake
@@ -69,7 +69,7 @@ from .invitation import (
     make_invitation,
     parse_invitation,
 )
-from .ledger import DocumentRow, Ledger, Partner
+from .ledger import DocumentRow, KeyClaim, Ledger, Partner
 from .plugin_host import PluginHost, findings_json
 from .quota import Quotas
 from .receiving import BATCH_LIMITS, MAX_BATCH, MAX_BODY, open_sealed
@@ -405,12 +405,16 @@ class Node:
     async def send_many(self, items: Sequence[tuple[str, str, dict[str, Any], CID | None]], *,
                         user: str | None = None,
                         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                        ) -> list[SendResult]:
+                        claim: KeyClaim | None = None) -> list[SendResult]:
         """Send several documents with one block-store and one ledger commit.
 
         Each item is (kind, partner, body, reply_to). The blocks are durable
         before the ledger records them; a crash in between leaves only an
         unreferenced ciphertext block, never a queued notice without its block.
+        With ``claim`` (a keyed request of the local API: one item), the
+        document is recorded only while the claim holds its key, and the key
+        names it in the same commit (Ledger.record_sent_many); else nothing is
+        sent and IdempotencyInProgressError says so.
         """
         prepared = []
         partners: dict[str, Partner] = {}
@@ -458,12 +462,15 @@ class Node:
             results.append(SendResult(sealed.cid, partner.did, thread, sealed.digest,
                                       tuple(findings)))
         try:
-            await self.ledger.record_sent_many(records)
+            recorded = await self.ledger.record_sent_many(records, claim)
         except Exception:
             # Not recorded, so nothing refers to these blocks: take them back
             # rather than leave unreferenced ciphertext behind.
             await self.discard(cids)
             raise
+        if not recorded:
+            await self.discard(cids)
+            raise IdempotencyInProgressError("another attempt took this Idempotency-Key over")
         self.wake.set()
         return results
 

@@ -13,7 +13,8 @@ Step 1 is the schema as the node made it before there were versions (every
 ``CREATE … IF NOT EXISTS``, run on each open, ``user_version`` 0) together
 with the columns ledgers older than that lacked: a ledger of any earlier
 version, or none, comes out of it with the same tables. Step 2 makes
-``nonces`` a rowid table.
+``nonces`` a rowid table. Step :func:`_idempotency_keys` adds the local API's
+idempotency keys (docs/api.md, "Idempotency-Key").
 """
 
 from __future__ import annotations
@@ -172,7 +173,37 @@ async def _nonces_with_rowid(db: aiosqlite.Connection) -> None:
         await db.execute("DROP TABLE nonces_without_rowid")
 
 
+#: The local API's idempotency keys (docs/api.md, "Idempotency-Key"): one row per
+#: (token, key), claimed by one conditional INSERT; ``cid`` is set in the same
+#: transaction that records the document, so a key names the one document its
+#: request sent, or none.
+_IDEMPOTENCY = """
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    token TEXT NOT NULL,                        -- the token's id (tokens.py), not its secret
+    key TEXT NOT NULL,                          -- the Idempotency-Key header, as sent
+    token_name TEXT NOT NULL,
+    request BLOB NOT NULL,                      -- SHA-256 of the request (method, path, body)
+    claim BLOB NOT NULL,                        -- who works on it now: a random value per attempt
+    state TEXT NOT NULL,                        -- pending | done
+    lease_until REAL NOT NULL,                  -- a pending claim older than this was abandoned
+    cid BLOB,                                   -- the document sent; NULL: none yet
+    status INTEGER,                             -- the answer (state done): HTTP status
+    answer TEXT,                                -- and JSON body
+    created_at REAL NOT NULL,
+    PRIMARY KEY (token, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at);
+"""
+
+
+async def _idempotency_keys(db: aiosqlite.Connection) -> None:
+    """3 (renumbered at merge if another step lands first): the local API's
+    idempotency keys, in a table of their own."""
+    for statement in _statements(_IDEMPOTENCY):
+        await db.execute(statement)
+
+
 #: The ledger's migrations, in order: step N brings ``user_version`` to N.
-MIGRATIONS: Final[tuple[Migration, ...]] = (_tables, _nonces_with_rowid)
+MIGRATIONS: Final[tuple[Migration, ...]] = (_tables, _nonces_with_rowid, _idempotency_keys)
 #: The ``user_version`` of a ledger this code made or migrated.
 VERSION: Final = len(MIGRATIONS)

@@ -9,8 +9,11 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
 
     documents.py   sending: send, answer, answer_body, deliver_now, await_ack,
                    retry_outbox, requeue_undelivered, outbox_counts
-                   looking: list_documents, show_document, thread_documents,
-                   verify_document
+                   sent_document
+                   looking: list_documents, page_documents, show_document,
+                   document_block, thread_documents, verify_document
+    requests.py    keyed requests (Idempotency-Key): claim_request, finish_request,
+                   release_request
     partners.py    invite, add_partner, partners, partner, rename_partner,
                    set_partner_status, quota, set_quota
     plugins.py     plugin_list, extract_preview, user_list
@@ -23,11 +26,13 @@ its modules.
 from .documents import (
     ANSWERS,
     CARRIED,
+    MAX_PAGE,
     SERVE_STATE,
     AckView,
     Check,
     Delivery,
     DocumentEntry,
+    DocumentPage,
     DocumentView,
     Prepare,
     ThreadEntry,
@@ -36,12 +41,15 @@ from .documents import (
     answer_body,
     await_ack,
     deliver_now,
+    document_block,
     fill_extracted,
     list_documents,
     outbox_counts,
+    page_documents,
     requeue_undelivered,
     retry_outbox,
     send,
+    sent_document,
     show_document,
     thread_documents,
     verify_document,
@@ -67,6 +75,15 @@ from .plugins import (
     plugin_list,
     user_list,
 )
+from .requests import (
+    KEY_TTL,
+    KEYS_PER_TOKEN,
+    Claimed,
+    Replay,
+    claim_request,
+    finish_request,
+    release_request,
+)
 from .this_node import (
     KeyInfo,
     KeyRotation,
@@ -86,6 +103,10 @@ __all__ = [  # the values, then the operations of the module docstring
     "send", "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
     "await_ack", "retry_outbox",
     "list_documents", "show_document", "thread_documents", "verify_document", "invite",
-    "add_partner", "partners", "partner", "rename_partner", "set_partner_status", "quota", "set_quota",
-    "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox",
-    "LinePreview", "Preview", "UserInfo", "plugin_list", "extract_preview", "user_list"]
+    "add_partner", "partners", "partner", "rename_partner", "set_partner_status", "quota",
+    "set_quota", "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox",
+    "LinePreview", "Preview", "UserInfo", "plugin_list", "extract_preview", "user_list",
+    # the local API's documents and keyed requests (issue 16)
+    "MAX_PAGE", "DocumentPage", "sent_document", "page_documents", "document_block",
+    "KEY_TTL", "KEYS_PER_TOKEN", "Claimed", "Replay", "claim_request", "finish_request",
+    "release_request"]

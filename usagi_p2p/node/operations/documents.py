@@ -7,7 +7,10 @@ another partner hung on it cannot break it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,16 +21,18 @@ from kernel.cid import CID
 from kernel.errors import UsagiError
 from kernel.plugin import Finding
 
-from ..errors import NodeError, PartnerError
-from ..ledger import DocumentRow
+from ..errors import InvalidCursorError, NodeError, PartnerError, UnknownDocumentError
+from ..ledger import DocumentRow, KeyClaim
 from ..node import Node, SendResult
 from ..plugin_host import PluginHost
 
-__all__ = ["ANSWERS", "CARRIED", "SERVE_STATE", "AckView", "Check", "Delivery", "DocumentEntry",
-           "DocumentView", "Prepare", "ThreadEntry", "Verification", "fill_extracted", "send",
+__all__ = ["ANSWERS", "CARRIED", "SERVE_STATE", "MAX_PAGE", "AckView", "Check", "Delivery",
+           "DocumentEntry", "DocumentPage", "DocumentView", "Prepare", "ThreadEntry",
+           "Verification", "fill_extracted", "send",
            "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
-           "await_ack", "retry_outbox",
-           "list_documents", "show_document", "thread_documents", "verify_document"]
+           "await_ack", "retry_outbox", "sent_document",
+           "list_documents", "page_documents", "show_document", "document_block",
+           "thread_documents", "verify_document"]
 
 #: What a running ``usagi serve`` writes in its home: ``{"pid", "url"}``.
 SERVE_STATE: Final = "serve.json"
@@ -93,6 +98,21 @@ class DocumentEntry:
     status: str
     reason: str | None
     thread: CID
+    #: When this node recorded it (Unix seconds).
+    recorded_at: float = 0.0
+
+
+#: The most documents one page of :func:`page_documents` holds.
+MAX_PAGE: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentPage:
+    """One page of a listing, newest first; ``next`` is the cursor of the page
+    after it (None: this is the last)."""
+
+    entries: tuple[DocumentEntry, ...]
+    next: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +182,7 @@ _LISTS: Final = " (see 'usagi inbox' and 'usagi outbox')"
 
 async def _held(node: Node, cid: CID, hint: str = "") -> DocumentRow:
     if (row := await node.ledger.document(cid)) is None:
-        raise NodeError(f"{cid} is not in this node's ledger{hint}")
+        raise UnknownDocumentError(f"{cid} is not in this node's ledger{hint}")
     return row
 
 
@@ -202,7 +222,8 @@ def fill_extracted(plugins: PluginHost, body: dict[str, Any], user: str | None) 
 
 async def send(node: Node, kind: str, body: Mapping[str, Any], *, to: str | None = None,
                reply_to: CID | None = None, user: str | None = None,
-               prepare: Prepare | None = None, extract: bool = False) -> SendResult:
+               prepare: Prepare | None = None, extract: bool = False,
+               claim: KeyClaim | None = None) -> SendResult:
     """Seal, store, record and queue one document (delivered by :func:`deliver_now`
     or a running ``usagi serve``).
 
@@ -210,7 +231,8 @@ async def send(node: Node, kind: str, body: Mapping[str, Any], *, to: str | None
     (``reply_to``) goes to whoever the answered document is with, under its
     current key. ``extract`` fills each line's plugin fields from its text
     (:func:`fill_extracted`); ``prepare`` completes the built document
-    (approvals) before it is checked and sealed.
+    (approvals) before it is checked and sealed. ``claim``: the idempotency key
+    this send answers (:mod:`.requests`), recorded with the document.
     """
     partner = to
     if partner is None:
@@ -221,18 +243,28 @@ async def send(node: Node, kind: str, body: Mapping[str, Any], *, to: str | None
     if extract:
         fill_extracted(node.plugins, filled, user)
     return (await node.send_many([(kind, partner, filled, reply_to)], user=user,
-                                 prepare=prepare))[0]
+                                 prepare=prepare, claim=claim))[0]
 
 
 async def answer(node: Node, kind: str, reply_to: CID, fields: Mapping[str, Any] | None = None,
                  *, to: str | None = None, user: str | None = None,
-                 prepare: Prepare | None = None, extract: bool = False) -> SendResult:
+                 prepare: Prepare | None = None, extract: bool = False,
+                 claim: KeyClaim | None = None) -> SendResult:
     """Answer ``reply_to`` with a ``kind`` filled from it (:func:`answer_body`), then
     ``fields`` on top (a reference, a response); sent like :func:`send`."""
     body = await answer_body(node, kind, reply_to)
     body.update(fields or {})
     return await send(node, kind, body, to=to, reply_to=reply_to, user=user, prepare=prepare,
-                      extract=extract)
+                      extract=extract, claim=claim)
+
+
+async def sent_document(node: Node, cid: CID) -> SendResult:
+    """What :func:`send` returned for a document this node sent (an answer given
+    again: a keyed request whose first attempt sent it)."""
+    row = await _held(node, cid)
+    if row.direction != "out":
+        raise UnknownDocumentError(f"{cid} is not a document this node sent")
+    return SendResult(row.cid, row.partner, row.thread, row.digest, _findings(row.findings))
 
 
 async def deliver_now(node: Node, wake: Wake | None = None) -> None:
@@ -296,7 +328,54 @@ async def list_documents(node: Node, direction: Literal["in", "out"], *,
                                        limit=limit, newest=True)
     names = {p.did: p.name for p in await node.ledger.partners()}
     return [DocumentEntry(r.cid, r.direction, r.kind, r.ref, r.partner, names.get(r.partner),
-                          r.issued_at, r.status, r.reason, r.thread) for r in rows]
+                          r.issued_at, r.status, r.reason, r.thread, r.recorded_at) for r in rows]
+
+
+def _cursor(row: DocumentRow) -> str:
+    """The opaque cursor after ``row``: its position (recorded_at, CID), versioned."""
+    text = json.dumps([1, row.recorded_at, str(row.cid)], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode("ascii")).decode("ascii").rstrip("=")
+
+
+def _position(cursor: str) -> tuple[float, CID]:
+    """The position a cursor of :func:`_cursor` names; InvalidCursorError for anything else."""
+    try:
+        if len(cursor) > 200:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        version, recorded_at, cid = json.loads(raw.decode("ascii"))
+        if version != 1 or type(recorded_at) not in (int, float) or not isinstance(cid, str) \
+                or not math.isfinite(recorded_at):
+            raise ValueError("not a cursor of this node")
+        return float(recorded_at), CID.parse(cid)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, UsagiError):
+        raise InvalidCursorError("not a cursor this node gave out; list again from the "
+                                 "first page") from None
+
+
+async def page_documents(node: Node, *, direction: Literal["in", "out"] | None = None,
+                         partner: str | None = None, kind: str | None = None,
+                         status: str | None = None, since: datetime | None = None,
+                         until: datetime | None = None, cursor: str | None = None,
+                         limit: int = 50) -> DocumentPage:
+    """One page of the documents (received ``in``, sent ``out``, or both), newest
+    first, recorded in [``since``, ``until``); ``cursor`` is the ``next`` of the
+    page before. Paging to the end lists every document once, also while new
+    ones arrive (they come before the first page). Full-text search (``q``)
+    is to join these filters (issue 16)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise NodeError(f"a page holds 1 to {MAX_PAGE} documents, not {limit}")
+    before = _position(cursor) if cursor is not None else None
+    dids = await node.partner_dids(partner) if partner else None
+    rows = await node.ledger.documents_page(
+        direction=direction, partners=dids, kind=kind, status=status,
+        since=since.timestamp() if since else None, until=until.timestamp() if until else None,
+        before=before, limit=limit + 1)
+    names = {p.did: p.name for p in await node.ledger.partners()}
+    entries = tuple(DocumentEntry(r.cid, r.direction, r.kind, r.ref, r.partner,
+                                  names.get(r.partner), r.issued_at, r.status, r.reason,
+                                  r.thread, r.recorded_at) for r in rows[:limit])
+    return DocumentPage(entries, _cursor(rows[limit - 1]) if len(rows) > limit else None)
 
 
 def _findings(text: str | None) -> tuple[Finding, ...]:
@@ -315,11 +394,17 @@ async def show_document(node: Node, cid: CID) -> DocumentView:
                         _ack_view(*ack) if ack else None)
 
 
+async def document_block(node: Node, cid: CID) -> bytes:
+    """The envelope block of a document this node holds, as stored (its hash is ``cid``)."""
+    await _held(node, cid)
+    return await node.store.get(cid)
+
+
 async def thread_documents(node: Node, cid: CID) -> list[ThreadEntry]:
     """The thread ``cid`` belongs to, in causal order (its chain verified)."""
     found = await node.ledger.thread(cid)
     if found is None:
-        raise NodeError(f"{cid} is not in this node's ledger")
+        raise UnknownDocumentError(f"{cid} is not in this node's ledger")
     _, rows, aliases = found
     opened = [Opened(r.cid, _opened(r), r.signed, r.digest, "") for r in rows]
     by_cid = {r.cid: r for r in rows}

@@ -1,0 +1,300 @@
+"""Routes for documents: list (cursor pages), get, block, thread, verify, send (Idempotency-Key)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from aiohttp import web
+
+from kernel import RESPONSES
+from kernel.cid import CID
+from kernel.errors import UsagiError
+
+from ...node import operations
+from ...node.node import SendResult
+from ..views import document_json, page_json, sent_json, thread_json, verification_json
+from .calls import Call, Field, parse_object
+from .problems import FieldError, ValidationFailedError
+
+# -- documents (docs/api.md, "Documents"): list, get, block, thread, verify, send --
+#
+# Thin routes over ``usagi_p2p.node.operations`` (documents.py, requests.py);
+# the JSON shapes are ``usagi_p2p.company.views``'s, the same ``usagi --json``
+# prints. Query parameters and bodies are checked in full before anything is
+# done: every broken rule is one entry of a ``validation_failed`` problem.
+# POST /api/v1/documents with an Idempotency-Key follows operations/requests.py:
+# claim the key (one conditional statement), send with the claim (the document
+# and the key's CID in one commit), record the answer.
+
+#: The longest ``?wait=`` for an ack, in seconds.
+MAX_WAIT: Final = 60.0
+#: A send's JSON body: a document is at most one block (kernel MAX_BLOCK, 1 MiB).
+SEND_BODY: Final = 1 << 20
+RAW: Final = "application/vnd.ipld.raw"
+
+#: The query parameters of GET /api/v1/documents. ``q`` (full-text search,
+#: FTS5) is to join them: add it here and to operations.page_documents.
+_LIST_PARAMS: Final = ("direction", "partner", "kind", "status", "since", "until", "cursor",
+                       "limit")
+
+
+def _broken(name: str, code: str, message: str) -> FieldError:
+    return {"field": name, "code": code, "message": message}
+
+
+def _moment(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _plain(value: Any) -> Any:
+    # What ``usagi --json`` prints (cli/common.py, jsonable): an opened document
+    # holds CIDs (thread, prev) and may hold bytes.
+    if isinstance(value, CID):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, ensure_ascii=False, default=_plain),
+                        status=status, content_type="application/json")
+
+
+def _cid(call: Call) -> CID:
+    return CID.parse(call.request.match_info["cid"])
+
+
+async def documents_list(call: Call) -> web.Response:
+    query = call.request.query
+    errors: list[FieldError] = [_broken(name[:100], "unknown_field", "not a parameter of this "
+                                        "route") for name in sorted(set(query) - set(_LIST_PARAMS))]
+    errors += [_broken(name, "repeated", "give it once") for name in _LIST_PARAMS
+               if len(query.getall(name, [])) > 1]
+    direction = query.get("direction")
+    if direction is not None and direction not in ("in", "out"):
+        errors.append(_broken("direction", "invalid", "in or out"))
+    moments: dict[str, datetime | None] = {}
+    for name in ("since", "until"):
+        text = query.get(name)
+        moments[name] = _moment(text) if text is not None else None
+        if text is not None and moments[name] is None:
+            errors.append(_broken(name, "invalid", "a date (YYYY-MM-DD) or an RFC 3339 time"))
+    limit = 50
+    if (text := query.get("limit")) is not None:
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= operations.MAX_PAGE):
+            errors.append(_broken("limit", "invalid", f"an integer from 1 to {operations.MAX_PAGE}"))
+        else:
+            limit = int(text)
+    for name in ("partner", "kind", "status", "cursor"):
+        if len(query.get(name, "")) > 500:
+            errors.append(_broken(name, "too_long", "at most 500 characters"))
+    if errors:
+        raise ValidationFailedError(errors)
+    side: Literal["in", "out"] | None = "in" if direction == "in" else (
+        "out" if direction == "out" else None)
+    page = await operations.page_documents(
+        call.node, direction=side, partner=query.get("partner") or None, kind=query.get("kind") or None,
+        status=query.get("status") or None, since=moments["since"], until=moments["until"],
+        cursor=query.get("cursor"), limit=limit)
+    return _json(page_json(page))
+
+
+async def document_get(call: Call) -> web.Response:
+    return _json(document_json(await operations.show_document(call.node, _cid(call))))
+
+
+async def document_block(call: Call) -> web.Response:
+    cid = _cid(call)
+    block = await operations.document_block(call.node, cid)
+    return web.Response(body=block, content_type=RAW,
+                        headers={"Cache-Control": "private, max-age=31536000, immutable",
+                                 "ETag": f'"{cid}"'})
+
+
+async def document_thread(call: Call) -> web.Response:
+    return _json({"documents": thread_json(
+        await operations.thread_documents(call.node, _cid(call)))})
+
+
+async def document_verify(call: Call) -> web.Response:
+    return _json(verification_json(await operations.verify_document(call.node,
+                                                                          _cid(call))))
+
+
+# -- sending ------------------------------------------------------------------
+
+_SEND_FIELDS: Final = (
+    Field("kind", str, required=True, max_length=100),
+    Field("to", str, max_length=500),
+    Field("reply_to", str, max_length=200),
+    Field("body", dict),
+    Field("ref", str, max_length=200),
+    Field("response", str, max_length=20),
+    Field("user", str, max_length=200),
+    Field("extract", bool),
+)
+
+
+def _decimals(value: Any, where: str, errors: list[FieldError]) -> Any:
+    """``value`` with every integer as its decimal string; a JSON fraction is one
+    broken rule (documents carry decimals as strings: no float ever rounds)."""
+    if isinstance(value, float):
+        errors.append(_broken(where, "invalid", "write numbers as quoted decimals ('12.50')"))
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _decimals(v, f"{where}.{k}", errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decimals(v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+    return value
+
+
+def _send_request(call: Call) -> tuple[dict[str, Any], list[FieldError]]:
+    """The body's members that have the right type, and every rule broken."""
+    try:
+        return parse_object(call, _SEND_FIELDS), []
+    except ValidationFailedError as exc:
+        if any(e["field"] == "" for e in exc.errors):
+            raise  # not a JSON object at all: nothing more to say of its members
+        wrong = {e["field"] for e in exc.errors}
+        data = json.loads(call.body.decode("utf-8"))
+        return {k: v for k, v in data.items() if k not in wrong}, list(exc.errors)
+
+
+def request_hash(data: Mapping[str, Any]) -> bytes:
+    """What an Idempotency-Key is bound to: the route and its body, as JSON with
+    sorted keys (spacing and member order do not make another request; ``wait``
+    is not part of it)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(b"POST /api/v1/documents\n" + text.encode("utf-8")).digest()
+
+
+def _idempotency_key(call: Call, errors: list[FieldError]) -> str | None:
+    """The ``Idempotency-Key`` header: an sf-string (the IETF draft, quoted) or the
+    bare value many clients send; 1-255 visible ASCII characters."""
+    headers = call.request.headers.getall("Idempotency-Key", [])
+    if not headers:
+        return None
+    key = headers[0].strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if len(headers) > 1 or not 1 <= len(key) <= 255 or not all(
+            "!" <= ch <= "~" for ch in key):
+        errors.append(_broken("Idempotency-Key", "invalid",
+                              "one key of 1 to 255 visible ASCII characters"))
+        return None
+    return key
+
+
+def _wait(call: Call, errors: list[FieldError]) -> float:
+    query = call.request.query
+    errors += [_broken(name[:100], "unknown_field", "not a parameter of this route")
+               for name in sorted(set(query) - {"wait"})]
+    text = query.get("wait")
+    if text is None:
+        return 0.0
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = -1.0
+    if not (math.isfinite(wait) and 0 <= wait <= MAX_WAIT):
+        errors.append(_broken("wait", "invalid", f"seconds from 0 to {MAX_WAIT:g}"))
+        return 0.0
+    return wait
+
+
+def _check_send(data: dict[str, Any], errors: list[FieldError]) -> CID | None:
+    """The rules ``usagi send`` has on its arguments, each broken one listed."""
+    reply_to = None
+    if "reply_to" in data:
+        try:
+            reply_to = CID.parse(data["reply_to"])
+        except UsagiError:
+            errors.append(_broken("reply_to", "invalid", "not a CID"))
+    if "to" not in data and "reply_to" not in data:
+        errors.append(_broken("to", "required", "say who gets it: to (a partner), or "
+                              "reply_to (a document to answer)"))
+    if "body" not in data and "reply_to" not in data:
+        errors.append(_broken("body", "required", "give the document's body, or answer one "
+                              "with reply_to"))
+    if "body" not in data and data.get("kind") == "order_response" and "response" not in data:
+        errors.append(_broken("response", "required", "an order_response says accept, reject "
+                              "or counter (or give its body)"))
+    if "response" in data and data["response"] not in RESPONSES:
+        errors.append(_broken("response", "invalid", "accept, reject or counter"))
+    if "body" in data:
+        data["body"] = _decimals(data["body"], "body", errors)
+    return reply_to
+
+
+async def _sent(call: Call, data: dict[str, Any], reply_to: CID | None,
+                claim: operations.Claimed | None) -> SendResult:
+    node = call.node
+    if claim is not None and claim.cid is not None:
+        return await operations.sent_document(node, claim.cid)  # sent by an abandoned attempt
+    keyed = claim.claim if claim is not None else None
+    fields: dict[str, Any] = {k: data[k] for k in ("ref", "response") if k in data}
+    options: dict[str, Any] = {"to": data.get("to"), "user": data.get("user"),
+                               "extract": bool(data.get("extract")), "claim": keyed}
+    if "body" not in data and reply_to is not None:
+        return await operations.answer(node, data["kind"], reply_to, fields, **options)
+    return await operations.send(node, data["kind"], {**data.get("body", {}), **fields},
+                          reply_to=reply_to, **options)
+
+
+def _answer(status: int, text: str, cid: CID | None, replayed: bool = False) -> web.Response:
+    headers = {"Location": f"/api/v1/documents/{cid}"} if cid is not None else {}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"  # as Stripe says it
+    return web.Response(text=text, status=status, content_type="application/json",
+                        headers=headers)
+
+
+async def document_send(call: Call) -> web.Response:
+    """Send a document: 202 with its CID at once, or with ``?wait`` 201 and the ack
+    once it came (202 if it did not in time). The delivery loop delivers it."""
+    data, errors = _send_request(call)
+    digest = request_hash(data)  # the request as sent, before its numbers become decimals
+    wait = _wait(call, errors)
+    key = _idempotency_key(call, errors)
+    reply_to = _check_send(data, errors)
+    if errors:
+        raise ValidationFailedError(errors)
+    node = call.node
+    claim: operations.Claimed | None = None
+    if key is not None:
+        assert call.token is not None  # the route needs one
+        started = await operations.claim_request(node, call.token.id, call.token.name, key,
+                                          digest, hold=wait)
+        if isinstance(started, operations.Replay):
+            return _answer(started.status, started.answer, started.cid, replayed=True)
+        claim = started
+    result: SendResult | None = None
+    try:
+        result = await _sent(call, data, reply_to, claim)
+        node.wake.set()  # the serving node's delivery loop sends it now
+        delivery = await operations.await_ack(node, result.cid, wait) if wait else None
+        status = 201 if delivery is not None and delivery.ack is not None else 202
+        text = json.dumps(sent_json(result, delivery), ensure_ascii=False, default=_plain)
+    except BaseException:
+        if claim is not None and result is None:
+            await operations.release_request(node, claim.claim)  # keeps a key that names a document
+        elif claim is not None and result is not None:  # sent; the wait failed
+            await operations.finish_request(node, claim.claim, 202,
+                                     json.dumps(sent_json(result, None), ensure_ascii=False,
+                                                default=_plain))
+        raise
+    if claim is not None:
+        await operations.finish_request(node, claim.claim, status, text)
+    return _answer(status, text, result.cid)
