@@ -1,5 +1,5 @@
 """Archive export: the ledger's snapshot written as a sealed CAR, one page at a time
-(docs/archive.md, "Export"; the format: :mod:`usagi_p2p.archive.format`).
+(docs/archive.md, "Export"; the structures: :mod:`usagi_p2p.archive.structures`).
 
 The ledger gives one consistent read of the documents, their acks and (with
 the embedded store) their blocks (``Ledger.snapshot``); this module seals
