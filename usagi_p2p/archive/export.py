@@ -13,7 +13,6 @@ import asyncio
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -171,7 +170,7 @@ def _export_sync(node: Node, path: Path, filters: dict[str, Any],
                 if progress:
                     progress(exporter.documents, snapshot.total)
             head = {"count": exporter.documents, "pages": exporter.seq + 1,
-                    "created_at": format_time(datetime.now(UTC)), "partners": snapshot.partners}
+                    "created_at": format_time(node.now()), "partners": snapshot.partners}
             root = exporter.flush(head)
             fp.seek(0)
             fp.write(encode_header([root]))  # same length as the placeholder header

@@ -86,7 +86,7 @@ class LocalServer:
                 self.socket = node.home.path / self.socket
         self.peer_port = peer_port
         self.endpoints = Endpoints(peer=peer_url)
-        self.tokens = TokenStore(node.home.path)
+        self.tokens = TokenStore(node.home.path, clock=node.clock)
         self.guard = Guard(loopback=_loopback_host(self.host))
         self._runner: web.AppRunner | None = None
 
