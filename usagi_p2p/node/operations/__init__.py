@@ -9,8 +9,8 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
 
     documents.py   sending: send, answer, answer_body, deliver_now, await_ack,
                    retry_outbox, requeue_undelivered, outbox_counts
-                   looking: list_documents, show_document, thread_documents,
-                   verify_document
+                   looking: list_documents, show_document, sealed_block,
+                   thread_documents, verify_document
     partners.py    invite, add_partner, partners, partner, rename_partner,
                    set_partner_status, quota, set_quota
     plugins.py     plugin_list, extract_preview, user_list, enable_plugin,
@@ -43,6 +43,7 @@ from .documents import (
     outbox_counts,
     requeue_undelivered,
     retry_outbox,
+    sealed_block,
     send,
     show_document,
     thread_documents,
@@ -96,7 +97,7 @@ __all__ = [  # the values, then the operations of the module docstring
     "Prepare", "QuotaUsage", "Rotation", "ThreadEntry", "Verification", "fill_extracted",
     "send", "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
     "await_ack", "retry_outbox",
-    "list_documents", "show_document", "thread_documents", "verify_document", "invite",
+    "list_documents", "show_document", "sealed_block", "thread_documents", "verify_document", "invite",
     "add_partner", "partners", "partner", "rename_partner", "set_partner_status", "quota", "set_quota",
     "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox",
     "LinePreview", "PluginScope", "PluginSettings", "Preview", "UserInfo", "offline",

@@ -315,6 +315,14 @@ async def show_document(node: Node, cid: CID) -> DocumentView:
                         _ack_view(*ack) if ack else None)
 
 
+async def sealed_block(node: Node, cid: CID) -> bytes:
+    """The envelope of a document this node holds, as stored: the bytes ``cid``
+    names, which a store, a gateway or a third party may hold too (sealed, so
+    only the parties open it)."""
+    await _held(node, cid)
+    return await node.store.get(cid)
+
+
 async def thread_documents(node: Node, cid: CID) -> list[ThreadEntry]:
     """The thread ``cid`` belongs to, in causal order (its chain verified)."""
     found = await node.ledger.thread(cid)
