@@ -1,6 +1,6 @@
 """Hypothesis-driven fuzzing of every decoder entry point (docs/reliability.md, "Fuzzing").
 
-Targets: ``kernel.dagcbor.decode``, ``kernel._envelope.open`` and
+Targets: ``kernel.dagcbor.decode``, ``kernel._envelope.open_envelope`` and
 ``open_plaintext``, ``kernel._messages.open_notice`` and ``open_ack``,
 ``ipfs.car.CARParser`` (fed in random chunks, then ``finish``),
 ``usagi_p2p.node.invitation.parse_invitation`` (text and bytes) and the HTTP body

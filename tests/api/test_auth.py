@@ -203,3 +203,22 @@ async def test_the_local_port_may_not_be_the_peer_port(tmp_path: Path) -> None:
     finally:
         await service.close()
         await node.close()
+
+
+def test_a_code_without_a_row_is_answered_as_internal_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """docs/spec.md §14: a bug, not the caller's doing; the code goes to the log only."""
+    from kernel.errors import UsagiError
+    from usagi_p2p.company.api.problems import problem, problem_response
+
+    # An instance, not a subclass: the walk over every error class must not see it.
+    stray = UsagiError("a third party's secret detail")
+    stray.code = "stray_code_without_a_row"
+    body = problem(stray)
+    assert (body["status"], body["code"]) == (500, "internal_error")
+    assert body["type"] == "tag:usagi-p2p,2026:problem:internal_error"
+    assert "secret detail" not in json.dumps(body) and "stray_code" not in json.dumps(body)
+    assert "stray_code_without_a_row" in caplog.text
+    response = problem_response(stray)
+    assert response.status == 500 and response.text is not None
+    assert json.loads(response.text)["code"] == "internal_error"

@@ -118,3 +118,14 @@ def test_usagi_serve_opens_the_local_api_and_a_unix_socket(tmp_path: Path) -> No
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
     assert not sock.exists()  # removed on the way out
+
+
+def test_the_token_store_reads_the_clock_it_is_given(tmp_path: Path) -> None:
+    """A node's store (usagi_p2p/company/api/server.py) runs on Node.clock."""
+    store = TokenStore(tmp_path, clock=lambda: 1_800_000_000.0)
+    secret = store.create("erp", "read")
+    assert [t.created for t in store.tokens()] == [1_800_000_000.0]
+    token = store.check(secret)
+    assert token is not None
+    store.note_use(token)
+    assert store.last_used() == {token.id: 1_800_000_000.0}

@@ -423,3 +423,65 @@ def test_a_config_error_exits_with_one_code_from_every_command(tmp_path: Path) -
     for proc in (again, none, *broken):
         assert proc.returncode == 78, proc.stderr
         assert "error [config_error]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _no_tty(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``usagi`` with standard input not a terminal (nobody to ask) and ``env`` set."""
+    base = dict(os.environ, PYTHONPATH=str(REPO))
+    for key in [k for k in base if k.startswith("USAGI_PASSPHRASE")]:
+        del base[key]
+    return subprocess.run([sys.executable, "-m", "usagi_p2p", "--home", str(home), *args],
+                          input="", capture_output=True, text=True, env=dict(base, **env),
+                          timeout=120)
+
+
+def test_token_commands_fail_on_the_one_error_path(tmp_path: Path) -> None:
+    """A missing home is config_error, 78, from the token commands as from status."""
+    for args in (("token", "create", "erp"), ("token", "list"), ("token", "revoke", "erp")):
+        proc = _no_tty(tmp_path / "nowhere", *args)
+        assert proc.returncode == 78, proc.stderr
+        assert "error [config_error]" in proc.stderr and "usagi init first" in proc.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_missing_passphrase_is_bad_passphrase_when_nobody_can_be_asked(tmp_path: Path) -> None:
+    from usagi_p2p.node.errors import exit_code
+    from usagi_p2p.node.home import Home
+
+    home = Home(tmp_path / "kanto")
+    home.create("Kanto", "correct horse", fast_kdf=True)
+    for args, hint in ((("status",), "set USAGI_PASSPHRASE"),
+                       (("--home", str(tmp_path / "new"), "init", "--name", "New"),
+                        "set USAGI_PASSPHRASE or use --insecure-no-passphrase"),
+                       (("user", "add", "sato-k"), "set USAGI_PASSPHRASE_SATO_K or use")):
+        proc = _no_tty(home.path, *args)
+        assert proc.returncode == exit_code("bad_passphrase") == 77, proc.stderr
+        assert "error [bad_passphrase]" in proc.stderr and hint in proc.stderr, proc.stderr
+    assert not (tmp_path / "new").exists() and "sato-k" not in home.load_config().users
+
+
+def test_user_passphrases_are_read_from_one_variable_name(tmp_path: Path) -> None:
+    """``sato-k`` and ``k.ito`` read USAGI_PASSPHRASE_SATO_K and _K_ITO, in ``user add``
+    as where a key is unlocked (``--approve-as``)."""
+    import io
+
+    import pytest
+
+    from usagi_p2p.company.cli.common import user_passphrase, user_passphrase_env
+    from usagi_p2p.node.errors import PassphraseError
+    from usagi_p2p.node.home import Home
+    from usagi_p2p.node.users import load_user
+
+    home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
+    for name, env in (("sato-k", "USAGI_PASSPHRASE_SATO_K"), ("k.ito", "USAGI_PASSPHRASE_K_ITO")):
+        assert user_passphrase_env(name) == env
+        added = _no_tty(home.path, "user", "add", name, **{env: f"pw of {name}"})
+        assert added.returncode == 0, added.stderr
+        assert load_user(Home(home.path), name, f"pw of {name}").did in added.stdout
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("sys.stdin", io.StringIO(""))
+            mp.delenv(env, raising=False)
+            with pytest.raises(PassphraseError, match=env):
+                user_passphrase(home, name)
+            mp.setenv(env, f"pw of {name}")
+            assert user_passphrase(home, name) == f"pw of {name}"

@@ -121,3 +121,41 @@ def test_no_face_reaches_into_the_ledger() -> None:
                 if isinstance(node, ast.Attribute) and node.attr == "ledger":
                     found.append(f"{path.relative_to(root)}:{node.lineno}")
     assert found == []
+
+
+async def test_plugin_and_user_changes_are_operations_that_check_before_writing(
+        tmp_path: Path) -> None:
+    """What 'usagi plugins …' and 'usagi user …' do, on a home without its node."""
+    from usagi_p2p.node.errors import ConfigError, PluginConfigError
+
+    from .conftest import make_home
+
+    home = make_home(tmp_path / "kanto", "Kanto Machine Tools")
+    assert await ops.enable_plugin(ops.offline(home), "food") == ("food",)
+    assert await ops.enable_plugin(ops.offline(home), "food") == ("food",)  # no twice
+    before = home.config_path.read_bytes()
+    refusals = [ops.enable_plugin(ops.offline(home), "nonesuch"),
+                ops.disable_plugin(ops.offline(home), "medical"),
+                ops.configure_plugin(ops.offline(home), "food", values={"freshness_days": "x"}),
+                ops.configure_plugin(ops.offline(home), "food", unset=["nothing"]),
+                ops.configure_plugin(ops.offline(home), "nonesuch", values={"a": 1})]
+    for refused in refusals:
+        with pytest.raises(PluginConfigError) as caught:
+            await refused
+        assert caught.value.code == "plugin_error"
+    assert home.config_path.read_bytes() == before
+    shown = await ops.configure_plugin(ops.offline(home), "food", values={"freshness_days": 5})
+    assert (shown.settings, shown.changed) == ({"freshness_days": 5}, True)
+    assert home.load_config().plugin_settings == {"food": {"freshness_days": 5}}
+    assert (await ops.configure_plugin(ops.offline(home), "food")).changed is False
+
+    added = await ops.add_user(ops.offline(home), "sato-k", None, plugins=["food"], role="qa")
+    assert (added.name, added.plugins, added.role) == ("sato-k", ("food",), "qa")
+    assert added.did == home.load_config().users["sato-k"]["did"]
+    moved = await ops.move_user(ops.offline(home), "sato-k", None)
+    assert moved.plugins is None and await ops.user_list(ops.offline(home)) == [moved]
+    await ops.remove_user(ops.offline(home), "sato-k")
+    assert await ops.user_list(ops.offline(home)) == []
+    with pytest.raises(ConfigError):
+        await ops.move_user(ops.offline(home), "sato-k", ["food"])
+    assert await ops.disable_plugin(ops.offline(home), "food") == ()

@@ -34,7 +34,7 @@ makes an archive unrestorable.
 The work is in three modules, one per direction: :mod:`.export` (the ledger's
 snapshot to a CAR), :mod:`.verify` (the checks, keyless and keyed, in worker
 processes for large archives) and :mod:`.restore` (verify, then the ledger's
-restore); the format itself is :mod:`.format`. This module names the public
+restore); the structures themselves are :mod:`.structures`. This module names the public
 operations in one place.
 
 Errors::

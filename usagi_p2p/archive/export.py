@@ -1,5 +1,5 @@
 """Archive export: the ledger's snapshot written as a sealed CAR, one page at a time
-(docs/archive.md, "Export"; the format: :mod:`usagi_p2p.archive.format`).
+(docs/archive.md, "Export"; the structures: :mod:`usagi_p2p.archive.structures`).
 
 The ledger gives one consistent read of the documents, their acks and (with
 the embedded store) their blocks (``Ledger.snapshot``); this module seals
@@ -13,7 +13,6 @@ import asyncio
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -171,7 +170,7 @@ def _export_sync(node: Node, path: Path, filters: dict[str, Any],
                 if progress:
                     progress(exporter.documents, snapshot.total)
             head = {"count": exporter.documents, "pages": exporter.seq + 1,
-                    "created_at": format_time(datetime.now(UTC)), "partners": snapshot.partners}
+                    "created_at": format_time(node.now()), "partners": snapshot.partners}
             root = exporter.flush(head)
             fp.seek(0)
             fp.write(encode_header([root]))  # same length as the placeholder header

@@ -88,7 +88,7 @@ class ForeignArchiveError(ArchiveError):
 # The export's hot path builds maps already in canonical key order, with links
 # as ready-made CBOR tag 42 values, and encodes them with dagcbor.encode_ordered
 # (cbor2's C encoder, no per-value normalisation and no per-link callback).
-# tests/archive/test_format.py checks every one against dagcbor.encode, and a
+# tests/archive/test_structures.py checks every one against dagcbor.encode, and a
 # verifier decodes every block strictly (canonical re-encoding compared byte
 # for byte), so a drift would fail verification, never pass silently.
 

@@ -5,6 +5,9 @@ its own process (``usagi serve``) with a temporary home. They pair with one
 invitation, then trade quote -> order -> order_response -> delivery_note ->
 invoice; every step is sealed to both, content-addressed and acknowledged.
 Both sides verify the whole thread, and a third party's key opens nothing.
+
+The demo is a face like the CLI: it does what it shows through the node's
+operations (``usagi_p2p.node.operations``), nothing of its own.
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from kernel import Identity, open_envelope
+from kernel import Identity, open_ack, open_envelope
 from kernel.errors import NotRecipientError
 
+from ..node import operations as ops
 from ..node.home import Home
 from ..node.node import Node
-from ..node.operations import verify_document
 from ..node.terminal import printable
 from .api.client import kick
 
@@ -85,10 +89,10 @@ async def _trade(seller: Home, buyer: Home) -> int:
     homes = {"seller": seller, "buyer": buyer}
     print("pairing: Kanto invites, Osaka pastes the invitation")
     async with Node.load(seller, None) as node:
-        invitation = await node.invite()
+        invitation = await ops.invite(node)
     print(f"  invitation: {invitation.text()[:60]}…")
     async with Node.load(buyer, None) as node:
-        partner = await node.add_partner(invitation.text())
+        partner = await ops.add_partner(node, invitation.text())
     print(f"  Osaka now trades with {printable(partner.name)}; Kanto learned of Osaka by "
           "introduction\n")
 
@@ -98,20 +102,19 @@ async def _trade(seller: Home, buyer: Home) -> int:
         home = homes[side]
         other = BUYER if side == "seller" else SELLER
         async with Node.load(home, None) as node:
-            result = await node.send(kind, other, body, reply_to=previous)
-            await kick(home.path)
-            ack = await node.wait_for_ack(result.cid, timeout=20)
-        if ack is None:
+            result = await ops.send(node, kind, body, to=other, reply_to=previous)
+            await ops.deliver_now(node, wake=partial(kick, home.path))
+            delivery = await ops.await_ack(node, result.cid, timeout=20)
+        if delivery.ack is None:
             print(f"  {kind}: no ack in time")
             return 1
-        from kernel import open_ack
-
-        parsed = open_ack(ack[0])
+        ack = delivery.ack
+        digest = open_ack(ack.signed).digest  # shown to make the receipt visible
         who = SELLER if side == "seller" else BUYER
         print(f"{kind:15} {who} -> {other}")
         print(f"  cid  {result.cid}")
-        print(f"  ack  {parsed.status} by {parsed.by[:32]}… at {parsed.at.isoformat()}")
-        print(f"       digest {parsed.digest.hex() if parsed.digest else '-'}")
+        print(f"  ack  {ack.status} by {ack.by[:32]}… at {ack.at.isoformat()}")
+        print(f"       digest {digest.hex() if digest else '-'}")
         previous = result.cid
         cids.append(result.cid)
 
@@ -119,7 +122,7 @@ async def _trade(seller: Home, buyer: Home) -> int:
     ok = True
     for side, home in homes.items():
         async with Node.load(home, None) as node:
-            report = await verify_document(node, cids[-1])
+            report = await ops.verify_document(node, cids[-1])
         failed = [c for c in report.checks if not c.ok]
         thread_check = next(c for c in report.checks if c.name == "thread")
         print(f"  {side:6} {'ok' if report.ok else 'FAILED'}: {printable(thread_check.detail)}")
@@ -131,7 +134,7 @@ async def _trade(seller: Home, buyer: Home) -> int:
     stranger = Identity.generate()
     async with Node.load(seller, None) as node:
         for cid in cids:
-            block = await node.store.get(cid)
+            block = await ops.document_block(node, cid)
             try:
                 open_envelope(block, stranger, cid)
                 print(f"  {cid}: OPENED (this must never happen)")
@@ -174,21 +177,23 @@ async def _plugin_trades(seller: Home, buyer: Home) -> bool:
         for name, (kind, texts) in PLUGIN_LINES.items():
             lines = []
             print(f"  {name}: {kind}")
-            for text in texts:
-                extracted = node.plugins.extract(text)
+            preview = await ops.extract_preview(node, texts, kind=kind)
+            for text, line in zip(texts, preview.lines, strict=True):
+                extracted = line.fields
                 fields = extracted.get(name, {})
                 shown = ", ".join(f"{k}={v}" for k, v in fields.items()) or "(free text)"
                 print(f"    {printable(text)}")
                 print(f"      -> {printable(shown)}")
                 lines.append({"text": text, **({"ext": extracted} if extracted else {})})
-            result = await node.send(kind, BUYER, {"ref": f"{name.upper()}-1", "lines": lines})
-            await kick(seller.path)
-            ack = await node.wait_for_ack(result.cid, timeout=20)
+            result = await ops.send(node, kind, {"ref": f"{name.upper()}-1", "lines": lines},
+                                    to=BUYER)
+            await ops.deliver_now(node, wake=partial(kick, seller.path))
+            delivery = await ops.await_ack(node, result.cid, timeout=20)
             for finding in result.findings:
                 print(printable(f"      {finding.level}: {finding.code}: {finding.message}"))
-            status = ack[1] if ack else "no ack"
+            status = delivery.ack.status if delivery.ack else "no ack"
             print(f"    sent {result.cid}, ack {status}")
-            ok = ok and ack is not None and ack[1] == "received"
+            ok = ok and delivery.ack is not None and delivery.ack.status == "received"
     return ok
 
 

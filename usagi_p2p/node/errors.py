@@ -21,7 +21,7 @@ __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "Pa
            "NotFoundError", "MethodNotAllowedError", "RequestTimeoutError", "InternalError",
            "QuotaExceededError", "UnknownDocumentError", "InvalidCursorError",
            "IdempotencyKeyReusedError", "IdempotencyInProgressError", "IdempotencyKeysExhaustedError",
-           "TEMPORARY", "TABLE", "UnknownCodeError", "http_status",
+           "PluginConfigError", "TEMPORARY", "TABLE", "UnknownCodeError", "http_status",
            "exit_code"]
 
 
@@ -132,6 +132,16 @@ class InternalError(NodeError):
     code = "internal_error"
 
 
+class PluginConfigError(NodeError):
+    """The plugin cannot be enabled or configured as asked.
+
+    Not installed, not enabled, broken, no such setting, or settings the
+    plugin refuses (docs/plugins.md, "Settings"); nothing is saved.
+    """
+
+    code = "plugin_error"
+
+
 class DuplicateError(NodeError):
     """This signed document is already recorded under another envelope."""
 
@@ -196,6 +206,7 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "foreign_thread": (422, 1),
     "unknown_prev": (409, 75),
     "plugin_rejected": (422, 65),
+    "plugin_error": (422, 1),
     "unknown_kind": (422, 65),
     "duplicate": (409, 65),
     "archive_invalid": (422, 1),

@@ -53,6 +53,7 @@ from kernel import (
 )
 from kernel.cid import CID
 from kernel.errors import CIDMismatchError, ExpiredError, UnknownSenderError, UsagiError
+from kernel.plugin import Finding
 
 from .delivery import CONTENT_TYPE, NOTICES_PATH, Delivery, read_capped, read_prefix
 from .errors import IdempotencyInProgressError, InvitationError, PartnerError, PeerError
@@ -93,7 +94,7 @@ class SendResult:
     partner: str
     thread: CID
     digest: bytes
-    findings: tuple[Any, ...] = ()
+    findings: tuple[Finding, ...] = ()
 
 
 def _prev_bytes(prev: Sequence[CID]) -> bytes:

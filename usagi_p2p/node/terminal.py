@@ -23,7 +23,7 @@ passes such text through :func:`printable`, the one escaping rule:
   print as written.
 
 Rich is used only with ``markup=False`` and ``emoji=False`` on ``Text``
-objects (see ``cli._table``), so ``[green]…[/]`` and ``:warning:`` a partner
+objects (see ``usagi_p2p.company.cli.common.table``), so ``[green]…[/]`` and ``:warning:`` a partner
 wrote stay text; :func:`printable` does not touch brackets, which are
 ordinary characters everywhere else.
 """

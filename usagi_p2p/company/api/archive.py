@@ -63,7 +63,7 @@ async def export_archive(call: Call) -> web.StreamResponse:
     with scratch(call.node.home.path, ".car") as path:
         report = await export(call.node, path, partner=did, since=window["since"],
                               until=window["until"])
-        stamp = datetime.now(UTC).strftime("%Y%m%d")
+        stamp = call.node.now().strftime("%Y%m%d")
         return await send_file(call.request, path, content_type=CAR_TYPE,
                                filename=f"usagi-{stamp}.car",
                                headers={"Usagi-Archive-Root": str(report.root),

@@ -26,19 +26,22 @@ Error tree (all :class:`~usagi_p2p.node.errors.NodeError`):
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Final, TypedDict
 
 from aiohttp import web
 
 from kernel.errors import UsagiError
 
-from ...node.errors import NodeError, http_status
+from ...node.errors import InternalError, NodeError, UnknownCodeError, http_status
 
 __all__ = ["UnauthorizedError", "ForbiddenScopeError", "NotLoopbackError",
            "ValidationFailedError", "FieldError", "CONTENT_TYPE", "problem_type", "problem",
            "problem_response"]
 
 CONTENT_TYPE: Final = "application/problem+json"
+
+log = logging.getLogger("usagi.api")
 
 
 class FieldError(TypedDict):
@@ -93,7 +96,18 @@ def _title(exc: UsagiError) -> str:
 
 
 def problem(exc: UsagiError) -> dict[str, Any]:
-    """The problem details object of ``exc``."""
+    """The problem details object of ``exc``.
+
+    A code with no row in the table is a bug, not the caller's doing: the
+    answer is ``500 internal_error`` and the code goes to the log
+    (docs/spec.md §14), as on the peer listener.
+    """
+    try:
+        http_status(exc.code)
+    except UnknownCodeError:
+        log.error("error code %r has no row in the error table (usagi_p2p/node/errors.py); "
+                  "answered internal_error: %s", exc.code, exc)
+        exc = InternalError("the node failed to answer; see its log")
     body: dict[str, Any] = {"type": problem_type(exc.code), "title": _title(exc),
                             "status": http_status(exc.code), "detail": str(exc),
                             "code": exc.code}

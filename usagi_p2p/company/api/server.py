@@ -86,7 +86,7 @@ class LocalServer:
                 self.socket = node.home.path / self.socket
         self.peer_port = peer_port
         self.endpoints = Endpoints(peer=peer_url)
-        self.tokens = TokenStore(node.home.path)
+        self.tokens = TokenStore(node.home.path, clock=node.clock)
         self.guard = Guard(loopback=_loopback_host(self.host))
         self._runner: web.AppRunner | None = None
 
@@ -140,9 +140,10 @@ class LocalServer:
                         "(set local_port in config.json for a fixed one)", wanted)
             site = web.TCPSite(self._runner, self.host, 0)
             await site.start()
-        server = site._server  # noqa: SLF001 (aiohttp exposes the bound port only here)
-        sockets = getattr(server, "sockets", None) or []
-        port = int(sockets[0].getsockname()[1]) if sockets else wanted
+        # The runner serves this one TCP site (a socket path is the other choice, never
+        # both): its address is (host, port, ...) for IPv4 and IPv6 alike.
+        bound = [a for a in self._runner.addresses if isinstance(a, tuple)]
+        port = int(bound[0][1]) if bound else wanted
         self.port = port
         self.guard.port = port
         host = f"[{self.host}]" if ":" in self.host else self.host

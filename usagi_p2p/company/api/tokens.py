@@ -38,7 +38,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -117,8 +117,10 @@ def _write_atomic(path: Path, text: str) -> None:
 class TokenStore:
     """The tokens of one home: edit them (the CLI) and check them (the running node)."""
 
-    def __init__(self, home_path: Path) -> None:
+    def __init__(self, home_path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.home_path = home_path
+        #: Seconds since 1970: the node's clock where a node is known (``Node.clock``).
+        self.clock = clock
         self.path = home_path / FILE
         self.used_path = home_path / USED_FILE
         self._seen: tuple[int, int, int] | None = None
@@ -168,7 +170,7 @@ class TokenStore:
 
     def note_use(self, token: Token, now: float | None = None) -> None:
         """Remember that ``token`` was used; written down at most once a minute."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         self._used[token.id] = now
         if now - self._used_written.get(token.id, 0.0) < _USED_EVERY:
             return
@@ -205,7 +207,7 @@ class TokenStore:
         with self._locked() as tokens:
             if any(t.name == name for t in tokens):
                 raise NameTakenError(f"a token named {name!r} exists; revoke it first")
-            return _add(tokens, name, scope, time.time() if now is None else now)
+            return _add(tokens, name, scope, self.clock() if now is None else now)
 
     def revoke(self, name: str) -> Token:
         with self._locked() as tokens:
@@ -225,7 +227,7 @@ class TokenStore:
                     return secret
             # None yet, or its secret was lost, or revoked: a new one.
             tokens[:] = [t for t in tokens if t.name != CLI_TOKEN]
-            secret = _add(tokens, CLI_TOKEN, "admin", time.time())
+            secret = _add(tokens, CLI_TOKEN, "admin", self.clock())
             _write_atomic(secret_path, secret + "\n")
             return secret
 

@@ -27,13 +27,13 @@ import click
 from kernel.cid import CID
 from kernel.errors import UsagiError
 
-from ...node.errors import UnknownCodeError, exit_code
+from ...node.errors import PassphraseError, UnknownCodeError, exit_code
 from ...node.home import Home
 from ...node.terminal import json_text, printable
 from ...node.users import user_key_is_protected
 
 __all__ = ["Group", "fail", "errors", "run", "with_node", "home_of", "wants_json", "passphrase",
-           "new_passphrase", "user_passphrase", "jsonable", "emit", "table"]
+           "new_passphrase", "user_passphrase", "user_passphrase_env", "jsonable", "emit", "table"]
 
 if TYPE_CHECKING:  # the node (aiohttp, the stores) is imported by the commands that open it
     from ...node.node import Node
@@ -135,7 +135,7 @@ def passphrase(home: Home) -> str | None:
     if env is not None:
         return env
     if not sys.stdin.isatty():
-        raise click.ClickException("the identity is protected: set USAGI_PASSPHRASE")
+        raise PassphraseError("the identity is protected: set USAGI_PASSPHRASE")
     return str(click.prompt("Passphrase", hide_input=True))
 
 
@@ -146,20 +146,28 @@ def new_passphrase(env: str, what: str, missing: str) -> str:
     if given is not None:
         return given
     if not sys.stdin.isatty():
-        raise click.ClickException(missing)
+        raise PassphraseError(missing)
     return str(click.prompt(f"New passphrase{what}", hide_input=True, confirmation_prompt=True))
 
 
+def user_passphrase_env(name: str) -> str:
+    """The environment variable that holds user ``name``'s passphrase:
+    ``USAGI_PASSPHRASE_`` and the name in upper case, ``-`` and ``.`` as ``_``
+    (``sato-k`` -> ``USAGI_PASSPHRASE_SATO_K``), so that a shell can set it."""
+    return "USAGI_PASSPHRASE_" + name.upper().replace("-", "_").replace(".", "_")
+
+
 def user_passphrase(home: Home, name: str) -> str | None:
-    """A user key's passphrase: ``USAGI_PASSPHRASE_<NAME>``, else a prompt."""
+    """A user key's passphrase: ``$USAGI_PASSPHRASE_<NAME>`` (:func:`user_passphrase_env`),
+    else a prompt."""
     if not user_key_is_protected(home, name):
         return None
-    env = os.environ.get("USAGI_PASSPHRASE_" + name.upper().replace("-", "_").replace(".", "_"))
+    env = os.environ.get(user_passphrase_env(name))
     if env is not None:
         return env
     if not sys.stdin.isatty():
-        raise click.ClickException(f"the key of user {name} is protected: set "
-                                   f"USAGI_PASSPHRASE_{name.upper()}")
+        raise PassphraseError(f"the key of user {name} is protected: set "
+                              f"{user_passphrase_env(name)}")
     return str(click.prompt(f"Passphrase of {name}", hide_input=True))
 
 

@@ -20,7 +20,7 @@ from ..views import (
     quota_json,
     quota_row,
 )
-from .common import emit, run, table, with_node
+from .common import emit, errors, run, table, with_node
 
 if TYPE_CHECKING:
     from ...node import operations as ops
@@ -120,10 +120,12 @@ def partner_rename(ctx: click.Context, who: str, name: str) -> None:
     Example: usagi partner rename did:key:z6Mk… "Osaka Precision (plant 2)"
     """
     from ...node import operations as ops
+    from ...node.errors import PartnerError
     from ...node.invitation import name_problem
 
     # Before the passphrase is asked for (the operation checks it again).
-    name_problem(name, click.ClickException)
+    with errors():  # the operation's own error, before the passphrase is asked for
+        name_problem(name, PartnerError)
 
     async def renaming(node: Node) -> ops.PartnerChange:
         return await ops.rename_partner(node, who, name)

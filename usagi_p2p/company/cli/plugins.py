@@ -18,21 +18,22 @@ plugin that approves the document's kind, through the optional plugin hook
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ...node import users
 from ...node.home import Home
-from ...node.plugin_host import PluginHost, available
+from ...node.plugin_host import PluginHost, PluginInfo
 from ...node.terminal import json_text, printable
-from ...node.users import add_user, move_user
-from .common import errors, user_passphrase
+from .common import errors, new_passphrase, run, user_passphrase, user_passphrase_env
 from .common import home_of as _home
 from .common import wants_json as _json
+
+if TYPE_CHECKING:  # the node (aiohttp, the stores) is imported by the commands that run
+    from ...node import operations as ops
 
 __all__ = ["plugins_group", "user_group", "extract_command", "approver", "user_passphrase"]
 
@@ -41,6 +42,21 @@ def _split(names: str | None) -> list[str] | None:
     if names is None:
         return None
     return [n.strip() for n in names.split(",") if n.strip()]
+
+
+T = TypeVar("T")
+
+
+def _offline(ctx: click.Context) -> ops.PluginScope:
+    """This home's plugins and users, without opening the node (no passphrase)."""
+    from ...node import operations as ops
+
+    with errors():
+        return ops.offline(_home(ctx))
+
+
+async def _ops(ctx: click.Context, operation: Callable[[ops.PluginScope], Awaitable[T]]) -> T:
+    return await operation(_offline(ctx))
 
 
 def approver(home: Home, names: Sequence[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -68,8 +84,9 @@ def plugins_list(ctx: click.Context) -> None:
 
     Example: usagi plugins list
     """
-    config = _home(ctx).load_config()
-    rows = PluginHost.for_config(config).describe()
+    from ...node import operations as ops
+
+    rows = run(_ops(ctx, ops.plugin_list))
     if _json(ctx):
         click.echo(json_text([r.to_json() for r in rows]))
         return
@@ -88,19 +105,10 @@ def plugins_enable(ctx: click.Context, name: str) -> None:
 
     Example: usagi plugins enable food
     """
-    home = _home(ctx)
-    config = home.load_config()
-    installed = available()
-    if name not in installed:
-        raise click.ClickException(f"no plugin {name!r} is installed; available: "
-                                   f"{', '.join(sorted(installed)) or 'none'}")
-    host = PluginHost.load([name], settings=config.plugin_settings)
-    if name in host.broken:
-        raise click.ClickException(f"plugin {name} is broken: {host.broken[name]}")
-    if name not in config.plugins:
-        config.plugins.append(name)
-        home.save_config(config)
-    click.echo(printable(f"enabled {name}: {', '.join(config.plugins)}"))
+    from ...node import operations as ops
+
+    enabled = run(ops.enable_plugin(_offline(ctx), name))
+    click.echo(printable(f"enabled {name}: {', '.join(enabled)}"))
 
 
 @plugins_group.command("disable")
@@ -111,13 +119,10 @@ def plugins_disable(ctx: click.Context, name: str) -> None:
 
     Example: usagi plugins disable food
     """
-    home = _home(ctx)
-    config = home.load_config()
-    if name not in config.plugins:
-        raise click.ClickException(f"{name} is not enabled")
-    config.plugins.remove(name)
-    home.save_config(config)
-    click.echo(printable(f"disabled {name}: {', '.join(config.plugins) or 'no plugins enabled'}"))
+    from ...node import operations as ops
+
+    enabled = run(ops.disable_plugin(_offline(ctx), name))
+    click.echo(printable(f"disabled {name}: {', '.join(enabled) or 'no plugins enabled'}"))
 
 
 @plugins_group.command("configure")
@@ -136,40 +141,27 @@ def plugins_configure(ctx: click.Context, name: str, settings: tuple[str, ...],
 
     Example: usagi plugins configure construction 'schedules={"芝浦": {"hours": "08:00-12:00"}}'
     """
-    home = _home(ctx)
-    config = home.load_config()
-    if name not in available():
-        raise click.ClickException(f"no plugin {name!r} is installed")
-    current: dict[str, Any] = {} if clear else dict(config.plugin_settings.get(name, {}))
-    for key in unset:
-        if key not in current:
-            raise click.ClickException(f"{name} has no setting {key!r}")
-        del current[key]
+    from ...node import operations as ops
+
+    values: dict[str, Any] = {}
     for item in settings:
+        # Reading the command line's KEY=JSON is this face's; the rules are the operation's.
         key, sep, text = item.partition("=")
         if not sep or not key.isidentifier():
             raise click.ClickException(f"expected KEY=JSON, got {item!r}")
         try:
-            current[key] = json.loads(text)
+            values[key] = json.loads(text)
         except json.JSONDecodeError as exc:
             if text.lstrip()[:1] in ("{", "[", '"'):
                 raise click.ClickException(f"{key}: not valid JSON: {exc}") from None
-            current[key] = text  # a bare word is a string: site=Umeda
-    changed = bool(settings or unset or clear)
-    if changed:
-        host = PluginHost.load([name], settings={name: current})
-        if name in host.broken:
-            raise click.ClickException(f"not saved: {host.broken[name]}")
-        if current:
-            config.plugin_settings[name] = current
-        else:
-            config.plugin_settings.pop(name, None)
-        home.save_config(config)
+            values[key] = text  # a bare word is a string: site=Umeda
+    result = run(ops.configure_plugin(_offline(ctx), name, values=values, unset=unset,
+                                      clear=clear))
     if _json(ctx):
-        click.echo(json_text(current))
+        click.echo(json_text(result.settings))
         return
-    prefix = "saved; restart usagi serve to apply. " if changed else ""
-    shown = json_text(current, indent=None) if current else "defaults"
+    prefix = "saved; restart usagi serve to apply. " if result.changed else ""
+    shown = json_text(result.settings, indent=None) if result.settings else "defaults"
     click.echo(printable(f"{prefix}{name}: {shown}"))
 
 
@@ -219,18 +211,23 @@ def user_add(ctx: click.Context, name: str, plugins: str | None, role: str | Non
              insecure_no_passphrase: bool) -> None:
     """Create a user with an own Ed25519 key in HOME/users/NAME.key.
 
+    The passphrase comes from USAGI_PASSPHRASE_<NAME> (upper case, - and . as
+    _: sato-k reads USAGI_PASSPHRASE_SATO_K), else it is asked for twice.
+
     Example: usagi user add suzuki --plugins medical --role pharmacist
     """
-    home = _home(ctx)
+    from ...node import operations as ops
+
+    scope = _offline(ctx)  # a missing home fails before a passphrase is asked for
     passphrase = None
     if not insecure_no_passphrase:
-        passphrase = os.environ.get("USAGI_PASSPHRASE_" + name.upper()) or (
-            str(click.prompt(f"New passphrase for {name}", hide_input=True,
-                             confirmation_prompt=True)))
-    with errors():
-        identity = add_user(home, name, passphrase, plugins=_split(plugins), role=role)
-    click.echo(json_text({"user": name, "did": identity.did}, indent=None) if _json(ctx)
-               else printable(f"user {name} {identity.did}"))
+        env = user_passphrase_env(name)
+        with errors():
+            passphrase = new_passphrase(env, f" for {name}",
+                                        f"set {env} or use --insecure-no-passphrase")
+    user = run(ops.add_user(scope, name, passphrase, plugins=_split(plugins), role=role))
+    click.echo(json_text({"user": name, "did": user.did}, indent=None) if _json(ctx)
+               else printable(f"user {name} {user.did}"))
 
 
 @user_group.command("list")
@@ -240,14 +237,26 @@ def user_list(ctx: click.Context) -> None:
 
     Example: usagi user list
     """
-    config = _home(ctx).load_config()
+    from ...node import operations as ops
+
+    users = run(_ops(ctx, ops.user_list))
     if _json(ctx):
-        click.echo(json_text(config.users))
+        click.echo(json_text({u.name: _user_entry(u) for u in users}))
         return
-    for name, entry in sorted(config.users.items()):
-        plugins = ",".join(entry["plugins"]) if "plugins" in entry else "(all enabled)"
-        click.echo(printable(f"{name:<16} {plugins:<24} {entry.get('role') or '-':<12} "
-                             f"{entry.get('did')}"))
+    for user in users:
+        plugins = ",".join(user.plugins) if user.plugins is not None else "(all enabled)"
+        click.echo(printable(f"{user.name:<16} {plugins:<24} {user.role or '-':<12} "
+                             f"{user.did}"))
+
+
+def _user_entry(user: ops.UserInfo) -> dict[str, Any]:
+    # The entry as the config records it: what 'user list --json' has always shown.
+    entry: dict[str, Any] = {"did": user.did}
+    if user.plugins is not None:
+        entry["plugins"] = list(user.plugins)
+    if user.role:
+        entry["role"] = user.role
+    return entry
 
 
 @user_group.command("move")
@@ -260,10 +269,11 @@ def user_move(ctx: click.Context, name: str, plugins: str | None, all_plugins: b
 
     Example: usagi user move tanaka --plugins food
     """
+    from ...node import operations as ops
+
     if (plugins is None) == (not all_plugins):
-        raise click.ClickException("give either --plugins a,b or --all")
-    with errors():
-        move_user(_home(ctx), name, None if all_plugins else _split(plugins))
+        raise click.UsageError("give either --plugins a,b or --all")
+    run(ops.move_user(_offline(ctx), name, None if all_plugins else _split(plugins)))
     click.echo(printable(f"user {name}: "
                          f"{plugins if plugins is not None else 'all enabled plugins'}"))
 
@@ -280,12 +290,19 @@ def extract_command(ctx: click.Context, text: str, user: str | None) -> None:
 
     Example: usagi extract "M6x20 SUS304 hex bolt" --user tanaka
     """
-    host = PluginHost.for_config(_home(ctx).load_config())
-    result = host.extract(text, user=user)
+    from ...node import operations as ops
+
+
+    async def extracting() -> tuple[list[PluginInfo], ops.Preview]:
+        scope = _offline(ctx)
+        return await ops.plugin_list(scope), await ops.extract_preview(scope, [text], user=user)
+
+    rows, preview = run(extracting())
+    result = preview.lines[0].fields
     if _json(ctx):
         click.echo(json_text(result))
         return
-    if not result and not host.plugins:
+    if not result and not any(row.state == "enabled" for row in rows):
         click.echo("no plugins are enabled, so nothing is extracted; see 'usagi plugins list' "
                    "and 'usagi plugins enable NAME' (the line is valid as free text)")
     elif not result:
@@ -294,5 +311,6 @@ def extract_command(ctx: click.Context, text: str, user: str | None) -> None:
         click.echo(f"{printable(namespace)}:")
         for key, value in fields.items():
             click.echo(f"  {printable(key)}: {printable(value)}")
-    for name, reason in host.broken.items():
+    broken = {row.name: row.reason for row in rows if row.state == "broken"}
+    for name, reason in {**broken, **preview.broken}.items():
         click.echo(printable(f"plugin {name} is broken: {reason}"), err=True)

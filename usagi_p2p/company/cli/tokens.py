@@ -14,12 +14,11 @@ from typing import Any
 
 import click
 
-from kernel.errors import UsagiError
-
-from ...node.errors import exit_code
+from ...node.errors import ConfigError
 from ...node.home import Home
 from ...node.terminal import json_text, printable
 from ..api.tokens import SCOPES, TokenStore
+from .common import errors
 
 __all__ = ["token_group"]
 
@@ -27,15 +26,9 @@ __all__ = ["token_group"]
 def _store(ctx: click.Context) -> TokenStore:
     home: Home = ctx.obj["home"]
     if not home.config_path.exists():
-        raise click.ClickException(f"{printable(home.path)} is not a node's home "
-                                   "(usagi init first)")
+        raise ConfigError(f"{home.path} is not a node's home (usagi init first)")
     home.make_private()
     return TokenStore(home.path)
-
-
-def _fail(exc: UsagiError) -> None:
-    click.echo(printable(f"error [{exc.code}]: {exc}"), err=True)
-    raise SystemExit(exit_code(exc.code))
 
 
 def _when(seconds: float | None) -> str | None:
@@ -60,10 +53,8 @@ def token_create(ctx: click.Context, name: str, scope: str) -> None:
 
     Example: usagi token create erp --scope send
     """
-    try:
+    with errors():
         secret = _store(ctx).create(name, scope)
-    except UsagiError as exc:
-        _fail(exc)
     if ctx.obj.get("json"):
         click.echo(json_text({"name": name, "scope": scope, "token": secret}))
         return
@@ -79,12 +70,10 @@ def token_list(ctx: click.Context) -> None:
 
     Example: usagi token list
     """
-    store = _store(ctx)
-    try:
+    with errors():
+        store = _store(ctx)
         tokens = store.tokens()
-    except UsagiError as exc:
-        _fail(exc)
-    used = store.last_used()
+        used = store.last_used()
     rows: list[dict[str, Any]] = [{"name": t.name, "scope": t.scope, "created": _when(t.created),
                                    "last_used": _when(used.get(t.id))} for t in tokens]
     if ctx.obj.get("json"):
@@ -103,10 +92,8 @@ def token_revoke(ctx: click.Context, name: str) -> None:
 
     Example: usagi token revoke erp
     """
-    try:
+    with errors():
         gone = _store(ctx).revoke(name)
-    except UsagiError as exc:
-        _fail(exc)
     if ctx.obj.get("json"):
         click.echo(json.dumps({"revoked": gone.name}))
     else:

@@ -16,7 +16,9 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
                    release_request
     partners.py    invite, add_partner, partners, partner, rename_partner,
                    set_partner_status, quota, set_quota
-    plugins.py     plugin_list, extract_preview, user_list
+    plugins.py     plugin_list, extract_preview, user_list, enable_plugin,
+                   disable_plugin, configure_plugin, add_user, move_user, remove_user
+                   (on a running node, or on ``offline(home)``)
     this_node.py   node_status, key_info, rotate_key, announce_key, resume_outbox
 
 Faces import this package (``from usagi_p2p.node import operations``), not
@@ -69,10 +71,19 @@ from .partners import (
 )
 from .plugins import (
     LinePreview,
+    PluginScope,
+    PluginSettings,
     Preview,
     UserInfo,
+    add_user,
+    configure_plugin,
+    disable_plugin,
+    enable_plugin,
     extract_preview,
+    move_user,
+    offline,
     plugin_list,
+    remove_user,
     user_list,
 )
 from .requests import (
@@ -105,7 +116,9 @@ __all__ = [  # the values, then the operations of the module docstring
     "list_documents", "show_document", "thread_documents", "verify_document", "invite",
     "add_partner", "partners", "partner", "rename_partner", "set_partner_status", "quota",
     "set_quota", "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox",
-    "LinePreview", "Preview", "UserInfo", "plugin_list", "extract_preview", "user_list",
+    "LinePreview", "PluginScope", "PluginSettings", "Preview", "UserInfo", "offline",
+    "plugin_list", "extract_preview", "user_list", "enable_plugin", "disable_plugin",
+    "configure_plugin", "add_user", "move_user", "remove_user",
     # the local API's documents and keyed requests (issue 16)
     "MAX_PAGE", "DocumentPage", "sent_document", "page_documents", "document_block",
     "KEY_TTL", "KEYS_PER_TOKEN", "Claimed", "Replay", "claim_request", "finish_request",

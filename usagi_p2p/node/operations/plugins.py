@@ -1,25 +1,63 @@
 """The node's plugins and users: what is enabled, what a line would become, who works here.
 
 Part of ``usagi_p2p.node.operations`` (see there). docs/plugins.md says what
-plugins and users are; these are the looks a face takes at them.
+plugins and users are; these are the looks a face takes at them and the
+changes it makes to them.
+
+Each operation takes a :class:`PluginScope`: a running :class:`Node` is one,
+and :func:`offline` makes one from a home alone, for the commands that need
+neither the passphrase nor a running node (``usagi plugins …``, ``usagi
+user …``, ``usagi extract``). Changes are written to the home's config and
+take effect when the node starts next; every rule is checked before anything
+is written, so a refused change leaves the config as it was.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
 
 from kernel.plugin import Finding
 
-from ..errors import ConfigError
-from ..node import Node
-from ..plugin_host import PluginHost, PluginInfo
+from .. import users as _users
+from ..errors import ConfigError, PluginConfigError
+from ..home import Home
+from ..plugin_host import PluginHost, PluginInfo, available
 
-__all__ = ["LinePreview", "Preview", "UserInfo", "plugin_list", "extract_preview", "user_list"]
+__all__ = ["PluginScope", "offline", "LinePreview", "Preview", "UserInfo", "PluginSettings",
+           "plugin_list", "extract_preview", "user_list", "enable_plugin", "disable_plugin",
+           "configure_plugin", "add_user", "move_user", "remove_user"]
 
 _LINE_PATH: Final = re.compile(r"lines\[(\d+)\]")
+
+
+class PluginScope(Protocol):
+    """What these operations need of a node: its home and its plugin host.
+
+    A running :class:`~usagi_p2p.node.node.Node` is one; :func:`offline`
+    makes one without opening the node.
+    """
+
+    @property
+    def home(self) -> Home: ...
+
+    @property
+    def plugins(self) -> PluginHost: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Offline:
+    home: Home
+    plugins: PluginHost
+
+
+def offline(home: Home) -> PluginScope:
+    """The plugins and users of the node at ``home``, read from its config
+    without opening the node (no passphrase, no ledger); ConfigError for a
+    missing or broken config."""
+    return _Offline(home, PluginHost.for_config(home.load_config()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +78,8 @@ class Preview:
     findings: tuple[Finding, ...]
     #: The plugins that looked.
     plugins: tuple[str, ...]
+    #: Plugins that failed while looking (name -> reason): disabled for this preview.
+    broken: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +94,22 @@ class UserInfo:
     role: str | None
 
 
-async def plugin_list(node: Node) -> list[PluginInfo]:
+@dataclass(frozen=True, slots=True)
+class PluginSettings:
+    """A plugin's settings as the config holds them (the constructor's keyword arguments)."""
+
+    name: str
+    settings: dict[str, Any]
+    #: Whether this call changed (and saved) them.
+    changed: bool
+
+
+async def plugin_list(node: PluginScope) -> list[PluginInfo]:
     """The running node's plugins: enabled, broken, then installed but not enabled."""
     return node.plugins.describe()
 
 
-async def extract_preview(node: Node, lines: Sequence[str], *, kind: str = "quote",
+async def extract_preview(node: PluginScope, lines: Sequence[str], *, kind: str = "quote",
                           plugins: Sequence[str] | None = None, user: str | None = None
                           ) -> Preview:
     """What the running node's plugins extract from each line and what they would
@@ -94,16 +144,112 @@ async def extract_preview(node: Node, lines: Sequence[str], *, kind: str = "quot
     return Preview(
         tuple(LinePreview(text, fields, tuple(found))
               for text, fields, found in zip(lines, extracted, per_line, strict=True)),
-        tuple(whole), tuple(name for name, _ in preview_host.for_user(user)))
+        tuple(whole), tuple(name for name, _ in preview_host.for_user(user)),
+        dict(preview_host.broken))
 
 
-async def user_list(node: Node) -> list[UserInfo]:
+async def user_list(node: PluginScope) -> list[UserInfo]:
     """The users the config records (``usagi user list``), by name."""
     users = node.home.load_config().users
-    out = []
-    for name, entry in sorted(users.items()):
-        subset = entry.get("plugins")
-        out.append(UserInfo(name, entry.get("did"),
-                            tuple(subset) if isinstance(subset, list) else None,
-                            entry.get("role") or None))
-    return out
+    return [_user_info(name, entry) for name, entry in sorted(users.items())]
+
+
+def _user_info(name: str, entry: Mapping[str, Any]) -> UserInfo:
+    subset = entry.get("plugins")
+    return UserInfo(name, entry.get("did"), tuple(subset) if isinstance(subset, list) else None,
+                    entry.get("role") or None)
+
+
+async def enable_plugin(node: PluginScope, name: str) -> tuple[str, ...]:
+    """Enable the installed plugin ``name`` (from the next start on); the enabled plugins.
+
+    PluginConfigError if it is not installed or does not start with this
+    node's settings for it. Enabling an enabled plugin changes nothing.
+    """
+    home = node.home
+    config = home.load_config()
+    installed = available()
+    if name not in installed:
+        raise PluginConfigError(f"no plugin {name!r} is installed; available: "
+                                f"{', '.join(sorted(installed)) or 'none'}")
+    host = PluginHost.load([name], settings=config.plugin_settings)
+    if name in host.broken:
+        raise PluginConfigError(f"plugin {name} is broken: {host.broken[name]}")
+    if name not in config.plugins:
+        config.plugins.append(name)
+        home.save_config(config)
+    return tuple(config.plugins)
+
+
+async def disable_plugin(node: PluginScope, name: str) -> tuple[str, ...]:
+    """Disable ``name`` (from the next start on); the plugins still enabled.
+
+    Documents already stored keep their fields. PluginConfigError if it is not enabled.
+    """
+    home = node.home
+    config = home.load_config()
+    if name not in config.plugins:
+        raise PluginConfigError(f"{name} is not enabled")
+    config.plugins.remove(name)
+    home.save_config(config)
+    return tuple(config.plugins)
+
+
+async def configure_plugin(node: PluginScope, name: str, *,
+                           values: Mapping[str, Any] | None = None, unset: Sequence[str] = (),
+                           clear: bool = False) -> PluginSettings:
+    """Change the settings of plugin ``name``: drop all (``clear``), then each of
+    ``unset``, then set ``values``; with none of them, only show them.
+
+    The plugin is started with the new settings first: settings it refuses
+    are not saved (PluginConfigError with its reason), nor are any for a
+    plugin that is not installed or a setting to unset that it does not have.
+    """
+    home = node.home
+    config = home.load_config()
+    if name not in available():
+        raise PluginConfigError(f"no plugin {name!r} is installed")
+    current: dict[str, Any] = {} if clear else dict(config.plugin_settings.get(name, {}))
+    for key in unset:
+        if key not in current:
+            raise PluginConfigError(f"{name} has no setting {key!r}")
+        del current[key]
+    current.update(values or {})
+    changed = bool(values or unset or clear)
+    if changed:
+        host = PluginHost.load([name], settings={name: current})
+        if name in host.broken:
+            raise PluginConfigError(f"not saved: {host.broken[name]}")
+        if current:
+            config.plugin_settings[name] = current
+        else:
+            config.plugin_settings.pop(name, None)
+        home.save_config(config)
+    return PluginSettings(name, current, changed)
+
+
+async def add_user(node: PluginScope, name: str, passphrase: str | None, *,
+                   plugins: Sequence[str] | None = None, role: str | None = None) -> UserInfo:
+    """Create user ``name`` with an own key (``passphrase`` protects it; None: stored
+    unprotected) working with ``plugins`` (None: every enabled plugin).
+
+    ConfigError for a name that is not allowed or a user that exists.
+    """
+    _users.add_user(node.home, name, passphrase, plugins=plugins, role=role)
+    return _user_info(name, node.home.load_config().users[name])
+
+
+async def move_user(node: PluginScope, name: str, plugins: Sequence[str] | None) -> UserInfo:
+    """Give user ``name`` another plugin subset (None: every enabled plugin).
+
+    A config change: documents already sent keep their fields. ConfigError
+    for a user the config does not know.
+    """
+    config = _users.move_user(node.home, name, plugins)
+    return _user_info(name, config.users[name])
+
+
+async def remove_user(node: PluginScope, name: str) -> None:
+    """Forget user ``name``; its key file is kept, renamed, because past approvals
+    name its DID. ConfigError for a user the config does not know."""
+    _users.remove_user(node.home, name)
