@@ -18,7 +18,7 @@ from kernel.errors import UsagiError
 __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "PartnerError",
            "NameTakenError", "PeerError", "BodyTooLargeError", "OverloadedError", "DuplicateError",
            "NotFoundError", "MethodNotAllowedError", "RequestTimeoutError", "InternalError",
-           "QuotaExceededError", "TEMPORARY", "TABLE", "UnknownCodeError", "http_status",
+           "InvalidQueryError", "QuotaExceededError", "TEMPORARY", "TABLE", "UnknownCodeError", "http_status",
            "exit_code"]
 
 
@@ -117,6 +117,12 @@ class InternalError(NodeError):
     code = "internal_error"
 
 
+class InvalidQueryError(NodeError):
+    """The search cannot be run as asked: an empty or too long query, a bad cursor or limit."""
+
+    code = "invalid_query"
+
+
 class DuplicateError(NodeError):
     """This signed document is already recorded under another envelope."""
 
@@ -194,6 +200,7 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "forbidden_scope": (403, 77),
     "not_loopback": (403, 77),
     "validation_failed": (422, 65),
+    "invalid_query": (400, 64),
 }
 
 

@@ -13,6 +13,7 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
                    verify_document
     partners.py    invite, add_partner, partners, rename_partner,
                    set_partner_status, quota, set_quota
+    search.py      search_documents, reindex_search
     this_node.py   node_status, key_info, rotate_key, announce_key, resume_outbox
 
 Faces import this package (``from usagi_p2p.node import operations``), not
@@ -57,6 +58,7 @@ from .partners import (
     set_partner_status,
     set_quota,
 )
+from .search import SearchHit, SearchPage, reindex_search, search_documents
 from .this_node import (
     KeyInfo,
     KeyRotation,
@@ -72,9 +74,11 @@ from .this_node import (
 __all__ = [  # the values, then the operations of the module docstring
     "ANSWERS", "CARRIED", "SERVE_STATE", "AckView", "Check", "Delivery", "DocumentEntry",
     "DocumentView", "KeyInfo", "KeyRotation", "NodeStatus", "PartnerChange", "PartnerStatus",
-    "Prepare", "QuotaUsage", "Rotation", "ThreadEntry", "Verification", "fill_extracted",
+    "Prepare", "QuotaUsage", "Rotation", "SearchHit", "SearchPage", "ThreadEntry",
+    "Verification", "fill_extracted",
     "send", "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
     "await_ack", "retry_outbox",
     "list_documents", "show_document", "thread_documents", "verify_document", "invite",
     "add_partner", "partners", "rename_partner", "set_partner_status", "quota", "set_quota",
-    "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox"]
+    "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox",
+    "search_documents", "reindex_search"]

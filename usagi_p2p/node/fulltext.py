@@ -1,0 +1,223 @@
+"""Full-text search: what of a document is indexed, how a query becomes an FTS5
+expression, and how a snippet is cut (docs/spec.md section 12, "Search").
+
+Pure functions; the ledger runs the SQL (``Ledger.search``), the operation
+``operations.search_documents`` gives faces typed results.
+
+**What is indexed**, per document, in the FTS5 table ``search`` (tokenizer
+``trigram``, so Japanese and any other script without spaces is found by any
+substring of three or more characters: ``ナット`` finds ``六角ナット``):
+
+* ``ref``: the document's reference;
+* ``body``: each line's ``text`` and ``ref``, the ``note``, and the values of
+  every plugin field (``ext``, of the document and of each line: what the
+  plugins extracted when it was sent), one per line;
+* ``partner``: the partner's name when the document was recorded;
+* ``party``: the partner's DID, so that a partner's *current* name finds its
+  documents after a rename: a query term that is part of a partner's name
+  today also matches ``party`` for that partner's keys (:func:`expression`).
+  The name is resolved at query time because a rename would otherwise rewrite
+  every row of the partner's documents, and the DID never changes.
+
+Text is indexed NFKC-normalised (full-width ``ＳＵＳ３０４`` is ``SUS304``,
+half-width ``ﾅｯﾄ`` is ``ナット``) and so are query terms; the trigram tokenizer
+matches case-insensitively.
+
+**Queries** are never passed to FTS5 as written. A query is split on white
+space into at most :data:`MAX_TERMS` terms; a document matches when every term
+occurs in it. Each term of three or more characters becomes an FTS5 string
+(``"…"``, inner quotes doubled), so ``"``, ``*``, ``NEAR``, ``AND``, ``-`` or
+``col:`` are just characters to look for. A term of one or two characters
+cannot use a trigram index; it is looked for as a substring (``LIKE``, case-
+insensitive for ASCII letters) in the rows the other terms and filters leave,
+or in every row when the query has no longer term.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from kernel import dagcbor
+from kernel import envelope as kenvelope
+
+from .errors import InvalidQueryError
+
+__all__ = ["InvalidQueryError", "Query", "MAX_QUERY", "MAX_TERMS", "TRIGRAM", "document_text",
+           "signed_text", "normalise", "parse_query", "expression", "like_pattern", "snippet"]
+
+#: The longest query accepted, in characters.
+MAX_QUERY: Final = 500
+#: The most terms a query may have.
+MAX_TERMS: Final = 16
+#: Characters a term needs to be looked up in the trigram index.
+TRIGRAM: Final = 3
+#: Characters of context a snippet keeps around its first match.
+SNIPPET_CONTEXT: Final = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed query: its terms (normalised), long ones and short ones."""
+
+    terms: tuple[str, ...]
+
+    @property
+    def long(self) -> tuple[str, ...]:
+        """Terms the trigram index can look up."""
+        return tuple(t for t in self.terms if len(t) >= TRIGRAM)
+
+    @property
+    def short(self) -> tuple[str, ...]:
+        """Terms of one or two characters: a substring scan (``LIKE``)."""
+        return tuple(t for t in self.terms if len(t) < TRIGRAM)
+
+
+def normalise(text: str) -> str:
+    """Text as it is indexed and looked for: NFKC."""
+    return unicodedata.normalize("NFKC", text)
+
+
+def parse_query(text: str) -> Query:
+    """The terms of a user's query; :class:`InvalidQueryError` when it has none or too many."""
+    if len(text) > MAX_QUERY:
+        raise InvalidQueryError(f"a search query has at most {MAX_QUERY} characters, "
+                                f"this one {len(text)}")
+    terms: list[str] = []
+    for raw in normalise(text).split():
+        term = "".join(c for c in raw if unicodedata.category(c)[0] != "C")
+        if term and term not in terms:
+            terms.append(term)
+    if not terms:
+        raise InvalidQueryError("the search query is empty: give a word to look for")
+    if len(terms) > MAX_TERMS:
+        raise InvalidQueryError(f"a search query has at most {MAX_TERMS} terms, "
+                                f"this one {len(terms)}")
+    return Query(tuple(terms))
+
+
+def _string(text: str) -> str:
+    """``text`` as an FTS5 string: in double quotes, each inner one doubled."""
+    return '"' + text.replace('"', '""') + '"'
+
+
+def expression(query: Query, parties: Mapping[str, Sequence[str]]) -> str | None:
+    """The FTS5 MATCH expression of the query's long terms (None if it has none).
+
+    ``parties``: term -> the DIDs of partners whose current name contains it;
+    that term then also matches those partners' documents.
+    """
+    parts = []
+    for term in query.long:
+        alternatives = ["{ref body partner} : " + _string(term)]
+        alternatives += ["party : " + _string(did) for did in parties.get(term, ())]
+        parts.append("(" + " OR ".join(alternatives) + ")")
+    return " AND ".join(parts) or None
+
+
+def like_pattern(term: str) -> str:
+    """``term`` as a LIKE pattern matching it anywhere (escape character ``\\``)."""
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _values(value: Any) -> Iterable[str]:
+    """Every text or number in a plugin field's value, depth first."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        yield str(value)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _values(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _values(v)
+
+
+def document_text(document: Mapping[str, Any]) -> str:
+    """The ``body`` column of a document (see the module docstring): lines' text and
+    references, the note, plugin field values; one per line, NFKC."""
+    parts: list[str] = []
+    lines = document.get("lines")
+    for line in lines if isinstance(lines, list) else ():
+        if not isinstance(line, Mapping):
+            continue
+        for key in ("text", "ref"):
+            if isinstance(line.get(key), str):
+                parts.append(line[key])
+        parts.extend(_values(line.get("ext")))
+    if isinstance(document.get("note"), str):
+        parts.append(document["note"])
+    parts.extend(_values(document.get("ext")))
+    return normalise("\n".join(p for p in parts if p))
+
+
+def signed_text(signed: bytes) -> str:
+    """:func:`document_text` of a signed document as the ledger holds it ("" if it
+    cannot be read). Not verified again: the ledger holds only documents that
+    verified when they were recorded."""
+    try:
+        wrapper = dagcbor.decode(signed)
+        body = dagcbor.decode(wrapper["body"], kenvelope.DOCUMENT_LIMITS)
+    except Exception:  # noqa: BLE001 (an unreadable row is indexed without its body)
+        return ""
+    return document_text(body) if isinstance(body, Mapping) else ""
+
+
+def _folded(text: str) -> str:
+    """``text`` lower-cased character by character, keeping every offset."""
+    return "".join(low if len(low := c.lower()) == 1 else c for c in text)
+
+
+def snippet(texts: Sequence[str], terms: Sequence[str], context: int = SNIPPET_CONTEXT
+            ) -> tuple[tuple[str, bool], ...]:
+    """A piece of the first line of ``texts`` holding a term, as (text, is a match) segments.
+
+    The window runs ``context`` characters either side of the first match
+    (an ellipsis marks a cut); every term inside it is marked. No match (a
+    document found by its partner's current name): the start of the first
+    non-empty text, unmarked.
+    """
+    needles = [_folded(t) for t in terms if t]
+    # Line by line: a line's text, a note, each plugin value is shown on its own.
+    texts = [line for text in texts for line in text.split("\n")]
+    for text in texts:
+        folded = _folded(text)
+        hits = [(i, n) for n in needles if (i := folded.find(n)) >= 0]
+        if not hits:
+            continue
+        first = min(i for i, _ in hits)
+        start, end = max(0, first - context), min(len(text), first + context * 2)
+        window = folded[start:end]
+        marked = [False] * (end - start)
+        for needle in needles:
+            at = window.find(needle)
+            while at >= 0:
+                for k in range(at, min(at + len(needle), len(marked))):
+                    marked[k] = True
+                at = window.find(needle, at + 1)
+        segments = [("…", False)] if start > 0 else []
+        segments += [(text[k], marked[k - start]) for k in range(start, end)]
+        if end < len(text):
+            segments.append(("…", False))
+        return tuple(_merge(segments))
+    for text in texts:
+        if text:
+            cut = text[:context * 3]
+            return ((cut + ("…" if len(text) > len(cut) else ""), False),)
+    return ()
+
+
+def _merge(segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    out: list[tuple[str, bool]] = []
+    for text, flag in segments:
+        if out and out[-1][1] == flag:
+            out[-1] = (out[-1][0] + text, flag)
+        else:
+            out.append((text, flag))
+    return out
