@@ -58,7 +58,7 @@ from .partners import (
     set_partner_status,
     set_quota,
 )
-from .search import SearchHit, SearchPage, reindex_search, search_documents
+from .search import MAX_LIMIT, SearchHit, SearchPage, reindex_search, search_documents
 from .this_node import (
     KeyInfo,
     KeyRotation,
@@ -81,4 +81,4 @@ __all__ = [  # the values, then the operations of the module docstring
     "list_documents", "show_document", "thread_documents", "verify_document", "invite",
     "add_partner", "partners", "rename_partner", "set_partner_status", "quota", "set_quota",
     "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox",
-    "search_documents", "reindex_search"]
+    "search_documents", "reindex_search", "MAX_LIMIT"]
