@@ -13,8 +13,9 @@ substring of three or more characters: ``ナット`` finds ``六角ナット``):
   every plugin field (``ext``, of the document and of each line: what the
   plugins extracted when it was sent), one per line;
 * ``partner``: the partner's name when the document was recorded;
-* ``party``: the partner's DID, so that a partner's *current* name finds its
-  documents after a rename: a query term that is part of a partner's name
+* ``party``: a key of the partner's DID (:func:`party_key`: 12 characters, not
+  the DID's 56, since every character costs index entries), so that a
+  partner's *current* name finds its documents after a rename: a query term that is part of a partner's name
   today also matches ``party`` for that partner's keys (:func:`expression`).
   The name is resolved at query time because a rename would otherwise rewrite
   every row of the partner's documents, and the DID never changes.
@@ -35,6 +36,7 @@ or in every row when the query has no longer term.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +48,7 @@ from kernel import envelope as kenvelope
 from .errors import InvalidQueryError
 
 __all__ = ["InvalidQueryError", "Query", "MAX_QUERY", "MAX_TERMS", "TRIGRAM", "document_text",
-           "signed_text", "normalise", "parse_query", "expression", "like_pattern", "snippet"]
+           "signed_text", "normalise", "party_key", "parse_query", "expression", "like_pattern", "snippet"]
 
 #: The longest query accepted, in characters.
 MAX_QUERY: Final = 500
@@ -73,6 +75,12 @@ class Query:
     def short(self) -> tuple[str, ...]:
         """Terms of one or two characters: a substring scan (``LIKE``)."""
         return tuple(t for t in self.terms if len(t) < TRIGRAM)
+
+
+def party_key(did: str) -> str:
+    """The ``party`` column's key for a DID: ``@`` and 11 characters of its SHA-256
+    (a collision would only add another partner's documents to a term's matches)."""
+    return "@" + hashlib.sha256(did.encode()).hexdigest()[:11]
 
 
 def normalise(text: str) -> str:
@@ -112,7 +120,7 @@ def expression(query: Query, parties: Mapping[str, Sequence[str]]) -> str | None
     parts = []
     for term in query.long:
         alternatives = ["{ref body partner} : " + _string(term)]
-        alternatives += ["party : " + _string(did) for did in parties.get(term, ())]
+        alternatives += ["party : " + _string(party_key(did)) for did in parties.get(term, ())]
         parts.append("(" + " OR ".join(alternatives) + ")")
     return " AND ".join(parts) or None
 

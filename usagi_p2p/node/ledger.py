@@ -41,7 +41,7 @@ from kernel.cid import CID
 from kernel.thread import Held, canonical
 
 from .errors import NameTakenError
-from .fulltext import normalise, signed_text
+from .fulltext import normalise, party_key, signed_text
 from .schema import MIGRATIONS
 
 __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow", "Snapshot", "ExportRow", "Restore",
@@ -417,7 +417,7 @@ def _insert_received(row: DocumentRow, prev: bytes) -> tuple[str, Sequence[Any]]
 _INDEX_ID: Final = "INSERT OR IGNORE INTO search_rows (cid) SELECT cid FROM documents WHERE cid = ?"
 _INDEX: Final = (
     "INSERT INTO search (rowid, ref, body, partner, party) SELECT r.id, ?1, ?2, "
-    "coalesce((SELECT name FROM partners WHERE did = ?3), ''), ?3 FROM search_rows r "
+    "coalesce((SELECT name FROM partners WHERE did = ?3), ''), ?5 FROM search_rows r "
     "WHERE r.cid = ?4 AND NOT EXISTS (SELECT 1 FROM search WHERE rowid = r.id)")
 
 
@@ -432,7 +432,7 @@ def _index_statements(items: Sequence[tuple[bytes, str | None, str, str]]
                       ) -> list[tuple[str, Sequence[Any]]]:
     """For each (cid, ref, partner DID, body text): its search row (``_INDEX``)."""
     ids: list[tuple[str, Sequence[Any]]] = [(_INDEX_ID, (cid,)) for cid, *_ in items]
-    return ids + [(_INDEX, (normalise(ref or ""), body, partner, cid))
+    return ids + [(_INDEX, (normalise(ref or ""), body, partner, cid, party_key(partner)))
                   for cid, ref, partner, body in items]
 
 
@@ -1023,7 +1023,7 @@ class Ledger:
             args += [pattern] * 3
             if dids:
                 alternatives.append(f"search.party IN ({','.join('?' * len(dids))})")
-                args += dids
+                args += [party_key(did) for did in dids]
             where.append("(" + " OR ".join(alternatives) + ")")
         if not where:
             raise ValueError("a search needs an expression or a pattern")
