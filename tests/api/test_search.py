@@ -45,7 +45,7 @@ async def test_search_finds_a_quote_received_and_refuses_what_it_cannot_run(
             assert status == 200 and len(body["results"]) == 1  # type: ignore[index]
             hit = body["results"][0]  # type: ignore[index]
             assert hit["partner"] == {"did": pair.seller.did, "name": "Kanto Machine Tools"}
-            assert {"text": "ナット", "match": True} in hit["snippet"]
+            assert hit["snippet"] == {"text": "M6 六角ナット SUS304 500個", "matches": [[5, 8]]}
             status, _, body = await _search(api, "q=" + quote("ボルト"))
             assert (status, body) == (200, {"results": [], "cursor": None})
             # Hostile FTS syntax is text: an answer, never a 500.

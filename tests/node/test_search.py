@@ -10,7 +10,7 @@ import pytest
 
 from usagi_p2p.node import operations
 from usagi_p2p.node.errors import InvalidQueryError
-from usagi_p2p.node.fulltext import parse_query, snippet
+from usagi_p2p.node.fulltext import Snippet, normalise, parse_query, snippet
 from usagi_p2p.node.node import Node
 
 from .conftest import make_home, paired, start
@@ -51,8 +51,9 @@ async def test_a_quote_is_found_on_both_sides_by_text_ref_and_partner(pair) -> N
     assert (hit.kind, hit.ref, hit.direction, hit.partner) == ("quote", "Q-2026-001", "in",
                                                                 pair.seller.did)
     assert hit.partner_name == "Kanto Machine Tools" and page.cursor is None
-    assert ("ナット", True) in hit.snippet
-    assert "".join(text for text, _ in hit.snippet) == "M6 六角ナット SUS304 500個"
+    text = "M6 六角ナット SUS304 500個"
+    assert hit.snippet.text.startswith(text + "\n")  # then the note, in the window
+    assert hit.snippet.matches == ((text.index("ナット"), text.index("ナット") + 3),)
 
 
 async def test_one_and_two_character_terms_are_looked_for_as_substrings(pair) -> None:  # noqa: ANN001
@@ -201,10 +202,12 @@ def test_a_query_is_split_into_normalised_terms() -> None:
     assert parse_query("M6 六角ナット").long == ("六角ナット",)
 
 
-def test_a_snippet_marks_every_term_in_its_window() -> None:
+def test_a_snippet_locates_every_term_in_its_window() -> None:
     text = "x" * 100 + " M6 六角ナット SUS304 " + "y" * 100
-    pieces = snippet([text], ["ナット", "sus"])
-    assert pieces[0] == ("…", False) or pieces[0][0].startswith("…")
-    assert ("ナット", True) in pieces and ("SUS", True) in pieces
-    assert pieces[-1][0].endswith("…")
-    assert snippet(["", "no match here"], ["zzz"]) == (("no match here", False),)
+    found = snippet([text], ["ナット", "sus", "六角ナ"])
+    assert found.text.startswith("…") and found.text.endswith("…")
+    assert [found.text[a:b] for a, b in found.matches] == ["六角ナット", "SUS"]
+    assert snippet(["", "no match here"], ["zzz"]) == Snippet("no match here")
+    # A partner's control characters are indexed (and shown) as spaces: a NUL
+    # would otherwise end the text for the tokenizer.
+    assert normalise("a\x00b\x1bc\x9bd\ne\tf") == "a b c d\ne\tf"

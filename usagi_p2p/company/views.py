@@ -148,12 +148,12 @@ def search_json(page: ops.SearchPage) -> dict[str, Any]:
         {"cid": str(h.cid), "direction": h.direction, "kind": h.kind, "ref": h.ref,
          "partner": {"did": h.partner, "name": h.partner_name}, "issued_at": h.issued_at,
          "recorded_at": format_time(h.recorded_at), "status": h.status,
-         "snippet": [{"text": text, "match": match} for text, match in h.snippet]}
+         "snippet": {"text": h.snippet.text,
+                     "matches": [list(span) for span in h.snippet.matches]}}
         for h in page.hits], "cursor": page.cursor}
 
 
 def search_row(h: ops.SearchHit) -> list[Any]:
-    # The match between 【 and 】; the text stays the partner's (table() escapes it).
-    match = "".join(f"【{text}】" if marked else text for text, marked in h.snippet)
-    return [format_time(h.recorded_at), h.kind, h.ref, h.partner_name or h.partner[:20], match,
-            str(h.cid)]
+    # The partner's text as written, unmarked (table() escapes it).
+    return [format_time(h.recorded_at), h.kind, h.ref, h.partner_name or h.partner[:20],
+            h.snippet.text, str(h.cid)]

@@ -48,7 +48,8 @@ from kernel import envelope as kenvelope
 from .errors import InvalidQueryError
 
 __all__ = ["InvalidQueryError", "Query", "MAX_QUERY", "MAX_TERMS", "TRIGRAM", "document_text",
-           "signed_text", "normalise", "party_key", "parse_query", "expression", "like_pattern", "snippet"]
+           "signed_text", "normalise", "party_key", "Snippet", "parse_query", "expression",
+           "like_pattern", "snippet"]
 
 #: The longest query accepted, in characters.
 MAX_QUERY: Final = 500
@@ -83,9 +84,15 @@ def party_key(did: str) -> str:
     return "@" + hashlib.sha256(did.encode()).hexdigest()[:11]
 
 
+#: Control characters but the line feed and the tab, each indexed as a space: a
+#: NUL would end the text for the tokenizer, and none of them is looked for.
+_CONTROLS: Final = {c: " " for c in (*range(0x00, 0x20), *range(0x7F, 0xA0))
+                    if c not in (0x09, 0x0A)}
+
+
 def normalise(text: str) -> str:
-    """Text as it is indexed and looked for: NFKC."""
-    return unicodedata.normalize("NFKC", text)
+    """Text as it is indexed and looked for: NFKC, control characters as spaces."""
+    return unicodedata.normalize("NFKC", text).translate(_CONTROLS)
 
 
 def parse_query(text: str) -> Query:
@@ -182,50 +189,50 @@ def _folded(text: str) -> str:
     return "".join(low if len(low := c.lower()) == 1 else c for c in text)
 
 
-def snippet(texts: Sequence[str], terms: Sequence[str], context: int = SNIPPET_CONTEXT
-            ) -> tuple[tuple[str, bool], ...]:
-    """A piece of the first line of ``texts`` holding a term, as (text, is a match) segments.
+@dataclass(frozen=True, slots=True)
+class Snippet:
+    """Where a document matched: a piece of its text, and the (start, end) offsets
+    in it, in characters, of each match. The text is kept whole (a face marks
+    the ranges as it likes, and escapes the partner's text as it must)."""
 
-    The window runs ``context`` characters either side of the first match
-    (an ellipsis marks a cut); every term inside it is marked. No match (a
-    document found by its partner's current name): the start of the first
-    non-empty text, unmarked.
+    text: str
+    matches: tuple[tuple[int, int], ...] = ()
+
+
+def snippet(texts: Sequence[str], terms: Sequence[str], context: int = SNIPPET_CONTEXT
+            ) -> Snippet:
+    """A piece of the first of ``texts`` holding a term, every term in it located.
+
+    The window runs ``context`` characters before the first match and twice
+    that after it (an ellipsis marks a cut). No match (a document found by its
+    partner's current name): the start of the first non-empty text.
     """
     needles = [_folded(t) for t in terms if t]
-    # Line by line: a line's text, a note, each plugin value is shown on its own.
-    texts = [line for text in texts for line in text.split("\n")]
     for text in texts:
         folded = _folded(text)
-        hits = [(i, n) for n in needles if (i := folded.find(n)) >= 0]
+        hits = [i for n in needles if (i := folded.find(n)) >= 0]
         if not hits:
             continue
-        first = min(i for i, _ in hits)
+        first = min(hits)
         start, end = max(0, first - context), min(len(text), first + context * 2)
+        lead = "…" if start > 0 else ""
         window = folded[start:end]
-        marked = [False] * (end - start)
+        spans: list[tuple[int, int]] = []
         for needle in needles:
             at = window.find(needle)
             while at >= 0:
-                for k in range(at, min(at + len(needle), len(marked))):
-                    marked[k] = True
+                spans.append((at, min(at + len(needle), len(window))))
                 at = window.find(needle, at + 1)
-        segments = [("…", False)] if start > 0 else []
-        segments += [(text[k], marked[k - start]) for k in range(start, end)]
-        if end < len(text):
-            segments.append(("…", False))
-        return tuple(_merge(segments))
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(spans):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        return Snippet(lead + text[start:end] + ("…" if end < len(text) else ""),
+                       tuple((a + len(lead), b + len(lead)) for a, b in merged))
     for text in texts:
         if text:
             cut = text[:context * 3]
-            return ((cut + ("…" if len(text) > len(cut) else ""), False),)
-    return ()
-
-
-def _merge(segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
-    out: list[tuple[str, bool]] = []
-    for text, flag in segments:
-        if out and out[-1][1] == flag:
-            out[-1] = (out[-1][0] + text, flag)
-        else:
-            out.append((text, flag))
-    return out
+            return Snippet(cut + ("…" if len(text) > len(cut) else ""))
+    return Snippet("")

@@ -15,7 +15,7 @@ from typing import Final, Literal
 
 from kernel.cid import CID
 
-from ..fulltext import InvalidQueryError, expression, like_pattern, parse_query, snippet
+from ..fulltext import InvalidQueryError, Snippet, expression, like_pattern, parse_query, snippet
 from ..ledger import fold
 from ..node import Node
 
@@ -43,9 +43,9 @@ class SearchHit:
     issued_at: str
     recorded_at: datetime
     status: str
-    #: Where it matched: (text, is a match) pieces of its reference, text or
-    #: partner name; the text is the partner's as written (faces escape it).
-    snippet: tuple[tuple[str, bool], ...]
+    #: Where it matched, in its text, reference or partner name; the text is
+    #: the partner's as written, control characters as spaces (faces escape it).
+    snippet: Snippet
 
 
 @dataclass(frozen=True, slots=True)
