@@ -369,6 +369,9 @@ def test_every_command_prints_a_hostile_partners_text_inert(tmp_path: Path) -> N
             usagi(*json_flag, "partner", "list",
                   expect=("MARKUP", "FORGED-LINE") if added.returncode == 0 else ("MARKUP",))
             usagi(*json_flag, "status")
+            # Her text in a search result's snippet and her name (the match is marked).
+            usagi(*json_flag, "search", "MARKUP", expect=("MARKUP",))
+            usagi(*json_flag, "search", "FORGED-LINE", expect=("FORGED-LINE",))
 
         # Answering her quote: the carried lines hold her text (the findings on
         # them print it); her front rejects the order with a forged receipt.

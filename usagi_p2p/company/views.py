@@ -25,7 +25,7 @@ __all__ = ["DOCUMENT_HEADERS", "THREAD_HEADERS", "PARTNER_HEADERS", "QUOTA_HEADE
            "thread_row",
            "verification_json", "sent_json", "partner_json", "partner_row", "quota_json",
            "quota_row", "status_json", "key_json", "show_document", "thread_documents",
-           "verify_document"]
+           "verify_document", "SEARCH_HEADERS", "search_json", "search_row"]
 
 DOCUMENT_HEADERS: Final = ["issued", "kind", "ref", "partner", "status", "cid"]
 THREAD_HEADERS: Final = ["issued", "kind", "ref", "direction", "status", "cid"]
@@ -148,3 +148,25 @@ async def verify_document(node: Node, cid: CID) -> dict[str, Any]:
     from ..node import operations as ops
 
     return verification_json(await ops.verify_document(node, cid))
+
+
+# -- search -------------------------------------------------------------------
+
+SEARCH_HEADERS: Final = ["recorded", "kind", "ref", "partner", "match", "cid"]
+
+
+def search_json(page: ops.SearchPage) -> dict[str, Any]:
+    """A page of search results (``usagi search --json`` and ``GET /api/v1/search``)."""
+    return {"results": [
+        {"cid": str(h.cid), "direction": h.direction, "kind": h.kind, "ref": h.ref,
+         "partner": {"did": h.partner, "name": h.partner_name}, "issued_at": h.issued_at,
+         "recorded_at": format_time(h.recorded_at), "status": h.status,
+         "snippet": {"text": h.snippet.text,
+                     "matches": [list(span) for span in h.snippet.matches]}}
+        for h in page.hits], "cursor": page.cursor}
+
+
+def search_row(h: ops.SearchHit) -> list[Any]:
+    # The partner's text as written, unmarked (table() escapes it).
+    return [format_time(h.recorded_at), h.kind, h.ref, h.partner_name or h.partner[:20],
+            h.snippet.text, str(h.cid)]

@@ -21,7 +21,8 @@ __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "Pa
            "NotFoundError", "MethodNotAllowedError", "RequestTimeoutError", "InternalError",
            "QuotaExceededError", "UnknownDocumentError", "InvalidCursorError",
            "IdempotencyKeyReusedError", "IdempotencyInProgressError", "IdempotencyKeysExhaustedError",
-           "PluginConfigError", "TEMPORARY", "TABLE", "UnknownCodeError", "http_status",
+           "PluginConfigError", "InvalidQueryError", "TEMPORARY", "TABLE", "UnknownCodeError",
+           "http_status",
            "exit_code"]
 
 
@@ -142,6 +143,12 @@ class PluginConfigError(NodeError):
     code = "plugin_error"
 
 
+class InvalidQueryError(NodeError):
+    """The search cannot be run as asked: an empty or too long query, a bad cursor or limit."""
+
+    code = "invalid_query"
+
+
 class DuplicateError(NodeError):
     """This signed document is already recorded under another envelope."""
 
@@ -257,6 +264,7 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "idempotency_key_reused": (422, 65),
     "idempotency_in_progress": (409, 75),
     "idempotency_keys_exhausted": (429, 75),
+    "invalid_query": (400, 64),
 }
 
 

@@ -42,10 +42,11 @@ from kernel import Held, canonical
 from kernel.cid import CID
 
 from .errors import NameTakenError
+from .fulltext import normalise, party_key, signed_text
 from .schema import MIGRATIONS
 
 __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow", "Snapshot", "ExportRow", "Restore",
-           "QuarantineRow", "KeyClaim", "KeyRow"]
+           "QuarantineRow", "KeyClaim", "KeyRow", "SearchRow"]
 
 log = logging.getLogger("usagi.ledger")
 
@@ -155,6 +156,27 @@ class DocumentRow:
     signed: bytes
     user: str | None
     findings: str | None = None
+    #: What the search index holds of the document's body (``fulltext.document_text``),
+    #: given by who records it, since it has the opened document at hand; None
+    #: when read back, and when not given (then the ledger reads it from ``signed``).
+    text: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRow:
+    """A document a search found (``Ledger.search``): what a listing shows, and the
+    indexed text for the snippet."""
+
+    cid: CID
+    direction: str
+    partner: str
+    kind: str
+    ref: str | None
+    issued_at: str
+    recorded_at: float
+    status: str
+    #: The indexed columns: (ref, body, partner name when recorded).
+    texts: tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +472,38 @@ def _insert_received(row: DocumentRow, prev: bytes) -> tuple[str, Sequence[Any]]
          row.issued_at, row.recorded_at, row.status, row.reason, row.digest, row.signed,
          row.user, row.findings, prev, row.digest, row.cid.raw),
     )
+
+
+#: A recorded document's search row: its ``search_rows`` id is taken first, then
+#: the row written under it unless it is there (a document recorded twice, or
+#: indexed by a backfill meanwhile). The partner's name is the one it has now,
+#: in the same transaction. Both statements do nothing for a document the
+#: transaction did not record (a received duplicate left out).
+_INDEX_ID: Final = "INSERT OR IGNORE INTO search_rows (cid) SELECT cid FROM documents WHERE cid = ?"
+_INDEX: Final = (
+    "INSERT INTO search (rowid, ref, body, partner, party) SELECT r.id, ?1, ?2, "
+    "coalesce((SELECT name FROM partners WHERE did = ?3), ''), ?5 FROM search_rows r "
+    "WHERE r.cid = ?4 AND NOT EXISTS (SELECT 1 FROM search WHERE rowid = r.id)")
+
+
+def _indexing(rows: Iterable[DocumentRow]) -> list[tuple[str, Sequence[Any]]]:
+    """The statements that put ``rows`` in the search index (fulltext.py)."""
+    return _index_statements([(row.cid.raw, row.ref, row.partner,
+                               row.text if row.text is not None else signed_text(row.signed))
+                              for row in rows])
+
+
+def _index_statements(items: Sequence[tuple[bytes, str | None, str, str]]
+                      ) -> list[tuple[str, Sequence[Any]]]:
+    """For each (cid, ref, partner DID, body text): its search row (``_INDEX``)."""
+    ids: list[tuple[str, Sequence[Any]]] = [(_INDEX_ID, (cid,)) for cid, *_ in items]
+    return ids + [(_INDEX, (normalise(ref or ""), body, partner, cid, party_key(partner)))
+                  for cid, ref, partner, body in items]
+
+
+def _pending_texts(rows: Sequence[Any]) -> list[tuple[bytes, str | None, str, str]]:
+    """(cid, ref, partner, signed) -> (cid, ref, partner, body text); blocking."""
+    return [(cid, ref, partner, signed_text(signed)) for cid, ref, partner, signed in rows]
 
 
 def _lease(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
@@ -785,7 +839,7 @@ class Ledger:
                 ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
                  "VALUES (?,?,?,?,?)", (row.cid.raw, row.partner, notice, 0.0, now))
                 for row, _, notice in items]
-            await self.write(documents + queued)
+            await self.write(documents + queued + _indexing(row for row, _, _ in items))
             return True
         if len(items) != 1:
             raise ValueError("a keyed request sends one document")
@@ -803,6 +857,8 @@ class Ledger:
               row.user, row.findings, prev, *keyed)),
             ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
              f"SELECT ?,?,?,?,? {held}", (row.cid.raw, row.partner, notice, 0.0, now, *keyed)),
+            # Indexed only if the document went in (the statements ask the documents table).
+            *_indexing([row]),
         ], reads=[("SELECT count(*) FROM documents WHERE cid = ?", (row.cid.raw,))])
         return bool(found[0][0][0])
 
@@ -871,7 +927,8 @@ class Ledger:
                            "SELECT ?,?,?,?,? WHERE EXISTS (SELECT 1 FROM documents WHERE cid = ?)",
                            (sender, nonce, row.cid.raw, ack, now, row.cid.raw)))
         cids = list({row.cid.raw: None for row, *_ in items})
-        return (documents + acks + nonces + [(_ADD_USAGE, u) for u in usage],
+        return (documents + acks + nonces + [(_ADD_USAGE, u) for u in usage]
+                + _indexing(row for row, *_ in items),
                 _chunked(_RECORDED, (), cids))
 
     async def add_quota_usage(self, usage: Sequence[tuple[str, float, int, int]]) -> None:
@@ -1035,6 +1092,83 @@ class Ledger:
             return None, None
         return ((row[1], row[2], row[3]) if row[1] is not None else None), row[0]
 
+    # -- search (usagi_p2p/node/fulltext.py) ----------------------------------
+
+    async def search(self, match: str | None, likes: Sequence[tuple[str, Sequence[str]]], *,
+                     partners: Sequence[str] | None = None, kind: str | None = None,
+                     direction: str | None = None, limit: int = 20, offset: int = 0
+                     ) -> list[SearchRow]:
+        """The documents whose search row matches, best first (bm25, a reference
+        weighing most), then newest.
+
+        ``match``: an FTS5 expression made by ``fulltext.expression`` (never a
+        user's text). ``likes``: (LIKE pattern, DIDs) pairs, each met by the
+        pattern in the reference, body or partner name, or by a party among the
+        DIDs. At least one of the two. ``partners``, ``kind``, ``direction``
+        narrow it further.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        if match is not None:
+            where.append("search MATCH ?")
+            args.append(match)
+        for pattern, dids in likes:
+            alternatives = [f"search.{column} LIKE ? ESCAPE '\\'"
+                            for column in ("ref", "body", "partner")]
+            args += [pattern] * 3
+            if dids:
+                alternatives.append(f"search.party IN ({','.join('?' * len(dids))})")
+                args += [party_key(did) for did in dids]
+            where.append("(" + " OR ".join(alternatives) + ")")
+        if not where:
+            raise ValueError("a search needs an expression or a pattern")
+        if partners:
+            where.append(f"d.partner IN ({','.join('?' * len(partners))})")
+            args += partners
+        for column, value in (("kind", kind), ("direction", direction)):
+            if value:
+                where.append(f"d.{column} = ?")
+                args.append(value)
+        rank = "bm25(search, 4.0, 1.0, 2.0, 2.0), " if match is not None else ""
+        rows = await self._all(
+            "SELECT d.cid, d.direction, d.partner, d.kind, d.ref, d.issued_at, d.recorded_at, "
+            "d.status, search.ref, search.body, search.partner FROM search "
+            "JOIN search_rows r ON r.id = search.rowid JOIN documents d ON d.cid = r.cid "
+            f"WHERE {' AND '.join(where)} ORDER BY {rank}d.recorded_at DESC, d.cid "
+            "LIMIT ? OFFSET ?", (*args, limit, offset))
+        return [SearchRow(CID.from_bytes(r[0]), r[1], r[2], r[3], r[4], r[5], float(r[6]), r[7],
+                          (r[8], r[9], r[10])) for r in rows]
+
+    async def index_backlog(self) -> int:
+        """How many documents wait to be indexed (``index_pending``)."""
+        return int((await self._one("SELECT count(*) FROM search_pending"))[0])
+
+    async def index_pending(self, batch: int = 1000) -> int:
+        """Index up to ``batch`` of the documents waiting (a ledger from before the
+        index, or after ``reset_index``), in one transaction; return how many wait
+        still. Each body is read from the signed document the ledger holds, so no
+        key is needed; the partner's name is the one it has now."""
+        rows = await self._all(
+            "SELECT p.cid, d.ref, d.partner, d.signed FROM search_pending p "
+            "LEFT JOIN documents d ON d.cid = p.cid LIMIT ?", (batch,))
+        if not rows:
+            return 0
+        found = [r for r in rows if r[3] is not None]
+        items = await asyncio.to_thread(_pending_texts, found)
+        done: list[tuple[str, Sequence[Any]]] = [
+            ("DELETE FROM search_pending WHERE cid = ?", (r[0],)) for r in rows]
+        left = await self.write(_index_statements(items) + done,
+                                reads=[("SELECT count(*) FROM search_pending", ())])
+        return int(left[0][0][0])
+
+    async def reset_index(self) -> int:
+        """Empty the search index and list every document to be indexed again; how many."""
+        found = await self.write([
+            ("DELETE FROM search", ()), ("DELETE FROM search_rows", ()),
+            ("INSERT OR IGNORE INTO search_pending (cid) SELECT cid FROM documents", ()),
+        ], reads=[("SELECT count(*) FROM search_pending", ())])
+        return int(found[0][0][0])
+
     # -- archives -----------------------------------------------------------
 
     def snapshot(self, *, partner: str | None = None, since: float | None = None,
@@ -1089,6 +1223,8 @@ class Ledger:
         statements += [("INSERT OR IGNORE INTO rotations (old, new, overlap_until, statement) "
                         "VALUES (?,?,0,x'')", (old, new))
                        for old, new in page.own_rotations.items()]
+        # Last: the partners restored above give the documents' names.
+        statements += _indexing(row for row, _ in page.documents)
         await self.write(statements)
 
     # -- outbox -------------------------------------------------------------

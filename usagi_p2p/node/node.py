@@ -19,6 +19,11 @@ for partners. It
 
 Time is read from ``self.clock`` so tests can move it; every part of the node
 reads it from there.
+
+About 600 lines: the Node is the one object the faces, the peer listener and
+the operations hold, so its lifecycle, keys and rotations, partners and the
+sending path stay together; receiving, delivery and the operations, which
+only use it, live in modules of their own.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from kernel.plugin import Finding
 
 from .delivery import CONTENT_TYPE, NOTICES_PATH, Delivery, read_capped, read_prefix
 from .errors import IdempotencyInProgressError, InvitationError, PartnerError, PeerError
+from .fulltext import document_text
 from .home import Config, Home
 from .httpsig import sign_request
 from .intake import FETCH_BUDGET, Intake
@@ -163,6 +169,7 @@ class Node:
 
     async def open(self) -> None:
         await self.ledger.open()
+        await self.index_backlog()
         self._own_overlaps = {old: until for old, _, until, _ in await self.ledger.own_rotations()}
         await self.store.open()
         # Names a partner's endpoint uses are resolved through the endpoint policy.
@@ -171,6 +178,28 @@ class Node:
         connector = aiohttp.TCPConnector(limit=64, limit_per_host=32, resolver=resolver)
         self._session = aiohttp.ClientSession(connector=connector)
         self._gateway = GatewayClient(self._session, timeout=30.0)
+
+    async def index_backlog(self, progress: Callable[[int, int], None] | None = None,
+                            batch: int = 1000) -> int:
+        """Index the documents the search index lacks (a ledger from before it, or
+        one whose index was reset), in batches; return how many.
+
+        Runs when the node opens, so the first open after the upgrade takes a
+        moment for a large ledger (a warning says so); ``progress(done, total)``
+        is called after each batch.
+        """
+        total = await self.ledger.index_backlog()
+        if not total:
+            return 0
+        if total > batch:
+            log.warning("indexing %d documents for search (once, after an upgrade)", total)
+        left = total
+        while left:
+            left = await self.ledger.index_pending(batch)
+            if progress is not None:
+                progress(total - left, total)
+            log.info("indexed %d of %d documents for search", total - left, total)
+        return total
 
     async def close(self) -> None:
         if self._session is not None:
@@ -458,7 +487,8 @@ class Node:
             notice = make_notice(self.identity, sealed.cid, partner.did, self.now())
             row = DocumentRow(sealed.cid, "out", partner.did, document["kind"], thread,
                               document.get("ref"), document["issued_at"], self.clock(), "queued",
-                              None, sealed.digest, sealed.signed, user, findings_json(findings))
+                              None, sealed.digest, sealed.signed, user, findings_json(findings),
+                              document_text(document))
             records.append((row, _prev_bytes(document.get("prev", [])), notice))
             results.append(SendResult(sealed.cid, partner.did, thread, sealed.digest,
                                       tuple(findings)))

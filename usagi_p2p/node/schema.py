@@ -13,8 +13,8 @@ Step 1 is the schema as the node made it before there were versions (every
 ``CREATE … IF NOT EXISTS``, run on each open, ``user_version`` 0) together
 with the columns ledgers older than that lacked: a ledger of any earlier
 version, or none, comes out of it with the same tables. Step 2 makes
-``nonces`` a rowid table. Step :func:`_idempotency_keys` adds the local API's
-idempotency keys (docs/api.md, "Idempotency-Key").
+``nonces`` a rowid table. Step 3 adds the local API's idempotency keys
+(docs/api.md, "Idempotency-Key"), step 4 the full-text index (``search``).
 """
 
 from __future__ import annotations
@@ -197,13 +197,49 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_
 
 
 async def _idempotency_keys(db: aiosqlite.Connection) -> None:
-    """3 (renumbered at merge if another step lands first): the local API's
-    idempotency keys, in a table of their own."""
+    """3: the local API's idempotency keys, in a table of their own."""
     for statement in _statements(_IDEMPOTENCY):
         await db.execute(statement)
 
 
+#: Full-text search (usagi_p2p/node/fulltext.py; docs/spec.md section 12, "Search").
+#: ``search`` is an FTS5 table holding its own copy of the text it indexes (so
+#: that it can be read back for snippets, and rows removed): its rowid is
+#: ``search_rows.id``, an INTEGER PRIMARY KEY that VACUUM never renumbers (the
+#: rowids of ``documents`` it may). ``search_pending`` lists the documents not
+#: indexed yet: the node indexes them when it opens (``Ledger.index_pending``).
+_SEARCH = """
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(ref, body, partner, party,
+    tokenize = 'trigram');
+CREATE TABLE IF NOT EXISTS search_rows (
+    id INTEGER PRIMARY KEY,
+    cid BLOB NOT NULL UNIQUE                    -- documents.cid
+);
+CREATE TABLE IF NOT EXISTS search_pending (     -- documents to index (backfill, reindex)
+    cid BLOB PRIMARY KEY
+);
+"""
+
+#: The trigram tokenizer came with SQLite 3.34.
+_TRIGRAM: Final = (3, 34, 0)
+
+
+async def _search_index(db: aiosqlite.Connection) -> None:
+    """4: the full-text index. The documents a ledger already holds are listed in
+    ``search_pending``: indexing them reads each signed document, which is work
+    for the node in batches (``Ledger.index_pending``), not for one migration
+    transaction that would hold the ledger for as long as it runs."""
+    if sqlite3.sqlite_version_info < _TRIGRAM:
+        raise sqlite3.NotSupportedError(
+            f"SQLite {sqlite3.sqlite_version} has no trigram tokenizer for the search "
+            "index; the node needs SQLite 3.34 or later")
+    for statement in _statements(_SEARCH):
+        await db.execute(statement)
+    await db.execute("INSERT OR IGNORE INTO search_pending (cid) SELECT cid FROM documents")
+
+
 #: The ledger's migrations, in order: step N brings ``user_version`` to N.
-MIGRATIONS: Final[tuple[Migration, ...]] = (_tables, _nonces_with_rowid, _idempotency_keys)
+MIGRATIONS: Final[tuple[Migration, ...]] = (_tables, _nonces_with_rowid, _idempotency_keys,
+                                              _search_index)
 #: The ``user_version`` of a ledger this code made or migrated.
 VERSION: Final = len(MIGRATIONS)

@@ -44,6 +44,7 @@ from .partners import (
            update_partner,
 )
 from .plugins import extract_preview, list_plugins, list_users
+from .search import search
 from .this_node import key, openapi, outbox_retry, status
 
 __all__ = ["Route", "Call", "Endpoints", "Field", "ROUTES", "OPENAPI_PATH", "parse_object",
@@ -86,4 +87,6 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/documents/{cid}/thread", "getDocumentThread", "read", 0, document_thread),
     Route("POST", "/api/v1/documents/{cid}/verify", "verifyDocument", "read", 0,
           document_verify),
+    # search (docs/api.md, "Search")
+    Route("GET", "/api/v1/search", "searchDocuments", "read", 0, search),
 )

@@ -145,11 +145,13 @@ def _register_commands() -> None:
     from .keys import key
     from .partners import invite, partner
     from .plugins import extract_command, plugins_group, user_group
+    from .search import search
     from .serve import serve
     from .tokens import token_group
 
     commands: list[Any] = [serve, invite, partner, send, inbox, outbox, show, thread, verify,
-                           key, plugins_group, user_group, extract_command, archive, token_group]
+                           key, plugins_group, user_group, extract_command, archive, token_group,
+                           search]
     for command in commands:
         main.add_command(command)
 

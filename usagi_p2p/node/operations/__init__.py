@@ -19,6 +19,7 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
     plugins.py     plugin_list, extract_preview, user_list, enable_plugin,
                    disable_plugin, configure_plugin, add_user, move_user, remove_user
                    (on a running node, or on ``offline(home)``)
+    search.py      search_documents, reindex_search
     this_node.py   node_status, key_info, rotate_key, announce_key, resume_outbox
 
 Faces import this package (``from usagi_p2p.node import operations``), not
@@ -95,6 +96,7 @@ from .requests import (
     finish_request,
     release_request,
 )
+from .search import MAX_LIMIT, SearchHit, SearchPage, reindex_search, search_documents
 from .this_node import (
     KeyInfo,
     KeyRotation,
@@ -110,7 +112,8 @@ from .this_node import (
 __all__ = [  # the values, then the operations of the module docstring
     "ANSWERS", "CARRIED", "SERVE_STATE", "AckView", "Check", "Delivery", "DocumentEntry",
     "DocumentView", "KeyInfo", "KeyRotation", "NodeStatus", "PartnerChange", "PartnerStatus",
-    "Prepare", "QuotaUsage", "Rotation", "ThreadEntry", "Verification", "fill_extracted",
+    "Prepare", "QuotaUsage", "Rotation", "SearchHit", "SearchPage", "ThreadEntry",
+    "Verification", "fill_extracted",
     "send", "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
     "await_ack", "retry_outbox",
     "list_documents", "show_document", "thread_documents", "verify_document", "invite",
@@ -122,4 +125,5 @@ __all__ = [  # the values, then the operations of the module docstring
     # the local API's documents and keyed requests (issue 16)
     "MAX_PAGE", "DocumentPage", "sent_document", "page_documents", "document_block",
     "KEY_TTL", "KEYS_PER_TOKEN", "Claimed", "Replay", "claim_request", "finish_request",
-    "release_request"]
+    "release_request",
+    "search_documents", "reindex_search", "MAX_LIMIT", "SearchHit", "SearchPage"]

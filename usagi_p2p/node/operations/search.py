@@ -1,0 +1,112 @@
+"""Full-text search over a node's documents (docs/spec.md section 12, "Search").
+
+Part of ``usagi_p2p.node.operations`` (see there). What is indexed and how a
+query is read: usagi_p2p/node/fulltext.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+from kernel.cid import CID
+
+from ..fulltext import InvalidQueryError, Snippet, expression, like_pattern, parse_query, snippet
+from ..ledger import fold
+from ..node import Node
+
+__all__ = ["SearchHit", "SearchPage", "MAX_LIMIT", "search_documents", "reindex_search"]
+
+#: The most results one page of a search holds.
+MAX_LIMIT: Final = 100
+#: How far into the results a cursor may lead (pages of ranked results are
+#: counted by offset: a search is for finding, not for walking the ledger).
+MAX_OFFSET: Final = 10_000
+_CURSOR_PREFIX: Final = "s1:"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One document a search found."""
+
+    cid: CID
+    direction: str
+    kind: str
+    ref: str | None
+    partner: str
+    #: The partner's name now; None for a DID this node has no partner under.
+    partner_name: str | None
+    issued_at: str
+    recorded_at: datetime
+    status: str
+    #: Where it matched, in its text, reference or partner name; the text is
+    #: the partner's as written, control characters as spaces (faces escape it).
+    snippet: Snippet
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    hits: tuple[SearchHit, ...]
+    #: Give it back for the next page; None when there is none.
+    cursor: str | None
+
+
+def _offset(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode("ascii") + b"==").decode("ascii")
+        if not text.startswith(_CURSOR_PREFIX):
+            raise ValueError(text)
+        offset = int(text[len(_CURSOR_PREFIX):])
+    except (UnicodeError, ValueError, binascii.Error):
+        raise InvalidQueryError("the cursor is not one this search gave") from None
+    if not 0 < offset <= MAX_OFFSET:
+        raise InvalidQueryError("the cursor is not one this search gave")
+    return offset
+
+
+def _cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{offset}".encode()).decode().rstrip("=")
+
+
+async def search_documents(node: Node, query: str, *, partner: str | None = None,
+                           kind: str | None = None,
+                           direction: Literal["in", "out"] | None = None,
+                           limit: int = 20, cursor: str | None = None) -> SearchPage:
+    """The documents matching ``query`` (every term of it), best match first, then
+    newest; ``partner`` (name, prefix or DID, with its earlier keys), ``kind``
+    and ``direction`` narrow it. A term also finds the documents of partners
+    whose current name contains it."""
+    terms = parse_query(query)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidQueryError(f"limit must be 1 to {MAX_LIMIT}, not {limit}")
+    offset = _offset(cursor)
+    dids = await node.partner_dids(partner) if partner else None
+    known = await node.ledger.partners()
+    names = {p.did: p.name for p in known}
+    # The partners each term names today (rotated keys keep their partner's name).
+    parties = {term: [p.did for p in known if fold(term) in fold(p.name)]
+               for term in terms.terms}
+    rows = await node.ledger.search(
+        expression(terms, parties), [(like_pattern(t), parties[t]) for t in terms.short],
+        partners=dids, kind=kind, direction=direction, limit=limit + 1, offset=offset)
+    hits = tuple(
+        SearchHit(r.cid, r.direction, r.kind, r.ref, r.partner, names.get(r.partner),
+                  r.issued_at, datetime.fromtimestamp(r.recorded_at, UTC), r.status,
+                  snippet((r.texts[1], r.texts[0], r.texts[2], names.get(r.partner) or ""),
+                          terms.terms))
+        for r in rows[:limit])
+    more = len(rows) > limit and offset + limit <= MAX_OFFSET
+    return SearchPage(hits, _cursor(offset + limit) if more else None)
+
+
+async def reindex_search(node: Node, progress: Callable[[int, int], None] | None = None
+                         ) -> int:
+    """Build the search index again from the documents the ledger holds; how many."""
+    await node.ledger.reset_index()
+    return await node.index_backlog(progress)
