@@ -371,6 +371,14 @@ _GIVEN_UP_DOCUMENT: Final = (
     "UPDATE documents SET status = 'undelivered', reason = (SELECT last_error FROM outbox o "
     "WHERE o.cid = documents.cid) WHERE cid = ?1 AND status = 'queued' AND EXISTS "
     "(SELECT 1 FROM outbox o WHERE o.cid = documents.cid AND o.state = 'undelivered')")
+#: A restored partner (?1 did … ?5 added_at), inserted only if its DID is new and,
+#: unless it is a rotated key, no other partner has its name (see add_partner).
+_RESTORE_PARTNER: Final = (
+    "INSERT INTO partners (did, name, endpoint, status, added_at) "
+    "SELECT ?1, ?2, ?3, ?4, ?5 WHERE ?4 = 'rotated' OR NOT EXISTS (SELECT 1 FROM partners "
+    "WHERE status != 'rotated' AND usagi_strict_fold(name) = usagi_strict_fold(?2)) "
+    "ON CONFLICT(did) DO NOTHING")
+_KNOWN_PARTNERS: Final = "SELECT did FROM partners WHERE did IN ({marks})"
 _ALIASES: Final = ("SELECT 0, old, new FROM rotations UNION ALL SELECT 1, did, rotated_to "
                    "FROM partners WHERE rotated_to IS NOT NULL ORDER BY 1")
 
@@ -446,8 +454,8 @@ class Ledger:
         await db.create_function("usagi_fold", 1, fold, deterministic=True)
         await db.create_function("usagi_strict_fold", 1, _strict_fold, deterministic=True)
         self._db = db
-        # Not a migration: a restored archive may bring a partner back under a
-        # name another partner took since; the next open renames it.
+        # Not a migration: a ledger made before names were unique may hold two
+        # partners under one name (restore and add_partner keep them unique).
         await self._unique_names()
 
     async def _unique_names(self) -> None:
@@ -963,7 +971,8 @@ class Ledger:
 
     async def restore(self, page: Restore) -> None:
         """Write what an archive page restores, in one transaction (docs/archive.md,
-        "Import"); every row ``OR IGNORE`` (see :class:`Restore`)."""
+        "Import"); every row ``OR IGNORE`` (see :class:`Restore`), a partner under a
+        name no other partner has (:meth:`_restored_partners`)."""
         now = self.clock()
         statements: list[tuple[str, Sequence[Any]]] = [
             (f"INSERT OR IGNORE INTO documents ({_DOC_COLUMNS}, prev) "
@@ -988,15 +997,51 @@ class Ledger:
                         (q.cid.raw, q.direction, q.partner, q.kind, q.thread.raw, q.issued_at,
                          q.recorded_at, q.code, q.reason, q.archive, now))
                        for q in page.quarantine]
-        statements += [("INSERT OR IGNORE INTO partners (did, name, endpoint, status, added_at) "
-                        "VALUES (?,?,?,?,?)", (did, name, endpoint, status, 0.0))
-                       for did, name, endpoint, status in page.partners]
+        partners = await self._restored_partners(page.partners, now)
+        statements += partners
         statements += [("UPDATE partners SET rotated_to = ? WHERE did = ? AND rotated_to IS NULL",
                         (new, old)) for old, new in page.partner_rotations.items()]
         statements += [("INSERT OR IGNORE INTO rotations (old, new, overlap_until, statement) "
                         "VALUES (?,?,0,x'')", (old, new))
                        for old, new in page.own_rotations.items()]
-        await self.write(statements)
+        dids = [did for did, *_ in page.partners]
+        found = await self.write(statements, reads=_chunked(_KNOWN_PARTNERS, (), dids))
+        missing = set(dids) - {did for rows in found for (did,) in rows}
+        if not missing:
+            return
+        while missing:  # a name taken meanwhile (another process): the next free one
+            rows = [p for p in page.partners if p[0] in missing]
+            found = await self.write(await self._restored_partners(rows, now),
+                                     reads=_chunked(_KNOWN_PARTNERS, (), sorted(missing)))
+            missing -= {did for rows in found for (did,) in rows}
+        if page.partner_rotations:  # the rotations of the partners inserted just now
+            await self.write([("UPDATE partners SET rotated_to = ? WHERE did = ? AND "
+                               "rotated_to IS NULL", (new, old))
+                              for old, new in page.partner_rotations.items()])
+
+    async def _restored_partners(self, partners: Sequence[tuple[str, str, str, str]], now: float
+                                 ) -> list[tuple[str, Sequence[Any]]]:
+        """The INSERTs of restored partners under the rule of :meth:`add_partner`: a
+        partner the ledger does not know gets its name if no other partner (a rotated
+        key aside) has it, else the next free ``name (2)``, …, so the partner that
+        holds the name now keeps it. Each INSERT is conditional on the name still
+        being free when it runs; one that is not inserts nothing (``restore`` tries
+        it again)."""
+        if not partners:
+            return []
+        rows = await self._all("SELECT did, usagi_strict_fold(name) FROM partners "
+                               "WHERE status != 'rotated'")
+        known = {did for (did, _) in rows}
+        taken = {name for (_, name) in rows}
+        statements: list[tuple[str, Sequence[Any]]] = []
+        for did, name, endpoint, status in partners:
+            if did in known:
+                continue  # OR IGNORE: what the ledger holds stays
+            if status != "rotated":
+                name = free_name(name, taken)
+                taken.add(_strict_fold(name))
+            statements.append((_RESTORE_PARTNER, (did, name, endpoint, status, now)))
+        return statements
 
     # -- outbox -------------------------------------------------------------
 
