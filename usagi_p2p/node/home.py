@@ -23,13 +23,17 @@ without a passphrase says so in the file and on every start.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from nacl import pwhash, secret
 from nacl.exceptions import CryptoError
@@ -42,14 +46,18 @@ __all__ = ["Home", "Config", "default_home", "write_private"]
 
 log = logging.getLogger("usagi.home")
 
+T = TypeVar("T")
+
 KEY_FILE: Final = "identity.key"
 CONFIG_FILE: Final = "config.json"
+#: Held (flock) by whoever changes config.json: serve and every CLI command.
+CONFIG_LOCK: Final = "config.lock"
 #: Files of a home besides the keys; made 0600 on open when a home is older
 #: than that rule (SQLite's -wal, -shm and -journal files included).
 DATA_FILES: Final = tuple(
     [f"{db}{suffix}" for db in ("ledger.db", "blocks.db") for suffix in ("", "-wal", "-shm",
                                                                           "-journal")]
-    + [CONFIG_FILE, "config.tmp", "local.token", "serve.json", "api-tokens.json",
+    + [CONFIG_FILE, CONFIG_LOCK, "config.tmp", "local.token", "serve.json", "api-tokens.json",
        "api-tokens-used.json"])
 #: Folders of a home besides itself (retired keys, users' keys).
 DATA_DIRS: Final = ("keyring", "users")
@@ -327,9 +335,11 @@ class Home:
         self.keyring_path.mkdir(mode=0o700, exist_ok=True)
         os.replace(self.key_path, self.keyring_path / (old_did.rsplit(":", 1)[-1] + ".key"))
         os.replace(staged.key_path, self.key_path)
-        config = self.load_config()
-        config.did = new.did
-        self.save_config(config)
+
+        def renamed(config: Config) -> None:
+            config.did = new.did
+
+        self.update_config(renamed)
 
     def load_config(self) -> Config:
         self.make_private()
@@ -340,10 +350,58 @@ class Home:
         except ValueError as exc:
             raise ConfigError(f"cannot read {self.config_path}: {exc}") from None
 
+    def update_config(self, change: Callable[[Config], T]) -> T:
+        """Change config.json: ``change`` edits the config as it is on disk now, and
+        what it made is written; returns what ``change`` returns.
+
+        Several processes change the file (a running ``serve`` through the
+        operations, CLI commands in others): an exclusive lock on
+        ``HOME/config.lock`` makes each read-modify-write whole, so none loses
+        another's change. Nothing is written when ``change`` raises.
+        """
+        with _locked(self.path / CONFIG_LOCK):
+            config = self.load_config()
+            result = change(config)
+            self._write_config(config)
+            return result
+
     def save_config(self, config: Config) -> None:
-        tmp = self.config_path.with_suffix(".tmp")
-        write_private(tmp, json.dumps(asdict(config), indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.config_path)
+        """Write ``config`` as the whole of config.json (under the lock). To change
+        a part of it, :meth:`update_config`: this overwrites what others wrote
+        since ``config`` was read."""
+        with _locked(self.path / CONFIG_LOCK):
+            self._write_config(config)
+
+    def _write_config(self, config: Config) -> None:
+        """Replace config.json at once: a reader sees the old file or the new one,
+        never a part; the new one is on disk (file and folder synced) on return."""
+        text = json.dumps(asdict(config), indent=2, ensure_ascii=False) + "\n"
+        fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=self.path)  # 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.config_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        folder = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (made 0600) for the time of a ``with``."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class KeyFile(Home):

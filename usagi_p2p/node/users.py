@@ -56,20 +56,22 @@ def add_user(home: Home, name: str, passphrase: str | None, *, plugins: Sequence
              role: str | None = None, fast_kdf: bool = False,
              seed: bytes | None = None) -> Identity:
     """Create a user's key and config entry; refuses to overwrite an existing user."""
-    config = home.load_config()
     keyfile = UserKeyFile(home, name)
-    if name in config.users or keyfile.key_path.exists():
-        raise ConfigError(f"user {name!r} already exists")
-    keyfile.key_path.parent.mkdir(mode=0o700, exist_ok=True)
     identity = Identity(seed) if seed is not None else Identity.generate()
-    keyfile._write_key(identity, passphrase, fast_kdf=fast_kdf)  # noqa: SLF001 (one implementation)
     entry: dict[str, Any] = {"did": identity.did}
     if plugins is not None:
         entry["plugins"] = list(plugins)
     if role:
         entry["role"] = role
-    config.users[name] = entry
-    home.save_config(config)
+
+    def add(config: Config) -> None:
+        if name in config.users or keyfile.key_path.exists():
+            raise ConfigError(f"user {name!r} already exists")
+        keyfile.key_path.parent.mkdir(mode=0o700, exist_ok=True)
+        keyfile._write_key(identity, passphrase, fast_kdf=fast_kdf)  # noqa: SLF001 (one implementation)
+        config.users[name] = entry
+
+    home.update_config(add)
     return identity
 
 
@@ -90,23 +92,25 @@ def user_key_is_protected(home: Home, name: str) -> bool:
 
 def move_user(home: Home, name: str, plugins: Sequence[str] | None) -> Config:
     """Assign ``name`` another plugin subset (None: every enabled plugin). No migration."""
-    config = home.load_config()
-    if name not in config.users:
-        raise ConfigError(f"no user {name!r} (see 'usagi user list')")
-    if plugins is None:
-        config.users[name].pop("plugins", None)
-    else:
-        config.users[name]["plugins"] = list(plugins)
-    home.save_config(config)
-    return config
+    def move(config: Config) -> Config:
+        if name not in config.users:
+            raise ConfigError(f"no user {name!r} (see 'usagi user list')")
+        if plugins is None:
+            config.users[name].pop("plugins", None)
+        else:
+            config.users[name]["plugins"] = list(plugins)
+        return config
+
+    return home.update_config(move)
 
 
 def remove_user(home: Home, name: str) -> None:
     """Forget a user; the key file is kept (renamed) because past approvals name its DID."""
-    config = home.load_config()
-    if config.users.pop(name, None) is None:
-        raise ConfigError(f"no user {name!r}")
-    home.save_config(config)
+    def remove(config: Config) -> None:
+        if config.users.pop(name, None) is None:
+            raise ConfigError(f"no user {name!r}")
+
+    home.update_config(remove)
     path = user_key_path(home, name)
     if path.exists():
         path.rename(path.with_suffix(".key.removed"))

@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from ...node import users
-from ...node.home import Home
+from ...node.home import Config, Home
 from ...node.plugin_host import PluginHost, available
 from ...node.terminal import json_text, printable
 from ...node.users import add_user, move_user
@@ -97,9 +97,13 @@ def plugins_enable(ctx: click.Context, name: str) -> None:
     host = PluginHost.load([name], settings=config.plugin_settings)
     if name in host.broken:
         raise click.ClickException(f"plugin {name} is broken: {host.broken[name]}")
+    def enable(config: Config) -> Config:
+        if name not in config.plugins:
+            config.plugins.append(name)
+        return config
+
     if name not in config.plugins:
-        config.plugins.append(name)
-        home.save_config(config)
+        config = home.update_config(enable)
     click.echo(printable(f"enabled {name}: {', '.join(config.plugins)}"))
 
 
@@ -111,12 +115,13 @@ def plugins_disable(ctx: click.Context, name: str) -> None:
 
     Example: usagi plugins disable food
     """
-    home = _home(ctx)
-    config = home.load_config()
-    if name not in config.plugins:
-        raise click.ClickException(f"{name} is not enabled")
-    config.plugins.remove(name)
-    home.save_config(config)
+    def disable(config: Config) -> Config:
+        if name not in config.plugins:
+            raise click.ClickException(f"{name} is not enabled")
+        config.plugins.remove(name)
+        return config
+
+    config = _home(ctx).update_config(disable)
     click.echo(printable(f"disabled {name}: {', '.join(config.plugins) or 'no plugins enabled'}"))
 
 
@@ -140,31 +145,36 @@ def plugins_configure(ctx: click.Context, name: str, settings: tuple[str, ...],
     config = home.load_config()
     if name not in available():
         raise click.ClickException(f"no plugin {name!r} is installed")
-    current: dict[str, Any] = {} if clear else dict(config.plugin_settings.get(name, {}))
-    for key in unset:
-        if key not in current:
-            raise click.ClickException(f"{name} has no setting {key!r}")
-        del current[key]
-    for item in settings:
-        key, sep, text = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise click.ClickException(f"expected KEY=JSON, got {item!r}")
-        try:
-            current[key] = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if text.lstrip()[:1] in ("{", "[", '"'):
-                raise click.ClickException(f"{key}: not valid JSON: {exc}") from None
-            current[key] = text  # a bare word is a string: site=Umeda
     changed = bool(settings or unset or clear)
-    if changed:
-        host = PluginHost.load([name], settings={name: current})
-        if name in host.broken:
-            raise click.ClickException(f"not saved: {host.broken[name]}")
-        if current:
-            config.plugin_settings[name] = current
-        else:
-            config.plugin_settings.pop(name, None)
-        home.save_config(config)
+
+    def configure(config: Config) -> dict[str, Any]:
+        current: dict[str, Any] = {} if clear else dict(config.plugin_settings.get(name, {}))
+        for key in unset:
+            if key not in current:
+                raise click.ClickException(f"{name} has no setting {key!r}")
+            del current[key]
+        for item in settings:
+            key, sep, text = item.partition("=")
+            if not sep or not key.isidentifier():
+                raise click.ClickException(f"expected KEY=JSON, got {item!r}")
+            try:
+                current[key] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                if text.lstrip()[:1] in ("{", "[", '"'):
+                    raise click.ClickException(f"{key}: not valid JSON: {exc}") from None
+                current[key] = text  # a bare word is a string: site=Umeda
+        if changed:
+            host = PluginHost.load([name], settings={name: current})
+            if name in host.broken:
+                raise click.ClickException(f"not saved: {host.broken[name]}")
+            if current:
+                config.plugin_settings[name] = current
+            else:
+                config.plugin_settings.pop(name, None)
+        return current
+
+    # A change is made to the config as it is under the lock (others write it too).
+    current = home.update_config(configure) if changed else configure(config)
     if _json(ctx):
         click.echo(json_text(current))
         return
