@@ -323,6 +323,29 @@ def _guarded_transaction(conn: sqlite3.Connection, guard: Sequence[tuple[str, Se
     return {}, _selects(conn, reads)
 
 
+def _observed_transaction(conn: sqlite3.Connection, before: Sequence[tuple[str, Sequence[Any]]],
+                          groups: Sequence[tuple[str, list[Sequence[Any]]]],
+                          after: Sequence[tuple[str, Sequence[Any]]]
+                          ) -> tuple[list[list[Any]], list[list[Any]]]:
+    """:func:`_transaction` with SELECTs ``before`` and ``after`` the writes inside it,
+    so together they tell what the writes changed (no other writer runs between
+    them); their rows. On the connection's thread."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        seen = _selects(conn, before)
+        for sql, rows in groups:
+            conn.executemany(sql, rows)
+        found = _selects(conn, after)
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("nothing rolled back: %s", exc)
+        raise
+    return seen, found
+
+
 def _groups(statements: Sequence[tuple[str, Sequence[Any]]]
             ) -> list[tuple[str, list[Sequence[Any]]]]:
     """Consecutive statements with the same SQL as one executemany: a batch of 100
@@ -553,6 +576,32 @@ class Ledger:
                     await self._rollback()
                     raise
             return [await self._all(sql, args) for sql, args in reads]
+
+    async def _observed_write(self, before: Sequence[tuple[str, Sequence[Any]]],
+                              statements: Sequence[tuple[str, Sequence[Any]]],
+                              after: Sequence[tuple[str, Sequence[Any]]]
+                              ) -> tuple[list[list[Any]], list[list[Any]]]:
+        """:meth:`write` with SELECTs right before and right after the statements, in
+        their transaction (:func:`_observed_transaction`); the rows of both."""
+        groups = _groups(statements)
+        try:
+            async with self._tx:
+                if ONE_CALL:
+                    return await in_thread(self.db, _observed_transaction, before, groups, after)
+                db = self.db
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    seen = [list(await db.execute_fetchall(sql, tuple(a))) for sql, a in before]
+                    for sql, rows in groups:
+                        await db.executemany(sql, rows)
+                    found = [list(await db.execute_fetchall(sql, tuple(a))) for sql, a in after]
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await self._rollback()
+                    raise
+                return seen, found
+        except sqlite3.Error as exc:
+            raise _typed(exc) from exc
 
     async def _rollback(self) -> None:
         """Roll back after a failure, keeping the failure as the error.
@@ -1131,8 +1180,8 @@ class Ledger:
         notice still ``pending`` is touched, so an ack stored meanwhile (by
         this process or another: ``mark_delivered``) is never overwritten, and
         the attempt is counted on the row as it is, not as it was read. Returns
-        the notices given up (read after the commit: a notice this node claimed
-        and now finds undelivered).
+        the notices this call gave up: pending when its transaction began,
+        undelivered at its end (one already given up is not given up again).
         """
         if not cids:
             return []
@@ -1143,10 +1192,15 @@ class Ledger:
                   for cid, when in zip(cids, next_attempts, strict=True)]
         documents: list[tuple[str, Sequence[Any]]] = [
             (_GIVEN_UP_DOCUMENT, (cid.raw,)) for cid in cids]
-        found = await self.write(outbox + documents, reads=_chunked(
-            "SELECT cid FROM outbox WHERE state = 'undelivered' AND cid IN ({marks})", (),
-            [cid.raw for cid in cids]))
-        given_up = {raw for rows in found for (raw,) in rows}
+        raws = [cid.raw for cid in cids]
+        pending, undelivered = await self._observed_write(
+            _chunked("SELECT cid FROM outbox WHERE state = 'pending' AND cid IN ({marks})", (),
+                     raws),
+            outbox + documents,
+            _chunked("SELECT cid FROM outbox WHERE state = 'undelivered' AND cid IN ({marks})",
+                     (), raws))
+        given_up = ({raw for rows in pending for (raw,) in rows}
+                    & {raw for rows in undelivered for (raw,) in rows})
         return [cid for cid in cids if cid.raw in given_up]
 
     async def retry_undelivered(self, partner: str | None = None) -> int:
