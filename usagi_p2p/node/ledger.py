@@ -691,16 +691,18 @@ class Ledger:
         return [Partner(*r) for r in rows]
 
     async def set_partner(self, did: str, *, status: str | None = None, name: str | None = None) -> None:
-        if status is not None:
-            await self.write([("UPDATE partners SET status = ? WHERE did = ?", (status, did))])
-        if name is not None:
-            # Names stay unique (see add_partner): one conditional statement.
-            if not await self._change(
-                    "UPDATE partners SET name = ?1 WHERE did = ?2 AND NOT EXISTS (SELECT 1 FROM "
-                    "partners WHERE did != ?2 AND status != 'rotated' AND "
-                    "usagi_strict_fold(name) = usagi_strict_fold(?1))", (name, did)):
-                if await self.partner(did) is not None:
-                    raise NameTakenError(f"another partner is called {name!r}")
+        """Change a partner's status and/or name: one conditional statement, so both
+        change or neither. Names stay unique (see add_partner): a name another
+        partner has is refused (NameTakenError) and the status stays as it was."""
+        if status is None and name is None:
+            return
+        if not await self._change(
+                "UPDATE partners SET status = coalesce(?3, status), name = coalesce(?1, name) "
+                "WHERE did = ?2 AND (?1 IS NULL OR NOT EXISTS (SELECT 1 FROM partners WHERE "
+                "did != ?2 AND status != 'rotated' AND "
+                "usagi_strict_fold(name) = usagi_strict_fold(?1)))", (name, did, status)):
+            if name is not None and await self.partner(did) is not None:
+                raise NameTakenError(f"another partner is called {name!r}")
 
     async def partner_rotated(self, old: str, new: str, valid_until: float) -> None:
         """A partner moved from ``old`` to ``new``: the new key takes its place, the
