@@ -38,6 +38,7 @@ from typing import Any, Final, TypeVar
 import aiosqlite
 
 from kernel.cid import CID, DAG_CBOR
+from kernel.errors import UsagiError
 
 from .blockstore import (
     DEFAULT_MAX_BLOCK,
@@ -50,7 +51,8 @@ from .blockstore import (
 )
 
 __all__ = ["SQLiteBlockStore", "PRAGMAS", "SCHEMA", "ONE_CALL", "in_thread", "create_private",
-           "busy", "store_error", "attach_blocks", "Migration", "migrate", "MIGRATIONS"]
+           "busy", "store_error", "attach_blocks", "Migration", "migrate", "MIGRATIONS",
+           "SchemaTooNewError"]
 
 T = TypeVar("T")
 
@@ -91,6 +93,23 @@ _CONVERT: Final = (
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
 
 
+class SchemaTooNewError(UsagiError):
+    """The database was written by a newer version of the program: upgrade it."""
+
+    #: Not a store failure that passes: the node's files are newer than its code,
+    #: which only an upgrade mends (exit 78, like every other setup problem).
+    code = "config_error"
+
+
+async def _user_version(db: aiosqlite.Connection, steps: int) -> int:
+    version = int(next(iter(await db.execute_fetchall("PRAGMA user_version")))[0])
+    if version > steps:
+        raise SchemaTooNewError(
+            f"the database is at schema version {version}; this version of the "
+            f"program knows {steps}: upgrade it")
+    return version
+
+
 async def migrate(db: aiosqlite.Connection, steps: Sequence[Migration], *,
                   versioned: bool = True) -> None:
     """Apply the ``steps`` a database has not had yet, numbered by ``PRAGMA user_version``.
@@ -98,20 +117,21 @@ async def migrate(db: aiosqlite.Connection, steps: Sequence[Migration], *,
     Step N runs when ``user_version`` is below N, in its own ``BEGIN IMMEDIATE``
     transaction that sets ``user_version`` to N: a step is applied whole or not
     at all, and of two connections migrating one file at once the second finds
-    it done (the version is read inside the transaction). A database newer than
-    ``steps`` is refused rather than written by code that does not know it.
-    ``versioned=False`` (a store on another's connection, whose ``user_version``
-    is not ours) runs every step, which must then be idempotent, and leaves the
-    version alone.
+    it done (the version is read again inside the transaction). A database that
+    is current takes no write lock at all: opening it never waits for another
+    process's write (``serve`` busy while a CLI command opens the home). A
+    database newer than ``steps`` is refused (:class:`SchemaTooNewError`) rather
+    than written by code that does not know it. ``versioned=False`` (a store on
+    another's connection, whose ``user_version`` is not ours) runs every step,
+    which must then be idempotent, and leaves the version alone.
     """
+    done = await _user_version(db, len(steps)) if versioned else 0
     for number, step in enumerate(steps, 1):
+        if number <= done:
+            continue  # a version never goes down: nothing to check under a lock
         await db.execute("BEGIN IMMEDIATE")
         try:
-            version = int(next(iter(await db.execute_fetchall("PRAGMA user_version")))[0])
-            if versioned and version > len(steps):
-                raise StoreUnavailableError(
-                    f"the database is at schema version {version}; this version of the "
-                    f"program knows {len(steps)}: upgrade it")
+            version = await _user_version(db, len(steps)) if versioned else 0
             if version < number or not versioned:
                 await step(db)
                 if versioned:

@@ -176,7 +176,7 @@ def test_the_limits_table_is_what_the_code_decodes_with() -> None:
     from kernel import _signed as signed
     from kernel.dagcbor import Limits
     from usagi_p2p.archive import structures as archive_format
-    from usagi_p2p.node import invitation, node
+    from usagi_p2p.node import invitation, receiving
 
     car = CARParser()
     code = {
@@ -187,7 +187,7 @@ def test_the_limits_table_is_what_the_code_decodes_with() -> None:
         "ack body": messages.MESSAGE_LIMITS,
         "invitation or introduction body": invitation.LIMITS,
         "rotation body": rotation.LIMITS,
-        "notice batch and its answer": node.BATCH_LIMITS,
+        "notice batch and its answer": receiving.BATCH_LIMITS,
         "archive index": archive_format._INDEX_LIMITS,
         "archive manifest page body and ack bundle": archive_format.PAGE_LIMITS,
         "CAR header": Limits(max_size=car.max_header, max_depth=8, max_length=car.max_header),

@@ -325,3 +325,26 @@ def test_an_unacked_sent_document_comes_back_to_the_outbox(tmp_path: Path) -> No
             assert (await node.ledger.document(sent.cid)).status == "delivered"
 
     asyncio.run(scenario())
+
+
+def test_a_restored_partner_yields_its_name_to_the_current_one(car: Path, tmp_path: Path) -> None:
+    """The archive brings back Osaka Precision (SEED_B); since then this node paired
+    another partner under that name. The current one keeps it; the restored one is
+    ``name (2)``, now and after the next open (docs/spec.md section 10, "Names")."""
+    fresh = Home(tmp_path / "restored")
+    fresh.create("Kanto Machine Tools", None, seed=SEED_A)
+    current, restored = Identity(SEED_C).did, Identity(SEED_B).did
+
+    async def scenario() -> None:
+        async with Node.load(fresh, None) as node:
+            await node.ledger.add_partner(current, "osaka precision", "http://127.0.0.1:9", None)
+            await import_archive(node, car)
+            names = {p.did: p.name for p in await node.ledger.partners()}
+            assert names == {current: "osaka precision", restored: "Osaka Precision (2)"}
+            assert (await node.ledger.find_partner("Osaka Precision")).did == current  # type: ignore[union-attr]
+        async with Node.load(fresh, None) as node:  # the next open renames nobody
+            assert {p.did: p.name for p in await node.ledger.partners()} == names
+            assert (await node.ledger.find_partner("osaka precision")).did == current  # type: ignore[union-attr]
+            assert (await node.ledger.find_partner("Osaka Precision (2)")).did == restored  # type: ignore[union-attr]
+
+    asyncio.run(scenario())

@@ -269,3 +269,47 @@ async def test_in_thread_still_runs_on_aiosqlite_s_own_connection_and_thread(
 
         assert await in_thread(db, ours) == public[0] != threading.get_ident()
         assert list(await db.execute_fetchall("SELECT x FROM mine")) == [(7,)]
+
+
+async def test_a_current_store_migrates_without_a_write_lock(tmp_path: Path) -> None:
+    """``migrate`` on a current file reads ``user_version`` and stops: it does not
+    wait for (or, without a busy timeout, fail on) another connection's write."""
+    from ipfs.sqlite import MIGRATIONS, migrate
+
+    path = tmp_path / "blocks.db"
+    async with SQLiteBlockStore(path) as store:
+        await store.put(b"kept")
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("DELETE FROM blocks")
+        async with aiosqlite.connect(path, isolation_level=None) as db:
+            await db.execute("PRAGMA busy_timeout=0")  # a lock taken would fail at once
+            await migrate(db, MIGRATIONS)
+            assert list(await db.execute_fetchall("SELECT count(*) FROM blocks")) == [(1,)]
+            # A step not yet applied still needs the lock, and says so.
+            calls: list[int] = []
+
+            async def step(db: aiosqlite.Connection) -> None:
+                calls.append(1)
+
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                await migrate(db, (*MIGRATIONS, step))
+            assert calls == []
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
+
+
+async def test_a_newer_store_is_a_config_error(tmp_path: Path) -> None:
+    from ipfs.sqlite import SchemaTooNewError
+
+    path = tmp_path / "blocks.db"
+    async with SQLiteBlockStore(path):
+        pass
+    with sqlite3.connect(path) as con:
+        con.execute("PRAGMA user_version = 99")
+    with pytest.raises(SchemaTooNewError, match="upgrade") as refused:
+        async with SQLiteBlockStore(path):
+            pass
+    assert refused.value.code == "config_error"

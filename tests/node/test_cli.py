@@ -202,7 +202,7 @@ def test_inbox_and_outbox_show_the_newest_and_filter(tmp_path: Path) -> None:
 def test_text_a_partner_wrote_cannot_drive_the_terminal(tmp_path: Path) -> None:
     import asyncio
 
-    from usagi_p2p.node.invitation import printable
+    from usagi_p2p.node.terminal import printable
 
     from .conftest import paired
 

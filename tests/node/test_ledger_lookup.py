@@ -109,6 +109,13 @@ async def test_partner_names_are_unique(tmp_path: Path) -> None:
         assert (await ledger.partner(B)).name == "ＯＳＡＫＡ (2)"  # type: ignore[union-attr]
         await ledger.set_partner(A, name="OSAKA")
         assert (await ledger.partner(A)).name == "OSAKA"  # type: ignore[union-attr]
+        # Status and name in one statement: a refused name changes the status neither.
+        with pytest.raises(NameTakenError):
+            await ledger.set_partner(B, status="suspended", name="osaka (3)")
+        assert (await ledger.partner(B)).status == "active"  # type: ignore[union-attr]
+        await ledger.set_partner(B, status="suspended", name="Osaka West")
+        moved = await ledger.partner(B)
+        assert moved is not None and (moved.status, moved.name) == ("suspended", "Osaka West")
         # A rotated key's row keeps its name beside its successor's.
         await ledger.partner_rotated(A, Identity(bytes([9]) * 32).did, valid_until=0.0)
         assert (await ledger.find_partner("osaka")).did == Identity(bytes([9]) * 32).did  # type: ignore[union-attr]

@@ -78,15 +78,15 @@ async def test_a_failure_counts_on_the_row_as_it_is(tmp_path: Path) -> None:
         first, second = await asyncio.gather(
             ledger.mark_failed([cid], "refused", [5.0], max_attempts=2),
             other.mark_failed([cid], "refused", [6.0], max_attempts=2))
-        assert cid in first + second  # whichever transaction ran second gave it up
+        assert first + second == [cid]  # whichever transaction ran second gave it up
         state, error, status = await _state(ledger, cid)
         assert (state, status) == ("undelivered", "undelivered")
         assert error == "undelivered after 2 attempts: refused"
         (attempts,), = await ledger._all("SELECT attempts FROM outbox WHERE cid = ?", (cid.raw,))
         assert attempts == 2
         assert (await ledger.document(cid)).reason == error  # type: ignore[union-attr]
-        # given up, it takes no more attempts
-        assert await ledger.mark_failed([cid], "refused", [7.0], max_attempts=2) == [cid]
+        # given up, it takes no more attempts, and is not given up (reported) again
+        assert await ledger.mark_failed([cid], "refused", [7.0], max_attempts=2) == []
         (attempts,), = await ledger._all("SELECT attempts FROM outbox WHERE cid = ?", (cid.raw,))
         assert attempts == 2
         assert await ledger.retry_undelivered() == 1
@@ -106,3 +106,24 @@ async def test_a_failure_within_the_budget_schedules_the_next_attempt(tmp_path: 
                                 "ORDER BY next_attempt")
         assert got == [(1, 7.0, "pending", "refused"), (1, 8.0, "pending", "refused")]
         assert {(await ledger.document(c)).status for c in cids} == {"queued"}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("one_call", [True, False], ids=["one call", "statement by statement"])
+async def test_a_failure_reports_only_the_notices_it_gave_up(tmp_path: Path, one_call: bool,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Of notices given up before and one given up now, only the one given up now is
+    returned: the "undelivered" warning is logged once per notice."""
+    import usagi_p2p.node.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "ONE_CALL", one_call)
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        rows = [_row(i) for i in range(1, 4)]
+        await ledger.record_sent_many(rows)
+        old, new, pending = (r[0].cid for r in rows)
+        assert await ledger.mark_failed([old], "refused", [5.0], max_attempts=1) == [old]
+        assert await ledger.mark_failed([old, new], "refused", [6.0, 7.0], max_attempts=1) == [new]
+        assert await ledger.mark_failed([old, new, pending], "busy", [8.0] * 3, max_attempts=1,
+                                        count=False) == []
+        assert [await _state(ledger, c) for c in (old, new)] == \
+            [("undelivered", "undelivered after 1 attempts: refused", "undelivered")] * 2
+        assert (await _state(ledger, pending))[0] == "pending"

@@ -191,7 +191,8 @@ async def test_a_migration_step_is_applied_whole_or_not_at_all(tmp_path: Path,
 async def test_a_ledger_of_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
     import pytest
 
-    from ipfs.blockstore import StoreUnavailableError
+    from ipfs.sqlite import SchemaTooNewError
+    from usagi_p2p.node.errors import exit_code
 
     path = tmp_path / "ledger.db"
     async with Ledger(str(path)):
@@ -200,7 +201,26 @@ async def test_a_ledger_of_a_newer_version_is_refused_untouched(tmp_path: Path) 
     db.execute("PRAGMA user_version = 99")
     db.close()
     before = _shape(path)
-    with pytest.raises(StoreUnavailableError, match="version 99"):
+    with pytest.raises(SchemaTooNewError, match="version 99.*upgrade") as refused:
         async with Ledger(str(path)):
             pass
     assert _shape(path) == before
+    # Not a store that is busy for a while: the files are newer than the code (exit 78).
+    assert refused.value.code == "config_error" and exit_code(refused.value.code) == 78
+
+
+async def test_a_current_ledger_opens_while_another_process_writes(tmp_path: Path) -> None:
+    """Opening a current ledger takes no write lock (migrate reads user_version
+    first): a CLI command opens the home while serve holds a write transaction."""
+    path = tmp_path / "ledger.db"
+    async with Ledger(str(path)) as ledger:
+        await ledger.add_partner(SENDER, "Osaka", "http://127.0.0.1:9", None)
+    serve = sqlite3.connect(path, isolation_level=None)
+    try:
+        serve.execute("BEGIN IMMEDIATE")
+        serve.execute("UPDATE partners SET endpoint = 'http://127.0.0.1:10'")
+        async with Ledger(str(path)) as cli:
+            assert (await cli.partner(SENDER)).endpoint == "http://127.0.0.1:9"  # type: ignore[union-attr]
+        serve.execute("COMMIT")
+    finally:
+        serve.close()

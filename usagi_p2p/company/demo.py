@@ -206,9 +206,7 @@ def run_demo(keep: bool = False) -> int:
         buyer = Home(root / "osaka")
         for home, name in ((seller, SELLER), (buyer, BUYER)):
             home.create(name, None, port=_free_port())
-            config = home.load_config()
-            config.plugins = list(PLUGIN_LINES)
-            home.save_config(config)
+            home.update_config(lambda config: setattr(config, "plugins", list(PLUGIN_LINES)))
         print(f"two nodes in {root} (keys stored without passphrase: demo only)")
         for home in (seller, buyer):
             procs.append(_start(home.path, root / f"{home.path.name}.log"))

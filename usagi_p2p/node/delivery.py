@@ -43,9 +43,10 @@ from kernel.errors import MalformedError, UsagiError, WrongSignerError
 
 from .errors import TEMPORARY, BodyTooLargeError
 from .home import Config
-from .invitation import check_endpoint, printable
+from .invitation import check_endpoint
 from .ledger import Ledger, OutboxRow
 from .receiving import BATCH_LIMITS, MAX_BODY
+from .terminal import printable
 
 __all__ = ["Delivery", "DeliveringNode", "AckCheck", "judge_acks", "acks_answer_limit",
            "read_capped", "read_prefix", "NOTICES_PATH", "CONTENT_TYPE", "SEND_BATCH",

@@ -15,41 +15,47 @@ home makes a folder or data file that is open to other users private again,
 with a warning line for each; a key file open to others is refused instead
 (it may have been copied: rotate it).
 
-The key file is JSON so that a person can see what protects it:
-argon2id (libsodium ``crypto_pwhash``) derives a key from the passphrase, and
-``crypto_secretbox`` (XSalsa20-Poly1305) seals the seed with it. A key stored
-without a passphrase says so in the file and on every start.
+The key files (this node's, the retired ones in ``HOME/keyring/``) are
+written and read by :mod:`usagi_p2p.node.keyfile`, the one implementation of
+their format, which the users' keys share. A key stored without a passphrase
+says so in the file and on every start.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
-
-from nacl import pwhash, secret
-from nacl.exceptions import CryptoError
+from typing import Any, Final, TypeVar
 
 from kernel import Identity
 
-from .errors import ConfigError, PassphraseError
+from . import keyfile
+from .errors import ConfigError
 
 __all__ = ["Home", "Config", "default_home", "write_private"]
 
 log = logging.getLogger("usagi.home")
 
+T = TypeVar("T")
+
 KEY_FILE: Final = "identity.key"
 CONFIG_FILE: Final = "config.json"
+#: Held (flock) by whoever changes config.json: serve and every CLI command.
+CONFIG_LOCK: Final = "config.lock"
 #: Files of a home besides the keys; made 0600 on open when a home is older
 #: than that rule (SQLite's -wal, -shm and -journal files included).
 DATA_FILES: Final = tuple(
     [f"{db}{suffix}" for db in ("ledger.db", "blocks.db") for suffix in ("", "-wal", "-shm",
                                                                           "-journal")]
-    + [CONFIG_FILE, "config.tmp", "local.token", "serve.json", "api-tokens.json",
+    + [CONFIG_FILE, CONFIG_LOCK, "config.tmp", "local.token", "serve.json", "api-tokens.json",
        "api-tokens-used.json"])
 #: Folders of a home besides itself (retired keys, users' keys).
 DATA_DIRS: Final = ("keyring", "users")
@@ -200,7 +206,7 @@ class Home:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.make_private()
         identity = Identity(seed) if seed is not None else Identity.generate()
-        self._write_key(identity, passphrase, fast_kdf=fast_kdf)
+        keyfile.write_key(self.key_path, identity, passphrase, fast_kdf=fast_kdf)
         config = Config(
             name=name,
             did=identity.did,
@@ -210,37 +216,6 @@ class Home:
         )
         self.save_config(config)
         return identity
-
-    def _write_key(self, identity: Identity, passphrase: str | None, *, fast_kdf: bool) -> None:
-        if passphrase is None:
-            record: dict[str, Any] = {
-                "v": 1,
-                "did": identity.did,
-                "protection": "none (created with --insecure-no-passphrase)",
-                "seed": identity.seed.hex(),
-            }
-        else:
-            ops = pwhash.argon2id.OPSLIMIT_MIN if fast_kdf else pwhash.argon2id.OPSLIMIT_MODERATE
-            mem = pwhash.argon2id.MEMLIMIT_MIN if fast_kdf else pwhash.argon2id.MEMLIMIT_MODERATE
-            salt = os.urandom(pwhash.argon2id.SALTBYTES)
-            key = pwhash.argon2id.kdf(secret.SecretBox.KEY_SIZE, passphrase.encode(), salt,
-                                      opslimit=ops, memlimit=mem)
-            box = secret.SecretBox(key).encrypt(identity.seed)
-            record = {
-                "v": 1,
-                "did": identity.did,
-                "protection": "argon2id+secretbox",
-                "opslimit": ops,
-                "memlimit": mem,
-                "salt": salt.hex(),
-                "box": bytes(box).hex(),
-            }
-        text = json.dumps(record, indent=2) + "\n"
-        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
 
     # -- loading ----------------------------------------------------------
 
@@ -270,41 +245,17 @@ class Home:
             log.warning("%s was open to other users (mode %o); made it %o", path, mode, private)
 
     def key_is_protected(self) -> bool:
-        return bool(self._read_key_record().get("protection", "").startswith("argon2id"))
+        self._key_present()
+        return keyfile.key_is_protected(self.key_path)
 
-    def _read_key_record(self) -> dict[str, Any]:
+    def _key_present(self) -> None:
         self.make_private()
         if not self.key_path.exists():
             raise ConfigError(f"no identity in {self.path}: run 'usagi init' first")
-        try:
-            record: dict[str, Any] = json.loads(self.key_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read {self.key_path}: {exc}") from None
-        return record
 
     def load_identity(self, passphrase: str | None) -> Identity:
-        record = self._read_key_record()
-        mode = self.key_path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise ConfigError(f"{self.key_path} is readable by others (mode {mode:o}); chmod 600 it")
-        if record.get("protection", "").startswith("none"):
-            identity = Identity(bytes.fromhex(record["seed"]))
-        else:
-            if passphrase is None:
-                raise PassphraseError("this identity is protected: give the passphrase "
-                                      "(prompt or USAGI_PASSPHRASE)")
-            key = pwhash.argon2id.kdf(
-                secret.SecretBox.KEY_SIZE, passphrase.encode(), bytes.fromhex(record["salt"]),
-                opslimit=record["opslimit"], memlimit=record["memlimit"],
-            )
-            try:
-                seed = secret.SecretBox(key).decrypt(bytes.fromhex(record["box"]))
-            except CryptoError:
-                raise PassphraseError() from None
-            identity = Identity(seed)
-        if identity.did != record.get("did"):
-            raise ConfigError(f"{self.key_path} is damaged: the key does not match its DID")
-        return identity
+        self._key_present()
+        return keyfile.read_key(self.key_path, passphrase)
 
     def load_keyring(self, passphrase: str | None) -> list[Identity]:
         """Every retired key, newest first."""
@@ -312,7 +263,7 @@ class Home:
             return []
         files = sorted(self.keyring_path.glob("*.key"), key=lambda p: p.stat().st_mtime,
                        reverse=True)
-        return [KeyFile(self, path).load_identity(passphrase) for path in files]
+        return [keyfile.read_key(path, passphrase) for path in files]
 
     def rotate_key(self, new: Identity, passphrase: str | None, *, fast_kdf: bool = False) -> None:
         """Make ``new`` this node's key; keep the old one in the keyring.
@@ -320,16 +271,19 @@ class Home:
         Order matters for a crash: the new key file is complete on disk before
         the old one moves, and the config names the new DID last.
         """
-        old_did = self._read_key_record()["did"]
-        staged = KeyFile(self, self.path / (KEY_FILE + ".new"))
-        staged.key_path.unlink(missing_ok=True)
-        staged._write_key(new, passphrase, fast_kdf=fast_kdf)
+        self._key_present()
+        old_did = keyfile.key_did(self.key_path)
+        staged = self.path / (KEY_FILE + ".new")
+        staged.unlink(missing_ok=True)
+        keyfile.write_key(staged, new, passphrase, fast_kdf=fast_kdf)
         self.keyring_path.mkdir(mode=0o700, exist_ok=True)
         os.replace(self.key_path, self.keyring_path / (old_did.rsplit(":", 1)[-1] + ".key"))
-        os.replace(staged.key_path, self.key_path)
-        config = self.load_config()
-        config.did = new.did
-        self.save_config(config)
+        os.replace(staged, self.key_path)
+
+        def renamed(config: Config) -> None:
+            config.did = new.did
+
+        self.update_config(renamed)
 
     def load_config(self) -> Config:
         self.make_private()
@@ -340,19 +294,56 @@ class Home:
         except ValueError as exc:
             raise ConfigError(f"cannot read {self.config_path}: {exc}") from None
 
+    def update_config(self, change: Callable[[Config], T]) -> T:
+        """Change config.json: ``change`` edits the config as it is on disk now, and
+        what it made is written; returns what ``change`` returns.
+
+        Several processes change the file (a running ``serve`` through the
+        operations, CLI commands in others): an exclusive lock on
+        ``HOME/config.lock`` makes each read-modify-write whole, so none loses
+        another's change. Nothing is written when ``change`` raises.
+        """
+        with _locked(self.path / CONFIG_LOCK):
+            config = self.load_config()
+            result = change(config)
+            self._write_config(config)
+            return result
+
     def save_config(self, config: Config) -> None:
-        tmp = self.config_path.with_suffix(".tmp")
-        write_private(tmp, json.dumps(asdict(config), indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.config_path)
+        """Write ``config`` as the whole of config.json (under the lock). To change
+        a part of it, :meth:`update_config`: this overwrites what others wrote
+        since ``config`` was read."""
+        with _locked(self.path / CONFIG_LOCK):
+            self._write_config(config)
+
+    def _write_config(self, config: Config) -> None:
+        """Replace config.json at once: a reader sees the old file or the new one,
+        never a part; the new one is on disk (file and folder synced) on return."""
+        text = json.dumps(asdict(config), indent=2, ensure_ascii=False) + "\n"
+        fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=self.path)  # 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.config_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        folder = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
-class KeyFile(Home):
-    """A key file other than ``HOME/identity.key`` (the keyring), same format."""
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (made 0600) for the time of a ``with``."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
-    def __init__(self, home: Home, path: Path) -> None:
-        super().__init__(home.path)
-        self._key_path = path
-
-    @property
-    def key_path(self) -> Path:
-        return self._key_path

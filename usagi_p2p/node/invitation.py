@@ -42,9 +42,9 @@ from kernel import Identity, dagcbor, format_time, open_signed, parse_time, sign
 from kernel.errors import UsagiError
 
 from .errors import ConfigError, InvitationError
-from .terminal import printable  # the one escaping rule; importable here as before
+from .terminal import printable
 
-__all__ = ["Invitation", "make_invitation", "parse_invitation", "PREFIX", "printable", "name_problem",
+__all__ = ["Invitation", "make_invitation", "parse_invitation", "PREFIX", "name_problem",
            "check_endpoint", "endpoint_scopes", "EVERY_SCOPE", "PublicResolver",
            "INTRODUCTION_VALIDITY"]
 

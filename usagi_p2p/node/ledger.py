@@ -382,6 +382,29 @@ def _guarded_transaction(conn: sqlite3.Connection, guard: Sequence[tuple[str, Se
     return {}, _selects(conn, reads)
 
 
+def _observed_transaction(conn: sqlite3.Connection, before: Sequence[tuple[str, Sequence[Any]]],
+                          groups: Sequence[tuple[str, list[Sequence[Any]]]],
+                          after: Sequence[tuple[str, Sequence[Any]]]
+                          ) -> tuple[list[list[Any]], list[list[Any]]]:
+    """:func:`_transaction` with SELECTs ``before`` and ``after`` the writes inside it,
+    so together they tell what the writes changed (no other writer runs between
+    them); their rows. On the connection's thread."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        seen = _selects(conn, before)
+        for sql, rows in groups:
+            conn.executemany(sql, rows)
+        found = _selects(conn, after)
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("nothing rolled back: %s", exc)
+        raise
+    return seen, found
+
+
 def _groups(statements: Sequence[tuple[str, Sequence[Any]]]
             ) -> list[tuple[str, list[Sequence[Any]]]]:
     """Consecutive statements with the same SQL as one executemany: a batch of 100
@@ -430,6 +453,14 @@ _GIVEN_UP_DOCUMENT: Final = (
     "UPDATE documents SET status = 'undelivered', reason = (SELECT last_error FROM outbox o "
     "WHERE o.cid = documents.cid) WHERE cid = ?1 AND status = 'queued' AND EXISTS "
     "(SELECT 1 FROM outbox o WHERE o.cid = documents.cid AND o.state = 'undelivered')")
+#: A restored partner (?1 did … ?5 added_at), inserted only if its DID is new and,
+#: unless it is a rotated key, no other partner has its name (see add_partner).
+_RESTORE_PARTNER: Final = (
+    "INSERT INTO partners (did, name, endpoint, status, added_at) "
+    "SELECT ?1, ?2, ?3, ?4, ?5 WHERE ?4 = 'rotated' OR NOT EXISTS (SELECT 1 FROM partners "
+    "WHERE status != 'rotated' AND usagi_strict_fold(name) = usagi_strict_fold(?2)) "
+    "ON CONFLICT(did) DO NOTHING")
+_KNOWN_PARTNERS: Final = "SELECT did FROM partners WHERE did IN ({marks})"
 _ALIASES: Final = ("SELECT 0, old, new FROM rotations UNION ALL SELECT 1, did, rotated_to "
                    "FROM partners WHERE rotated_to IS NOT NULL ORDER BY 1")
 
@@ -565,8 +596,8 @@ class Ledger:
         await db.create_function("usagi_fold", 1, fold, deterministic=True)
         await db.create_function("usagi_strict_fold", 1, _strict_fold, deterministic=True)
         self._db = db
-        # Not a migration: a restored archive may bring a partner back under a
-        # name another partner took since; the next open renames it.
+        # Not a migration: a ledger made before names were unique may hold two
+        # partners under one name (restore and add_partner keep them unique).
         await self._unique_names()
 
     async def _unique_names(self) -> None:
@@ -665,6 +696,32 @@ class Ledger:
                     raise
             return [await self._all(sql, args) for sql, args in reads]
 
+    async def _observed_write(self, before: Sequence[tuple[str, Sequence[Any]]],
+                              statements: Sequence[tuple[str, Sequence[Any]]],
+                              after: Sequence[tuple[str, Sequence[Any]]]
+                              ) -> tuple[list[list[Any]], list[list[Any]]]:
+        """:meth:`write` with SELECTs right before and right after the statements, in
+        their transaction (:func:`_observed_transaction`); the rows of both."""
+        groups = _groups(statements)
+        try:
+            async with self._tx:
+                if ONE_CALL:
+                    return await in_thread(self.db, _observed_transaction, before, groups, after)
+                db = self.db
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    seen = [list(await db.execute_fetchall(sql, tuple(a))) for sql, a in before]
+                    for sql, rows in groups:
+                        await db.executemany(sql, rows)
+                    found = [list(await db.execute_fetchall(sql, tuple(a))) for sql, a in after]
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await self._rollback()
+                    raise
+                return seen, found
+        except sqlite3.Error as exc:
+            raise _typed(exc) from exc
+
     async def _rollback(self) -> None:
         """Roll back after a failure, keeping the failure as the error.
 
@@ -753,16 +810,18 @@ class Ledger:
         return [Partner(*r) for r in rows]
 
     async def set_partner(self, did: str, *, status: str | None = None, name: str | None = None) -> None:
-        if status is not None:
-            await self.write([("UPDATE partners SET status = ? WHERE did = ?", (status, did))])
-        if name is not None:
-            # Names stay unique (see add_partner): one conditional statement.
-            if not await self._change(
-                    "UPDATE partners SET name = ?1 WHERE did = ?2 AND NOT EXISTS (SELECT 1 FROM "
-                    "partners WHERE did != ?2 AND status != 'rotated' AND "
-                    "usagi_strict_fold(name) = usagi_strict_fold(?1))", (name, did)):
-                if await self.partner(did) is not None:
-                    raise NameTakenError(f"another partner is called {name!r}")
+        """Change a partner's status and/or name: one conditional statement, so both
+        change or neither. Names stay unique (see add_partner): a name another
+        partner has is refused (NameTakenError) and the status stays as it was."""
+        if status is None and name is None:
+            return
+        if not await self._change(
+                "UPDATE partners SET status = coalesce(?3, status), name = coalesce(?1, name) "
+                "WHERE did = ?2 AND (?1 IS NULL OR NOT EXISTS (SELECT 1 FROM partners WHERE "
+                "did != ?2 AND status != 'rotated' AND "
+                "usagi_strict_fold(name) = usagi_strict_fold(?1)))", (name, did, status)):
+            if name is not None and await self.partner(did) is not None:
+                raise NameTakenError(f"another partner is called {name!r}")
 
     async def partner_rotated(self, old: str, new: str, valid_until: float) -> None:
         """A partner moved from ``old`` to ``new``: the new key takes its place, the
@@ -1190,7 +1249,8 @@ class Ledger:
 
     async def restore(self, page: Restore) -> None:
         """Write what an archive page restores, in one transaction (docs/archive.md,
-        "Import"); every row ``OR IGNORE`` (see :class:`Restore`)."""
+        "Import"); every row ``OR IGNORE`` (see :class:`Restore`), a partner under a
+        name no other partner has (:meth:`_restored_partners`)."""
         now = self.clock()
         statements: list[tuple[str, Sequence[Any]]] = [
             (f"INSERT OR IGNORE INTO documents ({_DOC_COLUMNS}, prev) "
@@ -1215,9 +1275,8 @@ class Ledger:
                         (q.cid.raw, q.direction, q.partner, q.kind, q.thread.raw, q.issued_at,
                          q.recorded_at, q.code, q.reason, q.archive, now))
                        for q in page.quarantine]
-        statements += [("INSERT OR IGNORE INTO partners (did, name, endpoint, status, added_at) "
-                        "VALUES (?,?,?,?,?)", (did, name, endpoint, status, 0.0))
-                       for did, name, endpoint, status in page.partners]
+        partners = await self._restored_partners(page.partners, now)
+        statements += partners
         statements += [("UPDATE partners SET rotated_to = ? WHERE did = ? AND rotated_to IS NULL",
                         (new, old)) for old, new in page.partner_rotations.items()]
         statements += [("INSERT OR IGNORE INTO rotations (old, new, overlap_until, statement) "
@@ -1225,7 +1284,44 @@ class Ledger:
                        for old, new in page.own_rotations.items()]
         # Last: the partners restored above give the documents' names.
         statements += _indexing(row for row, _ in page.documents)
-        await self.write(statements)
+        dids = [did for did, *_ in page.partners]
+        found = await self.write(statements, reads=_chunked(_KNOWN_PARTNERS, (), dids))
+        missing = set(dids) - {did for rows in found for (did,) in rows}
+        if not missing:
+            return
+        while missing:  # a name taken meanwhile (another process): the next free one
+            rows = [p for p in page.partners if p[0] in missing]
+            found = await self.write(await self._restored_partners(rows, now),
+                                     reads=_chunked(_KNOWN_PARTNERS, (), sorted(missing)))
+            missing -= {did for rows in found for (did,) in rows}
+        if page.partner_rotations:  # the rotations of the partners inserted just now
+            await self.write([("UPDATE partners SET rotated_to = ? WHERE did = ? AND "
+                               "rotated_to IS NULL", (new, old))
+                              for old, new in page.partner_rotations.items()])
+
+    async def _restored_partners(self, partners: Sequence[tuple[str, str, str, str]], now: float
+                                 ) -> list[tuple[str, Sequence[Any]]]:
+        """The INSERTs of restored partners under the rule of :meth:`add_partner`: a
+        partner the ledger does not know gets its name if no other partner (a rotated
+        key aside) has it, else the next free ``name (2)``, …, so the partner that
+        holds the name now keeps it. Each INSERT is conditional on the name still
+        being free when it runs; one that is not inserts nothing (``restore`` tries
+        it again)."""
+        if not partners:
+            return []
+        rows = await self._all("SELECT did, usagi_strict_fold(name) FROM partners "
+                               "WHERE status != 'rotated'")
+        known = {did for (did, _) in rows}
+        taken = {name for (_, name) in rows}
+        statements: list[tuple[str, Sequence[Any]]] = []
+        for did, name, endpoint, status in partners:
+            if did in known:
+                continue  # OR IGNORE: what the ledger holds stays
+            if status != "rotated":
+                name = free_name(name, taken)
+                taken.add(_strict_fold(name))
+            statements.append((_RESTORE_PARTNER, (did, name, endpoint, status, now)))
+        return statements
 
     # -- outbox -------------------------------------------------------------
 
@@ -1315,8 +1411,8 @@ class Ledger:
         notice still ``pending`` is touched, so an ack stored meanwhile (by
         this process or another: ``mark_delivered``) is never overwritten, and
         the attempt is counted on the row as it is, not as it was read. Returns
-        the notices given up (read after the commit: a notice this node claimed
-        and now finds undelivered).
+        the notices this call gave up: pending when its transaction began,
+        undelivered at its end (one already given up is not given up again).
         """
         if not cids:
             return []
@@ -1327,10 +1423,15 @@ class Ledger:
                   for cid, when in zip(cids, next_attempts, strict=True)]
         documents: list[tuple[str, Sequence[Any]]] = [
             (_GIVEN_UP_DOCUMENT, (cid.raw,)) for cid in cids]
-        found = await self.write(outbox + documents, reads=_chunked(
-            "SELECT cid FROM outbox WHERE state = 'undelivered' AND cid IN ({marks})", (),
-            [cid.raw for cid in cids]))
-        given_up = {raw for rows in found for (raw,) in rows}
+        raws = [cid.raw for cid in cids]
+        pending, undelivered = await self._observed_write(
+            _chunked("SELECT cid FROM outbox WHERE state = 'pending' AND cid IN ({marks})", (),
+                     raws),
+            outbox + documents,
+            _chunked("SELECT cid FROM outbox WHERE state = 'undelivered' AND cid IN ({marks})",
+                     (), raws))
+        given_up = ({raw for rows in pending for (raw,) in rows}
+                    & {raw for rows in undelivered for (raw,) in rows})
         return [cid for cid in cids if cid.raw in given_up]
 
     async def retry_undelivered(self, partner: str | None = None) -> int:

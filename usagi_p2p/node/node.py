@@ -79,10 +79,12 @@ from .invitation import (
 from .ledger import DocumentRow, KeyClaim, Ledger, Partner
 from .plugin_host import PluginHost, findings_json
 from .quota import Quotas
-from .receiving import BATCH_LIMITS, MAX_BATCH, MAX_BODY, open_sealed
+from .receiving import MAX_BODY, open_sealed
 
-__all__ = ["Node", "SendResult", "MAX_BATCH", "MAX_BODY", "NOTICES_PATH", "INTRODUCE_PATH",
-           "ROTATE_PATH", "CONTENT_TYPE", "BATCH_LIMITS"]
+# MAX_BODY, NOTICES_PATH and CONTENT_TYPE (owned by receiving and delivery) are
+# also named here: the peer listener takes the protocol's paths and limits from here.
+__all__ = ["Node", "SendResult", "MAX_BODY", "NOTICES_PATH", "INTRODUCE_PATH", "ROTATE_PATH",
+           "CONTENT_TYPE"]
 
 log = logging.getLogger("usagi.node")
 

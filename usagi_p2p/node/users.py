@@ -4,10 +4,10 @@ Implements docs/plugins.md ("Per company, per user" and "The approval route").
 
 Each user has an Ed25519 key in ``HOME/users/<name>.key``, stored exactly
 like the node's identity key (argon2id + secretbox with a passphrase, or
-marked unprotected, mode 0600): :class:`UserKeyFile` is a :class:`Home` whose
-key path points there, so the same, single implementation writes and reads
-both. The user's entry in ``config.users`` records its DID, its plugin subset
-and its role in approval routes::
+marked unprotected, mode 0600): :mod:`usagi_p2p.node.keyfile`, the same,
+single implementation, writes and reads both. The user's entry in
+``config.users`` records its DID, its plugin subset and its role in approval
+routes::
 
     "users": {"suzuki": {"did": "did:key:z…", "plugins": ["medical"], "role": "pharmacist"}}
 
@@ -24,11 +24,12 @@ from typing import Any, Final
 
 from kernel import Identity
 
+from . import keyfile
 from .errors import ConfigError
 from .home import Config, Home
 from .plugin_host import PluginHost
 
-__all__ = ["UserKeyFile", "add_user", "load_user", "move_user", "remove_user", "approve",
+__all__ = ["add_user", "load_user", "move_user", "remove_user", "approve",
            "approver", "user_key_path", "user_key_is_protected"]
 
 _NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
@@ -40,36 +41,26 @@ def user_key_path(home: Home, name: str) -> Path:
     return home.path / "users" / f"{name}.key"
 
 
-class UserKeyFile(Home):
-    """The key file of one user, handled by the node's own key code."""
-
-    def __init__(self, home: Home, name: str) -> None:
-        super().__init__(home.path)
-        self._user_key = user_key_path(home, name)
-
-    @property
-    def key_path(self) -> Path:
-        return self._user_key
-
-
 def add_user(home: Home, name: str, passphrase: str | None, *, plugins: Sequence[str] | None = None,
              role: str | None = None, fast_kdf: bool = False,
              seed: bytes | None = None) -> Identity:
     """Create a user's key and config entry; refuses to overwrite an existing user."""
-    config = home.load_config()
-    keyfile = UserKeyFile(home, name)
-    if name in config.users or keyfile.key_path.exists():
-        raise ConfigError(f"user {name!r} already exists")
-    keyfile.key_path.parent.mkdir(mode=0o700, exist_ok=True)
+    path = user_key_path(home, name)
     identity = Identity(seed) if seed is not None else Identity.generate()
-    keyfile._write_key(identity, passphrase, fast_kdf=fast_kdf)  # noqa: SLF001 (one implementation)
     entry: dict[str, Any] = {"did": identity.did}
     if plugins is not None:
         entry["plugins"] = list(plugins)
     if role:
         entry["role"] = role
-    config.users[name] = entry
-    home.save_config(config)
+
+    def add(config: Config) -> None:
+        if name in config.users or path.exists():
+            raise ConfigError(f"user {name!r} already exists")
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        keyfile.write_key(path, identity, passphrase, fast_kdf=fast_kdf)
+        config.users[name] = entry
+
+    home.update_config(add)
     return identity
 
 
@@ -78,35 +69,45 @@ def load_user(home: Home, name: str, passphrase: str | None) -> Identity:
     config = home.load_config()
     if name not in config.users:
         raise ConfigError(f"no user {name!r} (see 'usagi user list')")
-    identity = UserKeyFile(home, name).load_identity(passphrase)
+    identity = keyfile.read_key(_existing_key(home, name), passphrase)
     if identity.did != config.users[name].get("did"):
         raise ConfigError(f"the key of user {name!r} does not match its DID in the config")
     return identity
 
 
 def user_key_is_protected(home: Home, name: str) -> bool:
-    return UserKeyFile(home, name).key_is_protected()
+    return keyfile.key_is_protected(_existing_key(home, name))
+
+
+def _existing_key(home: Home, name: str) -> Path:
+    home.make_private()
+    path = user_key_path(home, name)
+    if not path.exists():
+        raise ConfigError(f"no key file for user {name!r} ({path})")
+    return path
 
 
 def move_user(home: Home, name: str, plugins: Sequence[str] | None) -> Config:
     """Assign ``name`` another plugin subset (None: every enabled plugin). No migration."""
-    config = home.load_config()
-    if name not in config.users:
-        raise ConfigError(f"no user {name!r} (see 'usagi user list')")
-    if plugins is None:
-        config.users[name].pop("plugins", None)
-    else:
-        config.users[name]["plugins"] = list(plugins)
-    home.save_config(config)
-    return config
+    def move(config: Config) -> Config:
+        if name not in config.users:
+            raise ConfigError(f"no user {name!r} (see 'usagi user list')")
+        if plugins is None:
+            config.users[name].pop("plugins", None)
+        else:
+            config.users[name]["plugins"] = list(plugins)
+        return config
+
+    return home.update_config(move)
 
 
 def remove_user(home: Home, name: str) -> None:
     """Forget a user; the key file is kept (renamed) because past approvals name its DID."""
-    config = home.load_config()
-    if config.users.pop(name, None) is None:
-        raise ConfigError(f"no user {name!r}")
-    home.save_config(config)
+    def remove(config: Config) -> None:
+        if config.users.pop(name, None) is None:
+            raise ConfigError(f"no user {name!r}")
+
+    home.update_config(remove)
     path = user_key_path(home, name)
     if path.exists():
         path.rename(path.with_suffix(".key.removed"))

@@ -95,9 +95,7 @@ def init(ctx: click.Context, name: str, port: int, host: str, endpoint: str | No
     # A home that exists already is a config_error, like every other home problem.
     identity = home.create(name, passphrase, endpoint=endpoint, port=port, host=host)
     if kubo_url:
-        config = home.load_config()
-        config.kubo_url = kubo_url
-        home.save_config(config)
+        home.update_config(lambda config: setattr(config, "kubo_url", kubo_url))
     emit(ctx, {"did": identity.did, "home": str(home.path)},
          lambda: click.echo(f"Created {printable(name)}\n  did:  {identity.did}\n"
                             f"  home: {printable(home.path)}"))

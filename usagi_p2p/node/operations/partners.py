@@ -5,6 +5,7 @@ Part of ``usagi_p2p.node.operations`` (see there).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,6 +14,7 @@ from typing import Literal
 from kernel import canonical
 
 from ..errors import ConfigError, NoSuchPartnerError, PartnerError
+from ..home import Config
 from ..invitation import Invitation, name_problem
 from ..ledger import Partner
 from ..node import Node
@@ -117,17 +119,19 @@ async def set_quota(node: Node, who: str, *, docs: int | None = None, size: int 
     aliases = await node.ledger.aliases()
     did = await node.canonical(partner.did)
     if default or docs is not None or size is not None:
-        config = node.home.load_config()
-        # A quota set for one of the partner's earlier keys is replaced, not kept beside.
-        own = {}
-        for key in [k for k in config.partner_quotas if k == did or
-                    canonical(k, aliases) == did]:
-            own.update(config.partner_quotas.pop(key))
-        if not default:
-            own.update({k: v for k, v in (("docs", docs), ("bytes", size)) if v is not None})
-            config.partner_quotas[did] = own
-        config.check_quotas()
-        node.home.save_config(config)
+        def change(config: Config) -> None:
+            # A quota set for one of the partner's earlier keys is replaced, not kept beside.
+            own = {}
+            for key in [k for k in config.partner_quotas if k == did or
+                        canonical(k, aliases) == did]:
+                own.update(config.partner_quotas.pop(key))
+            if not default:
+                own.update({k: v for k, v in (("docs", docs), ("bytes", size)) if v is not None})
+                config.partner_quotas[did] = own
+            config.check_quotas()
+
+        # Under the config lock (other processes write it too); not on the event loop.
+        await asyncio.to_thread(node.home.update_config, change)
     current = await node.ledger.partner(did)
     return (await quota_usage(node, [current or partner], aliases))[0]
 

@@ -14,6 +14,7 @@ is written, so a refused change leaves the config as it was.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from kernel.plugin import Finding
 
 from .. import users as _users
 from ..errors import ConfigError, PluginConfigError
-from ..home import Home
+from ..home import Config, Home
 from ..plugin_host import PluginHost, PluginInfo, available
 
 __all__ = ["PluginScope", "offline", "LinePreview", "Preview", "UserInfo", "PluginSettings",
@@ -167,18 +168,21 @@ async def enable_plugin(node: PluginScope, name: str) -> tuple[str, ...]:
     node's settings for it. Enabling an enabled plugin changes nothing.
     """
     home = node.home
-    config = home.load_config()
     installed = available()
     if name not in installed:
         raise PluginConfigError(f"no plugin {name!r} is installed; available: "
                                 f"{', '.join(sorted(installed)) or 'none'}")
-    host = PluginHost.load([name], settings=config.plugin_settings)
-    if name in host.broken:
-        raise PluginConfigError(f"plugin {name} is broken: {host.broken[name]}")
-    if name not in config.plugins:
-        config.plugins.append(name)
-        home.save_config(config)
-    return tuple(config.plugins)
+
+    def enable(config: Config) -> tuple[str, ...]:
+        # Under the config's lock, on the config as it is now (other processes write it).
+        host = PluginHost.load([name], settings=config.plugin_settings)
+        if name in host.broken:
+            raise PluginConfigError(f"plugin {name} is broken: {host.broken[name]}")
+        if name not in config.plugins:
+            config.plugins.append(name)
+        return tuple(config.plugins)
+
+    return await asyncio.to_thread(home.update_config, enable)
 
 
 async def disable_plugin(node: PluginScope, name: str) -> tuple[str, ...]:
@@ -186,13 +190,13 @@ async def disable_plugin(node: PluginScope, name: str) -> tuple[str, ...]:
 
     Documents already stored keep their fields. PluginConfigError if it is not enabled.
     """
-    home = node.home
-    config = home.load_config()
-    if name not in config.plugins:
-        raise PluginConfigError(f"{name} is not enabled")
-    config.plugins.remove(name)
-    home.save_config(config)
-    return tuple(config.plugins)
+    def disable(config: Config) -> tuple[str, ...]:
+        if name not in config.plugins:
+            raise PluginConfigError(f"{name} is not enabled")
+        config.plugins.remove(name)
+        return tuple(config.plugins)
+
+    return await asyncio.to_thread(node.home.update_config, disable)
 
 
 async def configure_plugin(node: PluginScope, name: str, *,
@@ -205,26 +209,32 @@ async def configure_plugin(node: PluginScope, name: str, *,
     are not saved (PluginConfigError with its reason), nor are any for a
     plugin that is not installed or a setting to unset that it does not have.
     """
-    home = node.home
-    config = home.load_config()
     if name not in available():
         raise PluginConfigError(f"no plugin {name!r} is installed")
-    current: dict[str, Any] = {} if clear else dict(config.plugin_settings.get(name, {}))
-    for key in unset:
-        if key not in current:
-            raise PluginConfigError(f"{name} has no setting {key!r}")
-        del current[key]
-    current.update(values or {})
     changed = bool(values or unset or clear)
+
+    def configure(config: Config) -> dict[str, Any]:
+        current: dict[str, Any] = {} if clear else dict(config.plugin_settings.get(name, {}))
+        for key in unset:
+            if key not in current:
+                raise PluginConfigError(f"{name} has no setting {key!r}")
+            del current[key]
+        current.update(values or {})
+        if changed:
+            host = PluginHost.load([name], settings={name: current})
+            if name in host.broken:
+                raise PluginConfigError(f"not saved: {host.broken[name]}")
+            if current:
+                config.plugin_settings[name] = current
+            else:
+                config.plugin_settings.pop(name, None)
+        return current
+
+    # A change is made to the config as it is under the lock (others write it too).
     if changed:
-        host = PluginHost.load([name], settings={name: current})
-        if name in host.broken:
-            raise PluginConfigError(f"not saved: {host.broken[name]}")
-        if current:
-            config.plugin_settings[name] = current
-        else:
-            config.plugin_settings.pop(name, None)
-        home.save_config(config)
+        current = await asyncio.to_thread(node.home.update_config, configure)
+    else:
+        current = configure(node.home.load_config())
     return PluginSettings(name, current, changed)
 
 
