@@ -42,7 +42,7 @@ ci: test sanitize test-pure
 
 bench: $(STAMP)
 	$(PY) bench/kernel.py
-	@for b in store archive exchange search; do \
+	@for b in store archive exchange search api; do \
 	  if [ -f bench/$$b.py ]; then $(PY) bench/$$b.py || exit 1; fi; done
 
 lint: $(STAMP)

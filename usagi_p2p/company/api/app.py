@@ -202,7 +202,10 @@ def _middleware(node: Node, tokens: TokenStore, endpoints: Endpoints, guard: Gua
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return problem_response(_http_error(exc, request))
+            answer = problem_response(_http_error(exc, request))
+            if isinstance(exc, web.HTTPMethodNotAllowed):  # RFC 9110 section 15.5.6
+                answer.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+            return answer
         except UsagiError as exc:
             if exc.code == "internal_error":
                 log.error("%s %s failed: %s", request.method, request.path, exc)

@@ -126,6 +126,8 @@ def parse_object(call: Call, fields: Sequence[Field],
                 errors.append({"field": f.name, "code": "required", "message": "is required"})
             continue
         value = data[f.name]
+        if f.kind is int and isinstance(value, float) and value.is_integer():
+            value = data[f.name] = int(value)  # 1.0 is an integer to JSON Schema (openapi.json)
         # bool is an int in Python; JSON keeps them apart, and so do we.
         if not isinstance(value, f.kind) or (f.kind is int and isinstance(value, bool)):
             errors.append({"field": f.name, "code": "wrong_type",

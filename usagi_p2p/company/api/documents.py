@@ -168,7 +168,7 @@ def _send_request(call: Call) -> tuple[dict[str, Any], list[FieldError]]:
         if any(e["field"] == "" for e in exc.errors):
             raise  # not a JSON object at all: nothing more to say of its members
         wrong = {e["field"] for e in exc.errors}
-        data = json.loads(call.body.decode("utf-8"))
+        data = json.loads(call.body.decode("utf-8")) if call.body else {}  # empty: {}
         return {k: v for k, v in data.items() if k not in wrong}, list(exc.errors)
 
 

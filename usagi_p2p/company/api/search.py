@@ -12,7 +12,7 @@ from .calls import Call
 from .problems import FieldError, ValidationFailedError
 
 #: The query parameters of ``GET /api/v1/search`` and their longest lengths.
-_SEARCH_PARAMETERS: Final = {"q": 1000, "partner": 500, "kind": 100, "direction": 3,
+_SEARCH_PARAMETERS: Final = {"q": 500, "partner": 500, "kind": 100, "direction": 3,
                              "limit": 3, "cursor": 100}
 
 
