@@ -111,6 +111,13 @@ class Config:
     local_host: str = "127.0.0.1"
     local_port: int | None = None
     local_socket: str | None = None
+    #: The event sequence (docs/spec.md section 15) keeps events this many days,
+    #: and at most ``events_keep`` of the newest; ``usagi serve`` prunes hourly.
+    events_keep_days: int = 90
+    events_keep: int = 1_000_000
+    #: Where each event is POSTed, signed (docs/api.md, "Webhooks"): each
+    #: {"url": ..., "secret": "whsec_...", "types": [...]} ('usagi webhook add').
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:

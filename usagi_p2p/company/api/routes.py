@@ -23,6 +23,7 @@ from aiohttp import web
 
 from ...node import operations
 from ...node.node import Node
+from .events import stream_events
 from .problems import FieldError, ValidationFailedError
 from .tokens import Token
 
@@ -184,4 +185,6 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/status", "getStatus", "read", 0, status),
     Route("GET", "/api/v1/key", "getKey", "read", 0, key),
     Route("POST", "/api/v1/outbox/retry", "retryOutbox", "send", SMALL, outbox_retry),
+    # events (usagi_p2p/company/api/events.py)
+    Route("GET", "/api/v1/events", "streamEvents", "read", 0, stream_events),
 )

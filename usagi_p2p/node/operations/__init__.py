@@ -14,6 +14,8 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
     partners.py    invite, add_partner, partners, rename_partner,
                    set_partner_status, quota, set_quota
     this_node.py   node_status, key_info, rotate_key, announce_key, resume_outbox
+    events.py      events_after, event_range, commit_signal, prune_events, webhooks,
+                   add_webhook, remove_webhook, webhook_log, replay_webhook, webhook_*
 
 Faces import this package (``from usagi_p2p.node import operations``), not
 its modules.
@@ -44,6 +46,27 @@ from .documents import (
     show_document,
     thread_documents,
     verify_document,
+)
+from .events import (
+    EVENT_TYPES,
+    LOST,
+    Event,
+    Webhook,
+    WebhookAttempt,
+    add_webhook,
+    commit_signal,
+    event_range,
+    events_after,
+    prune_events,
+    remove_webhook,
+    replay_webhook,
+    webhook_attempted,
+    webhook_due,
+    webhook_enqueue,
+    webhook_follow,
+    webhook_log,
+    webhook_next_due,
+    webhooks,
 )
 from .partners import (
     PartnerChange,
@@ -77,4 +100,8 @@ __all__ = [  # the values, then the operations of the module docstring
     "await_ack", "retry_outbox",
     "list_documents", "show_document", "thread_documents", "verify_document", "invite",
     "add_partner", "partners", "rename_partner", "set_partner_status", "quota", "set_quota",
-    "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox"]
+    "node_status", "key_info", "rotate_key", "announce_key", "resume_outbox",
+    "EVENT_TYPES", "LOST", "Event", "Webhook", "WebhookAttempt", "events_after", "event_range",
+    "commit_signal", "prune_events", "webhooks", "add_webhook", "remove_webhook", "webhook_log",
+    "replay_webhook", "webhook_follow", "webhook_enqueue", "webhook_due", "webhook_attempted",
+    "webhook_next_due"]
