@@ -172,3 +172,22 @@ async def test_a_webhook_is_http_or_https(served: Served) -> None:
         with pytest.raises(ConfigError):
             await operations.add_webhook(served.node, url)
     assert operations.webhooks(served.node) == []
+
+
+def test_the_cli_adds_lists_logs_replays_and_removes(tmp_path: Path) -> None:
+    from ..node.test_cli import usagi
+
+    home = make_home(tmp_path / "kanto", "Kanto Machine Tools").path
+    url = "http://127.0.0.1:9/hooks"
+    added = json.loads(usagi(home, "--json", "webhook", "add", url, "--type",
+                             "partner.added").stdout)
+    assert added["secret"].startswith("whsec_") and added["types"] == ["partner.added"]
+    assert json.loads(usagi(home, "--json", "webhook", "list").stdout) == [
+        {"url": url, "types": ["partner.added"]}]
+    refused = usagi(home, "webhook", "add", "ftp://127.0.0.1/x", check=False)
+    assert refused.returncode != 0 and "config_error" in refused.stderr
+    assert json.loads(usagi(home, "--json", "webhook", "log").stdout) == []
+    # Nothing kept under these ids: nothing queued.
+    assert json.loads(usagi(home, "--json", "webhook", "replay", "1-3").stdout) == {"queued": []}
+    usagi(home, "webhook", "remove", url)
+    assert json.loads(usagi(home, "--json", "webhook", "list").stdout) == []

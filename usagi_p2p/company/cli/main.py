@@ -147,9 +147,11 @@ def _register_commands() -> None:
     from .plugins import extract_command, plugins_group, user_group
     from .serve import serve
     from .tokens import token_group
+    from .webhooks import webhook_group
 
     commands: list[Any] = [serve, invite, partner, send, inbox, outbox, show, thread, verify,
-                           key, plugins_group, user_group, extract_command, archive, token_group]
+                           key, plugins_group, user_group, extract_command, archive, token_group,
+                           webhook_group]
     for command in commands:
         main.add_command(command)
 
