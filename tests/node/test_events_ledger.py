@@ -1,4 +1,4 @@
-"""The event sequence in the ledger (docs/spec.md section 15): each change reported once,
+"""The event sequence in the ledger (docs/spec.md section 11.6): each change reported once,
 in the transaction that makes it; nothing reported for a change that is not committed."""
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class Config:
     local_host: str = "127.0.0.1"
     local_port: int | None = None
     local_socket: str | None = None
-    #: The event sequence (docs/spec.md section 15) keeps events this many days,
+    #: The event sequence (docs/spec.md section 11.6) keeps events this many days,
     #: and at most ``events_keep`` of the newest; ``usagi serve`` prunes hourly.
     events_keep_days: int = 90
     events_keep: int = 1_000_000

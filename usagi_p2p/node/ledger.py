@@ -187,7 +187,7 @@ class QuarantineRow:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One event of the sequence (docs/spec.md section 15): what changed, as committed."""
+    """One event of the sequence (docs/spec.md section 11.6): what changed, as committed."""
 
     seq: int
     at: float
@@ -1197,7 +1197,7 @@ class Ledger:
         rows = await self._all("SELECT state, count(*) FROM outbox GROUP BY state")
         return {r[0]: r[1] for r in rows}
 
-    # -- events (docs/spec.md section 15) -------------------------------------
+    # -- events (docs/spec.md section 11.6) -------------------------------------
 
     async def events(self, after: int, limit: int = 500, types: Sequence[str] = ()
                      ) -> list[Event]:

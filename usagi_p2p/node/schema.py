@@ -14,7 +14,7 @@ Step 1 is the schema as the node made it before there were versions (every
 with the columns ledgers older than that lacked: a ledger of any earlier
 version, or none, comes out of it with the same tables. Step 2 makes
 ``nonces`` a rowid table. Step 3 (:func:`_events`) adds the event sequence
-the local API streams and the webhooks' queue and log (docs/spec.md section 15).
+the local API streams and the webhooks' queue and log (docs/spec.md section 11.6).
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ async def _nonces_with_rowid(db: aiosqlite.Connection) -> None:
         await db.execute("DROP TABLE nonces_without_rowid")
 
 
-#: The event sequence (docs/spec.md section 15) and what the webhooks owe.
+#: The event sequence (docs/spec.md section 11.6) and what the webhooks owe.
 #:
 #: ``seq`` is AUTOINCREMENT: a seq is never used twice, even after every event
 #: was pruned, so a client's ``Last-Event-ID`` never names a newer event. A

@@ -1,4 +1,4 @@
-"""The event sequence and the webhooks' bookkeeping (docs/spec.md section 15, docs/api.md).
+"""The event sequence and the webhooks' bookkeeping (docs/spec.md section 11.6, docs/api.md).
 
 The ledger writes each event in the transaction of the change it reports
 (usagi_p2p/node/schema.py, ``_EVENTS``); these operations read it for the
@@ -25,7 +25,7 @@ __all__ = ["Event", "WebhookAttempt", "Webhook", "EVENT_TYPES", "LOST", "events_
            "remove_webhook", "webhook_log", "replay_webhook", "webhook_follow",
            "webhook_enqueue", "webhook_due", "webhook_attempted", "webhook_next_due"]
 
-#: Every type the ledger writes, and what each reports (docs/spec.md section 15).
+#: Every type the ledger writes, and what each reports (docs/spec.md section 11.6).
 EVENT_TYPES: Final = {
     "document.received": "a partner's document was verified and recorded (its ack given)",
     "document.sent": "a document of this node was recorded and queued for delivery",
