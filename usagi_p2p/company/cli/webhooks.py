@@ -72,7 +72,10 @@ def webhook_add(ctx: click.Context, url: str, types: tuple[str, ...]) -> None:
 @webhook_group.command("list")
 @click.pass_context
 def webhook_list(ctx: click.Context) -> None:
-    """The configured webhooks and the event types each is sent (secrets hidden)."""
+    """The configured webhooks and the event types each is sent (secrets hidden).
+
+    Example: usagi webhook list
+    """
     from ...node import operations as ops
 
     async def hooks(node: Node) -> list[ops.Webhook]:
@@ -87,7 +90,10 @@ def webhook_list(ctx: click.Context) -> None:
 @click.argument("url")
 @click.pass_context
 def webhook_remove(ctx: click.Context, url: str) -> None:
-    """Stop sending to URL; what it was still owed is dropped (its log stays)."""
+    """Stop sending to URL; what it was still owed is dropped (its log stays).
+
+    Example: usagi webhook remove https://erp.example/usagi
+    """
     from ...node import operations as ops
 
     async def remove(node: Node) -> None:
@@ -103,7 +109,10 @@ def webhook_remove(ctx: click.Context, url: str) -> None:
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.pass_context
 def webhook_log(ctx: click.Context, url: str | None, seq: int | None, limit: int) -> None:
-    """The delivery log: each attempt, its HTTP status or error."""
+    """The delivery log: each attempt, its HTTP status or error.
+
+    Example: usagi webhook log --url https://erp.example/usagi
+    """
     from ...node import operations as ops
 
     async def log(node: Node) -> list[ops.WebhookAttempt]:
