@@ -27,7 +27,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from aiohttp import web
 
@@ -35,9 +35,7 @@ from ...node import operations
 from ...node.errors import OverloadedError
 from ...node.node import Node
 from .problems import ValidationFailedError
-
-if TYPE_CHECKING:
-    from .routes import Call
+from .tokens import Token
 
 __all__ = ["stream_events", "install", "MAX_STREAMS", "HEARTBEAT", "POLL", "format_event"]
 
@@ -51,6 +49,17 @@ POLL: Final = 2.0
 PAGE: Final = 500
 #: What EventSource waits before reconnecting (ms), sent first.
 RETRY_MS: Final = 2000
+
+
+class Call(Protocol):
+    """What the handler reads of routes.Call (named here: routes imports this module)."""
+
+    @property
+    def request(self) -> web.Request: ...
+    @property
+    def node(self) -> Node: ...
+    @property
+    def token(self) -> Token | None: ...
 
 
 @dataclass

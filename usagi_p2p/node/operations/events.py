@@ -82,8 +82,15 @@ class Webhook:
 
 
 def check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """An absolute http(s) URL of printable ASCII (an IRI's other characters percent-encoded)."""
+    if not url.isascii() or any(not c.isprintable() or c.isspace() for c in url):
+        raise ConfigError(f"a webhook URL is printable ASCII without spaces: {url[:200]!r}")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise ConfigError(f"not a URL: {url[:200]!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise ConfigError(f"a webhook URL is http:// or https:// with a host, not {url[:200]!r}")
     return url
 
