@@ -96,3 +96,16 @@ async def test_the_served_document_is_the_file_and_answers_conform(api: Api) -> 
                                   json={"x": 1}),
                    await api.call("GET", "/api/v1/none")):
         conforms(answer[2], "Problem")
+
+
+def test_every_field_error_code_the_handlers_give_is_in_the_schema() -> None:
+    """A code a handler puts in a validation_failed entry is one FieldError lists."""
+    import re
+
+    api = OPENAPI_PATH.parent
+    given = {code for path in api.glob("*.py")
+             for code in re.findall(r'"code": "([a-z_]+)"', path.read_text(encoding="utf-8"))}
+    given -= {"forbidden_scope"}  # a problem's code (problems.py), not a field's
+    listed = set(json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+                 ["components"]["schemas"]["FieldError"]["properties"]["code"]["enum"])
+    assert given <= listed, sorted(given - listed)

@@ -446,6 +446,16 @@ def test_every_command_prints_a_hostile_partners_text_inert(tmp_path: Path) -> N
         for json_flag in ((), ("--json",)):
             usagi(*json_flag, "token", "list")
         usagi("token", "revoke", "erp")
+
+        # Webhooks: a URL carrying the payload is refused, its error inert.
+        usagi("webhook", "add", "http://127.0.0.1:9/x" + ARGUMENT, code=78)
+        hook = f"http://127.0.0.1:{free_port()}/hook"
+        usagi("webhook", "add", hook, "--type", "partner.changed")
+        usagi("webhook", "replay", "1-3")
+        for json_flag in ((), ("--json",)):
+            usagi(*json_flag, "webhook", "list")
+            usagi(*json_flag, "webhook", "log")
+        usagi("webhook", "remove", hook)
         usagi("demo")
     finally:
         server.send_signal(signal.SIGINT)

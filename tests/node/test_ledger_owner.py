@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LEDGER_TABLES = ("partners", "rotations", "documents", "acks", "quarantine", "outbox",
-                 "invitations", "nonces", "quota_usage", "idempotency_keys")
+                 "invitations", "nonces", "quota_usage", "idempotency_keys", "events",
+                 "events_quiet", "webhook_cursor", "webhook_queue", "webhook_log")
 WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE|ALTER|CREATE|DROP)\b", re.IGNORECASE)
 CONNECT = re.compile(r"\b(sqlite3|aiosqlite)\.connect\b|ATTACH DATABASE|\.ledger\.(write|db)\b")
 

@@ -119,6 +119,13 @@ class Config:
     local_socket: str | None = None
     #: The largest upload the local API takes (an archive to verify), in bytes.
     local_upload_max: int = 1 << 30
+    #: The event sequence (docs/spec.md section 11.6) keeps events this many days,
+    #: and at most ``events_keep`` of the newest; ``usagi serve`` prunes hourly.
+    events_keep_days: int = 90
+    events_keep: int = 1_000_000
+    #: Where each event is POSTed, signed (docs/api.md, "Webhooks"): each
+    #: {"url": ..., "secret": "whsec_...", "types": [...]} ('usagi webhook add').
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:

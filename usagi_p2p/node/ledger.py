@@ -26,6 +26,7 @@ together, rather than in as many modules as there are callers.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
@@ -46,7 +47,7 @@ from .fulltext import normalise, party_key, signed_text
 from .schema import MIGRATIONS
 
 __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow", "Snapshot", "ExportRow", "Restore",
-           "QuarantineRow", "KeyClaim", "KeyRow", "SearchRow"]
+           "QuarantineRow", "KeyClaim", "KeyRow", "SearchRow", "Event", "WebhookAttempt"]
 
 log = logging.getLogger("usagi.ledger")
 
@@ -231,6 +232,37 @@ class QuarantineRow:
     code: str  # why: an error code (docs/spec.md section 14)
     reason: str
     archive: bytes  # the root CID of the archive it came in (raw), or b""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of the sequence (docs/spec.md section 11.6): what changed, as committed."""
+
+    seq: int
+    at: float
+    type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """One attempt to deliver an event to a webhook (the delivery log)."""
+
+    seq: int
+    url: str
+    attempt: int
+    status: int | None
+    at: float
+    error: str | None
+
+
+def _event(row: Sequence[Any]) -> Event:
+    """An event row, its CIDs (stored as hex: the triggers cannot write CID text) as text."""
+    data = json.loads(row[3])
+    for key in ("cid", "thread"):
+        if isinstance(data.get(key), str):
+            data[key] = str(CID.from_bytes(bytes.fromhex(data[key])))
+    return Event(int(row[0]), float(row[1]), str(row[2]), data)
 
 
 @dataclass(slots=True)
@@ -517,6 +549,13 @@ _INDEX: Final = (
     "WHERE r.cid = ?4 AND NOT EXISTS (SELECT 1 FROM search WHERE rowid = r.id)")
 
 
+def _quiet(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[str, Sequence[Any]]]:
+    """``statements`` with the events' triggers silent (schema.py, ``events_quiet``):
+    for what restores history rather than makes news (an archive import)."""
+    return [("INSERT OR IGNORE INTO events_quiet (one) VALUES (1)", ()), *statements,
+            ("DELETE FROM events_quiet", ())]
+
+
 def _indexing(rows: Iterable[DocumentRow]) -> list[tuple[str, Sequence[Any]]]:
     """The statements that put ``rows`` in the search index (fulltext.py)."""
     return _index_statements([(row.cid.raw, row.ref, row.partner,
@@ -565,6 +604,9 @@ class Ledger:
         self._wal = False  # set by open()
         # One connection, many coroutines: transactions must not interleave.
         self._tx = asyncio.Lock()
+        # Set (and replaced) after each commit of this connection: what waits
+        # for new events (:meth:`committed`) wakes without polling.
+        self._commit = asyncio.Event()
 
     async def __aenter__(self) -> Ledger:
         await self.open()
@@ -663,6 +705,22 @@ class Ledger:
             return await self._write(statements, reads)
         except sqlite3.Error as exc:
             raise _typed(exc) from exc
+        finally:
+            self._notify()
+
+    def _notify(self) -> None:
+        """Wake whatever waits for a commit (after a failed write too: harmless)."""
+        done, self._commit = self._commit, asyncio.Event()
+        done.set()
+
+    def committed(self) -> asyncio.Event:
+        """Set at the next commit of this process's ledger connection.
+
+        Take it *before* reading what is new, then wait on it: a commit between
+        the read and the wait has set it already, so nothing is missed. Commits
+        of other processes are not seen: a waiter also reads again now and then.
+        """
+        return self._commit
 
     async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]],
                      reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
@@ -743,6 +801,8 @@ class Ledger:
                     return int(cursor.rowcount)
             except sqlite3.Error as exc:
                 raise _typed(exc) from exc
+            finally:
+                self._notify()
 
     # -- partners -----------------------------------------------------------
 
@@ -825,13 +885,18 @@ class Ledger:
 
     async def partner_rotated(self, old: str, new: str, valid_until: float) -> None:
         """A partner moved from ``old`` to ``new``: the new key takes its place, the
-        old one is accepted until ``valid_until`` and refused after."""
+        old one is accepted until ``valid_until`` and refused after.
+
+        ``rotated_to`` is set first: the new key's row is then no
+        ``partner.added`` (the event trigger sees whose key it is), and the
+        status change reports the rotation as ``partner.changed``."""
         await self.write([
+            ("UPDATE partners SET rotated_to = ?, valid_until = ? WHERE did = ?",
+             (new, valid_until, old)),
             ("INSERT INTO partners (did, name, endpoint, status, added_at, invitation) "
              "SELECT ?, name, endpoint, status, ?, invitation FROM partners WHERE did = ? "
              "ON CONFLICT(did) DO NOTHING", (new, self.clock(), old)),
-            ("UPDATE partners SET status = 'rotated', rotated_to = ?, valid_until = ? "
-             "WHERE did = ?", (new, valid_until, old)),
+            ("UPDATE partners SET status = 'rotated' WHERE did = ?", (old,)),
         ])
 
     async def record_rotation(self, old: str, new: str, overlap_until: float,
@@ -963,6 +1028,8 @@ class Ledger:
                     expected, _groups(statements), reads)
         except sqlite3.Error as exc:
             raise _typed(exc) from exc
+        finally:
+            self._notify()
         if held:
             return {d: CID.from_bytes(c) for d, c in held.items()}, set()
         recorded = {raw for rows in found for (raw,) in rows}
@@ -1285,19 +1352,20 @@ class Ledger:
         # Last: the partners restored above give the documents' names.
         statements += _indexing(row for row, _ in page.documents)
         dids = [did for did, *_ in page.partners]
-        found = await self.write(statements, reads=_chunked(_KNOWN_PARTNERS, (), dids))
+        # An import restores history; it is not news: no events (schema.py, _EVENTS).
+        found = await self.write(_quiet(statements), reads=_chunked(_KNOWN_PARTNERS, (), dids))
         missing = set(dids) - {did for rows in found for (did,) in rows}
         if not missing:
             return
         while missing:  # a name taken meanwhile (another process): the next free one
             rows = [p for p in page.partners if p[0] in missing]
-            found = await self.write(await self._restored_partners(rows, now),
+            found = await self.write(_quiet(await self._restored_partners(rows, now)),
                                      reads=_chunked(_KNOWN_PARTNERS, (), sorted(missing)))
             missing -= {did for rows in found for (did,) in rows}
         if page.partner_rotations:  # the rotations of the partners inserted just now
-            await self.write([("UPDATE partners SET rotated_to = ? WHERE did = ? AND "
-                               "rotated_to IS NULL", (new, old))
-                              for old, new in page.partner_rotations.items()])
+            await self.write(_quiet([("UPDATE partners SET rotated_to = ? WHERE did = ? AND "
+                                      "rotated_to IS NULL", (new, old))
+                                     for old, new in page.partner_rotations.items()]))
 
     async def _restored_partners(self, partners: Sequence[tuple[str, str, str, str]], now: float
                                  ) -> list[tuple[str, Sequence[Any]]]:
@@ -1508,3 +1576,129 @@ class Ledger:
         return bool(await self._change(
             "DELETE FROM idempotency_keys WHERE token = ? AND key = ? AND claim = ? "
             "AND cid IS NULL", (claim.token, claim.key, claim.claim)))
+
+    # -- events (docs/spec.md section 11.6) -------------------------------------
+
+    async def events(self, after: int, limit: int = 500, types: Sequence[str] = ()
+                     ) -> list[Event]:
+        """The events after seq ``after``, oldest first, at most ``limit``;
+        only those of ``types`` when given."""
+        where = ""
+        args: list[Any] = [after]
+        if types:
+            where = f" AND type IN ({','.join('?' * len(types))})"
+            args.extend(types)
+        rows = await self._all("SELECT seq, at, type, data FROM events WHERE seq > ?"  # noqa: S608
+                               f"{where} ORDER BY seq LIMIT ?", (*args, limit))
+        return [_event(r) for r in rows]
+
+    async def event(self, seq: int) -> Event | None:
+        row = await self._one("SELECT seq, at, type, data FROM events WHERE seq = ?", (seq,))
+        return _event(row) if row else None
+
+    async def event_range(self) -> tuple[int, int]:
+        """(the oldest seq kept, the last seq given): (last + 1, last) when none is
+        kept; last is 0 when there was never an event."""
+        first, last = await self._one("SELECT (SELECT min(seq) FROM events), "
+                                      "(SELECT seq FROM sqlite_sequence WHERE name = 'events')")
+        last = int(last or 0)
+        return (int(first) if first is not None else last + 1), last
+
+    async def prune_events(self, before: float, keep: int) -> int:
+        """Forget the events older than ``before`` and all but the last ``keep``,
+        with their webhook log and queue; return how many events went."""
+        gone = ("SELECT seq FROM events WHERE at < ?1 OR seq <= (SELECT seq FROM "
+                "sqlite_sequence WHERE name = 'events') - ?2")
+        found = await self.write([
+            (f"DELETE FROM webhook_log WHERE seq IN ({gone})", (before, keep)),  # noqa: S608
+            (f"DELETE FROM webhook_queue WHERE seq IN ({gone})", (before, keep)),  # noqa: S608
+            ("DELETE FROM events WHERE at < ?1 OR seq <= (SELECT seq FROM sqlite_sequence "
+             "WHERE name = 'events') - ?2", (before, keep)),
+        ], reads=[("SELECT changes()", ())])
+        return int(found[0][0][0])
+
+    # -- webhooks (docs/api.md, "Webhooks") -----------------------------------
+
+    async def webhook_follow(self, url: str) -> None:
+        """Start a webhook's cursor at the last event: it is sent what happens from now."""
+        await self.write([("INSERT OR IGNORE INTO webhook_cursor (url, seq) VALUES (?, coalesce("
+                           "(SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))",
+                           (url,))])
+
+    async def webhook_forget(self, url: str) -> None:
+        """A webhook removed: its cursor and what it was owed go (its log stays)."""
+        await self.write([("DELETE FROM webhook_cursor WHERE url = ?", (url,)),
+                          ("DELETE FROM webhook_queue WHERE url = ?", (url,))])
+
+    async def webhook_enqueue(self, url: str, types: Sequence[str], now: float,
+                              limit: int = 500) -> int:
+        """Queue the events after the webhook's cursor (of ``types``, or all) and move
+        the cursor past them, in one transaction; return how many were queued."""
+        row = await self._one("SELECT seq FROM webhook_cursor WHERE url = ?", (url,))
+        if row is None:
+            return 0
+        cursor = int(row[0])
+        rows = await self._all("SELECT seq, type FROM events WHERE seq > ? ORDER BY seq "
+                               "LIMIT ?", (cursor, limit))
+        if not rows:
+            return 0
+        wanted = [(url, seq, now) for seq, kind in rows if not types or kind in types]
+        statements: list[tuple[str, Sequence[Any]]] = [
+            ("INSERT OR IGNORE INTO webhook_queue (url, seq, next_at) VALUES (?,?,?)", w)
+            for w in wanted]
+        # Conditional: a second sender of this ledger that moved it meanwhile wins.
+        statements.append(("UPDATE webhook_cursor SET seq = ? WHERE url = ? AND seq = ?",
+                           (int(rows[-1][0]), url, cursor)))
+        await self.write(statements)
+        return len(wanted)
+
+    async def webhook_due(self, url: str, now: float, limit: int = 50
+                          ) -> list[tuple[Event, int]]:
+        """(event, attempts made) owed to ``url`` and due now, oldest first."""
+        rows = await self._all(
+            "SELECT e.seq, e.at, e.type, e.data, q.attempt FROM webhook_queue q "
+            "JOIN events e ON e.seq = q.seq WHERE q.url = ? AND q.next_at <= ? "
+            "ORDER BY q.seq LIMIT ?", (url, now, limit))
+        return [(_event(r[:4]), int(r[4])) for r in rows]
+
+    async def webhook_next_due(self) -> float | None:
+        row = await self._one("SELECT min(next_at) FROM webhook_queue")
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def webhook_attempted(self, attempt: WebhookAttempt, next_at: float | None) -> None:
+        """Log an attempt; the delivery is done (``next_at`` None: delivered or given
+        up) or due again at ``next_at``. One transaction."""
+        done: tuple[str, Sequence[Any]] = (
+            ("DELETE FROM webhook_queue WHERE url = ? AND seq = ?", (attempt.url, attempt.seq))
+            if next_at is None else
+            ("UPDATE webhook_queue SET attempt = ?, next_at = ? WHERE url = ? AND seq = ?",
+             (attempt.attempt, next_at, attempt.url, attempt.seq)))
+        await self.write([
+            ("INSERT INTO webhook_log (seq, url, attempt, status, at, error) "
+             "VALUES (?,?,?,?,?,?)", (attempt.seq, attempt.url, attempt.attempt, attempt.status,
+                                      attempt.at, attempt.error)),
+            done])
+
+    async def webhook_replay(self, url: str, seqs: Sequence[int], now: float) -> list[int]:
+        """Queue ``seqs`` (those still kept) for ``url`` again, attempts from the
+        start; return the seqs queued."""
+        kept = [int(r[0]) for rows in await self._reads(
+            _chunked("SELECT seq FROM events WHERE seq IN ({marks})", (), list(seqs)))
+            for r in rows]
+        await self.write([("INSERT INTO webhook_queue (url, seq, attempt, next_at) "
+                           "VALUES (?,?,0,?) ON CONFLICT(url, seq) DO UPDATE SET attempt = 0, "
+                           "next_at = excluded.next_at", (url, seq, now)) for seq in kept])
+        return sorted(kept)
+
+    async def webhook_log(self, *, url: str | None = None, seq: int | None = None,
+                          limit: int = 100) -> list[WebhookAttempt]:
+        """The last ``limit`` attempts (of ``url``, of event ``seq``), oldest first."""
+        where, args = [], []
+        for clause, value in (("url = ?", url), ("seq = ?", seq)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = await self._all("SELECT seq, url, attempt, status, at, error FROM webhook_log "  # noqa: S608
+                               f"{clause} ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [WebhookAttempt(*r) for r in reversed(rows)]

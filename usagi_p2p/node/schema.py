@@ -14,7 +14,9 @@ Step 1 is the schema as the node made it before there were versions (every
 with the columns ledgers older than that lacked: a ledger of any earlier
 version, or none, comes out of it with the same tables. Step 2 makes
 ``nonces`` a rowid table. Step 3 adds the local API's idempotency keys
-(docs/api.md, "Idempotency-Key"), step 4 the full-text index (``search``).
+(docs/api.md, "Idempotency-Key"), step 4 the full-text index (``search``),
+step 5 (:func:`_events`) the event sequence the local API streams and the
+webhooks' queue and log (docs/spec.md section 11.6).
 """
 
 from __future__ import annotations
@@ -238,8 +240,108 @@ async def _search_index(db: aiosqlite.Connection) -> None:
     await db.execute("INSERT OR IGNORE INTO search_pending (cid) SELECT cid FROM documents")
 
 
+#: The event sequence (docs/spec.md section 11.6) and what the webhooks owe.
+#:
+#: ``seq`` is AUTOINCREMENT: a seq is never used twice, even after every event
+#: was pruned, so a client's ``Last-Event-ID`` never names a newer event. A
+#: rolled-back transaction takes its seq back with it (sqlite_sequence is
+#: written in the same transaction), and writers are serialized, so a reader
+#: never sees seq n+1 without n: the sequence has no gaps but those pruned.
+#:
+#: Events are written by triggers on the rows they report, in the statement
+#: that changes the row: an event exists exactly when its change is
+#: committed, whichever write path made it (a document inserted ``OR IGNORE``
+#: that was already there fires nothing). ``data`` holds CIDs as the hex of
+#: their bytes (SQL cannot write CID text); the ledger gives them as text.
+#: ``at`` is SQLite's clock (seconds since the epoch, from julianday('now')).
+#: ``events_quiet`` holds a row only inside a transaction that must not
+#: report (an archive import restores history, it does not happen now).
+_EVENTS = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    type TEXT NOT NULL,                         -- document.received, partner.changed, ...
+    data TEXT NOT NULL                          -- JSON
+);
+CREATE TABLE IF NOT EXISTS events_quiet (one INTEGER PRIMARY KEY CHECK (one = 1));
+CREATE TRIGGER IF NOT EXISTS events_document_added AFTER INSERT ON documents
+WHEN NOT EXISTS (SELECT 1 FROM events_quiet)
+BEGIN
+    INSERT INTO events (at, type, data) VALUES ((julianday('now') - 2440587.5) * 86400.0,
+        CASE NEW.direction WHEN 'in' THEN 'document.received' ELSE 'document.sent' END,
+        json_object('cid', hex(NEW.cid), 'direction', NEW.direction, 'kind', NEW.kind,
+                    'ref', NEW.ref, 'thread', hex(NEW.thread),
+                    'partner', json_object('did', NEW.partner, 'name',
+                        (SELECT name FROM partners WHERE did = NEW.partner)),
+                    'status', NEW.status, 'reason', NEW.reason));
+END;
+CREATE TRIGGER IF NOT EXISTS events_document_status AFTER UPDATE OF status ON documents
+WHEN NEW.status IS NOT OLD.status AND NOT EXISTS (SELECT 1 FROM events_quiet)
+BEGIN
+    INSERT INTO events (at, type, data) VALUES ((julianday('now') - 2440587.5) * 86400.0,
+        'document.' || CASE NEW.status WHEN 'queued' THEN 'requeued' ELSE NEW.status END,
+        json_object('cid', hex(NEW.cid), 'direction', NEW.direction, 'kind', NEW.kind,
+                    'ref', NEW.ref, 'thread', hex(NEW.thread),
+                    'partner', json_object('did', NEW.partner, 'name',
+                        (SELECT name FROM partners WHERE did = NEW.partner)),
+                    'status', NEW.status, 'reason', NEW.reason));
+END;
+CREATE TRIGGER IF NOT EXISTS events_partner_added AFTER INSERT ON partners
+WHEN NOT EXISTS (SELECT 1 FROM events_quiet)
+    AND NOT EXISTS (SELECT 1 FROM partners WHERE rotated_to = NEW.did)
+BEGIN
+    INSERT INTO events (at, type, data) VALUES ((julianday('now') - 2440587.5) * 86400.0, 'partner.added',
+        json_object('did', NEW.did, 'name', NEW.name, 'endpoint', NEW.endpoint,
+                    'status', NEW.status));
+END;
+CREATE TRIGGER IF NOT EXISTS events_partner_changed
+AFTER UPDATE OF name, status, endpoint ON partners
+WHEN (NEW.name IS NOT OLD.name OR NEW.status IS NOT OLD.status
+      OR NEW.endpoint IS NOT OLD.endpoint) AND NOT EXISTS (SELECT 1 FROM events_quiet)
+BEGIN
+    INSERT INTO events (at, type, data) VALUES ((julianday('now') - 2440587.5) * 86400.0, 'partner.changed',
+        json_object('did', NEW.did, 'name', NEW.name, 'endpoint', NEW.endpoint,
+                    'status', NEW.status,
+                    'change', CASE
+                        WHEN NEW.status IS NOT OLD.status THEN
+                            CASE NEW.status WHEN 'active' THEN 'resumed' ELSE NEW.status END
+                        WHEN NEW.name IS NOT OLD.name THEN 'renamed'
+                        ELSE 'endpoint' END,
+                    'previous', json_object('name', OLD.name, 'status', OLD.status),
+                    'rotated_to', NEW.rotated_to));
+END;
+CREATE TABLE IF NOT EXISTS webhook_cursor (     -- the last event queued for each URL
+    url TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_queue (      -- deliveries owed
+    url TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,         -- attempts made
+    next_at REAL NOT NULL,
+    PRIMARY KEY (url, seq)
+);
+CREATE TABLE IF NOT EXISTS webhook_log (        -- every attempt, kept as long as its event
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status INTEGER,                             -- the HTTP status; NULL: no answer
+    at REAL NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_log_seq ON webhook_log(seq);
+"""
+
+
+async def _events(db: aiosqlite.Connection) -> None:
+    """5: the event sequence of the local API, its triggers, the webhooks' tables."""
+    for statement in _statements(_EVENTS):
+        await db.execute(statement)
+
+
 #: The ledger's migrations, in order: step N brings ``user_version`` to N.
 MIGRATIONS: Final[tuple[Migration, ...]] = (_tables, _nonces_with_rowid, _idempotency_keys,
-                                              _search_index)
+                                              _search_index, _events)
 #: The ``user_version`` of a ledger this code made or migrated.
 VERSION: Final = len(MIGRATIONS)

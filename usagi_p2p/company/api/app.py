@@ -49,6 +49,7 @@ from ...node.errors import (
     RequestTimeoutError,
 )
 from ...node.node import Node
+from .events import install as install_events
 from .problems import (
     ForbiddenScopeError,
     NotLoopbackError,
@@ -250,6 +251,7 @@ def make_app(node: Node, tokens: TokenStore, *, endpoints: Endpoints | None = No
     app = web.Application(middlewares=[_middleware(node, tokens, endpoints, guard, routes)])
     app[ENDPOINTS_KEY] = endpoints
     app[TOKENS_KEY] = tokens
+    install_events(app)
     for route in table:
         added = app.router.add_route(route.method, route.path, _never,
                                      expect_handler=_expect(route, node))

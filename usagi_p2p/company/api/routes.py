@@ -30,6 +30,7 @@ from .documents import (
            documents_list,
            request_hash,
 )
+from .events import stream_events
 from .partners import (
            add_partner,
            create_invitation,
@@ -89,4 +90,6 @@ ROUTES: Final[tuple[Route, ...]] = (
           document_verify),
     # search (docs/api.md, "Search")
     Route("GET", "/api/v1/search", "searchDocuments", "read", 0, search),
+    # events (usagi_p2p/company/api/events.py)
+    Route("GET", "/api/v1/events", "streamEvents", "read", 0, stream_events),
 )

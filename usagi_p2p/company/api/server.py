@@ -19,6 +19,8 @@ loopback guard is off (tokens still hold).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -29,17 +31,23 @@ from typing import Final
 
 from aiohttp import web
 
+from kernel.errors import UsagiError
+
+from ...node import operations
 from ...node.errors import ConfigError
 from ...node.node import Node
 from .app import Guard, make_app
 from .routes import Endpoints
 from .tokens import TokenStore
+from .webhooks import SCHEDULE, WebhookSender
 
 __all__ = ["LocalServer", "DEFAULT_PORT"]
 
 log = logging.getLogger("usagi.api")
 
 DEFAULT_PORT: Final = 8471
+#: Seconds between two prunings of the event sequence (config: events_keep_days, events_keep).
+PRUNE_EVERY: Final = 3600.0
 
 
 def _loopback_host(host: str) -> bool:
@@ -73,7 +81,8 @@ class LocalServer:
 
     def __init__(self, node: Node, *, host: str | None = None, port: int | None = None,
                  socket_path: str | Path | None = None, peer_url: str | None = None,
-                 peer_port: int | None = None) -> None:
+                 peer_port: int | None = None,
+                 webhook_schedule: tuple[float, ...] = SCHEDULE) -> None:
         config = node.config
         self.node = node
         self.host = host or config.local_host
@@ -89,6 +98,9 @@ class LocalServer:
         self.tokens = TokenStore(node.home.path, clock=node.clock)
         self.guard = Guard(loopback=_loopback_host(self.host))
         self._runner: web.AppRunner | None = None
+        #: Sends each event to config.json's webhooks while the listener runs.
+        self.webhooks = WebhookSender(node, schedule=webhook_schedule)
+        self._pruning: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LocalServer:
         await self.start()
@@ -121,7 +133,20 @@ class LocalServer:
         except BaseException:
             await self.close()
             raise
+        self.webhooks.start()
+        self._pruning = asyncio.create_task(self._prune(), name="prune events")
         log.info("local API on %s", self.endpoints.local or self.endpoints.local_socket)
+
+    async def _prune(self) -> None:
+        """Keep the event sequence within the config's retention, now and hourly."""
+        while True:
+            try:
+                gone = await operations.prune_events(self.node)
+                if gone:
+                    log.info("pruned %d event(s) past retention", gone)
+            except UsagiError as exc:
+                log.warning("pruning events: %s (%s)", exc, exc.code)
+            await asyncio.sleep(PRUNE_EVERY)
 
     async def _start_tcp(self) -> None:
         assert self._runner is not None
@@ -162,6 +187,12 @@ class LocalServer:
         self.endpoints.local_socket = str(path)
 
     async def close(self) -> None:
+        if self._pruning is not None:
+            self._pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruning
+            self._pruning = None
+        await self.webhooks.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -146,10 +146,11 @@ def _register_commands() -> None:
     from .search import search
     from .serve import serve
     from .tokens import token_group
+    from .webhooks import webhook_group
 
     commands: list[Any] = [serve, invite, partner, send, inbox, outbox, show, thread, verify,
                            key, plugins_group, user_group, extract_command, archive, token_group,
-                           search]
+                           search, webhook_group]
     for command in commands:
         main.add_command(command)
 

@@ -21,6 +21,8 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
                    (on a running node, or on ``offline(home)``)
     search.py      search_documents, reindex_search
     this_node.py   node_status, key_info, rotate_key, announce_key, resume_outbox
+    events.py      events_after, event_range, commit_signal, prune_events, webhooks,
+                   add_webhook, remove_webhook, webhook_log, replay_webhook, webhook_*
 
 Faces import this package (``from usagi_p2p.node import operations``), not
 its modules.
@@ -56,6 +58,27 @@ from .documents import (
     show_document,
     thread_documents,
     verify_document,
+)
+from .events import (
+    EVENT_TYPES,
+    LOST,
+    Event,
+    Webhook,
+    WebhookAttempt,
+    add_webhook,
+    commit_signal,
+    event_range,
+    events_after,
+    prune_events,
+    remove_webhook,
+    replay_webhook,
+    webhook_attempted,
+    webhook_due,
+    webhook_enqueue,
+    webhook_follow,
+    webhook_log,
+    webhook_next_due,
+    webhooks,
 )
 from .partners import (
     PartnerChange,
@@ -126,4 +149,8 @@ __all__ = [  # the values, then the operations of the module docstring
     "MAX_PAGE", "DocumentPage", "sent_document", "page_documents", "document_block",
     "KEY_TTL", "KEYS_PER_TOKEN", "Claimed", "Replay", "claim_request", "finish_request",
     "release_request",
-    "search_documents", "reindex_search", "MAX_LIMIT", "SearchHit", "SearchPage"]
+    "search_documents", "reindex_search", "MAX_LIMIT", "SearchHit", "SearchPage",
+    "EVENT_TYPES", "LOST", "Event", "Webhook", "WebhookAttempt", "events_after", "event_range",
+    "commit_signal", "prune_events", "webhooks", "add_webhook", "remove_webhook", "webhook_log",
+    "replay_webhook", "webhook_follow", "webhook_enqueue", "webhook_due", "webhook_attempted",
+    "webhook_next_due"]

@@ -1,0 +1,113 @@
+"""The event sequence in the ledger (docs/spec.md section 11.6): each change reported once,
+in the transaction that makes it; nothing reported for a change that is not committed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ipfs.blockstore import StoreError, StoreUnavailableError
+from kernel.cid import CID
+from usagi_p2p.node.ledger import Ledger, Restore
+
+from .conftest import Pair, pair  # noqa: F401  (the fixture)
+
+OLD = "did:key:z6MkOld"
+NEW = "did:key:z6MkNew"
+
+
+async def test_partner_changes_are_reported_once_each(tmp_path: Path) -> None:
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        await ledger.add_partner(OLD, "Osaka", "http://127.0.0.1:9", None)
+        await ledger.add_partner(OLD, "Osaka", "http://127.0.0.1:9", None)  # nothing new
+        await ledger.set_partner(OLD, name="Osaka Precision")
+        await ledger.set_partner(OLD, status="suspended")
+        await ledger.set_partner(OLD, status="suspended")  # nothing new
+        await ledger.set_partner(OLD, status="active")
+        await ledger.add_partner(OLD, "Osaka", "http://127.0.0.1:10", None)  # moved
+        await ledger.partner_rotated(OLD, NEW, 2e9)
+        events = await ledger.events(0)
+        assert [(e.type, e.data["did"], e.data.get("change")) for e in events] == [
+            ("partner.added", OLD, None),
+            ("partner.changed", OLD, "renamed"),
+            ("partner.changed", OLD, "suspended"),
+            ("partner.changed", OLD, "resumed"),
+            ("partner.changed", OLD, "endpoint"),
+            # The new key is the same partner: a rotation, not a partner added.
+            ("partner.changed", OLD, "rotated"),
+        ]
+        assert events[-1].data["rotated_to"] == NEW
+        assert events[1].data["previous"] == {"name": "Osaka", "status": "active"}
+        assert [e.seq for e in events] == list(range(1, 7))
+        assert await ledger.event_range() == (1, 6)
+
+
+async def test_an_import_restores_history_without_events(tmp_path: Path) -> None:
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        await ledger.restore(Restore(partners=[(OLD, "Osaka", "http://127.0.0.1:9", "active")]))
+        assert await ledger.partner(OLD) is not None
+        assert await ledger.events(0) == []
+        await ledger.set_partner(OLD, status="suspended")  # and the next change is news again
+        assert [e.type for e in await ledger.events(0)] == ["partner.changed"]
+
+
+async def test_pruned_seqs_are_never_given_again(tmp_path: Path) -> None:
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        for i in range(5):
+            await ledger.add_partner(f"did:key:z6Mk{i}", f"P{i}", "http://127.0.0.1:9", None)
+        assert await ledger.prune_events(before=0.0, keep=2) == 3
+        assert [e.seq for e in await ledger.events(0)] == [4, 5]
+        assert await ledger.prune_events(before=4e9, keep=10) == 2  # everything is old
+        assert await ledger.event_range() == (6, 5)
+        await ledger.add_partner("did:key:z6Mk9", "P9", "http://127.0.0.1:9", None)
+        assert [e.seq for e in await ledger.events(0)] == [6]
+
+
+async def test_a_failed_event_write_leaves_no_document(pair: Pair) -> None:  # noqa: F811
+    """A fault at the event's insert: the send fails, and neither the document nor
+    its notice nor any event is written."""
+    seller = pair.seller
+    before = await seller.ledger.events(0)
+    await seller.ledger.db.execute(
+        "CREATE TEMP TRIGGER fault BEFORE INSERT ON main.events "
+        "BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+    try:
+        with pytest.raises(StoreError):
+            await seller.send("quote", "Osaka", {"lines": [{"text": "bolts"}]})
+    finally:
+        await seller.ledger.db.execute("DROP TRIGGER temp.fault")
+    assert await seller.ledger.count_documents("out") == 0
+    assert await seller.ledger.outbox() == []
+    assert await seller.ledger.events(0) == before
+    # Without the fault the same send is recorded with its one event.
+    sent = await seller.send("quote", "Osaka", {"lines": [{"text": "bolts"}]})
+    after = await seller.ledger.events(before[-1].seq)
+    assert [(e.type, e.data["cid"]) for e in after][:1] == [("document.sent", str(sent.cid))]
+
+
+async def test_a_write_locked_ledger_records_neither_change_nor_event(pair: Pair  # noqa: F811
+                                                                      ) -> None:
+    buyer = pair.buyer
+    kanto = await buyer.ledger.find_partner("Kanto")
+    assert kanto is not None
+    before = await buyer.ledger.events(0)
+    await buyer.ledger.db.execute("PRAGMA busy_timeout=200")
+    lock = sqlite3.connect(str(buyer.home.ledger_path), isolation_level=None, timeout=5)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailableError):
+            await buyer.ledger.set_partner(kanto.did, status="suspended")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert (await buyer.ledger.partner(kanto.did)).status == "active"  # type: ignore[union-attr]
+    assert await buyer.ledger.events(0) == before
+
+
+def test_event_cids_are_given_as_text() -> None:
+    from usagi_p2p.node.ledger import _event
+    cid = CID.for_block(b"x")
+    event = _event((1, 1.0, "document.sent", f'{{"cid": "{cid.raw.hex()}", "kind": "quote"}}'))
+    assert event.data == {"cid": str(cid), "kind": "quote"}
