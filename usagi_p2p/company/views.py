@@ -166,7 +166,8 @@ def search_json(page: ops.SearchPage) -> dict[str, Any]:
         for h in page.hits], "cursor": page.cursor}
 
 
-def search_row(h: ops.SearchHit) -> list[Any]:
+def search_row(r: dict[str, Any]) -> list[Any]:
+    """One result of :func:`search_json` (as the local API gives it too) as a row."""
     # The partner's text as written, unmarked (table() escapes it).
-    return [format_time(h.recorded_at), h.kind, h.ref, h.partner_name or h.partner[:20],
-            h.snippet.text, str(h.cid)]
+    return [r["recorded_at"], r["kind"], r["ref"], r["partner"]["name"] or r["partner"]["did"][:20],
+            r["snippet"]["text"], r["cid"]]

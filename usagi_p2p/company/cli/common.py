@@ -32,7 +32,8 @@ from ...node.home import Home
 from ...node.terminal import json_text, printable
 from ...node.users import user_key_is_protected
 
-__all__ = ["Group", "fail", "errors", "run", "with_node", "home_of", "wants_json", "passphrase",
+__all__ = ["Group", "fail", "errors", "run", "with_node", "ride", "home_of", "wants_json",
+           "passphrase",
            "new_passphrase", "user_passphrase", "user_passphrase_env", "jsonable", "emit", "table"]
 
 if TYPE_CHECKING:  # the node (aiohttp, the stores) is imported by the commands that open it
@@ -121,6 +122,22 @@ async def with_node(ctx: click.Context, fn: Callable[[Node], Awaitable[T]]) -> T
     home = home_of(ctx)
     async with Node.load(home, passphrase(home)) as node:
         return await fn(node)
+
+
+def ride(ctx: click.Context, method: str, path: str, body: dict[str, Any] | None = None,
+         *, timeout: float = 10.0) -> Any | None:
+    """The answer of the node serving this home to ``method path`` of its local API,
+    or None when no node serves it (the command then opens the node itself: see
+    :func:`with_node`). No passphrase is asked: the running node holds the key.
+
+    A problem answer is raised as a typed error with the problem's code
+    (``usagi_p2p.company.api.client.Problem``), so it takes the one error path
+    (:func:`fail`) with the exit code the command has without a node.
+    """
+    from ..api.client import request
+
+    answer = request(home_of(ctx).path, method, path, body, timeout=timeout)
+    return None if answer is None else answer[1]
 
 
 # -- passphrases --------------------------------------------------------------
