@@ -118,3 +118,10 @@ def test_the_cli_rides_on_a_running_node_and_prints_the_same(tmp_path: Path) -> 
         assert ok(usagi(seller.path, "show", cid, passphrase=PASSPHRASE)) == riding[0]
     finally:
         stop(buyer_proc)
+
+
+def test_the_responses_the_cli_offers_are_the_kernels() -> None:
+    from kernel import RESPONSES
+    from usagi_p2p.company.cli.documents import RESPONSES as OFFERED
+
+    assert OFFERED == tuple(sorted(RESPONSES))

@@ -11,8 +11,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from kernel import format_time
-
 if TYPE_CHECKING:  # the node is imported by the commands that open one (a CLI starts fast)
     from kernel.cid import CID
 
@@ -37,6 +35,14 @@ def entry_json(e: ops.DocumentEntry) -> dict[str, Any]:
     return {"cid": str(e.cid), "kind": e.kind, "partner": e.partner, "ref": e.ref,
             "issued_at": e.issued_at, "status": e.status, "reason": e.reason,
             "thread": str(e.thread)}
+
+
+def format_time(moment: datetime) -> str:
+    """``kernel.format_time``, loaded when first used: a command that prints what a
+    running node answered does not load the document rules to start."""
+    from kernel import format_time as kernel_format_time
+
+    return kernel_format_time(moment)
 
 
 def listed_json(e: ops.DocumentEntry) -> dict[str, Any]:

@@ -12,7 +12,6 @@ through ``printable``.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -24,19 +23,17 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import click
 
-from kernel.cid import CID
 from kernel.errors import UsagiError
 
 from ...node.errors import PassphraseError, UnknownCodeError, exit_code
-from ...node.home import Home
 from ...node.terminal import json_text, printable
-from ...node.users import user_key_is_protected
 
 __all__ = ["Group", "fail", "errors", "run", "with_node", "ride", "home_of", "wants_json",
            "passphrase",
            "new_passphrase", "user_passphrase", "user_passphrase_env", "jsonable", "emit", "table"]
 
 if TYPE_CHECKING:  # the node (aiohttp, the stores) is imported by the commands that open it
+    from ...node.home import Home
     from ...node.node import Node
 
 T = TypeVar("T")
@@ -73,6 +70,8 @@ def errors() -> Iterator[None]:
 
 def run(coro: Awaitable[T]) -> T:
     """Run a command's coroutine to its end; a typed error goes to :func:`fail`."""
+    import asyncio
+
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
     except UsagiError as exc:
@@ -177,6 +176,8 @@ def user_passphrase_env(name: str) -> str:
 def user_passphrase(home: Home, name: str) -> str | None:
     """A user key's passphrase: ``$USAGI_PASSPHRASE_<NAME>`` (:func:`user_passphrase_env`),
     else a prompt."""
+    from ...node.users import user_key_is_protected
+
     if not user_key_is_protected(home, name):
         return None
     env = os.environ.get(user_passphrase_env(name))
@@ -194,7 +195,8 @@ def user_passphrase(home: Home, name: str) -> str | None:
 def jsonable(value: Any) -> Any:
     """``value`` as JSON values: CIDs as text, bytes as hex, times in ISO 8601,
     named tuples and dataclasses by field."""
-    if isinstance(value, CID):
+    cids = sys.modules.get("kernel.cid")  # not loaded: nothing here is a CID
+    if cids is not None and isinstance(value, cids.CID):
         return str(value)
     if isinstance(value, bytes):
         return value.hex()

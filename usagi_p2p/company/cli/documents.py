@@ -13,12 +13,9 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import click
-
-from kernel import RESPONSES
-from kernel.cid import CID
 
 from ...node.terminal import printable
 from ..api.client import MAX_WAIT, kick
@@ -36,10 +33,22 @@ from ..views import (
 from .common import emit, home_of, ride, run, table, wants_json, with_node
 
 if TYPE_CHECKING:
+    from kernel.cid import CID
+
     from ...node import operations as ops
     from ...node.node import Node
 
-__all__ = ["send", "inbox", "outbox", "show", "thread", "verify", "load_body"]
+__all__ = ["send", "inbox", "outbox", "show", "thread", "verify", "load_body", "RESPONSES"]
+
+#: ``kernel.RESPONSES`` in order (tests/node/test_cli_rides.py checks they agree),
+#: written out so that ``usagi send`` does not load the kernel's document rules to start.
+RESPONSES: Final = ("accept", "counter", "reject")
+
+
+def _cid(text: str) -> CID:
+    from kernel.cid import CID
+
+    return CID.parse(text)
 
 
 def load_body(path: Path) -> dict[str, Any]:
@@ -48,8 +57,6 @@ def load_body(path: Path) -> dict[str, Any]:
     ``.json`` is read as JSON, ``.yaml``/``.yml`` as YAML; anything else (a
     pipe, a file without a suffix) as JSON if it parses, else as YAML.
     """
-    import yaml
-
     try:
         raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
         text = raw.decode("utf-8")
@@ -60,18 +67,28 @@ def load_body(path: Path) -> dict[str, Any]:
         if suffix == ".json":
             data = json.loads(text)
         elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = _yaml(text)
         else:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError:
-                data = yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+                data = _yaml(text)
+    except (json.JSONDecodeError, ValueError) as exc:
         raise click.ClickException(f"{path} is not valid JSON or YAML: {exc}") from None
     if not isinstance(data, dict):
         raise click.ClickException(f"{path} must hold a map of document fields")
     checked: dict[str, Any] = _no_floats(data, str(path))
     return checked
+
+
+def _yaml(text: str) -> Any:
+    """``text`` read as YAML; ValueError when it is not (yaml is loaded only for YAML)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _no_floats(value: Any, where: str) -> Any:
@@ -101,7 +118,7 @@ def _no_floats(value: Any, where: str) -> Any:
               "lines and total.")
 @click.option("--ref", default=None, help="This document's own reference (e.g. PO-1042); "
               "replaces the file's.")
-@click.option("--response", type=click.Choice(sorted(RESPONSES)), default=None,
+@click.option("--response", type=click.Choice(RESPONSES), default=None,
               help="An order_response's answer; replaces the file's.")
 @click.option("--user", default=None, help="Which employee acts.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
@@ -132,9 +149,6 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str | None, reply
 
     Example: usagi send order_response --reply-to bafyrei… --response accept
     """
-    from ...node import operations as ops
-    from .plugins import approver
-
     if to is None and reply_to is None:
         raise click.UsageError("say who gets it: --to PARTNER, or --reply-to CID to answer "
                                "a document")
@@ -146,7 +160,7 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str | None, reply
                                "(or give its body as a FILE)")
     body = load_body(file) if file is not None else {}
     fields = {k: v for k, v in (("ref", ref), ("response", response)) if v is not None}
-    reply = CID.parse(reply_to) if reply_to else None
+    reply = _cid(reply_to) if reply_to else None
     # With a node serving this home, through its local API (no key to unlock).
     # Approvers sign with their own keys here (--approve-as), and the API waits
     # at most MAX_WAIT for an ack: those open the node as without one.
@@ -163,6 +177,9 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str | None, reply
                 _print_sent(kind, rode["cid"], [_finding(f) for f in rode["findings"]])
             _print_ack(ctx, rode, wait)
             return
+    from ...node import operations as ops
+    from .plugins import approver
+
     # Approvers' passphrases are asked for before anything is built or sent.
     prepare = approver(home_of(ctx), approve_as) if approve_as else None
 
@@ -349,7 +366,7 @@ def show(ctx: click.Context, cid: str) -> None:
 
     Example: usagi show bafyreidzynkiwssvwptdfenz5q44kryk52ow2x2tx4yduy42k3x7t7ekhu
     """
-    target = CID.parse(cid)
+    target = _cid(cid)
     data = ride(ctx, "GET", f"/api/v1/documents/{target}")
     if data is None:
         from ...node import operations as ops
@@ -423,7 +440,7 @@ def thread(ctx: click.Context, cid: str) -> None:
 
     Example: usagi thread bafyrei…   (any document of the trade)
     """
-    target = CID.parse(cid)
+    target = _cid(cid)
     rode = ride(ctx, "GET", f"/api/v1/documents/{target}/thread")
     if rode is not None:
         # Read as the operations' ThreadEntry, which views.py prints.
@@ -448,7 +465,7 @@ def verify(ctx: click.Context, cid: str) -> None:
 
     Example: usagi verify bafyrei… && echo trusted
     """
-    target = CID.parse(cid)
+    target = _cid(cid)
     report = ride(ctx, "POST", f"/api/v1/documents/{target}/verify")
     if report is None:
         from ...node import operations as ops
