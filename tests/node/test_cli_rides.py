@@ -91,6 +91,7 @@ def test_the_cli_rides_on_a_running_node_and_prints_the_same(tmp_path: Path) -> 
                     ("--json", "outbox", "--partner", "Nobody"),
                     ("outbox", "retry", "Nobody")]
         riding = [ok(usagi(seller.path, *args)) for args in reads]
+        status = [ok(usagi(seller.path, *args)) for args in (("status",), ("--json", "status"))]
         refused = [usagi(seller.path, *args) for args in refusals]
         assert ok(usagi(seller.path, "outbox", "retry")) == "requeued 0 document(s)\n"
         # The home's own token, revoked, is made again: the command still rides.
@@ -109,6 +110,12 @@ def test_the_cli_rides_on_a_running_node_and_prints_the_same(tmp_path: Path) -> 
             assert through_api.returncode == opened.returncode != 0, (args, opened.stderr)
             assert through_api.stderr == opened.stderr, args
         assert json.loads(riding[1])["document"]["lines"][0]["text"] == "M6 六角ナット SUS304"
+        # status says whether a node serves the home: the one line that differs.
+        alone_status = [ok(usagi(seller.path, *args, passphrase=PASSPHRASE))
+                        for args in (("status",), ("--json", "status"))]
+        assert status[0].replace("serving   True", "serving   False") == alone_status[0]
+        assert {**json.loads(status[1]), "serving": False} == json.loads(alone_status[1])
+        assert json.loads(status[1])["quotas"][0]["partner"] == "Osaka Precision"
 
         # A node killed without cleaning up leaves serve.json: nobody answers, the
         # command works without it.
