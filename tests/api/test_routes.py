@@ -24,6 +24,9 @@ async def test_status_says_who_and_where(api: Api) -> None:
         "endpoints": {"peer": {"listen": api.service.url, "public": api.node.config.endpoint},
                       "local": {"listen": f"http://127.0.0.1:{api.local.port}", "socket": None}},
         "outbox": {"pending": 0, "delivered": 0, "undelivered": 0},
+        # what 'usagi status' shows too (the command prints it when it rides)
+        "store": str(api.node.home.blocks_path), "partners": 0,
+        "documents": {"sent": 0, "received": 0}, "quotas": [],
     }
     assert version() != "unknown"
 

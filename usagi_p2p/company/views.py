@@ -11,8 +11,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from kernel import format_time
-
 if TYPE_CHECKING:  # the node is imported by the commands that open one (a CLI starts fast)
     from kernel.cid import CID
 
@@ -37,6 +35,14 @@ def entry_json(e: ops.DocumentEntry) -> dict[str, Any]:
     return {"cid": str(e.cid), "kind": e.kind, "partner": e.partner, "ref": e.ref,
             "issued_at": e.issued_at, "status": e.status, "reason": e.reason,
             "thread": str(e.thread)}
+
+
+def format_time(moment: datetime) -> str:
+    """``kernel.format_time``, loaded when first used: a command that prints what a
+    running node answered does not load the document rules to start."""
+    from kernel import format_time as kernel_format_time
+
+    return kernel_format_time(moment)
 
 
 def listed_json(e: ops.DocumentEntry) -> dict[str, Any]:
@@ -166,7 +172,8 @@ def search_json(page: ops.SearchPage) -> dict[str, Any]:
         for h in page.hits], "cursor": page.cursor}
 
 
-def search_row(h: ops.SearchHit) -> list[Any]:
+def search_row(r: dict[str, Any]) -> list[Any]:
+    """One result of :func:`search_json` (as the local API gives it too) as a row."""
     # The partner's text as written, unmarked (table() escapes it).
-    return [format_time(h.recorded_at), h.kind, h.ref, h.partner_name or h.partner[:20],
-            h.snippet.text, str(h.cid)]
+    return [r["recorded_at"], r["kind"], r["ref"], r["partner"]["name"] or r["partner"]["did"][:20],
+            r["snippet"]["text"], r["cid"]]

@@ -33,12 +33,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from kernel import Identity
-
-from . import keyfile
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # the key files (nacl, argon2id) are loaded by what reads or writes a key
+    from kernel import Identity
 
 __all__ = ["Home", "Config", "default_home", "write_private"]
 
@@ -208,6 +208,9 @@ class Home:
         fast_kdf: bool = False,
     ) -> Identity:
         """Create the folder, a new identity and the config. Refuses to overwrite."""
+        from kernel import Identity
+
+        from . import keyfile
         if self.key_path.exists():
             raise ConfigError(f"{self.path} already holds an identity; refusing to overwrite it")
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -252,6 +255,7 @@ class Home:
             log.warning("%s was open to other users (mode %o); made it %o", path, mode, private)
 
     def key_is_protected(self) -> bool:
+        from . import keyfile
         self._key_present()
         return keyfile.key_is_protected(self.key_path)
 
@@ -261,11 +265,13 @@ class Home:
             raise ConfigError(f"no identity in {self.path}: run 'usagi init' first")
 
     def load_identity(self, passphrase: str | None) -> Identity:
+        from . import keyfile
         self._key_present()
         return keyfile.read_key(self.key_path, passphrase)
 
     def load_keyring(self, passphrase: str | None) -> list[Identity]:
         """Every retired key, newest first."""
+        from . import keyfile
         if not self.keyring_path.is_dir():
             return []
         files = sorted(self.keyring_path.glob("*.key"), key=lambda p: p.stat().st_mtime,
@@ -278,6 +284,7 @@ class Home:
         Order matters for a crash: the new key file is complete on disk before
         the old one moves, and the config names the new DID last.
         """
+        from . import keyfile
         self._key_present()
         old_did = keyfile.key_did(self.key_path)
         staged = self.path / (KEY_FILE + ".new")

@@ -20,13 +20,15 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from kernel import Identity
 from kernel.errors import InvalidDocumentError
 from kernel.plugin import ENTRY_POINT_GROUP, Approving, Finding, Plugin, contract_problems
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from kernel import Identity
 
 __all__ = ["PluginHost", "PluginInfo", "PluginRejectedError", "UnknownKindError", "available",
            "findings_json"]

@@ -20,14 +20,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from kernel import Identity
-
-from . import keyfile
 from .errors import ConfigError
 from .home import Config, Home
 from .plugin_host import PluginHost
+
+if TYPE_CHECKING:
+    from kernel import Identity
 
 __all__ = ["add_user", "load_user", "move_user", "remove_user", "approve",
            "approver", "user_key_path", "user_key_is_protected"]
@@ -45,6 +45,10 @@ def add_user(home: Home, name: str, passphrase: str | None, *, plugins: Sequence
              role: str | None = None, fast_kdf: bool = False,
              seed: bytes | None = None) -> Identity:
     """Create a user's key and config entry; refuses to overwrite an existing user."""
+    from kernel import Identity
+
+    from . import keyfile  # nacl: loaded by what reads or writes a key
+
     path = user_key_path(home, name)
     identity = Identity(seed) if seed is not None else Identity.generate()
     entry: dict[str, Any] = {"did": identity.did}
@@ -66,6 +70,8 @@ def add_user(home: Home, name: str, passphrase: str | None, *, plugins: Sequence
 
 def load_user(home: Home, name: str, passphrase: str | None) -> Identity:
     """A user's identity, checked against the DID the config records for it."""
+    from . import keyfile  # nacl: loaded by what reads or writes a key
+
     config = home.load_config()
     if name not in config.users:
         raise ConfigError(f"no user {name!r} (see 'usagi user list')")
@@ -76,6 +82,8 @@ def load_user(home: Home, name: str, passphrase: str | None) -> Identity:
 
 
 def user_key_is_protected(home: Home, name: str) -> bool:
+    from . import keyfile  # nacl: loaded by what reads or writes a key
+
     return keyfile.key_is_protected(_existing_key(home, name))
 
 

@@ -19,6 +19,7 @@ from ...node import operations
 from ...node.node import SendResult
 from ..views import document_json, page_json, sent_json, thread_json, verification_json
 from .calls import Call, Field, parse_object
+from .client import MAX_WAIT
 from .problems import FieldError, ValidationFailedError
 
 # -- documents (docs/api.md, "Documents"): list, get, block, thread, verify, send --
@@ -31,8 +32,6 @@ from .problems import FieldError, ValidationFailedError
 # claim the key (one conditional statement), send with the claim (the document
 # and the key's CID in one commit), record the answer.
 
-#: The longest ``?wait=`` for an ack, in seconds.
-MAX_WAIT: Final = 60.0
 #: A send's JSON body: a document is at most one block (kernel MAX_BLOCK, 1 MiB).
 SEND_BODY: Final = 1 << 20
 RAW: Final = "application/vnd.ipld.raw"

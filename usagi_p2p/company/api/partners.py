@@ -40,7 +40,7 @@ def _partner_json(p: Partner) -> dict[str, Any]:
             "valid_until": _time(p.valid_until)}
 
 
-def _usage_json(q: operations.QuotaUsage) -> dict[str, Any]:
+def usage_json(q: operations.QuotaUsage) -> dict[str, Any]:
     return {"partner": q.partner, "did": q.did, "docs": q.docs, "docs_quota": q.docs_quota,
             "bytes": q.bytes, "bytes_quota": q.bytes_quota, "own": q.own,
             "resets_at": _time(q.resets_at)}
@@ -127,7 +127,7 @@ async def remove_partner(call: Call) -> web.Response:
 
 async def partner_usage(call: Call) -> web.Response:
     partner = await _named(call)
-    return web.json_response(_usage_json(await operations.quota(call.node, partner.did)))
+    return web.json_response(usage_json(await operations.quota(call.node, partner.did)))
 
 
 def _quota_rule(data: dict[str, Any]) -> list[FieldError]:
@@ -145,10 +145,10 @@ async def set_partner_quota(call: Call) -> web.Response:
     partner = await _named(call)
     usage = await operations.set_quota(call.node, partner.did, docs=data.get("docs"),
                                        size=data.get("bytes"))
-    return web.json_response(_usage_json(usage))
+    return web.json_response(usage_json(usage))
 
 
 async def drop_partner_quota(call: Call) -> web.Response:
     partner = await _named(call)
-    return web.json_response(_usage_json(
+    return web.json_response(usage_json(
         await operations.set_quota(call.node, partner.did, default=True)))

@@ -19,8 +19,8 @@ from typing import Final
 
 from .archive import VERIFY_ROUTE, export_archive
 from .calls import OPENAPI_PATH, SMALL, Call, Endpoints, Field, Route, body_limit, parse_object, version
+from .client import MAX_WAIT
 from .documents import (
-           MAX_WAIT,
            SEND_BODY,
            document_block,
            document_get,

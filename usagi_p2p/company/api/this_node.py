@@ -11,8 +11,12 @@ from .calls import OPENAPI_PATH, Call, Field, parse_object, version
 
 
 async def status(call: Call) -> web.Response:
+    """This node, as ``usagi status`` shows it (the command prints it when it rides)."""
+    from .partners import usage_json
+
     node = call.node
     counts = await operations.outbox_counts(node)
+    state = await operations.node_status(node)
     return web.json_response({
         "name": node.config.name,
         "did": node.did,
@@ -22,6 +26,10 @@ async def status(call: Call) -> web.Response:
             "local": {"listen": call.endpoints.local, "socket": call.endpoints.local_socket},
         },
         "outbox": counts,
+        "store": state.store,
+        "partners": state.partners,
+        "documents": {"sent": state.sent, "received": state.received},
+        "quotas": [usage_json(q) for q in state.quotas],
     })
 
 

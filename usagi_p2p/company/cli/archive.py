@@ -12,7 +12,6 @@ the one error path of ``common.py``.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from datetime import UTC, datetime
@@ -131,6 +130,8 @@ def verify(ctx: click.Context, car: Path, keys: bool | None) -> None:
         identity = [home.load_identity(secret), *home.load_keyring(secret)]
 
     async def verifying() -> Any:
+        import asyncio
+
         return await asyncio.to_thread(verify_archive, car, identity)
 
     r = run(verifying())

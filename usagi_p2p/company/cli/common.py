@@ -12,7 +12,6 @@ through ``printable``.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -24,18 +23,17 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import click
 
-from kernel.cid import CID
 from kernel.errors import UsagiError
 
 from ...node.errors import PassphraseError, UnknownCodeError, exit_code
-from ...node.home import Home
 from ...node.terminal import json_text, printable
-from ...node.users import user_key_is_protected
 
-__all__ = ["Group", "fail", "errors", "run", "with_node", "home_of", "wants_json", "passphrase",
+__all__ = ["Group", "fail", "errors", "run", "with_node", "ride", "home_of", "wants_json",
+           "passphrase",
            "new_passphrase", "user_passphrase", "user_passphrase_env", "jsonable", "emit", "table"]
 
 if TYPE_CHECKING:  # the node (aiohttp, the stores) is imported by the commands that open it
+    from ...node.home import Home
     from ...node.node import Node
 
 T = TypeVar("T")
@@ -72,6 +70,8 @@ def errors() -> Iterator[None]:
 
 def run(coro: Awaitable[T]) -> T:
     """Run a command's coroutine to its end; a typed error goes to :func:`fail`."""
+    import asyncio
+
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
     except UsagiError as exc:
@@ -123,6 +123,22 @@ async def with_node(ctx: click.Context, fn: Callable[[Node], Awaitable[T]]) -> T
         return await fn(node)
 
 
+def ride(ctx: click.Context, method: str, path: str, body: dict[str, Any] | None = None,
+         *, timeout: float = 10.0) -> Any | None:
+    """The answer of the node serving this home to ``method path`` of its local API,
+    or None when no node serves it (the command then opens the node itself: see
+    :func:`with_node`). No passphrase is asked: the running node holds the key.
+
+    A problem answer is raised as a typed error with the problem's code
+    (``usagi_p2p.company.api.client.Problem``), so it takes the one error path
+    (:func:`fail`) with the exit code the command has without a node.
+    """
+    from ..api.client import request
+
+    answer = request(home_of(ctx).path, method, path, body, timeout=timeout)
+    return None if answer is None else answer[1]
+
+
 # -- passphrases --------------------------------------------------------------
 
 
@@ -160,6 +176,8 @@ def user_passphrase_env(name: str) -> str:
 def user_passphrase(home: Home, name: str) -> str | None:
     """A user key's passphrase: ``$USAGI_PASSPHRASE_<NAME>`` (:func:`user_passphrase_env`),
     else a prompt."""
+    from ...node.users import user_key_is_protected
+
     if not user_key_is_protected(home, name):
         return None
     env = os.environ.get(user_passphrase_env(name))
@@ -177,7 +195,8 @@ def user_passphrase(home: Home, name: str) -> str | None:
 def jsonable(value: Any) -> Any:
     """``value`` as JSON values: CIDs as text, bytes as hex, times in ISO 8601,
     named tuples and dataclasses by field."""
-    if isinstance(value, CID):
+    cids = sys.modules.get("kernel.cid")  # not loaded: nothing here is a CID
+    if cids is not None and isinstance(value, cids.CID):
         return str(value)
     if isinstance(value, bytes):
         return value.hex()

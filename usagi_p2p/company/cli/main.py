@@ -16,13 +16,17 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from ...node.home import Home, default_home
 from ...node.terminal import LogFormatter, excepthook, printable
-from .common import Group, emit, home_of, new_passphrase, run, table, with_node
+from .common import Group, emit, home_of, new_passphrase, ride, run, table, with_node
+
+if TYPE_CHECKING:
+    from ...node.operations import NodeStatus, QuotaUsage
 
 __all__ = ["main"]
 
@@ -108,10 +112,15 @@ def status(ctx: click.Context) -> None:
 
     Example: usagi --json status
     """
-    from ...node.operations import node_status
     from ..views import QUOTA_HEADERS, quota_row, status_json
 
-    state = run(with_node(ctx, node_status))
+    rode = ride(ctx, "GET", "/api/v1/status")
+    if rode is not None:
+        state = _status_of(rode)
+    else:
+        from ...node.operations import node_status
+
+        state = run(with_node(ctx, node_status))
     data = status_json(state)
 
     def human() -> None:
@@ -123,6 +132,21 @@ def status(ctx: click.Context) -> None:
             table(QUOTA_HEADERS, [quota_row(q) for q in state.quotas])
 
     emit(ctx, data, human)
+
+
+def _status_of(data: dict[str, Any]) -> NodeStatus:
+    """``GET /api/v1/status`` read as the operations' NodeStatus, which views.py prints."""
+    from datetime import datetime
+
+    quotas = tuple(cast("QuotaUsage", SimpleNamespace(
+        **{**q, "resets_at": datetime.fromisoformat(q["resets_at"].replace("Z", "+00:00"))
+           .timestamp()})) for q in data["quotas"])
+    return cast("NodeStatus", SimpleNamespace(
+        name=data["name"], did=data["did"], endpoint=data["endpoints"]["peer"]["public"],
+        store=data["store"], partners=data["partners"], sent=data["documents"]["sent"],
+        received=data["documents"]["received"],
+        # The ledger's counts name only the states it holds (no zeros).
+        outbox={k: v for k, v in data["outbox"].items() if v}, serving=True, quotas=quotas))
 
 
 @main.command()

@@ -7,7 +7,8 @@ Each command is a thin client of ``usagi_p2p.node.operations`` (spec section
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -20,7 +21,7 @@ from ..views import (
     quota_json,
     quota_row,
 )
-from .common import emit, errors, run, table, with_node
+from .common import emit, errors, ride, run, table, with_node
 
 if TYPE_CHECKING:
     from ...node import operations as ops
@@ -83,9 +84,14 @@ def partner_list(ctx: click.Context) -> None:
 
     Example: usagi partner list
     """
-    from ...node import operations as ops
+    rode = ride(ctx, "GET", "/api/v1/partners")
+    if rode is not None:
+        # Read as the ledger's Partner, which views.py prints.
+        rows = [cast("Partner", SimpleNamespace(**p)) for p in rode["partners"]]
+    else:
+        from ...node import operations as ops
 
-    rows = run(with_node(ctx, ops.partners))
+        rows = run(with_node(ctx, ops.partners))
     emit(ctx, [partner_json(p) for p in rows],
          lambda: table(PARTNER_HEADERS, [partner_row(p) for p in rows]))
 

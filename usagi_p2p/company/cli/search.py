@@ -6,12 +6,13 @@ result (``usagi_p2p.company.views``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlencode
 
 import click
 
 from ..views import SEARCH_HEADERS, search_json, search_row
-from .common import emit, run, table, wants_json, with_node
+from .common import emit, ride, run, table, wants_json, with_node
 
 if TYPE_CHECKING:
     from ...node import operations as ops
@@ -44,10 +45,18 @@ def search(ctx: click.Context, query: str | None, partner: str | None, kind: str
 
     Example: usagi search 六角ナット --partner Osaka
     """
-    from ...node import operations as ops
-
     if query is None and not reindex:
         raise click.UsageError("give a QUERY (or --reindex)")
+    if not reindex:  # with a node serving this home, through its local API
+        params = {k: v for k, v in (("q", query), ("partner", partner), ("kind", kind),
+                                    ("direction", direction), ("limit", str(limit)),
+                                    ("cursor", cursor)) if v is not None}
+        found = ride(ctx, "GET", "/api/v1/search?" + urlencode(params))
+        if found is not None:
+            _print_found(ctx, found)
+            return
+
+    from ...node import operations as ops
 
     def progress(done: int, total: int) -> None:
         if not wants_json(ctx):
@@ -66,12 +75,18 @@ def search(ctx: click.Context, query: str | None, partner: str | None, kind: str
              lambda: click.echo(f"search index rebuilt: {indexed} documents"))
         return
 
+    _print_found(ctx, search_json(page))
+
+
+def _print_found(ctx: click.Context, found: dict[str, Any]) -> None:
+    """A page of results as ``search_json`` gives it (and ``GET /api/v1/search``)."""
+
     def human() -> None:
-        if page.hits:
-            table(SEARCH_HEADERS, [search_row(h) for h in page.hits])
+        if found["results"]:
+            table(SEARCH_HEADERS, [search_row(r) for r in found["results"]])
         else:
             click.echo("nothing found")
-        if page.cursor:
-            click.echo(f"more: usagi search ... --cursor {page.cursor}", err=True)
+        if found["cursor"]:
+            click.echo(f"more: usagi search ... --cursor {found['cursor']}", err=True)
 
-    emit(ctx, search_json(page), human)
+    emit(ctx, found, human)
