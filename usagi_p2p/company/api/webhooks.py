@@ -32,7 +32,6 @@ import hashlib
 import hmac
 import json
 import logging
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
@@ -123,7 +122,7 @@ class WebhookSender:
         hooks = self._configured()
         if not hooks:
             return POLL
-        now = time.time()
+        now = self.node.clock()
         for hook in hooks:
             if hook.url not in self._followed:
                 await operations.webhook_follow(node, hook.url)
@@ -137,7 +136,7 @@ class WebhookSender:
                 jobs.append(self._deliver(gate, hook, event, attempts))
         await asyncio.gather(*jobs)
         due = await operations.webhook_next_due(node)
-        return POLL if due is None else min(POLL, due - time.time())
+        return POLL if due is None else min(POLL, due - self.node.clock())
 
     def _configured(self) -> list[operations.Webhook]:
         """config.json's webhooks, read again when the file changed (one stat a round)."""
@@ -153,7 +152,7 @@ class WebhookSender:
         async with gate:
             body = body_of(event)
             msg_id = str(event.seq)
-            stamp = int(time.time())
+            stamp = int(self.node.clock())
             status: int | None = None
             error: str | None = None
             try:
@@ -176,9 +175,9 @@ class WebhookSender:
             next_at: float | None = None
             if error is not None:
                 if attempt <= len(self.schedule):
-                    next_at = time.time() + self.schedule[attempt - 1]
+                    next_at = self.node.clock() + self.schedule[attempt - 1]
                 else:
                     error += f"; given up after {attempt} attempts"
                     log.warning("webhook %s: event %d given up: %s", hook.url, event.seq, error)
             await operations.webhook_attempted(self.node, operations.WebhookAttempt(
-                event.seq, hook.url, attempt, status, time.time(), error), next_at)
+                event.seq, hook.url, attempt, status, self.node.clock(), error), next_at)
