@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from . import cid, dagcbor, errors, plugin
+    from ._commerce import (
+        Discrepancy,
+        document_findings,
+    )
     from ._document import (
         KERNEL_KINDS,
         RESPONSES,
@@ -40,6 +44,10 @@ if TYPE_CHECKING:
         Identity,
         Party,
         party,
+    )
+    from ._match import (
+        Match,
+        match_thread,
     )
     from ._messages import (
         MESSAGE_LIMITS,
@@ -78,6 +86,10 @@ if TYPE_CHECKING:
 
 #: Where each exported name lives (the public modules are their own).
 _WHERE = {
+    "Discrepancy": "._commerce",
+    "document_findings": "._commerce",
+    "Match": "._match",
+    "match_thread": "._match",
     "KERNEL_KINDS": "._document",
     "RESPONSES": "._document",
     "format_time": "._document",
@@ -137,6 +149,8 @@ __all__ = [
     "CID",
     "cid",
     "dagcbor",
+    "Discrepancy",
+    "document_findings",
     "DOCUMENT_LIMITS",
     "errors",
     "format_time",
@@ -146,6 +160,8 @@ __all__ = [
     "make_ack",
     "make_notice",
     "make_rotation",
+    "Match",
+    "match_thread",
     "MAX_BLOCK",
     "MESSAGE_LIMITS",
     "Notice",

@@ -12,6 +12,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:  # the node is imported by the commands that open one (a CLI starts fast)
+    from decimal import Decimal
+
+    from kernel import Match
     from kernel.cid import CID
 
     from ..node import operations as ops
@@ -23,7 +26,8 @@ __all__ = ["DOCUMENT_HEADERS", "THREAD_HEADERS", "PARTNER_HEADERS", "QUOTA_HEADE
            "thread_row",
            "verification_json", "sent_json", "partner_json", "partner_row", "quota_json",
            "quota_row", "status_json", "key_json", "show_document", "thread_documents",
-           "verify_document", "SEARCH_HEADERS", "search_json", "search_row"]
+           "verify_document", "SEARCH_HEADERS", "search_json", "search_row",
+           "MATCH_HEADERS", "match_json", "match_row"]
 
 DOCUMENT_HEADERS: Final = ["issued", "kind", "ref", "partner", "status", "cid"]
 THREAD_HEADERS: Final = ["issued", "kind", "ref", "direction", "status", "cid"]
@@ -68,7 +72,8 @@ def document_json(v: ops.DocumentView) -> dict[str, Any]:
             "partner": {"did": v.partner, "name": v.partner_name},
             "user": v.user, "findings": [f.to_json() for f in v.findings],
             "ack": {"status": v.ack.status, "reason": v.ack.reason, "by": v.ack.by,
-                    "at": format_time(v.ack.at)} if v.ack else None}
+                    "at": format_time(v.ack.at)} if v.ack else None,
+            "arithmetic": [d.to_json() for d in v.arithmetic]}
 
 
 def thread_json(entries: list[ops.ThreadEntry]) -> list[dict[str, Any]]:
@@ -82,7 +87,8 @@ def thread_row(e: ops.ThreadEntry) -> list[Any]:
 
 def verification_json(v: ops.Verification) -> dict[str, Any]:
     return {"cid": str(v.cid), "ok": v.ok,
-            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in v.checks]}
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in v.checks],
+            "arithmetic": [d.to_json() for d in v.arithmetic]}
 
 
 def sent_json(result: SendResult, delivery: ops.Delivery | None) -> dict[str, Any]:
@@ -154,6 +160,45 @@ async def verify_document(node: Node, cid: CID) -> dict[str, Any]:
     from ..node import operations as ops
 
     return verification_json(await ops.verify_document(node, cid))
+
+
+# -- commercial integrity (issue 19, docs/commerce.md) ----------------------------
+
+MATCH_HEADERS: Final = ["item", "unit", "quoted", "ordered", "delivered", "invoiced", "price"]
+
+
+def _number(value: Decimal | None) -> str | None:
+    """A quantity or price as a decimal string (the spec's form), None when absent."""
+    from decimal import Context
+
+    if value is None:
+        return None
+    # Wide enough for any spec decimal (39 digits): normalising never rounds.
+    return format(value.normalize(Context(prec=120)), "f") if value else "0"
+
+
+def match_json(m: Match) -> dict[str, Any]:
+    """The three-way match of a thread (``usagi --json match``, ``GET …/match``)."""
+    return {
+        "ok": m.ok, "summary": m.summary, "currency": m.currency,
+        "documents": [{"cid": str(cid), "kind": kind} for cid, kind in m.documents],
+        "items": [{"text": i.text, "unit": i.unit, "quoted": _number(i.quoted),
+                   "ordered": _number(i.ordered), "delivered": _number(i.delivered),
+                   "invoiced": _number(i.invoiced), "quoted_price": _number(i.quoted_price),
+                   "ordered_price": _number(i.ordered_price),
+                   "invoiced_prices": [_number(p) for p in i.invoiced_prices],
+                   "lines": [{"cid": str(cid), "line": n, "paired_by": how}
+                             for cid, n, how in i.lines],
+                   "summary": i.summary} for i in m.items],
+        "findings": [{"level": f.level, "code": f.code, "message": f.message,
+                      "document": str(f.document) if f.document is not None else None,
+                      "path": f.path, "item": f.item} for f in m.findings]}
+
+
+def match_row(item: dict[str, Any]) -> list[Any]:
+    """One item of :func:`match_json` as a row of ``usagi match``."""
+    return [item["text"], item["unit"], item["quoted"], item["ordered"], item["delivered"],
+            item["invoiced"], item["ordered_price"] or item["quoted_price"]]
 
 
 # -- search -------------------------------------------------------------------

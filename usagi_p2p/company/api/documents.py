@@ -17,7 +17,7 @@ from kernel.errors import UsagiError
 
 from ...node import operations
 from ...node.node import SendResult
-from ..views import document_json, page_json, sent_json, thread_json, verification_json
+from ..views import document_json, match_json, page_json, sent_json, thread_json, verification_json
 from .calls import Call, Field, parse_object
 from .client import MAX_WAIT
 from .problems import FieldError, ValidationFailedError
@@ -123,6 +123,11 @@ async def document_block(call: Call) -> web.Response:
 async def document_thread(call: Call) -> web.Response:
     return _json({"documents": thread_json(
         await operations.thread_documents(call.node, _cid(call)))})
+
+
+async def document_match(call: Call) -> web.Response:
+    """The three-way match of the document's thread (docs/commerce.md; issue 19)."""
+    return _json(match_json(await operations.match_documents(call.node, _cid(call))))
 
 
 async def document_verify(call: Call) -> web.Response:

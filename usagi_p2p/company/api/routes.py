@@ -24,6 +24,7 @@ from .documents import (
            SEND_BODY,
            document_block,
            document_get,
+           document_match,
            document_send,
            document_thread,
            document_verify,
@@ -88,6 +89,8 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/documents/{cid}/thread", "getDocumentThread", "read", 0, document_thread),
     Route("POST", "/api/v1/documents/{cid}/verify", "verifyDocument", "read", 0,
           document_verify),
+    # commercial integrity (issue 19, docs/commerce.md): the three-way match of a thread
+    Route("GET", "/api/v1/documents/{cid}/match", "getDocumentMatch", "read", 0, document_match),
     # search (docs/api.md, "Search")
     Route("GET", "/api/v1/search", "searchDocuments", "read", 0, search),
     # events (usagi_p2p/company/api/events.py)

@@ -399,16 +399,28 @@ def _print_document(data: dict[str, Any]) -> None:
     line("party", f"{arrow} ({data['direction']}, {data['status']}"
                   f"{': ' + data['reason'] if data['reason'] else ''})")
     line("issued", doc.get("issued_at"))
-    for key in ("valid_until", "due", "currency", "total", "response", "note", "user"):
+    for key in ("valid_until", "due", "currency", "net", "tax_total", "total", "rounding",
+                "payment_terms", "response", "note", "user"):
         line(key.replace("_", " "), doc.get(key))
+    parties = doc.get("parties") if isinstance(doc.get("parties"), dict) else {}
+    for side in ("from", "to"):
+        if isinstance(parties.get(side), dict):
+            p = parties[side]
+            line(f"{side} (paper)", ", ".join(str(p[k]) for k in ("name", "tax_id", "city", "country")
+                                              if p.get(k)))
+    for t in doc.get("tax") or [] if isinstance(doc.get("tax"), list) else []:
+        if isinstance(t, dict):
+            line("tax", f"{t.get('category')} {t.get('rate')} % of {t.get('taxable')}: "
+                        f"{t.get('amount')}")
     line("thread", data["thread"] if data["thread"] != data["cid"] else None)
     line("replies to", ", ".join(str(p) for p in doc.get("prev", [])))
     lines = doc.get("lines") or []
     if lines:
         out.print(Text(""))
-        table(["#", "text", "qty", "unit", "unit price", "amount", "fields"],
+        table(["#", "text", "qty", "unit", "unit price", "amount", "tax", "fields"],
               [[i + 1, ln.get("text"), ln.get("qty"), ln.get("unit"), ln.get("unit_price"),
                 ln.get("amount"),
+                f"{ln.get('tax_rate')} %" if ln.get("tax_rate") is not None else None,
                 "; ".join(f"{ns}: " + ", ".join(f"{k}={v}" for k, v in fields.items())
                           for ns, fields in (ln.get("ext") or {}).items()
                           if isinstance(fields, dict))]
@@ -425,11 +437,20 @@ def _print_document(data: dict[str, Any]) -> None:
         for f in data["findings"]:
             out.print(Text(printable(f"{f['level']} [{f['plugin']}.{f['code']}] {f['path']}: "
                                      f"{f['message']}")))
+    _print_arithmetic(data.get("arithmetic") or [], lambda text: out.print(Text(text)))
     out.print(Text(""))
     ack = data["ack"]
     line("ack", f"{ack['status']}{' (' + ack['reason'] + ')' if ack['reason'] else ''} "
                 f"by {ack['by']} at {ack['at']}" if ack else "none yet")
     line("cid", data["cid"])
+
+
+def _print_arithmetic(found: list[dict[str, Any]], echo: Callable[[str], Any]) -> None:
+    """The figures that do not add up (docs/commerce.md), one warning a line."""
+    if found:
+        echo("")
+        for d in found:
+            echo(printable(f"warning [arithmetic.{d['code']}] {d['path']}: {d['message']}"))
 
 
 @click.command()
@@ -480,6 +501,8 @@ def verify(ctx: click.Context, cid: str) -> None:
         for check in checked["checks"]:
             mark = "ok  " if check["ok"] else "FAIL"
             click.echo(f"{mark} {check['name']}: {printable(check['detail'])}")
+        # Figures that do not add up are warnings: they never fail the verification.
+        _print_arithmetic(checked.get("arithmetic") or [], click.echo)
 
     emit(ctx, checked, human)
     if not checked["ok"]:

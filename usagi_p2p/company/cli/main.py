@@ -163,6 +163,7 @@ def demo(keep: bool) -> None:
 
 def _register_commands() -> None:
     from .archive import archive
+    from .commerce import match
     from .documents import inbox, outbox, send, show, thread, verify
     from .keys import key
     from .partners import invite, partner
@@ -174,7 +175,7 @@ def _register_commands() -> None:
 
     commands: list[Any] = [serve, invite, partner, send, inbox, outbox, show, thread, verify,
                            key, plugins_group, user_group, extract_command, archive, token_group,
-                           search, webhook_group]
+                           search, webhook_group, match]
     for command in commands:
         main.add_command(command)
 

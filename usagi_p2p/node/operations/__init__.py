@@ -21,6 +21,7 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
                    (on a running node, or on ``offline(home)``)
     search.py      search_documents, reindex_search
     this_node.py   node_status, key_info, rotate_key, announce_key, resume_outbox
+    commerce.py    document_arithmetic, match_documents (issue 19: docs/commerce.md)
     events.py      events_after, event_range, commit_signal, prune_events, webhooks,
                    add_webhook, remove_webhook, webhook_log, replay_webhook, webhook_*
 
@@ -28,6 +29,7 @@ Faces import this package (``from usagi_p2p.node import operations``), not
 its modules.
 """
 
+from .commerce import document_arithmetic, match_documents
 from .documents import (
     ANSWERS,
     CARRIED,
@@ -153,4 +155,6 @@ __all__ = [  # the values, then the operations of the module docstring
     "EVENT_TYPES", "LOST", "Event", "Webhook", "WebhookAttempt", "events_after", "event_range",
     "commit_signal", "prune_events", "webhooks", "add_webhook", "remove_webhook", "webhook_log",
     "replay_webhook", "webhook_follow", "webhook_enqueue", "webhook_due", "webhook_attempted",
-    "webhook_next_due"]
+    "webhook_next_due",
+    # commercial integrity (issue 19)
+    "document_arithmetic", "match_documents"]

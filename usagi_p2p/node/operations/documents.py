@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from kernel import DOCUMENT_LIMITS, Opened, check_ack, open_ack, open_signed, split_thread, verify_thread
+from kernel import (
+    DOCUMENT_LIMITS,
+    Discrepancy,
+    Opened,
+    check_ack,
+    document_findings,
+    open_ack,
+    open_signed,
+    split_thread,
+    verify_thread,
+)
 from kernel.cid import CID
 from kernel.errors import UsagiError
 from kernel.plugin import Finding
@@ -28,7 +38,7 @@ from ..plugin_host import PluginHost
 
 __all__ = ["ANSWERS", "CARRIED", "SERVE_STATE", "MAX_PAGE", "AckView", "Check", "Delivery",
            "DocumentEntry", "DocumentPage", "DocumentView", "Prepare", "ThreadEntry",
-           "Verification", "fill_extracted", "send",
+           "Verification", "fill_extracted", "send", "opened_body",
            "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
            "await_ack", "retry_outbox", "sent_document",
            "list_documents", "page_documents", "show_document", "document_block",
@@ -130,6 +140,8 @@ class DocumentView:
     user: str | None
     findings: tuple[Finding, ...]
     ack: AckView | None
+    #: The figures that do not add up (kernel.document_findings; docs/commerce.md).
+    arithmetic: tuple[Discrepancy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +169,8 @@ class Check:
 class Verification:
     cid: CID
     checks: tuple[Check, ...]
+    #: The figures that do not add up: warnings, never a failed check.
+    arithmetic: tuple[Discrepancy, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -175,6 +189,10 @@ def _opened(row: DocumentRow) -> dict[str, Any]:
     body: dict[str, Any] = open_signed(row.signed, "document", "from",
                                        DOCUMENT_LIMITS).body
     return body
+
+
+#: The body of a document row as it was signed (for the other operation modules).
+opened_body: Final = _opened
 
 
 _LISTS: Final = " (see 'usagi inbox' and 'usagi outbox')"
@@ -388,10 +406,11 @@ async def show_document(node: Node, cid: CID) -> DocumentView:
     row = await _held(node, cid)
     ack = await node.ledger.ack(cid)
     partner = await node.ledger.partner(row.partner)
-    return DocumentView(cid, row.direction, row.status, row.reason, row.thread, _opened(row),
+    document = _opened(row)
+    return DocumentView(cid, row.direction, row.status, row.reason, row.thread, document,
                         row.partner, partner.name if partner else None, row.user,
                         _findings(row.findings),
-                        _ack_view(*ack) if ack else None)
+                        _ack_view(*ack) if ack else None, tuple(document_findings(document)))
 
 
 async def document_block(node: Node, cid: CID) -> bytes:
@@ -417,13 +436,14 @@ async def verify_document(node: Node, cid: CID) -> Verification:
     """Every check a person needs to trust a document: ledger, block hash,
     signature, parties, digest, thread, ack. ``ok`` only if all hold."""
     checks: list[Check] = []
+    arithmetic: tuple[Discrepancy, ...] = ()
 
     def record(name: str, ok: bool, detail: str) -> bool:
         checks.append(Check(name, ok, detail))
         return ok
 
     def done() -> Verification:
-        return Verification(cid, tuple(checks))
+        return Verification(cid, tuple(checks), arithmetic)
 
     row = await node.ledger.document(cid)
     if not record("ledger", row is not None,
@@ -439,6 +459,7 @@ async def verify_document(node: Node, cid: CID) -> Verification:
     try:
         opened = node.open_envelope(block, cid)
         doc = opened.document
+        arithmetic = tuple(document_findings(doc))
         record("signature", True, f"signed by {opened.signer}")
         record("parties", True, f"{doc['from']} -> {doc['to']}")
         record("digest", opened.digest == row.digest, "matches the ledger"
