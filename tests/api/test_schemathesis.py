@@ -206,7 +206,7 @@ def test_real_documents_and_partners_keep_the_contract(live: Live) -> None:
     assert queued.call_and_validate(base_url=live.url, headers=admin).status_code == 202
     for cid in (live.cid, answer.json()["cid"]):
         for path in ("/api/v1/documents/{cid}", "/api/v1/documents/{cid}/block",
-                     "/api/v1/documents/{cid}/thread"):
+                     "/api/v1/documents/{cid}/thread", "/api/v1/documents/{cid}/match"):
             got = _op("GET", path).Case(path_parameters={"cid": cid})
             assert got.call_and_validate(base_url=live.url, headers=admin).status_code == 200
         verify = _op("POST", "/api/v1/documents/{cid}/verify").Case(path_parameters={"cid": cid})

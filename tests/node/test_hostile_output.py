@@ -196,9 +196,13 @@ class Mallory:
         body = {"ref": PAYLOAD, "currency": "JPY", "note": PAYLOAD, "user": PAYLOAD,
                 "total": "20",
                 "lines": [{"text": PAYLOAD, "qty": "2", "unit": PAYLOAD, "unit_price": "10",
-                           "ref": PAYLOAD,
+                           "ref": PAYLOAD, "tax_category": PAYLOAD, "tax_rate": "10",
                            "ext": {"machinery": {"thread": PAYLOAD, PAYLOAD: PAYLOAD}}}],
-                "ext": {"machinery": {"maker": PAYLOAD}}}
+                "ext": {"machinery": {"maker": PAYLOAD}},
+                # The commercial fields (issue 19): shown by show, match and verify.
+                "payment_terms": PAYLOAD, "net": "21", "tax_total": "2",
+                "tax": [{"category": PAYLOAD, "rate": "10", "taxable": "20", "amount": "2"}],
+                "parties": {"from": {"name": PAYLOAD, "tax_id": PAYLOAD, "country": "JP"}}}
 
         async def send() -> str:
             result = await self.node.send("quote", to, body)
@@ -365,6 +369,8 @@ def test_every_command_prints_a_hostile_partners_text_inert(tmp_path: Path) -> N
             usagi(*json_flag, "show", quote, expect=both)
             usagi(*json_flag, "thread", quote, expect=("FORGED-LINE",))
             usagi(*json_flag, "verify", quote)
+            # Her figures do not add up (findings, exit 1) and her line is the item.
+            usagi(*json_flag, "match", quote, code=1, expect=("FORGED-LINE",))
             # Her endpoint carries the forged line only if the node took it.
             usagi(*json_flag, "partner", "list",
                   expect=("MARKUP", "FORGED-LINE") if added.returncode == 0 else ("MARKUP",))
@@ -395,6 +401,7 @@ def test_every_command_prints_a_hostile_partners_text_inert(tmp_path: Path) -> N
             usagi(*json_flag, "show", failed[0], expect=both)
             usagi(*json_flag, "verify", rejected[0], code=1, expect=("FORGED-LINE",))
             usagi(*json_flag, "thread", rejected[0], expect=("FORGED-LINE",))
+            usagi(*json_flag, "match", rejected[0], code=1, expect=("FORGED-LINE",))
         usagi("outbox", "retry", mallory.node.did)
 
         # Archives of the history her documents are part of; a push to her "IPFS node".
