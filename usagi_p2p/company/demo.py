@@ -2,9 +2,12 @@
 
 Kanto Machine Tools (seller) and Osaka Precision (buyer) each run a node as
 its own process (``usagi serve``) with a temporary home. They pair with one
-invitation, then trade quote -> order -> order_response -> delivery_note ->
-invoice; every step is sealed to both, content-addressed and acknowledged.
-Both sides verify the whole thread, and a third party's key opens nothing.
+invitation, then trade quote -> order -> order_response -> two partial
+delivery notes -> a qualified invoice with its taxes (10 % and the reduced
+8 %); every step is sealed to both, content-addressed and acknowledged.
+Both sides verify the whole thread, a third party's key opens nothing, the
+buyer's three-way match of the thread is clean, and a second trade, billed
+for more than was delivered, shows the over-billing finding.
 
 The demo is a face like the CLI: it does what it shows through the node's
 operations (``usagi_p2p.node.operations``), nothing of its own.
@@ -21,11 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from decimal import ROUND_DOWN, Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from kernel import Identity, open_ack, open_envelope
+from kernel import Identity, Match, open_ack, open_envelope
+from kernel.cid import CID
 from kernel.errors import NotRecipientError
 
 from ..node import operations as ops
@@ -68,7 +73,51 @@ LINES = [
     {"text": "φ10 4-flute carbide end mill, TiAlN", "qty": "20", "unit": "pcs",
      "unit_price": "4800"},
     {"text": "六角ナット M6 SUS304", "qty": "500", "unit": "pcs", "unit_price": "3.20"},
+    # Food and drink: Japan's reduced consumption tax rate, 8 %.
+    {"text": "煎茶 1kg (来客用)", "qty": "2", "unit": "pcs", "unit_price": "3001"},
 ]
+
+#: The parties as a qualified invoice (適格請求書) names them: registration numbers
+#: are "T" and a 13-digit number whose first digit is its check digit (docs/commerce.md).
+PARTIES = {"from": {"name": "株式会社関東工作機械 (Kanto Machine Tools)", "tax_id": "T5040001082442",
+                    "address": "芝浦1-2-3\n港区", "city": "東京都", "postal_code": "108-0023",
+                    "country": "JP", "endpoint": "0188:5040001082442"},
+           "to": {"name": "大阪精密株式会社 (Osaka Precision)", "tax_id": "T8120001077316",
+                  "city": "大阪市", "country": "JP"}}
+
+
+def _invoice(ref: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """A qualified invoice of ``lines``: amounts, tax once per rate (rounded down), totals.
+
+    Food and drink at the reduced 8 % (``AA``), the rest at 10 % (``S``). The
+    demo computes the figures as an accounting system would; the node only
+    checks them (``usagi show`` lists what does not add up).
+    """
+    yen = Decimal(1)
+    taxed = []
+    for line in lines:
+        reduced = line["text"].startswith("煎茶")
+        amount = (Decimal(line["qty"]) * Decimal(line["unit_price"])).quantize(yen)
+        taxed.append({**line, "amount": str(amount), "tax_category": "AA" if reduced else "S",
+                      "tax_rate": "8" if reduced else "10"})
+    groups: dict[tuple[str, str], Decimal] = {}
+    for line in taxed:
+        key = (line["tax_category"], line["tax_rate"])
+        groups[key] = groups.get(key, Decimal(0)) + Decimal(line["amount"])
+    tax = [{"category": c, "rate": r, "taxable": str(t),
+            "amount": str((t * Decimal(r) / 100).quantize(yen, rounding=ROUND_DOWN))}
+           for (c, r), t in groups.items()]
+    net = sum((Decimal(line["amount"]) for line in taxed), Decimal(0))
+    tax_total = sum((Decimal(t["amount"]) for t in tax), Decimal(0))
+    return {"ref": ref, "currency": "JPY", "lines": taxed, "tax": tax, "net": str(net),
+            "tax_total": str(tax_total), "total": str(net + tax_total), "rounding": "down",
+            "payment_terms": "月末締め翌月末払い (end of month, paid the end of the next month)",
+            "parties": PARTIES, "due": "2027-01-31T00:00:00Z"}
+
+
+def _part(line: dict[str, Any], qty: str) -> dict[str, Any]:
+    return {"text": line["text"], "qty": qty, "unit": line["unit"]}
+
 
 STEPS: list[tuple[str, str, dict[str, Any]]] = [
     ("seller", "quote", {"ref": "Q-2026-0117", "currency": "JPY", "lines": LINES,
@@ -78,11 +127,91 @@ STEPS: list[tuple[str, str, dict[str, Any]]] = [
                         "note": "Deliver to plant 2, dock 3."}),
     ("seller", "order_response", {"ref": "OR-88231", "response": "accept",
                                   "note": "Ships within 5 working days."}),
-    ("seller", "delivery_note", {"ref": "DN-55102", "lines": LINES,
+    # Two partial deliveries: 300 bolts first, then the other 200 with the rest.
+    ("seller", "delivery_note", {"ref": "DN-55102",
+                                 "lines": [_part(LINES[0], "300"), *LINES[1:]],
                                  "note": "Lot 2611-A, 3 cartons."}),
-    ("seller", "invoice", {"ref": "INV-2026-3301", "currency": "JPY", "lines": LINES,
-                           "total": "105850", "due": "2027-01-31T00:00:00Z"}),
+    ("seller", "delivery_note", {"ref": "DN-55103", "lines": [_part(LINES[0], "200")],
+                                 "note": "Lot 2611-B, the remaining bolts."}),
+    ("seller", "invoice", _invoice("INV-2026-3301", LINES)),
 ]
+
+#: A second trade: 480 bolts delivered, 500 invoiced (what the match must catch).
+OVERBILLED: list[tuple[str, str, dict[str, Any]]] = [
+    ("buyer", "order", {"ref": "PO-88240", "currency": "JPY", "lines": LINES[:1]}),
+    ("seller", "delivery_note", {"ref": "DN-55140", "lines": [_part(LINES[0], "480")]}),
+    ("seller", "invoice", _invoice("INV-2026-3340", LINES[:1])),
+]
+
+
+async def _steps(homes: dict[str, Home], steps: list[tuple[str, str, dict[str, Any]]],
+                 quiet: bool = False) -> list[CID] | None:
+    """Send each step as an answer to the one before; the CIDs, or None when an ack
+    did not come."""
+    previous = None
+    cids = []
+    for side, kind, body in steps:
+        home = homes[side]
+        other = BUYER if side == "seller" else SELLER
+        async with Node.load(home, None) as node:
+            result = await ops.send(node, kind, body, to=other, reply_to=previous)
+            await ops.deliver_now(node, wake=partial(kick, home.path))
+            delivery = await ops.await_ack(node, result.cid, timeout=20)
+        if delivery.ack is None:
+            print(f"  {kind}: no ack in time")
+            return None
+        ack = delivery.ack
+        who = SELLER if side == "seller" else BUYER
+        if quiet:
+            print(f"  {kind:15} {body.get('ref', '')}: {who} -> {other}, ack {ack.status}")
+        else:
+            digest = open_ack(ack.signed).digest  # shown to make the receipt visible
+            print(f"{kind:15} {who} -> {other}")
+            print(f"  cid  {result.cid}")
+            print(f"  ack  {ack.status} by {ack.by[:32]}… at {ack.at.isoformat()}")
+            print(f"       digest {digest.hex() if digest else '-'}")
+        previous = result.cid
+        cids.append(result.cid)
+    return cids
+
+
+def _print_match(match: Match) -> None:
+    print(f"  {printable(match.summary)}")
+    for item in match.items:
+        print(f"    {printable(item.summary)}")
+    for finding in match.findings:
+        print(f"    {finding.level}: {finding.code}")
+
+
+async def _commerce(homes: dict[str, Home], cids: list[CID]) -> bool:
+    """The invoice's taxes, the thread's three-way match, and an over-billed trade's."""
+    ok = True
+    print("\nthe invoice as a qualified invoice (適格請求書): tax once per rate")
+    async with Node.load(homes["buyer"], None) as node:
+        view = await ops.show_document(node, cids[-1])
+        match = await ops.match_documents(node, cids[-1])
+    doc = view.document
+    for party in ("from", "to"):
+        print(f"  {party:4} {printable(doc['parties'][party]['name'])}, "
+              f"{doc['parties'][party]['tax_id']}")
+    for t in doc["tax"]:
+        print(f"  tax  {t['category']:2} {t['rate']:>2} % of {t['taxable']:>6} JPY: {t['amount']:>5}")
+    print(f"  net {doc['net']} + tax {doc['tax_total']} = total {doc['total']} JPY; "
+          f"figures that do not add up: {len(view.arithmetic)}")
+    ok = ok and view.arithmetic == ()
+    print("\nthe three-way match of the thread (the buyer's node, before paying)")
+    _print_match(match)
+    ok = ok and match.ok and not match.findings
+
+    print("\na second trade: 480 bolts delivered, 500 invoiced")
+    over = await _steps(homes, OVERBILLED, quiet=True)
+    if over is None:
+        return False
+    async with Node.load(homes["buyer"], None) as node:
+        match = await ops.match_documents(node, over[-1])
+    _print_match(match)
+    return ok and [f.code for f in match.findings if f.level == "warning"] == \
+        ["billed_not_delivered"]
 
 
 async def _trade(seller: Home, buyer: Home) -> int:
@@ -96,27 +225,9 @@ async def _trade(seller: Home, buyer: Home) -> int:
     print(f"  Osaka now trades with {printable(partner.name)}; Kanto learned of Osaka by "
           "introduction\n")
 
-    previous = None
-    cids = []
-    for side, kind, body in STEPS:
-        home = homes[side]
-        other = BUYER if side == "seller" else SELLER
-        async with Node.load(home, None) as node:
-            result = await ops.send(node, kind, body, to=other, reply_to=previous)
-            await ops.deliver_now(node, wake=partial(kick, home.path))
-            delivery = await ops.await_ack(node, result.cid, timeout=20)
-        if delivery.ack is None:
-            print(f"  {kind}: no ack in time")
-            return 1
-        ack = delivery.ack
-        digest = open_ack(ack.signed).digest  # shown to make the receipt visible
-        who = SELLER if side == "seller" else BUYER
-        print(f"{kind:15} {who} -> {other}")
-        print(f"  cid  {result.cid}")
-        print(f"  ack  {ack.status} by {ack.by[:32]}… at {ack.at.isoformat()}")
-        print(f"       digest {digest.hex() if digest else '-'}")
-        previous = result.cid
-        cids.append(result.cid)
+    cids = await _steps(homes, STEPS)
+    if cids is None:
+        return 1
 
     print("\nverifying the thread on both sides")
     ok = True
@@ -142,6 +253,7 @@ async def _trade(seller: Home, buyer: Home) -> int:
             except NotRecipientError:
                 print(f"  {cid}: {len(block)} bytes, cannot open (not a recipient)")
 
+    ok = await _commerce(homes, cids) and ok
     ok = await _plugin_trades(seller, buyer) and ok
 
     print("\nthe seller's history as a sealed archive, then verified")
