@@ -74,7 +74,16 @@ def round_money(value: Decimal, digits: int, rounding: str) -> Decimal:
     """``value`` rounded once to ``digits`` places: half_up, half_even, down
     (toward zero, 切り捨て) or up (away from zero, 切り上げ)."""
     with localcontext(EXACT):
-        return value.quantize(Decimal(1).scaleb(-digits), rounding=_ROUNDINGS[rounding])
+        return _round(value, digits, rounding)
+
+
+def _round(value: Decimal, digits: int, rounding: str) -> Decimal:
+    """round_money under the context already set."""
+    return value.quantize(_UNITS[digits] if digits in _UNITS else Decimal(1).scaleb(-digits),
+                          rounding=_ROUNDINGS[rounding])
+
+
+_UNITS: Final = {d: Decimal(1).scaleb(-d) for d in range(5)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +186,15 @@ def line_value(line: Mapping[str, Any]) -> Decimal | None:
         return qty * price
 
 
+def _line_value(line: Mapping[str, Any]) -> Decimal | None:
+    """line_value under the context already set (document_findings sets EXACT once)."""
+    amount = to_decimal(line.get("amount"))
+    if amount is not None:
+        return amount
+    qty, price = to_decimal(line.get("qty")), to_decimal(line.get("unit_price"))
+    return None if qty is None or price is None else qty * price
+
+
 def _rate_key(rate: Decimal) -> Decimal:
     return rate.normalize(EXACT) if rate else Decimal(0)
 
@@ -193,38 +211,43 @@ def _money_precision(doc: Mapping[str, Any], digits: int, out: list[Discrepancy]
                    if type(ln) is dict]
     for path, text in places:
         value = to_decimal(text)
-        if value is not None and value != round_money(value, digits, "half_even"):
+        if value is not None and value != _round(value, digits, "half_even"):
             out.append(Discrepancy(
                 "minor_unit", path, f"{text} has more decimals than {doc.get('currency')} has "
                 f"({digits})", None, text))
 
 
 def _lines(doc: Mapping[str, Any], digits: int, out: list[Discrepancy]) -> list[Decimal] | None:
-    """Check each line's amount; give every line's value, or None when one has none."""
+    """Check each line's amount; give every line's value, or None when one has none.
+
+    Runs under the EXACT context (document_findings sets it once: a context
+    switch per line would cost more than the line's arithmetic).
+    """
     lines = doc.get("lines")
     if type(lines) is not list:
         return None
-    values: list[Decimal] | None = []
+    values: list[Decimal] = []
+    complete = True
     unit = Decimal(1).scaleb(-digits)
     for i, line in enumerate(lines):
         if type(line) is not dict:
-            values = None
+            complete = False
             continue
         qty, price = to_decimal(line.get("qty")), to_decimal(line.get("unit_price"))
         amount = to_decimal(line.get("amount"))
-        if qty is not None and price is not None and amount is not None:
-            with localcontext(EXACT):
-                product = qty * price
-                # Any rounding of the product to the minor unit is the product.
-                if abs(amount - product) >= unit:
-                    out.append(Discrepancy(
-                        "line_amount", f"lines[{i}].amount",
-                        f"{line['qty']} × {line['unit_price']} is {_text(product)}, "
-                        f"not {line['amount']}", _text(product), line["amount"]))
-        value = line_value(line)
-        if values is not None:
-            values = [*values, value] if value is not None else None
-    return values
+        product = qty * price if qty is not None and price is not None else None
+        # Any rounding of the product to the minor unit is the product.
+        if product is not None and amount is not None and abs(amount - product) >= unit:
+            out.append(Discrepancy(
+                "line_amount", f"lines[{i}].amount",
+                f"{line['qty']} × {line['unit_price']} is {_text(product)}, "
+                f"not {line['amount']}", _text(product), line["amount"]))
+        value = amount if amount is not None else product
+        if value is None:
+            complete = False
+        elif complete:
+            values.append(value)
+    return values if complete else None
 
 
 def _tax(doc: Mapping[str, Any], digits: int, rounding: str | None,
@@ -252,17 +275,16 @@ def _tax(doc: Mapping[str, Any], digits: int, rounding: str | None,
                 f"{sub['rate']} % (tax[{seen[key]}]): tax is computed once per rate per document"))
         seen.setdefault(key, i)
         rates.setdefault(_rate_key(rate), []).append(i)
-        with localcontext(EXACT):
-            exact = taxable * rate / 100
-            if total is not None:
-                total += amount
+        exact = taxable * rate / 100
+        if total is not None:
+            total += amount
         if rounding is not None:
-            expected = round_money(exact, digits, rounding)
+            expected = _round(exact, digits, rounding)
             ok = amount == expected
             how = f"rounded {rounding.replace('_', ' ')} to {digits} decimals"
         else:
             # Down is toward zero and up away from it: either is accepted.
-            toward, away = round_money(exact, digits, "down"), round_money(exact, digits, "up")
+            toward, away = _round(exact, digits, "down"), _round(exact, digits, "up")
             ok, expected = amount in (toward, away), toward
             how = f"rounded to {digits} decimals (no rounding stated: down or up accepted)"
         if not ok:
@@ -286,9 +308,8 @@ def _taxable_per_rate(doc: Mapping[str, Any], tax: list[Any], rates: dict[Decima
             continue
         category = line.get("tax_category") if type(line.get("tax_category")) is str else None
         key = (category, _rate_key(rate))
-        value, before = line_value(line), groups.get(key, Decimal(0))
-        with localcontext(EXACT):
-            groups[key] = None if value is None or before is None else before + value
+        value, before = _line_value(line), groups.get(key, Decimal(0))
+        groups[key] = None if value is None or before is None else before + value
         where.setdefault(key, i)
     if not groups:
         return
@@ -309,8 +330,7 @@ def _taxable_per_rate(doc: Mapping[str, Any], tax: list[Any], rates: dict[Decima
             for (cat, r), value in groups.items():
                 if r == rate and (cat is None or cat == category):
                     found = True
-                    with localcontext(EXACT):
-                        lines_sum = None if value is None or lines_sum is None else lines_sum + value
+                    lines_sum = None if value is None or lines_sum is None else lines_sum + value
             taxable = to_decimal(tax[i].get("taxable"))
             if found and lines_sum is not None and taxable is not None and lines_sum != taxable:
                 out.append(Discrepancy(
@@ -352,12 +372,17 @@ def document_findings(doc: Mapping[str, Any]) -> list[Discrepancy]:
     out: list[Discrepancy] = []
     if not isinstance(doc, Mapping):
         return out
+    with localcontext(EXACT):
+        _findings(doc, out)
+    return out
+
+
+def _findings(doc: Mapping[str, Any], out: list[Discrepancy]) -> None:
     digits = minor_unit(doc.get("currency"))
     rounding = doc.get("rounding") if doc.get("rounding") in _ROUNDINGS else None
     _money_precision(doc, digits, out)
     values = _lines(doc, digits, out)
-    with localcontext(EXACT):
-        lines_sum = sum(values, Decimal(0)) if values else None
+    lines_sum = sum(values, Decimal(0)) if values else None
     net = to_decimal(doc.get("net"))
     if lines_sum is not None:
         _equal(out, "net", "net", doc.get("net"), lines_sum, "the sum of the lines")
@@ -367,17 +392,14 @@ def document_findings(doc: Mapping[str, Any]) -> list[Discrepancy]:
                "the sum of the tax subtotals")
         taxables = [to_decimal(t.get("taxable")) for t in doc["tax"]]
         if net is not None and None not in taxables:
-            with localcontext(EXACT):
-                _equal(out, "tax_taxable_net", "tax", doc.get("net"),
-                       sum((t for t in taxables if t is not None), Decimal(0)),
-                       "the sum of the taxable amounts")
+            _equal(out, "tax_taxable_net", "tax", doc.get("net"),
+                   sum((t for t in taxables if t is not None), Decimal(0)),
+                   "the sum of the taxable amounts")
     tax_total = to_decimal(doc.get("tax_total"))
     tax_total = tax_total if tax_total is not None else tax_sum
     if net is not None and tax_total is not None:
-        with localcontext(EXACT):
-            _equal(out, "total", "total", doc.get("total"), net + tax_total, "net + tax")
+        _equal(out, "total", "total", doc.get("total"), net + tax_total, "net + tax")
     _parties(doc, out)
-    return out
 
 
 #: Every code document_findings may give (docs/commerce.md lists each).

@@ -155,7 +155,9 @@ class _Anchors:
     lines: list[Mapping[str, Any]]
     keys: dict[tuple[str, str], int | None] = field(default_factory=dict)
     texts: dict[str, int | None] = field(default_factory=dict)
-    grams: list[frozenset[str]] = field(default_factory=list)
+    normalised: list[str] = field(default_factory=list)
+    #: The trigrams of each line, made when tier 4 is first needed.
+    grams: list[frozenset[str]] | None = None
 
     def __post_init__(self) -> None:
         for i, line in enumerate(self.lines):
@@ -163,7 +165,7 @@ class _Anchors:
                 self.keys[key] = None if key in self.keys else i  # None: ambiguous
             text = normalise(line["text"]) if type(line.get("text")) is str else ""
             self.texts[text] = None if text in self.texts else i
-            self.grams.append(_trigrams(text))
+            self.normalised.append(text)
 
     def pair(self, lines: Sequence[Mapping[str, Any]]) -> list[tuple[int | None, str]]:
         """For each line, the anchor it pairs with (None: unpaired) and how
@@ -183,8 +185,10 @@ class _Anchors:
             if found[0] is None and text in self.texts:
                 anchor = self.texts[text]
                 found = (anchor, "text") if anchor is not None else (None, "ambiguous")
-            if found[0] is None and found[1] != "ambiguous" and budget >= len(self.grams):
-                budget -= len(self.grams)
+            if found[0] is None and found[1] != "ambiguous" and budget >= len(self.lines) > 0:
+                budget -= len(self.lines)
+                if self.grams is None:
+                    self.grams = [_trigrams(t) for t in self.normalised]
                 grams = _trigrams(text)
                 scores = sorted(((2 * len(grams & g) / (len(grams) + len(g)), i)
                                  for i, g in enumerate(self.grams) if grams or g), reverse=True)
