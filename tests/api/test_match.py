@@ -77,7 +77,7 @@ async def test_the_match_of_an_over_billed_thread(two: Two) -> None:
         assert [d["cid"] for d in match["documents"]] == [quote, order, note, invoice]
         [item] = match["items"]
         assert (item["quoted"], item["ordered"], item["delivered"], item["invoiced"],
-                item["ordered_price"]) == ("500", "500", "480", "500", "12.5")
+                item["ordered_price"]) == ("500", "500", "480", "500", "12.50")
         assert item["summary"].endswith("20 pcs billed but not delivered")
         assert [f["code"] for f in match["findings"] if f["level"] == "warning"] == \
             ["billed_not_delivered"]

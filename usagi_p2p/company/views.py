@@ -168,13 +168,8 @@ MATCH_HEADERS: Final = ["item", "unit", "quoted", "ordered", "delivered", "invoi
 
 
 def _number(value: Decimal | None) -> str | None:
-    """A quantity or price as a decimal string (the spec's form), None when absent."""
-    from decimal import Context
-
-    if value is None:
-        return None
-    # Wide enough for any spec decimal (39 digits): normalising never rounds.
-    return format(value.normalize(Context(prec=120)), "f") if value else "0"
+    """A quantity or price as a decimal string as written ("12.50"), None when absent."""
+    return None if value is None else format(value, "f")
 
 
 def match_json(m: Match) -> dict[str, Any]:

@@ -399,15 +399,17 @@ def _print_document(data: dict[str, Any]) -> None:
     line("party", f"{arrow} ({data['direction']}, {data['status']}"
                   f"{': ' + data['reason'] if data['reason'] else ''})")
     line("issued", doc.get("issued_at"))
-    for key in ("valid_until", "due", "currency", "net", "tax_total", "total", "rounding",
-                "payment_terms", "response", "note", "user"):
+    for key in ("valid_until", "due", "currency", "net", "tax_total", "total", "rounding"):
         line(key.replace("_", " "), doc.get(key))
+    line("payment", doc.get("payment_terms"))
+    for key in ("response", "note", "user"):
+        line(key, doc.get(key))
     parties = doc.get("parties") if isinstance(doc.get("parties"), dict) else {}
     for side in ("from", "to"):
         if isinstance(parties.get(side), dict):
             p = parties[side]
-            line(f"{side} (paper)", ", ".join(str(p[k]) for k in ("name", "tax_id", "city", "country")
-                                              if p.get(k)))
+            line("issuer" if side == "from" else "addressee",
+                 ", ".join(str(p[k]) for k in ("name", "tax_id", "city", "country") if p.get(k)))
     for t in doc.get("tax") or [] if isinstance(doc.get("tax"), list) else []:
         if isinstance(t, dict):
             line("tax", f"{t.get('category')} {t.get('rate')} % of {t.get('taxable')}: "
