@@ -160,7 +160,7 @@ def tax_id_problem(text: str, country: str | None = None) -> tuple[str, str | No
             return (f"the check digit of {text} is {digit}, not {text[1]}: "
                     "a mistyped registration number", f"T{digit}{text[2:]}")
         return None
-    if text[:1] == "T" and text[1:].isascii() and text[1:].isdigit() or country == "JP":
+    if (text[:1] == "T" and text[1:].isascii() and text[1:].isdigit()) or country == "JP":
         return ("a Japanese registration number is T and 13 digits (T1234567890123)", None)
     prefix = text[:2]
     if prefix == "GR":
