@@ -5,7 +5,11 @@ industry shares; lines are free text first (masterless): a line with nothing
 but ``text`` is always valid, and plugins add structure under ``ext``.
 
 Money and quantities are decimal strings; floats are refused anywhere in a
-document. Times are RFC 3339 in UTC with a ``Z``. Time is always a parameter:
+document. The commercial fields of issue 19 (tax per line and per rate,
+net/tax totals, rounding, payment terms, the parties on paper) are optional
+and checked here for their shapes only: whether the figures add up, or a
+registration number's check digit holds, is a finding of kernel._commerce,
+never a refusal. Times are RFC 3339 in UTC with a ``Z``. Time is always a parameter:
 nothing here reads the clock.
 """
 
@@ -48,12 +52,17 @@ MAX_LINES: Final = 10_000
 MAX_TEXT: Final = 16_000
 MAX_SHORT: Final = 800
 MAX_PREV: Final = 64
+#: Tax subtotals per document: one per (category, rate); 32 is far more than
+#: any tax system has rates (Japan two, the EU states at most five).
+MAX_TAX: Final = 32
+ROUNDINGS: Final = frozenset({"half_up", "half_even", "down", "up"})
 
 # All patterns are used with fullmatch: "$" would also match before a final newline.
 _DECIMAL_RE: Final = re.compile(r"-?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})?")
 _CURRENCY_RE: Final = re.compile(r"[A-Z]{3}")
 _KIND_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,39}(\.[a-z][a-z0-9_]{0,39})?")
 _NAMESPACE_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+_COUNTRY_RE: Final = re.compile(r"[A-Z]{2}")
 # One spelling per instant: no trailing zeros in the fraction (format_time's form).
 # ASCII digits only ("\d" would take any script's), hours 00-23 and seconds 00-59:
 # no 24:00 and no leap second 60; fromisoformat then refuses days a month lacks.
@@ -64,9 +73,19 @@ _TIME_RE: Final = re.compile(
 
 _TOP_FIELDS: Final = frozenset(
     {"v", "kind", "from", "to", "issued_at", "thread", "prev", "ref", "currency", "lines",
-     "note", "response", "user", "ext", "valid_until", "due", "total"}
+     "note", "response", "user", "ext", "valid_until", "due", "total",
+     # issue 19, all optional (spec section 5, "Commercial fields")
+     "tax", "net", "tax_total", "rounding", "payment_terms", "parties"}
 )
-_LINE_FIELDS: Final = frozenset({"text", "qty", "unit", "unit_price", "amount", "ref", "ext"})
+_LINE_FIELDS: Final = frozenset(
+    {"text", "qty", "unit", "unit_price", "amount", "ref", "ext", "tax_category", "tax_rate"}
+)
+_TAX_FIELDS: Final = ("category", "rate", "taxable", "amount")
+_PARTY_SIDES: Final = frozenset({"from", "to"})
+#: Party fields and their size: short text, text, or the country's shape.
+_PARTY_FIELDS: Final = {"name": MAX_SHORT, "tax_id": MAX_SHORT, "address": MAX_TEXT,
+                        "city": MAX_SHORT, "postal_code": MAX_SHORT, "country": 0,
+                        "endpoint": MAX_SHORT, "contact": MAX_SHORT}
 
 
 def format_time(moment: datetime) -> str:
@@ -162,7 +181,7 @@ else:
     _lines_ok = None
 
 _DECIMAL_MATCH: Final = _DECIMAL_RE.fullmatch
-_LINE_DECIMALS: Final = ("qty", "unit_price", "amount")
+_LINE_DECIMALS: Final = ("qty", "unit_price", "amount", "tax_rate")
 
 
 def _check_line(line: Any, path: str, out: list[Problem]) -> None:
@@ -181,12 +200,68 @@ def _check_line(line: Any, path: str, out: list[Problem]) -> None:
         value = line.get(key)
         if value is not None and (type(value) is not str or _DECIMAL_MATCH(value) is None):
             out.append(Problem(f"{path}.{key}", "must be a decimal string such as '12.50'"))
-    for key in ("unit", "ref"):
+    for key in ("unit", "ref", "tax_category"):
         value = line.get(key)
         if value is not None and not text_size_ok(value, MAX_SHORT):
             out.append(Problem(f"{path}.{key}", f"must be text of 1..{MAX_SHORT} UTF-8 bytes"))
     if "ext" in line:
         _check_ext(line["ext"], f"{path}.ext", out)
+
+
+def _check_tax(tax: Any, out: list[Problem]) -> None:
+    if type(tax) is not list or not 0 < len(tax) <= MAX_TAX:
+        out.append(Problem("tax", f"must be a list of 1..{MAX_TAX} tax subtotals"))
+        return
+    for i, item in enumerate(tax):
+        path = f"tax[{i}]"
+        if type(item) is not dict:
+            out.append(Problem(path, "a tax subtotal is a map of category, rate, taxable, amount"))
+            continue
+        for key in sorted(item.keys() - set(_TAX_FIELDS), key=str):
+            out.append(Problem(f"{path}.{key}", "unknown tax subtotal field"))
+        if not text_size_ok(item.get("category"), MAX_SHORT):
+            out.append(Problem(f"{path}.category", f"required, text of 1..{MAX_SHORT} UTF-8 bytes"))
+        for key in _TAX_FIELDS[1:]:
+            if not is_decimal(item.get(key)):
+                out.append(Problem(f"{path}.{key}", "required, a decimal string such as '10'"))
+
+
+def _check_parties(parties: Any, out: list[Problem]) -> None:
+    if type(parties) is not dict:
+        out.append(Problem("parties", "must be a map with 'from' and/or 'to'"))
+        return
+    for side in sorted(parties.keys() - _PARTY_SIDES, key=str):
+        out.append(Problem(f"parties.{side}", "unknown side (only 'from' and 'to')"))
+    for side in ("from", "to"):
+        if side not in parties:
+            continue
+        party_map, path = parties[side], f"parties.{side}"
+        if type(party_map) is not dict:
+            out.append(Problem(path, "a party is a map of name, tax_id, address, ..."))
+            continue
+        for key in sorted(party_map.keys() - _PARTY_FIELDS.keys(), key=str):
+            out.append(Problem(f"{path}.{key}", "unknown party field"))
+        for key, limit in _PARTY_FIELDS.items():
+            if key not in party_map:
+                continue
+            value = party_map[key]
+            if limit == 0:
+                if type(value) is not str or not _COUNTRY_RE.fullmatch(value):
+                    out.append(Problem(f"{path}.{key}", "must be an ISO 3166-1 alpha-2 code such as 'JP'"))
+            elif not text_size_ok(value, limit):
+                out.append(Problem(f"{path}.{key}", f"must be text of 1..{limit} UTF-8 bytes"))
+
+
+def _check_commerce(doc: Mapping[str, Any], out: list[Problem]) -> None:
+    """Shapes of the optional commercial fields (issue 19); never their arithmetic."""
+    if "tax" in doc:
+        _check_tax(doc["tax"], out)
+    rounding = doc.get("rounding")
+    if rounding is not None and (type(rounding) is not str or rounding not in ROUNDINGS):
+        out.append(Problem("rounding", "must be one of " + ", ".join(sorted(ROUNDINGS))))
+    _short_text(doc, "payment_terms", out, MAX_TEXT)
+    if "parties" in doc:
+        _check_parties(doc["parties"], out)
 
 
 def document_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
@@ -245,8 +320,10 @@ def document_problems(doc: Any, kinds: Iterable[str] = ()) -> list[Problem]:
     currency = doc.get("currency")
     if currency is not None and (type(currency) is not str or not _CURRENCY_RE.fullmatch(currency)):
         out.append(Problem("currency", "must be an ISO 4217 code such as 'JPY'"))
-    if "total" in doc and not is_decimal(doc["total"]):
-        out.append(Problem("total", "must be a decimal string"))
+    for key in ("total", "net", "tax_total"):
+        if key in doc and not is_decimal(doc[key]):
+            out.append(Problem(key, "must be a decimal string"))
+    _check_commerce(doc, out)
     response = doc.get("response")
     if kind == "order_response" and (type(response) is not str or response not in RESPONSES):
         out.append(Problem("response", "an order_response says accept, reject or counter"))

@@ -63,9 +63,9 @@ typedef struct {
 } KeyEntry;
 
 /* The fields of a document line, in the order line_ok() reads them. */
-enum { F_TEXT, F_QTY, F_UNIT, F_UNIT_PRICE, F_AMOUNT, F_REF, F_EXT, N_LINE_FIELDS };
+enum { F_TEXT, F_QTY, F_UNIT, F_UNIT_PRICE, F_AMOUNT, F_REF, F_EXT, F_TAX_CATEGORY, F_TAX_RATE, N_LINE_FIELDS };
 static const char *const line_field_names[N_LINE_FIELDS] = {"text", "qty", "unit", "unit_price", "amount",
-                                                             "ref", "ext"};
+                                                             "ref", "ext", "tax_category", "tax_rate"};
 
 /* Every field name the kernel and the node read: documents, lines, envelopes,
  * signed wrappers, notices, acks, batches. A decoded key equal to one of
@@ -75,7 +75,10 @@ static const char *const known_field_names[] = {
     "v", "kind", "from", "to", "issued_at", "valid_until", "due", "thread", "prev", "user",
     "note", "currency", "total", "response", "lines", "ref", "ext", "text", "qty", "unit",
     "unit_price", "amount", "c", "n", "s", "sig", "body", "signer", "cid", "nonce",
-    "sent_at", "at", "by", "status", "digest", "reason", "notices", "blocks", "acks"};
+    "sent_at", "at", "by", "status", "digest", "reason", "notices", "blocks", "acks",
+    /* issue 19: the commercial fields of documents and lines */
+    "tax_category", "tax_rate", "tax", "net", "tax_total", "rounding", "payment_terms", "parties",
+    "category", "rate", "taxable", "name", "tax_id"};
 
 typedef struct {
     /* configure(): the kernel's CID class, its parser and error classes */
@@ -88,7 +91,7 @@ typedef struct {
     /* configure(): limits (0: not given yet) */
     int max_nesting;          /* depth the reference's walks stop at, both ways */
     Py_ssize_t max_text;      /* UTF-8 bytes of a line's text */
-    Py_ssize_t max_short;     /* UTF-8 bytes of a line's unit and ref */
+    Py_ssize_t max_short;     /* UTF-8 bytes of a line's unit, ref and tax_category */
     /* made when the module is executed */
     PyObject *str_raw;
     PyObject *str_offset;
@@ -1538,13 +1541,14 @@ line_ok(State *st, PyObject *line)
             blank = 0;
     if (blank)
         return 0;
-    const int decimals[3] = {F_QTY, F_UNIT_PRICE, F_AMOUNT};
-    for (int i = 0; i < 3; i++) {
+    const int decimals[4] = {F_QTY, F_UNIT_PRICE, F_AMOUNT, F_TAX_RATE};
+    for (int i = 0; i < 4; i++) {
         PyObject *d = field[decimals[i]];
         if (d != NULL && d != Py_None && !is_decimal(d))
             return 0;
     }
-    if (!text_len_ok(field[F_UNIT], st->max_short) || !text_len_ok(field[F_REF], st->max_short))
+    if (!text_len_ok(field[F_UNIT], st->max_short) || !text_len_ok(field[F_REF], st->max_short) ||
+        !text_len_ok(field[F_TAX_CATEGORY], st->max_short))
         return 0;
     if (field[F_EXT] != NULL && !ext_ok(field[F_EXT]))
         return 0;

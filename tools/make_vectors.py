@@ -719,6 +719,34 @@ def _document_hex(**changes: Any) -> str:
     return dagcbor.encode({**order_document(), **changes}).hex()
 
 
+def commerce_changes(**changes: Any) -> dict[str, Any]:
+    """The order as an invoice with every commercial field of section 5.1, then ``changes``."""
+    fields: dict[str, Any] = {
+        "kind": "invoice",
+        "lines": [
+            {"text": "M6x20 SUS304 hex bolt", "qty": "500", "unit": "pcs", "unit_price": "12.50",
+             "amount": "6250", "tax_category": "S", "tax_rate": "10"},
+            {"text": "green tea for the canteen, 1 kg", "qty": "2", "unit_price": "3001",
+             "amount": "6002", "tax_category": "AA", "tax_rate": "8"},
+        ],
+        "tax": [{"category": "S", "rate": "10", "taxable": "6250", "amount": "625"},
+                {"category": "AA", "rate": "8", "taxable": "6002", "amount": "480"}],
+        "net": "12252",
+        "tax_total": "1105",
+        "total": "13357",
+        "rounding": "down",
+        "payment_terms": "末締め翌月末払い (end of month, paid the end of the next month)",
+        "parties": {
+            "from": {"name": "株式会社関東ボルト", "tax_id": "T5040001082442",
+                     "address": "芝1-2-3\n港区", "city": "東京都", "postal_code": "105-0014",
+                     "country": "JP", "endpoint": "0188:5040001082442", "contact": "田中"},
+            "to": {"name": "Osaka Works", "tax_id": "T8120001077316", "country": "JP"},
+        },
+    }
+    fields.update(changes)
+    return fields
+
+
 def document_rule_vectors() -> dict[str, dict[str, Any]]:
     """Section 5's text sizes (UTF-8 bytes), times and currency on one order."""
     out: dict[str, dict[str, Any]] = {}
@@ -747,6 +775,32 @@ def document_rule_vectors() -> dict[str, dict[str, Any]]:
         ("document-currency-unlisted.json",
          "currency QQQ: the ISO 4217 shape, not in the list: accepted", {"currency": "QQQ"}, "success"),
         ("document-currency-lower-case.json", "currency jpy", {"currency": "jpy"}, "invalid_document"),
+        # Section 5.1, the commercial fields (issue 19): shapes only.
+        ("document-commerce-full.json",
+         "every commercial field (section 5.1): a Japanese qualified invoice with 10 % and 8 % lines",
+         commerce_changes(), "success"),
+        ("document-commerce-inconsistent.json",
+         "figures that do not add up and a wrong check digit: findings, never refusals (section 5.1)",
+         commerce_changes(net="1", tax_total="2", total="4",
+                          parties={"from": {"tax_id": "T1234567890123"}}), "success"),
+        ("document-commerce-rate-number.json", "a line's tax_rate as an integer, not a decimal string",
+         commerce_changes(lines=[{"text": "bolt", "tax_category": "S", "tax_rate": 10}]),
+         "invalid_document"),
+        ("document-commerce-subtotal-unknown-field.json", "a TaxSubtotal with a field it does not have",
+         commerce_changes(tax=[{"category": "S", "rate": "10", "taxable": "100", "amount": "10",
+                                "currency": "JPY"}]), "invalid_document"),
+        ("document-commerce-subtotal-missing-field.json", "a TaxSubtotal without its amount",
+         commerce_changes(tax=[{"category": "S", "rate": "10", "taxable": "100"}]), "invalid_document"),
+        ("document-commerce-tax-33.json", "33 tax subtotals (at most 32)",
+         commerce_changes(tax=[{"category": "S", "rate": str(i), "taxable": "0", "amount": "0"}
+                               for i in range(33)]), "invalid_document"),
+        ("document-commerce-party-unknown-field.json", "a Party with a field it does not have",
+         commerce_changes(parties={"to": {"name": "Osaka Works", "fax": "06-0000-0000"}}),
+         "invalid_document"),
+        ("document-commerce-country-lower-case.json", "a Party's country jp",
+         commerce_changes(parties={"to": {"country": "jp"}}), "invalid_document"),
+        ("document-commerce-rounding-unknown.json", "rounding 'bankers' (not one of the four)",
+         commerce_changes(rounding="bankers"), "invalid_document"),
     ):
         out[name] = _vector(f"Document rule (spec section 5): {what}", "validate_document",
                             {"document": _document_hex(**changes)}, {}, expect)

@@ -268,6 +268,8 @@ line_values = {
     "amount": decimalish | leaf,
     "unit": shortish | leaf,
     "ref": shortish | leaf,
+    "tax_category": shortish | leaf,
+    "tax_rate": decimalish | leaf,
     "ext": ext_values,
     "colour": leaf,
 }
@@ -292,11 +294,14 @@ def test_lines_ok_agrees_with_the_python_rules(lines: list[Any]) -> None:
 
 
 def test_lines_ok_examples() -> None:
-    good = [{"text": "M6 bolt", "qty": "100", "unit": "pcs", "unit_price": "12.50", "ref": "A-1"},
+    good = [{"text": "M6 bolt", "qty": "100", "unit": "pcs", "unit_price": "12.50", "ref": "A-1",
+             "tax_category": "S", "tax_rate": "10"},
             {"text": "x", "qty": None, "ext": {"food": {"lot": "L1", "temp": ["2", 3]}}}]
     assert fast.lines_ok(good) is True
     for bad in ({"text": " "}, {"text": "x", "qty": "1.5e3"}, {"text": "x", "ext": {"food": {"t": 2.5}}},
-                {"text": "x", "colour": "red"}, {"text": "x", "unit": ""}, {"qty": "1"}, "text"):
+                {"text": "x", "colour": "red"}, {"text": "x", "unit": ""}, {"qty": "1"}, "text",
+                {"text": "x", "tax_rate": 10}, {"text": "x", "tax_rate": "10%"},
+                {"text": "x", "tax_category": ""}):
         assert fast.lines_ok([*good, bad]) is False
         assert python_line_problems([*good, bad])
 
