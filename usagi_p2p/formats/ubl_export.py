@@ -304,24 +304,23 @@ def _billing(w: _Writer, doc: DocType, document: Mapping[str, Any], money: _Mone
     breakdown: list[tuple[str, str | None, str, str]] = []
     if tax_entries:
         for entry in tax_entries:
-            category = "S" if entry.get("category") == "AA" else str(entry.get("category") or "S")
-            rate = None if category == "O" else str(entry.get("rate") or "0")
-            breakdown.append((category, rate, str(entry.get("taxable") or "0"),
-                              str(entry.get("amount") or "0")))
+            code = "S" if entry.get("category") == "AA" else str(entry.get("category") or "S")
+            breakdown.append((code, None if code == "O" else str(entry.get("rate") or "0"),
+                              str(entry.get("taxable") or "0"), str(entry.get("amount") or "0")))
     else:
-        for (category, rate), taxable in groups.items():
-            tax = money.round(taxable * (_dec(rate) or 0) / 100)
-            breakdown.append((category, rate, decimal_text(taxable), decimal_text(tax)))
+        for (code, percent), base in groups.items():
+            tax = money.round(base * (_dec(percent) or 0) / 100)
+            breakdown.append((code, percent, decimal_text(base), decimal_text(tax)))
     stated_tax = document.get("tax_total")
     tax_total = (Decimal(amount_text(stated_tax)) if isinstance(stated_tax, str)
                  else _sum([amount_text(b[3]) for b in breakdown]))
     total_element = w.add(root, "cac:TaxTotal")
     money.add(w, total_element, "cbc:TaxAmount", tax_total)
-    for category, rate, taxable, amount in breakdown:
+    for code, percent, taxable, tax_amount in breakdown:
         subtotal = w.add(total_element, "cac:TaxSubtotal")
         money.add(w, subtotal, "cbc:TaxableAmount", taxable)
-        money.add(w, subtotal, "cbc:TaxAmount", amount)
-        _tax_category(w, subtotal, "cac:TaxCategory", category, rate, reason=True)
+        money.add(w, subtotal, "cbc:TaxAmount", tax_amount)
+        _tax_category(w, subtotal, "cac:TaxCategory", code, percent, reason=True)
     line_total = _sum([f[1] for f in figures])
     net = document.get("net")
     exclusive = (Decimal(amount_text(net)) if isinstance(net, str)
@@ -416,7 +415,8 @@ def export_ubl(document: Mapping[str, Any], parties: Parties | None = None, *,
                                      f"exported are: {', '.join(sorted(DEFAULT_KIND))}")
     doc = ROOTS[root_name]
     known = parties or Parties()
-    paper = document.get("parties") if isinstance(document.get("parties"), Mapping) else {}
+    stated = document.get("parties")
+    paper: Mapping[str, Any] = stated if isinstance(stated, Mapping) else {}
     sender = _merged(paper.get("from"), known.sender)
     receiver = _merged(paper.get("to"), known.receiver)
     billing = doc.root in ("Invoice", "CreditNote")

@@ -212,7 +212,8 @@ def _ext_json(text: str, where: str) -> dict[str, Any]:
         raise MalformedInputError(f"{where}: the usagi:ext property is not JSON") from None
     if not isinstance(value, dict):
         raise MalformedInputError(f"{where}: the usagi:ext property is not a JSON object")
-    return _no_floats(value)
+    cleaned: dict[str, Any] = _no_floats(value)
+    return cleaned
 
 
 def _no_floats(value: Any) -> Any:

@@ -31,6 +31,7 @@ from .documents import (
            request_hash,
 )
 from .events import stream_events
+from .exchange import document_ubl
 from .partners import (
            add_partner,
            create_invitation,
@@ -88,6 +89,8 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/documents/{cid}/thread", "getDocumentThread", "read", 0, document_thread),
     Route("POST", "/api/v1/documents/{cid}/verify", "verifyDocument", "read", 0,
           document_verify),
+    # the standard formats (docs/formats.md): a document as UBL 2.1 / Peppol BIS 3
+    Route("GET", "/api/v1/documents/{cid}/ubl", "getDocumentUBL", "read", 0, document_ubl),
     # search (docs/api.md, "Search")
     Route("GET", "/api/v1/search", "searchDocuments", "read", 0, search),
     # events (usagi_p2p/company/api/events.py)
