@@ -12,7 +12,8 @@ Numbers become decimal strings as they are written (no float on the way).
 Out: rows (a header and values) as XLSX or CSV for accounting. Text that a
 spreadsheet program would run as a formula (it starts with ``=``, ``+``,
 ``-``, ``@``, a tab or a carriage return) is written as text: a string cell
-in XLSX, and with a leading ``'`` in CSV (OWASP "CSV injection").
+in XLSX, and with a leading ``'`` in CSV (OWASP "CSV injection"), which
+reading removes again.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ def _text(value: Any) -> str | None:
     if isinstance(value, float):
         value = repr(value)
     text = str(value).strip()
+    if text.startswith("'") and text[1:].startswith(_RISKY):
+        text = text[1:]  # the escape write_table puts before text a program would run
     return text or None
 
 
@@ -256,8 +259,8 @@ def write_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], name: str
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(headers)
         for row in rows:
-            writer.writerow([_safe(decimal_text(v) if isinstance(v, Decimal) else v)
-                             if v is not None else "" for v in row])
+            writer.writerow([decimal_text(v) if isinstance(v, Decimal) else
+                             "" if v is None else _safe(v) for v in row])
         return ("\ufeff" + out.getvalue()).encode("utf-8")
     from openpyxl import Workbook
     from openpyxl.cell.cell import TYPE_STRING

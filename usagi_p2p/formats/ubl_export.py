@@ -196,7 +196,7 @@ def _tax_category(w: _Writer, parent: etree._Element, name: str, category: str,
 
 
 def _item(w: _Writer, parent: etree._Element, line: Mapping[str, Any],
-          tax: tuple[str, str | None] | None) -> None:
+          tax: tuple[str, str | None] | None, unit_said: bool = True) -> None:
     item = w.add(parent, "cac:Item")
     text = str(line.get("text") or "-")
     name = next((part.strip() for part in text.splitlines() if part.strip()), text.strip() or "-")
@@ -224,7 +224,8 @@ def _item(w: _Writer, parent: etree._Element, line: Mapping[str, Any],
         w.add(prop, "cbc:Name", str(key))
         w.add(prop, "cbc:Value", str(value))
     unit = line.get("unit")
-    if isinstance(unit, str) and not is_unit_code(unit):
+    if isinstance(unit, str) and (not is_unit_code(unit) or not unit_said):
+        # A unit that is no Rec 20 code, or that no quantity carried, said as it is.
         prop = w.add(item, "cac:AdditionalItemProperty")
         w.add(prop, "cbc:Name", "usagi:unit")
         w.add(prop, "cbc:Value", unit)
@@ -377,7 +378,8 @@ def _order_lines(w: _Writer, doc: DocType, document: Mapping[str, Any], money: _
             w.add(w.add(item, "cac:Price"), "cbc:PriceAmount", line["unit_price"],
                   currencyID=money.currency)
         has_tax = "tax_category" in line or "tax_rate" in line
-        _item(w, item, line, _category(line, tax_entries) if has_tax else None)
+        _item(w, item, line, _category(line, tax_entries) if has_tax else None,
+              unit_said=isinstance(line.get("qty"), str))
         if isinstance(ubl.get("order_line"), str):
             w.add(w.add(element, "cac:OrderLineReference"), "cbc:LineID", ubl["order_line"])
 
