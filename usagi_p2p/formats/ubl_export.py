@@ -55,6 +55,19 @@ _JP_TAX_ID: Final = re.compile(r"T[0-9]{13}")
 _NOT_XML: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
+_ALL: Final = frozenset({"name", "address", "tax", "legal", "contact"})
+#: Which parts of a party each type writes, for its sender and its receiver: what
+#: the Peppol BIS examples of that type show (an Order Response has no PartyName,
+#: a Despatch Advice no tax scheme); the billing types and the Order write all.
+_PARTS: Final[Mapping[str, tuple[frozenset[str], frozenset[str]]]] = {
+    "Invoice": (_ALL, _ALL), "CreditNote": (_ALL, _ALL), "Order": (_ALL, _ALL),
+    "OrderChange": (frozenset({"name", "legal", "contact"}), frozenset({"address", "legal"})),
+    "OrderResponse": (frozenset({"address", "legal", "contact"}), frozenset({"address", "legal"})),
+    "DespatchAdvice": (frozenset({"address", "legal", "contact"}), frozenset({"address", "legal"})),
+    "OrderCancellation": (frozenset({"legal"}), frozenset({"name", "address", "legal"})),
+}
+
+
 class _Writer:
     """Elements in document order under one root, text escaped by lxml."""
 
@@ -100,7 +113,8 @@ def _merged(paper: Any, known: Party) -> Party:
     return party
 
 
-def _party(w: _Writer, parent: etree._Element, party: Party, *, legal: bool) -> None:
+def _party(w: _Writer, parent: etree._Element, party: Party, *, parts: frozenset[str],
+           seller: bool = False) -> None:
     element = w.add(parent, "cac:Party")
     endpoint = party.get("endpoint")
     if endpoint:
@@ -109,10 +123,20 @@ def _party(w: _Writer, parent: etree._Element, party: Party, *, legal: bool) -> 
             w.add(element, "cbc:EndpointID", ident, schemeID=scheme)
         else:
             w.add(element, "cbc:EndpointID", endpoint)
-    if party.get("name"):
+    if endpoint and seller:
+        # The seller's identifier (EN 16931 BT-29): BR-CO-26 wants it, its legal
+        # registration id or its VAT id; its electronic address is one it has.
+        scheme, colon, ident = endpoint.partition(":")
+        identification = w.add(element, "cac:PartyIdentification")
+        if colon:
+            w.add(identification, "cbc:ID", ident, schemeID=scheme)
+        else:
+            w.add(identification, "cbc:ID", endpoint)
+    if party.get("name") and "name" in parts:
         w.add(w.add(element, "cac:PartyName"), "cbc:Name", party["name"])
     lines = [line.strip() for line in party.get("address", "").split("\n") if line.strip()]
-    if lines or party.get("city") or party.get("postal_code") or party.get("country"):
+    if "address" in parts and (lines or party.get("city") or party.get("postal_code")
+                               or party.get("country")):
         address = w.add(element, "cac:PostalAddress")
         if lines:
             w.add(address, "cbc:StreetName", lines[0])
@@ -127,16 +151,16 @@ def _party(w: _Writer, parent: etree._Element, party: Party, *, legal: bool) -> 
         if party.get("country"):
             w.add(w.add(address, "cac:Country"), "cbc:IdentificationCode", party["country"])
     tax_id = party.get("tax_id")
-    if tax_id:
+    if tax_id and "tax" in parts:
         scheme = w.add(element, "cac:PartyTaxScheme")
         w.add(scheme, "cbc:CompanyID", tax_id)
         # A VAT number starts with its country (BR-CO-09); Japan's registration
         # number ("T" + 13 digits) is a tax registration id (EN 16931 BT-32).
         vat = _VAT_ID.fullmatch(tax_id) is not None and _JP_TAX_ID.fullmatch(tax_id) is None
         w.add(w.add(scheme, "cac:TaxScheme"), "cbc:ID", "VAT" if vat else "TAX")
-    if legal and party.get("name"):
+    if "legal" in parts and party.get("name"):
         w.add(w.add(element, "cac:PartyLegalEntity"), "cbc:RegistrationName", party["name"])
-    if party.get("contact"):
+    if party.get("contact") and "contact" in parts:
         w.add(w.add(element, "cac:Contact"), "cbc:Name", party["contact"])
 
 
@@ -196,11 +220,14 @@ def _tax_category(w: _Writer, parent: etree._Element, name: str, category: str,
 
 
 def _item(w: _Writer, parent: etree._Element, line: Mapping[str, Any],
-          tax: tuple[str, str | None] | None, unit_said: bool = True) -> None:
+          tax: tuple[str, str | None] | None, unit_said: bool = True,
+          described: bool = True) -> None:
     item = w.add(parent, "cac:Item")
     text = str(line.get("text") or "-")
     name = next((part.strip() for part in text.splitlines() if part.strip()), text.strip() or "-")
-    if text != name:
+    if not described:  # a type whose items have no description: the whole text is the name
+        name = text
+    elif text != name:
         w.add(item, "cbc:Description", text)
     w.add(item, "cbc:Name", name)
     ubl = _ubl(line)
@@ -238,6 +265,26 @@ def _item(w: _Writer, parent: etree._Element, line: Mapping[str, Any],
     if isinstance(ubl.get("lot"), str):
         w.add(w.add(w.add(item, "cac:ItemInstance"), "cac:LotIdentification"), "cbc:LotNumberID",
               ubl["lot"])
+
+
+def _line_charges(w: _Writer, parent: etree._Element, line: Mapping[str, Any],
+                  money: _Money) -> None:
+    """A line's own allowances and charges, as an import kept them (``ext.ubl.charges``)."""
+    charges = _ubl(line).get("charges")
+    for charge in charges if isinstance(charges, list) else []:
+        if not isinstance(charge, Mapping):
+            continue
+        element = w.add(parent, "cac:AllowanceCharge")
+        w.add(element, "cbc:ChargeIndicator", "true" if charge.get("charge") == "true" else "false")
+        if isinstance(charge.get("reason_code"), str):
+            w.add(element, "cbc:AllowanceChargeReasonCode", charge["reason_code"])
+        if isinstance(charge.get("reason"), str):
+            w.add(element, "cbc:AllowanceChargeReason", charge["reason"])
+        if isinstance(charge.get("percent"), str):
+            w.add(element, "cbc:MultiplierFactorNumeric", charge["percent"])
+        money.add(w, element, "cbc:Amount", str(charge.get("amount") or "0"))
+        if isinstance(charge.get("base_amount"), str):
+            money.add(w, element, "cbc:BaseAmount", charge["base_amount"])
 
 
 def _is_charge(line: Mapping[str, Any]) -> bool:
@@ -354,6 +401,7 @@ def _billing(w: _Writer, doc: DocType, document: Mapping[str, Any], money: _Mone
         order_line = _ubl(line).get("order_line")
         if isinstance(order_line, str):
             w.add(w.add(element, "cac:OrderLineReference"), "cbc:LineID", order_line)
+        _line_charges(w, element, line, money)
         _item(w, element, line, category)
         w.add(w.add(element, "cac:Price"), "cbc:PriceAmount", price, currencyID=money.currency)
 
@@ -374,6 +422,8 @@ def _order_lines(w: _Writer, doc: DocType, document: Mapping[str, Any], money: _
             w.add(item, "cbc:Quantity", line["qty"], unitCode=unit_code(line.get("unit")))
         if isinstance(line.get("amount"), str) and money.currency:
             money.add(w, item, "cbc:LineExtensionAmount", line["amount"])
+        if money.currency:
+            _line_charges(w, item, line, money)
         if isinstance(line.get("unit_price"), str) and money.currency:
             w.add(w.add(item, "cac:Price"), "cbc:PriceAmount", line["unit_price"],
                   currencyID=money.currency)
@@ -393,7 +443,7 @@ def _despatch_lines(w: _Writer, document: Mapping[str, Any]) -> None:
         order_line = _ubl(line).get("order_line")
         w.add(w.add(element, "cac:OrderLineReference"), "cbc:LineID",
               order_line if isinstance(order_line, str) else str(i + 1))
-        _item(w, element, line, None)
+        _item(w, element, line, None, described=False)
 
 
 def export_ubl(document: Mapping[str, Any], parties: Parties | None = None, *,
@@ -446,7 +496,7 @@ def export_ubl(document: Mapping[str, Any], parties: Parties | None = None, *,
     issued = str(document.get("issued_at") or "")
     if issued:
         w.add(root, "cbc:IssueDate", issued[:10])
-        if not billing:
+        if not billing and doc.root != "OrderCancellation":
             w.add(root, "cbc:IssueTime", issued[11:19])
     due = _date(document.get("due"))
     order_ref = ubl.get("order_reference") or order_reference
@@ -484,8 +534,12 @@ def export_ubl(document: Mapping[str, Any], parties: Parties | None = None, *,
         reference_element = w.add(root, "cac:BillingReference")
         w.add(w.add(reference_element, "cac:InvoiceDocumentReference"), "cbc:ID",
               ubl["billing_reference"])
-    for element_name, party in ((doc.sender, sender), (doc.receiver, receiver)):
-        _party(w, w.add(root, f"cac:{element_name}"), party, legal=True)
+    parts = _PARTS[doc.root]
+    for element_name, party, sells, these in ((doc.sender, sender, doc.seller_sends, parts[0]),
+                                              (doc.receiver, receiver, not doc.seller_sends,
+                                               parts[1])):
+        _party(w, w.add(root, f"cac:{element_name}"), party, parts=these,
+               seller=billing and sells)
     if doc.root in ("Order", "OrderChange") and due:
         w.add(w.add(w.add(root, "cac:Delivery"), "cac:RequestedDeliveryPeriod"), "cbc:EndDate", due)
     if doc.root == "CreditNote" and due:
@@ -531,7 +585,9 @@ def _order_totals(w: _Writer, document: Mapping[str, Any], money: _Money) -> Non
     if isinstance(document.get("tax_total"), str):
         tax_total = w.add(w.root, "cac:TaxTotal")
         money.add(w, tax_total, "cbc:TaxAmount", document["tax_total"])
-        for entry in (t for t in document.get("tax") or [] if isinstance(t, Mapping)):
+        # A Peppol Order states only the tax amount; an order agreement its breakdown.
+        entries = document.get("tax") if etree.QName(w.root).localname == "OrderResponse" else []
+        for entry in (t for t in entries or [] if isinstance(t, Mapping)):
             subtotal = w.add(tax_total, "cac:TaxSubtotal")
             money.add(w, subtotal, "cbc:TaxableAmount", str(entry.get("taxable") or "0"))
             money.add(w, subtotal, "cbc:TaxAmount", str(entry.get("amount") or "0"))

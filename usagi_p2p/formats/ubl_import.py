@@ -174,6 +174,9 @@ def _line(element: Element, doc: DocType, where: str) -> dict[str, Any]:
         price = decimal_text((Decimal(price) / Decimal(base)).quantize(Decimal("1e-12")).normalize())
     _put(line, "unit_price", price)
     _put(line, "amount", _decimal(_text(item_line, "cbc:LineExtensionAmount"), f"{where} amount"))
+    # The line's own allowances and charges: its amount includes them (EN 16931 BG-27/28).
+    _put(ubl, "charges", [_line_charge(c, f"{where} allowance/charge {i + 1}")
+                          for i, c in enumerate(_all(item_line, "cac:AllowanceCharge"))])
     _put(line, "ref", _text(item, "cac:SellersItemIdentification/cbc:ID"))
     _put(ubl, "buyer_id", _text(item, "cac:BuyersItemIdentification/cbc:ID"))
     standard = _path(item, "cac:StandardItemIdentification/cbc:ID")
@@ -203,6 +206,18 @@ def _line(element: Element, doc: DocType, where: str) -> dict[str, Any]:
     if "text" not in line:
         raise MalformedInputError(f"{where} has no item name, description or note")
     return line
+
+
+def _line_charge(element: Element, where: str) -> dict[str, str]:
+    """A line's AllowanceCharge as a map of text (kept under ``ext.ubl.charges``)."""
+    charge: dict[str, str] = {"charge": "true" if _text(element, "cbc:ChargeIndicator") == "true"
+                              else "false",
+                              "amount": _decimal(_text(element, "cbc:Amount"), where) or "0"}
+    _put(charge, "reason", _text(element, "cbc:AllowanceChargeReason"))
+    _put(charge, "reason_code", _text(element, "cbc:AllowanceChargeReasonCode"))
+    _put(charge, "percent", _decimal(_text(element, "cbc:MultiplierFactorNumeric"), where))
+    _put(charge, "base_amount", _decimal(_text(element, "cbc:BaseAmount"), where))
+    return charge
 
 
 def _ext_json(text: str, where: str) -> dict[str, Any]:
