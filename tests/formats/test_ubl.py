@@ -219,7 +219,12 @@ def test_our_fields_survive_an_export_and_an_import(kind: str, lines: list[dict[
         doc["note"] = note
     back = import_ubl(export_ubl(doc))
     assert back.kind == kind and back.body["ref"] == ref and back.body.get("note") == note
-    assert back.body["parties"] == doc["parties"]
+    if kind in ("invoice", "order"):
+        assert back.body["parties"] == doc["parties"]
+    else:  # the ordering types carry the parts of a party their BIS examples show
+        for side in ("from", "to"):
+            for key in ("name", "endpoint", "country"):
+                assert back.body["parties"][side][key] == doc["parties"][side][key]
     kept = ("text", "qty", "unit", "ref") if kind == "delivery_note" else (
         ("text", "qty", "unit", "ref", "unit_price", "amount", "tax_rate") if kind != "invoice"
         else ("text", "unit", "ref", "tax_rate"))
