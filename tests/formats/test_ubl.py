@@ -135,6 +135,8 @@ def test_the_parties_come_from_the_node_where_the_document_is_silent(
             if k not in ("parties", "tax", "net", "tax_total", "total")}
     with pytest.raises(ExportIncompleteError, match="seller's country"):
         export_ubl(bare, Parties({"name": "Kanto"}, {"name": "Osaka"}))
+    with pytest.raises(ExportIncompleteError, match="due date"):
+        export_ubl({k: v for k, v in JP_INVOICE.items() if k != "due"})
     profile = Parties({"name": "Kanto", "country": "JP", "endpoint": "0188:1",
                        "tax_id": "T1234567890123"},
                       {"name": "Osaka", "country": "JP", "endpoint": "0188:2"})
@@ -212,7 +214,8 @@ def test_our_fields_survive_an_export_and_an_import(kind: str, lines: list[dict[
                                                      note: str | None, ref: str) -> None:
     doc: dict[str, Any] = {"v": 1, "kind": kind, "from": SELLER.did, "to": BUYER.did,
                            "issued_at": "2026-12-06T09:00:00Z", "ref": ref, "currency": "EUR",
-                           "lines": lines, "parties": JP_INVOICE["parties"]}
+                           "lines": lines, "parties": JP_INVOICE["parties"],
+                           "due": "2027-01-31T00:00:00Z"}
     if kind == "order_response":
         doc["response"] = "counter"
     if note is not None:

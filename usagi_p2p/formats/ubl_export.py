@@ -482,6 +482,11 @@ def export_ubl(document: Mapping[str, Any], parties: Parties | None = None, *,
         if taxed and not seller.get("tax_id"):
             # BR-S-02, BR-Z-02, BR-E-02, ...: a taxed line needs the seller's tax id.
             need.append("the seller's tax_id (parties.from.tax_id), as its lines are taxed")
+        total = _dec(document.get("total"))
+        if not document.get("due") and not document.get("payment_terms") and (
+                total is None or total > 0):
+            # BR-CO-25: an amount due needs a due date or payment terms.
+            need.append("a due date (due) or payment terms (payment_terms)")
         if not money.currency:
             need.insert(0, "the currency")
         if need:

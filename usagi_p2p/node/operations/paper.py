@@ -50,11 +50,11 @@ def _checked(fields: Mapping[str, str | None]) -> dict[str, str | None]:
     for key, value in fields.items():
         if key not in PARTY_FIELDS:
             problems.append(f"{key}: not a party field ({', '.join(PARTY_FIELDS)})")
+        elif key == "country" and value and not _COUNTRY.fullmatch(str(value)):
+            problems.append("country: an ISO 3166-1 alpha-2 code such as JP")
         elif value is not None and (not isinstance(value, str)
                                     or len(value.encode("utf-8", "surrogatepass")) > PARTY_FIELDS[key]):
             problems.append(f"{key}: text of at most {PARTY_FIELDS[key]} bytes")
-        elif key == "country" and value and not _COUNTRY.fullmatch(value):
-            problems.append("country: an ISO 3166-1 alpha-2 code such as JP")
     if problems:
         raise NodeError("; ".join(problems))
     return dict(fields)
