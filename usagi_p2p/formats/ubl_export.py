@@ -8,7 +8,9 @@ OrderCancellation, shaped as the Peppol BIS ordering examples. A document
 whose own figures do not add up is written as it is (it is what was signed):
 the rules that say so fire, as the arithmetic findings do.
 
-Pure: a document, its parties as the node knows them, bytes out.
+Pure: a document, its parties as the node knows them, bytes out. About 620
+lines: five UBL types written by one writer from one set of party, line and
+tax helpers; split by type, each part would repeat or import the others' privates.
 """
 
 from __future__ import annotations
