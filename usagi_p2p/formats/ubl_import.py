@@ -127,7 +127,8 @@ def _party(element: Element | None) -> Party:
     _put(party, "address", "\n".join(line for line in lines if line))
     _put(party, "city", _text(address, "cbc:CityName"))
     _put(party, "postal_code", _text(address, "cbc:PostalZone"))
-    _put(party, "country", _text(address, "cac:Country/cbc:IdentificationCode"))
+    country = _text(address, "cac:Country/cbc:IdentificationCode")
+    _put(party, "country", country.upper() if country and len(country) == 2 else country)
     endpoint = _path(element, "cbc:EndpointID")
     if endpoint is not None and endpoint.text and endpoint.text.strip():
         scheme_id = endpoint.get("schemeID")
