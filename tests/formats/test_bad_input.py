@@ -22,6 +22,8 @@ from usagi_p2p.node.errors import (
     http_status,
 )
 
+from .conftest import official_examples
+
 INVOICE_NS = b'xmlns="urn:oasis:names:specification:ubl:schema:xsd:Invoice-2"'
 
 BOMB = b"""<?xml version="1.0"?>
@@ -150,3 +152,21 @@ def test_a_zip_bomb_or_a_broken_workbook_is_refused() -> None:
 def test_spreadsheets_that_say_nothing_usable_are_malformed(text: str, match: str) -> None:
     with pytest.raises(MalformedInputError, match=match):
         read_lines(text.encode(), "lines.csv")
+
+
+_EXAMPLES = official_examples()
+
+
+@pytest.mark.skipif(not _EXAMPLES, reason="../shared fixtures not present")
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_an_official_example_with_a_byte_changed_is_a_body_or_a_typed_error(data: st.DataObject) -> None:
+    original = data.draw(st.sampled_from(_EXAMPLES)).read_bytes()
+    at = data.draw(st.integers(0, len(original) - 1))
+    changed = original[:at] + bytes([data.draw(st.integers(0, 255))]) + original[at + 1:]
+    try:
+        imported = import_ubl(changed)
+    except UsagiError as exc:
+        assert exc.code in ("input_malformed", "input_unsafe", "format_unsupported")
+    else:
+        assert imported.kind in ("invoice", "order", "order_response", "delivery_note", "cancel")
