@@ -20,7 +20,8 @@ ALLOWED = {
     "node": {"node"},
     "peer": {"node", "peer"},
     "archive": {"node", "archive"},
-    "company": {"node", "peer", "archive", "company"},
+    "formats": {"node", "formats"},
+    "company": {"node", "peer", "archive", "formats", "company"},
 }
 LONG = 600
 

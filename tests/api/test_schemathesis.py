@@ -209,6 +209,8 @@ def test_real_documents_and_partners_keep_the_contract(live: Live) -> None:
                      "/api/v1/documents/{cid}/thread", "/api/v1/documents/{cid}/match"):
             got = _op("GET", path).Case(path_parameters={"cid": cid})
             assert got.call_and_validate(base_url=live.url, headers=admin).status_code == 200
+        ubl = _op("GET", "/api/v1/documents/{cid}/ubl").Case(path_parameters={"cid": cid})
+        assert ubl.call_and_validate(base_url=live.url, headers=admin).status_code == 422
         verify = _op("POST", "/api/v1/documents/{cid}/verify").Case(path_parameters={"cid": cid})
         assert verify.call_and_validate(base_url=live.url, headers=admin).json()["ok"] is True
     page = _op("GET", "/api/v1/documents").Case(query={"limit": 1})
@@ -259,6 +261,10 @@ def test_each_scope_reaches_exactly_its_routes(live: Live) -> None:
             if order.index(scope) < order.index(route.scope):
                 assert answer.status_code == 403, (route, scope, answer.text)
                 assert answer.json()["code"] == "forbidden_scope"
+            elif route.operation == "getDocumentUBL":
+                # The live document is a quote: UBL has no type for it (docs/formats.md).
+                assert answer.status_code == 422, (route, scope, answer.text)
+                assert answer.json()["code"] == "format_unsupported"
             else:
                 assert answer.status_code == 200, (route, scope,
                                                    "" if stream else answer.text)

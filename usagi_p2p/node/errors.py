@@ -21,7 +21,9 @@ __all__ = ["NodeError", "ConfigError", "PassphraseError", "InvitationError", "Pa
            "NotFoundError", "MethodNotAllowedError", "RequestTimeoutError", "InternalError",
            "QuotaExceededError", "UnknownDocumentError", "InvalidCursorError",
            "IdempotencyKeyReusedError", "IdempotencyInProgressError", "IdempotencyKeysExhaustedError",
-           "PluginConfigError", "InvalidQueryError", "TEMPORARY", "TABLE", "UnknownCodeError",
+           "PluginConfigError", "InvalidQueryError",
+           "FormatError", "MalformedInputError", "UnsafeInputError", "InputTooLargeError",
+           "UnsupportedFormatError", "ExportIncompleteError", "TEMPORARY", "TABLE", "UnknownCodeError",
            "http_status",
            "exit_code"]
 
@@ -187,6 +189,46 @@ class IdempotencyKeysExhaustedError(NodeError):
     retry_after: int = 60
 
 
+# -- formats: UBL and spreadsheets in and out (docs/formats.md) ----------------
+
+
+class FormatError(NodeError):
+    """A file to import, or a document to export, cannot be converted as asked."""
+
+    code = "format_error"
+
+
+class MalformedInputError(FormatError):
+    """The file is not well-formed XML, not a spreadsheet, or not a UBL document we can read."""
+
+    code = "input_malformed"
+
+
+class UnsafeInputError(FormatError):
+    """The file holds what is never processed: a DTD, entities, external references, formulas."""
+
+    code = "input_unsafe"
+
+
+class InputTooLargeError(FormatError):
+    """The file, or its rows, columns or lines, is over the limit (docs/formats.md, "Limits")."""
+
+    code = "input_too_large"
+
+
+class UnsupportedFormatError(FormatError):
+    """No mapping for this kind, UBL document type or file type (docs/formats.md)."""
+
+    code = "format_unsupported"
+
+
+class ExportIncompleteError(FormatError):
+    """The document lacks what the standard requires (a party's name, country, address);
+    set it in the node's profile or the partner's ('usagi profile')."""
+
+    code = "export_incomplete"
+
+
 #: The reasons of a rejected ack that mean "not now" rather than "never"
 #: (docs/spec.md section 11.1): the receiver keeps no record of the notice, and
 #: the sender keeps it queued and sends it again later, same nonce. Every other
@@ -265,6 +307,13 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "idempotency_in_progress": (409, 75),
     "idempotency_keys_exhausted": (429, 75),
     "invalid_query": (400, 64),
+    # Formats: UBL and spreadsheets in and out (docs/formats.md).
+    "format_error": (422, 65),
+    "input_malformed": (400, 65),
+    "input_unsafe": (400, 65),
+    "input_too_large": (413, 65),
+    "format_unsupported": (422, 65),
+    "export_incomplete": (422, 65),
 }
 
 

@@ -126,6 +126,12 @@ class Config:
     #: Where each event is POSTed, signed (docs/api.md, "Webhooks"): each
     #: {"url": ..., "secret": "whsec_...", "types": [...]} ('usagi webhook add').
     webhooks: list[dict[str, Any]] = field(default_factory=list)
+    #: This company on paper (docs/formats.md, "Parties"): name, tax_id, address,
+    #: city, postal_code, country, endpoint, contact. A UBL export takes from it
+    #: what a document's own ``parties`` lack ('usagi profile').
+    profile: dict[str, str] = field(default_factory=dict)
+    #: The same for each partner, by DID ('usagi profile --partner NAME').
+    partner_profiles: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Config:

@@ -32,6 +32,7 @@ from .documents import (
            request_hash,
 )
 from .events import stream_events
+from .exchange import document_ubl
 from .partners import (
            add_partner,
            create_invitation,
@@ -91,6 +92,8 @@ ROUTES: Final[tuple[Route, ...]] = (
           document_verify),
     # commercial integrity (issue 19, docs/commerce.md): the three-way match of a thread
     Route("GET", "/api/v1/documents/{cid}/match", "getDocumentMatch", "read", 0, document_match),
+    # the standard formats (docs/formats.md): a document as UBL 2.1 / Peppol BIS 3
+    Route("GET", "/api/v1/documents/{cid}/ubl", "getDocumentUBL", "read", 0, document_ubl),
     # search (docs/api.md, "Search")
     Route("GET", "/api/v1/search", "searchDocuments", "read", 0, search),
     # events (usagi_p2p/company/api/events.py)

@@ -129,10 +129,14 @@ def _no_floats(value: Any, where: str) -> Any:
 @click.option("--extract", is_flag=True,
               help="Fill each line's plugin fields from its text where the body leaves them "
                    "out (what 'usagi extract' shows).")
+@click.option("--lines", "lines_file", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The lines from a spreadsheet (.xlsx or .csv; columns by header, "
+                   "e.g. 品名 数量 単位 単価 金額: docs/formats.md); replaces the body's lines.")
 @click.pass_context
 def send(ctx: click.Context, kind: str, file: Path | None, to: str | None, reply_to: str | None,
          ref: str | None, response: str | None, user: str | None, wait: bool, timeout: float,
-         approve_as: tuple[str, ...], extract: bool) -> None:
+         approve_as: tuple[str, ...], extract: bool, lines_file: Path | None) -> None:
     """Seal a document (JSON or YAML body) to you and a partner and send its notice.
 
     Prints the CID, then the partner's signed ack once it comes. Works while
@@ -148,17 +152,23 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str | None, reply
     Example: usagi send order --reply-to bafyrei… --ref PO-1042   (what was quoted)
 
     Example: usagi send order_response --reply-to bafyrei… --response accept
+
+    Example: usagi send quote --to Osaka --lines lines.xlsx --ref Q-1042
     """
     if to is None and reply_to is None:
         raise click.UsageError("say who gets it: --to PARTNER, or --reply-to CID to answer "
                                "a document")
-    if file is None and reply_to is None:
+    if file is None and reply_to is None and lines_file is None:
         raise click.UsageError("give the document as a FILE (JSON or YAML, '-' for standard "
                                "input), or answer one with --reply-to CID")
     if file is None and kind == "order_response" and response is None:
         raise click.UsageError("an order_response says --response accept, reject or counter "
                                "(or give its body as a FILE)")
     body = load_body(file) if file is not None else {}
+    if lines_file is not None:
+        body["lines"] = _sheet_lines(lines_file)
+        if file is None:
+            file = lines_file  # the body is given: not filled in from --reply-to
     fields = {k: v for k, v in (("ref", ref), ("response", response)) if v is not None}
     reply = _cid(reply_to) if reply_to else None
     # With a node serving this home, through its local API (no key to unlock).
@@ -201,6 +211,20 @@ def send(ctx: click.Context, kind: str, file: Path | None, to: str | None, reply
     _print_ack(ctx, run(with_node(ctx, sending)), wait)
 
 
+def _sheet_lines(path: Path) -> list[dict[str, str]]:
+    """The lines of a spreadsheet (usagi_p2p.formats.sheet); a typed error exits as every one."""
+    from kernel.errors import UsagiError
+
+    from ...formats import read_lines
+    from .common import fail
+    from .exchange import read_input
+
+    try:
+        return read_lines(read_input(path), path.name)
+    except UsagiError as exc:
+        fail(exc)
+
+
 def _finding(data: dict[str, Any]) -> Any:
     from kernel.plugin import Finding
 
@@ -241,9 +265,69 @@ def _since(text: str | None) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+#: The columns of 'usagi inbox/outbox --export' (one row per document, for accounting).
+EXPORT_HEADERS: Final = ["direction", "kind", "ref", "partner", "issued_at", "status", "currency",
+                         "net", "tax_total", "total", "due", "thread", "cid"]
+#: The columns of 'usagi thread --export' (one row per line of each document).
+LINE_HEADERS: Final = ["document", "kind", "ref", "issued_at", "line", "text", "qty", "unit",
+                       "unit_price", "amount", "tax_category", "tax_rate", "item_ref", "cid"]
+
+
+def _decimal(value: Any) -> Any:
+    """A decimal string as a Decimal (a number cell in XLSX); anything else as it is."""
+    from decimal import Decimal, InvalidOperation
+
+    if isinstance(value, str):
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            return value
+    return value
+
+
+def _opened_documents(ctx: click.Context, cids: list[str]) -> list[dict[str, Any]]:
+    """Each document as 'usagi --json show' has it: through a running node, else opened here."""
+    first = ride(ctx, "GET", f"/api/v1/documents/{cids[0]}") if cids else None
+    if first is not None:
+        return [first] + [ride(ctx, "GET", f"/api/v1/documents/{cid}") or {} for cid in cids[1:]]
+    from ...node import operations as ops
+
+    async def showing(node: Node) -> list[dict[str, Any]]:
+        return [document_json(await ops.show_document(node, _cid(c))) for c in cids]
+
+    return run(with_node(ctx, showing)) if cids else []
+
+
+def _write_sheet(path: Path, headers: list[str], rows: list[list[Any]]) -> None:
+    from kernel.errors import UsagiError
+
+    from ...formats import write_table
+    from .common import fail
+
+    try:
+        data = write_table(headers, rows, path.name)
+    except UsagiError as exc:
+        fail(exc)
+    path.write_bytes(data)
+    click.echo(f"wrote {printable(path)}: {len(rows)} row(s)", err=True)
+
+
+def _export_documents(ctx: click.Context, entries: list[Any], path: Path) -> None:
+    documents = _opened_documents(ctx, [str(e.cid) for e in entries])
+    rows = []
+    for entry, data in zip(entries, documents, strict=True):
+        doc = data["document"]
+        rows.append([entry.direction, entry.kind, entry.ref or "",
+                     entry.partner_name or entry.partner, entry.issued_at, entry.status,
+                     doc.get("currency"), *[_decimal(doc.get(k)) for k in ("net", "tax_total",
+                                                                          "total")],
+                     doc.get("due"), str(entry.thread), str(entry.cid)])
+    _write_sheet(path, EXPORT_HEADERS, rows)
+
+
 def _list_documents(ctx: click.Context, direction: Literal["in", "out"], partner: str | None,
                     kind: str | None, status: str | None, since: str | None,
-                    limit: int) -> None:
+                    limit: int, export: Path | None = None) -> None:
     moment = _since(since)
     rows = _listed(ctx, direction, partner, kind, status, moment, limit)
     if rows is None:
@@ -255,6 +339,9 @@ def _list_documents(ctx: click.Context, direction: Literal["in", "out"], partner
 
         rows = run(with_node(ctx, listing))
     shown = rows
+    if export is not None:
+        _export_documents(ctx, list(shown), export)
+        return
     emit(ctx, [entry_json(e) for e in shown],
          lambda: table(DOCUMENT_HEADERS, [entry_row(e) for e in shown]))
 
@@ -305,6 +392,9 @@ def _list_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Recorded since (YYYY-MM-DD is midnight UTC, or an RFC 3339 time)."),
         click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1),
                      help="Show the newest N, oldest first."),
+        click.option("--export", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Write them to FILE (.xlsx or .csv) for accounting: one row per "
+                          "document with its currency and totals."),
     )):
         fn = option(fn)
     return fn
@@ -314,25 +404,27 @@ def _list_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_list_options
 @click.pass_context
 def inbox(ctx: click.Context, partner: str | None, kind: str | None, status: str | None,
-          since: str | None, limit: int) -> None:
+          since: str | None, limit: int, export: Path | None) -> None:
     """Documents received from partners (the newest 50 unless -n says otherwise).
 
     Example: usagi inbox --partner Osaka --kind order --since 2026-12-01
+
+    Example: usagi inbox --kind invoice --since 2026-12-01 --export invoices.xlsx
     """
-    _list_documents(ctx, "in", partner, kind, status, since, limit)
+    _list_documents(ctx, "in", partner, kind, status, since, limit, export)
 
 
 @click.group(invoke_without_command=True)
 @_list_options
 @click.pass_context
 def outbox(ctx: click.Context, partner: str | None, kind: str | None, status: str | None,
-           since: str | None, limit: int) -> None:
+           since: str | None, limit: int, export: Path | None) -> None:
     """Documents sent, with their delivery state ('usagi outbox retry' to resend).
 
     Example: usagi outbox --status undelivered
     """
     if ctx.invoked_subcommand is None:
-        _list_documents(ctx, "out", partner, kind, status, since, limit)
+        _list_documents(ctx, "out", partner, kind, status, since, limit, export)
 
 
 @outbox.command("retry")
@@ -457,11 +549,15 @@ def _print_arithmetic(found: list[dict[str, Any]], echo: Callable[[str], Any]) -
 
 @click.command()
 @click.argument("cid")
+@click.option("--export", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every line of every document of the thread to FILE (.xlsx or .csv).")
 @click.pass_context
-def thread(ctx: click.Context, cid: str) -> None:
+def thread(ctx: click.Context, cid: str, export: Path | None) -> None:
     """List the thread a document belongs to, in causal order.
 
     Example: usagi thread bafyrei…   (any document of the trade)
+
+    Example: usagi thread bafyrei… --export trade.xlsx   (its lines, for accounting)
     """
     target = _cid(cid)
     rode = ride(ctx, "GET", f"/api/v1/documents/{target}/thread")
@@ -475,7 +571,24 @@ def thread(ctx: click.Context, cid: str) -> None:
             return await ops.thread_documents(node, target)
 
         rows = run(with_node(ctx, threading))
+    if export is not None:
+        _export_lines(ctx, rows, export)
+        return
     emit(ctx, thread_json(rows), lambda: table(THREAD_HEADERS, [thread_row(r) for r in rows]))
+
+
+def _export_lines(ctx: click.Context, entries: list[Any], path: Path) -> None:
+    documents = _opened_documents(ctx, [str(e.cid) for e in entries])
+    rows = []
+    for n, (entry, data) in enumerate(zip(entries, documents, strict=True), start=1):
+        doc = data["document"]
+        for i, line in enumerate(doc.get("lines") or [], start=1):
+            rows.append([n, entry.kind, entry.ref or "", entry.issued_at, i, line.get("text"),
+                         *[_decimal(line.get(k)) for k in ("qty",)], line.get("unit"),
+                         *[_decimal(line.get(k)) for k in ("unit_price", "amount")],
+                         line.get("tax_category"), _decimal(line.get("tax_rate")),
+                         line.get("ref"), str(entry.cid)])
+    _write_sheet(path, LINE_HEADERS, rows)
 
 
 @click.command()

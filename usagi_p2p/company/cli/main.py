@@ -165,6 +165,7 @@ def _register_commands() -> None:
     from .archive import archive
     from .commerce import match
     from .documents import inbox, outbox, send, show, thread, verify
+    from .exchange import export_command, import_command, profile_command
     from .keys import key
     from .partners import invite, partner
     from .plugins import extract_command, plugins_group, user_group
@@ -175,7 +176,8 @@ def _register_commands() -> None:
 
     commands: list[Any] = [serve, invite, partner, send, inbox, outbox, show, thread, verify,
                            key, plugins_group, user_group, extract_command, archive, token_group,
-                           search, webhook_group, match]
+                           search, webhook_group, match, export_command, import_command,
+                           profile_command]
     for command in commands:
         main.add_command(command)
 

@@ -22,6 +22,7 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
     search.py      search_documents, reindex_search
     this_node.py   node_status, key_info, rotate_key, announce_key, resume_outbox
     commerce.py    document_arithmetic, match_documents (issue 19: docs/commerce.md)
+    paper.py       profile, set_profile, export_source (the parties on paper; UBL export)
     events.py      events_after, event_range, commit_signal, prune_events, webhooks,
                    add_webhook, remove_webhook, webhook_log, replay_webhook, webhook_*
 
@@ -82,6 +83,7 @@ from .events import (
     webhook_next_due,
     webhooks,
 )
+from .paper import PARTY_FIELDS, ExportSource, export_source, profile, set_profile
 from .partners import (
     PartnerChange,
     PartnerStatus,
@@ -157,4 +159,6 @@ __all__ = [  # the values, then the operations of the module docstring
     "replay_webhook", "webhook_follow", "webhook_enqueue", "webhook_due", "webhook_attempted",
     "webhook_next_due",
     # commercial integrity (issue 19)
-    "document_arithmetic", "match_documents"]
+    "document_arithmetic", "match_documents",
+    # the parties on paper and exports (issue 19, docs/formats.md)
+    "PARTY_FIELDS", "ExportSource", "profile", "set_profile", "export_source"]
