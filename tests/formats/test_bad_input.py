@@ -60,8 +60,10 @@ PARAMETER = b"""<?xml version="1.0"?>
     (REMOTE, UnsafeInputError),
     (PARAMETER, UnsafeInputError),
     (b"<a>" + b" " * (MAX_XML + 1) + b"</a>", InputTooLargeError),
+    # an encoding Python has no codec for (found by the byte-changing test below)
+    (b'<?xml version="1.0" encoding="U-F-8"?><Invoice/>', MalformedInputError),
 ], ids=["empty", "truncated", "text", "binary", "catalogue", "foreign", "html", "bomb", "xxe",
-        "remote-dtd", "parameter-entity", "huge"])
+        "remote-dtd", "parameter-entity", "huge", "unknown-encoding"])
 def test_bad_xml_is_a_typed_error(data: bytes, error: type[UsagiError]) -> None:
     with pytest.raises(error) as caught:
         import_ubl(data)

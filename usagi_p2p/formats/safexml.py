@@ -44,6 +44,6 @@ def parse_xml(data: bytes, limit: int = MAX_XML) -> Element:
                                f"({type(exc).__name__}); UBL needs none and none is read") from None
     except ParseError as exc:
         raise MalformedInputError(f"not well-formed XML: {exc}") from None
-    except (ValueError, RecursionError) as exc:  # e.g. an encoding expat does not know
+    except (ValueError, LookupError, RecursionError) as exc:  # an encoding Python does not know
         raise MalformedInputError(f"not readable XML: {exc}") from None
     return root

@@ -30,6 +30,7 @@ from ..views import (
     thread_row,
     verification_json,
 )
+from . import sheets
 from .common import emit, home_of, ride, run, table, wants_json, with_node
 
 if TYPE_CHECKING:
@@ -265,66 +266,6 @@ def _since(text: str | None) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-#: The columns of 'usagi inbox/outbox --export' (one row per document, for accounting).
-EXPORT_HEADERS: Final = ["direction", "kind", "ref", "partner", "issued_at", "status", "currency",
-                         "net", "tax_total", "total", "due", "thread", "cid"]
-#: The columns of 'usagi thread --export' (one row per line of each document).
-LINE_HEADERS: Final = ["document", "kind", "ref", "issued_at", "line", "text", "qty", "unit",
-                       "unit_price", "amount", "tax_category", "tax_rate", "item_ref", "cid"]
-
-
-def _decimal(value: Any) -> Any:
-    """A decimal string as a Decimal (a number cell in XLSX); anything else as it is."""
-    from decimal import Decimal, InvalidOperation
-
-    if isinstance(value, str):
-        try:
-            return Decimal(value)
-        except InvalidOperation:
-            return value
-    return value
-
-
-def _opened_documents(ctx: click.Context, cids: list[str]) -> list[dict[str, Any]]:
-    """Each document as 'usagi --json show' has it: through a running node, else opened here."""
-    first = ride(ctx, "GET", f"/api/v1/documents/{cids[0]}") if cids else None
-    if first is not None:
-        return [first] + [ride(ctx, "GET", f"/api/v1/documents/{cid}") or {} for cid in cids[1:]]
-    from ...node import operations as ops
-
-    async def showing(node: Node) -> list[dict[str, Any]]:
-        return [document_json(await ops.show_document(node, _cid(c))) for c in cids]
-
-    return run(with_node(ctx, showing)) if cids else []
-
-
-def _write_sheet(path: Path, headers: list[str], rows: list[list[Any]]) -> None:
-    from kernel.errors import UsagiError
-
-    from ...formats import write_table
-    from .common import fail
-
-    try:
-        data = write_table(headers, rows, path.name)
-    except UsagiError as exc:
-        fail(exc)
-    path.write_bytes(data)
-    click.echo(f"wrote {printable(path)}: {len(rows)} row(s)", err=True)
-
-
-def _export_documents(ctx: click.Context, entries: list[Any], path: Path) -> None:
-    documents = _opened_documents(ctx, [str(e.cid) for e in entries])
-    rows = []
-    for entry, data in zip(entries, documents, strict=True):
-        doc = data["document"]
-        rows.append([entry.direction, entry.kind, entry.ref or "",
-                     entry.partner_name or entry.partner, entry.issued_at, entry.status,
-                     doc.get("currency"), *[_decimal(doc.get(k)) for k in ("net", "tax_total",
-                                                                          "total")],
-                     doc.get("due"), str(entry.thread), str(entry.cid)])
-    _write_sheet(path, EXPORT_HEADERS, rows)
-
-
 def _list_documents(ctx: click.Context, direction: Literal["in", "out"], partner: str | None,
                     kind: str | None, status: str | None, since: str | None,
                     limit: int, export: Path | None = None) -> None:
@@ -340,7 +281,7 @@ def _list_documents(ctx: click.Context, direction: Literal["in", "out"], partner
         rows = run(with_node(ctx, listing))
     shown = rows
     if export is not None:
-        _export_documents(ctx, list(shown), export)
+        sheets.export_documents(ctx, list(shown), export)
         return
     emit(ctx, [entry_json(e) for e in shown],
          lambda: table(DOCUMENT_HEADERS, [entry_row(e) for e in shown]))
@@ -572,23 +513,9 @@ def thread(ctx: click.Context, cid: str, export: Path | None) -> None:
 
         rows = run(with_node(ctx, threading))
     if export is not None:
-        _export_lines(ctx, rows, export)
+        sheets.export_lines(ctx, rows, export)
         return
     emit(ctx, thread_json(rows), lambda: table(THREAD_HEADERS, [thread_row(r) for r in rows]))
-
-
-def _export_lines(ctx: click.Context, entries: list[Any], path: Path) -> None:
-    documents = _opened_documents(ctx, [str(e.cid) for e in entries])
-    rows = []
-    for n, (entry, data) in enumerate(zip(entries, documents, strict=True), start=1):
-        doc = data["document"]
-        for i, line in enumerate(doc.get("lines") or [], start=1):
-            rows.append([n, entry.kind, entry.ref or "", entry.issued_at, i, line.get("text"),
-                         *[_decimal(line.get(k)) for k in ("qty",)], line.get("unit"),
-                         *[_decimal(line.get(k)) for k in ("unit_price", "amount")],
-                         line.get("tax_category"), _decimal(line.get("tax_rate")),
-                         line.get("ref"), str(entry.cid)])
-    _write_sheet(path, LINE_HEADERS, rows)
 
 
 @click.command()
