@@ -265,6 +265,8 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "idempotency_in_progress": (409, 75),
     "idempotency_keys_exhausted": (429, 75),
     "invalid_query": (400, 64),
+    # The web UI (docs/ui.md).
+    "csrf_failed": (403, 77),
 }
 
 

@@ -170,11 +170,12 @@ def _register_commands() -> None:
     from .search import search
     from .serve import serve
     from .tokens import token_group
+    from .ui import ui_command
     from .webhooks import webhook_group
 
     commands: list[Any] = [serve, invite, partner, send, inbox, outbox, show, thread, verify,
                            key, plugins_group, user_group, extract_command, archive, token_group,
-                           search, webhook_group]
+                           search, webhook_group, ui_command]
     for command in commands:
         main.add_command(command)
 
