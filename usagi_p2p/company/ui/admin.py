@@ -5,7 +5,8 @@ Changing partners, plugins and users, and exporting the archive, is the
 company's: the ``admin`` scope of the local API (docs/api.md). A person signed
 in for the company (``usagi ui``) may; a user signed in as themselves
 (``usagi ui --user NAME``) sees these pages read-only, and a form posted
-anyway is refused with ``forbidden`` (403), nothing done.
+anyway is refused with ``forbidden_scope`` (403, as a token of a lower scope
+is by the API), nothing done.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ FIELD_MAX: Final = 64 << 10
 class ForbiddenError(UsagiError):
     """Only the company may do this: sign in with 'usagi ui' (not as a user)."""
 
-    code = "forbidden"
+    code = "forbidden_scope"
 
 
 def is_company(request: web.Request) -> bool:

@@ -46,7 +46,7 @@ from ...node.errors import UnknownCodeError, http_status
 from ...node.node import Node
 from ..api.events import stream_events
 from ..api.tokens import Token
-from . import compose, document, lists
+from . import archive, compose, document, lists, partners, settings, status
 from .base import (
     STATE,
     VISITOR,
@@ -169,6 +169,11 @@ ROUTES: Final[list[tuple[str, str, Handler]]] = [
     *lists.ROUTES,
     *document.ROUTES,
     *compose.ROUTES,
+    # the company's own pages (usagi_p2p/company/ui/admin.py)
+    *partners.ROUTES,
+    *archive.ROUTES,
+    *status.ROUTES,
+    *settings.ROUTES,
 ]
 
 
@@ -279,6 +284,7 @@ def install(app: web.Application, node: Node) -> None:
         app, loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True,
         undefined=jinja2.StrictUndefined, extensions=["jinja2.ext.i18n"])
     setup_environment(environment)
+    archive.install(app, node)
     mine: set[object] = set()
     app.middlewares.append(_middleware(sessions, mine))
     for method, path, handler in ROUTES:

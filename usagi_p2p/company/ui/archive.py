@@ -233,7 +233,7 @@ async def verify_upload(request: web.Request) -> web.StreamResponse:
         if request.content_type == "multipart/form-data":  # the form without JavaScript
             posted = await request.post()
             upload = posted.get("archive")
-            if upload is None or isinstance(upload, str):
+            if not isinstance(upload, web.FileField):
                 return await _report(request, missing=True)
             path.write_bytes(upload.file.read())
             size = path.stat().st_size

@@ -75,6 +75,10 @@ NAV: list[tuple[str, str]] = [
     ("/inbox", N_("Inbox")),
     ("/outbox", N_("Outbox")),
     ("/compose", N_("New document")),
+    ("/partners", N_("Partners")),
+    ("/archive", N_("Archive")),
+    ("/status", N_("Status")),
+    ("/settings", N_("Settings")),
 ]
 
 #: The business form each kernel kind is (見積書, 注文書, ...).

@@ -51,7 +51,8 @@ def _usage_row(usage: operations.QuotaUsage | None, language: str) -> dict[str, 
     if usage is None:
         return None
     return {"bytes_text": size_text(usage.bytes, language),
-            "bytes_quota_text": size_text(usage.bytes_quota, language),"docs": usage.docs, "docs_quota": usage.docs_quota, "bytes": usage.bytes,
+            "bytes_quota_text": size_text(usage.bytes_quota, language),
+            "docs": usage.docs, "docs_quota": usage.docs_quota, "bytes": usage.bytes,
             "bytes_quota": usage.bytes_quota, "own": usage.own,
             "docs_share": _share(usage.docs, usage.docs_quota),
             "bytes_share": _share(usage.bytes, usage.bytes_quota),
