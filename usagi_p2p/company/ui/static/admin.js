@@ -25,15 +25,6 @@
     });
   }
 
-  // A form with data-confirm="question" asks before it is sent.
-  function confirming() {
-    document.addEventListener("submit", function (event) {
-      var form = event.target;
-      var question = form.getAttribute && form.getAttribute("data-confirm");
-      if (question && !window.confirm(question)) { event.preventDefault(); }
-    });
-  }
-
   // A user's plugins: "every enabled plugin" and a chosen subset exclude each other.
   function subsets() {
     document.addEventListener("change", function (event) {
@@ -107,6 +98,6 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    copying(); confirming(); subsets(); uploads();
+    copying(); subsets(); uploads();
   });
 })();
