@@ -22,9 +22,17 @@ from typing import Any
 
 import pytest
 
+from usagi_p2p.company.api.server import LocalServer
+from usagi_p2p.company.api.tokens import SCOPES
 from usagi_p2p.company.ui import issue_signin, signin_url
 
-from ..api.conftest import Api, api_node
+from ..api.conftest import Api
+from ..node.conftest import make_home, start
+
+try:  # the tests' assertions; without Playwright the browser fixture skips (fails under CI)
+    from playwright.async_api import expect
+except ImportError:  # pragma: no cover
+    expect = None
 
 VENDOR = Path(__file__).resolve().parent / "vendor"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -71,6 +79,8 @@ class Watched:
 @dataclass
 class Browser:
     browser: Any
+    #: Where a test may leave screenshots (a person looks at them; nothing compares them).
+    artifacts: Path
     pages: list[Watched] = field(default_factory=list)
 
     async def page(self, *, locale: str = "en-US", **options: Any) -> Any:
@@ -103,7 +113,7 @@ class Browser:
 
 
 @contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
+async def chromium(artifacts: Path) -> AsyncIterator[Browser]:
     path = need_browser()
     from playwright.async_api import async_playwright
 
@@ -111,14 +121,14 @@ async def chromium() -> AsyncIterator[Browser]:
         browser = await driver.chromium.launch(executable_path=path, args=CHROMIUM_ARGS,
                                                headless=True)
         try:
-            yield Browser(browser)
+            yield Browser(browser, artifacts)
         finally:
             await browser.close()
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as b:
+async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    async with chromium(Path(os.environ.get("USAGI_UI_ARTIFACTS") or tmp_path)) as b:
         yield b
         b.check()
 
@@ -131,11 +141,32 @@ class Trade:
     buyer: Api
 
 
+@contextlib.asynccontextmanager
+async def ui_node(path: Path, name: str, plugins: tuple[str, ...] = ("machinery",)
+                  ) -> AsyncIterator[Api]:
+    """A real node (peer service, local listener with the UI) with ``plugins`` enabled."""
+    home = make_home(path, name)
+    home.update_config(lambda config: config.plugins.extend(plugins))
+    node, service = await start(home)
+    local = LocalServer(node, port=0, peer_url=service.url, peer_port=service.port)
+    await local.start()
+    try:
+        yield Api(node, service, local, {s: local.tokens.create(f"test-{s}", s) for s in SCOPES})
+    finally:
+        await local.close()
+        await service.close()
+        await node.close()
+
+
+async def paired(seller: Api, buyer: Api) -> None:
+    await buyer.node.add_partner((await seller.node.invite()).text())
+
+
 @pytest.fixture
 async def trade(tmp_path: Path) -> AsyncIterator[Trade]:
-    async with api_node(tmp_path / "kanto", "Kanto Machine Tools") as seller, \
-            api_node(tmp_path / "osaka", "Osaka Precision") as buyer:
-        await buyer.node.add_partner((await seller.node.invite()).text())
+    async with ui_node(tmp_path / "kanto", "Kanto Machine Tools") as seller, \
+            ui_node(tmp_path / "osaka", "Osaka Precision") as buyer:
+        await paired(seller, buyer)
         yield Trade(seller, buyer)
 
 

@@ -109,6 +109,7 @@ async def signin(request: web.Request) -> web.StreamResponse:
     if exchanged is None:
         return render(request, "signin.html", {"failed": True}, status=403)
     session_id, session = exchanged
+    request.app[STATE].marks.seen(session.user)
     request[VISITOR] = Visitor(session, who.language, csrf_token(session_id))
     # A page, not a redirect: its refresh is a navigation of this site, so the
     # SameSite=Strict cookie goes with it even when the link came from elsewhere.
@@ -185,10 +186,13 @@ def _csrf_ok(request: web.Request, who: Visitor, sent: str | None) -> bool:
         return False
     if not hmac.compare_digest(sent.encode("ascii", "replace"), who.csrf.encode("ascii")):
         return False
+    # The token is the check; the browser's own word on where the request comes
+    # from backs it. Under Referrer-Policy: no-referrer a same-origin form sends
+    # "Origin: null", so the Fetch Metadata header is the one that says "this site".
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    if origin not in (None, "null", f"{request.scheme}://{request.host}"):
         return False
-    return True
+    return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
 
 
 def _status(exc: UsagiError) -> int:

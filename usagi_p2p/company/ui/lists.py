@@ -54,6 +54,7 @@ async def _rows(request: web.Request, direction: Literal["in", "out"]
     cursor = request.query.get("cursor") or None
     marks = state(request).marks
     who = visitor(request).user
+    marks.seen(who)
     rows: list[dict[str, Any]] = []
     if chosen.get("q"):
         found = await operations.search_documents(node, chosen["q"], partner=partner, kind=kind,

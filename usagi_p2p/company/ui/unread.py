@@ -46,15 +46,20 @@ class ReadMarks:
             self._save()
         return self._people[key]
 
+    def seen(self, who: str | None) -> None:
+        """Start keeping marks for ``who`` now (nothing before counts as news)."""
+        self._person(who)
+
     def unread(self, who: str | None, cid: str, recorded_at: float) -> bool:
         person = self._person(who)
         return recorded_at > person["since"] and cid not in person["opened"]
 
-    def opened(self, who: str | None, cid: str, recorded_at: float) -> None:
+    def opened(self, who: str | None, cid: str) -> None:
+        """``cid`` was opened now (a document recorded before the watermark stays read)."""
         person = self._person(who)
-        if recorded_at <= person["since"] or cid in person["opened"]:
+        if cid in person["opened"]:
             return
-        person["opened"][cid] = recorded_at
+        person["opened"][cid] = self.clock()
         if len(person["opened"]) > MAX_OPENED:
             oldest = min(person["opened"].values())
             person["since"] = oldest

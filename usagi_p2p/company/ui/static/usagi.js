@@ -76,5 +76,55 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", function () { live(); lines(); errors(); });
+  function csrf() {
+    var meta = document.querySelector("meta[name=csrf-token]");
+    return meta ? meta.getAttribute("content") : "";
+  }
+
+  // Live extraction: as a line is typed, ask what the plugins make of it and show
+  // it beside the line (server-rendered, escaped HTML of our own node).
+  function extraction() {
+    var form = document.getElementById("compose");
+    if (!form) { return; }
+    var timers = new WeakMap();
+    function ask(area) {
+      var cell = area.closest("tr").querySelector(".extract");
+      var data = new FormData();
+      data.append("text", area.value);
+      data.append("kind", form.querySelector("[name=kind]").value);
+      fetch("/compose/extract", { method: "POST", body: data, credentials: "same-origin",
+        headers: { "X-CSRF-Token": csrf() } })
+        .then(function (r) { return r.ok ? r.text() : ""; })
+        .then(function (html) { cell.innerHTML = html; })
+        .catch(function () { cell.textContent = ""; });
+    }
+    form.addEventListener("input", function (event) {
+      var area = event.target;
+      if (!area.matches("textarea[data-extract]")) { return; }
+      clearTimeout(timers.get(area));
+      timers.set(area, setTimeout(function () { ask(area); }, 300));
+    });
+    form.querySelectorAll("textarea[data-extract]").forEach(function (area) {
+      if (area.value.trim()) { ask(area); }
+    });
+    var kind = form.querySelector("[name=kind]");
+    var response = document.getElementById("response-field");
+    if (kind && response) {
+      kind.addEventListener("change", function () { response.hidden = kind.value !== "order_response"; });
+    }
+  }
+
+  // "Print": the print stylesheet makes the page a clean A4 form.
+  function printing() {
+    document.addEventListener("click", function (event) {
+      var link = event.target.closest("[data-print]");
+      if (!link) { return; }
+      event.preventDefault();
+      window.print();
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    live(); lines(); errors(); extraction(); printing();
+  });
 })();
