@@ -4,7 +4,8 @@ What ``usagi plugins …`` and ``usagi user …`` do, through the same
 operations (``operations.plugin_list``, ``enable_plugin``, ``disable_plugin``,
 ``configure_plugin``, ``user_list``, ``add_user``, ``move_user``,
 ``remove_user``; docs/plugins.md). Changes are written to the home's config
-and, as on the command line, take effect when ``usagi serve`` starts next; a
+and, as on the command line, take effect when ``usagi serve`` starts next (the
+page shows the config as saved, and marks what differs from what runs); a
 change refused by its rules (a plugin that does not start with the new
 settings, a user that exists) saves nothing and is said beside its form.
 
@@ -17,6 +18,7 @@ sees the page read-only, with their own plugin subset.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -43,13 +45,18 @@ DONE: Final = {
     "user_moved": N_("User %(name)s now works with the plugins chosen."),
     "user_removed": N_("User %(name)s removed; their key file is kept, renamed."),
 }
+#: The form of a user's name (usagi_p2p/node/users.py checks it on adding).
+_USER_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
 PLUGIN_STATES: Final = {"enabled": N_("Enabled"), "available": N_("Available"),
                         "broken": N_("Broken")}
 
 
 async def _page(request: web.Request, *, status: int = 200, **extra: Any) -> web.Response:
     node = node_of(request)
-    plugins = await operations.plugin_list(node)
+    # The config as saved (what the next start runs), beside what runs now.
+    plugins = await operations.plugin_list(operations.offline(node.home))
+    running = {p.name: p.state for p in await operations.plugin_list(node)}
+    pending = {p.name for p in plugins if running.get(p.name, "available") != p.state}
     settings = {}
     for plugin in plugins:
         current = await operations.configure_plugin(node, plugin.name)
@@ -61,11 +68,12 @@ async def _page(request: web.Request, *, status: int = 200, **extra: Any) -> web
     if code in DONE:
         name = request.query.get("name", "")[:200]
         known = {p.name for p in plugins} | {u.name for u in users}
-        if name in known:
+        # A removed user is no longer known; a name of the users' form is said as given.
+        if name in known or (code == "user_removed" and _USER_NAME.fullmatch(name)):
             done = gettext_for(request)(DONE[code]) % {"name": name}
     enabled = [p.name for p in plugins if p.state == "enabled"]
     me = visitor(request).user
-    context = {"plugins": plugins, "settings": settings, "users": users, "done": done,
+    context = {"plugins": plugins, "settings": settings, "pending": pending, "users": users, "done": done,
                "enabled": enabled, "company_session": is_company(request),
                "me": next((u for u in users if u.name == me), None),
                "plugin_states": PLUGIN_STATES, "errors": {}, "link": None, "link_user": None,
