@@ -19,6 +19,7 @@ from aiohttp import web
 
 from ...node import operations
 from ...node.node import Node
+from ..api.app import ENDPOINTS_KEY
 from .admin import form_of, size_text
 from .base import gettext_for, node_of, render, see_other, visitor
 
@@ -49,8 +50,13 @@ async def status_page(request: web.Request) -> web.StreamResponse:
             count = 0
         retried = gettext_for(request)(
             "%(n)s document(s) queued again; the node is delivering them now.") % {"n": count}
+    # The UI answers from the process that serves: its peer listener is known to the
+    # local listener (usagi serve passes it); serve.json says so for other processes.
+    listening = request.app[ENDPOINTS_KEY].peer
+    serving = bool(listening) or state.serving
     context = {
-        "state": state, "outbox": outbox, "retried": retried,
+        "state": state, "outbox": outbox, "retried": retried, "serving": serving,
+        "listening": listening,
         "broken": [p for p in plugins if p.state == "broken"],
         "enabled": [p.name for p in plugins if p.state == "enabled"],
         "key": key,
@@ -58,14 +64,14 @@ async def status_page(request: web.Request) -> web.StreamResponse:
         "store_size": _store_size(node, visitor(request).language),
         "undelivered": undelivered.entries, "by_partner": by_partner,
         "next_url": f"/status?cursor={undelivered.next}" if undelivered.next else None,
-        "healthy": state.serving and not outbox["undelivered"] and not any(
+        "healthy": serving and not outbox["undelivered"] and not any(
             p.state == "broken" for p in plugins),
     }
     return render(request, "status.html", context)
 
 
 def _store_size(node: Node, language: str) -> str | None:
-    """The size of the home's block store and ledger files, for the embedded store."""
+    """The size of the home's SQLite files (ledger, embedded block store, their WAL)."""
     total = 0
     for path in node.home.path.glob("*.db*"):
         try:
