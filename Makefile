@@ -27,6 +27,12 @@ $(BROWSER): $(STAMP)
 	    chromium fonts-noto-cjk >/dev/null) || { echo "apt-get failed: browser tests will skip" >&2; exit 0; }; \
 	fi; if [ -x /usr/bin/chromium ] || [ -n "$$USAGI_CHROMIUM" ]; then touch $(BROWSER); fi
 
+# A PNG of every page of the web UI in Japanese and English (tools/screenshots.py),
+# into docs/screenshots/; needs the browser of the tests (and fonts-noto-cjk).
+.PHONY: screenshots
+screenshots: $(STAMP) $(BROWSER)
+	$(PY) tools/screenshots.py
+
 # The web UI's messages: extract them and merge them into each catalog (docs/ui.md).
 UI := usagi_p2p/company/ui
 messages: $(STAMP)
@@ -66,7 +72,7 @@ ci: test sanitize test-pure
 
 bench: $(STAMP)
 	$(PY) bench/kernel.py
-	@for b in store archive exchange search api; do \
+	@for b in store archive exchange search api ui; do \
 	  if [ -f bench/$$b.py ]; then $(PY) bench/$$b.py || exit 1; fi; done
 
 lint: $(STAMP)
