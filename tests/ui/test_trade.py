@@ -61,6 +61,9 @@ async def test_a_whole_trade_in_two_browsers(trade: Trade, browser: Browser) -> 
     await assert_accessible(seller)
     await browser.shot(seller, "compose-en")
     quote = await _send(seller)
+    await expect(seller.locator("[role=status].notice")).to_contain_text("Sent.")
+    # The buyer's signed receipt turns the last badge green (live, if it came after the page).
+    await expect(seller.locator(".badge.ok[data-check='ack']")).to_be_visible()
 
     # The buyer's inbox shows it without a reload, marked unread.
     row = buyer.locator(f"tr[data-cid='{quote}']")
