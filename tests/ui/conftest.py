@@ -106,6 +106,11 @@ class Browser:
         self.pages.append(watched)
         return page
 
+    async def shot(self, page: Any, name: str) -> None:
+        """A screenshot for a person to look at, when USAGI_UI_ARTIFACTS names a folder."""
+        if os.environ.get("USAGI_UI_ARTIFACTS"):
+            await page.screenshot(path=str(self.artifacts / f"{name}.png"), full_page=True)
+
     def check(self) -> None:
         """No page had a CSP violation, a script error or a dialog."""
         problems = [p for w in self.pages for p in w.problems]

@@ -59,13 +59,18 @@ async def test_a_whole_trade_in_two_browsers(trade: Trade, browser: Browser) -> 
     await seller.get_by_label("Amount, line 1", exact=True).fill("250000")
     await seller.get_by_label("Total", exact=True).fill("262000")
     await assert_accessible(seller)
+    await browser.shot(seller, "compose-en")
     quote = await _send(seller)
+    await expect(seller.locator("[role=status].notice")).to_contain_text("Sent.")
+    # The buyer's signed receipt turns the last badge green (live, if it came after the page).
+    await expect(seller.locator(".badge.ok[data-check='ack']")).to_be_visible()
 
     # The buyer's inbox shows it without a reload, marked unread.
     row = buyer.locator(f"tr[data-cid='{quote}']")
     await expect(row).to_be_visible()
     await expect(row).to_have_class(re.compile("unread"))
     await assert_accessible(buyer)
+    await browser.shot(buyer, "inbox-en")
     await row.get_by_role("link").click()
     await expect(buyer.locator("h1")).to_have_text("Quote")
     await expect(buyer.locator(".lines")).to_contain_text(FREE)
@@ -76,6 +81,7 @@ async def test_a_whole_trade_in_two_browsers(trade: Trade, browser: Browser) -> 
     await buyer.get_by_role("button", name="Verify again").click()
     await expect(buyer.get_by_text("checked again just now")).to_be_visible()
     await assert_accessible(buyer)
+    await browser.shot(buyer, "quote-en")
 
     # One click orders what was quoted: the form comes filled as send --reply-to fills it.
     await _answer(buyer, "Order this quote")
@@ -105,6 +111,7 @@ async def test_a_whole_trade_in_two_browsers(trade: Trade, browser: Browser) -> 
         kinds = [await items.nth(i).get_attribute("data-kind") for i in range(5)]
         assert kinds == ["quote", "order", "order_response", "delivery_note", "invoice"]
     await expect(buyer.locator(".timeline")).to_contain_text("Sent by Kanto Machine Tools")
+    await browser.shot(buyer, "invoice-en")
     cids = [quote, order, response, delivery, invoice]
     assert len(set(cids)) == 5
 
@@ -115,7 +122,7 @@ async def test_a_whole_trade_in_two_browsers(trade: Trade, browser: Browser) -> 
     await expect(buyer.locator(".verification")).to_be_hidden()
     await expect(buyer.locator(".form-sheet h1")).to_have_text("Invoice")
     await expect(buyer.locator(".lines")).to_be_visible()
-    await buyer.screenshot(path=str(browser.artifacts / "invoice-print.png"), full_page=True)
+    await browser.shot(buyer, "invoice-print")
 
 
 async def _send_refused(page: Any) -> None:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from kernel.errors import UsagiError
 
+from ...node import operations
 from ...node.node import Node
 from .i18n import N_, translations
 from .sessions import Session, SessionStore
@@ -27,7 +28,7 @@ from .unread import ReadMarks
 
 __all__ = ["Visitor", "UIState", "VISITOR", "STATE", "NAV", "CSRFError", "SignInNeeded",
            "KIND_LABELS", "STATUS_LABELS", "render", "visitor", "state", "node_of", "see_other", "local_path",
-           "plugin_subset", "gettext_for"]
+           "plugin_subset", "gettext_for", "live_from"]
 
 
 class CSRFError(UsagiError):
@@ -138,6 +139,12 @@ def local_path(target: str | None, default: str = "/inbox") -> str:
 def see_other(location: str) -> web.HTTPSeeOther:
     """A 303 to a page of this site (after a form was handled)."""
     return web.HTTPSeeOther(location=quote(local_path(location), safe="/?=&%:;,+-_.~"))
+
+
+async def live_from(request: web.Request) -> int:
+    """The last event seq now: a live page follows the event stream from there, so
+    nothing that happens between rendering it and connecting is missed."""
+    return (await operations.event_range(node_of(request)))[1]
 
 
 def render(request: web.Request, template: str, context: Mapping[str, Any], *,

@@ -35,7 +35,7 @@ from kernel.errors import UsagiError
 
 from ...node import operations
 from .base import node_of, render, see_other, visitor
-from .document import RESPONSE_LABELS, parse_cid
+from .document import parse_cid
 from .i18n import N_
 
 __all__ = ["ROUTES", "KINDS", "Draft", "read_draft"]
@@ -46,6 +46,9 @@ KINDS: Final = ("quote", "order", "order_response", "delivery_note", "invoice", 
 _DECIMAL: Final = re.compile(r"-?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})?")
 _CURRENCY: Final = re.compile(r"[A-Z]{3}")
 _DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+#: An order response's answers as the form offers them.
+RESPONSE_CHOICES: Final = {"accept": N_("Accept"), "counter": N_("Counter"),
+                           "reject": N_("Reject")}
 _LINE_FIELDS: Final = ("text", "qty", "unit", "unit_price", "amount")
 _NUMBERS: Final = ("qty", "unit_price", "amount")
 #: Most lines one form holds (the kernel's limit is 10,000; a person types fewer).
@@ -118,7 +121,7 @@ def read_draft(form: Any) -> Draft:
     for name in ("valid_until", "due"):
         if getattr(draft, name) and not _DATE.fullmatch(getattr(draft, name)):
             errors[name] = N_("Write a date as YYYY-MM-DD.")
-    if draft.kind == "order_response" and draft.response not in RESPONSE_LABELS:
+    if draft.kind == "order_response" and draft.response not in RESPONSE_CHOICES:
         errors["response"] = N_("Say whether you accept, counter or reject the order.")
     if not _fits(draft.ref, SHORT):
         errors["ref"] = N_("Too long.")
@@ -217,7 +220,7 @@ async def _page(request: web.Request, draft: Draft, *, status: int = 200) -> web
     rows = draft.lines or [{name: "" for name in (*_LINE_FIELDS, "ext")}]
     return render(request, "compose.html", {
         "draft": draft, "rows": rows, "kinds": KINDS, "partners": partners,
-        "answering": answering, "responses": RESPONSE_LABELS,
+        "answering": answering, "responses": RESPONSE_CHOICES,
     }, status=status)
 
 

@@ -24,7 +24,7 @@ from kernel.cid import CID
 from kernel.errors import MalformedError, UsagiError
 
 from ...node import operations
-from .base import node_of, plugin_subset, render, see_other, state, visitor
+from .base import live_from, node_of, plugin_subset, render, see_other, state, visitor
 from .i18n import N_
 
 __all__ = ["ROUTES", "CHECK_LABELS", "answers", "parse_cid"]
@@ -145,6 +145,7 @@ async def show(request: web.Request) -> web.StreamResponse:
     lines = [line for line in doc.get("lines") or [] if isinstance(line, dict)]
     timeline, broken = await _timeline(request, cid, partner)
     context = {
+        "live_from": await live_from(request),
         "cid": str(cid), "view": view, "doc": doc,
         "sender": company if view.direction == "out" else partner,
         "receiver": partner if view.direction == "out" else company,
@@ -163,6 +164,7 @@ async def show(request: web.Request) -> web.StreamResponse:
             for label, kind, r in answers(str(doc.get("kind")), view.direction,
                                           doc.get("response"))],
         "response_labels": RESPONSE_LABELS,
+        "just_sent": request.query.get("sent") == "1" and view.direction == "out",
     }
     return render(request, "document.html", context)
 
@@ -183,6 +185,15 @@ async def verify_again(request: web.Request) -> web.StreamResponse:
         "digest": view.ack.digest.hex() if view.ack and view.ack.digest else None})
 
 
+async def verification_part(request: web.Request) -> web.StreamResponse:
+    """The badges alone (refreshed live when the partner's ack arrives)."""
+    cid = parse_cid(request.match_info["cid"])
+    view = await operations.show_document(node_of(request), cid)
+    return render(request, "verification.html", {
+        "cid": str(cid), "verification": await _verification(request, cid),
+        "digest": view.ack.digest.hex() if view.ack and view.ack.digest else None})
+
+
 async def thread_part(request: web.Request) -> web.StreamResponse:
     """The timeline alone (refreshed live as acks arrive)."""
     cid = parse_cid(request.match_info["cid"])
@@ -196,4 +207,5 @@ ROUTES: Final = [
     ("GET", "/documents/{cid}", show),
     ("POST", "/documents/{cid}/verify", verify_again),
     ("GET", "/documents/{cid}/thread", thread_part),
+    ("GET", "/documents/{cid}/verification", verification_part),
 ]

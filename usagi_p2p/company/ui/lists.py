@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from ...node import operations
-from .base import KIND_LABELS, node_of, render, see_other, state, visitor
+from .base import KIND_LABELS, live_from, node_of, render, see_other, state, visitor
 
 __all__ = ["ROUTES", "STATUSES", "PAGE"]
 
@@ -99,6 +99,7 @@ def _listing(direction: Literal["in", "out"]) -> Any:
             "partners": sorted({p.name for p in partners if p.status != "rotated"}),
             "kinds": kinds, "statuses": STATUSES,
             "first_page": not request.query.get("cursor"),
+            "live_from": await live_from(request),
         }
         template = "rows.html" if request.path.endswith("/rows") else "list.html"
         return render(request, template, context)

@@ -9,7 +9,11 @@
     if (!targets.length || !window.EventSource) { return; }
     var types = ["document.received", "document.sent", "document.delivered",
       "document.rejected", "document.undelivered", "document.requeued"];
-    var source = new EventSource("/events?types=" + types.join(","));
+    // From the event the page was rendered at: nothing in between is missed.
+    var after = Math.min.apply(null, Array.prototype.map.call(targets, function (el) {
+      return parseInt(el.getAttribute("data-after") || "0", 10);
+    }));
+    var source = new EventSource("/events?after=" + after + "&types=" + types.join(","));
     var pending = null;
     function refresh() {
       if (pending) { return; }
