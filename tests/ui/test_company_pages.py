@@ -2,7 +2,8 @@
 
 Each test drives one page's main actions against real nodes on loopback and
 checks the node afterwards (through its operations), then runs the axe check
-on the page as it ends up. Lean on purpose: one test per page.
+on the page as it ends up. Lean on purpose: one test per page. The third
+company's name carries markup: the partners page shows it as text.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from usagi_p2p.peer.service import Service
 from ..api.conftest import api_node, wait_until
 from .conftest import Browser, Trade, assert_accessible, sign_in, url
 
+#: A company name a partner chooses: markup, shown as text (and it runs nothing).
+HOSTILE = 'Nagoya <script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
 QUOTE = {"ref": "Q-UI-7", "currency": "JPY",
          "lines": [{"text": "M6x20 SUS304 hex bolt", "qty": "500", "unit_price": "12.50"}]}
 
@@ -50,7 +53,7 @@ async def test_partners_invite_copy_paste_rename_suspend_resume_remove(
     await assert_accessible(kanto)
 
     # A third company pastes it, in Japanese.
-    async with api_node(tmp_path / "nagoya", "Nagoya Tools") as nagoya:
+    async with api_node(tmp_path / "nagoya", HOSTILE) as nagoya:
         page = await browser.page(locale="ja-JP")
         await sign_in(page, nagoya, path="/partners")
         await page.fill("#invitation", invitation)
@@ -60,7 +63,10 @@ async def test_partners_invite_copy_paste_rename_suspend_resume_remove(
         did = nagoya.node.did
 
         await kanto.goto(url(trade.seller, "/partners"))
-        row = kanto.locator("tr", has=kanto.locator(".partner-name", has_text="Nagoya Tools"))
+        row = kanto.locator("tr", has=kanto.locator(".partner-name", has_text="Nagoya"))
+        assert await row.locator(".partner-name").text_content() == HOSTILE
+        assert await kanto.locator("main img").count() == 0
+        assert await kanto.evaluate("typeof window.pwned") == "undefined"
         await row.locator("input[name=name]").fill("Nagoya Tools (plant 2)")
         await row.locator("button:has-text('Rename')").click()
         await kanto.locator(".notice", has_text="Nagoya Tools (plant 2)").wait_for()
