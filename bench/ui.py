@@ -91,7 +91,9 @@ async def _timed(http: aiohttp.ClientSession, url: str, runs: int) -> list[float
     return times
 
 
-async def measure(home: Home, runs: int) -> dict[str, list[float]]:
+async def measure(home: Home, runs: int, pages: dict[str, str] | None = None
+                  ) -> dict[str, list[float]]:
+    """The round trips of the pages (default: the inbox's and the searches) on ``home``."""
     async with Node.load(home, None) as node:
         local = LocalServer(node, port=0)
         await local.start()
@@ -110,6 +112,9 @@ async def measure(home: Home, runs: int) -> dict[str, list[float]]:
             async with aiohttp.ClientSession(cookie_jar=jar) as http:
                 async with http.get(signin_url(base, issue_signin(home))) as signed:
                     assert signed.status == 200
+                if pages is not None:
+                    return {name: await _timed(http, base + path, runs)
+                            for name, path in pages.items()}
                 pages = {
                     "inbox": "/inbox",
                     "inbox partner+kind": f"/inbox?partner={quote(partner)}&kind=invoice",
@@ -143,6 +148,10 @@ def main() -> None:
     try:
         home = asyncio.run(_prepare(root, args.docs, args.fill))
         times = asyncio.run(measure(home, args.runs))
+        # The sender's side: its outbox and the status page over N sent documents.
+        times.update(asyncio.run(measure(Home(root / "kanto"), args.runs, {
+            "seller outbox": "/outbox", "seller status": "/status",
+            "seller partners": "/partners"})))
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
