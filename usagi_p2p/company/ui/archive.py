@@ -144,6 +144,9 @@ def install(app: web.Application, node: Node) -> None:
     """Keep the export jobs of ``node`` on ``app``; their files go when it stops."""
     jobs = ExportJobs(node)
     app[JOBS] = jobs
+    # An export a stopped node left (its thread outlived the stop): nobody can fetch it.
+    for stale in (node.home.path / "tmp").glob("ui-*.car"):
+        stale.unlink(missing_ok=True)
 
     async def cleanup(_: web.Application) -> None:
         await jobs.close()
