@@ -174,7 +174,6 @@ async def run(out: Path, only: set[str] | None) -> list[Path]:
             ("status", seller, "/status", None),
             ("settings", seller, "/settings", None),
         ]
-        out.mkdir(parents=True, exist_ok=True)
         async with async_playwright() as driver:
             browser = await driver.chromium.launch(
                 executable_path=_chromium(), headless=True,
@@ -221,6 +220,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="Comma-separated page names.")
     args = parser.parse_args()
     only = {n for n in args.only.split(",") if n} or None
+    args.out.mkdir(parents=True, exist_ok=True)
     written = asyncio.run(run(args.out, only))
     print(f"screenshots: {len(written)} PNGs in {args.out}")
 
