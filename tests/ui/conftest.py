@@ -185,7 +185,9 @@ async def sign_in(page: Any, side: Api, user: str | None = None, path: str = "/i
     assert side.local.url is not None
     code = issue_signin(side.node.home, user)
     await page.goto(signin_url(side.local.url, code) + "&next=" + path)
-    await page.wait_for_url(f"**{path}")
+    # The sign-in page moves on by itself (a refresh); wait until it has.
+    await page.wait_for_url(lambda at: at == side.local.url + path)
+    await page.wait_for_load_state()
 
 
 async def assert_accessible(page: Any) -> None:

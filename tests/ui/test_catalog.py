@@ -64,6 +64,7 @@ def test_money_follows_the_currency_and_the_locale() -> None:
     assert i18n.money("0.125", "JPY", "en") == "¥0.125"
     assert i18n.money("-5", "EUR", "en") == "-€5.00"
     assert i18n.money("twelve", "JPY", "en") == "twelve"  # a partner's text as written
+    assert i18n.money("1e999999999", "JPY", "en") == "1e999999999"  # never written out
     assert i18n.money(None, "JPY", "en") == ""
     assert i18n.quantity("1500.250", "en") == "1,500.25"
 

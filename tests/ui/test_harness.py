@@ -21,6 +21,13 @@ async def test_a_person_signs_in_with_a_one_time_link(trade: Trade, browser: Bro
     await page.keyboard.press("Enter")
     await expect(page.locator("main")).to_be_focused()
 
+    # A form whose CSRF token was taken out is refused with a page that says so.
+    await page.goto(url(trade.buyer, "/compose"))
+    await page.locator("#compose input[name=csrf_token]").evaluate("input => input.remove()")
+    await page.get_by_role("button", name="送信").click()
+    await expect(page.locator("h1")).to_have_text("このフォームは受け付けられません")
+    await expect(page.locator(".code")).to_contain_text("csrf_failed")
+
     # A page that is not there, in the person's language, accessible too.
     await page.goto(url(trade.buyer, "/documents/bafkqaaa"))
     await expect(page.locator(".code")).to_contain_text("unknown_document")

@@ -6,6 +6,8 @@ import hashlib
 import re
 from pathlib import Path
 
+import pytest
+
 UI = Path(__file__).resolve().parents[2] / "usagi_p2p" / "company" / "ui"
 TESTS = Path(__file__).resolve().parent
 
@@ -38,3 +40,16 @@ def test_no_asset_comes_from_elsewhere() -> None:
     for path in [*(UI / "templates").glob("*.html"), UI / "static" / "usagi.js",
                  UI / "static" / "usagi.css", UI / "static" / "print.css"]:
         assert not re.search(r"(src|href)=\"(https?:)?//", path.read_text(encoding="utf-8")), path
+
+
+def test_without_a_browser_the_tests_skip_but_fail_under_ci(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    from . import conftest
+
+    monkeypatch.setattr(conftest, "chromium_path", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no Chromium"):
+        conftest.need_browser()
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI: the browser tests cannot run"):
+        conftest.need_browser()

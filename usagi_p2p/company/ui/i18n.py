@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import gettext
 import io
-from collections.abc import Callable
+import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -92,14 +92,19 @@ def _locale(language: str) -> Locale:
     return Locale.parse(_BABEL.get(language, "en_US"))
 
 
+#: What a decimal of a document looks like (docs/spec.md section 5), and nothing
+#: else: "1e999999999" would be a number Babel spends a gigabyte writing out.
+_DECIMAL: Final = re.compile(r"-?[0-9]{1,27}(\.[0-9]{1,12})?")
+
+
 def _decimal(value: object) -> Decimal | None:
-    if value is None or isinstance(value, bool):
+    if not isinstance(value, str | int) or isinstance(value, bool) \
+            or not _DECIMAL.fullmatch(str(value)):
         return None
     try:
-        number = Decimal(str(value))
-    except (InvalidOperation, ValueError):
+        return Decimal(str(value))
+    except InvalidOperation:
         return None
-    return number if number.is_finite() else None
 
 
 def money(value: object, currency: object, language: str) -> str:
@@ -140,17 +145,12 @@ def parse_time(value: object) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _local_zone() -> Callable[[], object]:
-    return lambda: datetime.now().astimezone().tzinfo
-
-
 def when(value: object, language: str) -> str:
     """A moment as a date and time in the machine's time zone."""
     moment = parse_time(value)
     if moment is None:
         return "" if value is None else str(value)
-    zone = _local_zone()()
-    return format_datetime(moment, "medium", tzinfo=zone, locale=_locale(language))  # type: ignore[arg-type]
+    return format_datetime(moment.astimezone(), "medium", locale=_locale(language))
 
 
 def day(value: object, language: str) -> str:
