@@ -202,3 +202,25 @@ async def test_settings_plugins_users_and_a_users_read_only_view(
     await page.locator(".notice", has_text="User tanaka removed").wait_for()
     await tanaka.goto(url(trade.seller, "/inbox"))
     assert "/signin" in tanaka.url  # a removed user is signed out
+
+
+def test_an_export_in_progress_shows_its_progress_and_polls() -> None:
+    """The running state of the export fragment (a small history is written before
+    the browser could see it): a progress bar, the counts, and htmx polling."""
+    import jinja2
+
+    from usagi_p2p.company.ui.app import HERE
+    from usagi_p2p.company.ui.archive import ExportJob
+    from usagi_p2p.company.ui.templating import setup_environment
+
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+                                     autoescape=True, undefined=jinja2.StrictUndefined,
+                                     extensions=["jinja2.ext.i18n"])
+    setup_environment(environment)
+    job = ExportJob("j1", "owner", Path("/nonexistent.car"), "usagi.car", 0.0, written=1200,
+                    total=3000)
+    html = environment.get_template("archive_job.html").render(lang="ja", job=job, share=40,
+                                                               size=None)
+    assert 'hx-get="/archive/export/j1"' in html and 'hx-trigger="every 700ms"' in html
+    assert '<progress id="export-meter" max="100" value="40">' in html
+    assert "3,000 件中 1,200 件" in html
