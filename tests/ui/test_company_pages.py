@@ -43,6 +43,16 @@ async def test_partners_invite_copy_paste_rename_suspend_resume_remove(
     buyer_row = kanto.locator("tr", has=kanto.locator(".partner-name", has_text="Osaka Precision"))
     assert "1 / 100,000" in await buyer_row.locator("td.usage").first.inner_text()
 
+    # Its own quota, as 'usagi partner quota Osaka --docs 20000 --bytes 500MiB'.
+    await buyer_row.locator("summary", has_text="Quota").click()
+    await buyer_row.locator("input[name=docs]").fill("20000")
+    await buyer_row.locator("input[name=bytes]").fill("500MiB")
+    await buyer_row.locator("button:has-text('Save')").click()
+    await kanto.locator(".notice", has_text="applies at once").wait_for()
+    usage = await operations.quota(trade.seller.node, "Osaka")
+    assert (usage.docs_quota, usage.bytes_quota, usage.own) == (20000, 500 << 20, True)
+    assert "1 / 20,000" in await buyer_row.locator("td.usage").first.inner_text()
+
     await kanto.fill("#days", "3")
     await kanto.click("text=Create invitation")
     invitation = await kanto.input_value("#invitation-text")

@@ -1,4 +1,4 @@
-"""The partners page: invite, paste an invitation, rename, suspend, resume, remove; quota usage.
+"""The partners page: invite, paste an invitation, rename, suspend, resume, remove; quotas.
 
 ``/partners`` lists the partners (spec section 10) with what each stored
 here in the current quota period against its quota (section 12); the forms
@@ -9,7 +9,8 @@ partner uses it. Changing partners is the company's (the ``admin`` scope of
 the local API): a user signed in as themselves sees the page read-only.
 
 Every action is a node operation (``operations.invite``, ``add_partner``,
-``rename_partner``, ``set_partner_status``, ``node_status`` for the usage).
+``rename_partner``, ``set_partner_status``, ``set_quota``, ``node_status`` for
+the usage).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kernel.errors import UsagiError
 from ...node import operations
 from ...node.errors import http_status
 from ...node.ledger import Partner
+from ...node.quota import parse_size
 from .admin import company_only, form_of, is_company, problem_text, size_text
 from .base import gettext_for, node_of, render, see_other, visitor
 from .i18n import N_
@@ -37,6 +39,8 @@ DONE: Final = {
     "suspended": N_("%(name)s is suspended: nothing is exchanged with it until it is resumed."),
     "active": N_("%(name)s is active again."),
     "removed": N_("%(name)s is removed: its notices and block requests are refused."),
+    "quota": N_("The quota of %(name)s is saved; it applies at once."),
+    "quota_default": N_("%(name)s is back on the node's default quota."),
 }
 #: What each state of a partner is called on the page.
 STATES: Final = {"active": N_("Active"), "suspended": N_("Suspended"),
@@ -52,11 +56,20 @@ def _usage_row(usage: operations.QuotaUsage | None, language: str) -> dict[str, 
         return None
     return {"bytes_text": size_text(usage.bytes, language),
             "bytes_quota_text": size_text(usage.bytes_quota, language),
+            "bytes_quota_input": _exact_size(usage.bytes_quota),
             "docs": usage.docs, "docs_quota": usage.docs_quota, "bytes": usage.bytes,
             "bytes_quota": usage.bytes_quota, "own": usage.own,
             "docs_share": _share(usage.docs, usage.docs_quota),
             "bytes_share": _share(usage.bytes, usage.bytes_quota),
             "resets_at": datetime.fromtimestamp(usage.resets_at, UTC)}
+
+
+def _exact_size(size: int) -> str:
+    """A size the quota form shows and reads back unchanged (``1GiB``, ``500MiB``, bytes)."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 def _share(used: int, quota: int) -> int:
@@ -150,10 +163,44 @@ async def set_status(request: web.Request) -> web.StreamResponse:
     raise see_other(f"/partners?done={status}&who={found.did}")
 
 
+async def set_quota(request: web.Request) -> web.StreamResponse:
+    """Set what a partner may store here per period, or drop its own quota
+    (``usagi partner quota``); the running node applies it at once."""
+    company_only(request)
+    form = await form_of(request)
+    found = await _partner(request)
+    _ = gettext_for(request)
+    key = f"quota:{found.did}"
+    default = bool(form.get("default"))
+    docs: int | None = None
+    size: int | None = None
+    if not default:
+        try:
+            docs = int(form["docs"]) if form.get("docs", "").strip() else None
+            if docs is not None and docs < 0:
+                raise ValueError(docs)
+        except ValueError:
+            return await _page(request, status=422, errors={
+                key: _("Documents per day: a whole number, 0 or more.")})
+        try:
+            size = parse_size(form["bytes"]) if form.get("bytes", "").strip() else None
+        except ValueError:
+            return await _page(request, status=422, errors={
+                key: _("Bytes per day: a size such as 500MiB, 2GiB or 300000.")})
+    try:
+        await operations.set_quota(node_of(request), found.did, docs=docs, size=size,
+                                   default=default)
+    except UsagiError as exc:
+        return await _page(request, status=http_status(exc.code),
+                           errors={key: problem_text(exc)})
+    raise see_other(f"/partners?done={'quota_default' if default else 'quota'}&who={found.did}")
+
+
 ROUTES: Final = [
     ("GET", "/partners", partners_page),
     ("POST", "/partners/invite", create_invitation),
     ("POST", "/partners/add", add_partner),
     ("POST", "/partners/{did}/rename", rename),
+    ("POST", "/partners/{did}/quota", set_quota),
     ("POST", "/partners/{did}/{action}", set_status),
 ]
