@@ -7,7 +7,9 @@ machines. Without a browser (or Playwright) the tests are skipped with the
 reason; under ``CI=1`` they fail instead. Every page a test opens is watched:
 a Content-Security-Policy violation, a JavaScript error or a dialog (what an
 injected script would do) fails the test when the page is checked
-(:meth:`Browser.check`).
+(:meth:`Browser.check`). With ``USAGI_UI_ARTIFACTS=DIR`` the tests leave
+screenshots of the pages they visit in DIR, for a person to look at
+(nothing compares them).
 """
 
 from __future__ import annotations

@@ -111,6 +111,8 @@ async def test_a_whole_trade_in_two_browsers(trade: Trade, browser: Browser) -> 
         kinds = [await items.nth(i).get_attribute("data-kind") for i in range(5)]
         assert kinds == ["quote", "order", "order_response", "delivery_note", "invoice"]
     await expect(buyer.locator(".timeline")).to_contain_text("Sent by Kanto Machine Tools")
+    await expect(buyer.locator(".timeline li[data-kind='order_response']")).to_contain_text(
+        "Accepted")
     await browser.shot(buyer, "invoice-en")
     cids = [quote, order, response, delivery, invoice]
     assert len(set(cids)) == 5

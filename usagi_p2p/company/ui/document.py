@@ -40,6 +40,11 @@ CHECK_LABELS: Final = {
     "thread": N_("Thread chain"),
     "ack": N_("Signed receipt (ack)"),
 }
+#: An order response's answer as a person reads it.
+RESPONSE_LABELS: Final = {"accept": N_("Accepted"), "counter": N_("Counter-offer"),
+                          "reject": N_("Declined")}
+
+
 #: The longest thread whose acks the timeline looks up one by one.
 TIMELINE_ACKS: Final = 100
 
@@ -116,10 +121,11 @@ async def _timeline(request: web.Request, cid: CID, partner: str) -> tuple[list[
     company = node.config.name
     items = []
     for index, entry in enumerate(entries):
-        ack_at = None
+        ack_at, response = None, None
         sender = company if entry.direction == "out" else partner
         if index < TIMELINE_ACKS:
             shown = await operations.show_document(node, entry.cid)
+            response = shown.document.get("response")
             ack_at = shown.ack.at if shown.ack is not None and shown.ack.status != "rejected" \
                 else None
             if entry.direction == "out" and shown.user:
@@ -127,7 +133,8 @@ async def _timeline(request: web.Request, cid: CID, partner: str) -> tuple[list[
         items.append({"cid": str(entry.cid), "kind": entry.kind, "ref": entry.ref,
                       "issued_at": entry.issued_at, "direction": entry.direction,
                       "status": entry.status, "sender": sender, "acked_at": ack_at,
-                      "current": entry.cid == cid})
+                      "response": RESPONSE_LABELS.get(response) if isinstance(response, str)
+                      else None, "current": entry.cid == cid})
     return items, None
 
 
@@ -167,11 +174,6 @@ async def show(request: web.Request) -> web.StreamResponse:
         "just_sent": request.query.get("sent") == "1" and view.direction == "out",
     }
     return render(request, "document.html", context)
-
-
-#: An order response's answer as a person reads it.
-RESPONSE_LABELS: Final = {"accept": N_("Accepted"), "counter": N_("Counter-offer"),
-                          "reject": N_("Declined")}
 
 
 async def verify_again(request: web.Request) -> web.StreamResponse:
