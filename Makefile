@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SHARED := ../shared
 
-.PHONY: demo test test-pure sanitize ci bench lint vectors clean faults fuzz overload ipfs-daemon ipfs-daemon-stop
+.PHONY: messages demo test test-pure sanitize ci bench lint vectors clean faults fuzz overload ipfs-daemon ipfs-daemon-stop
 
 $(STAMP): pyproject.toml setup.py kernel/_speedups.c
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +15,40 @@ $(STAMP): pyproject.toml setup.py kernel/_speedups.c
 	$(PY) -m pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
+# The browser tests (tests/ui, docs/ui.md) drive Debian's Chromium: on a Debian
+# machine where we are root and it is missing, install it and Japanese fonts once.
+# Elsewhere the tests say what is missing (skipped; failed under CI=1).
+BROWSER := $(VENV)/.browser
+$(BROWSER): $(STAMP)
+	@if [ ! -x /usr/bin/chromium ] && [ -z "$$USAGI_CHROMIUM" ] && [ "$$(id -u)" = 0 ] \
+	    && [ -f /etc/debian_version ]; then \
+	  echo "installing chromium and fonts-noto-cjk for the browser tests (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium fonts-noto-cjk >/dev/null) || { echo "apt-get failed: browser tests will skip" >&2; exit 0; }; \
+	fi; if [ -x /usr/bin/chromium ] || [ -n "$$USAGI_CHROMIUM" ]; then touch $(BROWSER); fi
+
+# A PNG of every page of the web UI in Japanese and English (tools/screenshots.py),
+# into docs/screenshots/; needs the browser of the tests (and fonts-noto-cjk).
+.PHONY: screenshots
+screenshots: $(STAMP) $(BROWSER)
+	$(PY) tools/screenshots.py
+
+# The web UI's messages: extract them and merge them into each catalog (docs/ui.md).
+UI := usagi_p2p/company/ui
+messages: $(STAMP)
+	$(VENV)/bin/pybabel --quiet extract -F $(UI)/babel.cfg -k N_ --no-location --sort-output \
+	  --project usagi-p2p -o $(UI)/locale/messages.pot $(UI)
+	$(VENV)/bin/pybabel --quiet update --no-location -i $(UI)/locale/messages.pot \
+	  -d $(UI)/locale -D messages
+	rm $(UI)/locale/messages.pot
+
 demo: $(STAMP)
 	$(VENV)/bin/usagi demo
 
 # Two pytest-xdist workers (the tests use their own ports and directories):
 # about half the wall time of one on a 2-core runner. PYTEST_ARGS adds to them.
 TEST_ARGS ?= -n 2
-test: $(STAMP)
+test: $(STAMP) $(BROWSER)
 	@if [ -f $(SHARED)/tools/check_layers.py ]; then $(PYTHON) $(SHARED)/tools/check_layers.py . ; \
 	 elif [ -n "$$CI" ]; then echo "CI: $(SHARED)/tools/check_layers.py is missing" >&2; exit 1; fi
 	$(PY) -m pytest -q -p no:cacheprovider $(TEST_ARGS) $(PYTEST_ARGS)
@@ -45,7 +72,7 @@ ci: test sanitize test-pure
 
 bench: $(STAMP)
 	$(PY) bench/kernel.py
-	@for b in store archive exchange search api; do \
+	@for b in store archive exchange search api ui; do \
 	  if [ -f bench/$$b.py ]; then $(PY) bench/$$b.py || exit 1; fi; done
 
 lint: $(STAMP)

@@ -137,3 +137,32 @@ def test_no_module_shadows_the_standard_library_or_a_builtin() -> None:
     taken = set(sys.stdlib_module_names) | set(dir(builtins))
     shadows = [name for name in _modules() if name.rsplit(".", 1)[-1] in taken]
     assert shadows == []
+
+
+# Inside company/: its parts and which may import which (views and demo are modules).
+# The web UI builds on the local API's listener (its app, events, tokens) and on the
+# views; the API knows the UI only where its listener installs it (server.py); the
+# CLI and the demo may start either. Nothing below imports the CLI.
+COMPANY = {
+    "api": {"api", "views"},
+    "ui": {"ui", "api", "views"},
+    "cli": {"cli", "api", "ui", "views", "demo"},
+    "demo": {"api", "ui", "views", "demo"},
+    "views": {"views"},
+}
+COMPANY_EXCEPTIONS = {("usagi_p2p.company.api.server", "ui")}
+
+
+def test_company_parts_import_only_what_they_may() -> None:
+    problems = []
+    for name, path in _modules().items():
+        parts = name.split(".")
+        if len(parts) < 3 or parts[1] != "company" or parts[2] not in COMPANY:
+            continue
+        for target in _imports(path):
+            bits = target.split(".")
+            if len(bits) < 3 or bits[1] != "company":
+                continue
+            if bits[2] not in COMPANY[parts[2]] and (name, bits[2]) not in COMPANY_EXCEPTIONS:
+                problems.append(f"{name} imports {target}")
+    assert problems == []

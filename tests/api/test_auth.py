@@ -173,7 +173,7 @@ async def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
     assert_problem(await api.call("DELETE", "/api/v1/status", token=token), 405,
                    "method_not_allowed")
     # The local listener never serves the peer protocol.
-    for method, path in (("POST", NOTICES_PATH), ("GET", "/ipfs/bafkqaaa"), ("GET", "/"),
+    for method, path in (("POST", NOTICES_PATH), ("GET", "/ipfs/bafkqaaa"), ("GET", "/nothing"),
                          ("POST", "/local/v1/kick")):
         assert_problem(await api.call(method, path, token=token), 404, "not_found")
 

@@ -454,6 +454,11 @@ def test_every_command_prints_a_hostile_partners_text_inert(tmp_path: Path) -> N
             usagi(*json_flag, "token", "list")
         usagi("token", "revoke", "erp")
 
+        # The web UI's sign-in link; a user name that is not one is refused, its error inert.
+        for json_flag in ((), ("--json",)):
+            usagi(*json_flag, "ui", "--no-open")
+        usagi("ui", "--user", ARGUMENT, "--no-open", code=78, expect=("FORGED-LINE",))
+
         # Webhooks: a URL carrying the payload is refused, its error inert.
         usagi("webhook", "add", "http://127.0.0.1:9/x" + ARGUMENT, code=78)
         hook = f"http://127.0.0.1:{free_port()}/hook"

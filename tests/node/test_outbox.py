@@ -45,6 +45,16 @@ async def test_down_partner_retries_then_undelivered_then_retry_delivers(pair: P
     gaps = [b - a for a, b in zip(waits, waits[1:], strict=False)]
     assert all(g > 0 for g in gaps)
     assert await seller.ledger.ack(result.cid) is None
+    # Listed as undelivered (found through the outbox's index: ledger._document_where),
+    # also for its partner, and not among the other states.
+    from usagi_p2p.node import operations
+    for who in (None, "Osaka"):
+        page = await operations.page_documents(seller, direction="out", status="undelivered",
+                                               partner=who)
+        assert [e.cid for e in page.entries] == [result.cid]
+    assert not (await operations.page_documents(seller, direction="in",
+                                                status="undelivered")).entries
+    assert not (await operations.page_documents(seller, status="delivered")).entries
 
     # The partner comes back; 'usagi outbox retry' (a real CLI process) delivers.
     service = Service(buyer)
@@ -61,6 +71,7 @@ async def test_down_partner_retries_then_undelivered_then_retry_delivers(pair: P
         assert ack is not None and open_ack(ack[0]).status == "received"
         assert (await seller.ledger.document(result.cid)).status == "delivered"
         assert await buyer.ledger.count_documents("in") == 1
+        assert not (await operations.page_documents(seller, status="undelivered")).entries
     finally:
         await service.close()
 

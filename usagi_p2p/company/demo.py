@@ -9,6 +9,10 @@ Both sides verify the whole thread, a third party's key opens nothing, the
 buyer's three-way match of the thread is clean, and a second trade, billed
 for more than was delivered, shows the over-billing finding.
 
+``usagi demo --ui`` then keeps both nodes running and prints a one-time
+sign-in link to each company's web UI (docs/ui.md), until Ctrl-C: a newcomer
+sees the same trade in the browser, from either side.
+
 The demo is a face like the CLI: it does what it shows through the node's
 operations (``usagi_p2p.node.operations``), nothing of its own.
 """
@@ -19,6 +23,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -309,7 +314,36 @@ async def _plugin_trades(seller: Home, buyer: Home) -> bool:
     return ok
 
 
-def run_demo(keep: bool = False) -> int:
+def _ui_links(homes: list[Home], root: Path) -> None:
+    """Print a sign-in link to each company's web UI (on its local listener)."""
+    from .ui import issue_signin, signin_url
+
+    print("\nthe web UI of each company (each link signs a browser in once, within 15 minutes):")
+    for home in homes:
+        state = json.loads((home.path / "serve.json").read_text())
+        url = signin_url(str(state["local_url"]), issue_signin(home))
+        print(f"  {home.load_config().name:20} {url}")
+    print(f"a new link: usagi --home {root}/kanto ui   (or {root}/osaka)")
+    print("both nodes keep running; press Ctrl-C to stop them", flush=True)
+
+
+def _wait_for_interrupt(procs: list[subprocess.Popen[bytes]]) -> int:
+    """Until Ctrl-C or SIGTERM (0), or until a node stops by itself (1)."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # 'kill' stops the nodes too, as Ctrl-C does
+    try:
+        while all(proc.poll() is None for proc in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping both nodes", flush=True)
+        return 0
+    print("a node stopped by itself; see its log", file=sys.stderr)
+    return 1
+
+
+def run_demo(keep: bool = False, ui: bool = False) -> int:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="usagi-demo-"))
     procs = []
@@ -329,6 +363,9 @@ def run_demo(keep: bool = False) -> int:
         print()
         code = asyncio.run(_trade(seller, buyer))
         print(f"\ndemo {'passed' if code == 0 else 'FAILED'} in {time.monotonic() - started:.1f} s")
+        if ui and code == 0:
+            _ui_links([seller, buyer], root)
+            code = _wait_for_interrupt(procs)
         return code
     finally:
         for proc in procs:

@@ -314,6 +314,8 @@ _TABLE: Final[dict[str, tuple[int, int]]] = {
     "input_too_large": (413, 65),
     "format_unsupported": (422, 65),
     "export_incomplete": (422, 65),
+    # The web UI (docs/ui.md).
+    "csrf_failed": (403, 77),
 }
 
 

@@ -503,15 +503,24 @@ def _document_where(*, direction: str | None, partners: Sequence[str] | None,
     """The WHERE terms (joined by AND) and their arguments of a listing of documents."""
     where: list[str] = []
     args: list[Any] = []
+    # The few undelivered documents of a node holding 100,000 are found through the
+    # outbox's index (a document is undelivered only while its notice is: mark_failed,
+    # retry_undelivered and restore write both), not by reading every row of the
+    # direction: the unary + keeps the planner off the direction and partner indexes.
+    # (The status page: 0.04 ms instead of 220 ms at 100k sent; bench/ui.py.)
+    through_outbox = status == "undelivered"
+    plus = "+" if through_outbox else ""
+    if through_outbox:
+        where.append("cid IN (SELECT cid FROM outbox WHERE state = 'undelivered')")
     if partners:
-        where.append(f"partner IN ({','.join('?' * len(partners))})")
+        where.append(f"{plus}partner IN ({','.join('?' * len(partners))})")
         args.extend(partners)
     for column, value in (("kind", kind), ("status", status)):
         if value:
             where.append(f"{column} = ?")
             args.append(value)
     if direction:
-        where.append("direction = ?")
+        where.append(f"{plus}direction = ?")
         args.append(direction)
     if thread is not None:
         where.append("thread = ?")

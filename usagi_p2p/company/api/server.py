@@ -82,7 +82,7 @@ class LocalServer:
     def __init__(self, node: Node, *, host: str | None = None, port: int | None = None,
                  socket_path: str | Path | None = None, peer_url: str | None = None,
                  peer_port: int | None = None,
-                 webhook_schedule: tuple[float, ...] = SCHEDULE) -> None:
+                 webhook_schedule: tuple[float, ...] = SCHEDULE, ui: bool = True) -> None:
         config = node.config
         self.node = node
         self.host = host or config.local_host
@@ -94,6 +94,8 @@ class LocalServer:
             if not self.socket.is_absolute():
                 self.socket = node.home.path / self.socket
         self.peer_port = peer_port
+        #: Whether the web UI is served beside the API (usagi_p2p/company/ui).
+        self.ui = ui
         self.endpoints = Endpoints(peer=peer_url)
         self.tokens = TokenStore(node.home.path, clock=node.clock)
         self.guard = Guard(loopback=_loopback_host(self.host))
@@ -123,6 +125,11 @@ class LocalServer:
             log.warning("the local API listens on %s, not a loopback address: every "
                         "machine that reaches it can try tokens", self.host)
         app = make_app(self.node, self.tokens, endpoints=self.endpoints, guard=self.guard)
+        if self.ui:
+            # The web UI shares this listener, and only this one (docs/ui.md).
+            from ..ui import install
+
+            install(app, self.node)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:

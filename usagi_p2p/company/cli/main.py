@@ -151,14 +151,19 @@ def _status_of(data: dict[str, Any]) -> NodeStatus:
 
 @main.command()
 @click.option("--keep", is_flag=True, help="Keep the demo's temporary homes.")
-def demo(keep: bool) -> None:
+@click.option("--ui", is_flag=True,
+              help="Then keep both nodes running and print their web UI sign-in links "
+                   "until Ctrl-C.")
+def demo(keep: bool, ui: bool) -> None:
     """Two companies on loopback trade quote -> order -> response -> delivery -> invoice.
 
     Example: usagi demo --keep   (keeps the two temporary homes to look at)
+
+    Example: usagi demo --ui     (then open the printed links: the trade in a browser)
     """
     from ..demo import run_demo
 
-    raise SystemExit(run_demo(keep=keep))
+    raise SystemExit(run_demo(keep=keep, ui=ui))
 
 
 def _register_commands() -> None:
@@ -172,12 +177,13 @@ def _register_commands() -> None:
     from .search import search
     from .serve import serve
     from .tokens import token_group
+    from .ui import ui_command
     from .webhooks import webhook_group
 
     commands: list[Any] = [serve, invite, partner, send, inbox, outbox, show, thread, verify,
                            key, plugins_group, user_group, extract_command, archive, token_group,
                            search, webhook_group, match, export_command, import_command,
-                           profile_command]
+                           profile_command, ui_command]
     for command in commands:
         main.add_command(command)
 

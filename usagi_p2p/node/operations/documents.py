@@ -82,6 +82,9 @@ class AckView:
     by: str
     at: datetime
     signed: bytes
+    #: The digest the ack names (a sha2-256 multihash of the signed document);
+    #: None on a rejection.
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +298,8 @@ async def deliver_now(node: Node, wake: Wake | None = None) -> None:
 
 
 def _ack_view(signed: bytes, status: str, reason: str | None) -> AckView:
-    return AckView(status, reason, (opened := open_ack(signed)).by, opened.at, signed)
+    opened = open_ack(signed)
+    return AckView(status, reason, opened.by, opened.at, signed, opened.digest)
 
 
 async def await_ack(node: Node, cid: CID, timeout: float = 30.0) -> Delivery:

@@ -245,7 +245,10 @@ async def add_user(node: PluginScope, name: str, passphrase: str | None, *,
 
     ConfigError for a name that is not allowed or a user that exists.
     """
-    _users.add_user(node.home, name, passphrase, plugins=plugins, role=role)
+    # Not on the event loop: the key's argon2id costs ~1 s and 256 MiB (a serving
+    # node's web UI adds users while it keeps answering partners).
+    await asyncio.to_thread(_users.add_user, node.home, name, passphrase, plugins=plugins,
+                            role=role)
     return _user_info(name, node.home.load_config().users[name])
 
 
