@@ -56,8 +56,10 @@ test: $(STAMP) $(BROWSER)
 # The whole suite once more on the pure-Python codec and rules (kernel/dagcbor.py,
 # USAGI_PURE_PYTHON=1), as an install without a C compiler runs; CI runs it.
 # Two pytest-xdist workers by default (the tests use their own ports and
-# directories): about half the time of one on a 2-core runner.
-PURE_ARGS ?= -n 2
+# directories): about half the time of one on a 2-core runner. The browser
+# tests (tests/ui) are left out: the pages add no codec path the rest of the
+# suite does not cover, and they are the slowest tests there are.
+PURE_ARGS ?= -n 2 --ignore=tests/ui
 test-pure: $(STAMP)
 	USAGI_PURE_PYTHON=1 $(PY) -c 'import kernel.dagcbor as d; assert d.IMPLEMENTATION == "python", d.IMPLEMENTATION'
 	USAGI_PURE_PYTHON=1 $(PY) -m pytest -q -p no:cacheprovider $(PURE_ARGS)
