@@ -157,10 +157,6 @@ class DocumentRow:
     signed: bytes
     user: str | None
     findings: str | None = None
-    #: What the search index holds of the document's body (``fulltext.document_text``),
-    #: given by who records it, since it has the opened document at hand; None
-    #: when read back, and when not given (then the ledger reads it from ``signed``).
-    text: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,11 +533,11 @@ def _insert_received(row: DocumentRow, prev: bytes) -> tuple[str, Sequence[Any]]
     )
 
 
-#: A recorded document's search row: its ``search_rows`` id is taken first, then
-#: the row written under it unless it is there (a document recorded twice, or
-#: indexed by a backfill meanwhile). The partner's name is the one it has now,
-#: in the same transaction. Both statements do nothing for a document the
-#: transaction did not record (a received duplicate left out).
+#: A queued document's search row (``Ledger.index_pending``): its ``search_rows``
+#: id is taken first, then the row written under it unless it is there (a
+#: document queued twice, or indexed by another process meanwhile). The
+#: partner's name is the one it has now, in the same transaction. Both
+#: statements do nothing for a document the ledger does not hold.
 _INDEX_ID: Final = "INSERT OR IGNORE INTO search_rows (cid) SELECT cid FROM documents WHERE cid = ?"
 _INDEX: Final = (
     "INSERT INTO search (rowid, ref, body, partner, party) SELECT r.id, ?1, ?2, "
@@ -556,13 +552,6 @@ def _quiet(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[str, S
             ("DELETE FROM events_quiet", ())]
 
 
-def _indexing(rows: Iterable[DocumentRow]) -> list[tuple[str, Sequence[Any]]]:
-    """The statements that put ``rows`` in the search index (fulltext.py)."""
-    return _index_statements([(row.cid.raw, row.ref, row.partner,
-                               row.text if row.text is not None else signed_text(row.signed))
-                              for row in rows])
-
-
 def _index_statements(items: Sequence[tuple[bytes, str | None, str, str]]
                       ) -> list[tuple[str, Sequence[Any]]]:
     """For each (cid, ref, partner DID, body text): its search row (``_INDEX``)."""
@@ -574,6 +563,15 @@ def _index_statements(items: Sequence[tuple[bytes, str | None, str, str]]
 def _pending_texts(rows: Sequence[Any]) -> list[tuple[bytes, str | None, str, str]]:
     """(cid, ref, partner, signed) -> (cid, ref, partner, body text); blocking."""
     return [(cid, ref, partner, signed_text(signed)) for cid, ref, partner, signed in rows]
+
+
+#: The next documents waiting for the search index, oldest first: (queue id, CID,
+#: ref, partner, signed); the last three NULL for one the ledger does not hold or
+#: that is indexed already (nothing to read: its queue row only goes).
+_QUEUED: Final = (
+    "SELECT q.id, q.cid, d.ref, d.partner, CASE WHEN EXISTS (SELECT 1 FROM search_rows r "
+    "WHERE r.cid = q.cid) THEN NULL ELSE d.signed END FROM search_queue q "
+    "LEFT JOIN documents d ON d.cid = q.cid ORDER BY q.id LIMIT ?")
 
 
 def _lease(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
@@ -607,6 +605,10 @@ class Ledger:
         # Set (and replaced) after each commit of this connection: what waits
         # for new events (:meth:`committed`) wakes without polling.
         self._commit = asyncio.Event()
+        #: Documents and acks this connection has recorded (sent, received,
+        #: delivered): the search indexer (indexing.py) waits for it to stand
+        #: still before it takes the CPU and the ledger's one writer.
+        self.recorded = 0
 
     async def __aenter__(self) -> Ledger:
         await self.open()
@@ -963,7 +965,8 @@ class Ledger:
                 ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
                  "VALUES (?,?,?,?,?)", (row.cid.raw, row.partner, notice, 0.0, now))
                 for row, _, notice in items]
-            await self.write(documents + queued + _indexing(row for row, _, _ in items))
+            await self.write(documents + queued)
+            self.recorded += len(items)
             return True
         if len(items) != 1:
             raise ValueError("a keyed request sends one document")
@@ -981,9 +984,8 @@ class Ledger:
               row.user, row.findings, prev, *keyed)),
             ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
              f"SELECT ?,?,?,?,? {held}", (row.cid.raw, row.partner, notice, 0.0, now, *keyed)),
-            # Indexed only if the document went in (the statements ask the documents table).
-            *_indexing([row]),
         ], reads=[("SELECT count(*) FROM documents WHERE cid = ?", (row.cid.raw,))])
+        self.recorded += 1
         return bool(found[0][0][0])
 
     async def record_received_many(
@@ -1003,6 +1005,7 @@ class Ledger:
         """
         statements, reads = self._received(items, usage, self.clock())
         found = await self.write(statements, reads=reads)
+        self.recorded += len(items)
         recorded = {raw for rows in found for (raw,) in rows}
         return {row.cid for row, *_ in items if row.cid.raw not in recorded}
 
@@ -1030,6 +1033,7 @@ class Ledger:
             raise _typed(exc) from exc
         finally:
             self._notify()
+        self.recorded += len(items)
         if held:
             return {d: CID.from_bytes(c) for d, c in held.items()}, set()
         recorded = {raw for rows in found for (raw,) in rows}
@@ -1053,8 +1057,7 @@ class Ledger:
                            "SELECT ?,?,?,?,? WHERE EXISTS (SELECT 1 FROM documents WHERE cid = ?)",
                            (sender, nonce, row.cid.raw, ack, now, row.cid.raw)))
         cids = list({row.cid.raw: None for row, *_ in items})
-        return (documents + acks + nonces + [(_ADD_USAGE, u) for u in usage]
-                + _indexing(row for row, *_ in items),
+        return (documents + acks + nonces + [(_ADD_USAGE, u) for u in usage],
                 _chunked(_RECORDED, (), cids))
 
     async def add_quota_usage(self, usage: Sequence[tuple[str, float, int, int]]) -> None:
@@ -1267,32 +1270,42 @@ class Ledger:
 
     async def index_backlog(self) -> int:
         """How many documents wait to be indexed (``index_pending``)."""
-        return int((await self._one("SELECT count(*) FROM search_pending"))[0])
+        return int((await self._one("SELECT count(*) FROM search_queue"))[0])
+
+    async def index_waiting(self) -> bool:
+        """Whether a document waits to be indexed (cheaper than counting them)."""
+        return bool((await self._one("SELECT EXISTS (SELECT 1 FROM search_queue)"))[0])
 
     async def index_pending(self, batch: int = 1000) -> int:
-        """Index up to ``batch`` of the documents waiting (a ledger from before the
-        index, or after ``reset_index``), in one transaction; return how many wait
-        still. Each body is read from the signed document the ledger holds, so no
-        key is needed; the partner's name is the one it has now."""
-        rows = await self._all(
-            "SELECT p.cid, d.ref, d.partner, d.signed FROM search_pending p "
-            "LEFT JOIN documents d ON d.cid = p.cid LIMIT ?", (batch,))
+        """Index up to ``batch`` of the documents waiting, oldest first, in one
+        transaction; return how many wait still. Each body is read from the
+        signed document the ledger holds, so no key is needed; the partner's
+        name is the one it has now. Doing it again (another process did it
+        meanwhile) changes nothing.
+
+        Its commit does not count in :attr:`recorded`: the indexer's own work is
+        not the node being busy."""
+        rows = await self._all(_QUEUED, (batch,))
         if not rows:
             return 0
-        found = [r for r in rows if r[3] is not None]
-        items = await asyncio.to_thread(_pending_texts, found)
+        found = [r[1:] for r in rows if r[4] is not None]
+        items = await asyncio.to_thread(_pending_texts, found) if found else []
         done: list[tuple[str, Sequence[Any]]] = [
-            ("DELETE FROM search_pending WHERE cid = ?", (r[0],)) for r in rows]
-        left = await self.write(_index_statements(items) + done,
-                                reads=[("SELECT count(*) FROM search_pending", ())])
+            ("DELETE FROM search_queue WHERE id = ? AND cid = ?", (r[0], r[1])) for r in rows]
+        try:
+            left = await self._write(_index_statements(items) + done,
+                                     reads=[("SELECT count(*) FROM search_queue", ())])
+        except sqlite3.Error as exc:
+            raise _typed(exc) from exc
         return int(left[0][0][0])
 
     async def reset_index(self) -> int:
-        """Empty the search index and list every document to be indexed again; how many."""
+        """Empty the search index and queue every document to be indexed again; how many."""
         found = await self.write([
             ("DELETE FROM search", ()), ("DELETE FROM search_rows", ()),
-            ("INSERT OR IGNORE INTO search_pending (cid) SELECT cid FROM documents", ()),
-        ], reads=[("SELECT count(*) FROM search_pending", ())])
+            ("DELETE FROM search_queue", ()),
+            ("INSERT INTO search_queue (cid) SELECT cid FROM documents ORDER BY rowid", ()),
+        ], reads=[("SELECT count(*) FROM search_queue", ())])
         return int(found[0][0][0])
 
     # -- archives -----------------------------------------------------------
@@ -1349,8 +1362,6 @@ class Ledger:
         statements += [("INSERT OR IGNORE INTO rotations (old, new, overlap_until, statement) "
                         "VALUES (?,?,0,x'')", (old, new))
                        for old, new in page.own_rotations.items()]
-        # Last: the partners restored above give the documents' names.
-        statements += _indexing(row for row, _ in page.documents)
         dids = [did for did, *_ in page.partners]
         # An import restores history; it is not news: no events (schema.py, _EVENTS).
         found = await self.write(_quiet(statements), reads=_chunked(_KNOWN_PARTNERS, (), dids))
@@ -1469,6 +1480,7 @@ class Ledger:
         results = await self.write(acks + docs + outbox, reads=_chunked(
             "SELECT cid, raw, status, reason FROM acks WHERE cid IN ({marks})", (),
             [item[0].raw for item in items]))
+        self.recorded += len(items)
         return {CID.from_bytes(r[0]): (r[1], r[2], r[3]) for rows in results for r in rows}
 
     async def mark_failed(self, cids: Sequence[CID], error: str, next_attempts: Sequence[float],
