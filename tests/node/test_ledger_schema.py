@@ -140,7 +140,7 @@ async def test_a_ledger_of_the_version_before_user_version_migrates(tmp_path: Pa
         assert (await ledger.partner(SENDER)).name == "Osaka"  # type: ignore[union-attr]
         assert await ledger.seen_nonce(SENDER, b"n" * 16) == (cid, b"ack")
     assert _shape(old) == _shape(fresh)
-    assert _shape(old)["version"] == VERSION == 6
+    assert _shape(old)["version"] == VERSION == 7
 
 
 async def test_a_ledger_older_still_gets_the_columns_it_lacked(tmp_path: Path) -> None:

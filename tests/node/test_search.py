@@ -59,6 +59,7 @@ async def test_a_quote_is_found_on_both_sides_by_text_ref_and_partner(pair) -> N
 async def test_a_search_right_after_a_send_finds_it(pair) -> None:  # noqa: ANN001
     """Recording a document only queues it for the index (node/indexing.py); a search
     indexes what waits before it looks, so nothing recorded is missed."""
+    await pair.seller_service.close()  # no background indexer on the seller
     sent = await pair.seller.send("quote", "Osaka Precision", QUOTE)
     assert await pair.seller.ledger.index_backlog() == 1  # not indexed by the send
     assert await _cids(pair.seller, "六角ナット") == [str(sent.cid)]

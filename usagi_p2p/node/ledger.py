@@ -373,19 +373,13 @@ def _doc(row: Sequence[Any]) -> DocumentRow:
                        *row[5:])
 
 
-def _transaction(conn: sqlite3.Connection, groups: Sequence[tuple[str, list[Sequence[Any]]]],
-                 reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
-    """Run ``groups`` (SQL, rows) as one durable transaction, then ``reads``
-    (SELECTs, their rows returned); on the connection's thread."""
-    return _guarded_transaction(conn, (), {}, groups, reads)[1]
-
-
 def _guarded_transaction(conn: sqlite3.Connection, guard: Sequence[tuple[str, Sequence[Any]]],
                          expected: dict[bytes, bytes],
                          groups: Sequence[tuple[str, list[Sequence[Any]]]],
                          reads: Sequence[tuple[str, Sequence[Any]]]
                          ) -> tuple[dict[bytes, bytes], list[list[Any]]]:
-    """:func:`_transaction`, unless ``guard`` (SELECT digest, cid) finds a digest of
+    """``groups`` (SQL, rows) as one durable transaction, then ``reads`` (SELECTs,
+    their rows returned), unless ``guard`` (SELECT digest, cid) finds a digest of
     ``expected`` held by another CID than the one expected: then nothing is
     written, and those (digest -> the CID holding it) are returned."""
     conn.execute("BEGIN IMMEDIATE")
@@ -410,11 +404,64 @@ def _guarded_transaction(conn: sqlite3.Connection, guard: Sequence[tuple[str, Se
     return {}, _selects(conn, reads)
 
 
+#: The first statement of each write transaction: the time the event triggers
+#: stamp (schema.py, ``events_clock``) is the node's clock as it begins.
+_CLOCK: Final = "UPDATE events_clock SET at = ?"
+
+
+@dataclass(slots=True)
+class _Job:
+    """One caller's write (:meth:`Ledger.write`), committed with the writes of the
+    callers that queued while a transaction ran: one transaction, one sync."""
+
+    groups: list[tuple[str, list[Sequence[Any]]]]
+    reads: Sequence[tuple[str, Sequence[Any]]]
+    #: Whether its commit must be on disk before it returns (synchronous=FULL).
+    durable: bool
+    #: (rows changed by its last statement, the rows of its reads).
+    done: asyncio.Future[tuple[int, list[list[Any]]]]
+
+
+def _jobs_transaction(conn: sqlite3.Connection, clock: float,
+                      jobs: Sequence[tuple[Sequence[tuple[str, list[Sequence[Any]]]],
+                                           Sequence[tuple[str, Sequence[Any]]]]],
+                      sync: bool) -> list[tuple[int, list[list[Any]]]]:
+    """Several callers' statements as one transaction, then each one's reads; for
+    each, (rows changed by its last statement, its reads' rows). Synced at commit
+    unless ``sync`` is False (WAL only: see :func:`_lease`). On the connection's
+    thread."""
+    if not sync:
+        conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(_CLOCK, (clock,))
+            changed = []
+            for groups, _ in jobs:
+                count = 0
+                for sql, rows in groups:
+                    cursor = (conn.execute(sql, rows[0]) if len(rows) == 1
+                              else conn.executemany(sql, rows))
+                    count = cursor.rowcount
+                changed.append(count)
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # e.g. SQLite already rolled back (SQLITE_FULL)
+                log.debug("nothing rolled back: %s", exc)
+            raise
+    finally:
+        if not sync:
+            conn.execute("PRAGMA synchronous=FULL")
+    return [(count, _selects(conn, reads)) for count, (_, reads) in zip(changed, jobs, strict=True)]
+
+
 def _observed_transaction(conn: sqlite3.Connection, before: Sequence[tuple[str, Sequence[Any]]],
                           groups: Sequence[tuple[str, list[Sequence[Any]]]],
                           after: Sequence[tuple[str, Sequence[Any]]]
                           ) -> tuple[list[list[Any]], list[list[Any]]]:
-    """:func:`_transaction` with SELECTs ``before`` and ``after`` the writes inside it,
+    """A transaction with SELECTs ``before`` and ``after`` the writes inside it,
     so together they tell what the writes changed (no other writer runs between
     them); their rows. On the connection's thread."""
     conn.execute("BEGIN IMMEDIATE")
@@ -605,6 +652,9 @@ class Ledger:
         # Set (and replaced) after each commit of this connection: what waits
         # for new events (:meth:`committed`) wakes without polling.
         self._commit = asyncio.Event()
+        # Writes waiting for the transaction in progress to end: the next one
+        # commits them all at once (:meth:`_run`).
+        self._queued: list[_Job] = []
         #: Documents and acks this connection has recorded (sent, received,
         #: delivered): the search indexer (indexing.py) waits for it to stand
         #: still before it takes the CPU and the ledger's one writer.
@@ -697,14 +747,19 @@ class Ledger:
         return [await self._all(sql, args) for sql, args in queries]
 
     async def write(self, statements: Sequence[tuple[str, Sequence[Any]]],
-                    reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
+                    reads: Sequence[tuple[str, Sequence[Any]]] = (), *,
+                    durable: bool = True) -> list[list[Any]]:
         """Run statements in one durable transaction; a database failure is a typed error.
 
         ``reads`` (SELECTs) run after the commit, in the same round trip when
-        ONE_CALL; their rows are returned in order.
+        ONE_CALL; their rows are returned in order. Writes that arrive while a
+        transaction runs are committed together by the next one (:meth:`_run`).
+        ``durable=False``: the commit may return before it is synced (WAL orders
+        it before the next synced commit; for a write that a crash may lose, as
+        a lease or an idempotency key's claim).
         """
         try:
-            return await self._write(statements, reads)
+            return await self._write(statements, reads, durable=durable)
         except sqlite3.Error as exc:
             raise _typed(exc) from exc
         finally:
@@ -725,36 +780,89 @@ class Ledger:
         return self._commit
 
     async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]],
-                     reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
+                     reads: Sequence[tuple[str, Sequence[Any]]] = (), *,
+                     durable: bool = True) -> list[list[Any]]:
         """Run statements in one durable transaction."""
-        db = self.db
+        return (await self._run(statements, reads, durable))[1]
+
+    async def _run(self, statements: Sequence[tuple[str, Sequence[Any]]],
+                   reads: Sequence[tuple[str, Sequence[Any]]], durable: bool
+                   ) -> tuple[int, list[list[Any]]]:
+        """Run statements as one transaction: (rows changed by the last, the reads' rows).
+
+        **Group commit.** The ledger has one writer, and a durable commit is an
+        fsync. Callers that arrive while a transaction runs queue their writes;
+        the first of them to get the lock commits every write queued by then in
+        one transaction, each caller's statements in the order queued, then each
+        caller's reads (ONE_CALL). Each write still commits whole or not at all:
+        if the shared transaction fails, it is rolled back and each write is run
+        again alone, so a caller gets its own answer or error. Eight API clients
+        sending at once cost one commit, not eight.
+        """
         groups = _groups(statements)
         if not groups:
-            return await self._reads(reads) if reads else []
+            return 0, (await self._reads(reads) if reads else [])
+        if not ONE_CALL:
+            return await self._run_alone(groups, reads)
+        job = _Job(groups, reads, durable or not self._wal,
+                   asyncio.get_running_loop().create_future())
+        self._queued.append(job)
+        try:
+            async with self._tx:
+                if not job.done.done():
+                    jobs, self._queued = self._queued, []
+                    # Shielded: the callers whose writes it carries wait for it,
+                    # even if the one that runs it is cancelled.
+                    await asyncio.shield(asyncio.ensure_future(self._commit_jobs(jobs)))
+        except asyncio.CancelledError:
+            if job in self._queued:  # not taken: never written
+                self._queued.remove(job)
+            raise
+        return job.done.result()
+
+    async def _commit_jobs(self, jobs: list[_Job]) -> None:
+        """Commit ``jobs`` in one transaction, or (it failed) each alone; set each
+        one's result or error."""
+        try:
+            results = await in_thread(self.db, _jobs_transaction, self.clock(),
+                                      [(job.groups, job.reads) for job in jobs],
+                                      any(job.durable for job in jobs))
+        except Exception as exc:
+            if len(jobs) == 1:
+                jobs[0].done.set_exception(exc)
+                return
+            for job in jobs:  # whose was it? each on its own
+                await self._commit_jobs([job])
+            return
+        except BaseException as exc:
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_exception(exc)
+            raise
+        for job, result in zip(jobs, results, strict=True):
+            job.done.set_result(result)
+
+    async def _run_alone(self, groups: list[tuple[str, list[Sequence[Any]]]],
+                         reads: Sequence[tuple[str, Sequence[Any]]]
+                         ) -> tuple[int, list[list[Any]]]:
+        """:meth:`_run` without ONE_CALL: statement by statement, one transaction."""
+        db = self.db
         async with self._tx:
-            if ONE_CALL and (reads or len(groups) > 1 or len(groups[0][1]) > 1):
-                # The whole transaction (and the reads after it) in one call on
-                # the connection's thread: one round trip instead of one per
-                # statement plus BEGIN and COMMIT, and no other call can run
-                # inside it.
-                return await in_thread(db, _transaction, groups, reads)
-            if len(groups) == 1 and len(groups[0][1]) == 1:
-                # One statement is its own durable transaction: one round trip, not
-                # three. Fetched to the end, so even a RETURNING statement completes.
-                await db.execute_fetchall(groups[0][0], groups[0][1][0])
-            else:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    for sql, rows in groups:
-                        if len(rows) == 1:
-                            await db.execute(sql, rows[0])
-                        else:
-                            await db.executemany(sql, rows)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    await self._rollback()
-                    raise
-            return [await self._all(sql, args) for sql, args in reads]
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.execute(_CLOCK, (self.clock(),))
+                count = 0
+                for sql, rows in groups:
+                    if len(rows) == 1:
+                        cursor = await db.execute(sql, rows[0])
+                    else:
+                        cursor = await db.executemany(sql, rows)
+                    count = cursor.rowcount
+                await db.execute("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
+            return count, [await self._all(sql, args) for sql, args in reads]
 
     async def _observed_write(self, before: Sequence[tuple[str, Sequence[Any]]],
                               statements: Sequence[tuple[str, Sequence[Any]]],
@@ -762,7 +870,7 @@ class Ledger:
                               ) -> tuple[list[list[Any]], list[list[Any]]]:
         """:meth:`write` with SELECTs right before and right after the statements, in
         their transaction (:func:`_observed_transaction`); the rows of both."""
-        groups = _groups(statements)
+        groups = [(_CLOCK, [(self.clock(),)]), *_groups(statements)]
         try:
             async with self._tx:
                 if ONE_CALL:
@@ -794,17 +902,16 @@ class Ledger:
         except sqlite3.Error as exc:
             log.debug("nothing rolled back: %s", exc)
 
-    async def _change(self, sql: str, args: Sequence[Any]) -> int:
-        """Run one statement as its own durable transaction; return how many rows it
-        changed (the way to write "only if" without a read and an await before it)."""
-        async with self._tx:
-            try:
-                async with self.db.execute(sql, tuple(args)) as cursor:
-                    return int(cursor.rowcount)
-            except sqlite3.Error as exc:
-                raise _typed(exc) from exc
-            finally:
-                self._notify()
+    async def _change(self, sql: str, args: Sequence[Any], *, durable: bool = True) -> int:
+        """Run one statement as its own durable transaction (:meth:`_run`); return how
+        many rows it changed (the way to write "only if" without a read and an
+        await before it)."""
+        try:
+            return (await self._run([(sql, args)], (), durable))[0]
+        except sqlite3.Error as exc:
+            raise _typed(exc) from exc
+        finally:
+            self._notify()
 
     # -- partners -----------------------------------------------------------
 
@@ -1028,7 +1135,7 @@ class Ledger:
             async with self._tx:
                 held, found = await in_thread(
                     self.db, _guarded_transaction, _chunked(_BY_DIGEST, (), list(expected)),
-                    expected, _groups(statements), reads)
+                    expected, [(_CLOCK, [(self.clock(),)]), *_groups(statements)], reads)
         except sqlite3.Error as exc:
             raise _typed(exc) from exc
         finally:
@@ -1559,6 +1666,13 @@ class Ledger:
         died). The key's row as it stands afterwards is returned; the caller
         holds it exactly when the row's claim is ``claim.claim``. None: a new
         key, and the token holds ``per_token`` already.
+
+        Not synced on its own (``durable=False``; so are :meth:`finish_key` and
+        :meth:`release_key`): WAL commits are ordered, so the document's commit,
+        which is synced, makes the claim durable with it. A crash may lose a
+        claim only when nothing was sent under it (the key is then new again),
+        and a recorded answer only after the key names its document (a retry
+        then answers with that document once the lease ends). Never a send twice.
         """
         now = self.clock()
         found = await self.write([
@@ -1572,7 +1686,7 @@ class Ledger:
              "AND lease_until < ?7 AND request = excluded.request",
              (claim.token, claim.key, token_name, request, claim.claim, lease_until, now,
               per_token)),
-        ], reads=[(_KEY_SELECT, (claim.token, claim.key))])
+        ], reads=[(_KEY_SELECT, (claim.token, claim.key))], durable=False)
         return _key(found[0][0]) if found[0] else None
 
     async def finish_key(self, claim: KeyClaim, status: int, answer: str) -> bool:
@@ -1580,14 +1694,14 @@ class Ledger:
         return bool(await self._change(
             "UPDATE idempotency_keys SET state = 'done', status = ?, answer = ? "
             "WHERE token = ? AND key = ? AND claim = ?",
-            (status, answer, claim.token, claim.key, claim.claim)))
+            (status, answer, claim.token, claim.key, claim.claim), durable=False))
 
     async def release_key(self, claim: KeyClaim) -> bool:
         """Forget a claimed key that sent nothing (its request failed): the same
         request may be tried again. A key that names a document is kept."""
         return bool(await self._change(
             "DELETE FROM idempotency_keys WHERE token = ? AND key = ? AND claim = ? "
-            "AND cid IS NULL", (claim.token, claim.key, claim.claim)))
+            "AND cid IS NULL", (claim.token, claim.key, claim.claim), durable=False))
 
     # -- events (docs/spec.md section 11.6) -------------------------------------
 

@@ -19,7 +19,8 @@ step 5 (:func:`_events`) the event sequence the local API streams and the
 webhooks' queue and log (docs/spec.md section 11.6), step 6
 (:func:`_search_queue`) takes the search index off the document's
 transaction: a trigger queues each document recorded, and the node indexes
-the queue in batches (usagi_p2p/node/indexing.py).
+the queue in batches (usagi_p2p/node/indexing.py), step 7
+(:func:`_events_clock`) has the event triggers stamp the node's clock.
 """
 
 from __future__ import annotations
@@ -257,7 +258,8 @@ async def _search_index(db: aiosqlite.Connection) -> None:
 #: committed, whichever write path made it (a document inserted ``OR IGNORE``
 #: that was already there fires nothing). ``data`` holds CIDs as the hex of
 #: their bytes (SQL cannot write CID text); the ledger gives them as text.
-#: ``at`` is SQLite's clock (seconds since the epoch, from julianday('now')).
+#: ``at`` is SQLite's clock (seconds since the epoch, from julianday('now'));
+#: since step 7 the node's (``events_clock``).
 #: ``events_quiet`` holds a row only inside a transaction that must not
 #: report (an archive import restores history, it does not happen now).
 _EVENTS = """
@@ -377,8 +379,44 @@ async def _search_queue(db: aiosqlite.Connection) -> None:
     await db.execute("DROP TABLE search_pending")
 
 
+#: The time the event triggers stamp (schema step 7): the node's clock, which
+#: the ledger writes here at the start of each of its write transactions.
+#:
+#: Step 5's triggers read SQLite's clock (``julianday('now')``). A trigger
+#: that calls a non-deterministic function cost ~30 us of the SQLite thread
+#: per row it fired for, against ~5 us for the same trigger reading a
+#: one-row table (measured on the receiving path, 10,000 documents in
+#: batches of 100: docs/performance.md, "The event triggers"): about a tenth
+#: of the exchange's CPU per document on both nodes. So the triggers read
+#: ``events_clock``; ``at`` is the node's clock when the transaction began,
+#: the same clock every other time in the ledger comes from. A writer that
+#: does not set it (a tool on ledger.db) stamps the last time set.
+_EVENTS_CLOCK = """
+CREATE TABLE IF NOT EXISTS events_clock (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    at REAL NOT NULL                            -- seconds since the epoch
+);
+INSERT OR IGNORE INTO events_clock (one, at) VALUES (1, (julianday('now') - 2440587.5) * 86400.0);
+"""
+_SQLITE_NOW: Final = "(julianday('now') - 2440587.5) * 86400.0"
+
+
+async def _events_clock(db: aiosqlite.Connection) -> None:
+    """7: the event triggers stamp ``events_clock``'s time, not SQLite's clock: each
+    trigger of step 5 made again with that one change."""
+    for statement in _statements(_EVENTS_CLOCK):
+        await db.execute(statement)
+    for statement in _statements(_EVENTS):
+        if statement.startswith("CREATE TRIGGER"):
+            name = statement.split()[5]  # CREATE TRIGGER IF NOT EXISTS <name> ...
+            assert _SQLITE_NOW in statement, name
+            await db.execute(f"DROP TRIGGER IF EXISTS {name}")
+            await db.execute(statement.replace(_SQLITE_NOW, "(SELECT at FROM events_clock)"))
+
+
 #: The ledger's migrations, in order: step N brings ``user_version`` to N.
 MIGRATIONS: Final[tuple[Migration, ...]] = (_tables, _nonces_with_rowid, _idempotency_keys,
-                                              _search_index, _events, _search_queue)
+                                              _search_index, _events, _search_queue,
+                                              _events_clock)
 #: The ``user_version`` of a ledger this code made or migrated.
 VERSION: Final = len(MIGRATIONS)
