@@ -158,3 +158,29 @@ async def test_concurrent_writes_commit_together_each_with_its_own_answer(tmp_pa
         # The first had begun its transaction alone (the lock was free): it runs whole;
         # the four queued behind it were taken off the queue, never written.
         assert late == [(1,)]
+
+
+async def test_a_guarded_receipt_committed_with_others_writes_nothing_of_its_own(
+        tmp_path: Path) -> None:
+    """record_received_checked joins a group commit with its own guard: a batch whose
+    signed document is held under another CID writes nothing, the batch beside it is
+    stored."""
+    def received(i: int, digest: int) -> tuple[DocumentRow, bytes, bytes, str, str, str, bytes]:
+        cid = CID.for_block(b"in %d" % i)
+        row = DocumentRow(cid, "in", A, "order", cid, None, AT, 1.0, "received", None,
+                          b"\x12\x20" + bytes([digest]) * 32, b"signed", None)
+        return row, b"\x80", b"ack %d" % i, "received", AT, A, b"nonce %d" % i
+
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        assert await ledger.record_received_checked([received(1, 7)]) == ({}, set())
+        # The first runs alone (the lock is free); the two queued behind it share a commit.
+        (ok_held, ok_lost), (dup_held, dup_lost), (other_held, _) = await asyncio.gather(
+            ledger.record_received_checked([received(3, 8)]),
+            ledger.record_received_checked([received(2, 7)]),  # digest 7 is held by "in 1"
+            ledger.record_received_checked([received(4, 9)]))
+        assert dup_held == {b"\x12\x20" + bytes([7]) * 32: CID.for_block(b"in 1")}
+        assert dup_lost == set() and ok_held == {} and ok_lost == set() and other_held == {}
+        assert await ledger.document(CID.for_block(b"in 2")) is None
+        assert await ledger.seen_nonce(A, b"nonce 2") is None
+        for i in (1, 3, 4):
+            assert await ledger.document(CID.for_block(b"in %d" % i)) is not None

@@ -373,37 +373,6 @@ def _doc(row: Sequence[Any]) -> DocumentRow:
                        *row[5:])
 
 
-def _guarded_transaction(conn: sqlite3.Connection, guard: Sequence[tuple[str, Sequence[Any]]],
-                         expected: dict[bytes, bytes],
-                         groups: Sequence[tuple[str, list[Sequence[Any]]]],
-                         reads: Sequence[tuple[str, Sequence[Any]]]
-                         ) -> tuple[dict[bytes, bytes], list[list[Any]]]:
-    """``groups`` (SQL, rows) as one durable transaction, then ``reads`` (SELECTs,
-    their rows returned), unless ``guard`` (SELECT digest, cid) finds a digest of
-    ``expected`` held by another CID than the one expected: then nothing is
-    written, and those (digest -> the CID holding it) are returned."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conflicts = {digest: cid for sql, args in guard for digest, cid in conn.execute(sql, args)
-                     if expected.get(digest, cid) != cid}
-        if conflicts:
-            conn.execute("ROLLBACK")
-            return conflicts, []
-        for sql, rows in groups:
-            if len(rows) == 1:
-                conn.execute(sql, rows[0])
-            else:
-                conn.executemany(sql, rows)
-        conn.execute("COMMIT")
-    except BaseException:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:  # e.g. SQLite already rolled back (SQLITE_FULL)
-            log.debug("nothing rolled back: %s", exc)
-        raise
-    return {}, _selects(conn, reads)
-
-
 #: The first statement of each write transaction: the time the event triggers
 #: stamp (schema.py, ``events_clock``) is the node's clock as it begins.
 _CLOCK: Final = "UPDATE events_clock SET at = ?"
@@ -418,32 +387,47 @@ class _Job:
     reads: Sequence[tuple[str, Sequence[Any]]]
     #: Whether its commit must be on disk before it returns (synchronous=FULL).
     durable: bool
-    #: (rows changed by its last statement, the rows of its reads).
-    done: asyncio.Future[tuple[int, list[list[Any]]]]
+    #: What it answers: (rows changed by its last statement, the rows of its reads,
+    #: the conflicts its guard found).
+    done: asyncio.Future[_Done]
+    #: SELECT (digest, cid) run first: a digest of ``expected`` held by another CID
+    #: than the one expected leaves its statements and reads out.
+    guard: Sequence[tuple[str, Sequence[Any]]] = ()
+    expected: dict[bytes, bytes] = field(default_factory=dict)
+
+
+#: (rows changed by the last statement, the reads' rows, digest -> the CID holding it).
+_Done = tuple[int, list[list[Any]], dict[bytes, bytes]]
 
 
 def _jobs_transaction(conn: sqlite3.Connection, clock: float,
                       jobs: Sequence[tuple[Sequence[tuple[str, list[Sequence[Any]]]],
-                                           Sequence[tuple[str, Sequence[Any]]]]],
-                      sync: bool) -> list[tuple[int, list[list[Any]]]]:
-    """Several callers' statements as one transaction, then each one's reads; for
-    each, (rows changed by its last statement, its reads' rows). Synced at commit
-    unless ``sync`` is False (WAL only: see :func:`_lease`). On the connection's
-    thread."""
+                                           Sequence[tuple[str, Sequence[Any]]],
+                                           Sequence[tuple[str, Sequence[Any]]],
+                                           dict[bytes, bytes]]],
+                      sync: bool) -> list[_Done]:
+    """Several callers' writes as one transaction, then each one's reads; for each,
+    what :class:`_Job` answers. A job whose guard finds a conflict writes nothing
+    (its guard runs inside the transaction, right before its statements). Synced
+    at commit unless ``sync`` is False (WAL only: see :func:`_lease`). On the
+    connection's thread."""
     if not sync:
         conn.execute("PRAGMA synchronous=NORMAL")
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(_CLOCK, (clock,))
-            changed = []
-            for groups, _ in jobs:
+            changed: list[tuple[int, dict[bytes, bytes]]] = []
+            for groups, _, guard, expected in jobs:
+                conflicts = {digest: cid for sql, args in guard
+                             for digest, cid in conn.execute(sql, args)
+                             if expected.get(digest, cid) != cid}
                 count = 0
-                for sql, rows in groups:
+                for sql, rows in () if conflicts else groups:
                     cursor = (conn.execute(sql, rows[0]) if len(rows) == 1
                               else conn.executemany(sql, rows))
                     count = cursor.rowcount
-                changed.append(count)
+                changed.append((count, conflicts))
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -454,7 +438,8 @@ def _jobs_transaction(conn: sqlite3.Connection, clock: float,
     finally:
         if not sync:
             conn.execute("PRAGMA synchronous=FULL")
-    return [(count, _selects(conn, reads)) for count, (_, reads) in zip(changed, jobs, strict=True)]
+    return [(count, [] if conflicts else _selects(conn, reads), conflicts)
+            for (count, conflicts), (_, reads, _, _) in zip(changed, jobs, strict=True)]
 
 
 def _observed_transaction(conn: sqlite3.Connection, before: Sequence[tuple[str, Sequence[Any]]],
@@ -786,9 +771,11 @@ class Ledger:
         return (await self._run(statements, reads, durable))[1]
 
     async def _run(self, statements: Sequence[tuple[str, Sequence[Any]]],
-                   reads: Sequence[tuple[str, Sequence[Any]]], durable: bool
-                   ) -> tuple[int, list[list[Any]]]:
-        """Run statements as one transaction: (rows changed by the last, the reads' rows).
+                   reads: Sequence[tuple[str, Sequence[Any]]], durable: bool,
+                   guard: Sequence[tuple[str, Sequence[Any]]] = (),
+                   expected: dict[bytes, bytes] | None = None) -> _Done:
+        """Run statements as one transaction: (rows changed by the last, the reads'
+        rows, what ``guard`` found: see :class:`_Job`; then nothing is written).
 
         **Group commit.** The ledger has one writer, and a durable commit is an
         fsync. Callers that arrive while a transaction runs queue their writes;
@@ -801,11 +788,12 @@ class Ledger:
         """
         groups = _groups(statements)
         if not groups:
-            return 0, (await self._reads(reads) if reads else [])
+            return 0, (await self._reads(reads) if reads else []), {}
         if not ONE_CALL:
+            assert not guard, "a guarded write needs ONE_CALL"
             return await self._run_alone(groups, reads)
         job = _Job(groups, reads, durable or not self._wal,
-                   asyncio.get_running_loop().create_future())
+                   asyncio.get_running_loop().create_future(), guard, expected or {})
         self._queued.append(job)
         try:
             async with self._tx:
@@ -825,7 +813,8 @@ class Ledger:
         one's result or error."""
         try:
             results = await in_thread(self.db, _jobs_transaction, self.clock(),
-                                      [(job.groups, job.reads) for job in jobs],
+                                      [(job.groups, job.reads, job.guard, job.expected)
+                                       for job in jobs],
                                       any(job.durable for job in jobs))
         except Exception as exc:
             if len(jobs) == 1:
@@ -843,8 +832,7 @@ class Ledger:
             job.done.set_result(result)
 
     async def _run_alone(self, groups: list[tuple[str, list[Sequence[Any]]]],
-                         reads: Sequence[tuple[str, Sequence[Any]]]
-                         ) -> tuple[int, list[list[Any]]]:
+                         reads: Sequence[tuple[str, Sequence[Any]]]) -> _Done:
         """:meth:`_run` without ONE_CALL: statement by statement, one transaction."""
         db = self.db
         async with self._tx:
@@ -862,7 +850,7 @@ class Ledger:
             except BaseException:
                 await self._rollback()
                 raise
-            return count, [await self._all(sql, args) for sql, args in reads]
+            return count, [await self._all(sql, args) for sql, args in reads], {}
 
     async def _observed_write(self, before: Sequence[tuple[str, Sequence[Any]]],
                               statements: Sequence[tuple[str, Sequence[Any]]],
@@ -1131,11 +1119,9 @@ class Ledger:
             return (other, set()) if other else ({}, await self.record_received_many(
                 items, usage))
         statements, reads = self._received(items, usage, self.clock())
-        try:
-            async with self._tx:
-                held, found = await in_thread(
-                    self.db, _guarded_transaction, _chunked(_BY_DIGEST, (), list(expected)),
-                    expected, [(_CLOCK, [(self.clock(),)]), *_groups(statements)], reads)
+        try:  # committed with other writes waiting (group commit), guarded on its own
+            _, found, held = await self._run(statements, reads, True,
+                                             _chunked(_BY_DIGEST, (), list(expected)), expected)
         except sqlite3.Error as exc:
             raise _typed(exc) from exc
         finally:
