@@ -172,7 +172,13 @@ async def run(n: int, cli_runs: int) -> dict[str, Any]:
         token = TokenStore(seller_home.path).create("bench", "send")
         procs.append(serve(seller_home))
         state = await serving(seller_home, procs[-1])
+        # CPU time per document (robust to a busy machine, unlike docs/s): both
+        # nodes, and this process (the 8 clients).
+        cpu_before = [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()]
         elapsed, latencies = await through_the_api(state["local_url"], token, n)
+        cpu = [(after - before) / n * 1e6 for before, after in zip(
+            cpu_before, [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()],
+            strict=True)]
         cli = cli_send(seller_home, cli_runs, root) if cli_runs else []
         seller_proc = procs.pop()
         seller_proc.terminate()
@@ -181,6 +187,7 @@ async def run(n: int, cli_runs: int) -> dict[str, Any]:
         return {"alone_per_s": n / alone, "alone_p50_ms": statistics.median(alone_latencies) * 1000,
                 "docs_per_s": n / elapsed, "p50_ms": statistics.median(latencies) * 1000,
                 "p99_ms": sorted(latencies)[min(n - 1, int(n * 0.99))] * 1000,
+                "cpu_us": cpu,  # buyer, seller, clients: per document
                 "cli_p50_ms": statistics.median(cli) * 1000 if cli else None,
                 "cli_min_ms": min(cli) * 1000 if cli else None}
     finally:
@@ -211,6 +218,10 @@ def main() -> None:
     print(f"  api p99 {api['p99_ms']:.1f} ms with {CLIENTS} clients, "
           f"{api['docs_per_s'] / api['alone_per_s']:.2f}x the same load in process "
           f"(load average {os.getloadavg()[0]:.1f})")
+    buyer, seller, clients = api["cpu_us"]
+    print(f"cpu per document: api seller {seller:.0f} us, buyer {buyer:.0f} us, clients "
+          f"{clients:.0f} us; exchange seller {exchange['cpu_seller_us']:.0f} us, buyer "
+          f"{exchange['cpu_buyer_us']:.0f} us (load average {os.getloadavg()[0]:.1f})")
     print(f"api: {api['docs_per_s']:.0f} docs/s, p50 {api['p50_ms']:.1f} ms, "
           f"{api['docs_per_s'] / exchange['docs_per_s']:.2f}x exchange")
     if api["cli_p50_ms"] is not None:
