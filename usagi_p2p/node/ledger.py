@@ -252,8 +252,23 @@ class WebhookAttempt:
     error: str | None
 
 
+#: The columns of an event as :func:`_event` reads them (schema.py, steps 5 and 7).
+_EVENT_SELECT: Final = ("seq, at, type, data, cid, direction, kind, ref, thread, partner, "
+                        "partner_name, status, reason")
+
+
 def _event(row: Sequence[Any]) -> Event:
-    """An event row, its CIDs (stored as hex: the triggers cannot write CID text) as text."""
+    """An event row (:data:`_EVENT_SELECT`): a document event's columns made into the
+    JSON object step 5's triggers wrote (schema.py, step 7), or its JSON (a partner
+    event, or one written before step 7; CIDs stored as hex, since SQL cannot write
+    CID text), with CIDs as text."""
+    if row[3] == "":
+        cid, direction, kind, ref, thread, did, name, status, reason = row[4:13]
+        data: dict[str, Any] = {
+            "cid": str(CID.from_bytes(cid)), "direction": direction, "kind": kind, "ref": ref,
+            "thread": str(CID.from_bytes(thread)), "partner": {"did": did, "name": name},
+            "status": status, "reason": reason}
+        return Event(int(row[0]), float(row[1]), str(row[2]), data)
     data = json.loads(row[3])
     for key in ("cid", "thread"):
         if isinstance(data.get(key), str):
@@ -373,11 +388,6 @@ def _doc(row: Sequence[Any]) -> DocumentRow:
                        *row[5:])
 
 
-#: The first statement of each write transaction: the time the event triggers
-#: stamp (schema.py, ``events_clock``) is the node's clock as it begins.
-_CLOCK: Final = "UPDATE events_clock SET at = ?"
-
-
 @dataclass(slots=True)
 class _Job:
     """One caller's write (:meth:`Ledger.write`), committed with the writes of the
@@ -400,7 +410,7 @@ class _Job:
 _Done = tuple[int, list[list[Any]], dict[bytes, bytes]]
 
 
-def _jobs_transaction(conn: sqlite3.Connection, clock: float,
+def _jobs_transaction(conn: sqlite3.Connection,
                       jobs: Sequence[tuple[Sequence[tuple[str, list[Sequence[Any]]]],
                                            Sequence[tuple[str, Sequence[Any]]],
                                            Sequence[tuple[str, Sequence[Any]]],
@@ -416,7 +426,6 @@ def _jobs_transaction(conn: sqlite3.Connection, clock: float,
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(_CLOCK, (clock,))
             changed: list[tuple[int, dict[bytes, bytes]]] = []
             for groups, _, guard, expected in jobs:
                 conflicts = {digest: cid for sql, args in guard
@@ -812,7 +821,7 @@ class Ledger:
         """Commit ``jobs`` in one transaction, or (it failed) each alone; set each
         one's result or error."""
         try:
-            results = await in_thread(self.db, _jobs_transaction, self.clock(),
+            results = await in_thread(self.db, _jobs_transaction,
                                       [(job.groups, job.reads, job.guard, job.expected)
                                        for job in jobs],
                                       any(job.durable for job in jobs))
@@ -838,7 +847,6 @@ class Ledger:
         async with self._tx:
             await db.execute("BEGIN IMMEDIATE")
             try:
-                await db.execute(_CLOCK, (self.clock(),))
                 count = 0
                 for sql, rows in groups:
                     if len(rows) == 1:
@@ -858,7 +866,7 @@ class Ledger:
                               ) -> tuple[list[list[Any]], list[list[Any]]]:
         """:meth:`write` with SELECTs right before and right after the statements, in
         their transaction (:func:`_observed_transaction`); the rows of both."""
-        groups = [(_CLOCK, [(self.clock(),)]), *_groups(statements)]
+        groups = _groups(statements)
         try:
             async with self._tx:
                 if ONE_CALL:
@@ -1700,12 +1708,12 @@ class Ledger:
         if types:
             where = f" AND type IN ({','.join('?' * len(types))})"
             args.extend(types)
-        rows = await self._all("SELECT seq, at, type, data FROM events WHERE seq > ?"  # noqa: S608
+        rows = await self._all(f"SELECT {_EVENT_SELECT} FROM events WHERE seq > ?"  # noqa: S608
                                f"{where} ORDER BY seq LIMIT ?", (*args, limit))
         return [_event(r) for r in rows]
 
     async def event(self, seq: int) -> Event | None:
-        row = await self._one("SELECT seq, at, type, data FROM events WHERE seq = ?", (seq,))
+        row = await self._one(f"SELECT {_EVENT_SELECT} FROM events WHERE seq = ?", (seq,))
         return _event(row) if row else None
 
     async def event_range(self) -> tuple[int, int]:
@@ -1768,10 +1776,11 @@ class Ledger:
                           ) -> list[tuple[Event, int]]:
         """(event, attempts made) owed to ``url`` and due now, oldest first."""
         rows = await self._all(
-            "SELECT e.seq, e.at, e.type, e.data, q.attempt FROM webhook_queue q "
+            "SELECT " + ", ".join(f"e.{c}" for c in _EVENT_SELECT.split(", "))
+            + ", q.attempt FROM webhook_queue q "
             "JOIN events e ON e.seq = q.seq WHERE q.url = ? AND q.next_at <= ? "
             "ORDER BY q.seq LIMIT ?", (url, now, limit))
-        return [(_event(r[:4]), int(r[4])) for r in rows]
+        return [(_event(r[:13]), int(r[13])) for r in rows]
 
     async def webhook_next_due(self) -> float | None:
         row = await self._one("SELECT min(next_at) FROM webhook_queue")
