@@ -163,3 +163,27 @@ async def test_document_events_read_the_same_from_columns_as_from_step_5s_json(
     # the same data, key for key and in order, as json_object wrote it
     assert list(events[0].data) == ["cid", "direction", "kind", "ref", "thread", "partner",
                                     "status", "reason"]
+
+
+async def test_an_event_is_stamped_with_the_node_clock_when_its_transaction_began(
+        tmp_path: Path) -> None:
+    """The triggers read ``events_clock`` (schema step 7), which each write transaction
+    of the ledger sets from the node's clock first; no trigger calls a function of
+    SQLite's clock (one that does costs ~30 us a row: schema.py, step 7)."""
+    now = [1_800_000_000.25]
+    path = tmp_path / "ledger.db"
+    async with Ledger(str(path), clock=lambda: now[0]) as ledger:
+        await ledger.add_partner(OLD, "Osaka", "http://127.0.0.1:9", None)  # one statement
+        now[0] += 60.5
+        await ledger.partner_rotated(OLD, NEW, 2e9)  # a transaction of several
+        assert [(e.type, e.at) for e in await ledger.events(0)] == [
+            ("partner.added", 1_800_000_000.25), ("partner.changed", 1_800_000_060.75)]
+    db = sqlite3.connect(path)
+    try:
+        triggers = [sql for (sql,) in db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'events_%'")]
+    finally:
+        db.close()
+    assert len(triggers) == 4
+    assert all("julianday" not in sql and "events_clock" in sql for sql in triggers)
+    assert not any("json_object" in sql for sql in triggers if "documents" in sql)

@@ -388,6 +388,11 @@ def _doc(row: Sequence[Any]) -> DocumentRow:
                        *row[5:])
 
 
+#: The first statement of each write transaction: the time the event triggers
+#: stamp (schema.py, step 7: ``events_clock``) is the node's clock as it begins.
+_CLOCK: Final = "UPDATE events_clock SET at = ?"
+
+
 @dataclass(slots=True)
 class _Job:
     """One caller's write (:meth:`Ledger.write`), committed with the writes of the
@@ -410,7 +415,7 @@ class _Job:
 _Done = tuple[int, list[list[Any]], dict[bytes, bytes]]
 
 
-def _jobs_transaction(conn: sqlite3.Connection,
+def _jobs_transaction(conn: sqlite3.Connection, clock: float,
                       jobs: Sequence[tuple[Sequence[tuple[str, list[Sequence[Any]]]],
                                            Sequence[tuple[str, Sequence[Any]]],
                                            Sequence[tuple[str, Sequence[Any]]],
@@ -426,6 +431,7 @@ def _jobs_transaction(conn: sqlite3.Connection,
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute(_CLOCK, (clock,))
             changed: list[tuple[int, dict[bytes, bytes]]] = []
             for groups, _, guard, expected in jobs:
                 conflicts = {digest: cid for sql, args in guard
@@ -821,7 +827,7 @@ class Ledger:
         """Commit ``jobs`` in one transaction, or (it failed) each alone; set each
         one's result or error."""
         try:
-            results = await in_thread(self.db, _jobs_transaction,
+            results = await in_thread(self.db, _jobs_transaction, self.clock(),
                                       [(job.groups, job.reads, job.guard, job.expected)
                                        for job in jobs],
                                       any(job.durable for job in jobs))
@@ -847,6 +853,7 @@ class Ledger:
         async with self._tx:
             await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute(_CLOCK, (self.clock(),))
                 count = 0
                 for sql, rows in groups:
                     if len(rows) == 1:
@@ -866,7 +873,7 @@ class Ledger:
                               ) -> tuple[list[list[Any]], list[list[Any]]]:
         """:meth:`write` with SELECTs right before and right after the statements, in
         their transaction (:func:`_observed_transaction`); the rows of both."""
-        groups = _groups(statements)
+        groups = [(_CLOCK, [(self.clock(),)]), *_groups(statements)]
         try:
             async with self._tx:
                 if ONE_CALL:

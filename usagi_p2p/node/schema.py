@@ -20,8 +20,8 @@ webhooks' queue and log (docs/spec.md section 11.6), step 6
 (:func:`_search_queue`) takes the search index off the document's
 transaction: a trigger queues each document recorded, and the node indexes
 the queue in batches (usagi_p2p/node/indexing.py), step 7
-(:func:`_document_event_columns`) has document events written as columns
-rather than JSON made by the trigger.
+(:func:`_cheaper_event_triggers`) writes document events as columns and
+stamps events with the node's clock from a table, not a function.
 """
 
 from __future__ import annotations
@@ -259,7 +259,8 @@ async def _search_index(db: aiosqlite.Connection) -> None:
 #: committed, whichever write path made it (a document inserted ``OR IGNORE``
 #: that was already there fires nothing). ``data`` holds CIDs as the hex of
 #: their bytes (SQL cannot write CID text); the ledger gives them as text.
-#: ``at`` is SQLite's clock (seconds since the epoch, from julianday('now')).
+#: ``at`` is SQLite's clock (seconds since the epoch, from julianday('now'));
+#: since step 7 the node's (``events_clock``).
 #: ``events_quiet`` holds a row only inside a transaction that must not
 #: report (an archive import restores history, it does not happen now).
 _EVENTS = """
@@ -379,23 +380,40 @@ async def _search_queue(db: aiosqlite.Connection) -> None:
     await db.execute("DROP TABLE search_pending")
 
 
-#: Document events as columns (schema step 7), not JSON built by the trigger.
+#: Cheaper event triggers (schema step 7): document events as columns, and the
+#: time from ``events_clock``.
 #:
-#: Step 5's document triggers built each event's ``data`` with ``json_object``
-#: in the statement that records the document: measured on the receiving
-#: path's INSERT (batches of 100 alternated between two ledgers, same
-#: process), the trigger cost ~40 us per row, ~35 of them the JSON (hex,
-#: the partner subquery, the WHEN clause and the clock cost nothing
-#: measurable); writing the same values to columns costs ~3-8 us. So a
-#: document event now keeps its fields in columns (``data`` is '' for it)
-#: and the ledger makes the same JSON object when it reads the event
-#: (``ledger._event``): what a client or a webhook receives is unchanged,
-#: still the values as they were when the change was committed (the
-#: partner's name then, the status then). Partner events (rare) keep their
-#: JSON; events written before this step keep theirs.
+#: Step 5's triggers cost ~30 us of the SQLite thread per event (a third of
+#: the receiving INSERT's cost), measured with batches of 100 received
+#: documents alternated between two ledgers in one process (so that the
+#: host's noise hits both): ~51 us a row with the trigger, ~21 without. What
+#: costs is a trigger program that calls ``julianday('now')`` (or any other
+#: non-deterministic function: ``random()`` costs the same) or builds the
+#: row with ``json_object``: either alone puts the trigger at ~50 us a row.
+#: The same values written to columns, with the time read from a one-row
+#: table, cost ~4 us (~25 us a row). So:
+#:
+#: * a document event keeps its fields in columns (``data`` is '' for it),
+#:   and the ledger makes the same JSON object when it reads the event
+#:   (``ledger._event``): what a client or a webhook receives is unchanged,
+#:   the values as they were when the change was committed (the partner's
+#:   name then). Partner events (rare) keep their JSON; events written
+#:   before this step keep theirs;
+#: * ``at`` is read from ``events_clock``, which the ledger sets to the node's
+#:   clock first in each of its write transactions (the clock every other
+#:   time in the ledger comes from); a writer that does not set it (a tool on
+#:   ledger.db) stamps the last time set.
 _EVENT_COLUMNS: Final = (("cid", "BLOB"), ("direction", "TEXT"), ("kind", "TEXT"),
                          ("ref", "TEXT"), ("thread", "BLOB"), ("partner", "TEXT"),
                          ("partner_name", "TEXT"), ("status", "TEXT"), ("reason", "TEXT"))
+_SQLITE_NOW: Final = "(julianday('now') - 2440587.5) * 86400.0"
+_EVENTS_CLOCK = """
+CREATE TABLE IF NOT EXISTS events_clock (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    at REAL NOT NULL                            -- seconds since the epoch
+);
+INSERT OR IGNORE INTO events_clock (one, at) VALUES (1, (julianday('now') - 2440587.5) * 86400.0);
+"""
 _DOCUMENT_EVENTS = """
 DROP TRIGGER IF EXISTS events_document_added;
 DROP TRIGGER IF EXISTS events_document_status;
@@ -404,7 +422,7 @@ WHEN NOT EXISTS (SELECT 1 FROM events_quiet)
 BEGIN
     INSERT INTO events (at, type, data, cid, direction, kind, ref, thread, partner,
                         partner_name, status, reason)
-    VALUES ((julianday('now') - 2440587.5) * 86400.0,
+    VALUES ((SELECT at FROM events_clock),
         CASE NEW.direction WHEN 'in' THEN 'document.received' ELSE 'document.sent' END, '',
         NEW.cid, NEW.direction, NEW.kind, NEW.ref, NEW.thread, NEW.partner,
         (SELECT name FROM partners WHERE did = NEW.partner), NEW.status, NEW.reason);
@@ -414,7 +432,7 @@ WHEN NEW.status IS NOT OLD.status AND NOT EXISTS (SELECT 1 FROM events_quiet)
 BEGIN
     INSERT INTO events (at, type, data, cid, direction, kind, ref, thread, partner,
                         partner_name, status, reason)
-    VALUES ((julianday('now') - 2440587.5) * 86400.0,
+    VALUES ((SELECT at FROM events_clock),
         'document.' || CASE NEW.status WHEN 'queued' THEN 'requeued' ELSE NEW.status END, '',
         NEW.cid, NEW.direction, NEW.kind, NEW.ref, NEW.thread, NEW.partner,
         (SELECT name FROM partners WHERE did = NEW.partner), NEW.status, NEW.reason);
@@ -422,20 +440,27 @@ END;
 """
 
 
-async def _document_event_columns(db: aiosqlite.Connection) -> None:
-    """7: document events keep their fields in columns of ``events``; their triggers
-    are made again to write them there."""
+async def _cheaper_event_triggers(db: aiosqlite.Connection) -> None:
+    """7: document events in columns of ``events``, every event's time from
+    ``events_clock``: the four triggers made again (the partner ones as in step 5
+    but for the time)."""
     columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(events)")}
     for name, kind in _EVENT_COLUMNS:
         if name not in columns:
             await db.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
-    for statement in _statements(_DOCUMENT_EVENTS):
+    for statement in _statements(_EVENTS_CLOCK) + _statements(_DOCUMENT_EVENTS):
         await db.execute(statement)
+    for statement in _statements(_EVENTS):
+        if statement.startswith("CREATE TRIGGER IF NOT EXISTS events_partner_"):
+            name = statement.split()[5]
+            assert _SQLITE_NOW in statement, name
+            await db.execute(f"DROP TRIGGER IF EXISTS {name}")
+            await db.execute(statement.replace(_SQLITE_NOW, "(SELECT at FROM events_clock)"))
 
 
 #: The ledger's migrations, in order: step N brings ``user_version`` to N.
 MIGRATIONS: Final[tuple[Migration, ...]] = (_tables, _nonces_with_rowid, _idempotency_keys,
                                               _search_index, _events, _search_queue,
-                                              _document_event_columns)
+                                              _cheaper_event_triggers)
 #: The ``user_version`` of a ledger this code made or migrated.
 VERSION: Final = len(MIGRATIONS)
