@@ -456,6 +456,7 @@ class SQLiteBlockStore(BlockStore):
             await in_thread(self._conn, _insert_rows, [r for rows, _ in taken for r in rows])
         except sqlite3.Error as exc:
             error = store_error("cannot store blocks", exc)
+            error.__cause__ = exc  # as ``raise … from exc`` would: the SQLite code stays
         except BaseException as exc:
             error = exc
         for _, done in taken:

@@ -388,6 +388,17 @@ def _doc(row: Sequence[Any]) -> DocumentRow:
                        *row[5:])
 
 
+def _report_abandoned(done: asyncio.Future[_Done]) -> None:
+    """Log the failure of a write whose caller was cancelled while it ran (it was
+    rolled back): there is no one left to raise it to."""
+    if not done.cancelled() and (exc := done.exception()) is not None:
+        _log_abandoned(exc)
+
+
+def _log_abandoned(exc: BaseException) -> None:
+    log.warning("a ledger write failed after its caller was cancelled (rolled back): %s", exc)
+
+
 #: The first statement of each write transaction: the time the event triggers
 #: stamp (schema.py, step 7: ``events_clock``) is the node's clock as it begins.
 _CLOCK: Final = "UPDATE events_clock SET at = ?"
@@ -409,6 +420,8 @@ class _Job:
     #: than the one expected leaves its statements and reads out.
     guard: Sequence[tuple[str, Sequence[Any]]] = ()
     expected: dict[bytes, bytes] = field(default_factory=dict)
+    #: Its caller was cancelled while it ran: a failure is logged, not raised.
+    abandoned: bool = False
 
 
 #: (rows changed by the last statement, the reads' rows, digest -> the CID holding it).
@@ -820,6 +833,10 @@ class Ledger:
         except asyncio.CancelledError:
             if job in self._queued:  # not taken: never written
                 self._queued.remove(job)
+            elif job.done.done():  # ran already: a failure has no one to go to now
+                _report_abandoned(job.done)
+            else:  # taken: it runs whole, and its failure is logged (_commit_jobs)
+                job.abandoned = True
             raise
         return job.done.result()
 
@@ -833,7 +850,10 @@ class Ledger:
                                       any(job.durable for job in jobs))
         except Exception as exc:
             if len(jobs) == 1:
-                jobs[0].done.set_exception(exc)
+                if jobs[0].abandoned:
+                    _log_abandoned(exc)
+                else:
+                    jobs[0].done.set_exception(exc)
                 return
             for job in jobs:  # whose was it? each on its own
                 await self._commit_jobs([job])
