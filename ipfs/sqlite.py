@@ -324,6 +324,8 @@ class SQLiteBlockStore(BlockStore):
         # rollback after a failed put_many could undo another task's insert
         # that was waiting for its own commit.
         self._write = asyncio.Lock()
+        # Rows waiting for the batch being committed; the next commit takes them all.
+        self._queued: list[tuple[list[tuple[bytes, bytes]], asyncio.Future[None]]] = []
 
     @classmethod
     async def on_connection(
@@ -412,13 +414,13 @@ class SQLiteBlockStore(BlockStore):
 
     async def _write_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
         db = self._conn
+        if ONE_CALL:
+            await self._grouped(rows)
+            return
         async with self._write:
             try:
                 # One executemany runs inside one implicit transaction: the
                 # batch is committed (and synced) once, or not at all.
-                if ONE_CALL:  # both in one round trip to the connection's thread
-                    await in_thread(db, _insert_rows, rows)
-                    return
                 if db.isolation_level is None:  # autocommit: see _insert_rows
                     await db.execute("BEGIN IMMEDIATE")
                 await db.executemany(_INSERT, rows)
@@ -426,6 +428,44 @@ class SQLiteBlockStore(BlockStore):
             except sqlite3.Error as exc:
                 await self._rollback(db)
                 raise store_error("cannot store blocks", exc) from exc
+
+    async def _grouped(self, rows: list[tuple[bytes, bytes]]) -> None:
+        """Group commit: batches that arrive while one is committed wait, and the
+        first of them to get the lock commits every batch waiting by then as one
+        (one executemany, one sync; every row is INSERT OR IGNORE, so batches
+        cannot fail one another). Eight senders at once cost one commit, not eight.
+        A batch whose caller is cancelled before it is taken is not written."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((rows, done))
+        try:
+            async with self._write:
+                if not done.done():
+                    taken, self._queued = self._queued, []
+                    # Shielded: every caller of the batch waits for it.
+                    await asyncio.shield(asyncio.ensure_future(self._commit_rows(taken)))
+        except asyncio.CancelledError:
+            if (rows, done) in self._queued:
+                self._queued.remove((rows, done))
+            raise
+        done.result()
+
+    async def _commit_rows(self, taken: list[tuple[list[tuple[bytes, bytes]],
+                                                   asyncio.Future[None]]]) -> None:
+        error: BaseException | None = None
+        try:  # _insert_rows rolls back itself on a failure
+            await in_thread(self._conn, _insert_rows, [r for rows, _ in taken for r in rows])
+        except sqlite3.Error as exc:
+            error = store_error("cannot store blocks", exc)
+            error.__cause__ = exc  # as ``raise … from exc`` would: the SQLite code stays
+        except BaseException as exc:
+            error = exc
+        for _, done in taken:
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+        if error is not None and not isinstance(error, Exception):
+            raise error  # cancelled, or the interpreter stopping
 
     async def _modify(self, sql: str, cid: CID) -> int:
         """Run one UPDATE/DELETE and commit; return how many rows it changed."""

@@ -125,17 +125,17 @@ class HeldTransaction:
         assert ledger_module.ONE_CALL, "aiosqlite no longer has the call this path uses"
         self.running, self.release, self.finished = (threading.Event(), threading.Event(),
                                                      threading.Event())
-        real = ledger_module._transaction
+        real = ledger_module._jobs_transaction
 
-        def held(conn, groups, *rest):  # noqa: ANN001, ANN002, ANN202
+        def held(conn, *rest):  # noqa: ANN001, ANN002, ANN202
             self.running.set()
             self.release.wait(5)
             try:
-                return real(conn, groups, *rest)
+                return real(conn, *rest)
             finally:
                 self.finished.set()
 
-        monkeypatch.setattr(ledger_module, "_transaction", held)
+        monkeypatch.setattr(ledger_module, "_jobs_transaction", held)
 
     async def started(self) -> None:
         import asyncio

@@ -313,3 +313,28 @@ async def test_a_newer_store_is_a_config_error(tmp_path: Path) -> None:
         async with SQLiteBlockStore(path):
             pass
     assert refused.value.code == "config_error"
+
+
+async def test_concurrent_batches_are_committed_together_and_all_kept(tmp_path: Path) -> None:
+    """put_many calls that wait for a commit are committed as one (group commit); each
+    caller gets its own CIDs, every block is there, a block put twice is kept once,
+    and a batch whose caller was cancelled while it waited is not written."""
+    import asyncio
+
+    async with SQLiteBlockStore(tmp_path / "blocks.db") as store:
+        batches = [[b"block %d.%d" % (i, j) for j in range(3)] for i in range(20)]
+        batches.append([b"block 0.0"])  # again
+        got = await asyncio.gather(*(store.put_many(batch) for batch in batches))
+        assert got == [[CID.for_block(b) for b in batch] for batch in batches]
+        for batch in batches:
+            for block in batch:
+                assert await store.get(CID.for_block(block)) == block
+        first = asyncio.ensure_future(store.put_many([b"first"]))
+        queued = asyncio.ensure_future(store.put_many([b"queued"]))
+        await asyncio.sleep(0)  # both started: the first commits, the second waits
+        queued.cancel()
+        assert await first == [CID.for_block(b"first")]
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert await store.has(CID.for_block(b"first"))
+        assert not await store.has(CID.for_block(b"queued"))

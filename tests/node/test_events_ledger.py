@@ -3,6 +3,7 @@ in the transaction that makes it; nothing reported for a change that is not comm
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -111,3 +112,78 @@ def test_event_cids_are_given_as_text() -> None:
     cid = CID.for_block(b"x")
     event = _event((1, 1.0, "document.sent", f'{{"cid": "{cid.raw.hex()}", "kind": "quote"}}'))
     assert event.data == {"cid": str(cid), "kind": "quote"}
+
+
+async def test_document_events_read_the_same_from_columns_as_from_step_5s_json(
+        tmp_path: Path) -> None:
+    """Schema step 7: a document event keeps its fields in columns and is read back as
+    the JSON object step 5's trigger made; events written as JSON before the step
+    read as they did."""
+    from usagi_p2p.node.ledger import DocumentRow
+
+    path = tmp_path / "ledger.db"
+    cid, other = CID.for_block(b"doc"), CID.for_block(b"other")
+    async with Ledger(str(path)) as ledger:
+        await ledger.add_partner(OLD, "Osaka", "http://127.0.0.1:9", None)
+        row = DocumentRow(cid, "out", OLD, "order", cid, "PO-1", "2026-12-07T00:00:00Z", 1.0,
+                          "queued", None, b"\x12\x20" + b"d" * 32, b"signed", None)
+        await ledger.record_sent_many([(row, b"\x80", b"notice")])
+        await ledger.set_partner(OLD, name="Osaka Precision")  # later: the event keeps "Osaka"
+        await ledger.write([("UPDATE documents SET status = 'rejected', reason = 'x' "
+                             "WHERE cid = ?", (cid.raw,))])
+    db = sqlite3.connect(path)
+    try:
+        # an event as step 5's trigger wrote it, JSON with hex CIDs, before the step
+        db.execute("INSERT INTO events (at, type, data) VALUES (1.0, 'document.received', ?)",
+                   (json.dumps({"cid": other.raw.hex(), "direction": "in", "kind": "quote",
+                                "ref": None, "thread": other.raw.hex(),
+                                "partner": {"did": OLD, "name": "Osaka"},
+                                "status": "received", "reason": None}),))
+        db.commit()
+        stored = db.execute("SELECT type, data FROM events WHERE type LIKE 'document.%' "
+                            "ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    assert [data for _, data in stored[:2]] == ["", ""]  # columns, not JSON
+    async with Ledger(str(path)) as ledger:
+        events = [e for e in await ledger.events(0) if e.type.startswith("document.")]
+    expected = {"cid": str(cid), "direction": "out", "kind": "order", "ref": "PO-1",
+                "thread": str(cid), "partner": {"did": OLD, "name": "Osaka"},
+                "status": "queued", "reason": None}
+    assert [(e.type, e.data) for e in events] == [
+        ("document.sent", expected),
+        # the partner's name as it was when each change was committed
+        ("document.rejected", {**expected, "status": "rejected", "reason": "x",
+                               "partner": {"did": OLD, "name": "Osaka Precision"}}),
+        ("document.received", {"cid": str(other), "direction": "in", "kind": "quote",
+                               "ref": None, "thread": str(other),
+                               "partner": {"did": OLD, "name": "Osaka"},
+                               "status": "received", "reason": None}),
+    ]
+    # the same data, key for key and in order, as json_object wrote it
+    assert list(events[0].data) == ["cid", "direction", "kind", "ref", "thread", "partner",
+                                    "status", "reason"]
+
+
+async def test_an_event_is_stamped_with_the_node_clock_when_its_transaction_began(
+        tmp_path: Path) -> None:
+    """The triggers read ``events_clock`` (schema step 7), which each write transaction
+    of the ledger sets from the node's clock first; no trigger calls a function of
+    SQLite's clock (one that does costs ~30 us a row: schema.py, step 7)."""
+    now = [1_800_000_000.25]
+    path = tmp_path / "ledger.db"
+    async with Ledger(str(path), clock=lambda: now[0]) as ledger:
+        await ledger.add_partner(OLD, "Osaka", "http://127.0.0.1:9", None)  # one statement
+        now[0] += 60.5
+        await ledger.partner_rotated(OLD, NEW, 2e9)  # a transaction of several
+        assert [(e.type, e.at) for e in await ledger.events(0)] == [
+            ("partner.added", 1_800_000_000.25), ("partner.changed", 1_800_000_060.75)]
+    db = sqlite3.connect(path)
+    try:
+        triggers = [sql for (sql,) in db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'events_%'")]
+    finally:
+        db.close()
+    assert len(triggers) == 4
+    assert all("julianday" not in sql and "events_clock" in sql for sql in triggers)
+    assert not any("json_object" in sql for sql in triggers if "documents" in sql)

@@ -127,3 +127,60 @@ async def test_a_failure_reports_only_the_notices_it_gave_up(tmp_path: Path, one
         assert [await _state(ledger, c) for c in (old, new)] == \
             [("undelivered", "undelivered after 1 attempts: refused", "undelivered")] * 2
         assert (await _state(ledger, pending))[0] == "pending"
+
+
+async def test_concurrent_writes_commit_together_each_with_its_own_answer(tmp_path: Path) -> None:
+    """Writes that queue while a transaction runs are committed together (group commit:
+    Ledger._run); one that fails is rolled back alone, the others are kept."""
+    from ipfs.blockstore import StoreError
+
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        await ledger.add_invitation(b"taken", 2e9)
+        results = await asyncio.gather(
+            *(ledger.add_invitation(b"nonce %d" % i, 2e9) for i in range(10)),
+            ledger.add_invitation(b"taken", 2e9),  # the primary key: refused
+            *(ledger.record_sent_many([_row(i)]) for i in range(10)),
+            return_exceptions=True)
+        assert isinstance(results[10], StoreError)
+        assert [r for i, r in enumerate(results) if i != 10] == [None] * 10 + [True] * 10
+        rows = await ledger._all("SELECT count(*) FROM invitations")  # noqa: SLF001
+        assert rows == [(11,)]
+        assert await ledger.count_documents("out") == 10
+        # a cancelled write that was still queued is not written
+        task = asyncio.ensure_future(asyncio.gather(
+            *(ledger.add_invitation(b"late %d" % i, 2e9) for i in range(5))))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        late = await ledger._all(  # noqa: SLF001 (after the shielded commit: one thread, FIFO)
+            "SELECT count(*) FROM invitations WHERE substr(nonce, 1, 5) = CAST('late ' AS BLOB)")
+        # The first had begun its transaction alone (the lock was free): it runs whole;
+        # the four queued behind it were taken off the queue, never written.
+        assert late == [(1,)]
+
+
+async def test_a_guarded_receipt_committed_with_others_writes_nothing_of_its_own(
+        tmp_path: Path) -> None:
+    """record_received_checked joins a group commit with its own guard: a batch whose
+    signed document is held under another CID writes nothing, the batch beside it is
+    stored."""
+    def received(i: int, digest: int) -> tuple[DocumentRow, bytes, bytes, str, str, str, bytes]:
+        cid = CID.for_block(b"in %d" % i)
+        row = DocumentRow(cid, "in", A, "order", cid, None, AT, 1.0, "received", None,
+                          b"\x12\x20" + bytes([digest]) * 32, b"signed", None)
+        return row, b"\x80", b"ack %d" % i, "received", AT, A, b"nonce %d" % i
+
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        assert await ledger.record_received_checked([received(1, 7)]) == ({}, set())
+        # The first runs alone (the lock is free); the two queued behind it share a commit.
+        (ok_held, ok_lost), (dup_held, dup_lost), (other_held, _) = await asyncio.gather(
+            ledger.record_received_checked([received(3, 8)]),
+            ledger.record_received_checked([received(2, 7)]),  # digest 7 is held by "in 1"
+            ledger.record_received_checked([received(4, 9)]))
+        assert dup_held == {b"\x12\x20" + bytes([7]) * 32: CID.for_block(b"in 1")}
+        assert dup_lost == set() and ok_held == {} and ok_lost == set() and other_held == {}
+        assert await ledger.document(CID.for_block(b"in 2")) is None
+        assert await ledger.seen_nonce(A, b"nonce 2") is None
+        for i in (1, 3, 4):
+            assert await ledger.document(CID.for_block(b"in %d" % i)) is not None

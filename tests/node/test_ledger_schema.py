@@ -140,7 +140,7 @@ async def test_a_ledger_of_the_version_before_user_version_migrates(tmp_path: Pa
         assert (await ledger.partner(SENDER)).name == "Osaka"  # type: ignore[union-attr]
         assert await ledger.seen_nonce(SENDER, b"n" * 16) == (cid, b"ack")
     assert _shape(old) == _shape(fresh)
-    assert _shape(old)["version"] == VERSION == 5
+    assert _shape(old)["version"] == VERSION == 7
 
 
 async def test_a_ledger_older_still_gets_the_columns_it_lacked(tmp_path: Path) -> None:
@@ -224,3 +224,33 @@ async def test_a_current_ledger_opens_while_another_process_writes(tmp_path: Pat
         serve.execute("COMMIT")
     finally:
         serve.close()
+
+
+async def test_documents_waiting_for_the_index_in_a_version_5_ledger_are_queued(
+        tmp_path: Path) -> None:
+    """Step 6 moves ``search_pending`` (step 4) into ``search_queue``, every row kept,
+    and from then on a trigger queues each document recorded."""
+    from usagi_p2p.node.schema import MIGRATIONS
+
+    path = tmp_path / "v5.db"
+    async with Ledger(str(path)):
+        pass
+    db = sqlite3.connect(path)  # back to version 5: the queue as step 4 made it
+    db.executescript("DROP TRIGGER search_queue_document; DROP TABLE search_queue; "
+                     "CREATE TABLE search_pending (cid BLOB PRIMARY KEY); PRAGMA user_version = 5;")
+    waiting = [CID.for_block(bytes([i])).raw for i in range(3)]
+    db.executemany("INSERT INTO search_pending (cid) VALUES (?)", [(c,) for c in waiting])
+    db.commit()
+    db.close()
+    async with Ledger(str(path)) as ledger:
+        assert await ledger.index_backlog() == 3
+        # the ledger holds none of them: indexing takes them off the queue, indexes nothing
+        assert await ledger.index_pending() == 0
+        assert await ledger.index_backlog() == 0
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'search_pending'"
+                          ).fetchone() == (0,)
+    finally:
+        db.close()

@@ -127,3 +127,42 @@ async def test_two_deliveries_of_one_notice_hand_over_the_ack_that_is_stored(pai
     stored = await seller.ledger.ack(sent.cid)
     assert got == stored
     assert (await seller.ledger.document(sent.cid)).status == "delivered"  # type: ignore[union-attr]
+
+
+async def test_a_small_batch_gathers_behind_the_partners_batch_in_flight(pair: Pair) -> None:
+    """Delivery.loop's rule (delivery.py, GATHER): notices for a partner with a batch in
+    flight wait for it, unless they fill a batch or have waited GATHER; a partner with
+    nothing in flight gets them at once."""
+    from usagi_p2p.node.delivery import GATHER
+
+    seller = pair.seller
+    await pair.seller_service.close()  # this test drives the seller's delivery itself
+    sent = [await seller.send("quote", "Osaka", {"ref": f"Q-{i}", "lines": [{"text": "bolts"}]})
+            for i in range(3)]
+    rows = await seller.ledger.claim_due(seller.clock(), 100)
+    assert len(rows) == 3
+    did = rows[0].partner
+    delivery = seller._delivery  # noqa: SLF001
+    in_flight = asyncio.ensure_future(asyncio.sleep(30))  # stands for a batch to ``did``
+    try:
+        inflight: dict[asyncio.Task[int], str] = {in_flight: did}  # type: ignore[dict-item]
+        gathering = {did: (seller.clock(), list(rows))}
+        delivery._start_batches(inflight, gathering, False)  # noqa: SLF001
+        assert len(inflight) == 1 and [len(r) for _, r in gathering.values()] == [3]  # waiting
+        gathering = {did: (seller.clock() - GATHER, list(rows))}  # waited long enough
+        delivery._start_batches(inflight, gathering, False)  # noqa: SLF001
+        assert gathering == {} and len(inflight) == 2  # one batch of all three
+        started = next(task for task in inflight if task is not in_flight)
+        assert await started == 3
+    finally:
+        in_flight.cancel()
+    for result in sent:
+        assert await seller.ledger.ack(result.cid) is not None
+    # Nothing in flight to the partner: a lone notice goes at once.
+    alone = await seller.send("quote", "Osaka", {"ref": "Q-alone", "lines": [{"text": "nuts"}]})
+    rows = await seller.ledger.claim_due(seller.clock(), 100)
+    inflight = {}
+    gathering = {did: (seller.clock(), list(rows))}
+    delivery._start_batches(inflight, gathering, False)  # noqa: SLF001
+    assert gathering == {} and await next(iter(inflight)) == 1
+    assert await seller.ledger.ack(alone.cid) is not None

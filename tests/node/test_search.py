@@ -56,6 +56,39 @@ async def test_a_quote_is_found_on_both_sides_by_text_ref_and_partner(pair) -> N
     assert hit.snippet.matches == ((text.index("ナット"), text.index("ナット") + 3),)
 
 
+async def test_a_search_right_after_a_send_finds_it(pair) -> None:  # noqa: ANN001
+    """Recording a document only queues it for the index (node/indexing.py); a search
+    indexes what waits before it looks, so nothing recorded is missed."""
+    await pair.seller_service.close()  # no background indexer on the seller
+    sent = await pair.seller.send("quote", "Osaka Precision", QUOTE)
+    assert await pair.seller.ledger.index_backlog() == 1  # not indexed by the send
+    assert await _cids(pair.seller, "六角ナット") == [str(sent.cid)]
+    assert await pair.seller.ledger.index_backlog() == 0
+    await pair.seller.deliver_once()
+    assert await _cids(pair.buyer, "六角ナット") == [str(sent.cid)]
+    # a second document, searched at once again: both found
+    other = await pair.seller.send("quote", "Osaka Precision",
+                                   {**QUOTE, "ref": "Q-2026-002"})
+    assert set(await _cids(pair.seller, "六角ナット")) == {str(sent.cid), str(other.cid)}
+
+
+async def test_a_serving_node_indexes_in_the_background_when_quiet(pair) -> None:  # noqa: ANN001
+    """No search needed: the serving node's indexer empties the queue once the
+    ledger has recorded nothing for a moment (node/indexing.py, QUIET)."""
+    import asyncio
+
+    sent = await pair.seller.send("quote", "Osaka Precision", QUOTE)
+    await pair.seller.deliver_once()
+    for node in (pair.seller, pair.buyer):
+        for _ in range(200):  # polled, at most ~10 s: the loop works every 0.2 s when quiet
+            if not await node.ledger.index_waiting():
+                break
+            await asyncio.sleep(0.05)
+        assert await node.ledger.index_backlog() == 0
+        rows = await node.ledger.search('"六角ナット"', [])
+        assert [str(r.cid) for r in rows] == [str(sent.cid)]
+
+
 async def test_one_and_two_character_terms_are_looked_for_as_substrings(pair) -> None:  # noqa: ANN001
     cid = await _sent_and_received(pair)
     for query in ("六角", "M6", "m6", "個", "六角 ナット", "Q-"):
@@ -146,9 +179,10 @@ async def test_it_is_still_found_after_a_restart(tmp_path: Path) -> None:
             assert await node.ledger.index_backlog() == 0
 
 
-async def test_a_ledger_made_before_the_index_is_indexed_when_it_opens(tmp_path: Path) -> None:
+async def test_a_ledger_made_before_the_index_is_indexed_before_a_search(tmp_path: Path) -> None:
     """The buyer's documents copied into a ledger of the version before migrations
-    (the fixture): opening it migrates it, then the node indexes what it holds."""
+    (the fixture): opening it migrates it and queues what it holds; the first
+    search indexes it."""
     kanto, osaka = make_home(tmp_path / "kanto", "Kanto Machine Tools"), \
         make_home(tmp_path / "osaka", "Osaka Precision")
     async with paired(kanto, osaka) as pair:
@@ -167,8 +201,9 @@ async def test_a_ledger_made_before_the_index_is_indexed_when_it_opens(tmp_path:
     _forget_ledger(osaka.ledger_path)
     shutil.copy(old, osaka.ledger_path)
     async with Node.load(osaka, None) as node:
+        assert await node.ledger.index_backlog() == 1  # queued by the migration
+        assert await _cids(node, "六角ナット") == [cid]  # indexed before the search looks
         assert await node.ledger.index_backlog() == 0
-        assert await _cids(node, "六角ナット") == [cid]
         assert await _cids(node, "Kanto") == [cid]
         # and a reindex from scratch finds it the same way
         seen: list[tuple[int, int]] = []

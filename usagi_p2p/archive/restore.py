@@ -11,7 +11,6 @@ from typing import Final
 from kernel import dagcbor, make_notice, open_ack
 from kernel.cid import CID
 
-from ..node.fulltext import document_text
 from ..node.ledger import DocumentRow, QuarantineRow, Restore
 from ..node.node import Node
 from .verify import Page, Quarantined, VerifyReport, iter_pages, verify_archive
@@ -50,7 +49,7 @@ def _restore(page: Page, node: Node, quarantined: dict[CID, Quarantined], root: 
         out.documents.append((DocumentRow(
             cid, entry["dir"], entry["partner"], doc["kind"], entry["thread"], doc.get("ref"),
             doc["issued_at"], float(entry["recorded_at"]), status, reason, opened.digest,
-            opened.signed, doc.get("user"), text=document_text(doc)),
+            opened.signed, doc.get("user")),
             dagcbor.encode(list(doc.get("prev", [])))))
         raw = page.acks.get(cid)
         if raw is None:

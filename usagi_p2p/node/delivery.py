@@ -50,7 +50,7 @@ from .terminal import printable
 
 __all__ = ["Delivery", "DeliveringNode", "AckCheck", "judge_acks", "acks_answer_limit",
            "read_capped", "read_prefix", "NOTICES_PATH", "CONTENT_TYPE", "SEND_BATCH",
-           "PIPELINE"]
+           "PIPELINE", "GATHER"]
 
 log = logging.getLogger("usagi.node")
 #: One line per delivery: what 'usagi serve' shows by default.
@@ -60,6 +60,9 @@ NOTICES_PATH: Final = "/usagi/v1/notices"
 CONTENT_TYPE: Final = "application/cbor"
 SEND_BATCH: Final = 100
 PIPELINE: Final = 4  # batches in flight at once
+#: Seconds at most that notices claimed for a partner wait, as a batch smaller
+#: than SEND_BATCH, for the partner's batch in flight to end (see Delivery.loop).
+GATHER: Final = 0.02
 RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute window
 #: What is read of a partner's error answer (its start only; the rest is never read).
 ERROR_PREFIX: Final = 4096
@@ -367,27 +370,37 @@ class Delivery:
 
         Woken early when something is queued (``wake``) or a batch finishes, so
         a partner is never idle while we have work for it, and never flooded.
+
+        **Small batches gather.** A full batch (SEND_BATCH notices) goes at
+        once, up to PIPELINE in flight. A smaller one goes at once only when
+        no batch to the same partner is in flight; otherwise its notices wait
+        for that batch to end (GATHER seconds at most), and the notices queued
+        meanwhile join them: one POST, one commit on each side and one
+        ``mark_delivered`` for all. Documents sent one by one by concurrent
+        callers (the local API's clients each waiting for an ack) then travel
+        in batches of several instead of one each, with the same latency for a
+        lone document (nothing is in flight, it goes at once).
         """
         node = self.node
-        inflight: set[asyncio.Task[int]] = set()
+        inflight: dict[asyncio.Task[int], str] = {}  # batch -> the partner it goes to
+        # Claimed (leased) notices waiting for their partner's batch in flight:
+        # partner -> (claimed at, notices).
+        gathering: dict[str, tuple[float, list[OutboxRow]]] = {}
         claim = True  # whether this round asks the ledger for due notices
         last_claim = node.clock()
         while not stop.is_set():
             node.wake.clear()
+            waiting = sum(len(rows) for _, rows in gathering.values())
             room = PIPELINE - len(inflight)
             more = False
             try:
-                if room > 0 and claim:
+                if room > 0 and claim and room * SEND_BATCH > waiting:
                     last_claim = node.clock()
-                    rows = await node.ledger.claim_due(last_claim, room * SEND_BATCH)
-                    more = len(rows) >= room * SEND_BATCH
-                    by_partner: dict[str, list[OutboxRow]] = {}
+                    rows = await node.ledger.claim_due(last_claim, room * SEND_BATCH - waiting)
+                    more = len(rows) >= room * SEND_BATCH - waiting
                     for row in rows:
-                        by_partner.setdefault(row.partner, []).append(row)
-                    for did, group in by_partner.items():
-                        for i in range(0, len(group), SEND_BATCH):
-                            inflight.add(asyncio.create_task(
-                                self.deliver_to(did, group[i:i + SEND_BATCH])))
+                        gathering.setdefault(row.partner, (last_claim, []))[1].append(row)
+                self._start_batches(inflight, gathering, stop.is_set())
                 # A batch in flight wakes the loop when it ends, and the wait is
                 # at most ``idle`` anyway: the next due time matters only when
                 # nothing is in flight (a retry due sooner than ``idle``).
@@ -399,12 +412,15 @@ class Delivery:
             wait = idle if next_due is None else min(idle, max(0.0, next_due - node.clock()))
             if len(inflight) < PIPELINE:  # room for more: claim at least every ``idle``
                 wait = min(wait, max(0.0, last_claim + idle - node.clock()))
+            if gathering:  # notices gathering go at the latest GATHER after their claim
+                first = min(at for at, _ in gathering.values())
+                wait = min(wait, max(0.0, first + GATHER - node.clock()))
             woken = asyncio.ensure_future(node.wake.wait())
-            done, _ = await asyncio.wait({woken, *inflight}, timeout=max(wait, 0.005),
+            done, _ = await asyncio.wait({woken, *inflight}, timeout=max(wait, 0.001),
                                          return_when=asyncio.FIRST_COMPLETED)
             woken.cancel()
             for task in done - {woken}:
-                inflight.discard(task)
+                inflight.pop(task, None)
                 if not task.cancelled() and task.exception() is not None:
                     log.error("delivery batch failed", exc_info=task.exception())
             # Claim again when something was queued here (wake; read from the
@@ -416,8 +432,31 @@ class Delivery:
             # failures are rescheduled for later.
             claim = (more or room <= 0 or node.wake.is_set() or not done
                      or node.clock() - last_claim >= idle)
+        self._start_batches(inflight, gathering, True)  # what was claimed goes now
         if inflight:
             await asyncio.gather(*inflight, return_exceptions=True)
+
+    def _start_batches(self, inflight: dict[asyncio.Task[int], str],
+                       gathering: dict[str, tuple[float, list[OutboxRow]]], now: bool) -> None:
+        """Start a batch for each partner whose gathered notices may go (see
+        :meth:`loop`): a full batch, a partner with nothing in flight, notices
+        that waited GATHER, or ``now``; up to PIPELINE batches in flight, and
+        past it for notices that waited GATHER (they hold a lease: they are
+        not kept waiting on other partners' batches)."""
+        clock = self.node.clock()
+        for did in list(gathering):
+            since, rows = gathering[did]
+            waited = now or clock - since >= GATHER
+            while rows and (waited or len(inflight) < PIPELINE):
+                busy = did in inflight.values()
+                if len(rows) < SEND_BATCH and busy and not waited:
+                    break  # more will join it while the batch in flight travels
+                batch, rows = rows[:SEND_BATCH], rows[SEND_BATCH:]
+                inflight[asyncio.create_task(self.deliver_to(did, batch))] = did
+            if rows:
+                gathering[did] = (since, rows)
+            else:
+                del gathering[did]
 
     async def wait_for_ack(self, cid: CID, timeout: float = 30.0
                            ) -> tuple[bytes, str, str | None] | None:

@@ -34,7 +34,6 @@ from kernel.errors import ForeignThreadError, UsagiError
 
 from . import receiving
 from .errors import DuplicateError, OverloadedError
-from .fulltext import document_text
 from .ledger import DocumentRow, Ledger
 from .plugin_host import PluginHost, findings_json
 from .quota import Charge, Quotas
@@ -314,7 +313,7 @@ class Intake:
                             document.get("thread", entry.cid), document.get("ref"),
                             document["issued_at"], self.node.clock(), "received", None,
                             entry.digest, entry.opened.signed, document.get("user"),
-                            findings_json(list(entry.findings)), document_text(document)),
+                            findings_json(list(entry.findings))),
                 dagcbor.encode(list(document.get("prev", []))))
         return rows
 

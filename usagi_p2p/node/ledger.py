@@ -157,10 +157,6 @@ class DocumentRow:
     signed: bytes
     user: str | None
     findings: str | None = None
-    #: What the search index holds of the document's body (``fulltext.document_text``),
-    #: given by who records it, since it has the opened document at hand; None
-    #: when read back, and when not given (then the ledger reads it from ``signed``).
-    text: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +252,23 @@ class WebhookAttempt:
     error: str | None
 
 
+#: The columns of an event as :func:`_event` reads them (schema.py, steps 5 and 7).
+_EVENT_SELECT: Final = ("seq, at, type, data, cid, direction, kind, ref, thread, partner, "
+                        "partner_name, status, reason")
+
+
 def _event(row: Sequence[Any]) -> Event:
-    """An event row, its CIDs (stored as hex: the triggers cannot write CID text) as text."""
+    """An event row (:data:`_EVENT_SELECT`): a document event's columns made into the
+    JSON object step 5's triggers wrote (schema.py, step 7), or its JSON (a partner
+    event, or one written before step 7; CIDs stored as hex, since SQL cannot write
+    CID text), with CIDs as text."""
+    if row[3] == "":
+        cid, direction, kind, ref, thread, did, name, status, reason = row[4:13]
+        data: dict[str, Any] = {
+            "cid": str(CID.from_bytes(cid)), "direction": direction, "kind": kind, "ref": ref,
+            "thread": str(CID.from_bytes(thread)), "partner": {"did": did, "name": name},
+            "status": status, "reason": reason}
+        return Event(int(row[0]), float(row[1]), str(row[2]), data)
     data = json.loads(row[3])
     for key in ("cid", "thread"):
         if isinstance(data.get(key), str):
@@ -377,48 +388,93 @@ def _doc(row: Sequence[Any]) -> DocumentRow:
                        *row[5:])
 
 
-def _transaction(conn: sqlite3.Connection, groups: Sequence[tuple[str, list[Sequence[Any]]]],
-                 reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
-    """Run ``groups`` (SQL, rows) as one durable transaction, then ``reads``
-    (SELECTs, their rows returned); on the connection's thread."""
-    return _guarded_transaction(conn, (), {}, groups, reads)[1]
+def _report_abandoned(done: asyncio.Future[_Done]) -> None:
+    """Log the failure of a write whose caller was cancelled while it ran (it was
+    rolled back): there is no one left to raise it to."""
+    if not done.cancelled() and (exc := done.exception()) is not None:
+        _log_abandoned(exc)
 
 
-def _guarded_transaction(conn: sqlite3.Connection, guard: Sequence[tuple[str, Sequence[Any]]],
-                         expected: dict[bytes, bytes],
-                         groups: Sequence[tuple[str, list[Sequence[Any]]]],
-                         reads: Sequence[tuple[str, Sequence[Any]]]
-                         ) -> tuple[dict[bytes, bytes], list[list[Any]]]:
-    """:func:`_transaction`, unless ``guard`` (SELECT digest, cid) finds a digest of
-    ``expected`` held by another CID than the one expected: then nothing is
-    written, and those (digest -> the CID holding it) are returned."""
-    conn.execute("BEGIN IMMEDIATE")
+def _log_abandoned(exc: BaseException) -> None:
+    log.warning("a ledger write failed after its caller was cancelled (rolled back): %s", exc)
+
+
+#: The first statement of each write transaction: the time the event triggers
+#: stamp (schema.py, step 7: ``events_clock``) is the node's clock as it begins.
+_CLOCK: Final = "UPDATE events_clock SET at = ?"
+
+
+@dataclass(slots=True)
+class _Job:
+    """One caller's write (:meth:`Ledger.write`), committed with the writes of the
+    callers that queued while a transaction ran: one transaction, one sync."""
+
+    groups: list[tuple[str, list[Sequence[Any]]]]
+    reads: Sequence[tuple[str, Sequence[Any]]]
+    #: Whether its commit must be on disk before it returns (synchronous=FULL).
+    durable: bool
+    #: What it answers: (rows changed by its last statement, the rows of its reads,
+    #: the conflicts its guard found).
+    done: asyncio.Future[_Done]
+    #: SELECT (digest, cid) run first: a digest of ``expected`` held by another CID
+    #: than the one expected leaves its statements and reads out.
+    guard: Sequence[tuple[str, Sequence[Any]]] = ()
+    expected: dict[bytes, bytes] = field(default_factory=dict)
+    #: Its caller was cancelled while it ran: a failure is logged, not raised.
+    abandoned: bool = False
+
+
+#: (rows changed by the last statement, the reads' rows, digest -> the CID holding it).
+_Done = tuple[int, list[list[Any]], dict[bytes, bytes]]
+
+
+def _jobs_transaction(conn: sqlite3.Connection, clock: float,
+                      jobs: Sequence[tuple[Sequence[tuple[str, list[Sequence[Any]]]],
+                                           Sequence[tuple[str, Sequence[Any]]],
+                                           Sequence[tuple[str, Sequence[Any]]],
+                                           dict[bytes, bytes]]],
+                      sync: bool) -> list[_Done]:
+    """Several callers' writes as one transaction, then each one's reads; for each,
+    what :class:`_Job` answers. A job whose guard finds a conflict writes nothing
+    (its guard runs inside the transaction, right before its statements). Synced
+    at commit unless ``sync`` is False (WAL only: see :func:`_lease`). On the
+    connection's thread."""
+    if not sync:
+        conn.execute("PRAGMA synchronous=NORMAL")
     try:
-        conflicts = {digest: cid for sql, args in guard for digest, cid in conn.execute(sql, args)
-                     if expected.get(digest, cid) != cid}
-        if conflicts:
-            conn.execute("ROLLBACK")
-            return conflicts, []
-        for sql, rows in groups:
-            if len(rows) == 1:
-                conn.execute(sql, rows[0])
-            else:
-                conn.executemany(sql, rows)
-        conn.execute("COMMIT")
-    except BaseException:
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:  # e.g. SQLite already rolled back (SQLITE_FULL)
-            log.debug("nothing rolled back: %s", exc)
-        raise
-    return {}, _selects(conn, reads)
+            conn.execute(_CLOCK, (clock,))
+            changed: list[tuple[int, dict[bytes, bytes]]] = []
+            for groups, _, guard, expected in jobs:
+                conflicts = {digest: cid for sql, args in guard
+                             for digest, cid in conn.execute(sql, args)
+                             if expected.get(digest, cid) != cid}
+                count = 0
+                for sql, rows in () if conflicts else groups:
+                    cursor = (conn.execute(sql, rows[0]) if len(rows) == 1
+                              else conn.executemany(sql, rows))
+                    count = cursor.rowcount
+                changed.append((count, conflicts))
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # e.g. SQLite already rolled back (SQLITE_FULL)
+                log.debug("nothing rolled back: %s", exc)
+            raise
+    finally:
+        if not sync:
+            conn.execute("PRAGMA synchronous=FULL")
+    return [(count, [] if conflicts else _selects(conn, reads), conflicts)
+            for (count, conflicts), (_, reads, _, _) in zip(changed, jobs, strict=True)]
 
 
 def _observed_transaction(conn: sqlite3.Connection, before: Sequence[tuple[str, Sequence[Any]]],
                           groups: Sequence[tuple[str, list[Sequence[Any]]]],
                           after: Sequence[tuple[str, Sequence[Any]]]
                           ) -> tuple[list[list[Any]], list[list[Any]]]:
-    """:func:`_transaction` with SELECTs ``before`` and ``after`` the writes inside it,
+    """A transaction with SELECTs ``before`` and ``after`` the writes inside it,
     so together they tell what the writes changed (no other writer runs between
     them); their rows. On the connection's thread."""
     conn.execute("BEGIN IMMEDIATE")
@@ -546,11 +602,11 @@ def _insert_received(row: DocumentRow, prev: bytes) -> tuple[str, Sequence[Any]]
     )
 
 
-#: A recorded document's search row: its ``search_rows`` id is taken first, then
-#: the row written under it unless it is there (a document recorded twice, or
-#: indexed by a backfill meanwhile). The partner's name is the one it has now,
-#: in the same transaction. Both statements do nothing for a document the
-#: transaction did not record (a received duplicate left out).
+#: A queued document's search row (``Ledger.index_pending``): its ``search_rows``
+#: id is taken first, then the row written under it unless it is there (a
+#: document queued twice, or indexed by another process meanwhile). The
+#: partner's name is the one it has now, in the same transaction. Both
+#: statements do nothing for a document the ledger does not hold.
 _INDEX_ID: Final = "INSERT OR IGNORE INTO search_rows (cid) SELECT cid FROM documents WHERE cid = ?"
 _INDEX: Final = (
     "INSERT INTO search (rowid, ref, body, partner, party) SELECT r.id, ?1, ?2, "
@@ -565,13 +621,6 @@ def _quiet(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[str, S
             ("DELETE FROM events_quiet", ())]
 
 
-def _indexing(rows: Iterable[DocumentRow]) -> list[tuple[str, Sequence[Any]]]:
-    """The statements that put ``rows`` in the search index (fulltext.py)."""
-    return _index_statements([(row.cid.raw, row.ref, row.partner,
-                               row.text if row.text is not None else signed_text(row.signed))
-                              for row in rows])
-
-
 def _index_statements(items: Sequence[tuple[bytes, str | None, str, str]]
                       ) -> list[tuple[str, Sequence[Any]]]:
     """For each (cid, ref, partner DID, body text): its search row (``_INDEX``)."""
@@ -583,6 +632,15 @@ def _index_statements(items: Sequence[tuple[bytes, str | None, str, str]]
 def _pending_texts(rows: Sequence[Any]) -> list[tuple[bytes, str | None, str, str]]:
     """(cid, ref, partner, signed) -> (cid, ref, partner, body text); blocking."""
     return [(cid, ref, partner, signed_text(signed)) for cid, ref, partner, signed in rows]
+
+
+#: The next documents waiting for the search index, oldest first: (queue id, CID,
+#: ref, partner, signed); the last three NULL for one the ledger does not hold or
+#: that is indexed already (nothing to read: its queue row only goes).
+_QUEUED: Final = (
+    "SELECT q.id, q.cid, d.ref, d.partner, CASE WHEN EXISTS (SELECT 1 FROM search_rows r "
+    "WHERE r.cid = q.cid) THEN NULL ELSE d.signed END FROM search_queue q "
+    "LEFT JOIN documents d ON d.cid = q.cid ORDER BY q.id LIMIT ?")
 
 
 def _lease(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
@@ -616,6 +674,13 @@ class Ledger:
         # Set (and replaced) after each commit of this connection: what waits
         # for new events (:meth:`committed`) wakes without polling.
         self._commit = asyncio.Event()
+        # Writes waiting for the transaction in progress to end: the next one
+        # commits them all at once (:meth:`_run`).
+        self._queued: list[_Job] = []
+        #: Documents and acks this connection has recorded (sent, received,
+        #: delivered): the search indexer (indexing.py) waits for it to stand
+        #: still before it takes the CPU and the ledger's one writer.
+        self.recorded = 0
 
     async def __aenter__(self) -> Ledger:
         await self.open()
@@ -704,14 +769,19 @@ class Ledger:
         return [await self._all(sql, args) for sql, args in queries]
 
     async def write(self, statements: Sequence[tuple[str, Sequence[Any]]],
-                    reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
+                    reads: Sequence[tuple[str, Sequence[Any]]] = (), *,
+                    durable: bool = True) -> list[list[Any]]:
         """Run statements in one durable transaction; a database failure is a typed error.
 
         ``reads`` (SELECTs) run after the commit, in the same round trip when
-        ONE_CALL; their rows are returned in order.
+        ONE_CALL; their rows are returned in order. Writes that arrive while a
+        transaction runs are committed together by the next one (:meth:`_run`).
+        ``durable=False``: the commit may return before it is synced (WAL orders
+        it before the next synced commit; for a write that a crash may lose, as
+        a lease or an idempotency key's claim).
         """
         try:
-            return await self._write(statements, reads)
+            return await self._write(statements, reads, durable=durable)
         except sqlite3.Error as exc:
             raise _typed(exc) from exc
         finally:
@@ -732,36 +802,99 @@ class Ledger:
         return self._commit
 
     async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]],
-                     reads: Sequence[tuple[str, Sequence[Any]]] = ()) -> list[list[Any]]:
+                     reads: Sequence[tuple[str, Sequence[Any]]] = (), *,
+                     durable: bool = True) -> list[list[Any]]:
         """Run statements in one durable transaction."""
-        db = self.db
+        return (await self._run(statements, reads, durable))[1]
+
+    async def _run(self, statements: Sequence[tuple[str, Sequence[Any]]],
+                   reads: Sequence[tuple[str, Sequence[Any]]], durable: bool,
+                   guard: Sequence[tuple[str, Sequence[Any]]] = (),
+                   expected: dict[bytes, bytes] | None = None) -> _Done:
+        """Run statements as one transaction: (rows changed by the last, the reads'
+        rows, what ``guard`` found: see :class:`_Job`; then nothing is written).
+
+        **Group commit.** The ledger has one writer, and a durable commit is an
+        fsync. Callers that arrive while a transaction runs queue their writes;
+        the first of them to get the lock commits every write queued by then in
+        one transaction, each caller's statements in the order queued, then each
+        caller's reads (ONE_CALL). Each write still commits whole or not at all:
+        if the shared transaction fails, it is rolled back and each write is run
+        again alone, so a caller gets its own answer or error. Eight API clients
+        sending at once cost one commit, not eight.
+        """
         groups = _groups(statements)
         if not groups:
-            return await self._reads(reads) if reads else []
+            return 0, (await self._reads(reads) if reads else []), {}
+        if not ONE_CALL:
+            assert not guard, "a guarded write needs ONE_CALL"
+            return await self._run_alone(groups, reads)
+        job = _Job(groups, reads, durable or not self._wal,
+                   asyncio.get_running_loop().create_future(), guard, expected or {})
+        self._queued.append(job)
+        try:
+            async with self._tx:
+                if not job.done.done():
+                    jobs, self._queued = self._queued, []
+                    # Shielded: the callers whose writes it carries wait for it,
+                    # even if the one that runs it is cancelled.
+                    await asyncio.shield(asyncio.ensure_future(self._commit_jobs(jobs)))
+        except asyncio.CancelledError:
+            if job in self._queued:  # not taken: never written
+                self._queued.remove(job)
+            elif job.done.done():  # ran already: a failure has no one to go to now
+                _report_abandoned(job.done)
+            else:  # taken: it runs whole, and its failure is logged (_commit_jobs)
+                job.abandoned = True
+            raise
+        return job.done.result()
+
+    async def _commit_jobs(self, jobs: list[_Job]) -> None:
+        """Commit ``jobs`` in one transaction, or (it failed) each alone; set each
+        one's result or error."""
+        try:
+            results = await in_thread(self.db, _jobs_transaction, self.clock(),
+                                      [(job.groups, job.reads, job.guard, job.expected)
+                                       for job in jobs],
+                                      any(job.durable for job in jobs))
+        except Exception as exc:
+            if len(jobs) == 1:
+                if jobs[0].abandoned:
+                    _log_abandoned(exc)
+                else:
+                    jobs[0].done.set_exception(exc)
+                return
+            for job in jobs:  # whose was it? each on its own
+                await self._commit_jobs([job])
+            return
+        except BaseException as exc:
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_exception(exc)
+            raise
+        for job, result in zip(jobs, results, strict=True):
+            job.done.set_result(result)
+
+    async def _run_alone(self, groups: list[tuple[str, list[Sequence[Any]]]],
+                         reads: Sequence[tuple[str, Sequence[Any]]]) -> _Done:
+        """:meth:`_run` without ONE_CALL: statement by statement, one transaction."""
+        db = self.db
         async with self._tx:
-            if ONE_CALL and (reads or len(groups) > 1 or len(groups[0][1]) > 1):
-                # The whole transaction (and the reads after it) in one call on
-                # the connection's thread: one round trip instead of one per
-                # statement plus BEGIN and COMMIT, and no other call can run
-                # inside it.
-                return await in_thread(db, _transaction, groups, reads)
-            if len(groups) == 1 and len(groups[0][1]) == 1:
-                # One statement is its own durable transaction: one round trip, not
-                # three. Fetched to the end, so even a RETURNING statement completes.
-                await db.execute_fetchall(groups[0][0], groups[0][1][0])
-            else:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    for sql, rows in groups:
-                        if len(rows) == 1:
-                            await db.execute(sql, rows[0])
-                        else:
-                            await db.executemany(sql, rows)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    await self._rollback()
-                    raise
-            return [await self._all(sql, args) for sql, args in reads]
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.execute(_CLOCK, (self.clock(),))
+                count = 0
+                for sql, rows in groups:
+                    if len(rows) == 1:
+                        cursor = await db.execute(sql, rows[0])
+                    else:
+                        cursor = await db.executemany(sql, rows)
+                    count = cursor.rowcount
+                await db.execute("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
+            return count, [await self._all(sql, args) for sql, args in reads], {}
 
     async def _observed_write(self, before: Sequence[tuple[str, Sequence[Any]]],
                               statements: Sequence[tuple[str, Sequence[Any]]],
@@ -769,7 +902,7 @@ class Ledger:
                               ) -> tuple[list[list[Any]], list[list[Any]]]:
         """:meth:`write` with SELECTs right before and right after the statements, in
         their transaction (:func:`_observed_transaction`); the rows of both."""
-        groups = _groups(statements)
+        groups = [(_CLOCK, [(self.clock(),)]), *_groups(statements)]
         try:
             async with self._tx:
                 if ONE_CALL:
@@ -801,17 +934,16 @@ class Ledger:
         except sqlite3.Error as exc:
             log.debug("nothing rolled back: %s", exc)
 
-    async def _change(self, sql: str, args: Sequence[Any]) -> int:
-        """Run one statement as its own durable transaction; return how many rows it
-        changed (the way to write "only if" without a read and an await before it)."""
-        async with self._tx:
-            try:
-                async with self.db.execute(sql, tuple(args)) as cursor:
-                    return int(cursor.rowcount)
-            except sqlite3.Error as exc:
-                raise _typed(exc) from exc
-            finally:
-                self._notify()
+    async def _change(self, sql: str, args: Sequence[Any], *, durable: bool = True) -> int:
+        """Run one statement as its own durable transaction (:meth:`_run`); return how
+        many rows it changed (the way to write "only if" without a read and an
+        await before it)."""
+        try:
+            return (await self._run([(sql, args)], (), durable))[0]
+        except sqlite3.Error as exc:
+            raise _typed(exc) from exc
+        finally:
+            self._notify()
 
     # -- partners -----------------------------------------------------------
 
@@ -972,7 +1104,8 @@ class Ledger:
                 ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
                  "VALUES (?,?,?,?,?)", (row.cid.raw, row.partner, notice, 0.0, now))
                 for row, _, notice in items]
-            await self.write(documents + queued + _indexing(row for row, _, _ in items))
+            await self.write(documents + queued)
+            self.recorded += len(items)
             return True
         if len(items) != 1:
             raise ValueError("a keyed request sends one document")
@@ -990,9 +1123,8 @@ class Ledger:
               row.user, row.findings, prev, *keyed)),
             ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
              f"SELECT ?,?,?,?,? {held}", (row.cid.raw, row.partner, notice, 0.0, now, *keyed)),
-            # Indexed only if the document went in (the statements ask the documents table).
-            *_indexing([row]),
         ], reads=[("SELECT count(*) FROM documents WHERE cid = ?", (row.cid.raw,))])
+        self.recorded += 1
         return bool(found[0][0][0])
 
     async def record_received_many(
@@ -1012,6 +1144,7 @@ class Ledger:
         """
         statements, reads = self._received(items, usage, self.clock())
         found = await self.write(statements, reads=reads)
+        self.recorded += len(items)
         recorded = {raw for rows in found for (raw,) in rows}
         return {row.cid for row, *_ in items if row.cid.raw not in recorded}
 
@@ -1030,15 +1163,14 @@ class Ledger:
             return (other, set()) if other else ({}, await self.record_received_many(
                 items, usage))
         statements, reads = self._received(items, usage, self.clock())
-        try:
-            async with self._tx:
-                held, found = await in_thread(
-                    self.db, _guarded_transaction, _chunked(_BY_DIGEST, (), list(expected)),
-                    expected, _groups(statements), reads)
+        try:  # committed with other writes waiting (group commit), guarded on its own
+            _, found, held = await self._run(statements, reads, True,
+                                             _chunked(_BY_DIGEST, (), list(expected)), expected)
         except sqlite3.Error as exc:
             raise _typed(exc) from exc
         finally:
             self._notify()
+        self.recorded += len(items)
         if held:
             return {d: CID.from_bytes(c) for d, c in held.items()}, set()
         recorded = {raw for rows in found for (raw,) in rows}
@@ -1062,8 +1194,7 @@ class Ledger:
                            "SELECT ?,?,?,?,? WHERE EXISTS (SELECT 1 FROM documents WHERE cid = ?)",
                            (sender, nonce, row.cid.raw, ack, now, row.cid.raw)))
         cids = list({row.cid.raw: None for row, *_ in items})
-        return (documents + acks + nonces + [(_ADD_USAGE, u) for u in usage]
-                + _indexing(row for row, *_ in items),
+        return (documents + acks + nonces + [(_ADD_USAGE, u) for u in usage],
                 _chunked(_RECORDED, (), cids))
 
     async def add_quota_usage(self, usage: Sequence[tuple[str, float, int, int]]) -> None:
@@ -1276,32 +1407,42 @@ class Ledger:
 
     async def index_backlog(self) -> int:
         """How many documents wait to be indexed (``index_pending``)."""
-        return int((await self._one("SELECT count(*) FROM search_pending"))[0])
+        return int((await self._one("SELECT count(*) FROM search_queue"))[0])
+
+    async def index_waiting(self) -> bool:
+        """Whether a document waits to be indexed (cheaper than counting them)."""
+        return bool((await self._one("SELECT EXISTS (SELECT 1 FROM search_queue)"))[0])
 
     async def index_pending(self, batch: int = 1000) -> int:
-        """Index up to ``batch`` of the documents waiting (a ledger from before the
-        index, or after ``reset_index``), in one transaction; return how many wait
-        still. Each body is read from the signed document the ledger holds, so no
-        key is needed; the partner's name is the one it has now."""
-        rows = await self._all(
-            "SELECT p.cid, d.ref, d.partner, d.signed FROM search_pending p "
-            "LEFT JOIN documents d ON d.cid = p.cid LIMIT ?", (batch,))
+        """Index up to ``batch`` of the documents waiting, oldest first, in one
+        transaction; return how many wait still. Each body is read from the
+        signed document the ledger holds, so no key is needed; the partner's
+        name is the one it has now. Doing it again (another process did it
+        meanwhile) changes nothing.
+
+        Its commit does not count in :attr:`recorded`: the indexer's own work is
+        not the node being busy."""
+        rows = await self._all(_QUEUED, (batch,))
         if not rows:
             return 0
-        found = [r for r in rows if r[3] is not None]
-        items = await asyncio.to_thread(_pending_texts, found)
+        found = [r[1:] for r in rows if r[4] is not None]
+        items = await asyncio.to_thread(_pending_texts, found) if found else []
         done: list[tuple[str, Sequence[Any]]] = [
-            ("DELETE FROM search_pending WHERE cid = ?", (r[0],)) for r in rows]
-        left = await self.write(_index_statements(items) + done,
-                                reads=[("SELECT count(*) FROM search_pending", ())])
+            ("DELETE FROM search_queue WHERE id = ? AND cid = ?", (r[0], r[1])) for r in rows]
+        try:
+            left = await self._write(_index_statements(items) + done,
+                                     reads=[("SELECT count(*) FROM search_queue", ())])
+        except sqlite3.Error as exc:
+            raise _typed(exc) from exc
         return int(left[0][0][0])
 
     async def reset_index(self) -> int:
-        """Empty the search index and list every document to be indexed again; how many."""
+        """Empty the search index and queue every document to be indexed again; how many."""
         found = await self.write([
             ("DELETE FROM search", ()), ("DELETE FROM search_rows", ()),
-            ("INSERT OR IGNORE INTO search_pending (cid) SELECT cid FROM documents", ()),
-        ], reads=[("SELECT count(*) FROM search_pending", ())])
+            ("DELETE FROM search_queue", ()),
+            ("INSERT INTO search_queue (cid) SELECT cid FROM documents ORDER BY rowid", ()),
+        ], reads=[("SELECT count(*) FROM search_queue", ())])
         return int(found[0][0][0])
 
     # -- archives -----------------------------------------------------------
@@ -1358,8 +1499,6 @@ class Ledger:
         statements += [("INSERT OR IGNORE INTO rotations (old, new, overlap_until, statement) "
                         "VALUES (?,?,0,x'')", (old, new))
                        for old, new in page.own_rotations.items()]
-        # Last: the partners restored above give the documents' names.
-        statements += _indexing(row for row, _ in page.documents)
         dids = [did for did, *_ in page.partners]
         # An import restores history; it is not news: no events (schema.py, _EVENTS).
         found = await self.write(_quiet(statements), reads=_chunked(_KNOWN_PARTNERS, (), dids))
@@ -1478,6 +1617,7 @@ class Ledger:
         results = await self.write(acks + docs + outbox, reads=_chunked(
             "SELECT cid, raw, status, reason FROM acks WHERE cid IN ({marks})", (),
             [item[0].raw for item in items]))
+        self.recorded += len(items)
         return {CID.from_bytes(r[0]): (r[1], r[2], r[3]) for rows in results for r in rows}
 
     async def mark_failed(self, cids: Sequence[CID], error: str, next_attempts: Sequence[float],
@@ -1556,6 +1696,13 @@ class Ledger:
         died). The key's row as it stands afterwards is returned; the caller
         holds it exactly when the row's claim is ``claim.claim``. None: a new
         key, and the token holds ``per_token`` already.
+
+        Not synced on its own (``durable=False``; so are :meth:`finish_key` and
+        :meth:`release_key`): WAL commits are ordered, so the document's commit,
+        which is synced, makes the claim durable with it. A crash may lose a
+        claim only when nothing was sent under it (the key is then new again),
+        and a recorded answer only after the key names its document (a retry
+        then answers with that document once the lease ends). Never a send twice.
         """
         now = self.clock()
         found = await self.write([
@@ -1569,7 +1716,7 @@ class Ledger:
              "AND lease_until < ?7 AND request = excluded.request",
              (claim.token, claim.key, token_name, request, claim.claim, lease_until, now,
               per_token)),
-        ], reads=[(_KEY_SELECT, (claim.token, claim.key))])
+        ], reads=[(_KEY_SELECT, (claim.token, claim.key))], durable=False)
         return _key(found[0][0]) if found[0] else None
 
     async def finish_key(self, claim: KeyClaim, status: int, answer: str) -> bool:
@@ -1577,14 +1724,14 @@ class Ledger:
         return bool(await self._change(
             "UPDATE idempotency_keys SET state = 'done', status = ?, answer = ? "
             "WHERE token = ? AND key = ? AND claim = ?",
-            (status, answer, claim.token, claim.key, claim.claim)))
+            (status, answer, claim.token, claim.key, claim.claim), durable=False))
 
     async def release_key(self, claim: KeyClaim) -> bool:
         """Forget a claimed key that sent nothing (its request failed): the same
         request may be tried again. A key that names a document is kept."""
         return bool(await self._change(
             "DELETE FROM idempotency_keys WHERE token = ? AND key = ? AND claim = ? "
-            "AND cid IS NULL", (claim.token, claim.key, claim.claim)))
+            "AND cid IS NULL", (claim.token, claim.key, claim.claim), durable=False))
 
     # -- events (docs/spec.md section 11.6) -------------------------------------
 
@@ -1597,12 +1744,12 @@ class Ledger:
         if types:
             where = f" AND type IN ({','.join('?' * len(types))})"
             args.extend(types)
-        rows = await self._all("SELECT seq, at, type, data FROM events WHERE seq > ?"  # noqa: S608
+        rows = await self._all(f"SELECT {_EVENT_SELECT} FROM events WHERE seq > ?"  # noqa: S608
                                f"{where} ORDER BY seq LIMIT ?", (*args, limit))
         return [_event(r) for r in rows]
 
     async def event(self, seq: int) -> Event | None:
-        row = await self._one("SELECT seq, at, type, data FROM events WHERE seq = ?", (seq,))
+        row = await self._one(f"SELECT {_EVENT_SELECT} FROM events WHERE seq = ?", (seq,))
         return _event(row) if row else None
 
     async def event_range(self) -> tuple[int, int]:
@@ -1665,10 +1812,11 @@ class Ledger:
                           ) -> list[tuple[Event, int]]:
         """(event, attempts made) owed to ``url`` and due now, oldest first."""
         rows = await self._all(
-            "SELECT e.seq, e.at, e.type, e.data, q.attempt FROM webhook_queue q "
+            "SELECT " + ", ".join(f"e.{c}" for c in _EVENT_SELECT.split(", "))
+            + ", q.attempt FROM webhook_queue q "
             "JOIN events e ON e.seq = q.seq WHERE q.url = ? AND q.next_at <= ? "
             "ORDER BY q.seq LIMIT ?", (url, now, limit))
-        return [(_event(r[:4]), int(r[4])) for r in rows]
+        return [(_event(r[:13]), int(r[13])) for r in rows]
 
     async def webhook_next_due(self) -> float | None:
         row = await self._one("SELECT min(next_at) FROM webhook_queue")

@@ -62,9 +62,9 @@ from kernel.plugin import Finding
 
 from .delivery import CONTENT_TYPE, NOTICES_PATH, Delivery, read_capped, read_prefix
 from .errors import IdempotencyInProgressError, InvitationError, PartnerError, PeerError
-from .fulltext import document_text
 from .home import Config, Home
 from .httpsig import sign_request
+from .indexing import Indexer
 from .intake import FETCH_BUDGET, Intake
 from .invitation import (
     EVERY_SCOPE,
@@ -147,6 +147,8 @@ class Node:
         #: Receiving (intake.py, the rules in receiving.py) and delivery (delivery.py).
         self._intake = Intake(self)
         self._delivery = Delivery(self)
+        #: The search index, kept up off the exchange's path (indexing.py).
+        self._indexer = Indexer(self.ledger)
 
     @classmethod
     def load(cls, home: Home | str, passphrase: str | None, **kwargs: Any) -> Node:
@@ -171,7 +173,6 @@ class Node:
 
     async def open(self) -> None:
         await self.ledger.open()
-        await self.index_backlog()
         self._own_overlaps = {old: until for old, _, until, _ in await self.ledger.own_rotations()}
         await self.store.open()
         # Names a partner's endpoint uses are resolved through the endpoint policy.
@@ -183,25 +184,16 @@ class Node:
 
     async def index_backlog(self, progress: Callable[[int, int], None] | None = None,
                             batch: int = 1000) -> int:
-        """Index the documents the search index lacks (a ledger from before it, or
-        one whose index was reset), in batches; return how many.
+        """Index every document the search index lacks (recorded since it last
+        caught up, a ledger from before the index, or one whose index was reset),
+        in batches; return how many. A search calls it before it looks;
+        ``progress(done, total)`` is called after each batch."""
+        return await self._indexer.catch_up(progress, batch)
 
-        Runs when the node opens, so the first open after the upgrade takes a
-        moment for a large ledger (a warning says so); ``progress(done, total)``
-        is called after each batch.
-        """
-        total = await self.ledger.index_backlog()
-        if not total:
-            return 0
-        if total > batch:
-            log.warning("indexing %d documents for search (once, after an upgrade)", total)
-        left = total
-        while left:
-            left = await self.ledger.index_pending(batch)
-            if progress is not None:
-                progress(total - left, total)
-            log.info("indexed %d of %d documents for search", total - left, total)
-        return total
+    async def index_loop(self, stop: asyncio.Event) -> None:
+        """Keep the search index up in the background until ``stop`` is set
+        (usagi_p2p/node/indexing.py): the serving node runs it."""
+        await self._indexer.loop(stop)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -489,8 +481,7 @@ class Node:
             notice = make_notice(self.identity, sealed.cid, partner.did, self.now())
             row = DocumentRow(sealed.cid, "out", partner.did, document["kind"], thread,
                               document.get("ref"), document["issued_at"], self.clock(), "queued",
-                              None, sealed.digest, sealed.signed, user, findings_json(findings),
-                              document_text(document))
+                              None, sealed.digest, sealed.signed, user, findings_json(findings))
             records.append((row, _prev_bytes(document.get("prev", [])), notice))
             results.append(SendResult(sealed.cid, partner.did, thread, sealed.digest,
                                       tuple(findings)))

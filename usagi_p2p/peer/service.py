@@ -31,6 +31,7 @@ class Service:
         self.stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._index_task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Service:
         await self.start()
@@ -49,6 +50,8 @@ class Service:
         self.port = site.port  # the port bound (an ephemeral one when asked for 0)
         await resume_outbox(self.node)
         self._loop_task = asyncio.create_task(self.node.delivery_loop(self.stop))
+        # The search index, kept up when the node is quiet (node/indexing.py).
+        self._index_task = asyncio.create_task(self.node.index_loop(self.stop))
         log.info("%s listening on http://%s:%d", self.node.config.name, self.host, self.port)
 
     @property
@@ -68,6 +71,9 @@ class Service:
         if self._loop_task is not None:
             await self._loop_task
             self._loop_task = None
+        if self._index_task is not None:
+            await self._index_task
+            self._index_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -308,10 +308,11 @@ async def await_ack(node: Node, cid: CID, timeout: float = 30.0) -> Delivery:
     if (ack := await node.wait_for_ack(cid, timeout)) is None:
         row = await node.ledger.document(cid)
         return Delivery(None, row.status if row else "unknown", row.reason if row else None)
-    # The ack as it was signed (its status and reason), not as the ledger recorded it.
+    # The ack as it was signed (its status and reason), not as the ledger recorded it;
+    # opened (its signature checked) once.
     opened = open_ack(ack[0])
-    return Delivery(_ack_view(ack[0], opened.status, opened.reason), opened.status,
-                    opened.reason)
+    view = AckView(opened.status, opened.reason, opened.by, opened.at, ack[0])
+    return Delivery(view, opened.status, opened.reason)
 
 
 async def retry_outbox(node: Node, who: str | None = None, wake: Wake | None = None) -> int:

@@ -92,6 +92,9 @@ async def rename_partner(node: Node, who: str, name: str) -> PartnerChange:
     """Give a partner another local name (unique on this node; spec section 10.1)."""
     name_problem(name, PartnerError)
     before = await node.resolve_partner(who)
+    # The search index keeps the name a document was recorded under; documents
+    # still queued for it (node/indexing.py) are indexed under that name first.
+    await node.index_backlog()
     await node.ledger.set_partner(before.did, name=name)
     return PartnerChange(before, dataclasses.replace(before, name=name))
 

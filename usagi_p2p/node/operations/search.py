@@ -86,6 +86,9 @@ async def search_documents(node: Node, query: str, *, partner: str | None = None
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidQueryError(f"limit must be 1 to {MAX_LIMIT}, not {limit}")
     offset = _offset(cursor)
+    # Documents are indexed off the exchange's path (node/indexing.py): what
+    # waits is indexed now, so a document recorded a moment ago is found.
+    await node.index_backlog()
     dids = await node.partner_dids(partner) if partner else None
     known = await node.ledger.partners()
     names = {p.did: p.name for p in known}
