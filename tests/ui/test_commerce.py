@@ -5,6 +5,7 @@ words, and "Download UBL" (the API's bytes, or a page saying what party data is 
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -65,7 +66,7 @@ async def _send(side: Api, kind: str, body: dict[str, Any], reply_to: Any = None
 
 def _cells(page: str) -> str:
     """The page's text without tags (figures sit in cells and spans)."""
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page))
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page)))
 
 
 async def test_a_qualified_invoice_shows_its_taxes_parties_and_a_clean_match(
@@ -122,7 +123,7 @@ async def test_over_billing_and_broken_figures_show_as_warnings_in_words(
         {"text": "六角ボルト M6", "qty": "480", "unit": "pcs"}]}, reply_to=order)
     wrong = {**INVOICE, "ref": "INV-2", "lines": [{**LINES[0], "amount": "6100"}],
              "tax": [{"category": "S", "rate": "10", "taxable": "6000", "amount": "610"}],
-             "net": "6000", "tax_total": "610", "total": "6700",
+             "net": "6000", "tax_total": "610", "total": "6700", "payment_terms": HOSTILE,
              "parties": {"from": {**INVOICE["parties"]["from"], "name": HOSTILE,
                                   "tax_id": "T1040001082442", "address": HOSTILE}}}
     invoice = await _send(seller, "invoice", wrong, reply_to=note)
@@ -132,7 +133,8 @@ async def test_over_billing_and_broken_figures_show_as_warnings_in_words(
         en = await _text(http, url)
         # What a partner wrote on paper is text, never markup.
         assert "<script>alert(1)</script>" not in en
-        assert "&lt;script&gt;alert(1)&lt;/script&gt;\u202e</bdi>" in en
+        assert en.count("&lt;script&gt;alert(1)&lt;/script&gt;\u202e</bdi>") == 3  # name,
+        # address and payment terms
         text = _cells(en)
         assert "Line 1: quantity × unit price is ¥6,000, not ¥6,100." in text
         assert "Tax at 10%: ¥600 expected (rounded once per rate), not ¥610." in text
@@ -163,7 +165,7 @@ async def test_ubl_without_party_data_says_what_is_missing_and_where(
         assert "UBL export needs more party data" in text
         assert "your company's country: usagi profile --country …" in text, text
         assert "the partner's electronic address (Peppol endpoint) (Osaka Precision): " \
-            "usagi profile --partner Osaka Precision --endpoint …" in text, text
+            'usagi profile --partner "Osaka Precision" --endpoint …' in text, text
         assert "a due date or payment terms" in text
         ja = _cells(await _text(http, f"{seller.local.url}/documents/{invoice}/ubl",
                                 status=422, lang="ja"))

@@ -33,10 +33,9 @@ __all__ = ["UBL_KINDS", "ROUNDING_LABELS", "STAGES", "PARTY_LABELS", "arithmetic
 #: The kinds with a UBL mapping (docs/formats.md): these get "Download UBL".
 UBL_KINDS: Final = KINDS
 #: How tax was rounded, as a form says it (spec §5.1 ``rounding``).
-ROUNDING_LABELS: Final = {"half_up": N_("rounded half up (四捨五入)"),
+ROUNDING_LABELS: Final = {"half_up": N_("rounded half up"),
                           "half_even": N_("rounded half to even"),
-                          "down": N_("rounded down (切り捨て)"),
-                          "up": N_("rounded up (切り上げ)")}
+                          "down": N_("rounded down"), "up": N_("rounded up")}
 #: The stages of the match in the order a trade passes them.
 STAGES: Final = (("quoted", N_("quoted")), ("ordered", N_("ordered")),
                  ("delivered", N_("delivered")), ("invoiced", N_("invoiced")))
@@ -170,6 +169,8 @@ def paper(doc: dict[str, Any]) -> dict[str, Any]:
         "from": parties.get("from") if isinstance(parties.get("from"), dict) else {},
         "to": parties.get("to") if isinstance(parties.get("to"), dict) else {},
         "tax": taxes,
+        "reduced": any(ln.get("tax_category") == "AA" for ln in lines)
+        or any(t.get("category") == "AA" for t in taxes),
         "taxed_lines": any("tax_rate" in ln or "tax_category" in ln for ln in lines),
         "net": doc.get("net"), "tax_total": doc.get("tax_total"),
         "rounding": ROUNDING_LABELS.get(str(doc.get("rounding"))),
