@@ -1,7 +1,8 @@
 """``make screenshots``: a PNG of every page of the web UI, in Japanese and in English.
 
 Two real nodes on loopback (Kanto Machine Tools sells, Osaka Precision buys)
-trade as the demo does (``usagi_p2p.company.demo.STEPS``); a third partner
+trade as the demo does (``usagi_p2p.company.demo.STEPS``, then ``OVERBILLED``,
+whose invoice bills bolts not delivered: the match page); a third partner
 that went away leaves one document undelivered, the seller has a user and
 the four industry plugins. Then Debian's Chromium (Playwright) signs in to
 the seller's UI (and the buyer's, for its inbox) and photographs each page
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from usagi_p2p.company.api.server import LocalServer  # noqa: E402
-from usagi_p2p.company.demo import PLUGIN_LINES, STEPS  # noqa: E402
+from usagi_p2p.company.demo import OVERBILLED, PLUGIN_LINES, STEPS  # noqa: E402
 from usagi_p2p.company.ui import issue_signin, signin_url  # noqa: E402
 from usagi_p2p.node import operations  # noqa: E402
 from usagi_p2p.node.home import Home  # noqa: E402
@@ -85,12 +86,15 @@ class Company:
         await self.node.close()
 
 
-async def _trade(seller: Company, buyer: Company) -> list[Any]:
-    """The demo's five documents, each delivered and acknowledged; their CIDs."""
-    await operations.add_partner(buyer.node, (await operations.invite(seller.node)).text())
+async def _trade(seller: Company, buyer: Company,
+                 steps: list[tuple[str, str, dict[str, Any]]] = STEPS) -> list[Any]:
+    """The demo's documents (its trade, or ``steps``), each delivered and acknowledged;
+    their CIDs. The first call pairs the two companies."""
+    if not await operations.partners(buyer.node):
+        await operations.add_partner(buyer.node, (await operations.invite(seller.node)).text())
     sides = {"seller": (seller, "Osaka"), "buyer": (buyer, "Kanto")}
     previous, cids = None, []
-    for side, kind, body in STEPS:
+    for side, kind, body in steps:
         company, to = sides[side]
         result = await operations.send(company.node, kind, body, to=to, reply_to=previous,
                                        extract=True)
@@ -139,6 +143,7 @@ async def run(out: Path, only: set[str] | None) -> list[Path]:
         for company in (seller, buyer):
             await company.start()
         cids = await _trade(seller, buyer)
+        overbilled = await _trade(seller, buyer, OVERBILLED)  # the match's warning
         await _away_partner(root, seller)
         await operations.add_user(seller.node, "tanaka", None, plugins=["construction"],
                                   role="site-manager")
@@ -166,6 +171,7 @@ async def run(out: Path, only: set[str] | None) -> list[Path]:
             ("outbox", seller, "/outbox", None),
             ("search", buyer, "/inbox?q=%E5%85%AD%E8%A7%92", None),
             ("document-invoice", buyer, f"/documents/{cids[-1]}", None),
+            ("document-overbilled", buyer, f"/documents/{overbilled[-1]}", None),
             ("document-quote", buyer, f"/documents/{cids[0]}", None),
             ("compose", seller, "/compose", None),
             ("compose-answer", buyer, f"/compose?reply_to={cids[0]}&kind=order", None),

@@ -133,8 +133,12 @@ def test_the_parties_come_from_the_node_where_the_document_is_silent(
         peppol_rules: Validate) -> None:
     bare = {k: v for k, v in JP_INVOICE.items()
             if k not in ("parties", "tax", "net", "tax_total", "total")}
-    with pytest.raises(ExportIncompleteError, match="seller's country"):
+    with pytest.raises(ExportIncompleteError, match="seller's country") as raised:
         export_ubl(bare, Parties({"name": "Kanto"}, {"name": "Osaka"}))
+    # The same, as the fields a face words itself (the web UI's page).
+    assert raised.value.missing == ("parties.from.country", "parties.from.endpoint",
+                                    "parties.to.country", "parties.to.endpoint",
+                                    "parties.from.tax_id")
     with pytest.raises(ExportIncompleteError, match="due date"):
         export_ubl({k: v for k, v in JP_INVOICE.items() if k not in ("due", "payment_terms")})
     profile = Parties({"name": "Kanto", "country": "JP", "endpoint": "0188:1",

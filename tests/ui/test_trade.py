@@ -113,6 +113,8 @@ async def test_a_whole_trade_in_two_browsers(trade: Trade, browser: Browser) -> 
     await expect(buyer.locator(".timeline")).to_contain_text("Sent by Kanto Machine Tools")
     await expect(buyer.locator(".timeline li[data-kind='order_response']")).to_contain_text(
         "Accepted")
+    # The thread's three-way match under the form: every item agrees (issue 19).
+    await expect(buyer.locator(".match .match-state.ok")).to_contain_text("Clean: all")
     await browser.shot(buyer, "invoice-en")
     cids = [quote, order, response, delivery, invoice]
     assert len(set(cids)) == 5
@@ -122,6 +124,7 @@ async def test_a_whole_trade_in_two_browsers(trade: Trade, browser: Browser) -> 
     await expect(buyer.locator("header.top")).to_be_hidden()
     await expect(buyer.locator(".answers")).to_be_hidden()
     await expect(buyer.locator(".verification")).to_be_hidden()
+    await expect(buyer.locator(".match")).to_be_hidden()
     await expect(buyer.locator(".form-sheet h1")).to_have_text("Invoice")
     await expect(buyer.locator(".lines")).to_be_visible()
     await browser.shot(buyer, "invoice-print")

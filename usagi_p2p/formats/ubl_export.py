@@ -166,14 +166,16 @@ def _party(w: _Writer, parent: etree._Element, party: Party, *, parts: frozenset
         w.add(w.add(element, "cac:Contact"), "cbc:Name", party["contact"])
 
 
-def _missing(doc: DocType, sender: Party, receiver: Party) -> list[str]:
+def _missing(doc: DocType, sender: Party, receiver: Party) -> list[tuple[str, str]]:
+    """(what a person reads, the field's path) of each party field Peppol needs and lacks."""
     seller, buyer = (sender, receiver) if doc.seller_sends else (receiver, sender)
     seller_side, buyer_side = ("from", "to") if doc.seller_sends else ("to", "from")
     need = []
     for role, side, party in (("seller", seller_side, seller), ("buyer", buyer_side, buyer)):
         for key in ("name", "country", "endpoint"):
             if not party.get(key):
-                need.append(f"the {role}'s {key} (parties.{side}.{key})")
+                need.append((f"the {role}'s {key} (parties.{side}.{key})",
+                             f"parties.{side}.{key}"))
     return need
 
 
@@ -483,18 +485,20 @@ def export_ubl(document: Mapping[str, Any], parties: Parties | None = None, *,
                                     if isinstance(t, Mapping)])[0] != "O"]
         if taxed and not seller.get("tax_id"):
             # BR-S-02, BR-Z-02, BR-E-02, ...: a taxed line needs the seller's tax id.
-            need.append("the seller's tax_id (parties.from.tax_id), as its lines are taxed")
+            need.append(("the seller's tax_id (parties.from.tax_id), as its lines are taxed",
+                         f"parties.{'from' if doc.seller_sends else 'to'}.tax_id"))
         total = _dec(document.get("total"))
         if not document.get("due") and not document.get("payment_terms") and (
                 total is None or total > 0):
             # BR-CO-25: an amount due needs a due date or payment terms.
-            need.append("a due date (due) or payment terms (payment_terms)")
+            need.append(("a due date (due) or payment terms (payment_terms)", "due|payment_terms"))
         if not money.currency:
-            need.insert(0, "the currency")
+            need.insert(0, ("the currency", "currency"))
         if need:
-            raise ExportIncompleteError("a Peppol invoice needs " + ", ".join(need) + "; set "
-                                        "them in the document's parties, or in this node's "
-                                        "profile and the partner's ('usagi profile')")
+            raise ExportIncompleteError("a Peppol invoice needs " + ", ".join(t for t, _ in need)
+                                        + "; set them in the document's parties, or in this "
+                                        "node's profile and the partner's ('usagi profile')",
+                                        tuple(p for _, p in need))
     w = _Writer(doc)
     root = w.root
     w.add(root, "cbc:CustomizationID", str(ubl.get("customization") or doc.customization))

@@ -224,9 +224,19 @@ class UnsupportedFormatError(FormatError):
 
 class ExportIncompleteError(FormatError):
     """The document lacks what the standard requires (a party's name, country, address);
-    set it in the node's profile or the partner's ('usagi profile')."""
+    set it in the node's profile or the partner's ('usagi profile').
+
+    ``missing`` names each missing field as the document would carry it
+    (``parties.from.name``, ``parties.to.endpoint``, ``currency``, and
+    ``due|payment_terms`` for "a due date or payment terms"), for a face that
+    says it in its own words (the web UI).
+    """
 
     code = "export_incomplete"
+
+    def __init__(self, message: str, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 #: The reasons of a rejected ack that mean "not now" rather than "never"

@@ -10,6 +10,9 @@ a "verify again" button, the thread as a timeline, and the answers the
 document invites ("Order this quote", "Accept / Counter / Reject", "Create
 delivery note", "Create invoice"), each opening the compose form filled as
 ``usagi send --reply-to`` fills it (usagi_p2p/company/ui/compose.py).
+The commercial side (taxes per rate, the parties on paper, figures that do
+not add up, the thread's three-way match, "Download UBL") is worded from the
+operations' typed values by usagi_p2p/company/ui/commerce.py.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from aiohttp import web
 from kernel.cid import CID
 from kernel.errors import MalformedError, UsagiError
 
+from ...formats import Parties, export_ubl
 from ...node import operations
+from ...node.errors import ExportIncompleteError
 from .base import live_from, node_of, plugin_subset, render, see_other, state, visitor
+from .commerce import PARTY_LABELS, UBL_KINDS, arithmetic, missing_fields, paper, thread_match
 from .i18n import N_
 
 __all__ = ["ROUTES", "CHECK_LABELS", "answers", "parse_cid"]
@@ -40,6 +46,10 @@ CHECK_LABELS: Final = {
     "thread": N_("Thread chain"),
     "ack": N_("Signed receipt (ack)"),
 }
+#: What an ack says, as its badge words it.
+ACK_WORDS: Final = {"received": N_("received by the partner"),
+                    "accepted": N_("accepted by the partner"),
+                    "rejected": N_("rejected by the partner")}
 #: An order response's answer as a person reads it.
 RESPONSE_LABELS: Final = {"accept": N_("Accepted"), "counter": N_("Counter-offer"),
                           "reject": N_("Declined")}
@@ -106,9 +116,9 @@ def _visible(ext: object, subset: frozenset[str] | None) -> dict[str, Any]:
 
 async def _verification(request: web.Request, cid: CID) -> dict[str, Any]:
     checked = await operations.verify_document(node_of(request), cid)
-    return {"ok": checked.ok, "checks": [
+    return {"ok": checked.ok, "ack_words": ACK_WORDS, "checks": [
         {"name": c.name, "label": CHECK_LABELS.get(c.name, c.name), "ok": c.ok,
-         "detail": c.detail} for c in checked.checks]}
+         "detail": c.detail, "facts": dict(c.facts)} for c in checked.checks]}
 
 
 async def _timeline(request: web.Request, cid: CID, partner: str) -> tuple[list[dict[str, Any]],
@@ -166,6 +176,10 @@ async def show(request: web.Request) -> web.StreamResponse:
         "verification": await _verification(request, cid),
         "digest": view.ack.digest.hex() if view.ack and view.ack.digest else None,
         "timeline": timeline, "thread_broken": broken,
+        "paper": paper(doc),
+        "arithmetic": arithmetic(view.arithmetic, doc),
+        "match": await thread_match(request, cid, timeline),
+        "ubl": doc.get("kind") in UBL_KINDS,
         "answers": [(label, "/compose?" + urlencode(
             {"reply_to": str(cid), "kind": kind, **({"response": r} if r else {})}))
             for label, kind, r in answers(str(doc.get("kind")), view.direction,
@@ -205,7 +219,28 @@ async def thread_part(request: web.Request) -> web.StreamResponse:
                                              "cid": str(cid)})
 
 
+async def ubl(request: web.Request) -> web.StreamResponse:
+    """The document as UBL: the bytes ``GET /api/v1/documents/{cid}/ubl`` serves, or a
+    page saying which party data is missing and where to set it (``usagi profile``)."""
+    cid = parse_cid(request.match_info["cid"])
+    node = node_of(request)
+    source = await operations.export_source(node, cid)
+    try:
+        data = export_ubl(source.document, Parties(source.sender, source.receiver),
+                          reference=source.reference, order_reference=source.order_reference)
+    except ExportIncompleteError as exc:
+        view = await operations.show_document(node, cid)
+        return render(request, "export_incomplete.html", {
+            "cid": str(cid), "doc": source.document, "message": str(exc),
+            "partner": view.partner_name or view.partner, "party_fields": PARTY_LABELS,
+            "missing": missing_fields(exc.missing, view.direction)}, status=422)
+    return web.Response(body=data, content_type="application/xml", charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{cid}.xml"',
+                                 "Cache-Control": "private, no-cache"})
+
+
 ROUTES: Final = [
+    ("GET", "/documents/{cid}/ubl", ubl),
     ("GET", "/documents/{cid}", show),
     ("POST", "/documents/{cid}/verify", verify_again),
     ("GET", "/documents/{cid}/thread", thread_part),

@@ -12,7 +12,7 @@ import binascii
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -161,11 +161,18 @@ class ThreadEntry:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One check of :func:`verify_document`; ``detail`` says what held or why not."""
+    """One check of :func:`verify_document`; ``detail`` says what held or why not.
+
+    ``facts`` are the same in typed pieces, for a face that words them itself
+    (the web UI, in the reader's language): ``bytes``, ``signer``, ``from`` /
+    ``to``, ``count`` / ``root`` / ``others``, ``status`` / ``by`` / ``at`` /
+    ``reason`` (of the ack), and ``code`` (the error code of a failure).
+    """
 
     name: str
     ok: bool
     detail: str
+    facts: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,8 +450,8 @@ async def verify_document(node: Node, cid: CID) -> Verification:
     checks: list[Check] = []
     arithmetic: tuple[Discrepancy, ...] = ()
 
-    def record(name: str, ok: bool, detail: str) -> bool:
-        checks.append(Check(name, ok, detail))
+    def record(name: str, ok: bool, detail: str, **facts: str) -> bool:
+        checks.append(Check(name, ok, detail, facts))
         return ok
 
     def done() -> Verification:
@@ -457,20 +464,21 @@ async def verify_document(node: Node, cid: CID) -> Verification:
     assert row is not None
     try:
         block = await node.store.get(cid)
-        record("block", True, f"{len(block)} bytes hash to the CID")
+        record("block", True, f"{len(block)} bytes hash to the CID", bytes=str(len(block)))
     except UsagiError as exc:
-        record("block", False, f"[{exc.code}] {exc}")
+        record("block", False, f"[{exc.code}] {exc}", code=exc.code)
         return done()
     try:
         opened = node.open_envelope(block, cid)
         doc = opened.document
         arithmetic = tuple(document_findings(doc))
-        record("signature", True, f"signed by {opened.signer}")
-        record("parties", True, f"{doc['from']} -> {doc['to']}")
+        record("signature", True, f"signed by {opened.signer}", signer=str(opened.signer))
+        record("parties", True, f"{doc['from']} -> {doc['to']}", **{"from": doc["from"],
+                                                                    "to": doc["to"]})
         record("digest", opened.digest == row.digest, "matches the ledger"
                if opened.digest == row.digest else "differs from the ledger")
     except UsagiError as exc:
-        record("envelope", False, f"[{exc.code}] {exc}")
+        record("envelope", False, f"[{exc.code}] {exc}", code=exc.code)
         return done()
     try:
         found = await node.ledger.thread(cid)
@@ -483,16 +491,17 @@ async def verify_document(node: Node, cid: CID) -> Verification:
         order, broken = split_thread(row.thread, members, aliases)
         why = {o.cid: exc for o, exc in broken}
         if cid in why:
-            record("thread", False, f"[{why[cid].code}] {why[cid]}")
+            record("thread", False, f"[{why[cid].code}] {why[cid]}", code=why[cid].code)
         else:
             record("thread", True, f"{len(order)} document(s) chain from {row.thread}"
                    + (f"; {len(broken)} other(s) do not: "
-                      + ", ".join(f"{o.cid} [{e.code}]" for o, e in broken) if broken else ""))
+                      + ", ".join(f"{o.cid} [{e.code}]" for o, e in broken) if broken else ""),
+                   count=str(len(order)), root=str(row.thread), others=str(len(broken)))
     except UsagiError as exc:
-        record("thread", False, f"[{exc.code}] {exc}")
+        record("thread", False, f"[{exc.code}] {exc}", code=exc.code)
     ack = await node.ledger.ack(cid)
     if ack is None:
-        record("ack", False, "no acknowledgement yet")
+        record("ack", False, "no acknowledgement yet", status="none")
     else:
         expected_by = doc["to"]  # the receiver acks: the partner, or this node
         try:
@@ -502,9 +511,10 @@ async def verify_document(node: Node, cid: CID) -> Verification:
                 expected_by = parsed.by
             check_ack(parsed, cid=cid, by=expected_by, digest=opened.digest)
             record("ack", parsed.ok, f"{parsed.status} by {parsed.by} at {parsed.at.isoformat()}"
-                   + (f" ({parsed.reason})" if parsed.reason else ""))
+                   + (f" ({parsed.reason})" if parsed.reason else ""), status=parsed.status,
+                   by=parsed.by, at=parsed.at.isoformat(), reason=parsed.reason or "")
         except UsagiError as exc:
-            record("ack", False, f"[{exc.code}] {exc}")
+            record("ack", False, f"[{exc.code}] {exc}", code=exc.code)
     return done()
 
 
