@@ -38,7 +38,7 @@ UI := usagi_p2p/company/ui
 messages: $(STAMP)
 	$(VENV)/bin/pybabel --quiet extract -F $(UI)/babel.cfg -k N_ --no-location --sort-output \
 	  --project usagi-p2p -o $(UI)/locale/messages.pot $(UI)
-	$(VENV)/bin/pybabel --quiet update --no-location -i $(UI)/locale/messages.pot \
+	$(VENV)/bin/pybabel --quiet update -i $(UI)/locale/messages.pot \
 	  -d $(UI)/locale -D messages
 	rm $(UI)/locale/messages.pot
 
