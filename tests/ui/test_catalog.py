@@ -64,6 +64,8 @@ def test_money_follows_the_currency_and_the_locale() -> None:
     # More digits than the currency has: shown as signed, never rounded.
     assert i18n.money("1234.5", "JPY", "ja") == "1,234.5円"
     assert i18n.money("0.125", "JPY", "en") == "¥0.125"
+    assert i18n.money("12.50", "JPY", "ja") == "12.50円"  # a unit price as written
+    assert i18n.money("12.50", "JPY", "en") == "¥12.50"
     assert i18n.money("-5", "EUR", "en") == "-€5.00"
     assert i18n.money("twelve", "JPY", "en") == "twelve"  # a partner's text as written
     assert i18n.money("1e999999999", "JPY", "en") == "1e999999999"  # never written out

@@ -116,9 +116,16 @@ def money(value: object, currency: object, language: str) -> str:
     code = currency if isinstance(currency, str) and len(currency) == 3 else None
     if code is None:
         return format_decimal(number, locale=_locale(language), decimal_quantization=False)
-    if code == "JPY" and language == "ja":
-        return format_currency(number, "JPY", "#,##0.###\u5186", locale=_locale(language),
-                               currency_digits=False, decimal_quantization=False)
+    if code == "JPY":
+        # As written: a unit price of 12.50 yen shows as 12.50, not 12.5 (no
+        # decimals when it has none, as JPY amounts are).
+        exponent = number.as_tuple().exponent
+        digits = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+        frac = "." + "0" * digits if digits else ""
+        pattern = f"#,##0{frac}\u5186" if language == "ja" else f"\u00a4#,##0{frac}"
+        text = format_currency(number, "JPY", pattern, locale=_locale(language),
+                               currency_digits=False, decimal_quantization=True)
+        return text.replace("\uffe5", "\u00a5")
     text = format_currency(number, code, locale=_locale(language), decimal_quantization=False)
     return text.replace("\uffe5", "\u00a5")  # one yen sign, as on the forms people print
 
