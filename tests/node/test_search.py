@@ -80,7 +80,7 @@ async def test_a_serving_node_indexes_in_the_background_when_quiet(pair) -> None
     sent = await pair.seller.send("quote", "Osaka Precision", QUOTE)
     await pair.seller.deliver_once()
     for node in (pair.seller, pair.buyer):
-        for _ in range(200):  # polled, at most ~10 s: the loop works every 0.2 s when quiet
+        for _ in range(600):  # polled, at most ~30 s: the loop works every 0.2 s when quiet
             if not await node.ledger.index_waiting():
                 break
             await asyncio.sleep(0.05)

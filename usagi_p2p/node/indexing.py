@@ -106,14 +106,15 @@ class Indexer:
                     empty_at, forced = ledger.recorded, now
                     continue
                 empty_at = None
-                async with self._lock:
-                    while not stop.is_set():
+                while not stop.is_set():
+                    # The lock per batch: a search catching up waits one batch at most.
+                    async with self._lock:
                         left = await ledger.index_pending(BATCH)
-                        forced = time.monotonic()
-                        # Under load, one batch; while quiet, on until it is done.
-                        if not left:
-                            empty_at = ledger.recorded
-                        if not left or not quiet or ledger.recorded != seen:
-                            break
+                    forced = time.monotonic()
+                    if not left:
+                        empty_at = ledger.recorded
+                    # Under load, one batch; while quiet, on until it is done.
+                    if not left or not quiet or ledger.recorded != seen:
+                        break
             except Exception:  # the loop must survive a busy or failing ledger
                 log.exception("indexing for search failed; tried again later")
