@@ -129,6 +129,16 @@ def test_a_japanese_qualified_invoice_passes_the_official_rules(peppol_rules: Va
                                                        "tax_rate") if k in ours}
 
 
+def test_the_demos_invoice_passes_the_official_rules(peppol_rules: Validate) -> None:
+    """What `make demo` sends as its qualified invoice is a Peppol invoice as it stands."""
+    from usagi_p2p.company import demo
+
+    invoice = {"v": 1, "kind": "invoice", "from": SELLER.did, "to": BUYER.did,
+               "issued_at": "2026-12-07T00:00:00Z", **demo._invoice("INV-2026-3301", demo.LINES)}
+    assert document_problems(invoice) == []
+    assert peppol_rules(export_ubl(invoice)) == []
+
+
 def test_the_parties_come_from_the_node_where_the_document_is_silent(
         peppol_rules: Validate) -> None:
     bare = {k: v for k, v in JP_INVOICE.items()

@@ -88,7 +88,7 @@ PARTIES = {"from": {"name": "株式会社関東工作機械 (Kanto Machine Tools
                     "address": "芝浦1-2-3\n港区", "city": "東京都", "postal_code": "108-0023",
                     "country": "JP", "endpoint": "0188:5040001082442"},
            "to": {"name": "大阪精密株式会社 (Osaka Precision)", "tax_id": "T8120001077316",
-                  "city": "大阪市", "country": "JP"}}
+                  "city": "大阪市", "country": "JP", "endpoint": "0188:8120001077316"}}
 
 
 def _invoice(ref: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
@@ -188,6 +188,21 @@ def _print_match(match: Match) -> None:
         print(f"    {finding.level}: {finding.code}")
 
 
+async def _ubl(home: Home, cid: CID) -> bool:
+    """The invoice as the seller's accounting system takes it: a Peppol BIS 3 UBL Invoice."""
+    from ..formats import Parties, export_ubl, import_ubl
+
+    async with Node.load(home, None) as node:
+        source = await ops.export_source(node, cid)
+    xml = export_ubl(source.document, Parties(source.sender, source.receiver),
+                     reference=source.reference, order_reference=source.order_reference)
+    back = import_ubl(xml)
+    same = all(back.body.get(k) == source.document.get(k) for k in ("net", "tax_total", "total"))
+    print(f"  as UBL 2.1 (Peppol BIS Billing 3.0, 'usagi export CID --format ubl'): "
+          f"{len(xml):,} bytes; read back, its totals {'agree' if same else 'DIFFER'}")
+    return same
+
+
 async def _commerce(homes: dict[str, Home], cids: list[CID]) -> bool:
     """The invoice's taxes, the thread's three-way match, and an over-billed trade's."""
     ok = True
@@ -204,6 +219,7 @@ async def _commerce(homes: dict[str, Home], cids: list[CID]) -> bool:
     print(f"  net {doc['net']} + tax {doc['tax_total']} = total {doc['total']} JPY; "
           f"figures that do not add up: {len(view.arithmetic)}")
     ok = ok and view.arithmetic == ()
+    ok = await _ubl(homes["seller"], cids[-1]) and ok
     print("\nthe three-way match of the thread (the buyer's node, before paying)")
     _print_match(match)
     ok = ok and match.ok and not match.findings
