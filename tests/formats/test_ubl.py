@@ -288,3 +288,27 @@ def test_ordering_documents_are_shaped_as_the_official_examples(kind: str, root:
     ours = _paths(export_ubl(doc))
     # The usagi:* item properties are AdditionalItemProperty, which the examples have.
     assert ours - official == set()
+
+
+def test_a_partners_text_is_written_inert_and_read_back_exact() -> None:
+    """Line breaks, tabs, controls, direction overrides and separators in a partner's
+    text are written as character references: the XML shown on a terminal drives
+    nothing, and an import reads the same text (what XML 1.0 cannot hold at all, the
+    C0 controls, becomes U+FFFD)."""
+    import unicodedata
+
+    hostile = ("\r\x1b[32mack\x1b[0m \u202eevil\u202c \u2066iso\u2069 \x9b2J\x7f\u200b\ufeff"
+               "\u2028\u00ad\U000e0041\t\ue000\nFORGED-LINE")
+    doc = copy.deepcopy(JP_INVOICE)
+    doc["note"] = hostile
+    doc["lines"][0]["text"] = hostile
+    doc["parties"]["to"]["name"] = hostile
+    data = export_ubl(doc)
+    text = data.decode("utf-8")
+    assert not [c for c in text if c != "\n" and unicodedata.category(c) in
+                ("Cc", "Cf", "Zl", "Zp", "Cs")]
+    assert "\nFORGED-LINE" not in text and "&#xa;FORGED-LINE" in text
+    back = import_ubl(data).body
+    expected = hostile.replace("\x1b", "\ufffd")
+    assert back["note"] == expected and back["parties"]["to"]["name"] == expected
+    assert back["lines"][0]["text"] == expected

@@ -404,6 +404,18 @@ def test_every_command_prints_a_hostile_partners_text_inert(tmp_path: Path) -> N
             usagi(*json_flag, "match", rejected[0], code=1, expect=("FORGED-LINE",))
         usagi("outbox", "retry", mallory.node.did)
 
+        # UBL out and in (docs/formats.md): her lines, her name, in a file and back.
+        # The XML writes every unsafe character of hers as a character reference
+        # (tests/formats: inert on a terminal too); to a file here, as the
+        # payload's line break is then "&#xa;", not this test's "\\n".
+        usagi("profile", "--country", "JP", "--endpoint", "0188:1234567890123")
+        for json_flag in ((), ("--json",)):
+            usagi(*json_flag, "profile")
+        xml = tmp_path / "order.xml"
+        usagi("export", rejected[0], "--format", "ubl", "-o", str(xml))
+        usagi("import", str(xml), expect=both)
+        usagi("--json", "import", str(xml), expect=("MARKUP",))
+
         # Archives of the history her documents are part of; a push to her "IPFS node".
         car = tmp_path / "victim.car"
         usagi("archive", "export", "--out", str(car))

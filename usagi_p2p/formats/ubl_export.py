@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, ROUND_UP, Decimal, InvalidOperation
 from typing import Any, Final
@@ -24,6 +25,7 @@ from typing import Any, Final
 from lxml import etree
 
 from ..node.errors import ExportIncompleteError, UnsupportedFormatError
+from ..node.terminal import UNSAFE
 from .ubl import (
     CAC,
     CBC,
@@ -55,6 +57,10 @@ _VAT_ID: Final = re.compile(r"[A-Z]{2}[0-9A-Za-z+*.]{2,13}")
 _JP_TAX_ID: Final = re.compile(r"T[0-9]{13}")
 #: Characters XML 1.0 cannot hold (C0 controls but tab, LF, CR; surrogates; U+FFFE/F).
 _NOT_XML: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+#: Placeholders for a character written as a reference (private use; any of
+#: the two in a text is itself written as a reference).
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_MARKED: Final = re.compile(f"{_OPEN}([0-9a-f]+){_CLOSE}")
 
 
 _ALL: Final = frozenset({"name", "address", "tax", "legal", "contact"})
@@ -82,10 +88,22 @@ class _Writer:
             **attributes: str) -> etree._Element:
         prefix, _, local = name.partition(":")
         element = etree.SubElement(parent, f"{{{CAC if prefix == 'cac' else CBC}}}{local}",
-                                   attrib=attributes or None)
+                                   attrib={k: _inert(v) for k, v in attributes.items()} or None)
         if text is not None:
-            element.text = _NOT_XML.sub("\ufffd", text)
+            element.text = _inert(text)
         return element
+
+
+def _inert(text: str) -> str:
+    """``text`` to write: what XML cannot hold as U+FFFD; tabs, line breaks and every
+    control, format or separator character marked, to be written as a character
+    reference (``&#xa;``): a parser reads the same text, a terminal that shows
+    the file (``usagi export`` to standard output, ``cat``) acts on none of it."""
+    text = _NOT_XML.sub("\ufffd", text)
+    if text.isprintable():
+        return text
+    return "".join(f"{_OPEN}{ord(c):x}{_CLOSE}" if c in (_OPEN, _CLOSE) or (
+        unicodedata.category(c) in UNSAFE) else c for c in text)
 
 
 def _date(time: str | None) -> str | None:
@@ -569,7 +587,9 @@ def export_ubl(document: Mapping[str, Any], parties: Parties | None = None, *,
         _order_lines(w, doc, document, money)
     elif doc.line == "DespatchLine":
         _despatch_lines(w, document)
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+    text = etree.tostring(root, encoding="unicode", pretty_print=True)
+    text = _MARKED.sub(lambda m: f"&#x{m.group(1)};", text)
+    return ("<?xml version='1.0' encoding='UTF-8'?>\n" + text).encode("utf-8")
 
 
 def _order_totals(w: _Writer, document: Mapping[str, Any], money: _Money) -> None:

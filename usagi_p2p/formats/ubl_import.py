@@ -77,6 +77,14 @@ def _text(element: Element | None, path: str) -> str | None:
     return text or None
 
 
+def _free(element: Element | None, path: str) -> str | None:
+    """Free text (a note, a name) as written, white space and all, when it says anything."""
+    found = _path(element, path)
+    if found is None or found.text is None or not found.text.strip():
+        return None
+    return found.text
+
+
 def _decimal(text: str | None, where: str) -> str | None:
     """``text`` as a decimal of the model ("12.50"), kept as written when it is one."""
     if text is None:
@@ -113,8 +121,8 @@ def _party(element: Element | None) -> Party:
     party: Party = {}
     if element is None:
         return party
-    _put(party, "name", _text(element, "cac:PartyName/cbc:Name")
-         or _text(element, "cac:PartyLegalEntity/cbc:RegistrationName"))
+    _put(party, "name", _free(element, "cac:PartyName/cbc:Name")
+         or _free(element, "cac:PartyLegalEntity/cbc:RegistrationName"))
     schemes = list(_all(element, "cac:PartyTaxScheme"))
     vat = [s for s in schemes if _text(s, "cac:TaxScheme/cbc:ID") == "VAT"]
     for scheme in vat + schemes:
@@ -133,7 +141,7 @@ def _party(element: Element | None) -> Party:
     if endpoint is not None and endpoint.text and endpoint.text.strip():
         scheme_id = endpoint.get("schemeID")
         party["endpoint"] = (f"{scheme_id}:" if scheme_id else "") + endpoint.text.strip()
-    _put(party, "contact", _text(element, "cac:Contact/cbc:Name"))
+    _put(party, "contact", _free(element, "cac:Contact/cbc:Name"))
     return party
 
 
@@ -301,9 +309,9 @@ def import_ubl(data: bytes, limit: int = MAX_XML) -> Imported:
     _put(body, "ref", _text(root, "cbc:ID"))
     currency = _text(root, "cbc:DocumentCurrencyCode")
     _put(body, "currency", currency)
-    notes = [(n.text or "").strip() for n in _all(root, "cbc:Note")]
-    notes += [(n.text or "").strip() for n in _all(root, "cbc:CancellationNote")]
-    _put(body, "note", "\n".join(n for n in notes if n))
+    notes = [n.text or "" for n in _all(root, "cbc:Note")]
+    notes += [n.text or "" for n in _all(root, "cbc:CancellationNote")]
+    _put(body, "note", "\n".join(n for n in notes if n.strip()))
     _put(body, "due", _time(_text(root, "cbc:DueDate")
                             or _text(root, "cac:PaymentMeans/cbc:PaymentDueDate")))
     if doc.kind == "order":
@@ -314,7 +322,7 @@ def import_ubl(data: bytes, limit: int = MAX_XML) -> Imported:
         body["response"] = _RESPONSES.get(code or "AP", "counter")
         if code is not None and code not in _RESPONSES:
             ubl["response_code"] = code
-    _put(body, "payment_terms", _text(root, "cac:PaymentTerms/cbc:Note"))
+    _put(body, "payment_terms", _free(root, "cac:PaymentTerms/cbc:Note"))
     _put(ubl, "order_reference", _text(root, "cac:OrderReference/cbc:ID"))
     _put(ubl, "buyer_reference", _text(root, "cbc:BuyerReference"))
     _put(ubl, "billing_reference",

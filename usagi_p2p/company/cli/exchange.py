@@ -9,14 +9,13 @@ local API's client speaks); ``usagi import --send`` sends through
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ...node.terminal import printable
+from ...node.terminal import json_text, printable
 from .common import emit, run, with_node
 
 if TYPE_CHECKING:
@@ -109,8 +108,8 @@ def import_command(ctx: click.Context, file: Path, send_it: bool, to: str | None
     if not send_it:
         emit(ctx, {"kind": imported.kind, "ubl": imported.ubl_type, "issued": imported.issued,
                    "body": imported.body},
-             lambda: click.echo(json.dumps({"kind": imported.kind, **imported.body},
-                                           ensure_ascii=False, indent=2)))
+             # A partner's text, escaped where a terminal would act on it (terminal.py).
+             lambda: click.echo(json_text({"kind": imported.kind, **imported.body})))
         return
     if to is None and reply_to is None:
         raise click.UsageError("say who gets it: --to PARTNER, or --reply-to CID")
