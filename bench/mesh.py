@@ -396,6 +396,21 @@ class Worker:
         self.probes = await probe
         return {"wall": time.perf_counter() - wall}
 
+    async def settle(self) -> int:
+        """Wait until no node here has a notice pending (a retry of a notice whose
+        answer came too late, say, may still go out after its thread is done);
+        how many were pending at first."""
+        from usagi_p2p.node import operations
+
+        first = None
+        while True:
+            pending = sum([(await operations.outbox_counts(node))["pending"]
+                           for node in self.nodes.values()])
+            first = pending if first is None else first
+            if not pending:
+                return first
+            await asyncio.sleep(0.5)
+
     async def begin(self) -> None:
         """The counters before trading, taken in every process before any trades."""
         self._started = (self.meter.snapshot(),
@@ -584,6 +599,7 @@ def run_mesh(n: int, procs: int, threads: int, seconds: float, seed: int) -> dic
         mesh.call_all("trade", {w: (sells.get(w, []), threads, seconds)
                                           for w in range(mesh.procs)})
         trading = time.perf_counter() - t1
+        late = sum(mesh.call_all("settle", {w: () for w in range(mesh.procs)}).values())
         time.sleep(0.5)  # the last acks' connections go quiet
         results = mesh.call_all("measure", {w: () for w in range(mesh.procs)})
         sizes = {}
@@ -681,7 +697,7 @@ def run_mesh(n: int, procs: int, threads: int, seconds: float, seed: int) -> dic
     return {
         "n": n, "edges": len(edges), "trades": total_trades, "docs": total_trades * 5,
         "max_degree": max(len(p) for p in partners.values()),
-        "start_s": started, "pair_s": paired, "trade_s": trading,
+        "start_s": started, "pair_s": paired, "trade_s": trading, "late": late,
         "per_trade_cpu": per_trade, "process_cpu": process_total,
         "probe": statistics.median(probes) if probes else float("nan"), "unowned_cpu": unowned,
         "max_load_ratio": max(per_own) / mean_per_own,
@@ -817,7 +833,8 @@ def main() -> None:
         base = runs[0]
         print(f"  N={n:>5}: {r['edges']} pairs (largest hub {r['max_degree']}), "
               f"{r['trades']} trades = {r['docs']} documents in {r['trade_s']:.1f} s "
-              f"(start {r['start_s']:.1f} s, pairing {r['pair_s']:.1f} s); "
+              f"(start {r['start_s']:.1f} s, pairing {r['pair_s']:.1f} s, "
+              f"{r['late']} notices still pending then); "
               f"CPU per trade {r['per_trade_cpu'] * 1e3:.1f} ms = {cost(r):.0f} probes "
               f"({cost(r) / cost(base):.2f}x of N={base['n']}; "
               f"raw CPU {r['per_trade_cpu'] / base['per_trade_cpu']:.2f}x, probe "
