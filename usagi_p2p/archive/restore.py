@@ -85,18 +85,9 @@ async def import_archive(node: Node, path: str | os.PathLike[str]) -> VerifyRepo
     quarantined = {q.cid: q for q in checked.quarantined}
     report = VerifyReport()
     pages = iter_pages(path, keys, report)
-    # The next page is read and checked (a worker thread) while this one is
-    # written (the ledger's): one page ahead, so memory stays two pages.
-    ahead = asyncio.ensure_future(asyncio.to_thread(next, pages, None))
-    try:
-        while (page := await ahead) is not None:
-            restore = _restore(page, node, quarantined, checked.root)
-            ahead = asyncio.ensure_future(asyncio.to_thread(next, pages, None))
-            # Through the node: each block under its CID, and pinned on a store
-            # that collects garbage (a Kubo node), as a block sent or received is.
-            await node.put_recorded(list(page.blocks.items()))
-            await node.ledger.restore(restore)
-    finally:
-        if not ahead.done():  # a write failed: let the reader finish its page first
-            await asyncio.wait([ahead])
+    while (page := await asyncio.to_thread(next, pages, None)) is not None:
+        # Through the node: each block under its CID, and pinned on a store that
+        # collects garbage (a Kubo node), as a block sent or received is.
+        await node.put_recorded(list(page.blocks.items()))
+        await node.ledger.restore(_restore(page, node, quarantined, checked.root))
     return report
