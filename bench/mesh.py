@@ -684,9 +684,13 @@ def run_mesh(n: int, procs: int, threads: int, seconds: float, seed: int) -> dic
         assert client >= 0 and target in partners[client], (client, port, count)
         requests_by[client] += count
         requests_to[target] += count
+    # A client that gave up waiting (a slow hub) never reads the answer its
+    # request still gets: a listener may write more than clients read, never less.
+    unread = sum(listener_out.values()) - sum(from_listener.values())
+    assert all(from_listener[i] <= listener_out[i] for i in from_listener), \
+        "a client read bytes no partner's listener wrote"
     for counted, claimed, what in (
             (+listener_in, to_listener, "a listener read bytes no partner's client sent it"),
-            (+listener_out, from_listener, "a client read bytes no partner's listener wrote"),
             (+requests_in, requests_to, "a listener answered a request no partner made")):
         wrong = {i: (counted[i], claimed[i]) for i in set(counted) | set(claimed)
                  if counted[i] != claimed[i]}
@@ -714,6 +718,7 @@ def run_mesh(n: int, procs: int, threads: int, seconds: float, seed: int) -> dic
         "n": n, "edges": len(edges), "trades": total_trades, "docs": total_trades * 5,
         "max_degree": max(len(p) for p in partners.values()),
         "start_s": started, "pair_s": paired, "trade_s": trading, "late": late,
+        "unread": unread,
         "per_trade_cpu": per_trade, "process_cpu": process_total,
         "probe": statistics.median(probes) if probes else float("nan"), "unowned_cpu": unowned,
         "max_load_ratio": max(per_own) / mean_per_own,
@@ -850,7 +855,8 @@ def main() -> None:
         print(f"  N={n:>5}: {r['edges']} pairs (largest hub {r['max_degree']}), "
               f"{r['trades']} trades = {r['docs']} documents in {r['trade_s']:.1f} s "
               f"(start {r['start_s']:.1f} s, pairing {r['pair_s']:.1f} s, "
-              f"{r['late']} notices still pending then); "
+              f"{r['late']} notices still pending then, {r['unread']} bytes of answers "
+              f"unread by clients that gave up); "
               f"CPU per trade {r['per_trade_cpu'] * 1e3:.1f} ms = {cost(r):.0f} probes "
               f"({cost(r) / cost(base):.2f}x of N={base['n']}; "
               f"raw CPU {r['per_trade_cpu'] / base['per_trade_cpu']:.2f}x, probe "
