@@ -72,10 +72,19 @@ sanitize: $(STAMP)
 # What .ci/run runs: the suite, the sanitizer run, the pure-Python suite.
 ci: test sanitize test-pure
 
+# Scale (docs/scale.md): mesh.py runs N = 10 and 100 companies (~3 min) and
+# growth.py a node at 10k and 100k documents (~5 min). The long runs are opt-in:
+#   make bench MESH_ARGS='--n 10 100 1000 --seconds 60'   (~15 min more)
+#   make bench GROWTH_ARGS=--million                      (~45 min more)
+# MESH_ARGS='--plots docs/scale' redraws the pictures (needs matplotlib: '.[bench]').
+MESH_ARGS ?=
+GROWTH_ARGS ?=
 bench: $(STAMP)
 	$(PY) bench/kernel.py
 	@for b in store archive exchange search api ui; do \
 	  if [ -f bench/$$b.py ]; then $(PY) bench/$$b.py || exit 1; fi; done
+	$(PY) bench/mesh.py $(MESH_ARGS)
+	$(PY) bench/growth.py $(GROWTH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kernel ipfs plugins usagi_p2p tests bench tools setup.py

@@ -107,6 +107,24 @@ async def test_a_renamed_partner_is_found_by_its_new_name_and_its_old_one(pair) 
     assert await _cids(pair.buyer, "東海精機 ボルト") == []
 
 
+async def test_a_term_naming_many_partners_still_finds_each_by_its_name_now(pair) -> None:  # noqa: ANN001
+    """A term naming more than BROAD_TERM partners filters rows instead of becoming
+    one index alternative per partner (docs/scale.md): the same documents match."""
+    from kernel import Identity
+    from usagi_p2p.node.operations.search import BROAD_TERM
+
+    cid = await _sent_and_received(pair)
+    await operations.rename_partner(pair.buyer, "Kanto Machine Tools", "Trading Kanto")
+    for i in range(BROAD_TERM + 1):  # partners whose names also hold "Trading"
+        await pair.buyer.ledger.add_partner(Identity.generate().did, f"Trading {i:02d}",
+                                            "http://127.0.0.1:9", None)
+    assert await _cids(pair.buyer, "Trading") == [cid]  # by the name it has now
+    assert await _cids(pair.buyer, "trading ナット") == [cid]
+    assert await _cids(pair.buyer, "Trading Kanto") == [cid]
+    assert await _cids(pair.buyer, "Trading ボルト") == []
+    assert await _cids(pair.buyer, "Trading 07") == []  # a partner with no documents
+
+
 async def test_filters_keep_other_partners_documents_out(tmp_path: Path) -> None:
     """A buyer trading with two sellers: filtering by one never shows the other's."""
     kanto, osaka = make_home(tmp_path / "kanto", "Kanto Machine Tools"), \

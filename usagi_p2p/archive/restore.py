@@ -85,6 +85,8 @@ async def import_archive(node: Node, path: str | os.PathLike[str]) -> VerifyRepo
     report = VerifyReport()
     pages = iter_pages(path, keys, report)
     while (page := await asyncio.to_thread(next, pages, None)) is not None:
-        await node.store.put_many(list(page.blocks.values()))
+        # Through the node: each block under its CID, and pinned on a store that
+        # collects garbage (a Kubo node), as a block sent or received is.
+        await node.put_recorded(list(page.blocks.items()))
         await node.ledger.restore(_restore(page, node, quarantined, checked.root))
     return report

@@ -50,7 +50,7 @@ from .terminal import printable
 
 __all__ = ["Delivery", "DeliveringNode", "AckCheck", "judge_acks", "acks_answer_limit",
            "read_capped", "read_prefix", "NOTICES_PATH", "CONTENT_TYPE", "SEND_BATCH",
-           "PIPELINE", "GATHER"]
+           "PIPELINE", "GATHER", "IDLE_MAX"]
 
 log = logging.getLogger("usagi.node")
 #: One line per delivery: what 'usagi serve' shows by default.
@@ -63,6 +63,11 @@ PIPELINE: Final = 4  # batches in flight at once
 #: Seconds at most that notices claimed for a partner wait, as a batch smaller
 #: than SEND_BATCH, for the partner's batch in flight to end (see Delivery.loop).
 GATHER: Final = 0.02
+#: The longest an idle delivery loop waits between two looks at the outbox
+#: (seconds): notices another process queues without waking this one (a
+#: lease that ran out, a ``usagi send`` that could not reach the local API)
+#: go out within it.
+IDLE_MAX: Final = 2.0
 RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute window
 #: What is read of a partner's error answer (its start only; the rest is never read).
 ERROR_PREFIX: Final = 4096
@@ -388,11 +393,14 @@ class Delivery:
         gathering: dict[str, tuple[float, list[OutboxRow]]] = {}
         claim = True  # whether this round asks the ledger for due notices
         last_claim = node.clock()
+        quiet = 0  # rounds in a row that found nothing at all to do
+        pause = idle
         while not stop.is_set():
             node.wake.clear()
             waiting = sum(len(rows) for _, rows in gathering.values())
             room = PIPELINE - len(inflight)
             more = False
+            rows: list[OutboxRow] = []
             try:
                 if room > 0 and claim and room * SEND_BATCH > waiting:
                     last_claim = node.clock()
@@ -409,9 +417,16 @@ class Delivery:
                 log.exception("delivery round failed")
                 next_due = None
                 more = True
-            wait = idle if next_due is None else min(idle, max(0.0, next_due - node.clock()))
-            if len(inflight) < PIPELINE:  # room for more: claim at least every ``idle``
-                wait = min(wait, max(0.0, last_claim + idle - node.clock()))
+            # A node with nothing queued, gathering, in flight or due polls less
+            # and less often, up to IDLE_MAX (docs/scale.md: a thousand idle nodes
+            # cost 1.6 ms CPU a second each at a steady 0.25 s); what is queued
+            # here wakes it at once, a retry's due time bounds the wait.
+            quiet = (quiet + 1 if claim and not rows and not inflight and not gathering
+                     and next_due is None else 0)
+            pause = min(max(idle, IDLE_MAX), idle * 2 ** min(quiet, 16))
+            wait = pause if next_due is None else min(pause, max(0.0, next_due - node.clock()))
+            if len(inflight) < PIPELINE:  # room for more: claim at least every ``pause``
+                wait = min(wait, max(0.0, last_claim + pause - node.clock()))
             if gathering:  # notices gathering go at the latest GATHER after their claim
                 first = min(at for at, _ in gathering.values())
                 wait = min(wait, max(0.0, first + GATHER - node.clock()))
@@ -426,12 +441,12 @@ class Delivery:
             # Claim again when something was queued here (wake; read from the
             # event, which a batch ending in the same turn cannot hide), the
             # wait ran out, the last claim filled the room or there was no
-            # room, or ``idle`` has passed since the last claim (a retry came
+            # room, or ``pause`` has passed since the last claim (a retry came
             # due, or another process queued notices, while batches kept
             # ending). A batch that merely ended makes nothing due: its
             # failures are rescheduled for later.
             claim = (more or room <= 0 or node.wake.is_set() or not done
-                     or node.clock() - last_claim >= idle)
+                     or node.clock() - last_claim >= pause)
         self._start_batches(inflight, gathering, True)  # what was claimed goes now
         if inflight:
             await asyncio.gather(*inflight, return_exceptions=True)

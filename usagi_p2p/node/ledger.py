@@ -576,7 +576,10 @@ def _document_where(*, direction: str | None, partners: Sequence[str] | None,
             where.append(f"{column} = ?")
             args.append(value)
     if direction:
-        where.append(f"{plus}direction = ?")
+        # With a partner, its index (partner, recorded_at) leads: "+" keeps the
+        # direction's index from being chosen instead, which scanned every
+        # document of that direction for one partner's page (164 ms at 100k).
+        where.append("+direction = ?" if partners or through_outbox else "direction = ?")
         args.append(direction)
     if thread is not None:
         where.append("thread = ?")
@@ -992,6 +995,12 @@ class Ledger:
         Names match caselessly in any script (:func:`fold`): "ärzte" finds
         "Ärzte GmbH", "STRASSE" finds "Straße". The key is text, not a pattern.
         """
+        if key.startswith("did:"):
+            # A DID match wins: looked up by the key alone first, since the query
+            # below folds every partner's name (O(partners) per send at 10,000).
+            row = await self._one(_PARTNER_SELECT + "WHERE did = ?", (key,))
+            if row:
+                return Partner(*row)
         # One query for both readings of ``key``; a DID match wins.
         folded = fold(key)
         rows = await self._all(_PARTNER_SELECT + "WHERE did = ?1 OR (status != 'rotated' AND "
@@ -1009,6 +1018,16 @@ class Ledger:
     async def partners(self) -> list[Partner]:
         rows = await self._all(_PARTNER_SELECT + "ORDER BY name")
         return [Partner(*r) for r in rows]
+
+    async def partner_names(self, dids: Iterable[str]) -> dict[str, str]:
+        """The names of the partners among ``dids`` (those of one page of documents:
+        not every partner's, which a node with thousands would read per page)."""
+        wanted = sorted(set(dids))
+        rows = [row for i in range(0, len(wanted), 500)
+                for row in await self._all(
+                    "SELECT did, name FROM partners WHERE did IN "
+                    f"({','.join('?' * len(wanted[i:i + 500]))})", wanted[i:i + 500])]
+        return {did: name for did, name in rows}
 
     async def set_partner(self, did: str, *, status: str | None = None, name: str | None = None) -> None:
         """Change a partner's status and/or name: one conditional statement, so both
@@ -1395,6 +1414,23 @@ class Ledger:
             if value:
                 where.append(f"d.{column} = ?")
                 args.append(value)
+        if match is not None and len(where) == 1:
+            # The index alone ranks every match; only the best ``limit + offset``
+            # (and the ties at the edge) are joined to their documents: joining
+            # every match of a common word first took 785 ms at 100k documents.
+            rows = await self._all(
+                "WITH ranked AS MATERIALIZED (SELECT rowid AS id, "
+                "bm25(search, 4.0, 1.0, 2.0, 2.0) AS score FROM search WHERE search MATCH ?), "
+                "edge AS (SELECT score FROM ranked ORDER BY score LIMIT 1 OFFSET ?) "
+                "SELECT d.cid, d.direction, d.partner, d.kind, d.ref, d.issued_at, "
+                "d.recorded_at, d.status, s.ref, s.body, s.partner FROM ranked "
+                "JOIN search s ON s.rowid = ranked.id JOIN search_rows r ON r.id = ranked.id "
+                "JOIN documents d ON d.cid = r.cid "
+                "WHERE ranked.score <= coalesce((SELECT score FROM edge), 1e308) "
+                "ORDER BY ranked.score, d.recorded_at DESC, d.cid LIMIT ? OFFSET ?",
+                (match, limit + offset - 1, limit, offset))
+            return [SearchRow(CID.from_bytes(r[0]), r[1], r[2], r[3], r[4], r[5], float(r[6]),
+                              r[7], (r[8], r[9], r[10])) for r in rows]
         rank = "bm25(search, 4.0, 1.0, 2.0, 2.0), " if match is not None else ""
         rows = await self._all(
             "SELECT d.cid, d.direction, d.partner, d.kind, d.ref, d.issued_at, d.recorded_at, "

@@ -464,13 +464,6 @@ class Node:
                 await asyncio.sleep(0)
         await self.put_recorded([(sealed.cid, sealed.block) for _, _, sealed, _ in prepared])
         cids = [sealed.cid for _, _, sealed, _ in prepared]
-        try:
-            if self.store.collects_garbage:  # a Kubo node does; the embedded store never
-                for cid in cids:
-                    await self.store.pin(cid)
-        except Exception:
-            await self.discard(cids)
-            raise
         for _, _, sealed, _ in prepared:
             self._recent[sealed.cid] = sealed.block
         while len(self._recent) > RECENT_BLOCKS:
@@ -506,6 +499,10 @@ class Node:
         sha2-256), and a row naming any other CID would name a block the store
         cannot return (spec section 2). The kernel already refuses such CIDs on
         notices and envelopes; this holds the invariant against every path.
+
+        On a store that collects garbage (a Kubo node, an IPFS Cluster's proxy)
+        each block is pinned here too, sent and received alike: a block the
+        ledger records must outlive the daemon's next GC.
         """
         filed = await self.store.put_many([block for _, block in blocks])
         wrong = [(cid, got) for (cid, _), got in zip(blocks, filed, strict=True) if got != cid]
@@ -514,6 +511,13 @@ class Node:
             cid, got = wrong[0]
             raise CIDMismatchError(f"{cid} would be recorded for a block the store files "
                                    f"as {got}")
+        if self.store.collects_garbage:  # a Kubo node does; the embedded store never
+            try:
+                for cid in filed:
+                    await self.store.pin(cid)
+            except Exception:
+                await self.discard(filed)
+                raise
 
     async def discard(self, cids: list[CID]) -> None:
         """Best effort: forget blocks this node just stored and never recorded.

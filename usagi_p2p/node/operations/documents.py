@@ -356,7 +356,7 @@ async def list_documents(node: Node, direction: Literal["in", "out"], *,
                                        status=status,
                                        since=since.timestamp() if since else None,
                                        limit=limit, newest=True)
-    names = {p.did: p.name for p in await node.ledger.partners()}
+    names = await node.ledger.partner_names(r.partner for r in rows)
     return [DocumentEntry(r.cid, r.direction, r.kind, r.ref, r.partner, names.get(r.partner),
                           r.issued_at, r.status, r.reason, r.thread, r.recorded_at) for r in rows]
 
@@ -401,7 +401,7 @@ async def page_documents(node: Node, *, direction: Literal["in", "out"] | None =
         direction=direction, partners=dids, kind=kind, status=status,
         since=since.timestamp() if since else None, until=until.timestamp() if until else None,
         before=before, limit=limit + 1)
-    names = {p.did: p.name for p in await node.ledger.partners()}
+    names = await node.ledger.partner_names(r.partner for r in rows[:limit])
     entries = tuple(DocumentEntry(r.cid, r.direction, r.kind, r.ref, r.partner,
                                   names.get(r.partner), r.issued_at, r.status, r.reason,
                                   r.thread, r.recorded_at) for r in rows[:limit])

@@ -15,7 +15,15 @@ from typing import Final, Literal
 
 from kernel.cid import CID
 
-from ..fulltext import InvalidQueryError, Snippet, expression, like_pattern, parse_query, snippet
+from ..fulltext import (
+    InvalidQueryError,
+    Query,
+    Snippet,
+    expression,
+    like_pattern,
+    parse_query,
+    snippet,
+)
 from ..ledger import fold
 from ..node import Node
 
@@ -27,6 +35,9 @@ MAX_LIMIT: Final = 100
 #: counted by offset: a search is for finding, not for walking the ledger).
 MAX_OFFSET: Final = 10_000
 _CURSOR_PREFIX: Final = "s1:"
+#: A term naming more partners than this is looked for as a substring in the
+#: rows the other terms leave, not through one index alternative per partner.
+BROAD_TERM: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +106,15 @@ async def search_documents(node: Node, query: str, *, partner: str | None = None
     # The partners each term names today (rotated keys keep their partner's name).
     parties = {term: [p.did for p in known if fold(term) in fold(p.name)]
                for term in terms.terms}
+    # A term naming many partners ("Partner", "株式会社") is not made one FTS5
+    # alternative per partner (a thousand ORed phrases took a second at 10k
+    # documents, docs/scale.md): it filters the rows the other terms leave, by
+    # its text or the partners it names, as a short term does.
+    broad = tuple(t for t in terms.long if len(parties[t]) > BROAD_TERM)
+    indexed = Query(tuple(t for t in terms.terms if t not in broad))
     rows = await node.ledger.search(
-        expression(terms, parties), [(like_pattern(t), parties[t]) for t in terms.short],
+        expression(indexed, parties), [(like_pattern(t), parties[t])
+                                       for t in (*terms.short, *broad)],
         partners=dids, kind=kind, direction=direction, limit=limit + 1, offset=offset)
     hits = tuple(
         SearchHit(r.cid, r.direction, r.kind, r.ref, r.partner, names.get(r.partner),
