@@ -77,3 +77,29 @@ async def wait_until(check: Callable[[], Awaitable[bool]], what: str,
             if await check():
                 return
             await asyncio.sleep(0.05)
+
+
+@dataclass
+class Two:
+    """Two API nodes, Osaka holding Kanto's invitation (partners both ways)."""
+
+    kanto: Api
+    osaka: Api
+
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[Two]:
+    async with api_node(tmp_path / "kanto") as kanto, \
+            api_node(tmp_path / "osaka", "Osaka Precision") as osaka:
+        await osaka.node.add_partner((await kanto.node.invite()).text())
+        yield Two(kanto, osaka)
+
+
+def conforms(instance: Any, schema: str) -> None:
+    """``instance`` is valid against ``schema`` of openapi.json's components."""
+    import jsonschema
+
+    from .test_openapi import DOC
+
+    root = {"$ref": f"#/components/schemas/{schema}", "components": DOC["components"]}
+    jsonschema.Draft202012Validator(root).validate(instance)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,7 +22,7 @@ from usagi_p2p.node import operations as ops
 from usagi_p2p.node.errors import IdempotencyInProgressError
 from usagi_p2p.node.operations.requests import LEASE
 
-from .conftest import PROBLEM, Api, api_node, wait_until
+from .conftest import PROBLEM, Api, Two, conforms, wait_until
 
 DOCS = "/api/v1/documents"
 QUOTE = {"ref": "Q-2026-001", "currency": "JPY", "total": "12000",
@@ -33,27 +30,6 @@ QUOTE = {"ref": "Q-2026-001", "currency": "JPY", "total": "12000",
                     "amount": "12000"}]}
 
 jsonschema = pytest.importorskip("jsonschema")
-
-
-@dataclass
-class Two:
-    kanto: Api
-    osaka: Api
-
-
-@pytest.fixture
-async def two(tmp_path: Path) -> AsyncIterator[Two]:
-    async with api_node(tmp_path / "kanto") as kanto, \
-            api_node(tmp_path / "osaka", "Osaka Precision") as osaka:
-        await osaka.node.add_partner((await kanto.node.invite()).text())
-        yield Two(kanto, osaka)
-
-
-def conforms(instance: Any, schema: str) -> None:
-    from .test_openapi import DOC
-
-    root = {"$ref": f"#/components/schemas/{schema}", "components": DOC["components"]}
-    jsonschema.Draft202012Validator(root).validate(instance)
 
 
 async def inbox(api: Api, **params: str) -> list[dict[str, Any]]:

@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-
 import aiohttp
-import pytest
 
 from usagi_p2p.formats import import_ubl
 from usagi_p2p.node import operations as ops
 
-from .conftest import PROBLEM, Api, api_node
+from .conftest import PROBLEM, Api, Two
 
 INVOICE = {"ref": "INV-1042", "currency": "JPY", "due": "2026-12-31T00:00:00Z",
            "lines": [{"text": "六角ナット M6", "qty": "1000", "unit": "pcs", "unit_price": "12",
                       "amount": "12000", "tax_category": "S", "tax_rate": "10"}],
            "net": "12000", "tax_total": "1200", "total": "13200"}
-
-
-@dataclass
-class Two:
-    kanto: Api
-    osaka: Api
-
-
-@pytest.fixture
-async def two(tmp_path: Path) -> AsyncIterator[Two]:
-    async with api_node(tmp_path / "kanto") as kanto, \
-            api_node(tmp_path / "osaka", "Osaka Precision") as osaka:
-        await osaka.node.add_partner((await kanto.node.invite()).text())
-        yield Two(kanto, osaka)
 
 
 async def get(api: Api, path: str, token: str | None) -> tuple[int, str, bytes]:

@@ -4,42 +4,18 @@ read through each side's own API, the answers held to openapi.json."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kernel.cid import CID
 
-from .conftest import PROBLEM, Api, api_node
+from .conftest import PROBLEM, Api, Two, conforms
 
 DOCS = "/api/v1/documents"
 BOLT = {"text": "M6x20 SUS304 hex bolt", "qty": "500", "unit": "pcs", "unit_price": "12.50"}
 
 jsonschema = pytest.importorskip("jsonschema")
-
-
-@dataclass
-class Two:
-    kanto: Api
-    osaka: Api
-
-
-@pytest.fixture
-async def two(tmp_path: Path) -> AsyncIterator[Two]:
-    async with api_node(tmp_path / "kanto") as kanto, \
-            api_node(tmp_path / "osaka", "Osaka Precision") as osaka:
-        await osaka.node.add_partner((await kanto.node.invite()).text())
-        yield Two(kanto, osaka)
-
-
-def conforms(instance: Any, schema: str) -> None:
-    from .test_openapi import DOC
-
-    root = {"$ref": f"#/components/schemas/{schema}", "components": DOC["components"]}
-    jsonschema.Draft202012Validator(root).validate(instance)
 
 
 async def send(api: Api, kind: str, body: dict[str, Any], *, to: str | None = None,

@@ -46,7 +46,7 @@ from typing import Any, Final
 from ...node.errors import NameTakenError, NodeError
 
 __all__ = ["SCOPES", "PREFIX", "CLI_TOKEN", "Token", "TokenStore", "TokenError", "UnknownTokenError",
-           "scope_allows"]
+           "scope_allows", "write_atomic"]
 
 #: The scopes, weakest first: a token may call every route needing its scope or a lower one.
 SCOPES: Final = ("read", "send", "admin")
@@ -99,7 +99,7 @@ class Token:
                 "sha256": self.sha256}
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """``text`` to ``path`` (0600) through a temporary file renamed over it."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -178,7 +178,7 @@ class TokenStore:
         live = {t.id for t in self._by_digest.values()}
         merged = {k: v for k, v in {**self.last_used(), **self._used}.items() if k in live}
         with contextlib.suppress(OSError):  # a bookkeeping file: never fail a request for it
-            _write_atomic(self.used_path, json.dumps(merged, sort_keys=True))
+            write_atomic(self.used_path, json.dumps(merged, sort_keys=True))
 
     # -- editing ----------------------------------------------------------------
 
@@ -192,7 +192,7 @@ class TokenStore:
             yield tokens
             if tokens == before:
                 return
-            _write_atomic(self.path, json.dumps({"version": 1, "tokens": [
+            write_atomic(self.path, json.dumps({"version": 1, "tokens": [
                 t.to_json() for t in tokens]}, indent=1, sort_keys=True) + "\n")
         finally:
             os.close(fd)  # closing releases the lock
@@ -228,7 +228,7 @@ class TokenStore:
             # None yet, or its secret was lost, or revoked: a new one.
             tokens[:] = [t for t in tokens if t.name != CLI_TOKEN]
             secret = _add(tokens, CLI_TOKEN, "admin", self.clock())
-            _write_atomic(secret_path, secret + "\n")
+            write_atomic(secret_path, secret + "\n")
             return secret
 
 

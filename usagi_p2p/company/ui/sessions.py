@@ -27,7 +27,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -37,9 +36,10 @@ from typing import Any, Final
 
 from ...node.errors import ConfigError
 from ...node.home import Home
+from ..api.tokens import write_atomic
 
 __all__ = ["CODE_TTL", "SESSION_TTL", "Session", "SessionStore", "issue_signin", "signin_url",
-           "csrf_token", "ui_dir", "write_atomic"]
+           "csrf_token", "ui_dir"]
 
 #: Seconds a sign-in code stays valid (unused).
 CODE_TTL: Final = 15 * 60.0
@@ -63,20 +63,6 @@ def _digest(secret: str) -> str:
 
 def _random() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii").rstrip("=")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def issue_signin(home: Home, user: str | None = None, *, ttl: float = CODE_TTL,

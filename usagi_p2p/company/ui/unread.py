@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from .sessions import ui_dir, write_atomic
+from ..api.tokens import write_atomic
+from .sessions import ui_dir
 
 __all__ = ["ReadMarks", "MAX_OPENED"]
 
