@@ -108,6 +108,10 @@ async def test_send_wait_then_get_block_thread_verify_and_answer_by_reply_to(two
     conforms(checks, "Verification")
     assert [c["name"] for c in checks["checks"]] == [
         "ledger", "block", "signature", "parties", "digest", "thread", "ack"]
+    facts = {c["name"]: c["facts"] for c in checks["checks"]}
+    assert facts["signature"] == {"signer": kanto.node.did}
+    assert (facts["parties"]["from"], facts["parties"]["to"]) == (kanto.node.did, osaka.node.did)
+    assert facts["ack"]["by"] == osaka.node.did and facts["ack"]["status"] == "received"
 
 
 async def test_pages_list_every_document_once_while_more_arrive(two: Two) -> None:

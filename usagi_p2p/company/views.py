@@ -87,7 +87,8 @@ def thread_row(e: ops.ThreadEntry) -> list[Any]:
 
 def verification_json(v: ops.Verification) -> dict[str, Any]:
     return {"cid": str(v.cid), "ok": v.ok,
-            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in v.checks],
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail, "facts": dict(c.facts)}
+                       for c in v.checks],
             "arithmetic": [d.to_json() for d in v.arithmetic]}
 
 
