@@ -95,3 +95,17 @@ def test_the_answer_buttons_follow_the_operations_rules() -> None:
                     assert kind in ANSWERS[answer], (kind, direction, response, answer)
                     seen.add(answer)
     assert seen == set(ANSWERS)
+
+
+def test_the_match_shows_a_unit_price_as_its_document_wrote_it() -> None:
+    from kernel import match_thread
+    from usagi_p2p.company.ui import commerce
+
+    bolt = {"text": "六角ボルト M6", "qty": "500", "unit": "pcs", "unit_price": "12.50"}
+    found = match_thread([("d0", {"kind": "order", "currency": "JPY", "lines": [bolt]}),
+                          ("d1", {"kind": "invoice", "currency": "JPY",
+                                  "lines": [{**bolt, "amount": "6250"}], "net": "6250"})])
+    [item] = commerce.match(found, {})["items"]
+    assert item["ordered_price"] == "12.50"  # not the normalised 12.5
+    assert i18n.money(item["ordered_price"], "JPY", "ja") == "12.50円"
+    assert dict((key, figure) for key, _, figure in item["counts"])["ordered"] == "500"

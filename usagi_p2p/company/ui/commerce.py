@@ -81,6 +81,11 @@ def _text(value: Decimal | None) -> str | None:
     return None if value is None else format(value.normalize(), "f") if value else "0"
 
 
+def _price(value: Decimal | None) -> str | None:
+    """A unit price as its document wrote it (12.50 stays 12.50, as the form shows it)."""
+    return None if value is None else format(value, "f")
+
+
 def _notes(item: Any, codes: list[str]) -> list[dict[str, Any]]:
     """The item's findings with the figures each sentence names (from the item's own)."""
     ordered, delivered, invoiced = item.ordered, item.delivered, item.invoiced
@@ -91,7 +96,7 @@ def _notes(item: Any, codes: list[str]) -> list[dict[str, Any]]:
         "billed_not_delivered": {"n": _less(invoiced, delivered)},
         "not_billed": {"n": _less(delivered, invoiced)},
         "qty_not_as_quoted": {"a": _text(item.quoted), "b": _text(ordered)},
-        "price_not_as_quoted": {"a": _text(item.quoted_price), "b": _text(item.ordered_price)},
+        "price_not_as_quoted": {"a": _price(item.quoted_price), "b": _price(item.ordered_price)},
     }
     notes: list[dict[str, Any]] = []
     for code in codes:
@@ -99,8 +104,8 @@ def _notes(item: Any, codes: list[str]) -> list[dict[str, Any]]:
             if any(n["code"] == code for n in notes):
                 continue  # one sentence names every differing price
             prices = [p for p in item.invoiced_prices if p != item.ordered_price]
-            notes.append({"code": code, "a": _text(item.ordered_price),
-                          "b": _text(prices[0]) if prices else None})
+            notes.append({"code": code, "a": _price(item.ordered_price),
+                          "b": _price(prices[0]) if prices else None})
             continue
         notes.append({"code": code, **figures.get(code, {})})
     return notes
@@ -138,7 +143,7 @@ def match(found: Match, labels: dict[str, tuple[str, str | None]]) -> dict[str, 
                  for note in _notes(item, codes)]
         items.append({"text": item.text, "unit": item.unit,
                       "counts": [(key, label, _text(getattr(item, key))) for key, label in stages],
-                      "ordered_price": _text(item.ordered_price), "notes": notes,
+                      "ordered_price": _price(item.ordered_price), "notes": notes,
                       "ok": not any(note["level"] == "warning" for note in notes)})
     warnings = sum(1 for f in found.findings if f.level == "warning")
     return {"ok": found.ok, "warnings": warnings, "items": items, "others": others,
