@@ -50,7 +50,7 @@ from .terminal import printable
 
 __all__ = ["Delivery", "DeliveringNode", "AckCheck", "judge_acks", "acks_answer_limit",
            "read_capped", "read_prefix", "NOTICES_PATH", "CONTENT_TYPE", "SEND_BATCH",
-           "PIPELINE", "GATHER", "IDLE_MAX"]
+           "PIPELINE", "GATHER", "IDLE_MAX", "ACK_POLL"]
 
 log = logging.getLogger("usagi.node")
 #: One line per delivery: what 'usagi serve' shows by default.
@@ -68,6 +68,12 @@ GATHER: Final = 0.02
 #: lease that ran out, a ``usagi send`` that could not reach the local API)
 #: go out within it.
 IDLE_MAX: Final = 2.0
+#: How often a wait for an ack looks in the ledger for an ack (or a give-up)
+#: stored by another process on this home, in seconds: the first look after
+#: this, doubling up to the second. This process's own delivery hands its
+#: acks and give-ups to the waiters at once (a future, woken, never polled),
+#: so under load the waiters of a serving node cost no ledger reads.
+ACK_POLL: Final = (0.05, 1.0)
 RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute window
 #: What is read of a partner's error answer (its start only; the rest is never read).
 ERROR_PREFIX: Final = 4096
@@ -197,7 +203,8 @@ class DeliveringNode(Protocol):
     def take_recent(self, cid: CID) -> bytes | None: ...
 
 
-AckWaiter = asyncio.Future[tuple[bytes, str, str | None]]
+#: Set to (ack, status, reason) once the ack is stored, or None once given up.
+AckWaiter = asyncio.Future[tuple[bytes, str, str | None] | None]
 
 
 class Delivery:
@@ -206,9 +213,10 @@ class Delivery:
     def __init__(self, node: DeliveringNode) -> None:
         self.node = node
         self._delivering = asyncio.Lock()
-        # Futures for acks awaited in this process (wait_for_ack); other
-        # processes on the same home poll the ledger instead.
-        # cid -> a future set to (ack, status, reason) once the ack is stored
+        # Futures for acks awaited in this process (wait_for_ack), set by this
+        # process's delivery; what other processes on the same home store is
+        # polled for (ACK_POLL). cid -> a future set to (ack, status, reason)
+        # once the ack is stored, or to None once the document is given up.
         self._ack_waiters: dict[CID, AckWaiter] = {}
 
     async def deliver_once(self, limit: int = 1000) -> int:
@@ -369,6 +377,9 @@ class Delivery:
         log.info("delivery failed (%d notices): %s", len(rows), error)
         for cid in given_up:
             log.warning("%s undelivered: %s", cid, error)
+            waiter = self._ack_waiters.pop(cid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)  # no ack will come: whoever waits hears it now
 
     async def loop(self, stop: asyncio.Event, idle: float = 0.25) -> None:
         """Deliver until ``stop`` is set, keeping up to PIPELINE batches in flight.
@@ -486,8 +497,9 @@ class Delivery:
 
     async def _wait_for_ack(self, cid: CID, waiter: AckWaiter, deadline: float
                             ) -> tuple[bytes, str, str | None] | None:
+        poll = ACK_POLL[0]
         while True:
-            # First, and after each quiet 50 ms: the ack may have been stored
+            # First, and after each quiet ``poll``: the ack may have been stored
             # before we waited, or by another process (a `serve` on this home).
             ack, status = await self.node.ledger.ack_or_status(cid)
             if ack is not None:
@@ -498,8 +510,10 @@ class Delivery:
             if remaining <= 0:
                 break
             try:
-                # This process's delivery hands over the ack it has just stored.
-                return await asyncio.wait_for(asyncio.shield(waiter), timeout=min(0.05, remaining))
+                # This process's delivery hands over the ack it has just stored
+                # (or None: given up).
+                return await asyncio.wait_for(asyncio.shield(waiter),
+                                              timeout=min(poll, remaining))
             except TimeoutError:
-                pass
+                poll = min(poll * 2, ACK_POLL[1])
         return None
