@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from kernel._messages import open_ack
+from kernel.errors import UsagiError
 from usagi_p2p.peer.service import Service
 
 from .conftest import REPO, Pair
@@ -203,6 +206,14 @@ async def test_a_waiter_is_woken_by_the_ack_this_process_stores(pair: Pair, monk
     assert got is not None and got == await seller.ledger.ack(sent.cid)
     assert got[1] == "received"
     assert reads.calls == 1
+    # The ack as the delivery verified it, handed over opened (not verified twice);
+    # bytes it did not hand over are verified when opened.
+    assert seller.opened_ack(got[0]) == open_ack(got[0])
+    assert seller.opened_ack(got[0]) == open_ack(got[0])  # taken: opened again
+    forged = bytearray(got[0])
+    forged[-1] ^= 1
+    with pytest.raises(UsagiError):
+        seller.opened_ack(bytes(forged))
 
 
 async def test_a_waiter_hears_at_once_that_its_document_was_given_up(pair: Pair,

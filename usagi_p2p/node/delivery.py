@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,7 @@ import aiohttp
 from ipfs.blockstore import BlockStore
 from kernel import (
     MESSAGE_LIMITS,
+    Ack,
     Identity,
     canonical,
     check_ack,
@@ -75,6 +77,10 @@ IDLE_MAX: Final = 2.0
 #: so under load the waiters of a serving node cost no ledger reads.
 ACK_POLL: Final = (0.05, 1.0)
 RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute window
+#: Acks this process's delivery verified and handed to a waiter, kept opened
+#: for the waiter's caller (Delivery.opened_ack) so it need not verify them
+#: again; the oldest are dropped past this many.
+OPENED_KEEP: Final = 4096
 #: What is read of a partner's error answer (its start only; the rest is never read).
 ERROR_PREFIX: Final = 4096
 
@@ -129,13 +135,15 @@ class AckCheck:
     ``delivered``: receipts (and final refusals) to store; ``later``: temporary
     refusals, sent again later; ``bad``: error code -> the rows whose ack is no
     receipt, and the first message; ``signer_unknown``: acks signed by a key not
-    known when the batch left (judged again once the aliases are read again).
+    known when the batch left (judged again once the aliases are read again);
+    ``opened``: each delivered ack as signed -> opened (its signature checked).
     """
 
     delivered: list[Answered] = field(default_factory=list)
     later: list[tuple[OutboxRow, str]] = field(default_factory=list)
     bad: dict[str, tuple[list[OutboxRow], str]] = field(default_factory=dict)
     signer_unknown: list[tuple[OutboxRow, object, bytes]] = field(default_factory=list)
+    opened: dict[bytes, Ack] = field(default_factory=dict)
 
 
 def judge_acks(pending: Sequence[tuple[OutboxRow, object, bytes]], *, did: str, current: str,
@@ -168,6 +176,7 @@ def judge_acks(pending: Sequence[tuple[OutboxRow, object, bytes]], *, did: str, 
             into.later.append((row, ack.reason))
             continue
         into.delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
+        into.opened[raw] = ack
     return into
 
 
@@ -218,6 +227,8 @@ class Delivery:
         # polled for (ACK_POLL). cid -> a future set to (ack, status, reason)
         # once the ack is stored, or to None once the document is given up.
         self._ack_waiters: dict[CID, AckWaiter] = {}
+        # Acks handed to waiters, as signed -> opened (OPENED_KEEP at most).
+        self._opened: OrderedDict[bytes, Ack] = OrderedDict()
 
     async def deliver_once(self, limit: int = 1000) -> int:
         """Send every due notice once; return how many were acknowledged."""
@@ -317,6 +328,10 @@ class Delivery:
             waiter = self._ack_waiters.pop(cid, None)
             if waiter is not None and not waiter.done() and cid in stored:
                 waiter.set_result(stored[cid])
+                if (opened := check.opened.get(stored[cid][0])) is not None:
+                    self._opened[stored[cid][0]] = opened
+        while len(self._opened) > OPENED_KEEP:
+            self._opened.popitem(last=False)
         for code, (failed, message) in check.bad.items():
             await self._failed(failed, f"{code}: the partner's ack is not a receipt ({message})")
         if check.later:
@@ -483,6 +498,12 @@ class Delivery:
                 gathering[did] = (since, rows)
             else:
                 del gathering[did]
+
+    def opened_ack(self, signed: bytes) -> Ack:
+        """An ack as signed, opened: the one this delivery verified as it stored it
+        and handed to a waiter (not verified twice), else opened now (verified)."""
+        opened = self._opened.pop(signed, None)
+        return opened if opened is not None else open_ack(signed)
 
     async def wait_for_ack(self, cid: CID, timeout: float = 30.0
                            ) -> tuple[bytes, str, str | None] | None:
