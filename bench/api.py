@@ -1,15 +1,28 @@
 """The local API under load: documents sent through POST /api/v1/documents, each waiting for its ack.
 
 Two real nodes on loopback, each a ``usagi serve`` process (the seller with its
-local API on 127.0.0.1); 8 concurrent aiohttp clients send N documents through
-``POST /api/v1/documents?wait=30`` to the buyer, each request answered once
-the buyer's signed ack is verified and stored (201). In the same run the
-exchange benchmark runs as ``python bench/exchange.py`` runs it (its own
-defaults: 10,000 documents queued by ``send_many`` in batches of 100, timed
-until every ack is stored; ``--quick``: 1,000), and the line compares the two
-throughputs (docs/api.md, "Benchmark", says what each side measures):
+local API on 127.0.0.1); 8 concurrent clients (each an aiohttp session with
+its own connection pool) send orders through ``POST /api/v1/documents?wait=30``
+to the buyer, each request answered once the buyer's signed ack is verified
+and stored (201); a document counts when its answer came, and its latency is
+request sent to answer read (POST to ack). Two shapes, 1,000 documents each
+(docs/api.md, "Benchmark", says why):
 
-    api: N docs/s, p50 X ms, 0.NNx exchange
+- 1 in flight: each client sends its next document when the last one's answer
+  came (the strict reading of the issue's load; printed on its own line);
+- W in flight (``--window``, 16): each client keeps W such requests in flight,
+  as an ERP posting a batch of invoices through its HTTP client's pool does;
+  the ``api:`` line.
+
+Each shape also runs without the API (the seller's node opened in this
+process, 8 x W tasks of ``node.send`` + ``wait_for_ack``), and the CPU time per
+document of each process is printed. In the same run the exchange benchmark
+runs as ``python bench/exchange.py`` runs it (its own defaults: 10,000
+documents queued by ``send_many`` in batches of 100, timed until every ack is
+stored; ``--quick``: 1,000), and both API shapes are compared with it:
+
+    api, 8 clients x 1 in flight: N docs/s, p50 X ms, 0.NNx exchange
+    api: N docs/s, p50 X ms, 0.NNx exchange (8 clients x W in flight, ...)
 
 Then ``usagi send`` (the command, a new process each time, as a script runs
 it) against the running seller on the same home, p50 over ~20 runs:
