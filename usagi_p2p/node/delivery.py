@@ -73,9 +73,10 @@ IDLE_MAX: Final = 2.0
 #: How often a wait for an ack looks in the ledger for an ack (or a give-up)
 #: stored by another process on this home, in seconds: the first look after
 #: this, doubling up to the second. This process's own delivery hands its
-#: acks and give-ups to the waiters at once (a future, woken, never polled),
-#: so under load the waiters of a serving node cost no ledger reads.
-ACK_POLL: Final = (0.05, 1.0)
+#: acks and give-ups to the waiters at once (a future, woken, not polled), so
+#: the look is for the rare ack another process stores (a second delivery of
+#: a notice whose lease ran out): its waiter hears of it within a second.
+ACK_POLL: Final = (0.2, 1.0)
 RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute window
 #: Acks this process's delivery verified and handed to a waiter, kept opened
 #: for the waiter's caller (Delivery.opened_ack) so it need not verify them
