@@ -1,15 +1,28 @@
 """The local API under load: documents sent through POST /api/v1/documents, each waiting for its ack.
 
 Two real nodes on loopback, each a ``usagi serve`` process (the seller with its
-local API on 127.0.0.1); 8 concurrent aiohttp clients send N documents through
-``POST /api/v1/documents?wait=30`` to the buyer, each request answered once
-the buyer's signed ack is verified and stored (201). In the same run the
-exchange benchmark runs as ``python bench/exchange.py`` runs it (its own
-defaults: 10,000 documents queued by ``send_many`` in batches of 100, timed
-until every ack is stored; ``--quick``: 1,000), and the line compares the two
-throughputs (docs/api.md, "Benchmark", says what each side measures):
+local API on 127.0.0.1); 8 concurrent clients (each an aiohttp session with
+its own connection pool) send orders through ``POST /api/v1/documents?wait=30``
+to the buyer, each request answered once the buyer's signed ack is verified
+and stored (201); a document counts when its answer came, and its latency is
+request sent to answer read (POST to ack). Two shapes, 1,000 documents each
+(docs/api.md, "Benchmark", says why):
 
-    api: N docs/s, p50 X ms, 0.NNx exchange
+- 1 in flight: each client sends its next document when the last one's answer
+  came (the strict reading of the issue's load; printed on its own line);
+- W in flight (``--window``, 16): each client keeps W such requests in flight,
+  as an ERP posting a batch of invoices through its HTTP client's pool does;
+  the ``api:`` line.
+
+Each shape also runs without the API (the seller's node opened in this
+process, 8 x W tasks of ``node.send`` + ``wait_for_ack``), and the CPU time per
+document of each process is printed. In the same run the exchange benchmark
+runs as ``python bench/exchange.py`` runs it (its own defaults: 10,000
+documents queued by ``send_many`` in batches of 100, timed until every ack is
+stored; ``--quick``: 1,000), and both API shapes are compared with it:
+
+    api, 8 clients x 1 in flight: N docs/s, p50 X ms, 0.NNx exchange
+    api: N docs/s, p50 X ms, 0.NNx exchange (8 clients x W in flight, ...)
 
 Then ``usagi send`` (the command, a new process each time, as a script runs
 it) against the running seller on the same home, p50 over ~20 runs:
@@ -44,6 +57,8 @@ from usagi_p2p.node.node import Node  # noqa: E402
 from usagi_p2p.peer.service import Service  # noqa: E402
 
 CLIENTS = 8
+#: Requests each client keeps in flight in the shape the 'api:' line measures.
+WINDOW = 16
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
@@ -79,52 +94,66 @@ async def serving(home: Home, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
         await asyncio.sleep(0.05)
 
 
-async def through_the_api(url: str, token: str, n: int) -> tuple[float, list[float]]:
-    """N documents by CLIENTS concurrent clients, each waiting for its ack: (seconds, latencies)."""
+async def warm_up(url: str, token: str) -> None:
+    """One document, not counted: connections, caches, the modules a first send imports."""
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{url}/api/v1/documents?wait=30", headers={"Authorization": f"Bearer {token}"},
+            json={"kind": "order", "to": "Osaka", "body": EXCHANGE.body(999_999)}) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+async def through_the_api(url: str, token: str, n: int, window: int, first: int = 0
+                          ) -> tuple[float, list[float]]:
+    """N documents by CLIENTS concurrent clients, each keeping ``window`` requests in
+    flight (each a ``POST ?wait=30`` answered once its ack is stored): (seconds,
+    latencies). ``window=1``: each client sends its next document once the last one's
+    ack came. Each client has its own connection pool of ``window`` connections."""
     latencies: list[float] = []
-    counter = iter(range(n))
+    counter = iter(range(first, first + n))
     headers = {"Authorization": f"Bearer {token}"}
 
-    async def client(session: aiohttp.ClientSession, c: int) -> None:
+    async def worker(session: aiohttp.ClientSession) -> None:
         for i in counter:
             request = {"kind": "order", "to": "Osaka", "body": EXCHANGE.body(i)}
             start = time.perf_counter()
             async with session.post(f"{url}/api/v1/documents?wait=30", json=request,
-                                    headers={**headers, "Idempotency-Key": f"bench-{c}-{i}"}
+                                    headers={**headers, "Idempotency-Key": f"bench-{i}"}
                                     ) as resp:
                 answer = await resp.json()
             latencies.append(time.perf_counter() - start)
             if resp.status != 201 or answer["ack"]["status"] != "received":
                 raise RuntimeError(f"document {i}: {resp.status} {answer}")
 
-    connector = aiohttp.TCPConnector(limit=CLIENTS)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        # one warm-up document: connections, caches
-        async with session.post(f"{url}/api/v1/documents?wait=30", headers=headers,
-                                json={"kind": "order", "to": "Osaka",
-                                      "body": EXCHANGE.body(n)}) as resp:
-            assert resp.status == 201, await resp.text()
-        start = time.perf_counter()
-        await asyncio.gather(*(client(session, c) for c in range(CLIENTS)))
-        elapsed = time.perf_counter() - start
-    return elapsed, latencies
+    async def client() -> None:
+        connector = aiohttp.TCPConnector(limit=window)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await asyncio.gather(*(worker(session) for _ in range(window)))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    return time.perf_counter() - start, latencies
 
 
-async def in_process(home: Home, n: int) -> tuple[float, list[float]]:
-    """The same load without the API: CLIENTS tasks of node.send + wait_for_ack in process."""
+async def in_process(home: Home, n: int, window: int, first: int
+                     ) -> tuple[float, list[float]]:
+    """The same load without the API: CLIENTS x ``window`` tasks of node.send +
+    wait_for_ack in this process (the seller node, its peer listener)."""
     latencies: list[float] = []
-    counter = iter(range(n))
+    counter = iter(range(first, first + n))
     async with Node.load(home, None) as seller, Service(seller):
-        async def client() -> None:
+        async def task() -> None:
             for i in counter:
                 start = time.perf_counter()
-                result = await seller.send("order", "Osaka", EXCHANGE.body(200_000 + i))
+                result = await seller.send("order", "Osaka", EXCHANGE.body(i))
                 ack = await seller.wait_for_ack(result.cid, timeout=30)
                 latencies.append(time.perf_counter() - start)
                 assert ack is not None and ack[1] == "received"
 
+        # one warm-up document, not counted
+        warm = await seller.send("order", "Osaka", EXCHANGE.body(first + n))
+        assert await seller.wait_for_ack(warm.cid, timeout=30) is not None
         start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(CLIENTS)))
+        await asyncio.gather(*(task() for _ in range(CLIENTS * window)))
         return time.perf_counter() - start, latencies
 
 
@@ -153,7 +182,16 @@ def cli_send(home: Home, runs: int, root: Path) -> list[float]:
     return times
 
 
-async def run(n: int, cli_runs: int) -> dict[str, Any]:
+def figures(n: int, elapsed: float, latencies: list[float]) -> dict[str, float]:
+    latencies = sorted(latencies)
+    return {"docs_per_s": n / elapsed, "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000}
+
+
+async def run(n: int, cli_runs: int, window: int) -> dict[str, Any]:
+    """Both shapes through the API (one in flight per client, then ``window``), with
+    the CPU time of each process per document; ``usagi send``; then both shapes in
+    process (the seller's ``serve`` stopped, its node opened here)."""
     root = Path(tempfile.mkdtemp(prefix="usagi-bench-api-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -172,24 +210,33 @@ async def run(n: int, cli_runs: int) -> dict[str, Any]:
         token = TokenStore(seller_home.path).create("bench", "send")
         procs.append(serve(seller_home))
         state = await serving(seller_home, procs[-1])
-        # CPU time per document (robust to a busy machine, unlike docs/s): both
-        # nodes, and this process (the 8 clients).
-        cpu_before = [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()]
-        elapsed, latencies = await through_the_api(state["local_url"], token, n)
-        cpu = [(after - before) / n * 1e6 for before, after in zip(
-            cpu_before, [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()],
-            strict=True)]
+        await warm_up(state["local_url"], token)
+        result: dict[str, Any] = {}
+        for shape, w, first in (("one", 1, 0), ("window", window, n)):
+            # CPU time per document (robust to a busy machine, unlike docs/s): both
+            # nodes, and this process (the clients); after the warm-up.
+            before = [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()]
+            elapsed, latencies = await through_the_api(state["local_url"], token, n, w, first)
+            after = [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()]
+            result[shape] = {**figures(n, elapsed, latencies), "load": os.getloadavg()[0],
+                             # buyer, seller, clients: per document
+                             "cpu_us": [(b - a) / n * 1e6 for a, b in zip(before, after,
+                                                                          strict=True)]}
         cli = cli_send(seller_home, cli_runs, root) if cli_runs else []
         seller_proc = procs.pop()
         seller_proc.terminate()
         seller_proc.wait(10)
-        alone, alone_latencies = await in_process(seller_home, n)
-        return {"alone_per_s": n / alone, "alone_p50_ms": statistics.median(alone_latencies) * 1000,
-                "docs_per_s": n / elapsed, "p50_ms": statistics.median(latencies) * 1000,
-                "p99_ms": sorted(latencies)[min(n - 1, int(n * 0.99))] * 1000,
-                "cpu_us": cpu,  # buyer, seller, clients: per document
-                "cli_p50_ms": statistics.median(cli) * 1000 if cli else None,
-                "cli_min_ms": min(cli) * 1000 if cli else None}
+        for shape, w, first in (("one", 1, 200_000), ("window", window, 300_000)):
+            before = [EXCHANGE.cpu_seconds(procs[0].pid), time.process_time()]
+            figured = figures(n, *await in_process(seller_home, n, w, first))
+            after = [EXCHANGE.cpu_seconds(procs[0].pid), time.process_time()]
+            # buyer, and the seller node with its callers (this process): per document
+            # (the node's opening and its warm-up document included)
+            figured["cpu_us"] = [(b - a) / n * 1e6 for a, b in zip(before, after, strict=True)]
+            result[f"{shape}_in_process"] = figured
+        result["cli_p50_ms"] = statistics.median(cli) * 1000 if cli else None
+        result["cli_min_ms"] = min(cli) * 1000 if cli else None
+        return result
     finally:
         for proc in procs:
             proc.terminate()
@@ -200,30 +247,46 @@ async def run(n: int, cli_runs: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=1000, help="documents through each path")
-    parser.add_argument("--cli-runs", type=int, default=20, help="'usagi send' runs (0: none)")
+    parser.add_argument("--docs", type=int, default=1000,
+                        help="documents through each path and shape")
+    parser.add_argument("--window", type=int, default=WINDOW,
+                        help="requests each client keeps in flight in the 'api:' line's shape")
+    parser.add_argument("--cli-runs", type=int, help="'usagi send' runs (0: none; default 20)")
     parser.add_argument("--quick", action="store_true",
                         help="200 documents, 5 'usagi send', the exchange on 1,000")
     args = parser.parse_args()
     if args.quick:
-        args.docs, args.cli_runs = 200, 5
-    api = asyncio.run(run(args.docs, args.cli_runs))
+        args.docs = 200
+    if args.cli_runs is None:
+        args.cli_runs = 5 if args.quick else 20
+    api = asyncio.run(run(args.docs, args.cli_runs, args.window))
     # The exchange benchmark's own figure: its default run (bench/exchange.py).
     exchange_docs, exchange_samples = (1000, 50) if args.quick else (10_000, 200)
     exchange = asyncio.run(EXCHANGE.run(exchange_docs, exchange_samples, 100))
+    load = os.getloadavg()[0]
+    x = exchange["docs_per_s"]
+    one, win = api["one"], api["window"]
     print(f"exchange (same run, {exchange_docs} documents in batches of 100): "
-          f"{exchange['docs_per_s']:.0f} docs/s, p50 {exchange['p50_ms']:.1f} ms")
-    print(f"the same load without the API ({CLIENTS} tasks of node.send + wait_for_ack in "
-          f"process): {api['alone_per_s']:.0f} docs/s, p50 {api['alone_p50_ms']:.1f} ms")
-    print(f"  api p99 {api['p99_ms']:.1f} ms with {CLIENTS} clients, "
-          f"{api['docs_per_s'] / api['alone_per_s']:.2f}x the same load in process "
-          f"(load average {os.getloadavg()[0]:.1f})")
-    buyer, seller, clients = api["cpu_us"]
-    print(f"cpu per document: api seller {seller:.0f} us, buyer {buyer:.0f} us, clients "
-          f"{clients:.0f} us; exchange seller {exchange['cpu_seller_us']:.0f} us, buyer "
-          f"{exchange['cpu_buyer_us']:.0f} us (load average {os.getloadavg()[0]:.1f})")
-    print(f"api: {api['docs_per_s']:.0f} docs/s, p50 {api['p50_ms']:.1f} ms, "
-          f"{api['docs_per_s'] / exchange['docs_per_s']:.2f}x exchange")
+          f"{x:.0f} docs/s, p50 {exchange['p50_ms']:.1f} ms; cpu per document: seller "
+          f"{exchange['cpu_seller_us']:.0f} us, buyer {exchange['cpu_buyer_us']:.0f} us "
+          f"(load average {load:.1f})")
+    for shape, label in (("one", "1 in flight"), ("window", f"{args.window} in flight")):
+        alone, through = api[f"{shape}_in_process"], api[shape]
+        buyer, seller, clients = through["cpu_us"]
+        print(f"{CLIENTS} clients x {label}, each waiting for its ack:\n"
+              f"  in process (node.send + wait_for_ack, no API): {alone['docs_per_s']:.0f} "
+              f"docs/s, p50 {alone['p50_ms']:.1f} ms; cpu per document: seller "
+              f"{alone['cpu_us'][1]:.0f} us, buyer {alone['cpu_us'][0]:.0f} us\n"
+              f"  through the API: {through['docs_per_s']:.0f} docs/s, p50 "
+              f"{through['p50_ms']:.1f} ms, p99 {through['p99_ms']:.1f} ms, "
+              f"{through['docs_per_s'] / alone['docs_per_s']:.2f}x in process; cpu per "
+              f"document: seller {seller:.0f} us, buyer {buyer:.0f} us, clients {clients:.0f} us "
+              f"(load average {through['load']:.1f})")
+    print(f"api, {CLIENTS} clients x 1 in flight: {one['docs_per_s']:.0f} docs/s, "
+          f"p50 {one['p50_ms']:.1f} ms, {one['docs_per_s'] / x:.2f}x exchange")
+    print(f"api: {win['docs_per_s']:.0f} docs/s, p50 {win['p50_ms']:.1f} ms, "
+          f"{win['docs_per_s'] / x:.2f}x exchange ({CLIENTS} clients x {args.window} in "
+          f"flight, each POST ?wait= answered at its ack)")
     if api["cli_p50_ms"] is not None:
         print(f"usagi send with a running node: p50 {api['cli_p50_ms']:.0f} ms "
               f"(min {api['cli_min_ms']:.0f} ms, {args.cli_runs} runs, waiting for the ack)")

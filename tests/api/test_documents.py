@@ -174,11 +174,11 @@ async def test_send_refusals_list_every_rule_and_send_nothing(two: Two) -> None:
         "POST", DOCS, token=kanto.tokens["send"], params={"wait": "99", "x": "1"},
         headers={"Idempotency-Key": "has space"},
         json={"kind": 5, "reply_to": "nope", "response": "maybe", "bogus": 1,
-              "body": {"lines": [{"qty": 1.5}]}})
+              "body": {"lines": [{"qty": 1.5}, {"qty": 2, "unit_price": 0.5}]}})
     assert status == 422 and body["code"] == "validation_failed"
     assert {e["field"] for e in body["errors"]} == {
-        "kind", "bogus", "reply_to", "response", "body.lines[0].qty", "wait", "x",
-        "Idempotency-Key"}, body
+        "kind", "bogus", "reply_to", "response", "body.lines[0].qty",
+        "body.lines[1].unit_price", "wait", "x", "Idempotency-Key"}, body
     status, _, body = await kanto.call("POST", DOCS, token=kanto.tokens["send"],
                                        json={"kind": "order_response"})
     assert {e["field"] for e in body["errors"]} == {"to", "body", "response"}

@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from kernel._messages import open_ack
+from kernel.errors import UsagiError
 from usagi_p2p.peer.service import Service
 
 from .conftest import REPO, Pair
@@ -166,3 +169,70 @@ async def test_a_small_batch_gathers_behind_the_partners_batch_in_flight(pair: P
     delivery._start_batches(inflight, gathering, False)  # noqa: SLF001
     assert gathering == {} and await next(iter(inflight)) == 1
     assert await seller.ledger.ack(alone.cid) is not None
+
+
+class _CountedReads:
+    """Counts the ledger reads of wait_for_ack (ack_or_status), passing them through."""
+
+    def __init__(self, node) -> None:  # noqa: ANN001
+        self.calls = 0
+        self.answered = asyncio.Event()  # the first read has answered
+        self.real = node.ledger.ack_or_status
+        node.ledger.ack_or_status = self  # the real ledger still answers
+
+    async def __call__(self, cid):  # noqa: ANN001, ANN204
+        self.calls += 1
+        try:
+            return await self.real(cid)
+        finally:
+            self.answered.set()
+
+
+async def test_a_waiter_is_woken_by_the_ack_this_process_stores(pair: Pair, monkeypatch) -> None:  # noqa: ANN001
+    """wait_for_ack reads the ledger once, then is handed the ack by this process's
+    delivery when it stores it: no polling (ACK_POLL is made longer than the wait, so
+    a waiter that needed a second read would find the ack only at its deadline)."""
+    from usagi_p2p.node import delivery
+
+    monkeypatch.setattr(delivery, "ACK_POLL", (3600.0, 3600.0))
+    seller = pair.seller
+    await pair.seller_service.close()  # this test drives the seller's delivery itself
+    sent = await seller.send("quote", "Osaka", {"ref": "Q-woken", "lines": [{"text": "bolts"}]})
+    reads = _CountedReads(seller)
+    waiting = asyncio.ensure_future(seller.wait_for_ack(sent.cid, 60))
+    await reads.answered.wait()  # the waiter has looked in the ledger: nothing there yet
+    assert await seller.deliver_once() == 1
+    got = await waiting
+    assert got is not None and got == await seller.ledger.ack(sent.cid)
+    assert got[1] == "received"
+    assert reads.calls == 1
+    # The ack as the delivery verified it, handed over opened (not verified twice);
+    # bytes it did not hand over are verified when opened.
+    assert seller.opened_ack(got[0]) == open_ack(got[0])
+    assert seller.opened_ack(got[0]) == open_ack(got[0])  # taken: opened again
+    forged = bytearray(got[0])
+    forged[-1] ^= 1
+    with pytest.raises(UsagiError):
+        seller.opened_ack(bytes(forged))
+
+
+async def test_a_waiter_hears_at_once_that_its_document_was_given_up(pair: Pair,
+                                                                     monkeypatch) -> None:  # noqa: ANN001
+    """A document given up by this process's delivery wakes its waiter with None (no
+    ack will come), without a second ledger read."""
+    from usagi_p2p.node import delivery
+
+    monkeypatch.setattr(delivery, "ACK_POLL", (3600.0, 3600.0))
+    seller = pair.seller
+    await pair.seller_service.close()
+    await pair.buyer_service.close()  # the partner is down
+    seller.max_attempts = 1
+    sent = await seller.send("quote", "Osaka", {"ref": "Q-given-up", "lines": [{"text": "x"}]})
+    reads = _CountedReads(seller)
+    waiting = asyncio.ensure_future(seller.wait_for_ack(sent.cid, 60))
+    await reads.answered.wait()
+    assert await seller.deliver_once() == 0
+    assert await waiting is None
+    row = await seller.ledger.document(sent.cid)
+    assert row is not None and row.status == "undelivered"
+    assert reads.calls == 1

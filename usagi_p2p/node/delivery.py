@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,7 @@ import aiohttp
 from ipfs.blockstore import BlockStore
 from kernel import (
     MESSAGE_LIMITS,
+    Ack,
     Identity,
     canonical,
     check_ack,
@@ -50,7 +52,7 @@ from .terminal import printable
 
 __all__ = ["Delivery", "DeliveringNode", "AckCheck", "judge_acks", "acks_answer_limit",
            "read_capped", "read_prefix", "NOTICES_PATH", "CONTENT_TYPE", "SEND_BATCH",
-           "PIPELINE", "GATHER", "IDLE_MAX"]
+           "PIPELINE", "GATHER", "IDLE_MAX", "ACK_POLL"]
 
 log = logging.getLogger("usagi.node")
 #: One line per delivery: what 'usagi serve' shows by default.
@@ -68,7 +70,18 @@ GATHER: Final = 0.02
 #: lease that ran out, a ``usagi send`` that could not reach the local API)
 #: go out within it.
 IDLE_MAX: Final = 2.0
+#: How often a wait for an ack looks in the ledger for an ack (or a give-up)
+#: stored by another process on this home, in seconds: the first look after
+#: this, doubling up to the second. This process's own delivery hands its
+#: acks and give-ups to the waiters at once (a future, woken, not polled), so
+#: the look is for the rare ack another process stores (a second delivery of
+#: a notice whose lease ran out): its waiter hears of it within a second.
+ACK_POLL: Final = (0.2, 1.0)
 RESIGN_AFTER: Final = 60.0  # seconds; well inside the receiver's ±10 minute window
+#: Acks this process's delivery verified and handed to a waiter, kept opened
+#: for the waiter's caller (Delivery.opened_ack) so it need not verify them
+#: again; the oldest are dropped past this many.
+OPENED_KEEP: Final = 4096
 #: What is read of a partner's error answer (its start only; the rest is never read).
 ERROR_PREFIX: Final = 4096
 
@@ -123,13 +136,15 @@ class AckCheck:
     ``delivered``: receipts (and final refusals) to store; ``later``: temporary
     refusals, sent again later; ``bad``: error code -> the rows whose ack is no
     receipt, and the first message; ``signer_unknown``: acks signed by a key not
-    known when the batch left (judged again once the aliases are read again).
+    known when the batch left (judged again once the aliases are read again);
+    ``opened``: each delivered ack as signed -> opened (its signature checked).
     """
 
     delivered: list[Answered] = field(default_factory=list)
     later: list[tuple[OutboxRow, str]] = field(default_factory=list)
     bad: dict[str, tuple[list[OutboxRow], str]] = field(default_factory=dict)
     signer_unknown: list[tuple[OutboxRow, object, bytes]] = field(default_factory=list)
+    opened: dict[bytes, Ack] = field(default_factory=dict)
 
 
 def judge_acks(pending: Sequence[tuple[OutboxRow, object, bytes]], *, did: str, current: str,
@@ -162,6 +177,7 @@ def judge_acks(pending: Sequence[tuple[OutboxRow, object, bytes]], *, did: str, 
             into.later.append((row, ack.reason))
             continue
         into.delivered.append((row.cid, raw, ack.status, ack.reason, format_time(ack.at)))
+        into.opened[raw] = ack
     return into
 
 
@@ -197,7 +213,8 @@ class DeliveringNode(Protocol):
     def take_recent(self, cid: CID) -> bytes | None: ...
 
 
-AckWaiter = asyncio.Future[tuple[bytes, str, str | None]]
+#: Set to (ack, status, reason) once the ack is stored, or None once given up.
+AckWaiter = asyncio.Future[tuple[bytes, str, str | None] | None]
 
 
 class Delivery:
@@ -206,10 +223,13 @@ class Delivery:
     def __init__(self, node: DeliveringNode) -> None:
         self.node = node
         self._delivering = asyncio.Lock()
-        # Futures for acks awaited in this process (wait_for_ack); other
-        # processes on the same home poll the ledger instead.
-        # cid -> a future set to (ack, status, reason) once the ack is stored
+        # Futures for acks awaited in this process (wait_for_ack), set by this
+        # process's delivery; what other processes on the same home store is
+        # polled for (ACK_POLL). cid -> a future set to (ack, status, reason)
+        # once the ack is stored, or to None once the document is given up.
         self._ack_waiters: dict[CID, AckWaiter] = {}
+        # Acks handed to waiters, as signed -> opened (OPENED_KEEP at most).
+        self._opened: OrderedDict[bytes, Ack] = OrderedDict()
 
     async def deliver_once(self, limit: int = 1000) -> int:
         """Send every due notice once; return how many were acknowledged."""
@@ -309,6 +329,10 @@ class Delivery:
             waiter = self._ack_waiters.pop(cid, None)
             if waiter is not None and not waiter.done() and cid in stored:
                 waiter.set_result(stored[cid])
+                if (opened := check.opened.get(stored[cid][0])) is not None:
+                    self._opened[stored[cid][0]] = opened
+        while len(self._opened) > OPENED_KEEP:
+            self._opened.popitem(last=False)
         for code, (failed, message) in check.bad.items():
             await self._failed(failed, f"{code}: the partner's ack is not a receipt ({message})")
         if check.later:
@@ -369,6 +393,9 @@ class Delivery:
         log.info("delivery failed (%d notices): %s", len(rows), error)
         for cid in given_up:
             log.warning("%s undelivered: %s", cid, error)
+            waiter = self._ack_waiters.pop(cid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)  # no ack will come: whoever waits hears it now
 
     async def loop(self, stop: asyncio.Event, idle: float = 0.25) -> None:
         """Deliver until ``stop`` is set, keeping up to PIPELINE batches in flight.
@@ -473,6 +500,12 @@ class Delivery:
             else:
                 del gathering[did]
 
+    def opened_ack(self, signed: bytes) -> Ack:
+        """An ack as signed, opened: the one this delivery verified as it stored it
+        and handed to a waiter (not verified twice), else opened now (verified)."""
+        opened = self._opened.pop(signed, None)
+        return opened if opened is not None else open_ack(signed)
+
     async def wait_for_ack(self, cid: CID, timeout: float = 30.0
                            ) -> tuple[bytes, str, str | None] | None:
         """The ack once it is stored, or None on timeout or when given up."""
@@ -486,8 +519,9 @@ class Delivery:
 
     async def _wait_for_ack(self, cid: CID, waiter: AckWaiter, deadline: float
                             ) -> tuple[bytes, str, str | None] | None:
+        poll = ACK_POLL[0]
         while True:
-            # First, and after each quiet 50 ms: the ack may have been stored
+            # First, and after each quiet ``poll``: the ack may have been stored
             # before we waited, or by another process (a `serve` on this home).
             ack, status = await self.node.ledger.ack_or_status(cid)
             if ack is not None:
@@ -498,8 +532,10 @@ class Delivery:
             if remaining <= 0:
                 break
             try:
-                # This process's delivery hands over the ack it has just stored.
-                return await asyncio.wait_for(asyncio.shield(waiter), timeout=min(0.05, remaining))
+                # This process's delivery hands over the ack it has just stored
+                # (or None: given up).
+                return await asyncio.wait_for(asyncio.shield(waiter),
+                                              timeout=min(poll, remaining))
             except TimeoutError:
-                pass
+                poll = min(poll * 2, ACK_POLL[1])
         return None

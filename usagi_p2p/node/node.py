@@ -45,6 +45,7 @@ from ipfs.blockstore import BlockNotFoundError, BlockStore, StoreUnavailableErro
 from ipfs.gateway import GatewayClient
 from ipfs.sqlite import SQLiteBlockStore
 from kernel import (
+    Ack,
     Identity,
     Notice,
     Opened,
@@ -559,6 +560,11 @@ class Node:
                            ) -> tuple[bytes, str, str | None] | None:
         """The ack once it is stored, or None on timeout or when given up."""
         return await self._delivery.wait_for_ack(cid, timeout)
+
+    def opened_ack(self, signed: bytes) -> Ack:
+        """An ack this node stored (as wait_for_ack returns it), opened: verified
+        once, by the delivery that stored it, or now."""
+        return self._delivery.opened_ack(signed)
 
     def take_recent(self, cid: CID) -> bytes | None:
         """A block sealed here recently, taken out of the cache (delivery pushes it)."""

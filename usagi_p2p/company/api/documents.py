@@ -149,18 +149,47 @@ _SEND_FIELDS: Final = (
 )
 
 
+class _Fraction(Exception):
+    """A JSON fraction in a body (found by :func:`_as_text`)."""
+
+
+def _as_text(value: Any) -> Any:
+    """``value`` (as json.loads gives it) with every integer as its decimal string;
+    _Fraction at the first fraction. The send path's check of every body: no path
+    strings are built unless a rule is broken (then :func:`_decimals` says where)."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is dict:
+        return {k: _as_text(v) for k, v in value.items()}
+    if kind is list:
+        return [_as_text(v) for v in value]
+    if kind is int:
+        return str(value)
+    if kind is float:
+        raise _Fraction
+    return value  # True, False, None
+
+
 def _decimals(value: Any, where: str, errors: list[FieldError]) -> Any:
     """``value`` with every integer as its decimal string; a JSON fraction is one
     broken rule (documents carry decimals as strings: no float ever rounds)."""
+    try:
+        return _as_text(value)
+    except _Fraction:
+        return _decimals_where(value, where, errors)
+
+
+def _decimals_where(value: Any, where: str, errors: list[FieldError]) -> Any:
     if isinstance(value, float):
         errors.append(_broken(where, "invalid", "write numbers as quoted decimals ('12.50')"))
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, dict):
-        return {k: _decimals(v, f"{where}.{k}", errors) for k, v in value.items()}
+        return {k: _decimals_where(v, f"{where}.{k}", errors) for k, v in value.items()}
     if isinstance(value, list):
-        return [_decimals(v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+        return [_decimals_where(v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
     return value
 
 

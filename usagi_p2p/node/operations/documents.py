@@ -316,8 +316,8 @@ async def await_ack(node: Node, cid: CID, timeout: float = 30.0) -> Delivery:
         row = await node.ledger.document(cid)
         return Delivery(None, row.status if row else "unknown", row.reason if row else None)
     # The ack as it was signed (its status and reason), not as the ledger recorded it;
-    # opened (its signature checked) once.
-    opened = open_ack(ack[0])
+    # opened (its signature checked) once: by the delivery that stored it, or here.
+    opened = node.opened_ack(ack[0])
     view = AckView(opened.status, opened.reason, opened.by, opened.at, ack[0])
     return Delivery(view, opened.status, opened.reason)
 
