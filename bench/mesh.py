@@ -904,7 +904,7 @@ def plot(runs: list[dict[str, Any]], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     ns = [r["n"] for r in runs]
     ax.plot(ns, [cost(r) for r in runs], "o-", label="CPU per trade, in probes")
-    ax.plot(ns, [r["per_trade_cpu"] / runs[0]["per_trade_cpu"] * base for r in runs], "x:",
+    ax.plot(ns, [r["per_trade_all"] / runs[0]["per_trade_all"] * base for r in runs], "x:",
             color="0.5", label="raw CPU seconds, scaled to N=10")
     ax.axhspan(base * 0.9, base * 1.1, color="green", alpha=0.12,
                label=f"±10 % of N={runs[0]['n']}")
