@@ -80,9 +80,9 @@ against the network's mean per own trade. Pictures (``--plots DIR``,
 matplotlib): per-trade cost against N, each node's load against its own
 trades, the partner graph.
 
-    python bench/mesh.py                 # N = 10, 100 over 35 s (make bench): ~4 min
+    python bench/mesh.py                 # N = 10, 100 over 35 s (make bench): ~3 min
     python bench/mesh.py --n 10 1000 --plots docs/scale
-                                         # 1,000 companies over 350 s: ~15 min
+                                         # 10 and 1,000 companies over 350 s: ~16 min
 
 With N = 1,000 the four processes hold ~450 MB each (1,000 nodes, 2,000
 SQLite threads, several GB of files, mostly WAL) and the per-address limits
