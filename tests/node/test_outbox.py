@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -222,3 +223,38 @@ async def test_a_threads_documents_reach_a_slow_partner_in_order(
     assert arrived == [1, 2]
     held = {d.cid for d in await operations.list_documents(buyer, "in", limit=10)}
     assert set(cids[1:]) <= held
+
+
+async def test_an_idle_node_claims_nothing_yet_sends_what_another_process_queues(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle delivery loop reads when the next notice may be claimed and claims only
+    then (delivery.py, the idle look): no write transaction a look for nothing. A
+    notice another process queues (no wake here) still goes out within IDLE_MAX."""
+    from usagi_p2p.node import operations
+    from usagi_p2p.node.delivery import IDLE_MAX
+    from usagi_p2p.node.node import Node
+
+    seller = pair.seller
+    claims: list[float] = []
+    claim_due = seller.ledger.claim_due
+
+    async def counted(now: float, limit: int, lease: float = 30.0) -> list[Any]:
+        claims.append(now)
+        return await claim_due(now, limit, lease)
+
+    monkeypatch.setattr(seller.ledger, "claim_due", counted)
+    await asyncio.sleep(IDLE_MAX * 2)  # the loop has backed off and looked a few times
+    assert claims == []
+    # Another process on the same home (a `usagi send` that could not reach the
+    # local API) queues a quote; nothing wakes the serving node's loop.
+    other = Node.load(seller.home, None)
+    await other.open()
+    try:
+        sent = await operations.send(other, "quote", {"ref": "Q-other", "lines": [
+            {"text": "M8 nut", "qty": "100", "unit": "pcs", "unit_price": "3"}]},
+            to=pair.buyer.did)
+    finally:
+        await other.close()
+    assert (await operations.await_ack(seller, sent.cid, timeout=IDLE_MAX * 10)
+            ).status == "received"
+    assert len(claims) >= 1

@@ -410,23 +410,38 @@ class Delivery:
         quiet = 0  # rounds in a row that found nothing at all to do
         pause = idle
         while not stop.is_set():
+            woke = node.wake.is_set()
             node.wake.clear()
             waiting = sum(len(rows) for _, rows in gathering.values())
             room = PIPELINE - len(inflight)
             more = False
             rows: list[OutboxRow] = []
+            # An idle look (quiet, nothing here, not woken by a queued notice)
+            # first reads when the next notice may be claimed, and claims only
+            # when one may: one read instead of a claim (a write transaction)
+            # and that read (docs/scale.md: an idle node's cost).
+            idle_look = quiet > 0 and not woke and not inflight and not gathering
+            due: float | None = None
             try:
                 if room > 0 and claim and room * SEND_BATCH > waiting:
                     last_claim = node.clock()
-                    rows = await node.ledger.claim_due(last_claim, room * SEND_BATCH - waiting)
+                    if idle_look:
+                        due = await node.ledger.next_due()
+                        idle_look = due is None or due > last_claim
+                    if not idle_look:
+                        rows = await node.ledger.claim_due(last_claim,
+                                                           room * SEND_BATCH - waiting)
                     more = len(rows) >= room * SEND_BATCH - waiting
                     for row in rows:
                         gathering.setdefault(row.partner, (last_claim, []))[1].append(row)
+                else:
+                    idle_look = False
                 self._start_batches(inflight, gathering, stop.is_set())
                 # A batch in flight wakes the loop when it ends, and the wait is
                 # at most ``idle`` anyway: the next due time matters only when
                 # nothing is in flight (a retry due sooner than ``idle``).
-                next_due = None if inflight else await node.ledger.next_due()
+                next_due = (due if idle_look
+                            else None if inflight else await node.ledger.next_due())
             except Exception:  # the loop must survive any single failure
                 log.exception("delivery round failed")
                 next_due = None
