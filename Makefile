@@ -74,7 +74,7 @@ ci: test sanitize test-pure
 
 # Scale (docs/scale.md): mesh.py runs N = 10 and 100 companies (~3 min) and
 # growth.py a node at 10k and 100k documents (~5 min). The long runs are opt-in:
-#   make bench MESH_ARGS='--n 10 100 1000 --seconds 60'   (~15 min more)
+#   make bench MESH_ARGS='--n 10 1000'   (trades over 350 s at both N: ~16 min)
 #   make bench GROWTH_ARGS=--million                      (~45 min more)
 # MESH_ARGS='--plots docs/scale' redraws the pictures (needs matplotlib: '.[bench]').
 MESH_ARGS ?=

@@ -19,18 +19,54 @@ trades, however many companies join. This measures it (docs/scale.md).
   and a small responder on the node's event sequence (what the local API's
   stream and webhooks read): a buyer orders what it is quoted, a seller
   confirms, delivers and invoices what it is ordered.
+* The window is the same for every N of a run, so every edge trades at the
+  same rate at every N. By default it is ``SECONDS_PER_COMPANY`` (0.35 s) per
+  company of the largest N, at least 30 s: N = 1,000's ~6,000 trades at ~50 ms
+  of CPU each then ask ~0.9 of a core, and the host is not saturated (a
+  saturated host times requests out and retries them, and its nodes' idle
+  cost runs on over a longer run: that measures the host, not the mesh).
+  The printed *demand* says what the run asked.
+* Setup is kept out of the collector's way: once paired, each process
+  freezes what it holds (``gc.collect(); gc.freeze()``; ``--no-freeze`` not).
+  250 nodes in one interpreter make one heap, and each full collection walks
+  all their long-lived objects, ~250 times what a node walks in its own
+  process (a real deployment: one node, one process). This controls a
+  packing artefact; the collector's CPU during trading is still counted.
 
-Measured per node, inside the shared processes:
+Measured per node, inside the shared processes, over the trading window (from
+the first trade until every notice is answered):
 
 * CPU: the event-loop time of every callback run in the node's context
   (a context variable set when the node starts; every task, connection and
   timer the node makes inherits it), plus the CPU of the node's two SQLite
-  threads (``/proc/self/task/TID/schedstat``, nanoseconds). What no node owns
-  (the pipe to the parent, aiosqlite's result hand-off) is reported apart;
+  threads (``/proc/self/task/TID/schedstat``, nanoseconds), less the garbage
+  collections that ran inside them (``gc.callbacks``, per thread): a
+  collection is paid by whichever callback allocates when it is due, with
+  250 nodes in one heap mostly a node that did not make the garbage. The
+  collector's CPU is reported apart (*collector*) and counted in the
+  network's cost. What no node owns (the pipe to the parent, aiosqlite's
+  result hand-off, the probes) is reported apart, in *process total*;
+* idle: before trading, the paired nodes do nothing for ``--idle`` seconds:
+  CPU per node-second (the delivery loop's look at its outbox, every
+  ``IDLE_MAX``), and what share of the nodes' CPU in the window that rate is;
+* refusals and retries, from each node's log: ``refused:<code>`` (a notice
+  this node refused), ``retry:<why>`` (a notice it must send again: a
+  partner's temporary refusal such as ``unknown_prev``, ``unreachable`` for a
+  timeout, ``busy`` for 429/503), ``undelivered``; printed per trade;
 * bytes and requests in and out, counted at the sockets: what each node's
   listener reads and writes, and what its client sends to and reads from
   each listener port;
-* ledger and block store size (bytes over an empty node's), blocks held.
+* ledger and block store size (bytes over an empty node's), blocks held, and
+  the WAL files' length before they are checkpointed for the sizes.
+
+Normalised, beside the raw figure: the largest node's CPU per own trade less
+the mean idle rate over the window (a fixed cost per node, not per trade),
+against the network's mean computed the same way.
+
+For the run: *demand*, the worker processes' CPU over the trading window in
+cores (everything: nodes, collector, probes), and the load average before and
+after trading. A *probe* (seal and open one quote, timed every half second in
+each process) says how fast the CPU is under the host's load at the time.
 
 Asserted by counting (also for N = 1,000): every request and byte a node's
 client sent went to one of its partners' listeners, and every byte a
@@ -38,19 +74,23 @@ listener read was sent by a partner's client to it (the two sides counted in
 different processes agree); every node holds exactly the blocks of its own
 trades (5 per thread) and documents with its partners only.
 
-Printed, last line: ``mesh: N=…, per-trade cost X.XXx of N=10, max node load /
-own trades Y.YYx``: the network's CPU per trade against N = 10's in the same
-run, and the largest node's CPU per own trade against the network's. Pictures
-(``--plots DIR``, matplotlib): per-trade cost against N, each node's load
-against its own trades, the partner graph.
+Printed, per N: the raw figures (CPU per trade in ms, raw ratio to the first
+N), the same in probes, the three nodes with the highest CPU per own trade
+(with their partners, trades, requests, refusals and retries). Last line:
+``mesh: N=…, per-trade cost X.XXx of N=10, max node load / own trades
+Y.YYx``: the network's CPU per trade (nodes + collector, in probes) against
+the first N's in the same run, and the largest node's CPU per own trade
+against the network's mean per own trade. Pictures (``--plots DIR``,
+matplotlib): per-trade cost against N, each node's load against its own
+trades, the partner graph.
 
-    python bench/mesh.py                 # N = 10, 100 (make bench): ~3 min
-    python bench/mesh.py --n 10 100 1000 --seconds 60 --plots docs/scale
-                                         # and 1,000 companies: ~10-15 min more here
+    python bench/mesh.py                 # N = 10, 100 over 35 s (make bench): ~3 min
+    python bench/mesh.py --n 10 1000 --plots docs/scale
+                                         # 10 and 1,000 companies over 350 s: ~16 min
 
 With N = 1,000 the four processes hold ~450 MB each (1,000 nodes, 2,000
-SQLite threads, ~8 GB of files, mostly WAL) and the per-address limits of
-the listener are lifted (every company connects from 127.0.0.1).
+SQLite threads, several GB of files, mostly WAL) and the per-address limits
+of the listener are lifted (every company connects from 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -84,6 +124,10 @@ sys.path.insert(0, str(ROOT))
 PLUGINS = ("machinery", "food", "construction", "medical")
 KINDS = ("quote", "order", "order_response", "delivery_note", "invoice")
 DOCS_PER_THREAD = len(KINDS)
+#: The default window (``--seconds``) per company of the largest mesh of a run:
+#: N = 1,000 asks ~6,000 trades x ~50 ms of CPU = ~300 s of CPU, so 350 s keeps
+#: the trades' demand near 0.9 of a core on a 2-core host (docs/scale.md).
+SECONDS_PER_COMPANY = 0.35
 
 # -- the partner graph ---------------------------------------------------------
 
@@ -123,25 +167,73 @@ class Meter:
     sent: Counter[tuple[int, int]] = field(default_factory=Counter)
     received: Counter[tuple[int, int]] = field(default_factory=Counter)
     requests: Counter[tuple[int, int]] = field(default_factory=Counter)
+    # CPU seconds of the garbage collector, by native thread id (gc.callbacks)
+    gc: Counter[int] = field(default_factory=Counter)
+    # node -> what its log said: refusals it gave ("refused:<code>"), notices it
+    # must send again ("retry:<why>"), notices given up ("undelivered")
+    events: Counter[tuple[int, str]] = field(default_factory=Counter)
 
     def install(self) -> None:
         import asyncio.events
         import asyncio.selector_events
+        import gc
+        import logging
+        import threading
 
         from aiohttp import client_proto, web_protocol
 
         cpu, thread_time = self.cpu, time.thread_time
+        collected, get_tid = self.gc, threading.get_native_id
+        loop_tid = get_tid()
+        gc_started: dict[int, float] = {}
+
+        def timed_gc(phase: str, info: dict[str, int]) -> None:
+            tid = get_tid()
+            if phase == "start":
+                gc_started[tid] = thread_time()
+            elif tid in gc_started:
+                collected[tid] += thread_time() - gc_started.pop(tid)
+
+        gc.callbacks.append(timed_gc)
         run = asyncio.events.Handle._run
 
         def timed_run(handle: Any) -> None:
+            # A collection is paid by whichever callback allocates when it is due:
+            # with 250 nodes in one heap, by a node that did not make the garbage.
+            # It is counted apart (``gc``), not charged to that node.
             context = handle._context
+            gc_before = collected[loop_tid]
             start = thread_time()
             try:
                 run(handle)
             finally:
-                cpu[context.get(NODE, -1) if context is not None else -1] += thread_time() - start
+                cpu[context.get(NODE, -1) if context is not None else -1] += (
+                    thread_time() - start - (collected[loop_tid] - gc_before))
 
         asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+
+        events = self.events
+
+        class Events(logging.Handler):
+            """The node's refusals and retries, counted per node (its log lines)."""
+
+            def emit(self, record: logging.LogRecord) -> None:
+                node, message = NODE.get(), record.msg
+                if message.startswith("rejecting"):  # intake: (cid, sender, error)
+                    events[node, "refused:" + getattr(record.args[2], "code", "?")] += 1
+                elif message.startswith("delivery failed"):  # (count, why)
+                    why = str(record.args[1])
+                    kind = (why.rsplit(": ", 1)[-1] if "cannot take it now" in why
+                            else "unreachable" if why.startswith("cannot reach")
+                            else "busy" if " answered 429" in why or " answered 503" in why
+                            else "other")
+                    events[node, "retry:" + kind] += int(record.args[0])
+                elif message.endswith("undelivered: %s"):
+                    events[node, "undelivered"] += 1
+
+        node_log = logging.getLogger("usagi.node")
+        node_log.setLevel(logging.INFO)
+        node_log.addHandler(Events())
 
         def peer_port(transport: Any) -> int:
             peer = transport.get_extra_info("peername") if transport is not None else None
@@ -209,7 +301,7 @@ class Meter:
     def snapshot(self) -> dict[str, Any]:
         return {name: Counter(getattr(self, name)) for name in
                 ("cpu", "listener_in", "listener_out", "requests_in", "sent", "received",
-                 "requests")}
+                 "requests", "gc", "events")}
 
 
 def thread_ns(tid: int) -> int:
@@ -387,7 +479,7 @@ class Worker:
         """Run every thread of the edges this process sells on; measure meanwhile."""
         from usagi_p2p.node import operations
 
-        before, threads_before, cpu_before, wall = self._started
+        wall = self._started[3]
         start = time.monotonic()
         interval = seconds / threads
 
@@ -425,12 +517,43 @@ class Worker:
                 return first
             await asyncio.sleep(0.5)
 
-    async def begin(self) -> None:
-        """The counters before trading, taken in every process before any trades."""
-        self._started = (self.meter.snapshot(),
-                         {i: tuple(thread_ns(t) for t in tids)
-                          for i, tids in self.threads.items()},
-                         process_cpu(), time.perf_counter())
+    def _counters(self) -> tuple[dict[str, Any], dict[int, tuple[int, ...]], float, float]:
+        return (self.meter.snapshot(),
+                {i: tuple(thread_ns(t) for t in tids) for i, tids in self.threads.items()},
+                process_cpu(), time.perf_counter())
+
+    def _used(self, since: tuple[dict[str, Any], dict[int, tuple[int, ...]], float, float]
+              ) -> dict[str, Any]:
+        """What the nodes used since ``since`` (:meth:`_counters`)."""
+        before, threads_before, cpu_before, wall = since
+        after = self.meter.snapshot()
+        gc_by_tid = after["gc"] - before["gc"]
+        return {"before": before, "after": after,
+                # the SQLite threads' CPU, less the collections they happened to run
+                "threads_ns": {i: sum(thread_ns(t) - int(gc_by_tid[t] * 1e9) for t in tids)
+                               - sum(threads_before[i]) for i, tids in self.threads.items()},
+                "gc": sum(gc_by_tid.values()),
+                "process_cpu": process_cpu() - cpu_before,
+                "wall": time.perf_counter() - wall}
+
+    async def begin(self, freeze: bool, idle: float) -> dict[str, Any]:
+        """Before trading, in every process at once: (``freeze``) move what setting up
+        and pairing made into the collector's permanent generation, then measure
+        ``idle`` seconds of the paired nodes doing nothing, then take the counters."""
+        import gc
+
+        if freeze:
+            # 250 nodes share one heap here: a full collection walks all their
+            # long-lived objects (connections, plugins, parsers), ~250 times what
+            # one node's own process walks. Frozen, it walks what trading made.
+            gc.collect()
+            gc.freeze()
+        await asyncio.sleep(2.0)  # the pairing's last deliveries end; the loops back off
+        since = self._counters()
+        await asyncio.sleep(idle)
+        quiet = self._used(since)
+        self._started = self._counters()
+        return quiet
 
     async def _probe(self) -> list[float]:
         """CPU seconds of a fixed piece of node work (seal and open one quote), taken
@@ -455,12 +578,7 @@ class Worker:
     async def measure(self) -> dict[str, Any]:
         """What the nodes used since :meth:`trade` began (called once every process's
         trades are done: a buyer's listener may still be reading until then)."""
-        before, threads_before, cpu_before, wall = self._started
-        return {"before": before, "after": self.meter.snapshot(),
-                "threads_ns": {i: sum(thread_ns(t) for t in tids) - sum(threads_before[i])
-                               for i, tids in self.threads.items()},
-                "process_cpu": process_cpu() - cpu_before,
-                "wall": time.perf_counter() - wall, "errors": self.errors[:20],
+        return {**self._used(self._started), "errors": self.errors[:20],
                 "probe": self.probes}
 
     async def sizes(self) -> dict[int, dict[str, Any]]:
@@ -472,6 +590,8 @@ class Worker:
                 return sum((home / (name + suffix)).stat().st_size
                            for suffix in ("", "-wal") if (home / (name + suffix)).exists())
 
+            wal = sum((home / (name + "-wal")).stat().st_size for name in ("ledger.db", "blocks.db")
+                      if (home / (name + "-wal")).exists())
             for name in ("ledger.db", "blocks.db"):  # what the files hold, not the WAL's length
                 with contextlib.closing(sqlite3.connect(home / name)) as con:
                     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -480,7 +600,7 @@ class Worker:
                 blocks = con.execute("SELECT count(*) FROM blocks").fetchone()[0]
             partners = [p.did for p in await node.ledger.partners()]
             documents = await node.ledger.documents(limit=1_000_000)
-            out[i] = {"ledger": size("ledger.db"), "store": size("blocks.db"),
+            out[i] = {"ledger": size("ledger.db"), "store": size("blocks.db"), "wal": wal,
                       "blocks": blocks, "docs": len(documents), "did": node.did,
                       "foreign": sum(1 for d in documents if d.partner not in partners)}
         return out
@@ -500,6 +620,8 @@ def worker_main(conn: Connection, root: str) -> None:
     # refused unknown_prev once, then retried (docs/spec.md section 9): counted
     # in the requests, not printed.
     logging.basicConfig(level=logging.ERROR)
+    for handler in logging.getLogger().handlers:  # usagi.node logs INFO to the Meter
+        handler.setLevel(logging.ERROR)
 
     async def serve() -> None:
         worker = Worker(Path(root))
@@ -564,7 +686,8 @@ class Mesh:
                     process.kill()
 
 
-def run_mesh(n: int, procs: int, threads: int, seconds: float, seed: int) -> dict[str, Any]:
+def run_mesh(n: int, procs: int, threads: int, seconds: float, seed: int, freeze: bool = True,
+             idle: float = 6.0) -> dict[str, Any]:
     rng = random.Random(seed)
     edges = partner_graph(n, seed=seed)
     root = Path(tempfile.mkdtemp(prefix=f"usagi-mesh-{n}-"))
@@ -610,17 +733,22 @@ def run_mesh(n: int, procs: int, threads: int, seconds: float, seed: int) -> dic
                     sells[mesh.owner(seller)].append((e, seller, did[buyer], phase, list(ks)))
             own[a] += threads
             own[b] += threads
+        quiet = mesh.call_all("begin", {w: (freeze, idle) for w in range(mesh.procs)})
+        load_before = os.getloadavg()[0]
         t1 = time.perf_counter()
-        mesh.call_all("begin", {w: () for w in range(mesh.procs)})
         mesh.call_all("trade", {w: (sells.get(w, []), threads, seconds)
                                           for w in range(mesh.procs)})
         trading = time.perf_counter() - t1
         late = sum(mesh.call_all("settle", {w: () for w in range(mesh.procs)}).values())
         time.sleep(0.5)  # the last acks' connections go quiet
         results = mesh.call_all("measure", {w: () for w in range(mesh.procs)})
+        window = time.perf_counter() - t1
+        load_after = os.getloadavg()[0]
+        t2 = time.perf_counter()
         sizes = {}
         for result in mesh.call_all("sizes", {w: () for w in range(mesh.procs)}).values():
             sizes.update(result)
+        sized = time.perf_counter() - t2
     finally:
         mesh.close()
         shutil.rmtree(root, ignore_errors=True)
@@ -657,6 +785,22 @@ def run_mesh(n: int, procs: int, threads: int, seconds: float, seed: int) -> dic
         errors += r["errors"]
     if errors:
         raise AssertionError("responder errors:\n" + "\n".join(errors))
+    gc_cpu = sum(r["gc"] for r in results.values())
+    events: Counter[tuple[int, str]] = Counter()
+    for r in results.values():
+        events.update(r["after"]["events"] - r["before"]["events"])
+    # The nodes paired and doing nothing, before trading: what a node costs a second
+    # when it has no trade (its delivery loop's idle looks at its outbox).
+    idle_cpu: Counter[int] = Counter()
+    idle_wall = 0.0
+    for q in quiet.values():
+        for key, value in (q["after"]["cpu"] - q["before"]["cpu"]).items():
+            if key >= 0:
+                idle_cpu[key] += value
+        for i, ns in q["threads_ns"].items():
+            idle_cpu[i] += ns / 1e9
+        idle_wall = max(idle_wall, q["wall"])
+    idle_rate = sum(idle_cpu.values()) / n / idle_wall  # CPU s per node per s
 
     # Counting: every request and byte went between partners only, and both ends agree.
     partners = defaultdict(set)
@@ -703,7 +847,8 @@ def run_mesh(n: int, procs: int, threads: int, seconds: float, seed: int) -> dic
     nodes = []
     for i in range(n):
         nodes.append({
-            "own": own[i], "degree": len(partners[i]), "cpu": cpu[i],
+            "id": i, "own": own[i], "degree": len(partners[i]), "cpu": cpu[i],
+            "events": {k: v for (j, k), v in events.items() if j == i},
             "bytes_in": listener_in[i] + received_by[i],
             "bytes_out": listener_out[i] + sent_by[i],
             "requests_in": requests_in[i], "requests_out": requests_by[i],
@@ -714,7 +859,28 @@ def run_mesh(n: int, procs: int, threads: int, seconds: float, seed: int) -> dic
     per_trade = owned / total_trades  # one trade's cost, both parties
     per_own = [x["cpu"] / x["own"] for x in nodes]  # each party pays about half
     mean_per_own = owned / sum(own.values())
+    for x, ratio in zip(nodes, per_own, strict=True):
+        x["load"] = ratio / mean_per_own
+    worst = sorted(nodes, key=lambda x: -x["load"])[:3]
+    # The same without the idle cost (the mean idle rate over the window, a fixed
+    # cost per node, not per trade): normalised, printed beside the raw ratio.
+    busy = [max(x["cpu"] - idle_rate * window, 0.0) for x in nodes]
+    busy_mean = sum(busy) / sum(own.values())
+    max_busy_ratio = max(b / x["own"] for b, x in zip(busy, nodes, strict=True)) / busy_mean
+    kinds: Counter[str] = Counter()
+    for (_, kind), count in events.items():
+        kinds[kind] += count
     return {
+        "window_s": window, "sizes_s": sized, "load": (load_before, load_after),
+        "gc_cpu": gc_cpu, "idle_rate": idle_rate,
+        "idle_share": idle_rate * n * window / owned,
+        # the mesh's processes' CPU over the trading window, in cores
+        "demand": sum(r["process_cpu"] for r in results.values()) / window,
+        "events": dict(kinds), "worst": worst, "freeze": freeze,
+        "max_busy_ratio": max_busy_ratio,
+        "wal_mean": statistics.mean(s["wal"] for s in sizes.values()),
+        "wal_max": max(s["wal"] for s in sizes.values()),
+        "per_trade_all": (owned + gc_cpu) / total_trades,
         "n": n, "edges": len(edges), "trades": total_trades, "docs": total_trades * 5,
         "max_degree": max(len(p) for p in partners.values()),
         "start_s": started, "pair_s": paired, "trade_s": trading, "late": late,
@@ -748,7 +914,7 @@ def plot(runs: list[dict[str, Any]], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     ns = [r["n"] for r in runs]
     ax.plot(ns, [cost(r) for r in runs], "o-", label="CPU per trade, in probes")
-    ax.plot(ns, [r["per_trade_cpu"] / runs[0]["per_trade_cpu"] * base for r in runs], "x:",
+    ax.plot(ns, [r["per_trade_all"] / runs[0]["per_trade_all"] * base for r in runs], "x:",
             color="0.5", label="raw CPU seconds, scaled to N=10")
     ax.axhspan(base * 0.9, base * 1.1, color="green", alpha=0.12,
                label=f"±10 % of N={runs[0]['n']}")
@@ -830,7 +996,7 @@ def plot_graph(plt: Any, run: dict[str, Any], path: Path) -> Path:
 def cost(run: dict[str, Any]) -> float:
     """A run's CPU per trade in probes (Worker._probe): what the same work costs on
     this machine's CPU at the time of the run, to compare runs on a busy host."""
-    return float(run["per_trade_cpu"] / run["probe"])
+    return float(run["per_trade_all"] / run["probe"])
 
 
 def main() -> None:
@@ -839,17 +1005,24 @@ def main() -> None:
                         help="mesh sizes (the first is the baseline); default 10 100")
     parser.add_argument("--procs", type=int, default=4, help="worker processes (default 4)")
     parser.add_argument("--threads", type=int, default=2, help="trade threads per edge")
-    parser.add_argument("--seconds", type=float, default=30.0,
-                        help="over how long each edge's threads are spread")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="over how long each edge's threads are spread, the same for "
+                             f"every N of the run (default: {SECONDS_PER_COMPANY} s per "
+                             "company of the largest N, at least 30 s)")
+    parser.add_argument("--no-freeze", dest="freeze", action="store_false",
+                        help="leave what setup made in the collector's generations")
+    parser.add_argument("--idle", type=float, default=6.0,
+                        help="seconds of the paired nodes idle, measured before trading")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--plots", type=Path, default=None,
                         help="write the PNGs here (docs/scale)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
     raise_open_files()
+    seconds = args.seconds or max(30.0, SECONDS_PER_COMPANY * max(args.n))
     runs = []
     for n in args.n:
-        r = run_mesh(n, args.procs, args.threads, args.seconds, args.seed)
+        r = run_mesh(n, args.procs, args.threads, seconds, args.seed, args.freeze, args.idle)
         runs.append(r)
         base = runs[0]
         print(f"  N={n:>5}: {r['edges']} pairs (largest hub {r['max_degree']}), "
@@ -857,17 +1030,34 @@ def main() -> None:
               f"(start {r['start_s']:.1f} s, pairing {r['pair_s']:.1f} s, "
               f"{r['late']} notices still pending then, {r['unread']} bytes of answers "
               f"unread by clients that gave up); "
-              f"CPU per trade {r['per_trade_cpu'] * 1e3:.1f} ms = {cost(r):.0f} probes "
+              f"CPU per trade {r['per_trade_all'] * 1e3:.1f} ms = {cost(r):.0f} probes "
               f"({cost(r) / cost(base):.2f}x of N={base['n']}; "
-              f"raw CPU {r['per_trade_cpu'] / base['per_trade_cpu']:.2f}x, probe "
+              f"raw CPU {r['per_trade_all'] / base['per_trade_all']:.2f}x, probe "
               f"{r['probe'] * 1e6:.0f} us; "
               f"process total {r['process_cpu'] / r['trades'] * 1e3:.1f} ms, "
               f"{r['unowned_cpu'] / r['process_cpu']:.0%} owned by no node), "
               f"{r['bytes_per_trade'] / 1e3:.1f} kB and {r['requests_per_trade']:.1f} requests "
               f"per trade, ledger +{r['ledger_per_trade'] / 1e3:.1f} kB and store "
               f"+{r['store_per_trade'] / 1e3:.1f} kB per own trade; node CPU per own trade: "
-              f"median {r['p50_load_ratio']:.2f}x, max {r['max_load_ratio']:.2f}x of the mean",
+              f"median {r['p50_load_ratio']:.2f}x, max {r['max_load_ratio']:.2f}x of the mean "
+              f"(less the idle rate over the window: max {r['max_busy_ratio']:.2f}x)",
               flush=True)
+        per = r["trades"]
+        events = ", ".join(f"{k} {v / per:.3f}" for k, v in sorted(r["events"].items()))
+        print(f"         trading window {r['window_s']:.1f} s for {seconds:.0f} s of trades, "
+              f"the mesh's demand {r['demand']:.2f} of {os.cpu_count()} cores, load average "
+              f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}; CPU per trade {r['per_trade_all'] * 1e3:.1f} "
+              f"ms = nodes {r['per_trade_cpu'] * 1e3:.1f} (idle "
+              f"{r['idle_rate'] * 1e3:.2f} ms per node-second: {r['idle_share']:.0%} of it) "
+              f"+ collector {r['gc_cpu'] / per * 1e3:.1f}; WAL files {r['wal_mean'] / 2**20:.1f} "
+              f"MiB a node (max {r['wal_max'] / 2**20:.1f}), sizes read in {r['sizes_s']:.1f} s"
+              f"{'' if r['freeze'] else ' (not frozen)'}; per trade: {events or 'no refusals or retries'}",
+              flush=True)
+        for x in r["worst"]:
+            print(f"         node {x['id']}: {x['load']:.2f}x the mean per own trade, "
+                  f"{x['degree']} partners, {x['own']} trades, CPU {x['cpu']:.2f} s, "
+                  f"requests {x['requests_in']} in / {x['requests_out']} out, "
+                  f"{x['events'] or 'no refusals or retries'}", flush=True)
     if args.json:
         args.json.write_text(json.dumps([{k: v for k, v in r.items()} for r in runs]))
     if args.plots:

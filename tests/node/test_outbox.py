@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 from kernel._messages import open_ack
+from kernel.cid import CID
 from kernel.errors import UsagiError
 from usagi_p2p.peer.service import Service
 
@@ -133,10 +137,11 @@ async def test_two_deliveries_of_one_notice_hand_over_the_ack_that_is_stored(pai
 
 
 async def test_a_small_batch_gathers_behind_the_partners_batch_in_flight(pair: Pair) -> None:
-    """Delivery.loop's rule (delivery.py, GATHER): notices for a partner with a batch in
-    flight wait for it, unless they fill a batch or have waited GATHER; a partner with
-    nothing in flight gets them at once."""
-    from usagi_p2p.node.delivery import GATHER
+    """Delivery.loop's rule (delivery.py, GATHER, ORDER_WAIT): notices for a partner with
+    a batch in flight wait for it, unless they fill a batch or have waited ORDER_WAIT (so
+    a reply does not overtake what it answers); a partner with nothing in flight gets
+    them at once."""
+    from usagi_p2p.node.delivery import GATHER, ORDER_WAIT
 
     seller = pair.seller
     await pair.seller_service.close()  # this test drives the seller's delivery itself
@@ -152,7 +157,10 @@ async def test_a_small_batch_gathers_behind_the_partners_batch_in_flight(pair: P
         gathering = {did: (seller.clock(), list(rows))}
         delivery._start_batches(inflight, gathering, False)  # noqa: SLF001
         assert len(inflight) == 1 and [len(r) for _, r in gathering.values()] == [3]  # waiting
-        gathering = {did: (seller.clock() - GATHER, list(rows))}  # waited long enough
+        gathering = {did: (seller.clock() - GATHER, list(rows))}  # still behind the batch
+        delivery._start_batches(inflight, gathering, False)  # noqa: SLF001
+        assert len(inflight) == 1 and [len(r) for _, r in gathering.values()] == [3]
+        gathering = {did: (seller.clock() - ORDER_WAIT, list(rows))}  # waited long enough
         delivery._start_batches(inflight, gathering, False)  # noqa: SLF001
         assert gathering == {} and len(inflight) == 2  # one batch of all three
         started = next(task for task in inflight if task is not in_flight)
@@ -236,3 +244,83 @@ async def test_a_waiter_hears_at_once_that_its_document_was_given_up(pair: Pair,
     row = await seller.ledger.document(sent.cid)
     assert row is not None and row.status == "undelivered"
     assert reads.calls == 1
+async def test_a_threads_documents_reach_a_slow_partner_in_order(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An order response, its delivery note and its invoice, answered a moment apart
+    (what a company's program does on an order), reach a partner that takes a while
+    to store each batch without a refusal: each reply waits for the batch carrying
+    what it answers (delivery.py, ORDER_WAIT). Before, the delivery note went GATHER
+    later, while the order response was still being stored there, and was refused
+    ``unknown_prev`` once and sent again a backoff later (bench/mesh.py: ~0.1-0.4
+    extra requests per trade)."""
+    from usagi_p2p.node import operations
+
+    seller, buyer = pair.seller, pair.buyer
+    quote = await operations.send(seller, "quote", {"ref": "Q-1", "lines": [
+        {"text": "M6x20 hex bolt", "qty": "500", "unit": "pcs", "unit_price": "12.50"}]},
+        to=buyer.did)
+    assert (await operations.await_ack(seller, quote.cid)).status == "received"
+    order = await operations.answer(buyer, "order", quote.cid, {"ref": "PO-1"})
+    assert (await operations.await_ack(buyer, order.cid)).status == "received"
+
+    # The buyer's disk is slow: each batch's blocks take 0.3 s to store (the real
+    # write follows, unchanged), and the batch is answered after its commit.
+    put_recorded = buyer.put_recorded
+    arrived: list[int] = []
+
+    async def slow_put(blocks: Sequence[tuple[CID, bytes]]) -> None:
+        arrived.append(len(blocks))
+        await asyncio.sleep(0.3)
+        await put_recorded(blocks)
+
+    monkeypatch.setattr(buyer, "put_recorded", slow_put)
+    caplog.set_level(logging.INFO, logger="usagi.node")
+    cids = [order.cid]
+    for kind, fields in (("order_response", {"response": "accept"}), ("delivery_note", {}),
+                         ("invoice", {})):
+        cids.append((await operations.answer(seller, kind, cids[-1], fields)).cid)
+        await asyncio.sleep(0.05)  # a moment apart: longer than GATHER, shorter than 0.3 s
+    for cid in cids[1:]:
+        assert (await operations.await_ack(seller, cid)).status == "received"
+    refusals = [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith(("rejecting", "delivery failed"))]
+    assert refusals == []
+    # Two batches: the order response alone, then what queued behind it.
+    assert arrived == [1, 2]
+    held = {d.cid for d in await operations.list_documents(buyer, "in", limit=10)}
+    assert set(cids[1:]) <= held
+
+
+async def test_an_idle_node_claims_nothing_yet_sends_what_another_process_queues(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle delivery loop reads when the next notice may be claimed and claims only
+    then (delivery.py, the idle look): no write transaction a look for nothing. A
+    notice another process queues (no wake here) still goes out within IDLE_MAX."""
+    from usagi_p2p.node import operations
+    from usagi_p2p.node.delivery import IDLE_MAX
+    from usagi_p2p.node.node import Node
+
+    seller = pair.seller
+    claims: list[float] = []
+    claim_due = seller.ledger.claim_due
+
+    async def counted(now: float, limit: int, lease: float = 30.0) -> list[Any]:
+        claims.append(now)
+        return await claim_due(now, limit, lease)
+
+    monkeypatch.setattr(seller.ledger, "claim_due", counted)
+    await asyncio.sleep(IDLE_MAX * 2)  # the loop has backed off and looked a few times
+    assert claims == []
+    # Another process on the same home (a `usagi send` that could not reach the
+    # local API) queues a quote; nothing wakes the serving node's loop.
+    other = Node.load(seller.home, None)
+    await other.open()
+    try:
+        sent = await operations.send(other, "quote", {"ref": "Q-other", "lines": [
+            {"text": "M8 nut", "qty": "100", "unit": "pcs", "unit_price": "3"}]},
+            to=pair.buyer.did)
+    finally:
+        await other.close()
+    assert (await operations.await_ack(seller, sent.cid, timeout=IDLE_MAX * 10)
+            ).status == "received"
+    assert len(claims) >= 1

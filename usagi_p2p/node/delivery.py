@@ -52,7 +52,7 @@ from .terminal import printable
 
 __all__ = ["Delivery", "DeliveringNode", "AckCheck", "judge_acks", "acks_answer_limit",
            "read_capped", "read_prefix", "NOTICES_PATH", "CONTENT_TYPE", "SEND_BATCH",
-           "PIPELINE", "GATHER", "IDLE_MAX", "ACK_POLL"]
+           "PIPELINE", "GATHER", "ORDER_WAIT", "IDLE_MAX", "ACK_POLL"]
 
 log = logging.getLogger("usagi.node")
 #: One line per delivery: what 'usagi serve' shows by default.
@@ -65,6 +65,10 @@ PIPELINE: Final = 4  # batches in flight at once
 #: Seconds at most that notices claimed for a partner wait, as a batch smaller
 #: than SEND_BATCH, for the partner's batch in flight to end (see Delivery.loop).
 GATHER: Final = 0.02
+#: Seconds at most that a smaller batch waits for the batch in flight to the
+#: same partner to end (see Delivery.loop, "In order"); well inside a claim's
+#: 30 s lease.
+ORDER_WAIT: Final = 10.0
 #: The longest an idle delivery loop waits between two looks at the outbox
 #: (seconds): notices another process queues without waking this one (a
 #: lease that ran out, a ``usagi send`` that could not reach the local API)
@@ -412,6 +416,16 @@ class Delivery:
         callers (the local API's clients each waiting for an ack) then travel
         in batches of several instead of one each, with the same latency for a
         lone document (nothing is in flight, it goes at once).
+
+        **In order.** Such a smaller batch waits for the partner's batch in
+        flight to be answered (ORDER_WAIT at most), not merely GATHER: a reply
+        queued while the document it answers travels (an order response, then
+        its delivery note, a moment apart) would otherwise reach the partner
+        while that document is still being stored there, be refused
+        ``unknown_prev`` (spec section 9) and be sent again a backoff later.
+        The partner answers a batch only once it is stored, so what follows
+        it finds it. The partner checks every link as before; this only spares
+        an honest partner a refusal. (Full batches still go PIPELINE at once.)
         """
         node = self.node
         inflight: dict[asyncio.Task[int], str] = {}  # batch -> the partner it goes to
@@ -423,23 +437,38 @@ class Delivery:
         quiet = 0  # rounds in a row that found nothing at all to do
         pause = idle
         while not stop.is_set():
+            woke = node.wake.is_set()
             node.wake.clear()
             waiting = sum(len(rows) for _, rows in gathering.values())
             room = PIPELINE - len(inflight)
             more = False
             rows: list[OutboxRow] = []
+            # An idle look (quiet, nothing here, not woken by a queued notice)
+            # first reads when the next notice may be claimed, and claims only
+            # when one may: one read instead of a claim (a write transaction)
+            # and that read (docs/scale.md: an idle node's cost).
+            idle_look = quiet > 0 and not woke and not inflight and not gathering
+            due: float | None = None
             try:
                 if room > 0 and claim and room * SEND_BATCH > waiting:
                     last_claim = node.clock()
-                    rows = await node.ledger.claim_due(last_claim, room * SEND_BATCH - waiting)
+                    if idle_look:
+                        due = await node.ledger.next_due()
+                        idle_look = due is None or due > last_claim
+                    if not idle_look:
+                        rows = await node.ledger.claim_due(last_claim,
+                                                           room * SEND_BATCH - waiting)
                     more = len(rows) >= room * SEND_BATCH - waiting
                     for row in rows:
                         gathering.setdefault(row.partner, (last_claim, []))[1].append(row)
+                else:
+                    idle_look = False
                 self._start_batches(inflight, gathering, stop.is_set())
                 # A batch in flight wakes the loop when it ends, and the wait is
                 # at most ``idle`` anyway: the next due time matters only when
                 # nothing is in flight (a retry due sooner than ``idle``).
-                next_due = None if inflight else await node.ledger.next_due()
+                next_due = (due if idle_look
+                            else None if inflight else await node.ledger.next_due())
             except Exception:  # the loop must survive any single failure
                 log.exception("delivery round failed")
                 next_due = None
@@ -454,9 +483,12 @@ class Delivery:
             wait = pause if next_due is None else min(pause, max(0.0, next_due - node.clock()))
             if len(inflight) < PIPELINE:  # room for more: claim at least every ``pause``
                 wait = min(wait, max(0.0, last_claim + pause - node.clock()))
-            if gathering:  # notices gathering go at the latest GATHER after their claim
-                first = min(at for at, _ in gathering.values())
-                wait = min(wait, max(0.0, first + GATHER - node.clock()))
+            if gathering:  # notices gathering go at the latest GATHER after their
+                # claim, or ORDER_WAIT behind their partner's batch in flight (which
+                # wakes the loop when it ends)
+                first = min(self._gathered_until(did, at, inflight)
+                            for did, (at, _) in gathering.items())
+                wait = min(wait, max(0.0, first - node.clock()))
             woken = asyncio.ensure_future(node.wake.wait())
             done, _ = await asyncio.wait({woken, *inflight}, timeout=max(wait, 0.001),
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -482,17 +514,20 @@ class Delivery:
                        gathering: dict[str, tuple[float, list[OutboxRow]]], now: bool) -> None:
         """Start a batch for each partner whose gathered notices may go (see
         :meth:`loop`): a full batch, a partner with nothing in flight, notices
-        that waited GATHER, or ``now``; up to PIPELINE batches in flight, and
-        past it for notices that waited GATHER (they hold a lease: they are
-        not kept waiting on other partners' batches)."""
+        that waited GATHER (ORDER_WAIT behind a batch in flight to their
+        partner), or ``now``; up to PIPELINE batches in flight, and past it for
+        notices that waited so (they hold a lease: they are not kept waiting on
+        other partners' batches)."""
         clock = self.node.clock()
         for did in list(gathering):
             since, rows = gathering[did]
-            waited = now or clock - since >= GATHER
-            while rows and (waited or len(inflight) < PIPELINE):
+            while rows:
                 busy = did in inflight.values()
+                waited = now or clock >= self._gathered_until(did, since, inflight)
+                if not (waited or len(inflight) < PIPELINE):
+                    break
                 if len(rows) < SEND_BATCH and busy and not waited:
-                    break  # more will join it while the batch in flight travels
+                    break  # more will join it, and it arrives after the batch in flight
                 batch, rows = rows[:SEND_BATCH], rows[SEND_BATCH:]
                 inflight[asyncio.create_task(self.deliver_to(did, batch))] = did
             if rows:
@@ -505,6 +540,14 @@ class Delivery:
         and handed to a waiter (not verified twice), else opened now (verified)."""
         opened = self._opened.pop(signed, None)
         return opened if opened is not None else open_ack(signed)
+
+    @staticmethod
+    def _gathered_until(did: str, since: float, inflight: dict[asyncio.Task[int], str]
+                        ) -> float:
+        """When notices claimed at ``since`` for partner ``did`` go at the latest:
+        ORDER_WAIT after their claim behind a batch in flight to ``did``, GATHER
+        otherwise."""
+        return since + (ORDER_WAIT if did in inflight.values() else GATHER)
 
     async def wait_for_ack(self, cid: CID, timeout: float = 30.0
                            ) -> tuple[bytes, str, str | None] | None:

@@ -88,6 +88,15 @@ class Indexer:
         forced = looked = time.monotonic()
         empty_at: int | None = None  # ``ledger.recorded`` when the queue was last found empty
         while not stop.is_set():
+            if empty_at == ledger.recorded:
+                # Nothing recorded here since the queue was found empty: sleep until
+                # this process's ledger commits (or LOOK_EVERY, for other
+                # processes), not QUIET at a time (docs/scale.md: a thousand idle
+                # nodes in one machine each woke five times a second for nothing).
+                signal = ledger.committed()
+                await _first(stop, signal, looked + LOOK_EVERY - time.monotonic())
+                if stop.is_set():
+                    break
             seen = ledger.recorded
             try:
                 await asyncio.wait_for(stop.wait(), QUIET)
@@ -118,3 +127,15 @@ class Indexer:
                         break
             except Exception:  # the loop must survive a busy or failing ledger
                 log.exception("indexing for search failed; tried again later")
+
+
+async def _first(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
+    """Until ``a`` or ``b`` is set, or ``timeout`` seconds have passed."""
+    if a.is_set() or b.is_set() or timeout <= 0:
+        return
+    waiters = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
