@@ -26,6 +26,7 @@ together, rather than in as many modules as there are callers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -86,6 +87,10 @@ def fold(text: str) -> str:
     if "\u0307" not in folded:
         return folded
     return unicodedata.normalize("NFKC", folded.replace("i\u0307", "i"))
+
+
+#: :func:`fold` of names seen before: partner names are few and change rarely.
+_fold_cached: Final = functools.lru_cache(maxsize=1 << 16)(fold)
 
 
 def _strict_fold(text: str) -> str:
@@ -605,6 +610,11 @@ def _insert_received(row: DocumentRow, prev: bytes) -> tuple[str, Sequence[Any]]
     )
 
 
+#: How many of a query's matches are ranked (``Ledger.search``): the newest
+#: ones; older matches follow them newest first. A page of 20 from 1,000 scored
+#: rows costs a few milliseconds however many documents match.
+RANKED: Final = 1000
+
 #: A queued document's search row (``Ledger.index_pending``): its ``search_rows``
 #: id is taken first, then the row written under it unless it is there (a
 #: document queued twice, or indexed by another process meanwhile). The
@@ -1019,6 +1029,15 @@ class Ledger:
         rows = await self._all(_PARTNER_SELECT + "ORDER BY name")
         return [Partner(*r) for r in rows]
 
+    async def partners_named(self, terms: Iterable[str]) -> dict[str, list[str]]:
+        """For each term, the DIDs (rotated keys too) of the partners whose name now
+        contains it, caselessly (:func:`fold`). Reads two columns of each partner
+        and folds each name once per process (:func:`_fold_cached`): a search on a
+        node with 10,000 partners asks this per query."""
+        rows = [(did, _fold_cached(name))
+                for did, name in await self._all("SELECT did, name FROM partners")]
+        return {term: [did for did, name in rows if fold(term) in name] for term in terms}
+
     async def partner_names(self, dids: Iterable[str]) -> dict[str, str]:
         """The names of the partners among ``dids`` (those of one page of documents:
         not every partner's, which a node with thousands would read per page)."""
@@ -1383,8 +1402,12 @@ class Ledger:
                      partners: Sequence[str] | None = None, kind: str | None = None,
                      direction: str | None = None, limit: int = 20, offset: int = 0
                      ) -> list[SearchRow]:
-        """The documents whose search row matches, best first (bm25, a reference
-        weighing most), then newest.
+        """The documents whose search row matches: the newest :data:`RANKED` of them
+        best first (bm25, a reference weighing most), ties newest first, then any
+        older ones newest first (docs/spec.md section 12, "Search").
+
+        "Newest" is the index's order, the order the documents were indexed: the
+        order they were recorded (an archive's, the order it was imported).
 
         ``match``: an FTS5 expression made by ``fulltext.expression`` (never a
         user's text). ``likes``: (LIKE pattern, DIDs) pairs, each met by the
@@ -1407,6 +1430,10 @@ class Ledger:
             where.append("(" + " OR ".join(alternatives) + ")")
         if not where:
             raise ValueError("a search needs an expression or a pattern")
+        source = "search"
+        if partners or kind or direction:
+            source += (" JOIN search_rows r ON r.id = search.rowid "
+                       "JOIN documents d ON d.cid = r.cid")
         if partners:
             where.append(f"d.partner IN ({','.join('?' * len(partners))})")
             args += partners
@@ -1414,30 +1441,30 @@ class Ledger:
             if value:
                 where.append(f"d.{column} = ?")
                 args.append(value)
-        if match is not None and len(where) == 1:
-            # The index alone ranks every match; only the best ``limit + offset``
-            # (and the ties at the edge) are joined to their documents: joining
-            # every match of a common word first took 785 ms at 100k documents.
-            rows = await self._all(
-                "WITH ranked AS MATERIALIZED (SELECT rowid AS id, "
-                "bm25(search, 4.0, 1.0, 2.0, 2.0) AS score FROM search WHERE search MATCH ?), "
-                "edge AS (SELECT score FROM ranked ORDER BY score LIMIT 1 OFFSET ?) "
-                "SELECT d.cid, d.direction, d.partner, d.kind, d.ref, d.issued_at, "
-                "d.recorded_at, d.status, s.ref, s.body, s.partner FROM ranked "
-                "JOIN search s ON s.rowid = ranked.id JOIN search_rows r ON r.id = ranked.id "
-                "JOIN documents d ON d.cid = r.cid "
-                "WHERE ranked.score <= coalesce((SELECT score FROM edge), 1e308) "
-                "ORDER BY ranked.score, d.recorded_at DESC, d.cid LIMIT ? OFFSET ?",
-                (match, limit + offset - 1, limit, offset))
-            return [SearchRow(CID.from_bytes(r[0]), r[1], r[2], r[3], r[4], r[5], float(r[6]),
-                              r[7], (r[8], r[9], r[10])) for r in rows]
-        rank = "bm25(search, 4.0, 1.0, 2.0, 2.0), " if match is not None else ""
+        # Ranking every match cost time in proportion to their number (a word in
+        # a third of 100k documents: 120-160 ms, docs/scale.md). FTS5 walks a
+        # match's rows newest first and stops at a LIMIT, so only the newest
+        # ``ranked`` matches are scored (``head``); a page past them takes the
+        # older ones in the index's order (``tail``), a range of rowids below the
+        # head's. Only the page's rows are joined to their documents.
+        ranked = RANKED
+        score = "bm25(search, 4.0, 1.0, 2.0, 2.0)" if match is not None else "0.0"
+        condition = " AND ".join(where)
         rows = await self._all(
-            "SELECT d.cid, d.direction, d.partner, d.kind, d.ref, d.issued_at, d.recorded_at, "
-            "d.status, search.ref, search.body, search.partner FROM search "
-            "JOIN search_rows r ON r.id = search.rowid JOIN documents d ON d.cid = r.cid "
-            f"WHERE {' AND '.join(where)} ORDER BY {rank}d.recorded_at DESC, d.cid "
-            "LIMIT ? OFFSET ?", (*args, limit, offset))
+            f"WITH head AS MATERIALIZED (SELECT search.rowid AS id, {score} AS score "
+            f"FROM {source} WHERE {condition} ORDER BY search.rowid DESC LIMIT ?), "
+            f"tail AS MATERIALIZED (SELECT search.rowid AS id FROM {source} "
+            f"WHERE {condition} AND search.rowid < (SELECT min(id) FROM head) "
+            "ORDER BY search.rowid DESC LIMIT ?), "
+            "hits AS (SELECT id, 0 AS tier, score FROM head "
+            "UNION ALL SELECT id, 1 AS tier, 0.0 AS score FROM tail), "
+            "page AS MATERIALIZED (SELECT id, tier, score FROM hits "
+            "ORDER BY tier, score, id DESC LIMIT ? OFFSET ?) "
+            "SELECT d.cid, d.direction, d.partner, d.kind, d.ref, d.issued_at, "
+            "d.recorded_at, d.status, s.ref, s.body, s.partner FROM page "
+            "JOIN search s ON s.rowid = page.id JOIN search_rows r ON r.id = page.id "
+            "JOIN documents d ON d.cid = r.cid ORDER BY page.tier, page.score, page.id DESC",
+            (*args, ranked, *args, max(0, offset + limit - ranked), limit, offset))
         return [SearchRow(CID.from_bytes(r[0]), r[1], r[2], r[3], r[4], r[5], float(r[6]), r[7],
                           (r[8], r[9], r[10])) for r in rows]
 
