@@ -86,7 +86,7 @@ async def test_a_serving_node_indexes_in_the_background_when_quiet(pair) -> None
                 break
             await asyncio.sleep(0.05)
         assert await node.ledger.index_backlog() == 0
-        rows = await node.ledger.search('"六角ナット"', [])
+        rows = await node.ledger.search('"六角ナ" AND "ナット"', [("六角ナット", [])])
         assert [str(r.cid) for r in rows] == [str(sent.cid)]
 
 
@@ -160,9 +160,9 @@ async def test_filters_keep_other_partners_documents_out(tmp_path: Path) -> None
 
 async def test_the_newest_matches_are_ranked_and_older_ones_follow_newest_first(
         pair, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    """Over ``RANKED`` matches, only the newest are ranked (bm25, a reference
-    weighing most); the older ones follow newest first, and every match is on
-    exactly one page."""
+    """Over ``RANKED`` matches, only the newest are ranked (a reference match
+    first); the older ones follow newest first, and every match is on exactly
+    one page."""
     sent = []
     for i, (ref, text) in enumerate([("FLANGE-1", "flange abc"), ("Q-2", "flange abc"),
                                      ("Q-3", "flange abc"), ("FLANGE-4", "flange abc"),
@@ -193,7 +193,8 @@ async def test_the_newest_matches_are_ranked_and_older_ones_follow_newest_first(
     assert await _cids(seller, "flange", kind="quote") == [sent[3], sent[4], sent[2],
                                                            sent[1], sent[0]]
     assert await _cids(seller, "flange 1") == [sent[0], sent[1]]  # ref, then line "… 1"
-    assert await _cids(seller, "fl") == [sent[4], sent[3], sent[2], sent[1], sent[0]]
+    # The newest three ranked by where "fl" is (FLANGE-4's reference), the rest newest first.
+    assert await _cids(seller, "fl") == [sent[3], sent[4], sent[2], sent[1], sent[0]]
 
 
 HOSTILE = ['"', '""', '"六角', "ナット\"*", "*", "NEAR(六角 ナット)", "六角 NOT ナット",

@@ -20,7 +20,6 @@ from ..fulltext import (
     Query,
     Snippet,
     expression,
-    like_pattern,
     parse_query,
     snippet,
 )
@@ -109,8 +108,7 @@ async def search_documents(node: Node, query: str, *, partner: str | None = None
     broad = tuple(t for t in terms.long if len(parties[t]) > BROAD_TERM)
     indexed = Query(tuple(t for t in terms.terms if t not in broad))
     rows = await node.ledger.search(
-        expression(indexed, parties), [(like_pattern(t), parties[t])
-                                       for t in (*terms.short, *broad)],
+        expression(indexed, parties), [(t, parties[t]) for t in terms.terms],
         partners=dids, kind=kind, direction=direction, limit=limit + 1, offset=offset)
     names = await node.ledger.partner_names(r.partner for r in rows[:limit])
     hits = tuple(
