@@ -134,6 +134,18 @@ def make_thread(args: tuple[int, int]) -> list[tuple[Any, ...]]:
     return out
 
 
+async def write(node: Any, page: Any, blocks: list[bytes], writing: asyncio.Task[None] | None
+                ) -> asyncio.Task[None]:
+    """Store ``page``'s blocks while the previous page's rows are restored (two SQLite
+    files, two threads), then start restoring ``page``: its blocks are stored
+    before its rows, as ``archive import`` does."""
+    if writing is None:
+        await node.store.put_many(blocks)
+    else:
+        await asyncio.gather(node.store.put_many(blocks), writing)
+    return asyncio.ensure_future(node.ledger.restore(page))
+
+
 async def fill(home: Path, first: int, threads: int, partners: int, pool: Any) -> None:
     """Append ``threads`` threads (from number ``first``) through Ledger.restore."""
     from kernel.cid import CID
@@ -148,6 +160,7 @@ async def fill(home: Path, first: int, threads: int, partners: int, pool: Any) -
             await node.ledger.restore(Restore(partners=new[i:i + PAGE]))
         page = Restore()
         blocks: list[bytes] = []
+        writing: asyncio.Task[None] | None = None
         jobs = ((t, t % partners) for t in range(first, first + threads))
         for rows in pool.imap(make_thread, jobs, chunksize=32):
             for r in rows:
@@ -159,12 +172,12 @@ async def fill(home: Path, first: int, threads: int, partners: int, pool: Any) -
                     page.acks.append((cid, r[12], "received", None, r[13]))
                 blocks.append(r[14])
             if len(page.documents) >= PAGE:
-                await node.store.put_many(blocks)
-                await node.ledger.restore(page)
+                writing = await write(node, page, blocks, writing)
                 page, blocks = Restore(), []
         if page.documents:
-            await node.store.put_many(blocks)
-            await node.ledger.restore(page)
+            writing = await write(node, page, blocks, writing)
+        if writing is not None:
+            await writing
         # The search index, as a restored node builds it (from the queue the
         # restore filled) before its first search: part of the fill, not of
         # the measurements.
