@@ -134,6 +134,19 @@ def make_thread(args: tuple[int, int]) -> list[tuple[Any, ...]]:
     return out
 
 
+#: Threads generated per round: the workers run ahead of the writes, and what
+#: they made waits in this process's memory (~15 KB a thread), so a round
+#: bounds it (~60 MB) however large the fill (900k documents at --million).
+ROUND = 4000
+
+
+def generated(pool: Any, first: int, threads: int, partners: int) -> Any:
+    """The threads ``first`` .. ``first + threads`` (made by the pool), in order."""
+    for start in range(first, first + threads, ROUND):
+        jobs = ((t, t % partners) for t in range(start, min(start + ROUND, first + threads)))
+        yield from pool.imap(make_thread, jobs, chunksize=32)
+
+
 async def write(node: Any, page: Any, blocks: list[bytes], writing: asyncio.Task[None] | None
                 ) -> asyncio.Task[None]:
     """Store ``page``'s blocks while the previous page's rows are restored (two SQLite
@@ -161,8 +174,7 @@ async def fill(home: Path, first: int, threads: int, partners: int, pool: Any) -
         page = Restore()
         blocks: list[bytes] = []
         writing: asyncio.Task[None] | None = None
-        jobs = ((t, t % partners) for t in range(first, first + threads))
-        for rows in pool.imap(make_thread, jobs, chunksize=32):
+        for rows in generated(pool, first, threads, partners):
             for r in rows:
                 cid = CID.from_bytes(r[0])
                 page.documents.append((DocumentRow(cid, r[1], r[2], r[3], CID.from_bytes(r[4]),
