@@ -28,8 +28,8 @@ Each size is then measured in a fresh child process (so its peak RSS is its own)
 Last line: ``growth: 1M docs: per-doc cost X.XXx of 10k, inbox p50 X ms,
 search p50 X ms`` (without ``--million``, the same for 100k).
 
-    python bench/growth.py             # 10k and 100k (make bench): ~4 min
-    python bench/growth.py --million   # and 1M: about 40 min more on 2 cores
+    python bench/growth.py             # 10k and 100k (make bench): ~1.5-2.5 min
+    python bench/growth.py --million   # and 1M: ~12-15 min in all on 2 quiet cores
 """
 
 from __future__ import annotations
@@ -101,8 +101,6 @@ def make_thread(args: tuple[int, int]) -> list[tuple[Any, ...]]:
     from kernel._document import format_time
     from kernel._envelope import seal
     from kernel._messages import make_ack
-    from usagi_p2p.node.fulltext import document_text
-
     t, j = args
     me, partner = identity(-1), identity(j)
     we_sell = t % 2 == 0
@@ -132,8 +130,33 @@ def make_thread(args: tuple[int, int]) -> list[tuple[Any, ...]]:
                     doc["ref"], doc["issued_at"], issued.timestamp(),
                     "delivered" if from_us else "received", sealed.digest, sealed.signed,
                     dagcbor.encode(doc.get("prev", [])), ack, format_time(issued),
-                    sealed.block, document_text(doc)))
+                    sealed.block))
     return out
+
+
+#: Threads generated per round: the workers run ahead of the writes, and what
+#: they made waits in this process's memory (~15 KB a thread), so a round
+#: bounds it (~60 MB) however large the fill (900k documents at --million).
+ROUND = 4000
+
+
+def generated(pool: Any, first: int, threads: int, partners: int) -> Any:
+    """The threads ``first`` .. ``first + threads`` (made by the pool), in order."""
+    for start in range(first, first + threads, ROUND):
+        jobs = ((t, t % partners) for t in range(start, min(start + ROUND, first + threads)))
+        yield from pool.imap(make_thread, jobs, chunksize=32)
+
+
+async def write(node: Any, page: Any, blocks: list[bytes], writing: asyncio.Task[None] | None
+                ) -> asyncio.Task[None]:
+    """Store ``page``'s blocks while the previous page's rows are restored (two SQLite
+    files, two threads), then start restoring ``page``: its blocks are stored
+    before its rows, as ``archive import`` does."""
+    if writing is None:
+        await node.store.put_many(blocks)
+    else:
+        await asyncio.gather(node.store.put_many(blocks), writing)
+    return asyncio.ensure_future(node.ledger.restore(page))
 
 
 async def fill(home: Path, first: int, threads: int, partners: int, pool: Any) -> None:
@@ -150,23 +173,27 @@ async def fill(home: Path, first: int, threads: int, partners: int, pool: Any) -
             await node.ledger.restore(Restore(partners=new[i:i + PAGE]))
         page = Restore()
         blocks: list[bytes] = []
-        jobs = ((t, t % partners) for t in range(first, first + threads))
-        for rows in pool.imap(make_thread, jobs, chunksize=32):
+        writing: asyncio.Task[None] | None = None
+        for rows in generated(pool, first, threads, partners):
             for r in rows:
                 cid = CID.from_bytes(r[0])
                 page.documents.append((DocumentRow(cid, r[1], r[2], r[3], CID.from_bytes(r[4]),
                                                    r[5], r[6], r[7], r[8], None, r[9], r[10],
-                                                   None, None, r[15]), r[11]))
+                                                   None, None), r[11]))
                 if r[12] is not None:
                     page.acks.append((cid, r[12], "received", None, r[13]))
                 blocks.append(r[14])
             if len(page.documents) >= PAGE:
-                await node.store.put_many(blocks)
-                await node.ledger.restore(page)
+                writing = await write(node, page, blocks, writing)
                 page, blocks = Restore(), []
         if page.documents:
-            await node.store.put_many(blocks)
-            await node.ledger.restore(page)
+            writing = await write(node, page, blocks, writing)
+        if writing is not None:
+            await writing
+        # The search index, as a restored node builds it (from the queue the
+        # restore filled) before its first search: part of the fill, not of
+        # the measurements.
+        await node.index_backlog()
 
 
 # -- measuring one size, in a child process -----------------------------------------

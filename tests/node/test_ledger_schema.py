@@ -140,7 +140,7 @@ async def test_a_ledger_of_the_version_before_user_version_migrates(tmp_path: Pa
         assert (await ledger.partner(SENDER)).name == "Osaka"  # type: ignore[union-attr]
         assert await ledger.seen_nonce(SENDER, b"n" * 16) == (cid, b"ack")
     assert _shape(old) == _shape(fresh)
-    assert _shape(old)["version"] == VERSION == 7
+    assert _shape(old)["version"] == VERSION == 9
 
 
 async def test_a_ledger_older_still_gets_the_columns_it_lacked(tmp_path: Path) -> None:
@@ -254,3 +254,134 @@ async def test_documents_waiting_for_the_index_in_a_version_5_ledger_are_queued(
                           ).fetchone() == (0,)
     finally:
         db.close()
+
+
+def _signed_rows(n: int) -> list[tuple[object, bytes]]:
+    """``n`` quotes from a partner, sealed for real: (DocumentRow, prev)."""
+    from kernel import dagcbor
+    from kernel._envelope import seal
+    from kernel._identity import Identity
+    from usagi_p2p.node.ledger import DocumentRow
+
+    me, partner = Identity(b"m" * 32), Identity(b"p" * 32)
+    rows = []
+    for i in range(n):
+        doc = {"v": 1, "kind": "quote", "from": partner.did, "to": me.did,
+               "issued_at": "2026-12-07T00:00:00Z", "ref": f"Q-{i}", "currency": "JPY",
+               "lines": [{"text": f"M6 六角ナット lot {i}", "qty": "5", "unit": "pcs"}]}
+        sealed = seal(doc, partner)
+        rows.append((DocumentRow(sealed.cid, "in", partner.did, "quote", sealed.cid, doc["ref"],
+                                 doc["issued_at"], 1.0 + i, "received", None, sealed.digest,
+                                 sealed.signed, None), dagcbor.encode([])))
+    return rows
+
+
+async def test_documents_stored_before_step_8_read_back_with_those_deflated_after(
+        tmp_path: Path) -> None:
+    """Step 8: a version-7 ledger's documents stay as they were stored and read
+    back unchanged; documents recorded after it are stored deflated (smaller),
+    read back byte for byte, and both are indexed for search."""
+    from usagi_p2p.node.ledger import Restore
+
+    path = tmp_path / "v7.db"
+    rows = _signed_rows(4)
+    async with Ledger(str(path)) as ledger:
+        await ledger.restore(Restore(documents=rows[:2]))
+    db = sqlite3.connect(path)  # as step 7 left them: the signed bytes as they are
+    for row, _ in rows[:2]:
+        db.execute("UPDATE documents SET signed = ? WHERE cid = ?",
+                   (row.signed, row.cid.raw))  # type: ignore[attr-defined]
+    db.execute("PRAGMA user_version = 7")
+    db.commit()
+    db.close()
+    async with Ledger(str(path)) as ledger:
+        await ledger.restore(Restore(documents=rows[2:]))
+        for row, _ in rows:
+            assert (await ledger.document(row.cid)) == row  # type: ignore[attr-defined]
+        assert await ledger.index_pending() == 0
+        found = await ledger.search('"ナット"', [("ナット", [])], limit=10)
+        assert {r.cid for r in found} == {row.cid for row, _ in rows}  # type: ignore[attr-defined]
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (9,)
+        stored = dict(db.execute("SELECT cid, signed FROM documents").fetchall())
+    finally:
+        db.close()
+    for row, _ in rows[:2]:
+        assert stored[row.cid.raw] == row.signed  # type: ignore[attr-defined]
+    for row, _ in rows[2:]:
+        assert stored[row.cid.raw][0] == 0
+        assert len(stored[row.cid.raw]) < len(row.signed) * 0.8  # type: ignore[attr-defined]
+
+
+def test_a_damaged_deflated_document_is_an_error_not_other_bytes() -> None:
+    import pytest
+
+    from usagi_p2p.node.stored import pack, unpack
+
+    row, _ = _signed_rows(1)[0]
+    packed = pack(row.signed, row.partner)  # type: ignore[attr-defined]
+    assert unpack(packed, row.partner) == row.signed  # type: ignore[attr-defined]
+    assert unpack(row.signed, row.partner) == row.signed  # type: ignore[attr-defined]
+    for damaged in (packed[:-3], packed[:40] + bytes([packed[40] ^ 1]) + packed[41:],
+                    packed + b"x"):
+        with pytest.raises(ValueError, match="damaged"):
+            unpack(damaged, row.partner)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="damaged"):  # another row's partner: another dictionary
+        unpack(packed, row.partner.replace("z6Mk", "z6Mj"))  # type: ignore[attr-defined]
+
+
+async def test_step_9_makes_the_index_again_without_positions_and_finds_the_same(
+        tmp_path: Path) -> None:
+    """A version-8 ledger's index (positions kept) is made again with ``detail=none``:
+    every document is queued once, and a search finds what it found before, a
+    term in any case of any script."""
+    from usagi_p2p.node.fulltext import expression, parse_query
+    from usagi_p2p.node.ledger import Restore
+
+    path = tmp_path / "v8.db"
+    rows = _signed_rows(3)
+    async with Ledger(str(path)) as ledger:
+        await ledger.restore(Restore(documents=rows))
+    db = sqlite3.connect(path)  # the index as step 4 made it, every document indexed
+    db.executescript("DROP TABLE search; CREATE VIRTUAL TABLE search USING fts5(ref, body, "
+                     "partner, party, tokenize = 'trigram'); DELETE FROM search_rows; "
+                     "DELETE FROM search_queue; PRAGMA user_version = 8;")
+    db.commit()
+    db.close()
+
+    async def found(query: str) -> set[CID]:
+        terms = parse_query(query)
+        hits = await ledger.search(expression(terms, {}), [(t, []) for t in terms.terms])
+        return {hit.cid for hit in hits}
+
+    async with Ledger(str(path)) as ledger:
+        assert await ledger.index_backlog() == 3
+        assert await ledger.index_pending() == 0
+        every = {row.cid for row, _ in rows}  # type: ignore[attr-defined]
+        assert await found("六角ナット") == every
+        assert await found("ナット lot 1") == {rows[1][0].cid}  # type: ignore[attr-defined]
+        assert await found("q-2") == {rows[2][0].cid}  # type: ignore[attr-defined]
+        assert await found("ﾅｯﾄ LOT") == every  # half-width kana, upper case
+        assert await found("ナットlot") == set()  # each trigram is there, the term is not
+    db = sqlite3.connect(path)
+    try:
+        sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'search'").fetchone()[0]
+        assert "detail = none" in sql
+        assert db.execute("SELECT count(*) FROM search").fetchone() == (3,)
+    finally:
+        db.close()
+
+
+def test_letters_beyond_ascii_match_in_any_case() -> None:
+    """``LIKE`` folds ASCII letters only: a term with others is checked by
+    ``usagi_has`` (fulltext.contains), each letter lower-cased as the index does,
+    so "ÄPFEL" finds "Äpfel" (and "straße" does not find "STRASSE": ß is not ss)."""
+    from usagi_p2p.node import fulltext
+
+    assert fulltext.contains("Äpfel-Saft", fulltext.caseless("ÄPFEL"))
+    assert fulltext.contains("МОСКВА", fulltext.caseless("москва"))
+    assert not fulltext.contains("STRASSE", fulltext.caseless("straße"))
+    assert not fulltext.ascii_caseless("Äpfel") and fulltext.ascii_caseless("六角ナット M6")
+    assert fulltext.trigrams("六角ナット") == ["六角ナ", "ナット"]
+    assert fulltext.trigrams("abcdefg") == ["abc", "def", "efg"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from usagi_p2p.node import ledger as ledger_module
 from usagi_p2p.node import operations
 from usagi_p2p.node.errors import InvalidQueryError
 from usagi_p2p.node.fulltext import Snippet, normalise, parse_query, snippet
@@ -85,7 +86,7 @@ async def test_a_serving_node_indexes_in_the_background_when_quiet(pair) -> None
                 break
             await asyncio.sleep(0.05)
         assert await node.ledger.index_backlog() == 0
-        rows = await node.ledger.search('"六角ナット"', [])
+        rows = await node.ledger.search('"六角ナ" AND "ナット"', [("六角ナット", [])])
         assert [str(r.cid) for r in rows] == [str(sent.cid)]
 
 
@@ -155,6 +156,45 @@ async def test_filters_keep_other_partners_documents_out(tmp_path: Path) -> None
         finally:
             await third_service.close()
             await third.close()
+
+
+async def test_the_newest_matches_are_ranked_and_older_ones_follow_newest_first(
+        pair, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Over ``RANKED`` matches, only the newest are ranked (a reference match
+    first); the older ones follow newest first, and every match is on exactly
+    one page."""
+    sent = []
+    for i, (ref, text) in enumerate([("FLANGE-1", "flange abc"), ("Q-2", "flange abc"),
+                                     ("Q-3", "flange abc"), ("FLANGE-4", "flange abc"),
+                                     ("Q-5", "flange abc")]):
+        sent.append(str((await pair.seller.send(
+            "quote", "Osaka Precision",
+            {"ref": ref, "lines": [{"text": f"{text} {i}"}]})).cid))
+    seller = pair.seller
+    # Under the bound: the reference match ranks first, however old.
+    top = await _cids(seller, "flange")
+    assert top[:2] == [sent[3], sent[0]] and set(top) == set(sent)
+    monkeypatch.setattr(ledger_module, "RANKED", 3)
+    # Over it: the newest three are ranked (FLANGE-4 first), then the two older
+    # ones newest first: FLANGE-1, a reference match, no longer outranks them.
+    assert await _cids(seller, "flange") == [sent[3], sent[4], sent[2], sent[1], sent[0]]
+    for limit in (1, 2, 3, 4):
+        pages: list[str] = []
+        cursor = None
+        while True:
+            page = await operations.search_documents(seller, "flange", limit=limit,
+                                                     cursor=cursor)
+            pages += [str(hit.cid) for hit in page.hits]
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        assert pages == [sent[3], sent[4], sent[2], sent[1], sent[0]], limit
+    # Filters and short terms keep the rule: the matches they leave.
+    assert await _cids(seller, "flange", kind="quote") == [sent[3], sent[4], sent[2],
+                                                           sent[1], sent[0]]
+    assert await _cids(seller, "flange 1") == [sent[0], sent[1]]  # ref, then line "… 1"
+    # The newest three ranked by where "fl" is (FLANGE-4's reference), the rest newest first.
+    assert await _cids(seller, "fl") == [sent[3], sent[4], sent[2], sent[1], sent[0]]
 
 
 HOSTILE = ['"', '""', '"六角', "ナット\"*", "*", "NEAR(六角 ナット)", "六角 NOT ナット",

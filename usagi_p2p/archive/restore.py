@@ -84,9 +84,21 @@ async def import_archive(node: Node, path: str | os.PathLike[str]) -> VerifyRepo
     quarantined = {q.cid: q for q in checked.quarantined}
     report = VerifyReport()
     pages = iter_pages(path, keys, report)
-    while (page := await asyncio.to_thread(next, pages, None)) is not None:
-        # Through the node: each block under its CID, and pinned on a store that
-        # collects garbage (a Kubo node), as a block sent or received is.
-        await node.put_recorded(list(page.blocks.items()))
-        await node.ledger.restore(_restore(page, node, quarantined, checked.root))
+    # Pipelined: the next page is opened and checked (a thread: libsodium and the
+    # decoder let go of the GIL) while this one is written (the store's and the
+    # ledger's SQLite threads). Each page's blocks are stored before its rows,
+    # and pages are written in order, as before.
+    upcoming = asyncio.ensure_future(asyncio.to_thread(next, pages, None))
+    try:
+        while (page := await upcoming) is not None:
+            upcoming = asyncio.ensure_future(asyncio.to_thread(next, pages, None))
+            # Through the node: each block under its CID, and pinned on a store that
+            # collects garbage (a Kubo node), as a block sent or received is.
+            await node.put_recorded(list(page.blocks.items()))
+            await node.ledger.restore(_restore(page, node, quarantined, checked.root))
+    finally:
+        if not upcoming.done():  # a write failed: let the page being read finish
+            await asyncio.wait([upcoming])
+        if not upcoming.cancelled():
+            upcoming.exception()  # seen: the write's failure is the one raised
     return report

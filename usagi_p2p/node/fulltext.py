@@ -26,12 +26,16 @@ matches case-insensitively.
 
 **Queries** are never passed to FTS5 as written. A query is split on white
 space into at most :data:`MAX_TERMS` terms; a document matches when every term
-occurs in it. Each term of three or more characters becomes an FTS5 string
-(``"…"``, inner quotes doubled), so ``"``, ``*``, ``NEAR``, ``AND``, ``-`` or
-``col:`` are just characters to look for. A term of one or two characters
-cannot use a trigram index; it is looked for as a substring (``LIKE``, case-
-insensitive for ASCII letters) in the rows the other terms and filters leave,
-or in every row when the query has no longer term.
+occurs in it. The index keeps which trigrams each row holds, not where
+(``detail=none``: a third of the index's size with positions, docs/scale.md):
+each term of three or more characters finds its candidates through its
+trigrams, each an FTS5 string (``"…"``, inner quotes doubled, so ``"``, ``*``,
+``NEAR``, ``AND``, ``-`` or ``col:`` are just characters to look for), and the
+ledger keeps the candidates that hold the term itself (``LIKE``, or
+:func:`contains` for letters beyond ASCII, so every letter matches
+case-insensitively). A term of one or two characters cannot use a trigram
+index; it is looked for as a substring in the rows the other terms and filters
+leave, or in every row when the query has no longer term.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from .errors import InvalidQueryError
 
 __all__ = ["InvalidQueryError", "Query", "MAX_QUERY", "MAX_TERMS", "TRIGRAM", "document_text",
            "signed_text", "normalise", "party_key", "Snippet", "parse_query", "expression",
-           "like_pattern", "snippet"]
+           "trigrams", "caseless", "contains", "ascii_caseless", "like_pattern", "snippet"]
 
 #: The longest query accepted, in characters.
 MAX_QUERY: Final = 500
@@ -117,18 +121,51 @@ def _string(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
+def trigrams(term: str) -> list[str]:
+    """Trigrams of ``term`` that cover each of its characters: those starting at 0,
+    3, 6, … and the last one. Every document holding ``term`` holds them all;
+    one holding them all is a candidate the ledger then checks (:func:`contains`)."""
+    starts = [*range(0, len(term) - TRIGRAM + 1, TRIGRAM), len(term) - TRIGRAM]
+    return list(dict.fromkeys(term[i:i + TRIGRAM] for i in starts))
+
+
 def expression(query: Query, parties: Mapping[str, Sequence[str]]) -> str | None:
-    """The FTS5 MATCH expression of the query's long terms (None if it has none).
+    """The FTS5 MATCH expression that finds the candidates for the query's long terms
+    (None if it has none): for each term, its :func:`trigrams`, or those of the
+    ``party`` key of a partner whose name contains it.
+
+    The index keeps no positions (``detail=none``, docs/scale.md), so it cannot
+    match a phrase: a candidate holds each trigram somewhere, and the ledger
+    keeps those that hold the term itself (``Ledger.search``).
 
     ``parties``: term -> the DIDs of partners whose current name contains it;
     that term then also matches those partners' documents.
     """
     parts = []
     for term in query.long:
-        alternatives = ["{ref body partner} : " + _string(term)]
-        alternatives += ["party : " + _string(party_key(did)) for did in parties.get(term, ())]
+        keys = [term, *(party_key(did) for did in parties.get(term, ()))]
+        alternatives = ["(" + " AND ".join(_string(t) for t in trigrams(key)) + ")"
+                        for key in keys]
         parts.append("(" + " OR ".join(alternatives) + ")")
     return " AND ".join(parts) or None
+
+
+def caseless(term: str) -> str:
+    """``term`` as :func:`contains` looks for it."""
+    return _folded(term)
+
+
+def contains(text: str | None, needle: str) -> bool:
+    """Whether ``text`` holds ``needle`` (made by :func:`caseless`), every letter
+    lower-cased as the index does: the ledger's check of a term with letters
+    beyond ASCII, which ``LIKE`` would compare case-sensitively."""
+    return text is not None and needle in _folded(text)
+
+
+def ascii_caseless(term: str) -> bool:
+    """Whether ``LIKE`` (case-insensitive for ASCII letters only) finds ``term``
+    exactly as :func:`contains` would."""
+    return all(c.isascii() or c.lower() == c.upper() for c in term)
 
 
 def like_pattern(term: str) -> str:

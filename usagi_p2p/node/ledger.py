@@ -26,6 +26,7 @@ together, rather than in as many modules as there are callers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -43,8 +44,17 @@ from kernel import Held, canonical
 from kernel.cid import CID
 
 from .errors import NameTakenError
-from .fulltext import normalise, party_key, signed_text
+from .fulltext import (
+    ascii_caseless,
+    caseless,
+    contains,
+    like_pattern,
+    normalise,
+    party_key,
+    signed_text,
+)
 from .schema import MIGRATIONS
+from .stored import pack, unpack
 
 __all__ = ["Ledger", "Partner", "DocumentRow", "OutboxRow", "Snapshot", "ExportRow", "Restore",
            "QuarantineRow", "KeyClaim", "KeyRow", "SearchRow", "Event", "WebhookAttempt"]
@@ -86,6 +96,10 @@ def fold(text: str) -> str:
     if "\u0307" not in folded:
         return folded
     return unicodedata.normalize("NFKC", folded.replace("i\u0307", "i"))
+
+
+#: :func:`fold` of names seen before: partner names are few and change rarely.
+_fold_cached: Final = functools.lru_cache(maxsize=1 << 16)(fold)
 
 
 def _strict_fold(text: str) -> str:
@@ -385,7 +399,8 @@ def _key(row: Sequence[Any]) -> KeyRow:
 
 def _doc(row: Sequence[Any]) -> DocumentRow:
     return DocumentRow(CID.from_bytes(row[0]), row[1], row[2], row[3], CID.from_bytes(row[4]),
-                       *row[5:])
+                       row[5], row[6], row[7], row[8], row[9], row[10],
+                       unpack(row[11], row[2]), row[12], row[13])
 
 
 def _report_abandoned(done: asyncio.Future[_Done]) -> None:
@@ -600,10 +615,16 @@ def _insert_received(row: DocumentRow, prev: bytes) -> tuple[str, Sequence[Any]]
         "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? "
         "WHERE NOT EXISTS (SELECT 1 FROM documents WHERE digest = ? AND cid != ?)",
         (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
-         row.issued_at, row.recorded_at, row.status, row.reason, row.digest, row.signed,
+         row.issued_at, row.recorded_at, row.status, row.reason, row.digest,
+             pack(row.signed, row.partner),
          row.user, row.findings, prev, row.digest, row.cid.raw),
     )
 
+
+#: How many of a query's matches are ranked (``Ledger.search``): the newest
+#: ones; older matches follow them newest first. A page of 20 from 1,000 scored
+#: rows costs a few milliseconds however many documents match.
+RANKED: Final = 1000
 
 #: A queued document's search row (``Ledger.index_pending``): its ``search_rows``
 #: id is taken first, then the row written under it unless it is there (a
@@ -634,7 +655,8 @@ def _index_statements(items: Sequence[tuple[bytes, str | None, str, str]]
 
 def _pending_texts(rows: Sequence[Any]) -> list[tuple[bytes, str | None, str, str]]:
     """(cid, ref, partner, signed) -> (cid, ref, partner, body text); blocking."""
-    return [(cid, ref, partner, signed_text(signed)) for cid, ref, partner, signed in rows]
+    return [(cid, ref, partner, signed_text(unpack(signed, partner)))
+            for cid, ref, partner, signed in rows]
 
 
 #: The next documents waiting for the search index, oldest first: (queue id, CID,
@@ -714,6 +736,7 @@ class Ledger:
             raise
         await db.create_function("usagi_fold", 1, fold, deterministic=True)
         await db.create_function("usagi_strict_fold", 1, _strict_fold, deterministic=True)
+        await db.create_function("usagi_has", 2, contains, deterministic=True)
         self._db = db
         # Not a migration: a ledger made before names were unique may hold two
         # partners under one name (restore and add_partner keep them unique).
@@ -1019,6 +1042,15 @@ class Ledger:
         rows = await self._all(_PARTNER_SELECT + "ORDER BY name")
         return [Partner(*r) for r in rows]
 
+    async def partners_named(self, terms: Iterable[str]) -> dict[str, list[str]]:
+        """For each term, the DIDs (rotated keys too) of the partners whose name now
+        contains it, caselessly (:func:`fold`). Reads two columns of each partner
+        and folds each name once per process (:func:`_fold_cached`): a search on a
+        node with 10,000 partners asks this per query."""
+        rows = [(did, _fold_cached(name))
+                for did, name in await self._all("SELECT did, name FROM partners")]
+        return {term: [did for did, name in rows if fold(term) in name] for term in terms}
+
     async def partner_names(self, dids: Iterable[str]) -> dict[str, str]:
         """The names of the partners among ``dids`` (those of one page of documents:
         not every partner's, which a node with thousands would read per page)."""
@@ -1102,7 +1134,8 @@ class Ledger:
         return (
             f"INSERT INTO documents ({_DOC_COLUMNS}, prev) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
-             row.issued_at, row.recorded_at, row.status, row.reason, row.digest, row.signed,
+             row.issued_at, row.recorded_at, row.status, row.reason, row.digest,
+             pack(row.signed, row.partner),
              row.user, row.findings, prev),
         )
 
@@ -1138,7 +1171,8 @@ class Ledger:
             (f"INSERT INTO documents ({_DOC_COLUMNS}, prev) "
              f"SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? {held}",
              (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
-              row.issued_at, row.recorded_at, row.status, row.reason, row.digest, row.signed,
+              row.issued_at, row.recorded_at, row.status, row.reason, row.digest,
+              pack(row.signed, row.partner),
               row.user, row.findings, prev, *keyed)),
             ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
              f"SELECT ?,?,?,?,? {held}", (row.cid.raw, row.partner, notice, 0.0, now, *keyed)),
@@ -1379,34 +1413,50 @@ class Ledger:
 
     # -- search (usagi_p2p/node/fulltext.py) ----------------------------------
 
-    async def search(self, match: str | None, likes: Sequence[tuple[str, Sequence[str]]], *,
+    async def search(self, match: str | None, terms: Sequence[tuple[str, Sequence[str]]], *,
                      partners: Sequence[str] | None = None, kind: str | None = None,
                      direction: str | None = None, limit: int = 20, offset: int = 0
                      ) -> list[SearchRow]:
-        """The documents whose search row matches, best first (bm25, a reference
-        weighing most), then newest.
+        """The documents whose search row holds every term: the newest :data:`RANKED`
+        of them best first (a term in the reference weighs 4, in the partner's
+        name 2, in the text 1), ties newest first, then any older ones newest
+        first (docs/spec.md section 12, "Search").
+
+        "Newest" is the index's order, the order the documents were indexed: the
+        order they were recorded (an archive's, the order it was imported).
 
         ``match``: an FTS5 expression made by ``fulltext.expression`` (never a
-        user's text). ``likes``: (LIKE pattern, DIDs) pairs, each met by the
-        pattern in the reference, body or partner name, or by a party among the
-        DIDs. At least one of the two. ``partners``, ``kind``, ``direction``
-        narrow it further.
+        user's text), the candidates; None: every row is one. ``terms``: (term,
+        DIDs) pairs, each met by the term in the reference, body or partner name,
+        or by a party among the DIDs. At least one. ``partners``, ``kind``,
+        ``direction`` narrow it further.
         """
+        if not terms:
+            raise ValueError("a search needs a term")
         where: list[str] = []
         args: list[Any] = []
         if match is not None:
             where.append("search MATCH ?")
             args.append(match)
-        for pattern, dids in likes:
-            alternatives = [f"search.{column} LIKE ? ESCAPE '\\'"
-                            for column in ("ref", "body", "partner")]
-            args += [pattern] * 3
-            if dids:
-                alternatives.append(f"search.party IN ({','.join('?' * len(dids))})")
-                args += [party_key(did) for did in dids]
-            where.append("(" + " OR ".join(alternatives) + ")")
-        if not where:
-            raise ValueError("a search needs an expression or a pattern")
+        score: list[str] = []
+        score_args: list[Any] = []
+        for term, dids in terms:
+            if ascii_caseless(term):
+                test, needle = "search.{} LIKE ? ESCAPE '\\'", like_pattern(term)
+            else:
+                test, needle = "usagi_has(search.{}, ?)", caseless(term)
+            ref, body, name = (test.format(column) for column in ("ref", "body", "partner"))
+            # The parties' keys as one JSON parameter: a term may name thousands.
+            party = "search.party IN (SELECT value FROM json_each(?))" if dids else "0"
+            keys = [json.dumps([party_key(did) for did in dids])] if dids else []
+            where.append(f"({ref} OR {body} OR {name} OR {party})")
+            args += [needle, needle, needle, *keys]
+            score.append(f"4 * ({ref}) + 2 * ({name} OR {party}) + ({body})")
+            score_args += [needle, needle, *keys, needle]
+        source = "search"
+        if partners or kind or direction:
+            source += (" JOIN search_rows r ON r.id = search.rowid "
+                       "JOIN documents d ON d.cid = r.cid")
         if partners:
             where.append(f"d.partner IN ({','.join('?' * len(partners))})")
             args += partners
@@ -1414,30 +1464,29 @@ class Ledger:
             if value:
                 where.append(f"d.{column} = ?")
                 args.append(value)
-        if match is not None and len(where) == 1:
-            # The index alone ranks every match; only the best ``limit + offset``
-            # (and the ties at the edge) are joined to their documents: joining
-            # every match of a common word first took 785 ms at 100k documents.
-            rows = await self._all(
-                "WITH ranked AS MATERIALIZED (SELECT rowid AS id, "
-                "bm25(search, 4.0, 1.0, 2.0, 2.0) AS score FROM search WHERE search MATCH ?), "
-                "edge AS (SELECT score FROM ranked ORDER BY score LIMIT 1 OFFSET ?) "
-                "SELECT d.cid, d.direction, d.partner, d.kind, d.ref, d.issued_at, "
-                "d.recorded_at, d.status, s.ref, s.body, s.partner FROM ranked "
-                "JOIN search s ON s.rowid = ranked.id JOIN search_rows r ON r.id = ranked.id "
-                "JOIN documents d ON d.cid = r.cid "
-                "WHERE ranked.score <= coalesce((SELECT score FROM edge), 1e308) "
-                "ORDER BY ranked.score, d.recorded_at DESC, d.cid LIMIT ? OFFSET ?",
-                (match, limit + offset - 1, limit, offset))
-            return [SearchRow(CID.from_bytes(r[0]), r[1], r[2], r[3], r[4], r[5], float(r[6]),
-                              r[7], (r[8], r[9], r[10])) for r in rows]
-        rank = "bm25(search, 4.0, 1.0, 2.0, 2.0), " if match is not None else ""
+        # Ranking every match cost time in proportion to their number (a word in
+        # a third of 100k documents: 120-160 ms, docs/scale.md). FTS5 walks the
+        # candidates newest first and stops at a LIMIT, so only the newest
+        # ``RANKED`` matches are scored (``head``); a page past them takes the
+        # older ones in the index's order (``tail``), a range of rowids below the
+        # head's. Only the page's rows are joined to their documents.
+        condition = " AND ".join(where)
         rows = await self._all(
-            "SELECT d.cid, d.direction, d.partner, d.kind, d.ref, d.issued_at, d.recorded_at, "
-            "d.status, search.ref, search.body, search.partner FROM search "
-            "JOIN search_rows r ON r.id = search.rowid JOIN documents d ON d.cid = r.cid "
-            f"WHERE {' AND '.join(where)} ORDER BY {rank}d.recorded_at DESC, d.cid "
-            "LIMIT ? OFFSET ?", (*args, limit, offset))
+            f"WITH head AS MATERIALIZED (SELECT search.rowid AS id, "
+            f"-({' + '.join(score)}) AS score "
+            f"FROM {source} WHERE {condition} ORDER BY search.rowid DESC LIMIT ?), "
+            f"tail AS MATERIALIZED (SELECT search.rowid AS id FROM {source} "
+            f"WHERE {condition} AND search.rowid < (SELECT min(id) FROM head) "
+            "ORDER BY search.rowid DESC LIMIT ?), "
+            "hits AS (SELECT id, 0 AS tier, score FROM head "
+            "UNION ALL SELECT id, 1 AS tier, 0 AS score FROM tail), "
+            "page AS MATERIALIZED (SELECT id, tier, score FROM hits "
+            "ORDER BY tier, score, id DESC LIMIT ? OFFSET ?) "
+            "SELECT d.cid, d.direction, d.partner, d.kind, d.ref, d.issued_at, "
+            "d.recorded_at, d.status, s.ref, s.body, s.partner FROM page "
+            "JOIN search s ON s.rowid = page.id JOIN search_rows r ON r.id = page.id "
+            "JOIN documents d ON d.cid = r.cid ORDER BY page.tier, page.score, page.id DESC",
+            (*score_args, *args, RANKED, *args, max(0, offset + limit - RANKED), limit, offset))
         return [SearchRow(CID.from_bytes(r[0]), r[1], r[2], r[3], r[4], r[5], float(r[6]), r[7],
                           (r[8], r[9], r[10])) for r in rows]
 
@@ -1509,7 +1558,8 @@ class Ledger:
             (f"INSERT OR IGNORE INTO documents ({_DOC_COLUMNS}, prev) "
              "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
              (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
-              row.issued_at, row.recorded_at, row.status, row.reason, row.digest, row.signed,
+              row.issued_at, row.recorded_at, row.status, row.reason, row.digest,
+              pack(row.signed, row.partner),
               row.user, row.findings, prev))
             for row, prev in page.documents]
         statements += [("INSERT OR IGNORE INTO acks (cid, raw, status, reason, at) "

@@ -21,7 +21,10 @@ webhooks' queue and log (docs/spec.md section 11.6), step 6
 transaction: a trigger queues each document recorded, and the node indexes
 the queue in batches (usagi_p2p/node/indexing.py), step 7
 (:func:`_cheaper_event_triggers`) writes document events as columns and
-stamps events with the node's clock from a table, not a function.
+stamps events with the node's clock from a table, not a function, step 8
+(:func:`_deflated_documents`) lets ``documents.signed`` hold a document
+deflated (usagi_p2p/node/stored.py), step 9 (:func:`_search_without_positions`)
+makes the search index again without positions.
 """
 
 from __future__ import annotations
@@ -458,9 +461,50 @@ async def _cheaper_event_triggers(db: aiosqlite.Connection) -> None:
             await db.execute(statement.replace(_SQLITE_NOW, "(SELECT at FROM events_clock)"))
 
 
+async def _deflated_documents(db: aiosqlite.Connection) -> None:
+    """8: from this step on, ``documents.signed`` may hold a signed document
+    deflated with a preset dictionary (usagi_p2p/node/stored.py: ~360 bytes
+    instead of ~620). Rows written before stay as they are (a reader tells the
+    two apart by the first byte), so the step changes no table and rewrites no
+    row: its number is what makes a program older than it refuse this ledger
+    (``SchemaTooNewError``) rather than show a deflated document as garbage."""
+    await db.execute("SELECT 1")
+
+
+#: The search index without positions (step 9).
+#:
+#: With ``detail=full`` (step 4) the index kept where in its row each trigram
+#: is: ~400 bytes a document, a third of ledger.db beside the documents
+#: themselves, at 100k documents. ``detail=none`` keeps which rows hold each
+#: trigram, ~85 bytes a document; a term's candidates are the rows that hold
+#: its trigrams, and the ledger keeps those holding the term (fulltext.py,
+#: ``Ledger.search``). Nor does it keep each row's size per column
+#: (``columnsize=0``): that was for bm25, which ranked with positions.
+_SEARCH_WITHOUT_POSITIONS = """
+CREATE VIRTUAL TABLE search USING fts5(ref, body, partner, party,
+    tokenize = 'trigram', detail = none, columnsize = 0);
+"""
+
+
+async def _search_without_positions(db: aiosqlite.Connection) -> None:
+    """9: the search index made again without positions (see above). Its rows are
+    not copied in this transaction (a ledger of a million documents would be
+    held for minutes): every document is queued, and the node indexes the queue
+    in batches as after step 4 (``Ledger.index_pending``; a search first
+    indexes what waits)."""
+    await db.execute("DROP TABLE search")
+    for statement in _statements(_SEARCH_WITHOUT_POSITIONS):
+        await db.execute(statement)
+    await db.execute("DELETE FROM search_rows")
+    # What waited stays queued, once.
+    await db.execute("INSERT INTO search_queue (cid) SELECT cid FROM documents "
+                     "WHERE cid NOT IN (SELECT cid FROM search_queue) ORDER BY rowid")
+
+
 #: The ledger's migrations, in order: step N brings ``user_version`` to N.
 MIGRATIONS: Final[tuple[Migration, ...]] = (_tables, _nonces_with_rowid, _idempotency_keys,
                                               _search_index, _events, _search_queue,
-                                              _cheaper_event_triggers)
+                                              _cheaper_event_triggers, _deflated_documents,
+                                              _search_without_positions)
 #: The ``user_version`` of a ledger this code made or migrated.
 VERSION: Final = len(MIGRATIONS)

@@ -20,11 +20,9 @@ from ..fulltext import (
     Query,
     Snippet,
     expression,
-    like_pattern,
     parse_query,
     snippet,
 )
-from ..ledger import fold
 from ..node import Node
 
 __all__ = ["SearchHit", "SearchPage", "MAX_LIMIT", "search_documents", "reindex_search"]
@@ -101,11 +99,8 @@ async def search_documents(node: Node, query: str, *, partner: str | None = None
     # waits is indexed now, so a document recorded a moment ago is found.
     await node.index_backlog()
     dids = await node.partner_dids(partner) if partner else None
-    known = await node.ledger.partners()
-    names = {p.did: p.name for p in known}
     # The partners each term names today (rotated keys keep their partner's name).
-    parties = {term: [p.did for p in known if fold(term) in fold(p.name)]
-               for term in terms.terms}
+    parties = await node.ledger.partners_named(terms.terms)
     # A term naming many partners ("Partner", "株式会社") is not made one FTS5
     # alternative per partner (a thousand ORed phrases took a second at 10k
     # documents, docs/scale.md): it filters the rows the other terms leave, by
@@ -113,9 +108,9 @@ async def search_documents(node: Node, query: str, *, partner: str | None = None
     broad = tuple(t for t in terms.long if len(parties[t]) > BROAD_TERM)
     indexed = Query(tuple(t for t in terms.terms if t not in broad))
     rows = await node.ledger.search(
-        expression(indexed, parties), [(like_pattern(t), parties[t])
-                                       for t in (*terms.short, *broad)],
+        expression(indexed, parties), [(t, parties[t]) for t in terms.terms],
         partners=dids, kind=kind, direction=direction, limit=limit + 1, offset=offset)
+    names = await node.ledger.partner_names(r.partner for r in rows[:limit])
     hits = tuple(
         SearchHit(r.cid, r.direction, r.kind, r.ref, r.partner, names.get(r.partner),
                   r.issued_at, datetime.fromtimestamp(r.recorded_at, UTC), r.status,
