@@ -541,6 +541,22 @@ class Node:
             outcomes[index] = outcome
         return outcomes
 
+    async def refusals(self, items: Sequence[Outgoing]) -> list[tuple[int, Exception]]:
+        """Why each of ``items`` could not be sent (its index), as :meth:`send_groups`
+        would find it; nothing is stored. For listing every broken document of a
+        request that is refused anyway."""
+        partners: dict[str, Partner] = {}
+        refused: list[tuple[int, Exception]] = []
+        for i, item in enumerate(items):
+            try:
+                await self._prepare(item.kind, item.partner, item.body, item.reply_to,
+                                    item.user, None, partners)
+            except Exception as exc:  # noqa: BLE001 (listed)
+                refused.append((i, exc))
+            if (i + 1) % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        return refused
+
     async def _prepare(self, kind: str, partner_key: str, body: dict[str, Any],
                        reply_to: CID | None, user: str | None,
                        prepare: Callable[[dict[str, Any]], dict[str, Any]] | None,

@@ -392,24 +392,29 @@ async def _batch_sent(call: Call, items: list[dict[str, Any]], replies: list[CID
     node = call.node
     if claim is not None and claim.cids:  # sent by an abandoned attempt: answer with them
         return [await operations.sent_document(node, cid) for cid in claim.cids]
-    errors: list[FieldError] = []
-    outgoing: list[operations.Outgoing] = []
+    refused: dict[int, Exception] = {}
+    outgoing: list[tuple[int, operations.Outgoing]] = []
     for i, (data, reply_to) in enumerate(zip(items, replies, strict=True)):
         try:
-            outgoing.append(await _outgoing(call, data, reply_to))
-        except UsagiError as exc:  # an unknown partner, a reply_to not held: listed
-            errors.append(_broken(f"documents[{i}]", "refused", f"{exc.code}: {exc}"))
-    if errors:
-        raise ValidationFailedError(errors)
-    try:
-        return await call.request.app[COALESCER_KEY].send(
-            outgoing, claim.claim if claim is not None else None)
-    except operations.Refused as refused:
-        for i, why in refused.errors:
-            if not isinstance(why, UsagiError):
-                raise why from None  # not the document's fault: a failure of the node
-            errors.append(_broken(f"documents[{i}]", "refused", f"{why.code}: {why}"))
-        raise ValidationFailedError(errors) from None
+            outgoing.append((i, await _outgoing(call, data, reply_to)))
+        except UsagiError as exc:  # a reply_to not held, an answer with nothing to carry
+            refused[i] = exc
+    if not refused:
+        try:
+            return await call.request.app[COALESCER_KEY].send(
+                [item for _, item in outgoing], claim.claim if claim is not None else None)
+        except operations.Refused as exc:
+            found = exc.errors
+    else:  # refused anyway: what else would be, so that every broken document is listed
+        found = await operations.refusals(node, [item for _, item in outgoing])
+    refused.update({outgoing[j][0]: why for j, why in found})
+    errors: list[FieldError] = []
+    for i in sorted(refused):
+        why = refused[i]
+        if not isinstance(why, UsagiError):
+            raise why  # not the document's fault: a failure of the node
+        errors.append(_broken(f"documents[{i}]", "refused", f"{why.code}: {why}"))
+    raise ValidationFailedError(errors)
 
 
 async def documents_send_batch(call: Call) -> web.Response:

@@ -9,7 +9,7 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
 
     documents.py   sending: send, answer, answer_body, deliver_now, await_ack,
                    retry_outbox, requeue_undelivered, outbox_counts
-                   sent_document; outgoing, send_groups (several sends, one commit)
+                   sent_document; outgoing, send_groups (several sends, one commit), refusals
                    looking: list_documents, page_documents, show_document,
                    document_block, thread_documents, verify_document
     requests.py    keyed requests (Idempotency-Key): claim_request, finish_request,
@@ -57,6 +57,7 @@ from .documents import (
     outbox_counts,
     outgoing,
     page_documents,
+    refusals,
     requeue_undelivered,
     retry_outbox,
     send,
@@ -145,7 +146,7 @@ __all__ = [  # the values, then the operations of the module docstring
     "DocumentView", "KeyInfo", "KeyRotation", "NodeStatus", "PartnerChange", "PartnerStatus",
     "Prepare", "QuotaUsage", "Rotation", "SearchHit", "SearchPage", "ThreadEntry",
     "Verification", "fill_extracted",
-    "send", "outgoing", "send_groups", "Outgoing", "Refused",
+    "send", "outgoing", "send_groups", "refusals", "Outgoing", "Refused",
     "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
     "await_ack", "retry_outbox",
     "list_documents", "show_document", "thread_documents", "verify_document", "invite",

@@ -38,7 +38,7 @@ from ..plugin_host import PluginHost
 
 __all__ = ["ANSWERS", "CARRIED", "SERVE_STATE", "MAX_PAGE", "AckView", "Check", "Delivery",
            "DocumentEntry", "DocumentPage", "DocumentView", "Prepare", "ThreadEntry",
-           "Verification", "fill_extracted", "send", "opened_body", "outgoing", "send_groups",
+           "Verification", "fill_extracted", "send", "opened_body", "outgoing", "send_groups", "refusals",
            "Outgoing", "Refused",
            "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
            "await_ack", "retry_outbox", "sent_document",
@@ -284,6 +284,12 @@ async def send_groups(node: Node, groups: Sequence[tuple[Sequence[Outgoing], Key
     be sent, by index; IdempotencyInProgressError: its claim was lost; else the
     failure of its commit)."""
     return await node.send_groups(groups)
+
+
+async def refusals(node: Node, items: Sequence[Outgoing]) -> list[tuple[int, Exception]]:
+    """Why each of ``items`` could not be sent, by index (``Node.refusals``); nothing
+    is stored."""
+    return await node.refusals(items)
 
 
 async def send(node: Node, kind: str, body: Mapping[str, Any], *, to: str | None = None,
