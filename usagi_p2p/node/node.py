@@ -6,10 +6,11 @@ for partners. It
 
 * **sends**: builds a document, seals it to both parties, puts the block,
   records the document and queues the signed notice in one ledger
-  transaction; the delivery loop (``delivery.py``) then POSTs notices in
-  batches with bounded exponential backoff and jitter, and accepts an ack
-  only when its signature verifies *and* it names the digest of what was
-  sealed;
+  transaction (several documents, or several requests' groups of them, in one
+  as well: ``send_many``, ``send_groups``); the delivery loop (``delivery.py``)
+  then POSTs notices in batches with bounded exponential backoff and jitter,
+  and accepts an ack only when its signature verifies *and* it names the
+  digest of what was sealed;
 * **receives** (``intake.py``, its rules in ``receiving.py``): checks each
   notice (active partner, signature, recipient, time window, replay), fetches
   the block (own store, else the sender's trustless gateway with a signed
@@ -20,10 +21,11 @@ for partners. It
 Time is read from ``self.clock`` so tests can move it; every part of the node
 reads it from there.
 
-About 600 lines: the Node is the one object the faces, the peer listener and
+About 750 lines: the Node is the one object the faces, the peer listener and
 the operations hold, so its lifecycle, keys and rotations, partners and the
-sending path stay together; receiving, delivery and the operations, which
-only use it, live in modules of their own.
+sending path (one send, many, and the local API's coalesced groups) stay
+together; receiving, delivery and the operations, which only use it, live in
+modules of their own.
 """
 
 from __future__ import annotations
