@@ -12,7 +12,11 @@ request sent to answer read (POST to ack). Two shapes, 1,000 documents each
   came (the strict reading of the issue's load; printed on its own line);
 - W in flight (``--window``, 16): each client keeps W such requests in flight,
   as an ERP posting a batch of invoices through its HTTP client's pool does;
-  the ``api:`` line.
+  the ``api:`` line. The node coalesces requests that arrive together into
+  one ledger transaction (usagi_p2p/company/api/sending.py);
+- batches of B (``--batch``, 50): each client sends ``POST /api/v1/batches?wait=30``
+  with B documents, the next when the last one's answer came (all acks in), as
+  an ERP's month-end run sends its invoices; latency is per batch request.
 
 Each shape also runs without the API (the seller's node opened in this
 process, 8 x W tasks of ``node.send`` + ``wait_for_ack``), and the CPU time per
@@ -23,6 +27,7 @@ stored; ``--quick``: 1,000), and both API shapes are compared with it:
 
     api, 8 clients x 1 in flight: N docs/s, p50 X ms, 0.NNx exchange
     api: N docs/s, p50 X ms, 0.NNx exchange (8 clients x W in flight, ...)
+    api, 8 clients x batches of B: N docs/s, p50 X ms per batch, 0.NNx exchange
 
 Then ``usagi send`` (the command, a new process each time, as a script runs
 it) against the running seller on the same home, p50 over ~20 runs:
@@ -59,6 +64,8 @@ from usagi_p2p.peer.service import Service  # noqa: E402
 CLIENTS = 8
 #: Requests each client keeps in flight in the shape the 'api:' line measures.
 WINDOW = 16
+#: Documents per POST /api/v1/batches in the batch shape.
+BATCH = 50
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
@@ -134,6 +141,63 @@ async def through_the_api(url: str, token: str, n: int, window: int, first: int 
     return time.perf_counter() - start, latencies
 
 
+async def through_batches(url: str, token: str, n: int, batch: int, first: int = 0
+                          ) -> tuple[float, list[float]]:
+    """N documents by CLIENTS concurrent clients, each sending ``POST /api/v1/batches
+    ?wait=30`` of ``batch`` documents, the next once the last one was answered (every
+    ack stored): (seconds, latencies of the batch requests)."""
+    latencies: list[float] = []
+    starts = iter(range(first, first + n, batch))
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def client() -> None:
+        async with aiohttp.ClientSession() as session:
+            for start_at in starts:
+                count = min(batch, first + n - start_at)
+                request = {"documents": [{"kind": "order", "to": "Osaka",
+                                          "body": EXCHANGE.body(i)}
+                                         for i in range(start_at, start_at + count)]}
+                start = time.perf_counter()
+                async with session.post(f"{url}/api/v1/batches?wait=30", json=request,
+                                        headers={**headers,
+                                                 "Idempotency-Key": f"bench-b-{start_at}"}
+                                        ) as resp:
+                    answers = await resp.json()
+                latencies.append(time.perf_counter() - start)
+                if resp.status != 201 or any(a["ack"]["status"] != "received"
+                                             for a in answers):
+                    raise RuntimeError(f"batch {start_at}: {resp.status} {answers}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    return time.perf_counter() - start, latencies
+
+
+async def in_process_batches(home: Home, n: int, batch: int, first: int
+                             ) -> tuple[float, list[float]]:
+    """The batch shape without the API: CLIENTS tasks of node.send_many(batch) + a
+    wait_for_ack of each, in this process."""
+    latencies: list[float] = []
+    starts = iter(range(first, first + n, batch))
+    async with Node.load(home, None) as seller, Service(seller):
+        async def task() -> None:
+            for start_at in starts:
+                count = min(batch, first + n - start_at)
+                start = time.perf_counter()
+                sent = await seller.send_many([("order", "Osaka", EXCHANGE.body(i), None)
+                                               for i in range(start_at, start_at + count)])
+                acks = await asyncio.gather(*(seller.wait_for_ack(r.cid, timeout=30)
+                                              for r in sent))
+                latencies.append(time.perf_counter() - start)
+                assert all(a is not None and a[1] == "received" for a in acks)
+
+        warm = await seller.send("order", "Osaka", EXCHANGE.body(first + n))
+        assert await seller.wait_for_ack(warm.cid, timeout=30) is not None
+        start = time.perf_counter()
+        await asyncio.gather(*(task() for _ in range(CLIENTS)))
+        return time.perf_counter() - start, latencies
+
+
 async def in_process(home: Home, n: int, window: int, first: int
                      ) -> tuple[float, list[float]]:
     """The same load without the API: CLIENTS x ``window`` tasks of node.send +
@@ -183,15 +247,17 @@ def cli_send(home: Home, runs: int, root: Path) -> list[float]:
 
 
 def figures(n: int, elapsed: float, latencies: list[float]) -> dict[str, float]:
+    """docs/s over ``n`` documents; p50 and p99 of ``latencies`` (one per request)."""
     latencies = sorted(latencies)
+    k = len(latencies)
     return {"docs_per_s": n / elapsed, "p50_ms": statistics.median(latencies) * 1000,
-            "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000}
+            "p99_ms": latencies[min(k - 1, int(k * 0.99))] * 1000}
 
 
-async def run(n: int, cli_runs: int, window: int) -> dict[str, Any]:
-    """Both shapes through the API (one in flight per client, then ``window``), with
-    the CPU time of each process per document; ``usagi send``; then both shapes in
-    process (the seller's ``serve`` stopped, its node opened here)."""
+async def run(n: int, cli_runs: int, window: int, batch: int) -> dict[str, Any]:
+    """The three shapes through the API (one in flight per client, ``window``, batches
+    of ``batch``), with the CPU time of each process per document; ``usagi send``; then
+    the three in process (the seller's ``serve`` stopped, its node opened here)."""
     root = Path(tempfile.mkdtemp(prefix="usagi-bench-api-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -212,11 +278,13 @@ async def run(n: int, cli_runs: int, window: int) -> dict[str, Any]:
         state = await serving(seller_home, procs[-1])
         await warm_up(state["local_url"], token)
         result: dict[str, Any] = {}
-        for shape, w, first in (("one", 1, 0), ("window", window, n)):
+        for shape, w, first in (("one", 1, 0), ("window", window, n), ("batch", batch, 2 * n)):
             # CPU time per document (robust to a busy machine, unlike docs/s): both
             # nodes, and this process (the clients); after the warm-up.
             before = [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()]
-            elapsed, latencies = await through_the_api(state["local_url"], token, n, w, first)
+            elapsed, latencies = await (
+                through_batches(state["local_url"], token, n, w, first) if shape == "batch"
+                else through_the_api(state["local_url"], token, n, w, first))
             after = [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()]
             result[shape] = {**figures(n, elapsed, latencies), "load": os.getloadavg()[0],
                              # buyer, seller, clients: per document
@@ -226,9 +294,12 @@ async def run(n: int, cli_runs: int, window: int) -> dict[str, Any]:
         seller_proc = procs.pop()
         seller_proc.terminate()
         seller_proc.wait(10)
-        for shape, w, first in (("one", 1, 200_000), ("window", window, 300_000)):
+        for shape, w, first in (("one", 1, 200_000), ("window", window, 300_000),
+                                ("batch", batch, 400_000)):
             before = [EXCHANGE.cpu_seconds(procs[0].pid), time.process_time()]
-            figured = figures(n, *await in_process(seller_home, n, w, first))
+            figured = figures(n, *await (
+                in_process_batches(seller_home, n, w, first) if shape == "batch"
+                else in_process(seller_home, n, w, first)))
             after = [EXCHANGE.cpu_seconds(procs[0].pid), time.process_time()]
             # buyer, and the seller node with its callers (this process): per document
             # (the node's opening and its warm-up document included)
@@ -251,6 +322,8 @@ def main() -> None:
                         help="documents through each path and shape")
     parser.add_argument("--window", type=int, default=WINDOW,
                         help="requests each client keeps in flight in the 'api:' line's shape")
+    parser.add_argument("--batch", type=int, default=BATCH,
+                        help="documents per POST /api/v1/batches in the batch shape")
     parser.add_argument("--cli-runs", type=int, help="'usagi send' runs (0: none; default 20)")
     parser.add_argument("--quick", action="store_true",
                         help="200 documents, 5 'usagi send', the exchange on 1,000")
@@ -259,22 +332,25 @@ def main() -> None:
         args.docs = 200
     if args.cli_runs is None:
         args.cli_runs = 5 if args.quick else 20
-    api = asyncio.run(run(args.docs, args.cli_runs, args.window))
+    api = asyncio.run(run(args.docs, args.cli_runs, args.window, args.batch))
     # The exchange benchmark's own figure: its default run (bench/exchange.py).
     exchange_docs, exchange_samples = (1000, 50) if args.quick else (10_000, 200)
     exchange = asyncio.run(EXCHANGE.run(exchange_docs, exchange_samples, 100))
     load = os.getloadavg()[0]
     x = exchange["docs_per_s"]
-    one, win = api["one"], api["window"]
+    one, win, many = api["one"], api["window"], api["batch"]
     print(f"exchange (same run, {exchange_docs} documents in batches of 100): "
           f"{x:.0f} docs/s, p50 {exchange['p50_ms']:.1f} ms; cpu per document: seller "
           f"{exchange['cpu_seller_us']:.0f} us, buyer {exchange['cpu_buyer_us']:.0f} us "
           f"(load average {load:.1f})")
-    for shape, label in (("one", "1 in flight"), ("window", f"{args.window} in flight")):
+    for shape, label in (("one", "1 in flight"), ("window", f"{args.window} in flight"),
+                         ("batch", f"batches of {args.batch} (POST /api/v1/batches)")):
         alone, through = api[f"{shape}_in_process"], api[shape]
         buyer, seller, clients = through["cpu_us"]
-        print(f"{CLIENTS} clients x {label}, each waiting for its ack:\n"
-              f"  in process (node.send + wait_for_ack, no API): {alone['docs_per_s']:.0f} "
+        how = ("node.send_many + wait_for_ack" if shape == "batch"
+               else "node.send + wait_for_ack")
+        print(f"{CLIENTS} clients x {label}, each waiting for its acks:\n"
+              f"  in process ({how}, no API): {alone['docs_per_s']:.0f} "
               f"docs/s, p50 {alone['p50_ms']:.1f} ms; cpu per document: seller "
               f"{alone['cpu_us'][1]:.0f} us, buyer {alone['cpu_us'][0]:.0f} us\n"
               f"  through the API: {through['docs_per_s']:.0f} docs/s, p50 "
@@ -287,6 +363,9 @@ def main() -> None:
     print(f"api: {win['docs_per_s']:.0f} docs/s, p50 {win['p50_ms']:.1f} ms, "
           f"{win['docs_per_s'] / x:.2f}x exchange ({CLIENTS} clients x {args.window} in "
           f"flight, each POST ?wait= answered at its ack)")
+    print(f"api, {CLIENTS} clients x batches of {args.batch}: {many['docs_per_s']:.0f} docs/s, "
+          f"p50 {many['p50_ms']:.1f} ms per batch, {many['docs_per_s'] / x:.2f}x exchange "
+          f"(each POST /api/v1/batches?wait= answered once all its acks came)")
     if api["cli_p50_ms"] is not None:
         print(f"usagi send with a running node: p50 {api['cli_p50_ms']:.0f} ms "
               f"(min {api['cli_min_ms']:.0f} ms, {args.cli_runs} runs, waiting for the ack)")

@@ -28,6 +28,13 @@ def curl_quote() -> dict[str, object]:
     return dict(json.loads(block[block.index("-d '") + 4:block.rindex("'")]))
 
 
+def curl_batch() -> dict[str, object]:
+    """The JSON the tutorial's 'Send many at once' curl command posts (section 2.5)."""
+    section = DOC[DOC.index("### 2.5 Send many at once"):]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    return dict(json.loads(block[block.index("-d '") + 4:block.rindex("'")]))
+
+
 async def paired(api: Api, path: Path):  # type: ignore[no-untyped-def]
     osaka, service = await start(make_home(path, "Osaka Precision"))
     await api.node.add_partner((await osaka.invite()).text())
@@ -42,6 +49,19 @@ async def test_the_curl_quote_is_sent_and_acked(api: Api, tmp_path: Path) -> Non
                                          headers={"Idempotency-Key": "doc-curl-1"})
         assert status == 201, body
         assert body["ack"]["status"] == "received", body
+    finally:
+        await service.close()
+        await osaka.close()
+
+
+async def test_the_curl_batch_is_sent_and_acked(api: Api, tmp_path: Path) -> None:
+    osaka, service = await paired(api, tmp_path / "osaka")
+    try:
+        status, _, answers = await api.call("POST", "/api/v1/batches?wait=30",
+                                            token=api.tokens["send"], json=curl_batch(),
+                                            headers={"Idempotency-Key": "month-end-2026-12-part-1"})
+        assert status == 201, answers
+        assert [a["ack"]["status"] for a in answers] == ["received", "received"]
     finally:
         await service.close()
         await osaka.close()

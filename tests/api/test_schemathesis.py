@@ -68,7 +68,8 @@ CONFIG = SchemathesisConfig.from_dict({
         # a page cursor must be one this node gave out (400 invalid_cursor, and
         # invalid_query for a search's cursor).
         {"include-operation-id": ["addPartner", "updatePartner", "sendDocument",
-                                  "extractPreview", "listDocuments", "searchDocuments"],
+                                  "sendDocuments", "extractPreview", "listDocuments",
+                                  "searchDocuments"],
          "checks": {"positive_data_acceptance": {
              "expected-statuses": ["2xx", 400, 401, 403, 404, 409, 422, 429]}}},
         # Any bytes are a CAR to examine: the answer is a 200 report, "ok": false for
@@ -150,8 +151,19 @@ def _quote(ref: str) -> dict[str, Any]:
                        "unit_price": "12", "amount": "12000"}], "total": "12000"}
 
 
+#: Headers that frame the message (RFC 9112) or belong to one connection (RFC 9110 section 7.6.1).
+_FRAMING = frozenset({"transfer-encoding", "content-length", "connection", "te", "trailer",
+                      "upgrade", "keep-alive", "host", "expect"})
+
+
 def _bounded(case: Any) -> None:
-    """A generated send waits for its ack at most MAX_WAIT seconds (not the schema's 60)."""
+    """A generated send waits for its ack at most MAX_WAIT seconds (not the schema's 60).
+
+    Framing and hop-by-hop headers a negative example may carry (``Transfer-Encoding:
+    R``) are dropped: aiohttp's parser refuses such a message with a plain 400 before
+    any route runs; HTTP framing is the server's, not the API contract's."""
+    if case.headers:
+        case.headers = {k: v for k, v in case.headers.items() if k.lower() not in _FRAMING}
     query = case.query
     if case.operation.definition.raw.get("operationId") == "streamEvents":
         # A stream is read until its third event (max-stream-events): start it where
@@ -204,6 +216,13 @@ def test_real_documents_and_partners_keep_the_contract(live: Live) -> None:
     queued = _op("POST", "/api/v1/documents").Case(
         body={"kind": "order", "reply_to": answer.json()["cid"], "ref": "PO-LIVE-1"})
     assert queued.call_and_validate(base_url=live.url, headers=admin).status_code == 202
+    batch = _op("POST", "/api/v1/batches").Case(
+        query={"wait": 10}, headers={"Idempotency-Key": "live-batch-1"},
+        body={"documents": [{"kind": "quote", "to": "Osaka Precision",
+                             "body": _quote(f"Q-LIVE-B{i}")} for i in range(3)]})
+    answers = batch.call_and_validate(base_url=live.url, headers=admin)
+    assert answers.status_code == 201, answers.text
+    assert [a["ack"]["status"] for a in answers.json()] == ["received"] * 3
     for cid in (live.cid, answer.json()["cid"]):
         for path in ("/api/v1/documents/{cid}", "/api/v1/documents/{cid}/block",
                      "/api/v1/documents/{cid}/thread", "/api/v1/documents/{cid}/match"):

@@ -1143,42 +1143,63 @@ class Ledger:
                                claim: KeyClaim | None = None) -> bool:
         """Each (row, prev, notice): the document and its queued notice, one transaction.
 
-        With ``claim`` (one item: the document a keyed request of the local API
-        sends), the key is given the document's CID in the same transaction, and
-        the document and notice are written only while ``claim`` still holds the
-        key: False, nothing written, when it does not (docs/api.md,
+        With ``claim`` (the documents a keyed request of the local API sends),
+        the key is given the first document's CID in the same transaction, and
+        the documents and notices are written only while ``claim`` still holds
+        the key: False, nothing written, when it does not (docs/api.md,
         "Idempotency-Key")."""
+        return (await self.record_sent_groups([(items, claim)]))[0]
+
+    async def record_sent_groups(
+        self, groups: Sequence[tuple[Sequence[tuple[DocumentRow, bytes, bytes]], KeyClaim | None]],
+    ) -> list[bool]:
+        """Several sends (each a group of (row, prev, notice), with its key's claim or
+        None) in ONE transaction: the local API's concurrent requests, coalesced.
+
+        A keyed group is written only while its claim holds its key, which is
+        given the group's first CID (and, for more than one document, the list
+        of their CIDs as the key's pending ``answer``: an attempt that takes an
+        abandoned key over answers with them, docs/api.md "Idempotency-Key");
+        per group, whether it was written. Unkeyed groups are always written.
+        """
         now = self.clock()
-        if claim is None:
-            documents: list[tuple[str, Sequence[Any]]] = [
-                self._insert_document(row, prev) for row, prev, _ in items]
-            queued: list[tuple[str, Sequence[Any]]] = [
-                ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
-                 "VALUES (?,?,?,?,?)", (row.cid.raw, row.partner, notice, 0.0, now))
-                for row, _, notice in items]
-            await self.write(documents + queued)
-            self.recorded += len(items)
-            return True
-        if len(items) != 1:
-            raise ValueError("a keyed request sends one document")
-        row, prev, notice = items[0]
-        held = ("WHERE EXISTS (SELECT 1 FROM idempotency_keys WHERE token = ? AND key = ? "
-                "AND claim = ? AND cid = ?)")
-        keyed = (claim.token, claim.key, claim.claim, row.cid.raw)
-        found = await self.write([
-            ("UPDATE idempotency_keys SET cid = ? WHERE token = ? AND key = ? AND claim = ? "
-             "AND cid IS NULL", (row.cid.raw, claim.token, claim.key, claim.claim)),
-            (f"INSERT INTO documents ({_DOC_COLUMNS}, prev) "
-             f"SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? {held}",
-             (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
-              row.issued_at, row.recorded_at, row.status, row.reason, row.digest,
-              pack(row.signed, row.partner),
-              row.user, row.findings, prev, *keyed)),
-            ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
-             f"SELECT ?,?,?,?,? {held}", (row.cid.raw, row.partner, notice, 0.0, now, *keyed)),
-        ], reads=[("SELECT count(*) FROM documents WHERE cid = ?", (row.cid.raw,))])
-        self.recorded += 1
-        return bool(found[0][0][0])
+        statements: list[tuple[str, Sequence[Any]]] = []
+        reads: list[tuple[str, Sequence[Any]]] = []
+        for items, claim in groups:
+            if not items:
+                raise ValueError("a group sends at least one document")
+            if claim is None:
+                statements += [self._insert_document(row, prev) for row, prev, _ in items]
+                statements += [
+                    ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
+                     "VALUES (?,?,?,?,?)", (row.cid.raw, row.partner, notice, 0.0, now))
+                    for row, _, notice in items]
+                continue
+            first = items[0][0].cid
+            pending = (json.dumps([str(row.cid) for row, _, _ in items])
+                       if len(items) > 1 else None)
+            held = ("WHERE EXISTS (SELECT 1 FROM idempotency_keys WHERE token = ? AND key = ? "
+                    "AND claim = ? AND cid = ?)")
+            keyed = (claim.token, claim.key, claim.claim, first.raw)
+            statements.append(
+                ("UPDATE idempotency_keys SET cid = ?, answer = ? WHERE token = ? AND key = ? "
+                 "AND claim = ? AND cid IS NULL",
+                 (first.raw, pending, claim.token, claim.key, claim.claim)))
+            for row, prev, notice in items:
+                statements += [
+                    (f"INSERT INTO documents ({_DOC_COLUMNS}, prev) "
+                     f"SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? {held}",
+                     (row.cid.raw, row.direction, row.partner, row.kind, row.thread.raw, row.ref,
+                      row.issued_at, row.recorded_at, row.status, row.reason, row.digest,
+                      pack(row.signed, row.partner), row.user, row.findings, prev, *keyed)),
+                    ("INSERT INTO outbox (cid, partner, notice, next_attempt, created) "
+                     f"SELECT ?,?,?,?,? {held}",
+                     (row.cid.raw, row.partner, notice, 0.0, now, *keyed))]
+            reads.append(("SELECT count(*) FROM documents WHERE cid = ?", (first.raw,)))
+        found = await self.write(statements, reads=reads)
+        self.recorded += sum(len(items) for items, _ in groups)
+        rows = iter(found)
+        return [True if claim is None else bool(next(rows)[0][0]) for _, claim in groups]
 
     async def record_received_many(
         self, items: Sequence[tuple[DocumentRow, bytes, bytes, str, str, str, bytes]],

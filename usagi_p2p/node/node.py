@@ -6,10 +6,11 @@ for partners. It
 
 * **sends**: builds a document, seals it to both parties, puts the block,
   records the document and queues the signed notice in one ledger
-  transaction; the delivery loop (``delivery.py``) then POSTs notices in
-  batches with bounded exponential backoff and jitter, and accepts an ack
-  only when its signature verifies *and* it names the digest of what was
-  sealed;
+  transaction (several documents, or several requests' groups of them, in one
+  as well: ``send_many``, ``send_groups``); the delivery loop (``delivery.py``)
+  then POSTs notices in batches with bounded exponential backoff and jitter,
+  and accepts an ack only when its signature verifies *and* it names the
+  digest of what was sealed;
 * **receives** (``intake.py``, its rules in ``receiving.py``): checks each
   notice (active partner, signature, recipient, time window, replay), fetches
   the block (own store, else the sender's trustless gateway with a signed
@@ -20,10 +21,11 @@ for partners. It
 Time is read from ``self.clock`` so tests can move it; every part of the node
 reads it from there.
 
-About 600 lines: the Node is the one object the faces, the peer listener and
+About 750 lines: the Node is the one object the faces, the peer listener and
 the operations hold, so its lifecycle, keys and rotations, partners and the
-sending path stay together; receiving, delivery and the operations, which
-only use it, live in modules of their own.
+sending path (one send, many, and the local API's coalesced groups) stay
+together; receiving, delivery and the operations, which only use it, live in
+modules of their own.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from kernel import (
     Identity,
     Notice,
     Opened,
+    Sealed,
     canonical,
     dagcbor,
     format_time,
@@ -104,6 +107,35 @@ class SendResult:
     thread: CID
     digest: bytes
     findings: tuple[Finding, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One document to send, as :meth:`Node.send_groups` takes it: (kind, partner,
+    body, reply_to) as an item of :meth:`Node.send_many`, and who sends it."""
+
+    kind: str
+    partner: str
+    body: dict[str, Any]
+    reply_to: CID | None = None
+    user: str | None = None
+
+
+class Refused(Exception):  # noqa: N818 (an outcome, as IdempotencyInProgressError is)
+    """Nothing of a group was sent: ``errors`` says why, per document (its index)."""
+
+    def __init__(self, errors: list[tuple[int, Exception]]) -> None:
+        super().__init__("; ".join(f"[{i}] {exc}" for i, exc in errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    partner: Partner
+    document: dict[str, Any]
+    sealed: Sealed
+    findings: list[Finding]
+    user: str | None
 
 
 def _prev_bytes(prev: Sequence[CID]) -> bytes:
@@ -436,61 +468,158 @@ class Node:
         Each item is (kind, partner, body, reply_to). The blocks are durable
         before the ledger records them; a crash in between leaves only an
         unreferenced ciphertext block, never a queued notice without its block.
-        With ``claim`` (a keyed request of the local API: one item), the
-        document is recorded only while the claim holds its key, and the key
-        names it in the same commit (Ledger.record_sent_many); else nothing is
-        sent and IdempotencyInProgressError says so.
+        With ``claim`` (a keyed request of the local API), the documents are
+        recorded only while the claim holds its key, and the key names them in
+        the same commit (Ledger.record_sent_groups); else nothing is sent and
+        IdempotencyInProgressError says so.
         """
-        prepared = []
         partners: dict[str, Partner] = {}
+        prepared = []
         for kind, partner_key, body, reply_to in items:
-            partner = partners.get(partner_key) or await self.resolve_partner(partner_key)
-            partners[partner_key] = partner
-            if not partner.active:
-                raise PartnerError(f"{partner.name} is {partner.status}; nothing is sent to it")
-            document = await self.build_document(kind, partner, body, reply_to=reply_to,
-                                                 user=user)
-            if prepare is not None:
-                document = prepare(document)  # e.g. approvals sign the finished document
-            # Warnings travel with the document; an error (a field a plugin
-            # requires on its own kind) refuses it before anything is stored.
-            findings = self.plugins.check(document, user=user)
-            # The kernel's rules only: which plugin kinds it takes is the
-            # receiver's to say (spec section 12), on receipt.
-            sealed = seal(document, self.identity)
-            prepared.append((partner, document, sealed, findings))
+            prepared.append(await self._prepare(kind, partner_key, body, reply_to, user,
+                                                prepare, partners))
             if len(prepared) % YIELD_EVERY == 0:
                 # Sealing is CPU work; a long send must not hold deliveries
                 # and incoming acks back for its whole length.
                 await asyncio.sleep(0)
-        await self.put_recorded([(sealed.cid, sealed.block) for _, _, sealed, _ in prepared])
-        cids = [sealed.cid for _, _, sealed, _ in prepared]
-        for _, _, sealed, _ in prepared:
-            self._recent[sealed.cid] = sealed.block
+        outcome = (await self._record([(prepared, claim)]))[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def send_groups(self, groups: Sequence[tuple[Sequence[Outgoing], KeyClaim | None]]
+                          ) -> list[list[SendResult] | Exception]:
+        """Several sends at once (the local API's concurrent requests, coalesced): each
+        group is one request's documents with its key's claim (or None).
+
+        Each group is prepared on its own: a document that cannot be sent
+        (an unknown or suspended partner, a body the kernel refuses, a plugin's
+        error) fails its group only, as :class:`Refused` listing every such
+        document by its index; nothing of that group is sent. The others are
+        stored with one block-store put and recorded in ONE ledger transaction
+        (each keyed group only while its claim holds its key, else
+        IdempotencyInProgressError for that group). If that commit fails as a
+        whole, each group is tried again alone, so one group's failure is its
+        own. Per group, in order: its results, or why nothing of it was sent.
+        """
+        partners: dict[str, Partner] = {}
+        outcomes: list[list[SendResult] | Exception] = []
+        ready: list[tuple[list[_Prepared], KeyClaim | None]] = []
+        where: list[int] = []
+        count = 0
+        for index, (items, claim) in enumerate(groups):
+            prepared: list[_Prepared] = []
+            refused: list[tuple[int, Exception]] = []
+            for i, item in enumerate(items):
+                try:
+                    prepared.append(await self._prepare(item.kind, item.partner, item.body,
+                                                        item.reply_to, item.user, None, partners))
+                except Exception as exc:  # noqa: BLE001 (each document's own failure, reported)
+                    refused.append((i, exc))
+                count += 1
+                if count % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            if refused:
+                outcomes.append(Refused(refused))
+            else:
+                outcomes.append([])
+                ready.append((prepared, claim))
+                where.append(index)
+        if not ready:
+            return outcomes
+        try:
+            recorded = await self._record(ready)
+        except Exception as exc:
+            if len(ready) == 1:
+                recorded = [exc]
+            else:  # one group's fault must not be all of theirs: each alone
+                recorded = []
+                for group in ready:
+                    try:
+                        recorded += await self._record([group])
+                    except Exception as alone:  # noqa: BLE001 (that group's answer)
+                        recorded.append(alone)
+        for index, outcome in zip(where, recorded, strict=True):
+            outcomes[index] = outcome
+        return outcomes
+
+    async def refusals(self, items: Sequence[Outgoing]) -> list[tuple[int, Exception]]:
+        """Why each of ``items`` could not be sent (its index), as :meth:`send_groups`
+        would find it; nothing is stored. For listing every broken document of a
+        request that is refused anyway."""
+        partners: dict[str, Partner] = {}
+        refused: list[tuple[int, Exception]] = []
+        for i, item in enumerate(items):
+            try:
+                await self._prepare(item.kind, item.partner, item.body, item.reply_to,
+                                    item.user, None, partners)
+            except Exception as exc:  # noqa: BLE001 (listed)
+                refused.append((i, exc))
+            if (i + 1) % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        return refused
+
+    async def _prepare(self, kind: str, partner_key: str, body: dict[str, Any],
+                       reply_to: CID | None, user: str | None,
+                       prepare: Callable[[dict[str, Any]], dict[str, Any]] | None,
+                       partners: dict[str, Partner]) -> _Prepared:
+        """One document built, checked by the plugins and sealed; nothing stored yet."""
+        partner = partners.get(partner_key) or await self.resolve_partner(partner_key)
+        partners[partner_key] = partner
+        if not partner.active:
+            raise PartnerError(f"{partner.name} is {partner.status}; nothing is sent to it")
+        document = await self.build_document(kind, partner, body, reply_to=reply_to, user=user)
+        if prepare is not None:
+            document = prepare(document)  # e.g. approvals sign the finished document
+        # Warnings travel with the document; an error (a field a plugin
+        # requires on its own kind) refuses it before anything is stored.
+        findings = self.plugins.check(document, user=user)
+        # The kernel's rules only: which plugin kinds it takes is the
+        # receiver's to say (spec section 12), on receipt.
+        return _Prepared(partner, document, seal(document, self.identity), findings, user)
+
+    async def _record(self, groups: Sequence[tuple[Sequence[_Prepared], KeyClaim | None]]
+                      ) -> list[list[SendResult] | Exception]:
+        """Store the groups' blocks (one put) and record them (one transaction);
+        raises if either fails as a whole (nothing recorded; the blocks taken back)."""
+        every = [p for prepared, _ in groups for p in prepared]
+        await self.put_recorded([(p.sealed.cid, p.sealed.block) for p in every])
+        for p in every:
+            self._recent[p.sealed.cid] = p.sealed.block
         while len(self._recent) > RECENT_BLOCKS:
             self._recent.popitem(last=False)
         records, results = [], []
-        for partner, document, sealed, findings in prepared:
-            thread = document.get("thread", sealed.cid)
-            notice = make_notice(self.identity, sealed.cid, partner.did, self.now())
-            row = DocumentRow(sealed.cid, "out", partner.did, document["kind"], thread,
-                              document.get("ref"), document["issued_at"], self.clock(), "queued",
-                              None, sealed.digest, sealed.signed, user, findings_json(findings))
-            records.append((row, _prev_bytes(document.get("prev", [])), notice))
-            results.append(SendResult(sealed.cid, partner.did, thread, sealed.digest,
-                                      tuple(findings)))
+        for prepared, claim in groups:
+            rows, sent = [], []
+            for p in prepared:
+                thread = p.document.get("thread", p.sealed.cid)
+                notice = make_notice(self.identity, p.sealed.cid, p.partner.did, self.now())
+                row = DocumentRow(p.sealed.cid, "out", p.partner.did, p.document["kind"], thread,
+                                  p.document.get("ref"), p.document["issued_at"], self.clock(),
+                                  "queued", None, p.sealed.digest, p.sealed.signed, p.user,
+                                  findings_json(p.findings))
+                rows.append((row, _prev_bytes(p.document.get("prev", [])), notice))
+                sent.append(SendResult(p.sealed.cid, p.partner.did, thread, p.sealed.digest,
+                                       tuple(p.findings)))
+            records.append((rows, claim))
+            results.append(sent)
         try:
-            recorded = await self.ledger.record_sent_many(records, claim)
+            held = await self.ledger.record_sent_groups(records)
         except Exception:
             # Not recorded, so nothing refers to these blocks: take them back
             # rather than leave unreferenced ciphertext behind.
-            await self.discard(cids)
+            await self.discard([p.sealed.cid for p in every])
             raise
-        if not recorded:
-            await self.discard(cids)
-            raise IdempotencyInProgressError("another attempt took this Idempotency-Key over")
+        outcomes: list[list[SendResult] | Exception] = []
+        for (prepared, _), sent, ok in zip(groups, results, held, strict=True):
+            if ok:
+                outcomes.append(sent)
+            else:
+                await self.discard([p.sealed.cid for p in prepared])
+                outcomes.append(IdempotencyInProgressError(
+                    "another attempt took this Idempotency-Key over"))
         self.wake.set()
-        return results
+        return outcomes
 
     async def put_recorded(self, blocks: Sequence[tuple[CID, bytes]]) -> None:
         """Put blocks the ledger is about to record, each under its CID.

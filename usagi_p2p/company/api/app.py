@@ -57,6 +57,7 @@ from .problems import (
     problem_response,
 )
 from .routes import ROUTES, Call, Endpoints, Route, body_limit
+from .sending import install as install_sending
 from .tokens import PREFIX, Token, TokenStore, scope_allows
 
 __all__ = ["make_app", "Guard", "ENDPOINTS_KEY", "TOKENS_KEY", "LOCAL_NAMES", "BODY_TIMEOUT"]
@@ -252,6 +253,7 @@ def make_app(node: Node, tokens: TokenStore, *, endpoints: Endpoints | None = No
     app[ENDPOINTS_KEY] = endpoints
     app[TOKENS_KEY] = tokens
     install_events(app)
+    install_sending(app, node)
     for route in table:
         added = app.router.add_route(route.method, route.path, _never,
                                      expect_handler=_expect(route, node))

@@ -114,8 +114,22 @@ def parse_object(call: Call, fields: Sequence[Field],
     if not isinstance(data, dict):
         raise ValidationFailedError([{"field": "", "code": "wrong_type",
                                       "message": "the body must be a JSON object"}])
+    errors = member_errors(data, fields)
+    wrong = {e["field"] for e in errors}
+    typed = {f.name: data[f.name] for f in fields if f.name in data and f.name not in wrong}
+    if rules is not None:
+        errors.extend(rules(typed))
+    if errors:
+        raise ValidationFailedError(errors)
+    return data
+
+
+def member_errors(data: dict[str, Any], fields: Sequence[Field]) -> list[FieldError]:
+    """Every broken rule of a JSON object's members against ``fields`` (unknown
+    members, wrong types, missing required members, strings too long); an
+    integral float becomes its integer in ``data`` (1.0 is an integer to JSON
+    Schema, openapi.json)."""
     errors: list[FieldError] = []
-    typed: dict[str, Any] = {}
     known = {f.name: f for f in fields}
     for name in sorted(set(data) - set(known)):
         errors.append({"field": name[:100], "code": "unknown_field",
@@ -127,7 +141,7 @@ def parse_object(call: Call, fields: Sequence[Field],
             continue
         value = data[f.name]
         if f.kind is int and isinstance(value, float) and value.is_integer():
-            value = data[f.name] = int(value)  # 1.0 is an integer to JSON Schema (openapi.json)
+            value = data[f.name] = int(value)
         # bool is an int in Python; JSON keeps them apart, and so do we.
         if not isinstance(value, f.kind) or (f.kind is int and isinstance(value, bool)):
             errors.append({"field": f.name, "code": "wrong_type",
@@ -135,13 +149,7 @@ def parse_object(call: Call, fields: Sequence[Field],
         elif isinstance(value, str) and len(value) > f.max_length:
             errors.append({"field": f.name, "code": "too_long",
                            "message": f"at most {f.max_length} characters"})
-        else:
-            typed[f.name] = value
-    if rules is not None:
-        errors.extend(rules(typed))
-    if errors:
-        raise ValidationFailedError(errors)
-    return data
+    return errors
 
 
 def version() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -18,9 +19,10 @@ from kernel.errors import UsagiError
 from ...node import operations
 from ...node.node import SendResult
 from ..views import document_json, match_json, page_json, sent_json, thread_json, verification_json
-from .calls import Call, Field, parse_object
+from .calls import Call, Field, member_errors, parse_object
 from .client import MAX_WAIT
 from .problems import FieldError, ValidationFailedError
+from .sending import COALESCER_KEY
 
 # -- documents (docs/api.md, "Documents"): list, get, block, thread, verify, send --
 #
@@ -205,12 +207,12 @@ def _send_request(call: Call) -> tuple[dict[str, Any], list[FieldError]]:
         return {k: v for k, v in data.items() if k not in wrong}, list(exc.errors)
 
 
-def request_hash(data: Mapping[str, Any]) -> bytes:
+def request_hash(data: Mapping[str, Any], route: str = "POST /api/v1/documents") -> bytes:
     """What an Idempotency-Key is bound to: the route and its body, as JSON with
     sorted keys (spacing and member order do not make another request; ``wait``
     is not part of it)."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(b"POST /api/v1/documents\n" + text.encode("utf-8")).digest()
+    return hashlib.sha256(f"{route}\n".encode() + text.encode("utf-8")).digest()
 
 
 def _idempotency_key(call: Call, errors: list[FieldError]) -> str | None:
@@ -271,19 +273,28 @@ def _check_send(data: dict[str, Any], errors: list[FieldError]) -> CID | None:
     return reply_to
 
 
+async def _outgoing(call: Call, data: dict[str, Any], reply_to: CID | None
+                    ) -> operations.Outgoing:
+    """The document a checked request sends, resolved (its partner, an answer's
+    body filled from ``reply_to``): as ``usagi send`` would send it."""
+    fields: dict[str, Any] = {k: data[k] for k in ("ref", "response") if k in data}
+    body = data.get("body", {}) if "body" in data or reply_to is None else None
+    return await operations.outgoing(call.node, data["kind"], body, to=data.get("to"),
+                                     reply_to=reply_to, fields=fields, user=data.get("user"),
+                                     extract=bool(data.get("extract")))
+
+
 async def _sent(call: Call, data: dict[str, Any], reply_to: CID | None,
                 claim: operations.Claimed | None) -> SendResult:
     node = call.node
     if claim is not None and claim.cid is not None:
         return await operations.sent_document(node, claim.cid)  # sent by an abandoned attempt
-    keyed = claim.claim if claim is not None else None
-    fields: dict[str, Any] = {k: data[k] for k in ("ref", "response") if k in data}
-    options: dict[str, Any] = {"to": data.get("to"), "user": data.get("user"),
-                               "extract": bool(data.get("extract")), "claim": keyed}
-    if "body" not in data and reply_to is not None:
-        return await operations.answer(node, data["kind"], reply_to, fields, **options)
-    return await operations.send(node, data["kind"], {**data.get("body", {}), **fields},
-                          reply_to=reply_to, **options)
+    item = await _outgoing(call, data, reply_to)
+    try:
+        return (await call.request.app[COALESCER_KEY].send(
+            [item], claim.claim if claim is not None else None))[0]
+    except operations.Refused as refused:
+        raise refused.errors[0][1] from None  # its one document's own error, as one send
 
 
 def _answer(status: int, text: str, cid: CID | None, replayed: bool = False) -> web.Response:
@@ -331,3 +342,119 @@ async def document_send(call: Call) -> web.Response:
     if claim is not None:
         await operations.finish_request(node, claim.claim, status, text)
     return _answer(status, text, result.cid)
+
+
+# -- sending many (POST /api/v1/batches) ---------------------------------------
+
+#: Documents one batch request may send (an ERP's month-end run sends several batches).
+MAX_BATCH: Final = 100
+#: A batch's JSON body: 100 typical documents fit many times over; a batch of
+#: large documents is sent in smaller batches (or one by one, 1 MiB each).
+BATCH_BODY: Final = 8 << 20
+_BATCH_ROUTE: Final = "POST /api/v1/batches"
+
+
+def _batch_items(call: Call, errors: list[FieldError]
+                 ) -> tuple[list[dict[str, Any]], list[CID | None], bytes]:
+    """The batch's documents (each checked as POST /api/v1/documents checks its
+    body, every broken rule listed as ``documents[i].field``), their ``reply_to``
+    CIDs, and the hash an Idempotency-Key is bound to."""
+    data = parse_object(call, (Field("documents", list, required=True),))
+    digest = request_hash(data, _BATCH_ROUTE)  # as sent: before numbers become decimals
+    documents: list[Any] = data["documents"]
+    if not documents:
+        errors.append(_broken("documents", "required", "give at least one document"))
+    if len(documents) > MAX_BATCH:
+        errors.append(_broken("documents", "too_many", f"at most {MAX_BATCH} documents a "
+                              "batch; send the rest in another"))
+        return [], [], digest  # not looked into: nothing of it is sent
+    items: list[dict[str, Any]] = []
+    replies: list[CID | None] = []
+    for i, item in enumerate(documents):
+        where = f"documents[{i}]"
+        if not isinstance(item, dict):
+            errors.append(_broken(where, "wrong_type", "must be object"))
+            items.append({})
+            replies.append(None)
+            continue
+        broken = member_errors(item, _SEND_FIELDS)
+        wrong = {e["field"] for e in broken}
+        typed = {k: v for k, v in item.items() if k not in wrong}
+        reply_to = _check_send(typed, broken)
+        errors += [_broken(f"{where}.{e['field']}", e["code"], e["message"]) for e in broken]
+        items.append(typed)
+        replies.append(reply_to)
+    return items, replies, digest
+
+
+async def _batch_sent(call: Call, items: list[dict[str, Any]], replies: list[CID | None],
+                      claim: operations.Claimed | None) -> list[SendResult]:
+    node = call.node
+    if claim is not None and claim.cids:  # sent by an abandoned attempt: answer with them
+        return [await operations.sent_document(node, cid) for cid in claim.cids]
+    refused: dict[int, Exception] = {}
+    outgoing: list[tuple[int, operations.Outgoing]] = []
+    for i, (data, reply_to) in enumerate(zip(items, replies, strict=True)):
+        try:
+            outgoing.append((i, await _outgoing(call, data, reply_to)))
+        except UsagiError as exc:  # a reply_to not held, an answer with nothing to carry
+            refused[i] = exc
+    if not refused:
+        try:
+            return await call.request.app[COALESCER_KEY].send(
+                [item for _, item in outgoing], claim.claim if claim is not None else None)
+        except operations.Refused as exc:
+            found = exc.errors
+    else:  # refused anyway: what else would be, so that every broken document is listed
+        found = await operations.refusals(node, [item for _, item in outgoing])
+    refused.update({outgoing[j][0]: why for j, why in found})
+    errors: list[FieldError] = []
+    for i in sorted(refused):
+        why = refused[i]
+        if not isinstance(why, UsagiError):
+            raise why  # not the document's fault: a failure of the node
+        errors.append(_broken(f"documents[{i}]", "refused", f"{why.code}: {why}"))
+    raise ValidationFailedError(errors)
+
+
+async def documents_send_batch(call: Call) -> web.Response:
+    """Send up to MAX_BATCH documents in one request, all or none: every document is
+    checked before any is sent. 202 with the single route's answers in order, or
+    with ``?wait`` 201 once every ack came (202 if not all did in time)."""
+    errors: list[FieldError] = []
+    items, replies, digest = _batch_items(call, errors)
+    wait = _wait(call, errors)
+    key = _idempotency_key(call, errors)
+    if errors:
+        raise ValidationFailedError(errors)
+    node = call.node
+    claim: operations.Claimed | None = None
+    if key is not None:
+        assert call.token is not None  # the route needs one
+        started = await operations.claim_request(node, call.token.id, call.token.name, key,
+                                                 digest, hold=wait)
+        if isinstance(started, operations.Replay):
+            return _answer(started.status, started.answer, None, replayed=True)
+        claim = started
+    results: list[SendResult] | None = None
+    try:
+        results = await _batch_sent(call, items, replies, claim)
+        node.wake.set()
+        deliveries: list[operations.Delivery | None] = [None] * len(results)
+        if wait:
+            deliveries = list(await asyncio.gather(*(
+                operations.await_ack(node, r.cid, wait) for r in results)))
+        acked = all(d is not None and d.ack is not None for d in deliveries)
+        status = 201 if acked else 202
+        text = json.dumps([sent_json(r, d) for r, d in zip(results, deliveries, strict=True)],
+                          ensure_ascii=False, default=_plain)
+    except BaseException:
+        if claim is not None and results is None:
+            await operations.release_request(node, claim.claim)  # keeps a key that names documents
+        elif claim is not None and results is not None:  # sent; the wait failed
+            await operations.finish_request(node, claim.claim, 202, json.dumps(
+                [sent_json(r, None) for r in results], ensure_ascii=False, default=_plain))
+        raise
+    if claim is not None:
+        await operations.finish_request(node, claim.claim, status, text)
+    return _answer(status, text, None)

@@ -21,6 +21,7 @@ from .archive import VERIFY_ROUTE, export_archive
 from .calls import OPENAPI_PATH, SMALL, Call, Endpoints, Field, Route, body_limit, parse_object, version
 from .client import MAX_WAIT
 from .documents import (
+           BATCH_BODY,
            SEND_BODY,
            document_block,
            document_get,
@@ -29,6 +30,7 @@ from .documents import (
            document_thread,
            document_verify,
            documents_list,
+           documents_send_batch,
            request_hash,
 )
 from .events import stream_events
@@ -85,6 +87,9 @@ ROUTES: Final[tuple[Route, ...]] = (
     # documents (issue 16): list, send, get, block, thread, verify
     Route("GET", "/api/v1/documents", "listDocuments", "read", 0, documents_list),
     Route("POST", "/api/v1/documents", "sendDocument", "send", SEND_BODY, document_send),
+    # many documents in one request, all or none (docs/api.md, "Send many at once")
+    Route("POST", "/api/v1/batches", "sendDocuments", "send", BATCH_BODY,
+          documents_send_batch),
     Route("GET", "/api/v1/documents/{cid}", "getDocument", "read", 0, document_get),
     Route("GET", "/api/v1/documents/{cid}/block", "getDocumentBlock", "read", 0, document_block),
     Route("GET", "/api/v1/documents/{cid}/thread", "getDocumentThread", "read", 0, document_thread),

@@ -116,6 +116,11 @@ class LocalServer:
         """``http://HOST:PORT`` of the TCP listener; None when only the socket listens."""
         return self.endpoints.local
 
+    @property
+    def app(self) -> web.Application | None:
+        """The running application (None before :meth:`start`)."""
+        return self._runner.app if self._runner is not None else None
+
     async def start(self) -> None:
         tcp = self.port is not None or self.socket is None
         if tcp and self.peer_port is not None and self.port == self.peer_port and self.port:

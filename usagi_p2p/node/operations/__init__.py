@@ -9,7 +9,7 @@ into ``node.ledger``; what it needs from the ledger it asks for here.
 
     documents.py   sending: send, answer, answer_body, deliver_now, await_ack,
                    retry_outbox, requeue_undelivered, outbox_counts
-                   sent_document
+                   sent_document; outgoing, send_groups (several sends, one commit), refusals
                    looking: list_documents, page_documents, show_document,
                    document_block, thread_documents, verify_document
     requests.py    keyed requests (Idempotency-Key): claim_request, finish_request,
@@ -42,7 +42,9 @@ from .documents import (
     DocumentEntry,
     DocumentPage,
     DocumentView,
+    Outgoing,
     Prepare,
+    Refused,
     ThreadEntry,
     Verification,
     answer,
@@ -53,10 +55,13 @@ from .documents import (
     fill_extracted,
     list_documents,
     outbox_counts,
+    outgoing,
     page_documents,
+    refusals,
     requeue_undelivered,
     retry_outbox,
     send,
+    send_groups,
     sent_document,
     show_document,
     thread_documents,
@@ -141,7 +146,8 @@ __all__ = [  # the values, then the operations of the module docstring
     "DocumentView", "KeyInfo", "KeyRotation", "NodeStatus", "PartnerChange", "PartnerStatus",
     "Prepare", "QuotaUsage", "Rotation", "SearchHit", "SearchPage", "ThreadEntry",
     "Verification", "fill_extracted",
-    "send", "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
+    "send", "outgoing", "send_groups", "refusals", "Outgoing", "Refused",
+    "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
     "await_ack", "retry_outbox",
     "list_documents", "show_document", "thread_documents", "verify_document", "invite",
     "add_partner", "partners", "partner", "rename_partner", "set_partner_status", "quota",

@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -33,12 +33,13 @@ from kernel.plugin import Finding
 
 from ..errors import InvalidCursorError, NodeError, PartnerError, UnknownDocumentError
 from ..ledger import DocumentRow, KeyClaim
-from ..node import Node, SendResult
+from ..node import Node, Outgoing, Refused, SendResult
 from ..plugin_host import PluginHost
 
 __all__ = ["ANSWERS", "CARRIED", "SERVE_STATE", "MAX_PAGE", "AckView", "Check", "Delivery",
            "DocumentEntry", "DocumentPage", "DocumentView", "Prepare", "ThreadEntry",
-           "Verification", "fill_extracted", "send", "opened_body",
+           "Verification", "fill_extracted", "send", "opened_body", "outgoing", "send_groups", "refusals",
+           "Outgoing", "Refused",
            "answer", "answer_body", "deliver_now", "requeue_undelivered", "outbox_counts",
            "await_ack", "retry_outbox", "sent_document",
            "list_documents", "page_documents", "show_document", "document_block",
@@ -248,6 +249,49 @@ def fill_extracted(plugins: PluginHost, body: dict[str, Any], user: str | None) 
                     ext[namespace].setdefault(key, value)
 
 
+async def outgoing(node: Node, kind: str, body: Mapping[str, Any] | None, *,
+                   to: str | None = None, reply_to: CID | None = None,
+                   fields: Mapping[str, Any] | None = None, user: str | None = None,
+                   extract: bool = False) -> Outgoing:
+    """What :func:`send` (``body``) or :func:`answer` (no ``body``: filled from
+    ``reply_to``) would seal, resolved but not sealed: for :func:`send_groups`.
+
+    ``fields`` go on top of the body (a reference, a response). Without ``to``
+    the document goes to whoever the answered document is with, under its
+    current key. Raises as :func:`send` and :func:`answer` do, nothing sent.
+    """
+    if body is None:
+        if reply_to is None:
+            raise PartnerError("say what to send: a body, or a document to answer")
+        filled = await answer_body(node, kind, reply_to)
+    else:
+        filled = dict(body)
+    filled.update(fields or {})
+    partner = to
+    if partner is None:
+        if reply_to is None:
+            raise PartnerError("say who gets it: a partner, or a document to answer")
+        partner = await node.canonical((await _held(node, reply_to, _LISTS)).partner)
+    if extract:
+        fill_extracted(node.plugins, filled, user)
+    return Outgoing(kind, partner, filled, reply_to, user)
+
+
+async def send_groups(node: Node, groups: Sequence[tuple[Sequence[Outgoing], KeyClaim | None]]
+                      ) -> list[list[SendResult] | Exception]:
+    """Several sends in one ledger transaction (``Node.send_groups``): per group, its
+    results, or why nothing of it was sent (``Refused``: each document that cannot
+    be sent, by index; IdempotencyInProgressError: its claim was lost; else the
+    failure of its commit)."""
+    return await node.send_groups(groups)
+
+
+async def refusals(node: Node, items: Sequence[Outgoing]) -> list[tuple[int, Exception]]:
+    """Why each of ``items`` could not be sent, by index (``Node.refusals``); nothing
+    is stored."""
+    return await node.refusals(items)
+
+
 async def send(node: Node, kind: str, body: Mapping[str, Any], *, to: str | None = None,
                reply_to: CID | None = None, user: str | None = None,
                prepare: Prepare | None = None, extract: bool = False,
@@ -262,16 +306,10 @@ async def send(node: Node, kind: str, body: Mapping[str, Any], *, to: str | None
     (approvals) before it is checked and sealed. ``claim``: the idempotency key
     this send answers (:mod:`.requests`), recorded with the document.
     """
-    partner = to
-    if partner is None:
-        if reply_to is None:
-            raise PartnerError("say who gets it: a partner, or a document to answer")
-        partner = await node.canonical((await _held(node, reply_to, _LISTS)).partner)
-    filled = dict(body)
-    if extract:
-        fill_extracted(node.plugins, filled, user)
-    return (await node.send_many([(kind, partner, filled, reply_to)], user=user,
-                                 prepare=prepare, claim=claim))[0]
+    item = await outgoing(node, kind, body, to=to, reply_to=reply_to, user=user,
+                          extract=extract)
+    return (await node.send_many([(item.kind, item.partner, item.body, item.reply_to)],
+                                 user=user, prepare=prepare, claim=claim))[0]
 
 
 async def answer(node: Node, kind: str, reply_to: CID, fields: Mapping[str, Any] | None = None,

@@ -22,6 +22,7 @@ names one request (a hash of it the face computes):
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from typing import Final
@@ -55,6 +56,8 @@ class Claimed:
 
     claim: KeyClaim
     cid: CID | None
+    #: Every document the abandoned attempt sent (a batch's, in order); () if none.
+    cids: tuple[CID, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,11 @@ async def claim_request(node: Node, token: str, token_name: str, key: str, reque
         raise IdempotencyKeyReusedError("this Idempotency-Key was sent with another request; "
                                         "use a new key for a new request")
     if row.claim == claim.claim:
-        return Claimed(claim, row.cid)
+        cids: tuple[CID, ...] = (row.cid,) if row.cid is not None else ()
+        if row.cid is not None and row.state == "pending" and row.answer is not None:
+            # a batch: the ledger listed its documents with the first one's CID
+            cids = tuple(CID.parse(text) for text in json.loads(row.answer))
+        return Claimed(claim, row.cid, cids)
     if row.state == "done" and row.status is not None and row.answer is not None:
         return Replay(row.status, row.answer, row.cid)
     raise IdempotencyInProgressError("the request with this Idempotency-Key is still being "
