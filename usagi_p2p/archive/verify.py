@@ -40,11 +40,13 @@ from .structures import (
     ACKS_TYPE,
     PAGE_LIMITS,
     PAGE_TYPE,
+    PARTNERS_TYPE,
     ArchiveError,
     ForeignArchiveError,
     check_index,
     cid_from_raw,
     read_entry,
+    read_partners,
 )
 
 __all__ = ["Quarantined", "VerifyReport", "Page", "verify_archive", "iter_pages",
@@ -98,6 +100,8 @@ class Page:
     acks: dict[CID, bytes]
     head: dict[str, Any] | None
     aliases: dict[str, str] = field(default_factory=dict)
+    #: The head's partners (inline or from its partner lists): (did, name, endpoint, status).
+    partners: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -228,6 +232,8 @@ def _check_page(keys: Keys, seq: int, page_cid: CID, blocks: list[CID],
             raise ArchiveError(f"{page_cid}: the manifest's aliases are not DID -> DID",
                                cid=page_cid)
         out.aliases = aliases
+        partners, lists = _head(keys, page_cid, out.head, window) \
+            if out.head is not None else ([], [])
         acks: dict[str, list[bytes]] = {}
         for partner, bundle_cid in body["acks"].items():
             block = window[bundle_cid]
@@ -237,9 +243,9 @@ def _check_page(keys: Keys, seq: int, page_cid: CID, blocks: list[CID],
             if type(bundle) is not dict or bundle.get("type") != ACKS_TYPE:
                 raise ArchiveError(f"{bundle_cid}: not an ack bundle", cid=bundle_cid)
             acks[partner] = bundle["acks"]
-        linked = set(body["acks"].values())
+        linked = {*body["acks"].values(), *lists}
         page = out.page = Page(body["seq"], body["entries"], {}, {}, {}, out.head,
-                               aliases) if keep else None
+                               aliases, partners) if keep else None
         for raw_entry in body["entries"]:
             entry = read_entry(page_cid, raw_entry)
             cid = entry["cid"]
@@ -271,6 +277,37 @@ def _check_page(keys: Keys, seq: int, page_cid: CID, blocks: list[CID],
         out.error = exc
     runs.end(out.error is not None)
     return out
+
+
+_HEAD_KEYS: Final = frozenset({"count", "pages", "created_at"})
+
+
+def _head(keys: Keys, page_cid: CID, head: Any, window: dict[CID, bytes]
+          ) -> tuple[list[tuple[str, str, str, str]], list[CID]]:
+    """The last page's partners, inline or from the partner lists its head links
+    (sealed blocks of the page); and those lists."""
+    if type(head) is not dict or not _HEAD_KEYS <= head.keys() \
+            or head.keys() - _HEAD_KEYS not in ({"partners"}, {"partner_lists"}):
+        raise ArchiveError(f"{page_cid}: the head has the wrong fields", cid=page_cid)
+    if "partners" in head:
+        return read_partners(page_cid, head["partners"]), []
+    lists = head["partner_lists"]
+    if type(lists) is not list or not lists or not all(type(c) is CID for c in lists) \
+            or len(set(lists)) != len(lists):
+        raise ArchiveError(f"{page_cid}: the head's partner lists are not distinct links",
+                           cid=page_cid)
+    partners: list[tuple[str, str, str, str]] = []
+    for cid in lists:
+        if cid not in window:
+            raise ArchiveError(f"{cid}: a partner list the head links is not in its page",
+                               cid=cid)
+        plain = _at(cid, partial(_open_with, open_plaintext, window[cid], keys, cid))
+        value = _at(cid, partial(dagcbor.decode, plain, PAGE_LIMITS))
+        if type(value) is not dict or value.keys() != {"v", "type", "partners"} \
+                or value["v"] != 1 or value["type"] != PARTNERS_TYPE or not value["partners"]:
+            raise ArchiveError(f"{cid}: not a partner list", cid=cid)
+        partners += read_partners(cid, value["partners"])
+    return partners, lists
 
 
 def _document(keys: Keys, cid: CID, window: dict[CID, bytes], entry: dict[str, Any],
