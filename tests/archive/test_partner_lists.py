@@ -25,6 +25,7 @@ from usagi_p2p.archive.archive import (
     verify_archive,
 )
 from usagi_p2p.archive.structures import (
+    ALIASES,
     INDEX_TYPE,
     PAGE_LIMITS,
     PARTNER_LIST_ENTRIES,
@@ -34,7 +35,7 @@ from usagi_p2p.node.home import Home
 from usagi_p2p.node.ledger import Restore
 from usagi_p2p.node.node import Node
 
-from .conftest import SEED_A, SEED_C, Traded
+from .conftest import SEED_A, SEED_B, SEED_C, Traded
 
 #: Past one partner list of the default size: three lists (1,000, 1,000, 501).
 MANY = 2 * PARTNER_LIST_ENTRIES + 500
@@ -312,3 +313,23 @@ def test_a_removed_or_swapped_partner_list_fails_the_archive(crowded: Home, list
     _write(swapped, [(theirs_first, dict(theirs_blocks)[theirs_first]) if c == first else (c, b)
                      for c, b in blocks])
     _refused(swapped, tmp_path / "b", first, "but not in its page")
+
+
+def test_more_key_rotations_than_a_page_carries_are_refused_at_export(
+        traded: Traded, tmp_path: Path) -> None:
+    """Every page carries the rotations inline: past the decoding limit no reader would
+    accept the archive, so export refuses to write it (and leaves no file)."""
+    home = _crowd(traded, tmp_path, ALIASES + 1)
+    olds = [did for did, *_ in _partners(home) if did != Identity(SEED_B).did]
+    rotated = {old: Identity((10_000 + i).to_bytes(32, "big")).did for i, old in enumerate(olds)}
+    assert len(rotated) == ALIASES + 1
+
+    async def rotate() -> None:
+        async with Node.load(home, None) as node:
+            await node.ledger.restore(Restore(partner_rotations=rotated))
+
+    asyncio.run(rotate())
+    out = tmp_path / "rotated.car"
+    with pytest.raises(ArchiveError, match="key rotations"):
+        asyncio.run(_export(home, out))
+    assert not out.exists() and not out.with_name(out.name + ".part").exists()

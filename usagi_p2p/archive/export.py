@@ -23,6 +23,7 @@ from kernel.cid import CID
 from ..node.node import Node
 from .structures import (
     ACKS_TYPE,
+    ALIASES,
     INDEX_LINKS,
     PAGE_BLOCK_BYTES,
     PAGE_BYTES,
@@ -190,6 +191,9 @@ def _export_sync(node: Node, path: Path, filters: dict[str, Any],
                                   until=filters["until"],
                                   blocks=node.store.sqlite_path) as snapshot, \
                 open(tmp, "wb") as fp:
+            if len(snapshot.aliases) > ALIASES:  # every page would fail to decode
+                raise ArchiveError(f"{len(snapshot.aliases)} key rotations are more than an "
+                                   f"archive page carries ({ALIASES})")
             writer = CARWriter(fp, [_PLACEHOLDER])
             kept = {k: str(v) for k, v in filters.items() if v is not None}
             exporter = _Exporter(writer, node.identity, kept, snapshot.aliases)

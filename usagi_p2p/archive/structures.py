@@ -44,7 +44,7 @@ from ..node.errors import NodeError
 
 __all__ = ["ArchiveError", "ForeignArchiveError", "INDEX_TYPE", "PAGE_TYPE", "ACKS_TYPE",
            "PARTNERS_TYPE", "PAGE_ENTRIES", "PAGE_BYTES", "PAGE_BLOCK_BYTES", "PAGE_LIMITS",
-           "INDEX_LINKS", "PARTNER_LIST_ENTRIES", "PARTNER_LISTS",
+           "INDEX_LINKS", "PARTNER_LIST_ENTRIES", "PARTNER_LISTS", "ALIASES",
            "check_index", "entry_size", "read_entry", "read_partners", "cid_from_raw", "link",
            "entry_value", "index_block", "encode_map", "encode_array"]
 
@@ -72,6 +72,8 @@ PARTNER_LISTS: Final = PAGE_ENTRIES
 INDEX_LINKS: Final = 2 * PAGE_ENTRIES
 
 PAGE_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=6, max_length=PAGE_ENTRIES + 64)
+#: Every page carries the node's key rotations inline: at most this many.
+ALIASES: Final = PAGE_LIMITS.max_length
 _INDEX_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=3, max_length=INDEX_LINKS + 64)
 _PARTNER_KEYS: Final = frozenset({"did", "name", "endpoint", "status"})
 #: A canonical envelope starts with a 4-entry map whose first key is "c".
