@@ -333,3 +333,21 @@ def test_more_key_rotations_than_a_page_carries_are_refused_at_export(
     with pytest.raises(ArchiveError, match="key rotations"):
         asyncio.run(_export(home, out))
     assert not out.exists() and not out.with_name(out.name + ".part").exists()
+
+
+def test_inline_partners_that_do_not_fit_the_last_page_get_one_of_their_own(
+        traded: Traded, tmp_path: Path) -> None:
+    """Ten entries are estimated at 4,000 bytes: with a 4,400-byte page budget one
+    partner still fits beside them, four do not, and come on a page with no entries."""
+    for extra, pages in ((0, 1), (3, 2)):
+        home = _crowd(traded, tmp_path / str(extra), extra)
+        out = tmp_path / f"{extra}.car"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("usagi_p2p.archive.export.PAGE_BYTES", 4400)
+            assert asyncio.run(_export(home, out)).pages == pages
+        _, body = _read(out)
+        assert body["head"].keys() == {"count", "pages", "created_at", "partners"}
+        assert len(body["entries"]) == (10 if pages == 1 else 0)
+        one = _outcome(out, 1)
+        assert (one["documents"], one["pages"]) == (10, pages) and _outcome(out, 2) == one
+        assert _partners(_import_into_fresh(tmp_path / f"r{extra}", out)) == _partners(home)

@@ -115,12 +115,14 @@ class _Exporter:
         self.documents += 1
 
     def finish(self, created_at: str, partners: list[dict[str, str]]) -> CID:
-        """Write the last page, whose head names every partner: inline while they fit
-        the page (every archive of a node with up to PARTNER_LIST_ENTRIES partners
-        has the same head as before partner lists existed), else in partner lists."""
+        """Write the last page, whose head names every partner: inline up to
+        PARTNER_LIST_ENTRIES partners within PAGE_BYTES (the head archives had before
+        partner lists existed), else in partner lists."""
         encoded = [dagcbor.encode(p) for p in partners]
-        if len(encoded) <= PARTNER_LIST_ENTRIES \
-                and self.est + sum(map(len, encoded)) < PAGE_BYTES:
+        size = sum(map(len, encoded))
+        if len(encoded) <= PARTNER_LIST_ENTRIES and size < PAGE_BYTES:
+            if size and self.entries and self.est + size >= PAGE_BYTES:
+                self.flush()  # not with this page's entries: the head gets a page of its own
             return self.flush({"count": self.documents, "pages": self.seq + 1,
                                "created_at": created_at, "partners": partners})
         lists: list[list[bytes]] = [[]]
