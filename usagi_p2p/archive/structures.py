@@ -45,7 +45,8 @@ from ..node.errors import NodeError
 __all__ = ["ArchiveError", "ForeignArchiveError", "INDEX_TYPE", "PAGE_TYPE", "ACKS_TYPE",
            "PARTNERS_TYPE", "PAGE_ENTRIES", "PAGE_BYTES", "PAGE_BLOCK_BYTES", "PAGE_LIMITS",
            "INDEX_LINKS", "PARTNER_LIST_ENTRIES", "PARTNER_LISTS", "ALIASES",
-           "check_index", "entry_size", "read_entry", "read_partners", "cid_from_raw", "link",
+           "check_index", "entry_size", "read_entry", "read_head", "read_partner_list",
+           "cid_from_raw", "link",
            "entry_value", "index_block", "encode_map", "encode_array"]
 
 INDEX_TYPE: Final = "usagi-archive/v1/index"
@@ -76,6 +77,7 @@ PAGE_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=6, max_length=PA
 ALIASES: Final = PAGE_LIMITS.max_length
 _INDEX_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=3, max_length=INDEX_LINKS + 64)
 _PARTNER_KEYS: Final = frozenset({"did", "name", "endpoint", "status"})
+_HEAD_KEYS: Final = frozenset({"count", "pages", "created_at"})
 #: A canonical envelope starts with a 4-entry map whose first key is "c".
 _ENVELOPE_PREFIX: Final = b"\xa4\x61c"
 _ENTRY_KEYS: Final = frozenset({"cid", "dir", "partner", "kind", "thread", "issued_at",
@@ -261,9 +263,31 @@ def read_entry(page: CID, entry: Any) -> dict[str, Any]:
     return entry
 
 
-def read_partners(cid: CID, partners: Any) -> list[tuple[str, str, str, str]]:
-    """Check a head's or a partner list's ``partners`` (named by ``cid``); (did, name,
-    endpoint, status) each."""
+def read_head(page: CID, head: Any) -> tuple[list[tuple[str, str, str, str]], list[CID]]:
+    """Check the last page's head: its inline partners (none if it links partner
+    lists) and the partner lists it links (none if its partners are inline)."""
+    if type(head) is not dict or not _HEAD_KEYS <= head.keys() \
+            or head.keys() - _HEAD_KEYS not in ({"partners"}, {"partner_lists"}):
+        raise ArchiveError(f"{page}: the head has the wrong fields", cid=page)
+    if "partners" in head:
+        return _read_partners(page, head["partners"]), []
+    lists = head["partner_lists"]
+    if type(lists) is not list or not lists or not all(type(c) is CID for c in lists) \
+            or len(set(lists)) != len(lists):
+        raise ArchiveError(f"{page}: the head's partner lists are not distinct links", cid=page)
+    return [], lists
+
+
+def read_partner_list(cid: CID, value: Any) -> list[tuple[str, str, str, str]]:
+    """Check one decoded partner list; its partners."""
+    if type(value) is not dict or value.keys() != {"v", "type", "partners"} \
+            or value["v"] != 1 or value["type"] != PARTNERS_TYPE or not value["partners"]:
+        raise ArchiveError(f"{cid}: not a partner list", cid=cid)
+    return _read_partners(cid, value["partners"])
+
+
+def _read_partners(cid: CID, partners: Any) -> list[tuple[str, str, str, str]]:
+    """A head's or a partner list's ``partners``: (did, name, endpoint, status) each."""
     if type(partners) is not list:
         raise ArchiveError(f"{cid}: the partners are not a list", cid=cid)
     out = []

@@ -40,13 +40,13 @@ from .structures import (
     ACKS_TYPE,
     PAGE_LIMITS,
     PAGE_TYPE,
-    PARTNERS_TYPE,
     ArchiveError,
     ForeignArchiveError,
     check_index,
     cid_from_raw,
     read_entry,
-    read_partners,
+    read_head,
+    read_partner_list,
 )
 
 __all__ = ["Quarantined", "VerifyReport", "Page", "verify_archive", "iter_pages",
@@ -279,34 +279,17 @@ def _check_page(keys: Keys, seq: int, page_cid: CID, blocks: list[CID],
     return out
 
 
-_HEAD_KEYS: Final = frozenset({"count", "pages", "created_at"})
-
-
 def _head(keys: Keys, page_cid: CID, head: Any, window: dict[CID, bytes]
           ) -> tuple[list[tuple[str, str, str, str]], list[CID]]:
     """The last page's partners, inline or from the partner lists its head links
     (sealed blocks of the page); and those lists."""
-    if type(head) is not dict or not _HEAD_KEYS <= head.keys() \
-            or head.keys() - _HEAD_KEYS not in ({"partners"}, {"partner_lists"}):
-        raise ArchiveError(f"{page_cid}: the head has the wrong fields", cid=page_cid)
-    if "partners" in head:
-        return read_partners(page_cid, head["partners"]), []
-    lists = head["partner_lists"]
-    if type(lists) is not list or not lists or not all(type(c) is CID for c in lists) \
-            or len(set(lists)) != len(lists):
-        raise ArchiveError(f"{page_cid}: the head's partner lists are not distinct links",
-                           cid=page_cid)
-    partners: list[tuple[str, str, str, str]] = []
+    partners, lists = read_head(page_cid, head)
     for cid in lists:
         if cid not in window:
             raise ArchiveError(f"{cid}: a partner list the head links is not in its page",
                                cid=cid)
         plain = _at(cid, partial(_open_with, open_plaintext, window[cid], keys, cid))
-        value = _at(cid, partial(dagcbor.decode, plain, PAGE_LIMITS))
-        if type(value) is not dict or value.keys() != {"v", "type", "partners"} \
-                or value["v"] != 1 or value["type"] != PARTNERS_TYPE or not value["partners"]:
-            raise ArchiveError(f"{cid}: not a partner list", cid=cid)
-        partners += read_partners(cid, value["partners"])
+        partners += read_partner_list(cid, _at(cid, partial(dagcbor.decode, plain, PAGE_LIMITS)))
     return partners, lists
 
 
