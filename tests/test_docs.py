@@ -189,7 +189,7 @@ def test_the_limits_table_is_what_the_code_decodes_with() -> None:
         "rotation body": rotation.LIMITS,
         "notice batch and its answer": receiving.BATCH_LIMITS,
         "archive index": archive_format._INDEX_LIMITS,
-        "archive manifest page body and ack bundle": archive_format.PAGE_LIMITS,
+        "archive manifest page body, ack bundle and partner list": archive_format.PAGE_LIMITS,
         "CAR header": Limits(max_size=car.max_header, max_depth=8, max_length=car.max_header),
     }
     table = {}

@@ -13,11 +13,15 @@ from kernel.cid import CID, RAW
 from kernel.errors import MalformedError
 from usagi_p2p.archive.structures import (
     PAGE_TYPE,
+    PARTNERS_TYPE,
+    ArchiveError,
     cid_from_raw,
     encode_array,
     encode_map,
     entry_value,
     index_block,
+    read_head,
+    read_partner_list,
 )
 
 CIDS = [CID.for_block(bytes([i])) for i in range(8)]
@@ -122,3 +126,41 @@ def test_cid_from_raw_is_cid_from_bytes() -> None:
         cid_from_raw(ours.raw + b"\x00")  # trailing bytes still refused
     with pytest.raises(MalformedError):
         cid_from_raw(ours.raw[:-1])
+
+
+partner = st.fixed_dictionaries({"did": text, "name": text, "endpoint": text, "status": text})
+#: Anything a decoded block may hold, near the right shape and not.
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | text | st.binary(max_size=8)
+    | st.sampled_from(CIDS) | st.sampled_from(["partners", "partner_lists", "v", "type", "did",
+                                               PARTNERS_TYPE]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["v", "type", "partners", "partner_lists", "count", "pages",
+                         "created_at", "did", "name", "endpoint", "status"]) | text,
+        inner, max_size=5),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(partner, min_size=1, max_size=5))
+def test_a_partner_list_reads_back(partners: list[dict[str, str]]) -> None:
+    value = dagcbor.decode(dagcbor.encode({"v": 1, "type": PARTNERS_TYPE, "partners": partners}))
+    assert read_partner_list(CIDS[0], value) == [
+        (p["did"], p["name"], p["endpoint"], p["status"]) for p in partners]
+    head = {"count": 1, "pages": 1, "created_at": "t"}
+    assert read_head(CIDS[0], {**head, "partners": partners}) == \
+        (read_partner_list(CIDS[0], value), [])
+    assert read_head(CIDS[0], {**head, "partner_lists": CIDS[1:3]}) == ([], CIDS[1:3])
+
+
+@settings(max_examples=500, deadline=None)
+@given(anything, anything)
+def test_a_bad_head_or_partner_list_is_an_archive_error(head: Any, value: Any) -> None:
+    """Whatever a block decodes to, the checks answer a list or ArchiveError."""
+    for check, arg in ((read_head, head), (read_partner_list, value),
+                       (read_head, {"count": 1, "pages": 1, "created_at": "t", "partners": value}),
+                       (read_partner_list, {"v": 1, "type": PARTNERS_TYPE, "partners": value})):
+        try:
+            check(CIDS[0], arg)
+        except ArchiveError as exc:
+            assert exc.cid == CIDS[0]

@@ -5,6 +5,7 @@ One archive is one CAR v1 file. It is cut into *pages* of at most
 
     document envelopes …   (the blocks already in the store, unchanged)
     ack bundles …          one per partner on the page, sealed to [node, partner]
+    partner lists …        last page only, past 1,000 partners, sealed to [node]
     manifest page          signed (label "manifest") by the node, sealed to the node only
     index                  clear DAG-CBOR linking all of the above and the previous index
 

@@ -23,10 +23,15 @@ from kernel.cid import CID
 from ..node.node import Node
 from .structures import (
     ACKS_TYPE,
+    ALIASES,
+    INDEX_LINKS,
     PAGE_BLOCK_BYTES,
     PAGE_BYTES,
     PAGE_ENTRIES,
     PAGE_TYPE,
+    PARTNER_LIST_ENTRIES,
+    PARTNER_LISTS,
+    PARTNERS_TYPE,
     ArchiveError,
     cid_from_raw,
     encode_array,
@@ -109,7 +114,36 @@ class _Exporter:
         self.block_bytes += len(block)
         self.documents += 1
 
-    def flush(self, head: dict[str, Any] | None = None) -> CID:
+    def finish(self, created_at: str, partners: list[dict[str, str]]) -> CID:
+        """Write the last page, whose head names every partner: inline up to
+        PARTNER_LIST_ENTRIES partners within PAGE_BYTES (the head archives had before
+        partner lists existed), else in partner lists."""
+        encoded = [dagcbor.encode(p) for p in partners]
+        size = sum(map(len, encoded))
+        if len(encoded) <= PARTNER_LIST_ENTRIES and size < PAGE_BYTES:
+            if size and self.entries and self.est + size >= PAGE_BYTES:
+                self.flush()  # not with this page's entries: the head gets a page of its own
+            return self.flush({"count": self.documents, "pages": self.seq + 1,
+                               "created_at": created_at, "partners": partners})
+        lists: list[list[bytes]] = [[]]
+        size = 0
+        for one in encoded:
+            if lists[-1] and (len(lists[-1]) >= PARTNER_LIST_ENTRIES
+                              or size + len(one) > PAGE_BYTES):
+                lists.append([])
+                size = 0
+            lists[-1].append(one)
+            size += len(one)
+        if len(lists) > PARTNER_LISTS:
+            raise ArchiveError(f"{len(partners)} partners do not fit {PARTNER_LISTS} partner "
+                               "lists of an archive")
+        if len(self.links) + len(self.bundles) + len(lists) > INDEX_LINKS:
+            self.flush()  # the lists get a last page of their own: its index stays bounded
+        return self.flush({"count": self.documents, "pages": self.seq + 1,
+                           "created_at": created_at}, lists)
+
+    def flush(self, head: dict[str, Any] | None = None,
+              partner_lists: list[list[bytes]] | None = None) -> CID:
         acks: dict[str, CID] = {}
         for partner, raws in self.bundles.items():
             plain = dagcbor.encode({"v": 1, "type": ACKS_TYPE, "acks": raws})
@@ -118,6 +152,16 @@ class _Exporter:
             self.writer.write(sealed.cid, sealed.block, verify=False)
             acks[partner] = sealed.cid
             self.links.append(sealed.cid.raw)
+        if partner_lists is not None and head is not None:
+            # Like the manifest, they name partners: sealed to this node alone. Not
+            # signed: the signed head links each by its CID.
+            head["partner_lists"] = []
+            for items in partner_lists:
+                sealed = seal_signed(encode_map({"v": 1, "type": PARTNERS_TYPE},
+                                                {"partners": encode_array(items)}), [self.me.did])
+                self.writer.write(sealed.cid, sealed.block, verify=False)
+                head["partner_lists"].append(sealed.cid)
+                self.links.append(sealed.cid.raw)
         fields: dict[str, Any] = {"v": 1, "type": PAGE_TYPE, "by": self.me.did, "seq": self.seq,
                                   "acks": acks, "filter": self.filter}
         if self.prev_page is not None:
@@ -149,6 +193,9 @@ def _export_sync(node: Node, path: Path, filters: dict[str, Any],
                                   until=filters["until"],
                                   blocks=node.store.sqlite_path) as snapshot, \
                 open(tmp, "wb") as fp:
+            if len(snapshot.aliases) > ALIASES:  # every page would fail to decode
+                raise ArchiveError(f"{len(snapshot.aliases)} key rotations are more than an "
+                                   f"archive page carries ({ALIASES})")
             writer = CARWriter(fp, [_PLACEHOLDER])
             kept = {k: str(v) for k, v in filters.items() if v is not None}
             exporter = _Exporter(writer, node.identity, kept, snapshot.aliases)
@@ -169,9 +216,7 @@ def _export_sync(node: Node, path: Path, filters: dict[str, Any],
                     exporter.add(row[:11], block)
                 if progress:
                     progress(exporter.documents, snapshot.total)
-            head = {"count": exporter.documents, "pages": exporter.seq + 1,
-                    "created_at": format_time(node.now()), "partners": snapshot.partners}
-            root = exporter.flush(head)
+            root = exporter.finish(format_time(node.now()), snapshot.partners)
             fp.seek(0)
             fp.write(encode_header([root]))  # same length as the placeholder header
             fp.flush()

@@ -59,8 +59,7 @@ def _restore(page: Page, node: Node, quarantined: dict[CID, Quarantined], root: 
         if ack.by in mine:  # our ack for a received document answers the notice's nonce
             out.nonces.append((ack.to, ack.nonce, cid, raw, float(entry["recorded_at"])))
     if page.head is not None:
-        out.partners = [(p["did"], p["name"], p["endpoint"], p["status"])
-                        for p in page.head.get("partners", [])]
+        out.partners = page.partners  # inline in the head, or from its partner lists
         # A partner's rotation, so its threads are still one pair's (Ledger.thread). Its
         # old key stays refused: no overlap end is known, so none is restored.
         out.partner_rotations = dict(page.aliases)

@@ -1,6 +1,6 @@
 """The archive's structures and their checks (docs/archive.md, "Format").
 
-CDDL of the three kinds of block an archive adds to the document envelopes::
+CDDL of the four kinds of block an archive adds to the document envelopes::
 
     Index = {                        ; clear DAG-CBOR; the last one is the CAR root
       "v": 1, "type": "usagi-archive/v1/index", "seq": uint,
@@ -15,8 +15,11 @@ CDDL of the three kinds of block an archive adds to the document envelopes::
       "entries": [* Entry], "acks": { * did => &Envelope },
       ? "aliases": { * did => did },           ; key rotations at export, old -> new
       ? "head": { "count": uint, "pages": uint, "created_at": time,
-                  "partners": [* { "did": did, "name": tstr, "endpoint": tstr, "status": tstr }] },
+                  ( "partners": [* Partner] // "partner_lists": [+ &Envelope] ) },
     }
+    Partner = { "did": did, "name": tstr, "endpoint": tstr, "status": tstr }
+    PartnerList = { "v": 1, "type": "usagi-archive/v1/partners", "partners": [+ Partner] }
+                                     ; sealed (unsigned: the signed head links it) to [node]
     Entry = { "cid": &Envelope, "dir": "out" / "in", "partner": did, "kind": tstr,
               "thread": &Envelope, "issued_at": time, "recorded_at": tstr, "status": tstr,
               ? "reason": tstr, ? "ack": uint, ? "ack_at": time }
@@ -40,13 +43,16 @@ from kernel.errors import UsagiError
 from ..node.errors import NodeError
 
 __all__ = ["ArchiveError", "ForeignArchiveError", "INDEX_TYPE", "PAGE_TYPE", "ACKS_TYPE",
-           "PAGE_ENTRIES", "PAGE_BYTES", "PAGE_BLOCK_BYTES", "PAGE_LIMITS",
-           "check_index", "entry_size", "read_entry", "cid_from_raw", "link", "entry_value",
-           "index_block", "encode_map", "encode_array"]
+           "PARTNERS_TYPE", "PAGE_ENTRIES", "PAGE_BYTES", "PAGE_BLOCK_BYTES", "PAGE_LIMITS",
+           "INDEX_LINKS", "PARTNER_LIST_ENTRIES", "PARTNER_LISTS", "ALIASES",
+           "check_index", "entry_size", "read_entry", "read_head", "read_partner_list",
+           "cid_from_raw", "link",
+           "entry_value", "index_block", "encode_map", "encode_array"]
 
 INDEX_TYPE: Final = "usagi-archive/v1/index"
 PAGE_TYPE: Final = "usagi-archive/v1/page"
 ACKS_TYPE: Final = "usagi-archive/v1/acks"
+PARTNERS_TYPE: Final = "usagi-archive/v1/partners"
 
 #: A page closes at this many documents …
 PAGE_ENTRIES: Final = 1000
@@ -56,9 +62,22 @@ PAGE_BYTES: Final = 600_000
 #: … or when its document blocks reach this size: a reader holds one page.
 PAGE_BLOCK_BYTES: Final = 8 << 20
 
+#: The head lists the partners inline up to this many (and while the page's
+#: manifest stays within PAGE_BYTES); else in partner lists of at most this many
+#: each (and PAGE_BYTES), sealed blocks of their own that the head links.
+PARTNER_LIST_ENTRIES: Final = PAGE_ENTRIES
+#: At most this many partner lists (so PARTNER_LIST_ENTRIES x this many partners).
+PARTNER_LISTS: Final = PAGE_ENTRIES
+#: An index links at most this many blocks besides its manifest page: a page's
+#: documents and ack bundles (PAGE_ENTRIES each at most) or its partner lists.
+INDEX_LINKS: Final = 2 * PAGE_ENTRIES
+
 PAGE_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=6, max_length=PAGE_ENTRIES + 64)
-_INDEX_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=3,
-                                      max_length=2 * PAGE_ENTRIES + 64)
+#: Every page carries the node's key rotations inline: at most this many.
+ALIASES: Final = PAGE_LIMITS.max_length
+_INDEX_LIMITS: Final = dagcbor.Limits(max_size=1 << 20, max_depth=3, max_length=INDEX_LINKS + 64)
+_PARTNER_KEYS: Final = frozenset({"did", "name", "endpoint", "status"})
+_HEAD_KEYS: Final = frozenset({"count", "pages", "created_at"})
 #: A canonical envelope starts with a 4-entry map whose first key is "c".
 _ENVELOPE_PREFIX: Final = b"\xa4\x61c"
 _ENTRY_KEYS: Final = frozenset({"cid", "dir", "partner", "kind", "thread", "issued_at",
@@ -242,3 +261,40 @@ def read_entry(page: CID, entry: Any) -> dict[str, Any]:
         raise ArchiveError(f"{page}: entry {entry['cid']} has a bad recorded_at", cid=page) \
             from None
     return entry
+
+
+def read_head(page: CID, head: Any) -> tuple[list[tuple[str, str, str, str]], list[CID]]:
+    """Check the last page's head: its inline partners (none if it links partner
+    lists) and the partner lists it links (none if its partners are inline)."""
+    if type(head) is not dict or not _HEAD_KEYS <= head.keys() \
+            or head.keys() - _HEAD_KEYS not in ({"partners"}, {"partner_lists"}):
+        raise ArchiveError(f"{page}: the head has the wrong fields", cid=page)
+    if "partners" in head:
+        return _read_partners(page, head["partners"]), []
+    lists = head["partner_lists"]
+    if type(lists) is not list or not lists or not all(type(c) is CID for c in lists) \
+            or len(set(lists)) != len(lists):
+        raise ArchiveError(f"{page}: the head's partner lists are not distinct links", cid=page)
+    return [], lists
+
+
+def read_partner_list(cid: CID, value: Any) -> list[tuple[str, str, str, str]]:
+    """Check one decoded partner list; its partners."""
+    if type(value) is not dict or value.keys() != {"v", "type", "partners"} \
+            or value["v"] != 1 or value["type"] != PARTNERS_TYPE or not value["partners"]:
+        raise ArchiveError(f"{cid}: not a partner list", cid=cid)
+    return _read_partners(cid, value["partners"])
+
+
+def _read_partners(cid: CID, partners: Any) -> list[tuple[str, str, str, str]]:
+    """A head's or a partner list's ``partners``: (did, name, endpoint, status) each."""
+    if type(partners) is not list:
+        raise ArchiveError(f"{cid}: the partners are not a list", cid=cid)
+    out = []
+    for partner in partners:
+        if type(partner) is not dict or partner.keys() != _PARTNER_KEYS \
+                or not all(type(v) is str for v in partner.values()):
+            raise ArchiveError(f"{cid}: a partner is not {{did, name, endpoint, status}} as text",
+                               cid=cid)
+        out.append((partner["did"], partner["name"], partner["endpoint"], partner["status"]))
+    return out

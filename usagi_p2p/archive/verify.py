@@ -45,6 +45,8 @@ from .structures import (
     check_index,
     cid_from_raw,
     read_entry,
+    read_head,
+    read_partner_list,
 )
 
 __all__ = ["Quarantined", "VerifyReport", "Page", "verify_archive", "iter_pages",
@@ -98,6 +100,8 @@ class Page:
     acks: dict[CID, bytes]
     head: dict[str, Any] | None
     aliases: dict[str, str] = field(default_factory=dict)
+    #: The head's partners (inline or from its partner lists): (did, name, endpoint, status).
+    partners: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -228,6 +232,8 @@ def _check_page(keys: Keys, seq: int, page_cid: CID, blocks: list[CID],
             raise ArchiveError(f"{page_cid}: the manifest's aliases are not DID -> DID",
                                cid=page_cid)
         out.aliases = aliases
+        partners, lists = _head(keys, page_cid, out.head, window) \
+            if out.head is not None else ([], [])
         acks: dict[str, list[bytes]] = {}
         for partner, bundle_cid in body["acks"].items():
             block = window[bundle_cid]
@@ -237,9 +243,9 @@ def _check_page(keys: Keys, seq: int, page_cid: CID, blocks: list[CID],
             if type(bundle) is not dict or bundle.get("type") != ACKS_TYPE:
                 raise ArchiveError(f"{bundle_cid}: not an ack bundle", cid=bundle_cid)
             acks[partner] = bundle["acks"]
-        linked = set(body["acks"].values())
+        linked = {*body["acks"].values(), *lists}
         page = out.page = Page(body["seq"], body["entries"], {}, {}, {}, out.head,
-                               aliases) if keep else None
+                               aliases, partners) if keep else None
         for raw_entry in body["entries"]:
             entry = read_entry(page_cid, raw_entry)
             cid = entry["cid"]
@@ -271,6 +277,20 @@ def _check_page(keys: Keys, seq: int, page_cid: CID, blocks: list[CID],
         out.error = exc
     runs.end(out.error is not None)
     return out
+
+
+def _head(keys: Keys, page_cid: CID, head: Any, window: dict[CID, bytes]
+          ) -> tuple[list[tuple[str, str, str, str]], list[CID]]:
+    """The last page's partners, inline or from the partner lists its head links
+    (sealed blocks of the page); and those lists."""
+    partners, lists = read_head(page_cid, head)
+    for cid in lists:
+        if cid not in window:
+            raise ArchiveError(f"{cid}: a partner list the head links is not in its page",
+                               cid=cid)
+        plain = _at(cid, partial(_open_with, open_plaintext, window[cid], keys, cid))
+        partners += read_partner_list(cid, _at(cid, partial(dagcbor.decode, plain, PAGE_LIMITS)))
+    return partners, lists
 
 
 def _document(keys: Keys, cid: CID, window: dict[CID, bytes], entry: dict[str, Any],
