@@ -75,7 +75,7 @@ ci: test sanitize test-pure
 # Scale (docs/scale.md): mesh.py runs N = 10 and 100 companies (~3 min) and
 # growth.py a node at 10k and 100k documents (~2 min). The long runs are opt-in:
 #   make bench MESH_ARGS='--n 10 1000'   (trades over 350 s at both N: ~16 min)
-#   make bench GROWTH_ARGS=--million                      (~12-15 min in all)
+#   make bench GROWTH_ARGS=--million   (16 min in all on a quiet host, 2026-12-07)
 # MESH_ARGS='--plots docs/scale' redraws the pictures (needs matplotlib: '.[bench]').
 MESH_ARGS ?=
 GROWTH_ARGS ?=
