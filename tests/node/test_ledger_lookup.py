@@ -215,3 +215,32 @@ async def test_without_wal_the_claim_is_synced_like_every_commit(tmp_path: Path,
             await ledger.record_sent_many([_row(1, A)])  # type: ignore[list-item]
             assert len(await ledger.claim_due(now=10.0, limit=10)) == 1
         assert len(unsynced) == (1 if wal and ledger_module.ONE_CALL else 0)
+
+
+async def test_restored_partners_keep_names_unique_when_the_names_read_first_are_stale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore names its partners from the names it read first; if another process
+    took a name meanwhile, the insert's own check (inside the write) refuses it and
+    the next free name is used. The check is made stale on purpose here: the first
+    read of taken names answers nothing, as if read before the other's insert."""
+    from usagi_p2p.node.ledger import Restore
+
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        await ledger.add_partner(A, "Osaka", "http://127.0.0.1:1", None)
+        real_all = ledger._all
+        stale = [True]
+
+        async def first_read_sees_nothing(sql: str, *args: object) -> list[tuple[object, ...]]:
+            if stale and "usagi_strict_fold(name)" in sql:
+                stale.clear()
+                return []
+            return await real_all(sql, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(ledger, "_all", first_read_sees_nothing)
+        await ledger.restore(Restore(partners=[
+            (B, "ＯＳＡＫＡ", "http://127.0.0.1:2", "active"),  # taken, in another width
+            (C, "Kobe", "http://127.0.0.1:3", "active"),
+            (D, "kobe", "http://127.0.0.1:4", "active")]))  # taken by the row before it
+        assert stale == []  # the stale read happened
+        names = {d: (await ledger.partner(d)).name for d in (A, B, C, D)}  # type: ignore[union-attr]
+        assert names == {A: "Osaka", B: "ＯＳＡＫＡ (2)", C: "Kobe", D: "kobe (2)"}
