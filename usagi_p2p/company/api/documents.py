@@ -6,9 +6,9 @@ import asyncio
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from aiohttp import web
 
@@ -23,6 +23,8 @@ from .calls import Call, Field, member_errors, parse_object
 from .client import MAX_WAIT
 from .problems import FieldError, ValidationFailedError
 from .sending import COALESCER_KEY
+
+_Sent = TypeVar("_Sent")
 
 # -- documents (docs/api.md, "Documents"): list, get, block, thread, verify, send --
 #
@@ -316,32 +318,57 @@ async def document_send(call: Call) -> web.Response:
     if errors:
         raise ValidationFailedError(errors)
     node = call.node
+
+    async def send(claim: operations.Claimed | None) -> SendResult:
+        result = await _sent(call, data, reply_to, claim)
+        node.wake.set()  # the serving node's delivery loop sends it now
+        return result
+
+    async def answered(result: SendResult) -> tuple[int, str]:
+        delivery = await operations.await_ack(node, result.cid, wait) if wait else None
+        status = 201 if delivery is not None and delivery.ack is not None else 202
+        return status, json.dumps(sent_json(result, delivery), ensure_ascii=False, default=_plain)
+
+    def unanswered(result: SendResult) -> str:
+        return json.dumps(sent_json(result, None), ensure_ascii=False, default=_plain)
+
+    return await _under_key(call, key, digest, wait, send, answered, unanswered,
+                            location=lambda result: result.cid)
+
+
+async def _under_key(call: Call, key: str | None, digest: bytes, wait: float,
+                     send: Callable[[operations.Claimed | None], Awaitable[_Sent]],
+                     answered: Callable[[_Sent], Awaitable[tuple[int, str]]],
+                     unanswered: Callable[[_Sent], str], *,
+                     location: Callable[[_Sent], CID] | None = None) -> web.Response:
+    """A send under its Idempotency-Key (docs/api.md, 2.3), for one document or a
+    batch: the key claimed first (a replay answers as the first attempt did), the
+    send, its answer; on a failure the claim is released while nothing was sent,
+    else finished with 202 and the sent documents without acks (a key that names
+    documents is kept); the answer stored under the key."""
+    node = call.node
     claim: operations.Claimed | None = None
     if key is not None:
         assert call.token is not None  # the route needs one
         started = await operations.claim_request(node, call.token.id, call.token.name, key,
-                                          digest, hold=wait)
+                                                 digest, hold=wait)
         if isinstance(started, operations.Replay):
-            return _answer(started.status, started.answer, started.cid, replayed=True)
+            return _answer(started.status, started.answer,
+                           started.cid if location is not None else None, replayed=True)
         claim = started
-    result: SendResult | None = None
+    sent: _Sent | None = None
     try:
-        result = await _sent(call, data, reply_to, claim)
-        node.wake.set()  # the serving node's delivery loop sends it now
-        delivery = await operations.await_ack(node, result.cid, wait) if wait else None
-        status = 201 if delivery is not None and delivery.ack is not None else 202
-        text = json.dumps(sent_json(result, delivery), ensure_ascii=False, default=_plain)
+        sent = await send(claim)
+        status, text = await answered(sent)
     except BaseException:
-        if claim is not None and result is None:
-            await operations.release_request(node, claim.claim)  # keeps a key that names a document
-        elif claim is not None and result is not None:  # sent; the wait failed
-            await operations.finish_request(node, claim.claim, 202,
-                                     json.dumps(sent_json(result, None), ensure_ascii=False,
-                                                default=_plain))
+        if claim is not None and sent is None:
+            await operations.release_request(node, claim.claim)
+        elif claim is not None and sent is not None:  # sent; the wait failed
+            await operations.finish_request(node, claim.claim, 202, unanswered(sent))
         raise
     if claim is not None:
         await operations.finish_request(node, claim.claim, status, text)
-    return _answer(status, text, result.cid)
+    return _answer(status, text, location(sent) if location is not None else None)
 
 
 # -- sending many (POST /api/v1/batches) ---------------------------------------
@@ -428,33 +455,24 @@ async def documents_send_batch(call: Call) -> web.Response:
     if errors:
         raise ValidationFailedError(errors)
     node = call.node
-    claim: operations.Claimed | None = None
-    if key is not None:
-        assert call.token is not None  # the route needs one
-        started = await operations.claim_request(node, call.token.id, call.token.name, key,
-                                                 digest, hold=wait)
-        if isinstance(started, operations.Replay):
-            return _answer(started.status, started.answer, None, replayed=True)
-        claim = started
-    results: list[SendResult] | None = None
-    try:
+
+    async def send(claim: operations.Claimed | None) -> list[SendResult]:
         results = await _batch_sent(call, items, replies, claim)
         node.wake.set()
+        return results
+
+    async def answered(results: list[SendResult]) -> tuple[int, str]:
         deliveries: list[operations.Delivery | None] = [None] * len(results)
         if wait:
             deliveries = list(await asyncio.gather(*(
                 operations.await_ack(node, r.cid, wait) for r in results)))
         acked = all(d is not None and d.ack is not None for d in deliveries)
-        status = 201 if acked else 202
-        text = json.dumps([sent_json(r, d) for r, d in zip(results, deliveries, strict=True)],
-                          ensure_ascii=False, default=_plain)
-    except BaseException:
-        if claim is not None and results is None:
-            await operations.release_request(node, claim.claim)  # keeps a key that names documents
-        elif claim is not None and results is not None:  # sent; the wait failed
-            await operations.finish_request(node, claim.claim, 202, json.dumps(
-                [sent_json(r, None) for r in results], ensure_ascii=False, default=_plain))
-        raise
-    if claim is not None:
-        await operations.finish_request(node, claim.claim, status, text)
-    return _answer(status, text, None)
+        return 201 if acked else 202, json.dumps(
+            [sent_json(r, d) for r, d in zip(results, deliveries, strict=True)],
+            ensure_ascii=False, default=_plain)
+
+    def unanswered(results: list[SendResult]) -> str:
+        return json.dumps([sent_json(r, None) for r in results], ensure_ascii=False,
+                          default=_plain)
+
+    return await _under_key(call, key, digest, wait, send, answered, unanswered)
