@@ -24,7 +24,7 @@ import re
 import zipfile
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final
 
 from ..node.errors import (
@@ -33,7 +33,7 @@ from ..node.errors import (
     UnsafeInputError,
     UnsupportedFormatError,
 )
-from .ubl import decimal_text
+from .ubl import decimal_text, model_decimal
 
 __all__ = ["HEADERS", "MAX_SHEET", "MAX_ROWS", "MAX_COLUMNS", "read_lines", "write_table",
            "sheet_format"]
@@ -60,7 +60,6 @@ HEADERS: Final = {
     **dict.fromkeys(("taxcategory", "vatcategory", "税区分"), "tax_category"),
 }
 _SPACE: Final = re.compile(r"[\s_\u3000]+")
-_DECIMAL_RE: Final = re.compile(r"-?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})?")
 _NUMERIC: Final = frozenset({"qty", "unit_price", "amount", "tax_rate"})
 _RISKY: Final = ("=", "+", "-", "@", "\t", "\r")
 
@@ -95,19 +94,7 @@ def _number(value: Any, where: str) -> str:
     if isinstance(value, Decimal):
         value = decimal_text(value)
     text = str(value).strip().replace(",", "").replace("，", "").replace("¥", "").replace("￥", "")
-    text = text.rstrip("%％")
-    if _DECIMAL_RE.fullmatch(text):
-        return text
-    try:
-        number = Decimal(text)
-        if not number.is_finite():
-            raise InvalidOperation
-    except InvalidOperation:
-        raise MalformedInputError(f"{where}: {str(value)[:40]!r} is not a number") from None
-    out = decimal_text(number.normalize() if "e" in text.lower() else number)
-    if not _DECIMAL_RE.fullmatch(out):
-        raise MalformedInputError(f"{where}: {str(value)[:40]!r} has too many digits")
-    return out
+    return model_decimal(text.rstrip("%％"), where, shown=str(value))
 
 
 def _text(value: Any) -> str | None:

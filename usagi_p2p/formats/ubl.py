@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Final
 
+from ..node.errors import MalformedInputError
+
 __all__ = ["NS", "CAC", "CBC", "KINDS", "ROOTS", "Party", "Parties", "DocType", "unit_code",
            "is_unit_code", "amount_text", "PARTY_FIELDS", "TAX_CATEGORIES", "EXT", "DEFAULT_KIND",
            "decimal_text"]
@@ -143,6 +145,29 @@ def decimal_text(value: Decimal) -> str:
     if text.startswith("-") and Decimal(text) == 0:
         text = text[1:]
     return text
+
+
+#: A decimal as the document model writes it (docs/spec.md section 5).
+MODEL_DECIMAL: Final = re.compile(r"-?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})?")
+
+
+def model_decimal(text: str, where: str, shown: str | None = None) -> str:
+    """``text`` as a decimal of the model ("12.50"): kept as written when it is
+    one, else read as a number (an exponent normalised away); MalformedInputError,
+    naming ``where`` and ``shown`` (what the user wrote; ``text`` by default), when
+    it is no number or has too many digits."""
+    if MODEL_DECIMAL.fullmatch(text):
+        return text
+    try:
+        value = Decimal(text)
+        if not value.is_finite():
+            raise InvalidOperation
+    except InvalidOperation:
+        raise MalformedInputError(f"{where}: {(shown or text)[:40]!r} is not a number") from None
+    out = decimal_text(value.normalize() if "E" in text.upper() else value)
+    if not MODEL_DECIMAL.fullmatch(out):
+        raise MalformedInputError(f"{where}: {(shown or text)[:40]!r} has too many digits")
+    return out
 
 
 def amount_text(text: str, places: int = 2) -> str:

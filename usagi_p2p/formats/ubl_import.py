@@ -15,20 +15,19 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final
 from xml.etree.ElementTree import Element  # noqa: S405 (a type; parsing is safexml's)
 
 from ..node.errors import InputTooLargeError, MalformedInputError, UnsupportedFormatError
 from .safexml import MAX_XML, parse_xml
-from .ubl import CAC, CBC, EXT, ROOTS, DocType, Party, decimal_text
+from .ubl import CAC, CBC, EXT, ROOTS, DocType, Party, decimal_text, model_decimal
 
 __all__ = ["Imported", "import_ubl", "MAX_XML", "MAX_LINES"]
 
 #: The most lines a document holds (kernel MAX_LINES).
 MAX_LINES: Final = 10_000
 
-_DECIMAL_RE: Final = re.compile(r"-?(0|[1-9][0-9]{0,26})(\.[0-9]{1,12})?")
 _DATE_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _TIME_RE: Final = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]")
 _RESPONSES: Final = {"AP": "accept", "RE": "reject", "CA": "counter"}
@@ -87,20 +86,7 @@ def _free(element: Element | None, path: str) -> str | None:
 
 def _decimal(text: str | None, where: str) -> str | None:
     """``text`` as a decimal of the model ("12.50"), kept as written when it is one."""
-    if text is None:
-        return None
-    if _DECIMAL_RE.fullmatch(text):
-        return text
-    try:
-        value = Decimal(text)
-        if not value.is_finite():
-            raise InvalidOperation
-    except InvalidOperation:
-        raise MalformedInputError(f"{where}: {text[:40]!r} is not a number") from None
-    out = decimal_text(value.normalize() if "E" in text.upper() else value)
-    if not _DECIMAL_RE.fullmatch(out):
-        raise MalformedInputError(f"{where}: {text[:40]!r} has too many digits")
-    return out
+    return None if text is None else model_decimal(text, where)
 
 
 def _time(date: str | None, time: str | None = None) -> str | None:
