@@ -27,7 +27,6 @@ import contextlib
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,7 +43,7 @@ from ..api.archive import CAR_TYPE, VERIFY_ROUTE
 from ..api.calls import body_limit
 from ..api.transfer import receive_file, scratch
 from .admin import company_only, form_of, is_company, size_text
-from .base import node_of, render, visitor
+from .base import form_day, node_of, render, visitor
 
 __all__ = ["ROUTES", "JOBS", "JOB_TTL", "ExportJob", "ExportJobs", "install"]
 
@@ -161,13 +160,9 @@ def _owner(request: web.Request) -> str:
 
 
 def _day(text: str | None, *, end: bool = False) -> float | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.strptime(text[:10], "%Y-%m-%d").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return moment.timestamp() + (86400 if end else 0)
+    """A date input as the start (or end) of that day, UTC, in seconds."""
+    moment = form_day(text, end=end)
+    return moment.timestamp() if moment is not None else None
 
 
 def _job_context(job: ExportJob | None, language: str) -> dict[str, Any]:

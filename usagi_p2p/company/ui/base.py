@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -26,7 +27,7 @@ from .i18n import N_, translations
 from .sessions import Session, SessionStore
 from .unread import ReadMarks
 
-__all__ = ["Visitor", "UIState", "VISITOR", "STATE", "NAV", "CSRFError", "SignInNeeded",
+__all__ = ["form_day", "Visitor", "UIState", "VISITOR", "STATE", "NAV", "CSRFError", "SignInNeeded",
            "KIND_LABELS", "STATUS_LABELS", "render", "visitor", "state", "node_of", "see_other", "local_path",
            "plugin_subset", "gettext_for", "live_from"]
 
@@ -174,3 +175,14 @@ def render(request: web.Request, template: str, context: Mapping[str, Any], *,
 def gettext_for(request: web.Request) -> Any:
     """The language's ``gettext`` for text built in Python (a flash message)."""
     return translations(visitor(request).language).gettext
+
+
+def form_day(text: str | None, *, end: bool = False) -> datetime | None:
+    """A ``YYYY-MM-DD`` of a date input as the start (or end) of that day, UTC."""
+    if not text:
+        return None
+    try:
+        moment = datetime.strptime(text[:10], "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return moment + timedelta(days=1) if end else moment

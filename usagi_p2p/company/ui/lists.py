@@ -11,14 +11,13 @@ marked unread until opened (usagi_p2p/company/ui/unread.py).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from ...node import operations
-from .base import KIND_LABELS, live_from, node_of, render, see_other, state, visitor
+from .base import KIND_LABELS, form_day, live_from, node_of, render, see_other, state, visitor
 
 __all__ = ["ROUTES", "STATUSES", "PAGE"]
 
@@ -27,17 +26,6 @@ PAGE: Final = 50
 #: The states a document can be in, for the filter.
 STATUSES: Final = ("queued", "delivered", "undelivered", "rejected", "received")
 _FILTERS: Final = ("partner", "kind", "status", "since", "until", "q")
-
-
-def _day(text: str | None, *, end: bool = False) -> datetime | None:
-    """A ``YYYY-MM-DD`` of a date input as the start (or end) of that day, UTC."""
-    if not text:
-        return None
-    try:
-        moment = datetime.strptime(text[:10], "%Y-%m-%d").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return moment + timedelta(days=1) if end else moment
 
 
 def _filters(request: web.Request) -> dict[str, str]:
@@ -73,8 +61,8 @@ async def _rows(request: web.Request, direction: Literal["in", "out"]
         return rows, found.cursor, True
     page = await operations.page_documents(
         node, direction=direction, partner=partner, kind=kind,
-        status=chosen.get("status") or None, since=_day(chosen.get("since")),
-        until=_day(chosen.get("until"), end=True), cursor=cursor, limit=PAGE)
+        status=chosen.get("status") or None, since=form_day(chosen.get("since")),
+        until=form_day(chosen.get("until"), end=True), cursor=cursor, limit=PAGE)
     for entry in page.entries:
         rows.append({"cid": str(entry.cid), "kind": entry.kind, "ref": entry.ref,
                      "partner": entry.partner_name or entry.partner,
