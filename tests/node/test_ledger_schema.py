@@ -140,7 +140,7 @@ async def test_a_ledger_of_the_version_before_user_version_migrates(tmp_path: Pa
         assert (await ledger.partner(SENDER)).name == "Osaka"  # type: ignore[union-attr]
         assert await ledger.seen_nonce(SENDER, b"n" * 16) == (cid, b"ack")
     assert _shape(old) == _shape(fresh)
-    assert _shape(old)["version"] == VERSION == 9
+    assert _shape(old)["version"] == VERSION == 10
 
 
 async def test_a_ledger_older_still_gets_the_columns_it_lacked(tmp_path: Path) -> None:
@@ -303,7 +303,7 @@ async def test_documents_stored_before_step_8_read_back_with_those_deflated_afte
         assert {r.cid for r in found} == {row.cid for row, _ in rows}  # type: ignore[attr-defined]
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone() == (9,)
+        assert db.execute("PRAGMA user_version").fetchone() == (10,)
         stored = dict(db.execute("SELECT cid, signed FROM documents").fetchall())
     finally:
         db.close()
@@ -385,3 +385,59 @@ def test_letters_beyond_ascii_match_in_any_case() -> None:
     assert not fulltext.ascii_caseless("Äpfel") and fulltext.ascii_caseless("六角ナット M6")
     assert fulltext.trigrams("六角ナット") == ["六角ナ", "ナット"]
     assert fulltext.trigrams("abcdefg") == ["abc", "def", "efg"]
+
+
+async def test_a_tokens_idempotency_keys_are_counted_by_the_ledger(tmp_path: Path) -> None:
+    """The per-token quota (step 10): new keys count, a key claimed again does not,
+    expired keys leave the count, and one token's keys do not count for another."""
+    from usagi_p2p.node.ledger import KeyClaim
+
+    async with Ledger(str(tmp_path / "ledger.db")) as ledger:
+        async def claim(token: str, key: str, *, at: float = 1000.0,
+                        expire_before: float = 0.0) -> bool:
+            claimed = KeyClaim(token, key, key.encode() + token.encode())
+            row = await ledger.claim_key(claimed, token, b"r", lease_until=at + 30,
+                                         expire_before=expire_before, per_token=3)
+            return row is not None
+
+        assert [await claim("a", k) for k in ("1", "2", "3")] == [True] * 3
+        assert not await claim("a", "4")  # the token holds 3: a new key is refused
+        assert await claim("a", "2")  # a key it holds is still answered
+        assert await claim("b", "1")  # another token's quota is its own
+        raw = sqlite3.connect(tmp_path / "ledger.db")
+        assert dict(raw.execute("SELECT token, held FROM idempotency_counts")) == {"a": 3, "b": 1}
+        raw.execute("UPDATE idempotency_keys SET created_at = 1 WHERE key = '1'")
+        raw.commit()
+        raw.close()
+        assert await claim("a", "4", expire_before=2.0)  # key 1 of each expired: room again
+
+
+async def test_step_10_counts_the_keys_a_ledger_held_before_it(tmp_path: Path) -> None:
+    """A version-9 ledger's keys are counted when step 10 runs, so its quota holds."""
+    import aiosqlite
+
+    import usagi_p2p.node.ledger as ledger_module
+    from usagi_p2p.node.ledger import KeyClaim
+    from usagi_p2p.node.schema import MIGRATIONS
+
+    path = tmp_path / "ledger.db"
+    ledger_module_migrations = ledger_module.MIGRATIONS
+    ledger_module.MIGRATIONS = MIGRATIONS[:9]
+    try:
+        async with Ledger(str(path)):
+            pass
+    finally:
+        ledger_module.MIGRATIONS = ledger_module_migrations
+    async with aiosqlite.connect(path) as db:
+        assert (await (await db.execute("PRAGMA user_version")).fetchone()) == (9,)
+        for i in range(3):
+            await db.execute("INSERT INTO idempotency_keys (token, key, token_name, request, "
+                             "claim, state, lease_until, created_at) VALUES "
+                             "('a', ?, 'a', x'00', x'00', 'done', 0, 1000)", (str(i),))
+        await db.commit()
+    async with Ledger(str(path)) as ledger:
+        row = await ledger.claim_key(KeyClaim("a", "new", b"c"), "a", b"r", lease_until=2000,
+                                     expire_before=0, per_token=3)
+        assert row is None  # the three keys from before count
+        assert await ledger.claim_key(KeyClaim("a", "new", b"c"), "a", b"r", lease_until=2000,
+                                      expire_before=0, per_token=4) is not None

@@ -1812,7 +1812,8 @@ class Ledger:
 
         One transaction: the keys created before ``expire_before`` are dropped,
         then one conditional INSERT claims the key: a new key, while its token
-        holds fewer than ``per_token``; or a pending key for the same
+        holds fewer than ``per_token`` (``idempotency_counts``, kept by
+        triggers: one lookup, not a count of the token's keys); or a pending key for the same
         ``request`` whose lease ended (its attempt was abandoned: the process
         died). The key's row as it stands afterwards is returned; the caller
         holds it exactly when the row's claim is ``claim.claim``. None: a new
@@ -1830,7 +1831,7 @@ class Ledger:
             ("DELETE FROM idempotency_keys WHERE created_at < ?", (expire_before,)),
             ("INSERT INTO idempotency_keys (token, key, token_name, request, claim, state, "
              "lease_until, created_at) SELECT ?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7 "
-             "WHERE (SELECT count(*) FROM idempotency_keys WHERE token = ?1) < ?8 "
+             "WHERE coalesce((SELECT held FROM idempotency_counts WHERE token = ?1), 0) < ?8 "
              "OR EXISTS (SELECT 1 FROM idempotency_keys WHERE token = ?1 AND key = ?2) "
              "ON CONFLICT(token, key) DO UPDATE SET claim = excluded.claim, "
              "lease_until = excluded.lease_until WHERE state = 'pending' "
