@@ -244,6 +244,33 @@ async def test_a_waiter_hears_at_once_that_its_document_was_given_up(pair: Pair,
     row = await seller.ledger.document(sent.cid)
     assert row is not None and row.status == "undelivered"
     assert reads.calls == 1
+async def test_a_fresh_wait_reads_no_ledger_before_or_after_its_ack(pair: Pair,
+                                                                   monkeypatch) -> None:  # noqa: ANN001
+    """``fresh`` (the local API, for a document it has just sent): the wait does not
+    look in the ledger first. Its ack is handed over when this process's delivery
+    stores it, and an ack stored before the wait began is found in memory."""
+    from usagi_p2p.node import delivery
+
+    monkeypatch.setattr(delivery, "ACK_POLL", (3600.0, 3600.0))
+    seller = pair.seller
+    await pair.seller_service.close()  # this test drives the seller's delivery itself
+    reads = _CountedReads(seller)
+    sent = await seller.send("quote", "Osaka", {"ref": "Q-fresh", "lines": [{"text": "bolts"}]})
+    waiting = asyncio.ensure_future(seller.wait_for_ack(sent.cid, 60, fresh=True))
+    await asyncio.sleep(0)
+    assert await seller.deliver_once() == 1
+    got = await waiting
+    assert got is not None and got == await seller.ledger.ack(sent.cid)
+    early = await seller.send("quote", "Osaka", {"ref": "Q-early", "lines": [{"text": "nuts"}]})
+    assert await seller.deliver_once() == 1  # acked before anyone waits
+    assert await seller.wait_for_ack(early.cid, 60, fresh=True) == await seller.ledger.ack(
+        early.cid)
+    assert reads.calls == 0
+    # Without ``fresh`` the ledger is read, as for a document sent by another process.
+    assert await seller.wait_for_ack(early.cid, 60) == await seller.ledger.ack(early.cid)
+    assert reads.calls == 1
+
+
 async def test_a_threads_documents_reach_a_slow_partner_in_order(
         pair: Pair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """An order response, its delivery note and its invoice, answered a moment apart

@@ -232,8 +232,13 @@ class Delivery:
         # polled for (ACK_POLL). cid -> a future set to (ack, status, reason)
         # once the ack is stored, or to None once the document is given up.
         self._ack_waiters: dict[CID, AckWaiter] = {}
-        # Acks handed to waiters, as signed -> opened (OPENED_KEEP at most).
+        # Acks this delivery stored, as signed -> opened (OPENED_KEEP at most).
         self._opened: OrderedDict[bytes, Ack] = OrderedDict()
+        # What this delivery settled lately, waited for or not: cid -> (ack,
+        # status, reason) as stored, or None (given up); OPENED_KEEP at most. A
+        # wait for a document this process has just recorded looks here, not in
+        # the ledger (wait_for_ack, ``fresh``).
+        self._settled: OrderedDict[CID, tuple[bytes, str, str | None] | None] = OrderedDict()
 
     async def deliver_once(self, limit: int = 1000) -> int:
         """Send every due notice once; return how many were acknowledged."""
@@ -330,11 +335,12 @@ class Delivery:
             activity.info("delivered %d document(s) to %s%s", received, printable(partner.name),
                           f" ({delivered[0][0]})" if len(delivered) == 1 else "")
         for cid, *_ in delivered:  # stored: hand it to whoever waits
-            waiter = self._ack_waiters.pop(cid, None)
-            if waiter is not None and not waiter.done() and cid in stored:
-                waiter.set_result(stored[cid])
+            if cid in stored:
                 if (opened := check.opened.get(stored[cid][0])) is not None:
                     self._opened[stored[cid][0]] = opened
+                self._settle(cid, stored[cid])
+            else:
+                self._ack_waiters.pop(cid, None)
         while len(self._opened) > OPENED_KEEP:
             self._opened.popitem(last=False)
         for code, (failed, message) in check.bad.items():
@@ -397,9 +403,17 @@ class Delivery:
         log.info("delivery failed (%d notices): %s", len(rows), error)
         for cid in given_up:
             log.warning("%s undelivered: %s", cid, error)
-            waiter = self._ack_waiters.pop(cid, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)  # no ack will come: whoever waits hears it now
+            self._settle(cid, None)  # no ack will come: whoever waits hears it now
+
+    def _settle(self, cid: CID, answer: tuple[bytes, str, str | None] | None) -> None:
+        """``cid``'s ack as stored (or None: given up), handed to whoever waits for
+        it and kept for a wait that starts a moment later (``fresh``)."""
+        waiter = self._ack_waiters.pop(cid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+        self._settled[cid] = answer
+        if len(self._settled) > OPENED_KEEP:
+            self._settled.popitem(last=False)
 
     async def loop(self, stop: asyncio.Event, idle: float = 0.25) -> None:
         """Deliver until ``stop`` is set, keeping up to PIPELINE batches in flight.
@@ -537,7 +551,7 @@ class Delivery:
 
     def opened_ack(self, signed: bytes) -> Ack:
         """An ack as signed, opened: the one this delivery verified as it stored it
-        and handed to a waiter (not verified twice), else opened now (verified)."""
+        (not verified twice), else opened now (verified)."""
         opened = self._opened.pop(signed, None)
         return opened if opened is not None else open_ack(signed)
 
@@ -549,28 +563,38 @@ class Delivery:
         otherwise."""
         return since + (ORDER_WAIT if did in inflight.values() else GATHER)
 
-    async def wait_for_ack(self, cid: CID, timeout: float = 30.0
+    async def wait_for_ack(self, cid: CID, timeout: float = 30.0, *, fresh: bool = False
                            ) -> tuple[bytes, str, str | None] | None:
-        """The ack once it is stored, or None on timeout or when given up."""
+        """The ack once it is stored, or None on timeout or when given up.
+
+        ``fresh``: this process recorded ``cid`` a moment ago, so an ack stored
+        since was stored by this delivery (and is kept in ``_settled``): the
+        first look in the ledger is skipped. Another process's delivery of it is
+        still found by the look after ACK_POLL."""
+        if fresh and cid in self._settled:
+            return self._settled[cid]
         deadline = time.monotonic() + timeout
         waiter = self._ack_waiters.setdefault(cid, asyncio.get_running_loop().create_future())
         try:
-            return await self._wait_for_ack(cid, waiter, deadline)
+            return await self._wait_for_ack(cid, waiter, deadline, look=not fresh)
         finally:
             if self._ack_waiters.get(cid) is waiter:
                 del self._ack_waiters[cid]
 
-    async def _wait_for_ack(self, cid: CID, waiter: AckWaiter, deadline: float
+    async def _wait_for_ack(self, cid: CID, waiter: AckWaiter, deadline: float, look: bool
                             ) -> tuple[bytes, str, str | None] | None:
         poll = ACK_POLL[0]
         while True:
-            # First, and after each quiet ``poll``: the ack may have been stored
-            # before we waited, or by another process (a `serve` on this home).
-            ack, status = await self.node.ledger.ack_or_status(cid)
-            if ack is not None:
-                return ack
-            if status == "undelivered":
-                break
+            # First (unless ``fresh``), and after each quiet ``poll``: the ack may
+            # have been stored before we waited, or by another process (a `serve`
+            # on this home).
+            if look:
+                ack, status = await self.node.ledger.ack_or_status(cid)
+                if ack is not None:
+                    return ack
+                if status == "undelivered":
+                    break
+            look = True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

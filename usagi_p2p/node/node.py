@@ -685,10 +685,11 @@ class Node:
         """Deliver until ``stop`` is set (usagi_p2p/node/delivery.py)."""
         await self._delivery.loop(stop, idle)
 
-    async def wait_for_ack(self, cid: CID, timeout: float = 30.0
+    async def wait_for_ack(self, cid: CID, timeout: float = 30.0, *, fresh: bool = False
                            ) -> tuple[bytes, str, str | None] | None:
-        """The ack once it is stored, or None on timeout or when given up."""
-        return await self._delivery.wait_for_ack(cid, timeout)
+        """The ack once it is stored, or None on timeout or when given up.
+        ``fresh``: ``cid`` was sent by this process a moment ago (Delivery.wait_for_ack)."""
+        return await self._delivery.wait_for_ack(cid, timeout, fresh=fresh)
 
     def opened_ack(self, signed: bytes) -> Ack:
         """An ack this node stored (as wait_for_ack returns it), opened: verified

@@ -318,14 +318,18 @@ async def document_send(call: Call) -> web.Response:
     if errors:
         raise ValidationFailedError(errors)
     node = call.node
+    fresh = True  # sent by this request, not by an attempt before it
 
     async def send(claim: operations.Claimed | None) -> SendResult:
+        nonlocal fresh
+        fresh = claim is None or claim.cid is None
         result = await _sent(call, data, reply_to, claim)
         node.wake.set()  # the serving node's delivery loop sends it now
         return result
 
     async def answered(result: SendResult) -> tuple[int, str]:
-        delivery = await operations.await_ack(node, result.cid, wait) if wait else None
+        delivery = (await operations.await_ack(node, result.cid, wait, fresh=fresh)
+                    if wait else None)
         status = 201 if delivery is not None and delivery.ack is not None else 202
         return status, json.dumps(sent_json(result, delivery), ensure_ascii=False, default=_plain)
 
@@ -455,8 +459,11 @@ async def documents_send_batch(call: Call) -> web.Response:
     if errors:
         raise ValidationFailedError(errors)
     node = call.node
+    fresh = True  # sent by this request, not by an attempt before it
 
     async def send(claim: operations.Claimed | None) -> list[SendResult]:
+        nonlocal fresh
+        fresh = claim is None or not claim.cids
         results = await _batch_sent(call, items, replies, claim)
         node.wake.set()
         return results
@@ -465,7 +472,7 @@ async def documents_send_batch(call: Call) -> web.Response:
         deliveries: list[operations.Delivery | None] = [None] * len(results)
         if wait:
             deliveries = list(await asyncio.gather(*(
-                operations.await_ack(node, r.cid, wait) for r in results)))
+                operations.await_ack(node, r.cid, wait, fresh=fresh) for r in results)))
         acked = all(d is not None and d.ack is not None for d in deliveries)
         return 201 if acked else 202, json.dumps(
             [sent_json(r, d) for r, d in zip(results, deliveries, strict=True)],

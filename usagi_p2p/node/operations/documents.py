@@ -347,10 +347,12 @@ def _ack_view(signed: bytes, status: str, reason: str | None) -> AckView:
     return AckView(status, reason, opened.by, opened.at, signed, opened.digest)
 
 
-async def await_ack(node: Node, cid: CID, timeout: float = 30.0) -> Delivery:
+async def await_ack(node: Node, cid: CID, timeout: float = 30.0, *, fresh: bool = False
+                    ) -> Delivery:
     """The partner's ack of ``cid`` once stored, or the document's status after
-    ``timeout`` seconds without one."""
-    if (ack := await node.wait_for_ack(cid, timeout)) is None:
+    ``timeout`` seconds without one. ``fresh``: this process has just sent ``cid``
+    (its first look is in memory, not in the ledger: Node.wait_for_ack)."""
+    if (ack := await node.wait_for_ack(cid, timeout, fresh=fresh)) is None:
         row = await node.ledger.document(cid)
         return Delivery(None, row.status if row else "unknown", row.reason if row else None)
     # The ack as it was signed (its status and reason), not as the ledger recorded it;
