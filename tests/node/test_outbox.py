@@ -136,47 +136,73 @@ async def test_two_deliveries_of_one_notice_hand_over_the_ack_that_is_stored(pai
     assert (await seller.ledger.document(sent.cid)).status == "delivered"  # type: ignore[union-attr]
 
 
-async def test_a_small_batch_gathers_behind_the_partners_batch_in_flight(pair: Pair) -> None:
-    """Delivery.loop's rule (delivery.py, GATHER, ORDER_WAIT): notices for a partner with
-    a batch in flight wait for it, unless they fill a batch or have waited ORDER_WAIT (so
-    a reply does not overtake what it answers); a partner with nothing in flight gets
-    them at once."""
+async def test_a_small_batch_gathers_behind_the_partners_batch_in_flight(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delivery.loop's rule (delivery.py, GATHER, ORDER_WAIT, "In order"): with a batch
+    to the partner not yet answered, notices that answer nothing in it wait GATHER for
+    more to join them, then go; a reply to a document in that batch (and a reply to
+    that reply) waits for its answer, or ORDER_WAIT; a partner with nothing unanswered
+    gets them at once. The batches started are recorded, not sent."""
+    import dataclasses
+
     from usagi_p2p.node.delivery import GATHER, ORDER_WAIT
 
     seller = pair.seller
     await pair.seller_service.close()  # this test drives the seller's delivery itself
-    sent = [await seller.send("quote", "Osaka", {"ref": f"Q-{i}", "lines": [{"text": "bolts"}]})
-            for i in range(3)]
-    rows = await seller.ledger.claim_due(seller.clock(), 100)
-    assert len(rows) == 3
-    did = rows[0].partner
+    for i in range(4):
+        await seller.send("quote", "Osaka", {"ref": f"Q-{i}", "lines": [{"text": "bolts"}]})
+    first, new, reply, reply_to_reply = await seller.ledger.claim_due(seller.clock(), 100)
+    did = first.partner
+    assert first.prev == new.prev == ()  # quotes answer nothing
+    # ``reply`` answers ``first``, ``reply_to_reply`` answers ``reply``
+    reply = dataclasses.replace(reply, prev=(first.cid,))
+    reply_to_reply = dataclasses.replace(reply_to_reply, prev=(reply.cid,))
     delivery = seller._delivery  # noqa: SLF001
-    in_flight = asyncio.ensure_future(asyncio.sleep(30))  # stands for a batch to ``did``
-    try:
-        inflight: dict[asyncio.Task[int], str] = {in_flight: did}  # type: ignore[dict-item]
-        gathering = {did: (seller.clock(), list(rows))}
-        delivery._start_batches(inflight, gathering, False)  # noqa: SLF001
-        assert len(inflight) == 1 and [len(r) for _, r in gathering.values()] == [3]  # waiting
-        gathering = {did: (seller.clock() - GATHER, list(rows))}  # still behind the batch
-        delivery._start_batches(inflight, gathering, False)  # noqa: SLF001
-        assert len(inflight) == 1 and [len(r) for _, r in gathering.values()] == [3]
-        gathering = {did: (seller.clock() - ORDER_WAIT, list(rows))}  # waited long enough
-        delivery._start_batches(inflight, gathering, False)  # noqa: SLF001
-        assert gathering == {} and len(inflight) == 2  # one batch of all three
-        started = next(task for task in inflight if task is not in_flight)
-        assert await started == 3
-    finally:
-        in_flight.cancel()
-    for result in sent:
-        assert await seller.ledger.ack(result.cid) is not None
-    # Nothing in flight to the partner: a lone notice goes at once.
-    alone = await seller.send("quote", "Osaka", {"ref": "Q-alone", "lines": [{"text": "nuts"}]})
-    rows = await seller.ledger.claim_due(seller.clock(), 100)
-    inflight = {}
-    gathering = {did: (seller.clock(), list(rows))}
-    delivery._start_batches(inflight, gathering, False)  # noqa: SLF001
-    assert gathering == {} and await next(iter(inflight)) == 1
-    assert await seller.ledger.ack(alone.cid) is not None
+    started: list[list[str]] = []
+
+    def recorded(to: str, rows: list):  # noqa: ANN001, ANN202 (a coroutine, as deliver_to)
+        assert to == did
+        started.append([str(row.cid) for row in rows])
+        return asyncio.sleep(0, len(rows))
+
+    monkeypatch.setattr(delivery, "deliver_to", recorded)
+    names = {str(first.cid): "first", str(new.cid): "new", str(reply.cid): "reply",
+             str(reply_to_reply.cid): "reply_to_reply"}
+
+    def run(since: float, rows: list, now: bool = False) -> list[list[str]]:  # noqa: ANN001
+        inflight: dict = {}
+        gathering = {did: (since, list(rows))} if rows else {}
+        started.clear()
+        delivery._start_batches(inflight, gathering, now)  # noqa: SLF001
+        for task in inflight:
+            task.cancel()
+        waiting = [names[str(row.cid)] for _, left in gathering.values() for row in left]
+        return [[names[c] for c in batch] for batch in started] + [["waiting", *waiting]]
+
+    # Nothing unanswered: everything goes at once, in one batch, in order.
+    clock = seller.clock()
+    assert run(clock, [first, new, reply, reply_to_reply])[:1] == [
+        ["first", "new", "reply", "reply_to_reply"]]
+    # ``first`` posted and not answered yet:
+    delivery._unanswered[did] = {first.cid}  # noqa: SLF001
+    rows = [new, reply, reply_to_reply]
+    assert run(clock, rows) == [["waiting", "new", "reply", "reply_to_reply"]]  # gathering
+    assert run(clock - GATHER, rows) == [["new"], ["waiting", "reply", "reply_to_reply"]]
+    assert run(clock - GATHER, [reply, reply_to_reply]) == [
+        ["waiting", "reply", "reply_to_reply"]]  # behind ``first`` still
+    assert run(clock - ORDER_WAIT, [reply, reply_to_reply]) == [
+        ["reply", "reply_to_reply"], ["waiting"]]  # waited long enough
+    assert run(clock, [reply, reply_to_reply], now=True)[0] == ["reply", "reply_to_reply"]
+    # ``first`` answered: the replies go at once (``new`` is unanswered, but they
+    # answer nothing in it, and they have gathered GATHER).
+    delivery._unanswered[did] = {first.cid, new.cid}  # noqa: SLF001
+    delivery._answered_batch(did, [first])  # noqa: SLF001
+    assert delivery._answered.is_set()  # noqa: SLF001
+    assert run(clock - GATHER, [reply, reply_to_reply]) == [
+        ["reply", "reply_to_reply"], ["waiting"]]
+    assert delivery._unanswered[did] == {new.cid, reply.cid, reply_to_reply.cid}  # noqa: SLF001
+    delivery._answered_batch(did, [new, reply, reply_to_reply])  # noqa: SLF001
+    assert delivery._unanswered == {}  # noqa: SLF001
 
 
 class _CountedReads:
@@ -316,6 +342,42 @@ async def test_a_threads_documents_reach_a_slow_partner_in_order(
     assert arrived == [1, 2]
     held = {d.cid for d in await operations.list_documents(buyer, "in", limit=10)}
     assert set(cids[1:]) <= held
+
+
+async def test_documents_that_answer_nothing_in_flight_do_not_wait_for_it(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """New documents sent a moment apart to a partner that takes a while to store each
+    batch travel in batches that overlap: the second is at the partner while the first
+    is still being stored (nothing in it waits for the first: delivery.py, "In
+    order"), so the partner works on one while the next is gathered. Both are stored
+    and acknowledged."""
+    from usagi_p2p.node import operations
+
+    seller, buyer = pair.seller, pair.buyer
+    put_recorded = buyer.put_recorded
+    storing = 0
+    most = 0
+
+    async def slow_put(blocks: Sequence[tuple[CID, bytes]]) -> None:
+        nonlocal storing, most
+        storing += 1
+        most = max(most, storing)
+        try:
+            await asyncio.sleep(0.3)
+            await put_recorded(blocks)
+        finally:
+            storing -= 1
+
+    monkeypatch.setattr(buyer, "put_recorded", slow_put)
+    sent = []
+    for i in range(2):
+        sent.append(await operations.send(seller, "quote", {"ref": f"Q-{i}", "lines": [
+            {"text": "M6 nut", "qty": "10", "unit": "pcs", "unit_price": "3.00"}]},
+            to=buyer.did))
+        await asyncio.sleep(0.05)  # a moment apart: longer than GATHER, shorter than 0.3 s
+    for result in sent:
+        assert (await operations.await_ack(seller, result.cid)).status == "received"
+    assert most == 2
 
 
 async def test_an_idle_node_claims_nothing_yet_sends_what_another_process_queues(

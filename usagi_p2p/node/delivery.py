@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol
@@ -239,6 +239,10 @@ class Delivery:
         # wait for a document this process has just recorded looks here, not in
         # the ledger (wait_for_ack, ``fresh``).
         self._settled: OrderedDict[CID, tuple[bytes, str, str | None] | None] = OrderedDict()
+        # Per partner, the documents of batches posted by the loop and not yet
+        # answered (Delivery.loop, "In order"); set when one is answered.
+        self._unanswered: dict[str, set[CID]] = {}
+        self._answered = asyncio.Event()
 
     async def deliver_once(self, limit: int = 1000) -> int:
         """Send every due notice once; return how many were acknowledged."""
@@ -264,6 +268,12 @@ class Delivery:
 
     async def deliver_to(self, did: str, rows: list[OutboxRow]) -> int:
         """POST one batch to partner ``did``; return how many were acknowledged."""
+        try:
+            return await self._deliver_to(did, rows)
+        finally:
+            self._answered_batch(did, rows)
+
+    async def _deliver_to(self, did: str, rows: list[OutboxRow]) -> int:
         node = self.node
         # One round trip: the partner, what we sent it (digests), rotations.
         partner, digests, aliases = await node.ledger.delivering(did, [r.cid for r in rows])
@@ -295,6 +305,9 @@ class Delivery:
                 # gigabytes costs this much memory, and the batch is retried.
                 payload = await read_capped(resp, acks_answer_limit(len(rows)),
                                             f"{partner.name}'s answer")
+            # Answered: what waits behind this batch may go now (Delivery.loop, "In
+            # order"), while its acks are checked and stored.
+            self._answered_batch(did, rows)
         except BodyTooLargeError as exc:
             await self._failed(rows, f"{exc.code}: {exc}")
             return 0
@@ -431,15 +444,21 @@ class Delivery:
         in batches of several instead of one each, with the same latency for a
         lone document (nothing is in flight, it goes at once).
 
-        **In order.** Such a smaller batch waits for the partner's batch in
-        flight to be answered (ORDER_WAIT at most), not merely GATHER: a reply
-        queued while the document it answers travels (an order response, then
-        its delivery note, a moment apart) would otherwise reach the partner
-        while that document is still being stored there, be refused
-        ``unknown_prev`` (spec section 9) and be sent again a backoff later.
-        The partner answers a batch only once it is stored, so what follows
-        it finds it. The partner checks every link as before; this only spares
-        an honest partner a refusal. (Full batches still go PIPELINE at once.)
+        **In order.** A reply whose document it answers (``prev``) travels in
+        a batch not yet answered by the partner waits for that answer
+        (ORDER_WAIT at most), not merely GATHER; so does a reply to such a
+        reply. Sent at once, a reply queued while the document it answers
+        travels (an order response, then its delivery note, a moment apart)
+        would reach the partner while that document is still being stored
+        there, be refused ``unknown_prev`` (spec section 9) and be sent again a
+        backoff later. The partner answers a batch only once it is stored, so
+        what follows the answer finds it; it goes as soon as the answer came,
+        while this side still checks and stores the acks. Documents that answer
+        nothing in flight (a new order, a reply to the partner's own document)
+        do not wait: batches of them follow each other up to PIPELINE in
+        flight, so the partner works on one while the next is gathered and
+        sealed. The partner checks every link as before; this only spares an
+        honest partner a refusal.
         """
         node = self.node
         inflight: dict[asyncio.Task[int], str] = {}  # batch -> the partner it goes to
@@ -500,13 +519,21 @@ class Delivery:
             if gathering:  # notices gathering go at the latest GATHER after their
                 # claim, or ORDER_WAIT behind their partner's batch in flight (which
                 # wakes the loop when it ends)
-                first = min(self._gathered_until(did, at, inflight)
-                            for did, (at, _) in gathering.items())
+                first = min(self._gathered_until(did, at, rows)
+                            for did, (at, rows) in gathering.items())
                 wait = min(wait, max(0.0, first - node.clock()))
             woken = asyncio.ensure_future(node.wake.wait())
-            done, _ = await asyncio.wait({woken, *inflight}, timeout=max(wait, 0.001),
+            waits = {woken, *inflight}
+            if gathering:  # a batch answered may let what waits behind it go
+                self._answered.clear()
+                answered = asyncio.ensure_future(self._answered.wait())
+                waits.add(answered)
+            done, _ = await asyncio.wait(waits, timeout=max(wait, 0.001),
                                          return_when=asyncio.FIRST_COMPLETED)
             woken.cancel()
+            if gathering:
+                answered.cancel()
+                done.discard(answered)
             for task in done - {woken}:
                 inflight.pop(task, None)
                 if not task.cancelled() and task.exception() is not None:
@@ -527,27 +554,45 @@ class Delivery:
     def _start_batches(self, inflight: dict[asyncio.Task[int], str],
                        gathering: dict[str, tuple[float, list[OutboxRow]]], now: bool) -> None:
         """Start a batch for each partner whose gathered notices may go (see
-        :meth:`loop`): a full batch, a partner with nothing in flight, notices
-        that waited GATHER (ORDER_WAIT behind a batch in flight to their
-        partner), or ``now``; up to PIPELINE batches in flight, and past it for
+        :meth:`loop`): a full batch, a partner with nothing unanswered, notices
+        that waited GATHER, replies whose documents were answered or that waited
+        ORDER_WAIT, or ``now``; up to PIPELINE batches in flight, and past it for
         notices that waited so (they hold a lease: they are not kept waiting on
         other partners' batches)."""
         clock = self.node.clock()
         for did in list(gathering):
             since, rows = gathering[did]
             while rows:
-                busy = did in inflight.values()
-                waited = now or clock >= self._gathered_until(did, since, inflight)
+                unanswered = self._unanswered.get(did, set())
+                ready, _ = _in_order(rows, unanswered)
+                if not ready:  # replies only, to documents not yet answered
+                    if not (now or clock >= since + ORDER_WAIT):
+                        break
+                    ready = rows  # waited long enough: in the order queued
+                waited = now or clock >= since + GATHER
                 if not (waited or len(inflight) < PIPELINE):
                     break
-                if len(rows) < SEND_BATCH and busy and not waited:
-                    break  # more will join it, and it arrives after the batch in flight
-                batch, rows = rows[:SEND_BATCH], rows[SEND_BATCH:]
+                if len(ready) < SEND_BATCH and unanswered and not waited:
+                    break  # more will join it while the partner works
+                batch = ready[:SEND_BATCH]
+                taken = {row.cid for row in batch}
+                rows = [row for row in rows if row.cid not in taken]
+                self._unanswered.setdefault(did, set()).update(taken)
                 inflight[asyncio.create_task(self.deliver_to(did, batch))] = did
             if rows:
                 gathering[did] = (since, rows)
             else:
                 del gathering[did]
+
+    def _answered_batch(self, did: str, rows: Sequence[OutboxRow]) -> None:
+        """``rows`` (a batch to ``did``) are answered, or will not be: what waits
+        behind them may go."""
+        unanswered = self._unanswered.get(did)
+        if unanswered:
+            unanswered.difference_update(row.cid for row in rows)
+            if not unanswered:
+                del self._unanswered[did]
+            self._answered.set()
 
     def opened_ack(self, signed: bytes) -> Ack:
         """An ack as signed, opened: the one this delivery verified as it stored it
@@ -555,13 +600,12 @@ class Delivery:
         opened = self._opened.pop(signed, None)
         return opened if opened is not None else open_ack(signed)
 
-    @staticmethod
-    def _gathered_until(did: str, since: float, inflight: dict[asyncio.Task[int], str]
-                        ) -> float:
+    def _gathered_until(self, did: str, since: float, rows: Sequence[OutboxRow]) -> float:
         """When notices claimed at ``since`` for partner ``did`` go at the latest:
-        ORDER_WAIT after their claim behind a batch in flight to ``did``, GATHER
-        otherwise."""
-        return since + (ORDER_WAIT if did in inflight.values() else GATHER)
+        GATHER after their claim, or ORDER_WAIT for replies that wait behind a
+        batch not yet answered (:func:`_in_order`)."""
+        ready, _ = _in_order(rows, self._unanswered.get(did, set()))
+        return since + (GATHER if ready else ORDER_WAIT)
 
     async def wait_for_ack(self, cid: CID, timeout: float = 30.0, *, fresh: bool = False
                            ) -> tuple[bytes, str, str | None] | None:
@@ -606,3 +650,22 @@ class Delivery:
             except TimeoutError:
                 poll = min(poll * 2, ACK_POLL[1])
         return None
+
+
+def _in_order(rows: Sequence[OutboxRow], unanswered: Set[CID]
+              ) -> tuple[list[OutboxRow], list[OutboxRow]]:
+    """``rows`` (one partner's, in the order queued) as (those that may go now,
+    those that wait): a row waits when a document it answers is ``unanswered``
+    (in a batch posted to the partner and not yet answered) or waits itself."""
+    if not unanswered:
+        return list(rows), []
+    ready: list[OutboxRow] = []
+    behind: list[OutboxRow] = []
+    waiting: set[CID] = set()
+    for row in rows:
+        if any(link in unanswered or link in waiting for link in row.prev):
+            behind.append(row)
+            waiting.add(row.cid)
+        else:
+            ready.append(row)
+    return ready, behind

@@ -40,7 +40,7 @@ import aiosqlite
 
 from ipfs.blockstore import StoreError, StoreUnavailableError
 from ipfs.sqlite import ONE_CALL, attach_blocks, busy, create_private, in_thread, migrate
-from kernel import Held, canonical
+from kernel import Held, canonical, dagcbor
 from kernel.cid import CID
 
 from .errors import NameTakenError
@@ -81,6 +81,9 @@ PAGE_SIZE: Final = 8192
 _RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
 _OUTBOX_COLUMNS: Final = ("cid, partner, notice, state, attempts, next_attempt, last_error, "
                           "created")
+#: What a claim reads of each notice: its row, and the prev links of its document.
+_CLAIM_COLUMNS: Final = (_OUTBOX_COLUMNS + ", (SELECT prev FROM documents "
+                         "WHERE documents.cid = outbox.cid)")
 
 
 def fold(text: str) -> str:
@@ -226,6 +229,19 @@ class OutboxRow:
     next_attempt: float
     last_error: str | None
     created: float = 0.0
+    #: The documents this one answers (its ``prev``), as claimed for delivery
+    #: (``claim_due``): delivery keeps a reply behind a batch in flight that
+    #: carries what it answers (delivery.py, "In order"). Empty: none, or not read.
+    prev: tuple[CID, ...] = ()
+
+
+def _prev_links(stored: bytes | None) -> tuple[CID, ...]:
+    """``documents.prev`` (a DAG-CBOR list of CIDs; NULL for a received row) as CIDs."""
+    if not stored or stored == b"\x80":  # NULL, or the empty list
+        return ()
+    links = dagcbor.decode(stored)
+    return tuple(link for link in links if isinstance(link, CID)) if isinstance(
+        links, list) else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1675,7 +1691,7 @@ class Ledger:
             # One statement, one round trip, its own transaction.
             claim = ("UPDATE outbox SET lease_until = ? WHERE cid IN (SELECT cid FROM outbox "
                      "WHERE state = 'pending' AND next_attempt <= ? AND lease_until <= ? "
-                     "ORDER BY next_attempt, created LIMIT ?) RETURNING " + _OUTBOX_COLUMNS)
+                     "ORDER BY next_attempt, created LIMIT ?) RETURNING " + _CLAIM_COLUMNS)
             args = (now + lease, now, now, limit)
             async with self._tx:
                 if ONE_CALL and self._wal:  # NORMAL is safe in WAL mode only
@@ -1688,7 +1704,7 @@ class Ledger:
                 await db.execute("BEGIN IMMEDIATE")
                 try:
                     rows = list(await db.execute_fetchall(
-                        "SELECT " + _OUTBOX_COLUMNS + " FROM outbox WHERE state = 'pending' "
+                        "SELECT " + _CLAIM_COLUMNS + " FROM outbox WHERE state = 'pending' "
                         "AND next_attempt <= ? AND lease_until <= ? "
                         "ORDER BY next_attempt, created LIMIT ?", (now, now, limit)))
                     if rows:
@@ -1698,7 +1714,8 @@ class Ledger:
                 except BaseException:
                     await self._rollback()
                     raise
-        return [OutboxRow(CID.from_bytes(r[0]), *r[1:]) for r in rows]
+        return [OutboxRow(CID.from_bytes(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7],
+                          _prev_links(r[8])) for r in rows]
 
     async def release_leases(self) -> None:
         """Forget every lease: called when ``serve`` starts, since a lease held by a
