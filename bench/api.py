@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,42 @@ async def warm_up(url: str, token: str) -> None:
         assert resp.status == 201, await resp.text()
 
 
-async def through_the_api(url: str, token: str, n: int, window: int, first: int = 0
-                          ) -> tuple[float, list[float]]:
+class Connection:
+    """One keep-alive HTTP/1.1 connection of a load-generating client: a request
+    written, its answer read (status, JSON body). Lean on purpose, as a load
+    generator should be (wrk, h2load): the clients share the node's two cores,
+    and what they spend is not the API's cost (``--client aiohttp`` runs the same
+    load through aiohttp's client; each process's CPU per document is printed)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, target: str, headers: dict[str, str], body: bytes
+                      ) -> tuple[int, Any]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.writer.write(f"{method} {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                          f"{head}\r\n".encode() + body)
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = next(int(line.split(":", 1)[1]) for line in lines[1:]
+                      if line.lower().startswith("content-length:"))
+        return status, json.loads(await self.reader.readexactly(length))
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+
+async def _aiohttp_clients(url: str, token: str, n: int, window: int, first: int = 0
+                           ) -> tuple[float, list[float]]:
     """N documents by CLIENTS concurrent clients, each keeping ``window`` requests in
     flight (each a ``POST ?wait=30`` answered once its ack is stored): (seconds,
     latencies). ``window=1``: each client sends its next document once the last one's
@@ -141,16 +176,68 @@ async def through_the_api(url: str, token: str, n: int, window: int, first: int 
     return time.perf_counter() - start, latencies
 
 
-async def through_batches(url: str, token: str, n: int, batch: int, first: int = 0
-                          ) -> tuple[float, list[float]]:
+async def through_the_api(url: str, token: str, n: int, window: int, first: int = 0,
+                          client: str = "lean") -> tuple[float, list[float]]:
+    """N documents by CLIENTS concurrent clients, each keeping ``window`` requests in
+    flight (each a ``POST ?wait=30`` answered once its ack is stored): (seconds,
+    latencies). ``window=1``: each client sends its next document once the last one's
+    ack came. Each request in flight has its keep-alive connection (:class:`Connection`;
+    ``client="aiohttp"``: each client an aiohttp session with a pool of ``window``)."""
+    if client == "aiohttp":
+        return await _aiohttp_clients(url, token, n, window, first)
+    latencies: list[float] = []
+    counter = iter(range(first, first + n))
+
+    async def worker() -> None:
+        connection = Connection(url)
+        try:
+            for i in counter:
+                body = json.dumps({"kind": "order", "to": "Osaka",
+                                   "body": EXCHANGE.body(i)}).encode()
+                start = time.perf_counter()
+                status, answer = await connection.request(
+                    "POST", "/api/v1/documents?wait=30",
+                    {"Authorization": f"Bearer {token}", "Idempotency-Key": f"bench-{i}"}, body)
+                latencies.append(time.perf_counter() - start)
+                if status != 201 or answer["ack"]["status"] != "received":
+                    raise RuntimeError(f"document {i}: {status} {answer}")
+        finally:
+            await connection.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CLIENTS * window)))
+    return time.perf_counter() - start, latencies
+
+
+async def through_batches(url: str, token: str, n: int, batch: int, first: int = 0,
+                          client: str = "lean") -> tuple[float, list[float]]:
     """N documents by CLIENTS concurrent clients, each sending ``POST /api/v1/batches
     ?wait=30`` of ``batch`` documents, the next once the last one was answered (every
-    ack stored): (seconds, latencies of the batch requests)."""
+    ack stored): (seconds, latencies of the batch requests). Each client one
+    keep-alive connection (``client="aiohttp"``: an aiohttp session)."""
     latencies: list[float] = []
     starts = iter(range(first, first + n, batch))
     headers = {"Authorization": f"Bearer {token}"}
 
-    async def client() -> None:
+    async def lean() -> None:
+        connection = Connection(url)
+        try:
+            for start_at in starts:
+                count = min(batch, first + n - start_at)
+                body = json.dumps({"documents": [
+                    {"kind": "order", "to": "Osaka", "body": EXCHANGE.body(i)}
+                    for i in range(start_at, start_at + count)]}).encode()
+                start = time.perf_counter()
+                status, answers = await connection.request(
+                    "POST", "/api/v1/batches?wait=30",
+                    {**headers, "Idempotency-Key": f"bench-b-{start_at}"}, body)
+                latencies.append(time.perf_counter() - start)
+                if status != 201 or any(a["ack"]["status"] != "received" for a in answers):
+                    raise RuntimeError(f"batch {start_at}: {status} {answers}")
+        finally:
+            await connection.close()
+
+    async def with_aiohttp() -> None:
         async with aiohttp.ClientSession() as session:
             for start_at in starts:
                 count = min(batch, first + n - start_at)
@@ -169,7 +256,8 @@ async def through_batches(url: str, token: str, n: int, batch: int, first: int =
                     raise RuntimeError(f"batch {start_at}: {resp.status} {answers}")
 
     start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    await asyncio.gather(*((lean if client == "lean" else with_aiohttp)()
+                           for _ in range(CLIENTS)))
     return time.perf_counter() - start, latencies
 
 
@@ -254,7 +342,8 @@ def figures(n: int, elapsed: float, latencies: list[float]) -> dict[str, float]:
             "p99_ms": latencies[min(k - 1, int(k * 0.99))] * 1000}
 
 
-async def run(n: int, cli_runs: int, window: int, batch: int) -> dict[str, Any]:
+async def run(n: int, cli_runs: int, window: int, batch: int, client: str = "lean"
+              ) -> dict[str, Any]:
     """The three shapes through the API (one in flight per client, ``window``, batches
     of ``batch``), with the CPU time of each process per document; ``usagi send``; then
     the three in process (the seller's ``serve`` stopped, its node opened here)."""
@@ -283,8 +372,9 @@ async def run(n: int, cli_runs: int, window: int, batch: int) -> dict[str, Any]:
             # nodes, and this process (the clients); after the warm-up.
             before = [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()]
             elapsed, latencies = await (
-                through_batches(state["local_url"], token, n, w, first) if shape == "batch"
-                else through_the_api(state["local_url"], token, n, w, first))
+                through_batches(state["local_url"], token, n, w, first, client)
+                if shape == "batch" else through_the_api(state["local_url"], token, n, w, first,
+                                                         client))
             after = [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()]
             result[shape] = {**figures(n, elapsed, latencies), "load": os.getloadavg()[0],
                              # buyer, seller, clients: per document
@@ -325,6 +415,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=BATCH,
                         help="documents per POST /api/v1/batches in the batch shape")
     parser.add_argument("--cli-runs", type=int, help="'usagi send' runs (0: none; default 20)")
+    parser.add_argument("--client", choices=("lean", "aiohttp"), default="lean",
+                        help="the clients' HTTP: a lean keep-alive HTTP/1.1 client (default), "
+                             "or aiohttp's client")
     parser.add_argument("--quick", action="store_true",
                         help="200 documents, 5 'usagi send', the exchange on 1,000")
     args = parser.parse_args()
@@ -332,7 +425,7 @@ def main() -> None:
         args.docs = 200
     if args.cli_runs is None:
         args.cli_runs = 5 if args.quick else 20
-    api = asyncio.run(run(args.docs, args.cli_runs, args.window, args.batch))
+    api = asyncio.run(run(args.docs, args.cli_runs, args.window, args.batch, args.client))
     # The exchange benchmark's own figure: its default run (bench/exchange.py).
     exchange_docs, exchange_samples = (1000, 50) if args.quick else (10_000, 200)
     exchange = asyncio.run(EXCHANGE.run(exchange_docs, exchange_samples, 100))
