@@ -1,33 +1,37 @@
-"""The local API under load: documents sent through POST /api/v1/documents, each waiting for its ack.
+"""The local API under load: documents sent through it by 8 clients, each waiting for its ack.
 
 Two real nodes on loopback, each a ``usagi serve`` process (the seller with its
-local API on 127.0.0.1); 8 concurrent clients (each an aiohttp session with
-its own connection pool) send orders through ``POST /api/v1/documents?wait=30``
-to the buyer, each request answered once the buyer's signed ack is verified
-and stored (201); a document counts when its answer came, and its latency is
-request sent to answer read (POST to ack). Two shapes, 1,000 documents each
-(docs/api.md, "Benchmark", says why):
+local API on 127.0.0.1); 8 concurrent clients send orders to the buyer through
+the seller's local API, each document answered once the buyer's signed ack is
+verified and stored (201); a document counts when its answer came, and its
+latency is request sent to answer read (POST to ack). The clients are a lean
+keep-alive HTTP/1.1 client (:class:`Connection`; ``--client aiohttp`` for
+aiohttp's), as a load generator should be: they share the nodes' two cores.
+Three shapes, 1,000 documents each (docs/api.md, "Benchmark", says why):
 
-- 1 in flight: each client sends its next document when the last one's answer
-  came (the strict reading of the issue's load; printed on its own line);
-- W in flight (``--window``, 16): each client keeps W such requests in flight,
-  as an ERP posting a batch of invoices through its HTTP client's pool does;
-  the ``api:`` line. The node coalesces requests that arrive together into
-  one ledger transaction (usagi_p2p/company/api/sending.py);
-- batches of B (``--batch``, 50): each client sends ``POST /api/v1/batches?wait=30``
-  with B documents, the next when the last one's answer came (all acks in), as
-  an ERP's month-end run sends its invoices; latency is per batch request.
+- batches of B (``--batch``, 50; the ``api:`` line): each client sends
+  ``POST /api/v1/batches?wait=30`` with B documents, the next when the last one's
+  answer came (every ack in), as an ERP sends what it has to send; each
+  document's latency is its batch request's. The exchange moves documents in
+  batches too: this is the shape that compares the API with it;
+- 1 in flight: each client sends one document a request through
+  ``POST /api/v1/documents?wait=30``, the next when the last one's answer came;
+- W in flight (``--window``, 16): each client keeps W such single-document
+  requests in flight. The node coalesces requests that arrive together into
+  one ledger transaction (usagi_p2p/company/api/sending.py).
 
 Each shape also runs without the API (the seller's node opened in this
-process, 8 x W tasks of ``node.send`` + ``wait_for_ack``), and the CPU time per
-document of each process is printed. In the same run the exchange benchmark
-runs as ``python bench/exchange.py`` runs it (its own defaults: 10,000
-documents queued by ``send_many`` in batches of 100, timed until every ack is
-stored; ``--quick``: 1,000), and both API shapes are compared with it:
+process: 8 tasks of ``node.send_many`` + ``wait_for_ack``, or 8 x W tasks of
+``node.send`` + ``wait_for_ack``), and the CPU time per document of each
+process is printed: ``0.NNx in process`` is what the API costs on top of the
+node for that shape. In the same run the exchange benchmark runs as ``python
+bench/exchange.py`` runs it (its own defaults: 10,000 documents queued by
+``send_many`` in batches of 100, timed until every ack is stored; ``--quick``:
+1,000), and every shape is compared with it:
 
-    api, 8 clients x 1 in flight: N docs/s, p50 X ms, 0.NNx exchange
-    api: N docs/s, p50 X ms, 0.NNx exchange (8 clients x W in flight, ...)
-    api, 8 clients x batches of B: N docs/s, p50 X ms per batch, 0.NNx exchange
+    api, 8 clients x 1 in flight (a document a request): N docs/s, p50 X ms, 0.NNx exchange
+    api, 8 clients x W in flight (a document a request): N docs/s, p50 X ms, 0.NNx exchange
+    api: N docs/s, p50 X ms, 0.NNx exchange (8 clients x POST /api/v1/batches of B, ...)
 
 Then ``usagi send`` (the command, a new process each time, as a script runs
 it) against the running seller on the same home, p50 over ~20 runs:
@@ -451,14 +455,15 @@ def main() -> None:
               f"{through['docs_per_s'] / alone['docs_per_s']:.2f}x in process; cpu per "
               f"document: seller {seller:.0f} us, buyer {buyer:.0f} us, clients {clients:.0f} us "
               f"(load average {through['load']:.1f})")
-    print(f"api, {CLIENTS} clients x 1 in flight: {one['docs_per_s']:.0f} docs/s, "
-          f"p50 {one['p50_ms']:.1f} ms, {one['docs_per_s'] / x:.2f}x exchange")
-    print(f"api: {win['docs_per_s']:.0f} docs/s, p50 {win['p50_ms']:.1f} ms, "
-          f"{win['docs_per_s'] / x:.2f}x exchange ({CLIENTS} clients x {args.window} in "
-          f"flight, each POST ?wait= answered at its ack)")
-    print(f"api, {CLIENTS} clients x batches of {args.batch}: {many['docs_per_s']:.0f} docs/s, "
-          f"p50 {many['p50_ms']:.1f} ms per batch, {many['docs_per_s'] / x:.2f}x exchange "
-          f"(each POST /api/v1/batches?wait= answered once all its acks came)")
+    print(f"api, {CLIENTS} clients x 1 in flight (a document a request): "
+          f"{one['docs_per_s']:.0f} docs/s, p50 {one['p50_ms']:.1f} ms, "
+          f"{one['docs_per_s'] / x:.2f}x exchange")
+    print(f"api, {CLIENTS} clients x {args.window} in flight (a document a request): "
+          f"{win['docs_per_s']:.0f} docs/s, p50 {win['p50_ms']:.1f} ms, "
+          f"{win['docs_per_s'] / x:.2f}x exchange (each POST ?wait= answered at its ack)")
+    print(f"api: {many['docs_per_s']:.0f} docs/s, p50 {many['p50_ms']:.1f} ms, "
+          f"{many['docs_per_s'] / x:.2f}x exchange ({CLIENTS} clients x POST /api/v1/batches "
+          f"of {args.batch}, each answered once its documents' acks came)")
     if api["cli_p50_ms"] is not None:
         print(f"usagi send with a running node: p50 {api['cli_p50_ms']:.0f} ms "
               f"(min {api['cli_min_ms']:.0f} ms, {args.cli_runs} runs, waiting for the ack)")
