@@ -203,6 +203,14 @@ async def test_a_small_batch_gathers_behind_the_partners_batch_in_flight(
     assert delivery._unanswered[did] == {new.cid, reply.cid, reply_to_reply.cid}  # noqa: SLF001
     delivery._answered_batch(did, [new, reply, reply_to_reply])  # noqa: SLF001
     assert delivery._unanswered == {}  # noqa: SLF001
+    # ORDER_WAIT counts from each reply's own claim: one claimed long ago goes, one
+    # claimed just now behind another unanswered batch still waits.
+    late = dataclasses.replace(reply_to_reply, prev=(new.cid,))
+    delivery._unanswered[did] = {first.cid, new.cid}  # noqa: SLF001
+    delivery._claimed_at[late.cid] = clock  # noqa: SLF001
+    assert run(clock - ORDER_WAIT, [reply, late]) == [["reply"], ["waiting", "reply_to_reply"]]
+    assert delivery._gathered_until(did, clock - ORDER_WAIT, [late]) == clock + ORDER_WAIT  # noqa: SLF001
+    delivery._unanswered.clear()  # noqa: SLF001
 
 
 class _CountedReads:
@@ -346,38 +354,168 @@ async def test_a_threads_documents_reach_a_slow_partner_in_order(
 
 async def test_documents_that_answer_nothing_in_flight_do_not_wait_for_it(
         pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
-    """New documents sent a moment apart to a partner that takes a while to store each
-    batch travel in batches that overlap: the second is at the partner while the first
-    is still being stored (nothing in it waits for the first: delivery.py, "In
-    order"), so the partner works on one while the next is gathered. Both are stored
-    and acknowledged."""
+    """A new document sent while the partner is still storing an earlier batch goes
+    in a batch of its own at once (nothing in it waits for the first: delivery.py,
+    "In order"): the partner holds the first batch until the second has arrived.
+    Before, the second waited for the first's answer (up to ORDER_WAIT, 10 s)."""
     from usagi_p2p.node import operations
 
     seller, buyer = pair.seller, pair.buyer
     put_recorded = buyer.put_recorded
-    storing = 0
-    most = 0
+    arrived: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]
+    overlapped = False
+
+    async def held_put(blocks: Sequence[tuple[CID, bytes]]) -> None:
+        nonlocal overlapped
+        index = sum(event.is_set() for event in arrived)
+        arrived[index].set()
+        if index == 0:  # the first batch: stored once the second is here too
+            await asyncio.wait_for(arrived[1].wait(), 5)
+            overlapped = True
+        await put_recorded(blocks)
+
+    monkeypatch.setattr(buyer, "put_recorded", held_put)
+    lines = [{"text": "M6 nut", "qty": "10", "unit": "pcs", "unit_price": "3.00"}]
+    first = await operations.send(seller, "quote", {"ref": "Q-0", "lines": lines},
+                                  to=buyer.did)
+    await asyncio.wait_for(arrived[0].wait(), 5)  # the first batch is at the partner
+    second = await operations.send(seller, "quote", {"ref": "Q-1", "lines": lines},
+                                   to=buyer.did)
+    for result in (first, second):
+        assert (await operations.await_ack(seller, result.cid)).status == "received"
+    assert overlapped
+
+
+async def test_a_reply_goes_at_the_answer_to_what_it_answers_before_its_acks_are_stored(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reply waiting behind the batch carrying what it answers goes as soon as the
+    partner's answer to that batch is read, while this side still checks and stores
+    its acks: here the seller stores the first batch's acks only once the reply has
+    reached the buyer."""
+    from usagi_p2p.node import operations
+
+    seller, buyer = pair.seller, pair.buyer
+    order = await operations.send(buyer, "order", {"ref": "PO-9", "lines": [
+        {"text": "M6 nut", "qty": "10", "unit": "pcs", "unit_price": "3.00"}]}, to=seller.did)
+    assert (await operations.await_ack(buyer, order.cid)).status == "received"
+    response = await operations.answer(seller, "order_response", order.cid,
+                                       {"response": "accept"})
+    assert (await operations.await_ack(seller, response.cid)).status == "received"
+    put_recorded = buyer.put_recorded
+    reply_here = asyncio.Event()
+    note: list[CID] = []
+
+    async def watched_put(blocks: Sequence[tuple[CID, bytes]]) -> None:
+        await asyncio.sleep(0.2)  # slow enough for the reply to be queued meanwhile
+        await put_recorded(blocks)
+        if note and any(cid == note[0] for cid, _ in blocks):
+            reply_here.set()
+
+    mark_delivered = seller.ledger.mark_delivered
+    held_acks: list[int] = []
+
+    async def slow_marks(items):  # noqa: ANN001, ANN202
+        if any(item[0] == delivery_note_cid[0] for item in items):
+            held_acks.append(len(items))
+            await asyncio.wait_for(reply_here.wait(), 5)  # the reply went before this
+        return await mark_delivered(items)
+
+    delivery_note_cid: list[CID] = []
+    monkeypatch.setattr(buyer, "put_recorded", watched_put)
+    monkeypatch.setattr(seller.ledger, "mark_delivered", slow_marks)
+    delivery_note = await operations.answer(seller, "delivery_note", response.cid)
+    delivery_note_cid.append(delivery_note.cid)
+    await asyncio.sleep(0.05)  # the delivery note is in flight (at the slow partner)
+    invoice = await operations.answer(seller, "invoice", delivery_note.cid)
+    note.append(invoice.cid)
+    for cid in (delivery_note.cid, invoice.cid):
+        assert (await operations.await_ack(seller, cid)).status == "received"
+    assert held_acks == [1]
+
+
+async def test_a_notice_claimed_again_while_its_batch_is_in_flight_is_not_sent_again(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch slower than its notices' lease: the loop claims them again (the lease
+    ran out) but leaves them to the batch still in flight, which settles them; the
+    partner gets the notice once."""
+    from usagi_p2p.node import operations
+
+    seller, buyer = pair.seller, pair.buyer
+    claim_due = seller.ledger.claim_due
+
+    async def short_lease(now: float, limit: int, lease: float = 30.0) -> list[Any]:
+        return await claim_due(now, limit, 0.2)
+
+    monkeypatch.setattr(seller.ledger, "claim_due", short_lease)
+    receive = buyer.receive
+    batches = 0
+
+    async def counted(body: bytes) -> list[bytes]:
+        nonlocal batches
+        batches += 1
+        return await receive(body)
+
+    monkeypatch.setattr(buyer, "receive", counted)
+    put_recorded = buyer.put_recorded
 
     async def slow_put(blocks: Sequence[tuple[CID, bytes]]) -> None:
-        nonlocal storing, most
-        storing += 1
-        most = max(most, storing)
-        try:
-            await asyncio.sleep(0.3)
-            await put_recorded(blocks)
-        finally:
-            storing -= 1
+        await asyncio.sleep(1.0)  # five leases long
+        await put_recorded(blocks)
 
     monkeypatch.setattr(buyer, "put_recorded", slow_put)
-    sent = []
-    for i in range(2):
-        sent.append(await operations.send(seller, "quote", {"ref": f"Q-{i}", "lines": [
-            {"text": "M6 nut", "qty": "10", "unit": "pcs", "unit_price": "3.00"}]},
-            to=buyer.did))
-        await asyncio.sleep(0.05)  # a moment apart: longer than GATHER, shorter than 0.3 s
-    for result in sent:
-        assert (await operations.await_ack(seller, result.cid)).status == "received"
-    assert most == 2
+    sent = await operations.send(seller, "quote", {"ref": "Q-slow", "lines": [
+        {"text": "M6 nut", "qty": "10", "unit": "pcs", "unit_price": "3.00"}]}, to=buyer.did)
+    assert (await operations.await_ack(seller, sent.cid)).status == "received"
+    assert batches == 1
+
+
+async def test_notices_are_claimed_in_the_order_they_were_queued(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an outage a reply may be due before what it answers (fewer failed
+    attempts, a shorter backoff); claimed together, they are handed to delivery in
+    the order queued, so when they fill more than one batch the original is in the
+    first (review of the "In order" rule: else the reply went first and was
+    refused unknown_prev). The same with SQLite's claim without RETURNING."""
+    import usagi_p2p.node.ledger as ledger_module
+    from usagi_p2p.node.delivery import SEND_BATCH
+
+    seller = pair.seller
+    await pair.seller_service.close()  # this test drives the seller's delivery itself
+    first = await seller.send("quote", "Osaka", {"ref": "A", "lines": [{"text": "bolts"}]})
+    reply = await seller.send("quote", "Osaka", {"ref": "B", "lines": [{"text": "bolts"}]},
+                              reply_to=first.cid)
+    for i in range(SEND_BATCH - 1):
+        await seller.send("quote", "Osaka", {"ref": f"F-{i}", "lines": [{"text": "nuts"}]})
+    now = seller.clock()
+    for returning in (True, False):
+        monkeypatch.setattr(ledger_module, "_RETURNING", returning)
+        # as a partner outage leaves them: the original failed twice, its reply once
+        await seller.ledger.write([
+            ("UPDATE outbox SET attempts = 2, next_attempt = ?, lease_until = 0 WHERE cid = ?",
+             (now + 9, first.cid.raw)),
+            ("UPDATE outbox SET attempts = 1, next_attempt = ?, lease_until = 0 WHERE cid = ?",
+             (now + 6, reply.cid.raw)),
+            ("UPDATE outbox SET lease_until = 0", ())])
+        rows = await seller.ledger.claim_due(now + 10, 400)
+        cids = [row.cid for row in rows]
+        assert len(rows) == SEND_BATCH + 1
+        assert cids.index(first.cid) < cids.index(reply.cid)
+        assert next(row for row in rows if row.cid == reply.cid).prev == (first.cid,)
+        delivery = seller._delivery  # noqa: SLF001
+        started: list[list[CID]] = []
+
+        def recorded(to: str, batch: list, started: list = started):  # noqa: ANN001, ANN202
+            started.append([row.cid for row in batch])
+            return asyncio.sleep(0, len(batch))
+
+        monkeypatch.setattr(delivery, "deliver_to", recorded)
+        inflight: dict = {}
+        delivery._start_batches(inflight, {rows[0].partner: (now + 10, rows)}, False)  # noqa: SLF001
+        for task in inflight:
+            task.cancel()
+        delivery._unanswered.clear()  # noqa: SLF001 (nothing was sent)
+        where = {cid: i for i, batch in enumerate(started) for cid in batch}
+        assert where[first.cid] <= where[reply.cid]
 
 
 async def test_an_idle_node_claims_nothing_yet_sends_what_another_process_queues(

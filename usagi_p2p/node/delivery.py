@@ -243,6 +243,11 @@ class Delivery:
         # answered (Delivery.loop, "In order"); set when one is answered.
         self._unanswered: dict[str, set[CID]] = {}
         self._answered = asyncio.Event()
+        # When each notice gathering in the loop was claimed (its own wait, GATHER
+        # or ORDER_WAIT, counts from it).
+        self._claimed_at: dict[CID, float] = {}
+        # The notices of the loop's batches not yet settled (answered, acks stored).
+        self._in_flight: set[CID] = set()
 
     async def deliver_once(self, limit: int = 1000) -> int:
         """Send every due notice once; return how many were acknowledged."""
@@ -272,6 +277,7 @@ class Delivery:
             return await self._deliver_to(did, rows)
         finally:
             self._answered_batch(did, rows)
+            self._in_flight.difference_update(row.cid for row in rows)
 
     async def _deliver_to(self, did: str, rows: list[OutboxRow]) -> int:
         node = self.node
@@ -445,20 +451,22 @@ class Delivery:
         lone document (nothing is in flight, it goes at once).
 
         **In order.** A reply whose document it answers (``prev``) travels in
-        a batch not yet answered by the partner waits for that answer
-        (ORDER_WAIT at most), not merely GATHER; so does a reply to such a
-        reply. Sent at once, a reply queued while the document it answers
-        travels (an order response, then its delivery note, a moment apart)
-        would reach the partner while that document is still being stored
-        there, be refused ``unknown_prev`` (spec section 9) and be sent again a
-        backoff later. The partner answers a batch only once it is stored, so
-        what follows the answer finds it; it goes as soon as the answer came,
-        while this side still checks and stores the acks. Documents that answer
-        nothing in flight (a new order, a reply to the partner's own document)
-        do not wait: batches of them follow each other up to PIPELINE in
-        flight, so the partner works on one while the next is gathered and
-        sealed. The partner checks every link as before; this only spares an
-        honest partner a refusal.
+        a batch the partner has not answered yet waits for that answer, and for
+        ORDER_WAIT at most after its own claim; so does a reply to such a reply.
+        Sent at once, a reply queued while the document it answers travels (an
+        order response, then its delivery note, a moment apart) would reach the
+        partner while that document is still being stored there, be refused
+        ``unknown_prev`` (spec section 9) and be sent again a backoff later.
+        The partner answers a batch only once it is stored, so what follows
+        the answer finds it: the answer (``_answered``) lets what waits go
+        while this side still checks and stores the acks. Notices are claimed
+        in the order they were queued, and a notice claimed again while its
+        batch is still in flight here (slower than its lease) is left to that
+        batch. Documents that answer nothing in flight (a new order, a reply to
+        the partner's own document) do not wait: batches of them follow each
+        other up to PIPELINE in flight, so the partner works on one while the
+        next is gathered. The partner checks every link as before; this only
+        spares an honest partner a refusal.
         """
         node = self.node
         inflight: dict[asyncio.Task[int], str] = {}  # batch -> the partner it goes to
@@ -493,6 +501,11 @@ class Delivery:
                                                            room * SEND_BATCH - waiting)
                     more = len(rows) >= room * SEND_BATCH - waiting
                     for row in rows:
+                        if row.cid in self._in_flight:
+                            # Claimed again while its batch is still in flight here
+                            # (a batch slower than the lease): that batch settles it.
+                            continue
+                        self._claimed_at[row.cid] = last_claim
                         gathering.setdefault(row.partner, (last_claim, []))[1].append(row)
                 else:
                     idle_look = False
@@ -517,8 +530,8 @@ class Delivery:
             if len(inflight) < PIPELINE:  # room for more: claim at least every ``pause``
                 wait = min(wait, max(0.0, last_claim + pause - node.clock()))
             if gathering:  # notices gathering go at the latest GATHER after their
-                # claim, or ORDER_WAIT behind their partner's batch in flight (which
-                # wakes the loop when it ends)
+                # claim, or ORDER_WAIT after it behind their partner's unanswered
+                # batch (whose answer wakes the loop: ``_answered``)
                 first = min(self._gathered_until(did, at, rows)
                             for did, (at, rows) in gathering.items())
                 wait = min(wait, max(0.0, first - node.clock()))
@@ -531,8 +544,10 @@ class Delivery:
             done, _ = await asyncio.wait(waits, timeout=max(wait, 0.001),
                                          return_when=asyncio.FIRST_COMPLETED)
             woken.cancel()
+            by_answer = False
             if gathering:
                 answered.cancel()
+                by_answer = answered in done
                 done.discard(answered)
             for task in done - {woken}:
                 inflight.pop(task, None)
@@ -543,9 +558,10 @@ class Delivery:
             # wait ran out, the last claim filled the room or there was no
             # room, or ``pause`` has passed since the last claim (a retry came
             # due, or another process queued notices, while batches kept
-            # ending). A batch that merely ended makes nothing due: its
-            # failures are rescheduled for later.
-            claim = (more or room <= 0 or node.wake.is_set() or not done
+            # ending). A batch that merely ended or was answered makes nothing
+            # due: its failures are rescheduled for later (and what waited behind
+            # it goes in the next round's _start_batches without a claim).
+            claim = (more or room <= 0 or node.wake.is_set() or (not done and not by_answer)
                      or node.clock() - last_claim >= pause)
         self._start_batches(inflight, gathering, True)  # what was claimed goes now
         if inflight:
@@ -564,11 +580,13 @@ class Delivery:
             since, rows = gathering[did]
             while rows:
                 unanswered = self._unanswered.get(did, set())
-                ready, _ = _in_order(rows, unanswered)
+                # Replies that have waited ORDER_WAIT since their own claim go,
+                # answered or not (behind what still waits here, in order).
+                waited_out = {row.cid for row in rows if now or clock >= self._claimed_at.get(
+                    row.cid, since) + ORDER_WAIT}
+                ready, _ = _in_order(rows, unanswered, waited_out)
                 if not ready:  # replies only, to documents not yet answered
-                    if not (now or clock >= since + ORDER_WAIT):
-                        break
-                    ready = rows  # waited long enough: in the order queued
+                    break
                 waited = now or clock >= since + GATHER
                 if not (waited or len(inflight) < PIPELINE):
                     break
@@ -577,7 +595,10 @@ class Delivery:
                 batch = ready[:SEND_BATCH]
                 taken = {row.cid for row in batch}
                 rows = [row for row in rows if row.cid not in taken]
+                for cid in taken:
+                    self._claimed_at.pop(cid, None)
                 self._unanswered.setdefault(did, set()).update(taken)
+                self._in_flight.update(taken)
                 inflight[asyncio.create_task(self.deliver_to(did, batch))] = did
             if rows:
                 gathering[did] = (since, rows)
@@ -601,11 +622,13 @@ class Delivery:
         return opened if opened is not None else open_ack(signed)
 
     def _gathered_until(self, did: str, since: float, rows: Sequence[OutboxRow]) -> float:
-        """When notices claimed at ``since`` for partner ``did`` go at the latest:
-        GATHER after their claim, or ORDER_WAIT for replies that wait behind a
-        batch not yet answered (:func:`_in_order`)."""
-        ready, _ = _in_order(rows, self._unanswered.get(did, set()))
-        return since + (GATHER if ready else ORDER_WAIT)
+        """When some of the notices claimed since ``since`` for partner ``did`` go at
+        the latest: GATHER after ``since``, or, for replies waiting behind a batch
+        not yet answered (:func:`_in_order`), ORDER_WAIT after the first one's claim."""
+        ready, behind = _in_order(rows, self._unanswered.get(did, set()), set())
+        if ready:
+            return since + GATHER
+        return min(self._claimed_at.get(row.cid, since) for row in behind) + ORDER_WAIT
 
     async def wait_for_ack(self, cid: CID, timeout: float = 30.0, *, fresh: bool = False
                            ) -> tuple[bytes, str, str | None] | None:
@@ -652,18 +675,20 @@ class Delivery:
         return None
 
 
-def _in_order(rows: Sequence[OutboxRow], unanswered: Set[CID]
+def _in_order(rows: Sequence[OutboxRow], unanswered: Set[CID], waited_out: Set[CID]
               ) -> tuple[list[OutboxRow], list[OutboxRow]]:
     """``rows`` (one partner's, in the order queued) as (those that may go now,
     those that wait): a row waits when a document it answers is ``unanswered``
-    (in a batch posted to the partner and not yet answered) or waits itself."""
+    (in a batch posted to the partner and not yet answered) unless the row has
+    ``waited_out`` (ORDER_WAIT), or when a document it answers waits itself."""
     if not unanswered:
         return list(rows), []
     ready: list[OutboxRow] = []
     behind: list[OutboxRow] = []
     waiting: set[CID] = set()
     for row in rows:
-        if any(link in unanswered or link in waiting for link in row.prev):
+        if any(link in waiting or (link in unanswered and row.cid not in waited_out)
+               for link in row.prev):
             behind.append(row)
             waiting.add(row.cid)
         else:

@@ -81,9 +81,10 @@ PAGE_SIZE: Final = 8192
 _RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
 _OUTBOX_COLUMNS: Final = ("cid, partner, notice, state, attempts, next_attempt, last_error, "
                           "created")
-#: What a claim reads of each notice: its row, and the prev links of its document.
+#: What a claim reads of each notice: its row, the prev links of its document, and
+#: its rowid (the order it was queued in, with ``created``).
 _CLAIM_COLUMNS: Final = (_OUTBOX_COLUMNS + ", (SELECT prev FROM documents "
-                         "WHERE documents.cid = outbox.cid)")
+                         "WHERE documents.cid = outbox.cid), outbox.rowid")
 
 
 def fold(text: str) -> str:
@@ -1679,7 +1680,8 @@ class Ledger:
     # -- outbox -------------------------------------------------------------
 
     async def claim_due(self, now: float, limit: int, lease: float = 30.0) -> list[OutboxRow]:
-        """Take up to ``limit`` due notices with a lease, so no other process sends them."""
+        """Take up to ``limit`` due notices with a lease, so no other process sends them:
+        the earliest due, in the order they were queued."""
         try:
             return await self._claim_due(now, limit, lease)
         except sqlite3.Error as exc:
@@ -1698,7 +1700,6 @@ class Ledger:
                     rows = await in_thread(db, _lease, claim, args)
                 else:
                     rows = list(await db.execute_fetchall(claim, args))
-            rows.sort(key=lambda r: (r[5], r[7]))  # RETURNING has no order of its own
         else:  # SQLite before 3.35
             async with self._tx:
                 await db.execute("BEGIN IMMEDIATE")
@@ -1714,6 +1715,10 @@ class Ledger:
                 except BaseException:
                     await self._rollback()
                     raise
+        # The due ones are picked by when they are due; they are handed over in the
+        # order they were queued (RETURNING has no order of its own), so a reply is
+        # never ahead of what it answers (delivery.py, "In order").
+        rows.sort(key=lambda r: (r[7], r[9]))
         return [OutboxRow(CID.from_bytes(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7],
                           _prev_links(r[8])) for r in rows]
 
