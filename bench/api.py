@@ -7,7 +7,7 @@ verified and stored (201); a document counts when its answer came, and its
 latency is request sent to answer read (POST to ack). The clients are a lean
 keep-alive HTTP/1.1 client (:class:`Connection`; ``--client aiohttp`` for
 aiohttp's), as a load generator should be: they share the nodes' two cores.
-Three shapes, 1,000 documents each (docs/api.md, "Benchmark", says why):
+Three shapes, 3,000 documents each (``--docs``; docs/api.md, "Benchmark", says why):
 
 - batches of B (``--batch``, 50; the ``api:`` line): each client sends
   ``POST /api/v1/batches?wait=30`` with B documents, the next when the last one's
@@ -27,7 +27,9 @@ process is printed: ``0.NNx in process`` is what the API costs on top of the
 node for that shape. In the same run the exchange benchmark runs as ``python
 bench/exchange.py`` runs it (its own defaults: 10,000 documents queued by
 ``send_many`` in batches of 100, timed until every ack is stored; ``--quick``:
-1,000), and every shape is compared with it:
+1,000), once before the API's shapes and once after (the ratios use the mean
+of the two: the shared host's speed drifts), and every shape is compared with
+it:
 
     api, 8 clients x 1 in flight (a document a request): N docs/s, p50 X ms, 0.NNx exchange
     api, 8 clients x W in flight (a document a request): N docs/s, p50 X ms, 0.NNx exchange
@@ -366,7 +368,11 @@ async def run(n: int, cli_runs: int, window: int, batch: int, client: str = "lea
             invitation = await buyer.invite()
         async with Node.load(seller_home, None) as seller:
             await seller.add_partner(invitation.text())
-        token = TokenStore(seller_home.path).create("bench", "send")
+        # A token per shape: each request's Idempotency-Key counts against its
+        # token's 10,000 keys a day (docs/api.md, 2.3).
+        tokens = {shape: TokenStore(seller_home.path).create(f"bench-{shape}", "send")
+                  for shape in ("one", "window", "batch")}
+        token = tokens["one"]
         procs.append(serve(seller_home))
         state = await serving(seller_home, procs[-1])
         await warm_up(state["local_url"], token)
@@ -376,8 +382,9 @@ async def run(n: int, cli_runs: int, window: int, batch: int, client: str = "lea
             # nodes, and this process (the clients); after the warm-up.
             before = [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()]
             elapsed, latencies = await (
-                through_batches(state["local_url"], token, n, w, first, client)
-                if shape == "batch" else through_the_api(state["local_url"], token, n, w, first,
+                through_batches(state["local_url"], tokens[shape], n, w, first, client)
+                if shape == "batch" else through_the_api(state["local_url"], tokens[shape], n, w,
+                                                         first,
                                                          client))
             after = [EXCHANGE.cpu_seconds(p.pid) for p in procs] + [time.process_time()]
             result[shape] = {**figures(n, elapsed, latencies), "load": os.getloadavg()[0],
@@ -412,7 +419,7 @@ async def run(n: int, cli_runs: int, window: int, batch: int, client: str = "lea
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=1000,
+    parser.add_argument("--docs", type=int, default=3000,
                         help="documents through each path and shape")
     parser.add_argument("--window", type=int, default=WINDOW,
                         help="requests each client keeps in flight in the 'api:' line's shape")
@@ -429,16 +436,20 @@ def main() -> None:
         args.docs = 200
     if args.cli_runs is None:
         args.cli_runs = 5 if args.quick else 20
-    api = asyncio.run(run(args.docs, args.cli_runs, args.window, args.batch, args.client))
-    # The exchange benchmark's own figure: its default run (bench/exchange.py).
+    # The exchange benchmark's own figure, its default run (bench/exchange.py), once
+    # before the API's shapes and once after: the shared host's speed drifts by
+    # tens of percent within minutes, and the ratios use the mean of the two.
     exchange_docs, exchange_samples = (1000, 50) if args.quick else (10_000, 200)
-    exchange = asyncio.run(EXCHANGE.run(exchange_docs, exchange_samples, 100))
+    before = asyncio.run(EXCHANGE.run(exchange_docs, exchange_samples, 100))
+    api = asyncio.run(run(args.docs, args.cli_runs, args.window, args.batch, args.client))
+    after = asyncio.run(EXCHANGE.run(exchange_docs, exchange_samples, 100))
     load = os.getloadavg()[0]
-    x = exchange["docs_per_s"]
+    x = (before["docs_per_s"] + after["docs_per_s"]) / 2
     one, win, many = api["one"], api["window"], api["batch"]
-    print(f"exchange (same run, {exchange_docs} documents in batches of 100): "
-          f"{x:.0f} docs/s, p50 {exchange['p50_ms']:.1f} ms; cpu per document: seller "
-          f"{exchange['cpu_seller_us']:.0f} us, buyer {exchange['cpu_buyer_us']:.0f} us "
+    print(f"exchange (same run, {exchange_docs} documents in batches of 100, before and "
+          f"after the API's shapes): {x:.0f} docs/s ({before['docs_per_s']:.0f} and "
+          f"{after['docs_per_s']:.0f}), p50 {after['p50_ms']:.1f} ms; cpu per document: "
+          f"seller {after['cpu_seller_us']:.0f} us, buyer {after['cpu_buyer_us']:.0f} us "
           f"(load average {load:.1f})")
     for shape, label in (("one", "1 in flight"), ("window", f"{args.window} in flight"),
                          ("batch", f"batches of {args.batch} (POST /api/v1/batches)")):
