@@ -11,6 +11,11 @@ temporary refusal (§11.1) is no answer and is retried the same way.
 A partner's answer is read only as far as an honest one can go
 (:func:`read_capped`, :func:`read_prefix`): a partner answering gigabytes
 costs this node the limit, not the gigabytes.
+
+About 700 lines: the delivery loop, its rules for gathering and ordering
+batches, the batches themselves and the waiters for acks share one state
+(what is in flight, gathering, unanswered, settled); split in two, each half
+would reach into the other's.
 """
 
 from __future__ import annotations
