@@ -72,3 +72,26 @@ def test_a_change_that_fails_writes_nothing(tmp_path: Path) -> None:
         home.update_config(bad)
     assert home.config_path.read_bytes() == before
     assert home.update_config(lambda config: config.name) == "Kanto Machine Tools"
+
+
+def test_a_private_file_is_replaced_whole_and_owner_only(tmp_path: Path) -> None:
+    """``write_private`` (serve.json, tokens, sign-in codes): 0600 whatever the umask,
+    written to a temporary file and renamed over the old one, so a process that
+    reads it as soon as it exists (``usagi send`` finding a running node, the tests
+    waiting for serve) finds a whole file; nothing temporary is left behind. Before,
+    serve.json was created empty and then written, and a reader could see ''."""
+    from usagi_p2p.node.home import write_private
+
+    path = tmp_path / "serve.json"
+    old = os.umask(0)
+    try:
+        write_private(path, json.dumps({"url": "http://127.0.0.1:1"}))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        inode = path.stat().st_ino
+        write_private(path, json.dumps({"url": "http://127.0.0.1:2"}))
+    finally:
+        os.umask(old)
+    assert json.loads(path.read_text()) == {"url": "http://127.0.0.1:2"}
+    assert path.stat().st_ino != inode  # a new file renamed over, not the old one rewritten
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["serve.json"]

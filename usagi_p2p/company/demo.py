@@ -349,6 +349,10 @@ def _wait_for_interrupt(procs: list[subprocess.Popen[bytes]]) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)  # 'kill' stops the nodes too, as Ctrl-C does
+    # Ctrl-C set here too, not left to what the process was started with: a
+    # parent that ignores SIGINT (some do for their children) must not leave the
+    # nodes running for ever.
+    signal.signal(signal.SIGINT, stop)
     try:
         while all(proc.poll() is None for proc in procs):
             time.sleep(0.5)

@@ -27,6 +27,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -62,16 +63,20 @@ DATA_DIRS: Final = ("keyring", "users")
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path``, readable by its owner only (0600), whatever
-    the umask; a file already there gets that mode too."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write ``text`` to ``path``, readable by its owner only (0600) whatever the
+    umask, through a temporary file renamed over it: a reader finds the old file
+    or the new one, never a part (``serve.json`` is read as soon as it exists)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
     except BaseException:
-        os.close(fd)
+        tmp.unlink(missing_ok=True)
         raise
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
 
 
 def default_home() -> Path:

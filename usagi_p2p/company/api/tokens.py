@@ -44,9 +44,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from ...node.errors import NameTakenError, NodeError
+from ...node.home import write_private
 
 __all__ = ["SCOPES", "PREFIX", "CLI_TOKEN", "Token", "TokenStore", "TokenError", "UnknownTokenError",
-           "scope_allows", "write_atomic"]
+           "scope_allows"]
 
 #: The scopes, weakest first: a token may call every route needing its scope or a lower one.
 SCOPES: Final = ("read", "send", "admin")
@@ -97,21 +98,6 @@ class Token:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "scope": self.scope, "created": self.created, "id": self.id,
                 "sha256": self.sha256}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """``text`` to ``path`` (0600) through a temporary file renamed over it."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class TokenStore:
@@ -178,7 +164,7 @@ class TokenStore:
         live = {t.id for t in self._by_digest.values()}
         merged = {k: v for k, v in {**self.last_used(), **self._used}.items() if k in live}
         with contextlib.suppress(OSError):  # a bookkeeping file: never fail a request for it
-            write_atomic(self.used_path, json.dumps(merged, sort_keys=True))
+            write_private(self.used_path, json.dumps(merged, sort_keys=True))
 
     # -- editing ----------------------------------------------------------------
 
@@ -192,7 +178,7 @@ class TokenStore:
             yield tokens
             if tokens == before:
                 return
-            write_atomic(self.path, json.dumps({"version": 1, "tokens": [
+            write_private(self.path, json.dumps({"version": 1, "tokens": [
                 t.to_json() for t in tokens]}, indent=1, sort_keys=True) + "\n")
         finally:
             os.close(fd)  # closing releases the lock
@@ -228,7 +214,7 @@ class TokenStore:
             # None yet, or its secret was lost, or revoked: a new one.
             tokens[:] = [t for t in tokens if t.name != CLI_TOKEN]
             secret = _add(tokens, CLI_TOKEN, "admin", self.clock())
-            write_atomic(secret_path, secret + "\n")
+            write_private(secret_path, secret + "\n")
             return secret
 
 

@@ -51,6 +51,12 @@ def serve(ctx: click.Context, port: int | None, quiet: bool) -> None:
 
     async def serving(node: Node) -> None:
         service = Service(node, port=port)
+        # Ctrl-C and SIGTERM stop the node from here on, also while it starts: a
+        # signal then ends the start and the node stops cleanly (installed later,
+        # a signal arriving just before could be lost and the node run on).
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, service.stop.set)
         await service.start()
         local = LocalServer(node, peer_url=service.url, peer_port=service.port)
         try:
@@ -64,9 +70,6 @@ def serve(ctx: click.Context, port: int | None, quiet: bool) -> None:
         write_private(state, json.dumps({"pid": os.getpid(), "url": service.url,
                                          "local_url": local.url,
                                          "local_socket": local.endpoints.local_socket}))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, service.stop.set)
         click.echo(f"{printable(node.config.name)} serving on {service.url} as {node.did}",
                    err=True)
         click.echo(f"local API on {printable(local.url or local.endpoints.local_socket)}",

@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ...node.errors import ConfigError
-from ...node.home import Home
-from ..api.tokens import write_atomic
+from ...node.home import Home, write_private
 
 __all__ = ["CODE_TTL", "SESSION_TTL", "Session", "SessionStore", "issue_signin", "signin_url",
            "csrf_token", "ui_dir"]
@@ -82,7 +81,7 @@ def issue_signin(home: Home, user: str | None = None, *, ttl: float = CODE_TTL,
                 old.unlink(missing_ok=True)
         except (OSError, ValueError, KeyError, TypeError):
             old.unlink(missing_ok=True)
-    write_atomic(folder / _digest(code), json.dumps({"user": user, "expires": now + ttl}))
+    write_private(folder / _digest(code), json.dumps({"user": user, "expires": now + ttl}))
     return code
 
 
@@ -132,7 +131,7 @@ class SessionStore:
         ui_dir(self.home_path)
         data: dict[str, Any] = {"sessions": {
             k: {"user": s.user, "expires": s.expires} for k, s in self._sessions.items()}}
-        write_atomic(self.path, json.dumps(data))
+        write_private(self.path, json.dumps(data))
 
     def exchange(self, code: str) -> tuple[str, Session] | None:
         """A new session (its id and record) for a one-time ``code``; None when the

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from ..api.tokens import write_atomic
+from ...node.home import write_private
 from .sessions import ui_dir
 
 __all__ = ["ReadMarks", "MAX_OPENED"]
@@ -73,4 +73,4 @@ class ReadMarks:
 
     def _save(self) -> None:
         ui_dir(self.home_path)
-        write_atomic(self.path, json.dumps(self._people))
+        write_private(self.path, json.dumps(self._people))
