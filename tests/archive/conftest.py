@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.ipfs.conftest import kubo_url  # noqa: F401  (re-exported fixture)
+from tests.node.conftest import free_port
 from usagi_p2p.node.home import Home
 from usagi_p2p.node.node import Node
 from usagi_p2p.peer.service import Service
@@ -20,12 +20,6 @@ from usagi_p2p.peer.service import Service
 SEED_A = bytes(range(32))
 SEED_B = bytes(range(32, 64))
 SEED_C = bytes(range(64, 96))
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -38,8 +32,8 @@ class Traded:
 
 async def _trade(root: Path) -> Traded:
     a, b = Home(root / "a"), Home(root / "b")
-    a.create("Kanto Machine Tools", None, seed=SEED_A, port=_port())
-    b.create("Osaka Precision", None, seed=SEED_B, port=_port())
+    a.create("Kanto Machine Tools", None, seed=SEED_A, port=free_port())
+    b.create("Osaka Precision", None, seed=SEED_B, port=free_port())
     cids: list[str] = []
     async with Node.load(a, None) as na, Node.load(b, None) as nb, \
             Service(na), Service(nb):

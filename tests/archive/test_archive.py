@@ -285,14 +285,14 @@ def test_an_unacked_sent_document_comes_back_to_the_outbox(tmp_path: Path) -> No
     from usagi_p2p.archive.archive import RESTORED_UNACKED
     from usagi_p2p.peer.service import Service
 
-    from .conftest import _port
+    from ..node.conftest import free_port
 
     seed = bytes(range(100, 132))
     a, b = Home(tmp_path / "a"), Home(tmp_path / "b")
-    a.create("Kanto Machine Tools", None, seed=seed, port=_port())
-    b.create("Osaka Precision", None, port=_port())
+    a.create("Kanto Machine Tools", None, seed=seed, port=free_port())
+    b.create("Osaka Precision", None, port=free_port())
     fresh = Home(tmp_path / "restored")
-    fresh.create("Kanto Machine Tools", None, seed=seed, port=_port())
+    fresh.create("Kanto Machine Tools", None, seed=seed, port=free_port())
     out = tmp_path / "a.car"
 
     async def scenario() -> None:

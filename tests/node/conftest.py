@@ -21,10 +21,32 @@ from usagi_p2p.peer.service import Service
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: Ports the tests pick for their listeners: below Linux's ephemeral range
+#: (32768-60999, where outgoing connections take theirs), and a range of its own
+#: for each pytest-xdist worker. A port is picked, then bound a moment later by
+#: the node: from one shared range the other worker could take it in between
+#: (it did, once in a few full runs: EADDRINUSE at a test's setup).
+_PORTS_PER_WORKER = 2000
+_FIRST_PORT = 20000
+_picked = 0
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port free now, from this test process's own range."""
+    global _picked
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw-1")
+    index = int(worker[2:]) + 1 if worker[2:].lstrip("-").isdigit() else 0
+    first = _FIRST_PORT + (index % 6) * _PORTS_PER_WORKER
+    for _ in range(_PORTS_PER_WORKER):
+        port = first + (os.getpid() + _picked) % _PORTS_PER_WORKER
+        _picked += 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + _PORTS_PER_WORKER - 1}")
 
 
 @dataclass

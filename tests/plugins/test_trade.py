@@ -9,7 +9,6 @@ a ``findings`` column on ``DocumentRow``.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,9 @@ from usagi_p2p.node.plugin_host import PluginHost
 from usagi_p2p.node.users import add_user
 from usagi_p2p.peer.service import Service
 
+from ..node.conftest import free_port
+
 PLUGINS = ["machinery", "food", "construction", "medical"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
