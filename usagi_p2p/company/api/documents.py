@@ -318,16 +318,13 @@ async def document_send(call: Call) -> web.Response:
     if errors:
         raise ValidationFailedError(errors)
     node = call.node
-    fresh = True  # sent by this request, not by an attempt before it
 
     async def send(claim: operations.Claimed | None) -> SendResult:
-        nonlocal fresh
-        fresh = claim is None or claim.cid is None
         result = await _sent(call, data, reply_to, claim)
         node.wake.set()  # the serving node's delivery loop sends it now
         return result
 
-    async def answered(result: SendResult) -> tuple[int, str]:
+    async def answered(result: SendResult, fresh: bool) -> tuple[int, str]:
         delivery = (await operations.await_ack(node, result.cid, wait, fresh=fresh)
                     if wait else None)
         status = 201 if delivery is not None and delivery.ack is not None else 202
@@ -342,7 +339,7 @@ async def document_send(call: Call) -> web.Response:
 
 async def _under_key(call: Call, key: str | None, digest: bytes, wait: float,
                      send: Callable[[operations.Claimed | None], Awaitable[_Sent]],
-                     answered: Callable[[_Sent], Awaitable[tuple[int, str]]],
+                     answered: Callable[[_Sent, bool], Awaitable[tuple[int, str]]],
                      unanswered: Callable[[_Sent], str], *,
                      location: Callable[[_Sent], CID] | None = None) -> web.Response:
     """A send under its Idempotency-Key (docs/api.md, 2.3), for one document or a
@@ -363,7 +360,9 @@ async def _under_key(call: Call, key: str | None, digest: bytes, wait: float,
     sent: _Sent | None = None
     try:
         sent = await send(claim)
-        status, text = await answered(sent)
+        # ``fresh``: sent by this request now, not by an attempt before it (its
+        # ack is then waited for in memory first: Node.wait_for_ack).
+        status, text = await answered(sent, claim is None or not claim.cids)
     except BaseException:
         if claim is not None and sent is None:
             await operations.release_request(node, claim.claim)
@@ -459,16 +458,13 @@ async def documents_send_batch(call: Call) -> web.Response:
     if errors:
         raise ValidationFailedError(errors)
     node = call.node
-    fresh = True  # sent by this request, not by an attempt before it
 
     async def send(claim: operations.Claimed | None) -> list[SendResult]:
-        nonlocal fresh
-        fresh = claim is None or not claim.cids
         results = await _batch_sent(call, items, replies, claim)
         node.wake.set()
         return results
 
-    async def answered(results: list[SendResult]) -> tuple[int, str]:
+    async def answered(results: list[SendResult], fresh: bool) -> tuple[int, str]:
         deliveries: list[operations.Delivery | None] = [None] * len(results)
         if wait:
             deliveries = list(await asyncio.gather(*(
